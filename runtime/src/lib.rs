@@ -1,0 +1,60 @@
+//! The core of ringloop: an event loop with asyncio's shape, tasks with asyncio's cancellation
+//! semantics, timers, combinators and synchronisation primitives.
+//!
+//! One [`Runtime`] runs on one thread (thread-per-core): tasks may be `!Send`, and a multi-core
+//! server runs one runtime per core. The loop iteration is asyncio's `_run_once`: talk to the
+//! driver once, move expired timers to the ready queue, then run exactly the tasks and callbacks
+//! that were ready when the iteration began (see [`Runtime::run_once`]).
+//!
+//! ```
+//! use ringloop_runtime::{Runtime, spawn, sleep};
+//! use std::time::Duration;
+//!
+//! let rt = Runtime::new().unwrap();
+//! let answer = rt.block_on(async {
+//!     let task = spawn(async {
+//!         sleep(Duration::from_millis(1)).await.unwrap();
+//!         21 * 2
+//!     });
+//!     task.await.unwrap()
+//! });
+//! assert_eq!(answer, 42);
+//! ```
+//!
+//! # Where ringloop differs from asyncio
+//!
+//! Rust has no exceptions to throw into a suspended coroutine, so a cancellation is delivered as
+//! a value: every runtime future that can suspend (sleep, a [`Task`], a [`Promise`], a lock, a
+//! queue, ...) resolves to `Err(Cancelled)` when the task awaiting it is cancelled. The task's code
+//! decides, exactly as an `except CancelledError:` block would. A task that lets that error escape
+//! (returns it, possibly wrapped in its own error type) ends *cancelled*, as in asyncio; a task that
+//! drops it and returns something else ends with that value. Futures that know nothing of ringloop
+//! cannot receive the request: a task suspended on one is dropped instead (Rust's native cancel).
+//! See [`task`] for the details and [`Cancelled`] for the type.
+
+#![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod callback;
+pub mod combinators;
+mod context;
+pub mod driver;
+mod promise;
+mod runtime;
+mod stats;
+pub mod sync;
+pub mod task;
+pub mod time;
+
+pub use callback::CallbackHandle;
+pub use combinators::Shielded;
+pub use runtime::{
+    call_at, call_later, call_soon, set_exception_handler, stop, time, Builder, ExceptionContext,
+    Handle, Runtime,
+};
+pub use stats::RuntimeStats;
+pub use task::{
+    all_tasks, current_task, spawn, spawn_named, task_tree, Cancelled, Task, TaskError, TaskId,
+    TaskRef, TaskState, TaskTree,
+};
+pub use time::{sleep, sleep_until, timeout, timeout_at, wait_for, Sleep, TimedOut, Timeout};

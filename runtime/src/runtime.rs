@@ -1,0 +1,920 @@
+//! The runtime: the loop, its thread-local context, and the handle other threads use.
+//!
+//! One loop iteration is [`Runtime::run_once`]; everything else (`block_on`, `run_forever`)
+//! calls it in a loop.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::{pin, Pin};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::callback::{new_callback, CallbackHandle, CallbackPtr};
+use crate::context;
+use crate::driver::{Driver, WakeFd};
+use crate::stats::RuntimeStats;
+use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
+use crate::task::tree::FlatTask;
+use crate::task::{panic_message, Task, TaskId, TaskPtr, TaskRef, TaskTree};
+use crate::time::heap::{TimerAction, TimerHeap, TimerKey};
+
+/// What the ready queue holds.
+pub(crate) enum Runnable {
+    Task(TaskPtr),
+    Callback(CallbackPtr),
+}
+
+/// A task woken from another thread. Only the pointer travels; the task is polled and dropped
+/// on its own thread.
+struct RemoteTask(TaskPtr);
+
+// SAFETY: a `TaskPtr` may hold a `!Send` future, but the injector only moves the pointer to the
+// owner thread, which is the only thread that polls or drops the future (see `task::cell`);
+// the `Arc` counts are atomic, and a count released here never drops the future.
+unsafe impl Send for RemoteTask {}
+
+#[derive(Default)]
+struct Injected {
+    tasks: Vec<RemoteTask>,
+    callbacks: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// The part of a runtime other threads may touch: the injector and the wake fd.
+pub(crate) struct Shared {
+    injected: Mutex<Injected>,
+    /// Something is in `injected` (checked without the lock on every iteration).
+    has_injected: AtomicBool,
+    /// The loop is (about to be) blocked in the driver: a remote wake must write the eventfd.
+    parked: AtomicBool,
+    stop_requested: AtomicBool,
+    /// The runtime is gone: remote wakes are dropped instead of queued.
+    closed: AtomicBool,
+    wake: WakeFd,
+}
+
+impl Shared {
+    pub(crate) fn inject_task(&self, task: TaskPtr) {
+        self.inject(|inj| inj.tasks.push(RemoteTask(task)));
+    }
+
+    fn inject(&self, push: impl FnOnce(&mut Injected)) {
+        {
+            let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            push(&mut inj);
+            self.has_injected.store(true, Ordering::SeqCst);
+        }
+        self.unpark();
+    }
+
+    fn unpark(&self) {
+        if self.parked.swap(false, Ordering::SeqCst) {
+            self.wake.wake();
+        }
+    }
+
+    fn take_injected(&self) -> Injected {
+        self.has_injected.store(false, Ordering::SeqCst);
+        let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *inj)
+    }
+}
+
+/// Details of an unhandled error, for the exception handler (asyncio's exception context).
+pub struct ExceptionContext<'a> {
+    /// What went wrong, e.g. "a task panicked".
+    pub message: &'a str,
+    /// The task it happened in, if any (none for a callback).
+    pub task: Option<TaskRef>,
+    /// The panic payload.
+    pub payload: &'a (dyn Any + Send),
+}
+
+impl ExceptionContext<'_> {
+    /// The panic message, when the payload is a string.
+    pub fn panic_message(&self) -> Option<&str> {
+        panic_message(self.payload)
+    }
+}
+
+impl fmt::Display for ExceptionContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message)?;
+        if let Some(t) = &self.task {
+            write!(f, " in task {} (id {})", t.name(), t.id())?;
+        }
+        if let Some(m) = self.panic_message() {
+            write!(f, ": {m}")?;
+        }
+        Ok(())
+    }
+}
+
+type ExceptionHandler = Rc<dyn Fn(&ExceptionContext<'_>)>;
+
+fn default_exception_handler() -> ExceptionHandler {
+    Rc::new(|ctx| eprintln!("ringloop: {ctx}"))
+}
+
+#[derive(Default)]
+struct Counters {
+    tasks_spawned: Cell<u64>,
+    tasks_completed: Cell<u64>,
+    tasks_cancelled: Cell<u64>,
+    tasks_panicked: Cell<u64>,
+    polls: Cell<u64>,
+    callbacks_run: Cell<u64>,
+    loop_iterations: Cell<u64>,
+    parks: Cell<u64>,
+    remote_wakes: Cell<u64>,
+}
+
+fn bump(c: &Cell<u64>) {
+    c.set(c.get() + 1);
+}
+
+/// The runtime's state, owned by one thread. `RefCell`s are borrowed only briefly and never
+/// across a poll or a callback, so user code may call back into the runtime from anywhere.
+pub(crate) struct Core {
+    shared: Arc<Shared>,
+    ready: RefCell<VecDeque<Runnable>>,
+    timers: RefCell<TimerHeap>,
+    /// Every task that has not ended, by registry key.
+    tasks: RefCell<Slab<TaskPtr>>,
+    /// Ended tasks, kept for post-mortem dumps when the builder asks.
+    finished: RefCell<Option<Vec<FlatTask>>>,
+    driver: RefCell<Driver>,
+    exception_handler: RefCell<ExceptionHandler>,
+    stop_requested: Cell<bool>,
+    counters: Counters,
+    /// Reused buffer for expired timers.
+    expired: RefCell<Vec<TimerAction>>,
+}
+
+impl Core {
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    #[inline]
+    pub(crate) fn push_task(&self, task: TaskPtr) {
+        self.ready.borrow_mut().push_back(Runnable::Task(task));
+    }
+
+    pub(crate) fn count_poll(&self) {
+        bump(&self.counters.polls);
+    }
+
+    pub(crate) fn spawn<F>(&self, future: F, name: Option<String>) -> Task<F::Output>
+    where
+        F: Future + 'static,
+    {
+        let parent = context::with_current(|t| t.map(|t| t.header().id));
+        let (task, _) = self.spawn_cell(future, name, parent);
+        task
+    }
+
+    fn spawn_cell<F>(
+        &self,
+        future: F,
+        name: Option<String>,
+        parent: Option<TaskId>,
+    ) -> (Task<F::Output>, Arc<TaskCell<F>>)
+    where
+        F: Future + 'static,
+    {
+        let cell = new_task(future, parent, self.shared.clone());
+        if let Some(name) = name {
+            cell.header().set_name(name);
+        }
+        let ptr: TaskPtr = cell.clone();
+        let key = self.tasks.borrow_mut().insert(ptr.clone());
+        cell.set_registry_key(key);
+        cell.header().state.store(SCHEDULED, Ordering::Relaxed);
+        self.push_task(ptr.clone());
+        bump(&self.counters.tasks_spawned);
+        (Task::from_raw(cell.clone(), ptr), cell)
+    }
+
+    /// Bookkeeping when a task ends: leave the registry, count it, remember it if asked.
+    pub(crate) fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
+        let h = task.header();
+        let removed = {
+            let mut tasks = self.tasks.borrow_mut();
+            let key = h.registry_key();
+            match tasks.get(key) {
+                Some(t) if Arc::ptr_eq(t, task) => Some(tasks.remove(key)),
+                _ => None,
+            }
+        };
+        match outcome {
+            Outcome::Finished => bump(&self.counters.tasks_completed),
+            Outcome::Cancelled => bump(&self.counters.tasks_cancelled),
+            Outcome::Panicked => bump(&self.counters.tasks_panicked),
+            Outcome::Pending => {}
+        }
+        if let Some(finished) = self.finished.borrow_mut().as_mut() {
+            finished.push(FlatTask {
+                id: h.id,
+                parent: h.parent,
+                name: h.name(),
+                state: h.state(),
+            });
+        }
+        // The registry's reference goes last, after the future is already dropped.
+        drop(removed);
+    }
+
+    pub(crate) fn report_panic(
+        &self,
+        task: Option<&TaskPtr>,
+        message: &str,
+        payload: &(dyn Any + Send),
+    ) {
+        let handler = self.exception_handler.borrow().clone();
+        let ctx = ExceptionContext {
+            message,
+            task: task.map(|t| TaskRef::new(t.clone())),
+            payload,
+        };
+        if panic::catch_unwind(AssertUnwindSafe(|| handler(&ctx))).is_err() {
+            eprintln!("ringloop: the exception handler panicked while reporting: {ctx}");
+        }
+    }
+
+    pub(crate) fn call_soon(&self, f: impl FnOnce() + 'static) -> CallbackHandle {
+        let cb = new_callback(f);
+        self.ready
+            .borrow_mut()
+            .push_back(Runnable::Callback(cb.clone()));
+        CallbackHandle::new(cb)
+    }
+
+    pub(crate) fn call_at(&self, deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle {
+        let cb = new_callback(f);
+        let key = self
+            .timers
+            .borrow_mut()
+            .insert(deadline, TimerAction::Callback(cb.clone()));
+        cb.set_timer(key);
+        CallbackHandle::new(cb)
+    }
+
+    pub(crate) fn add_timer(&self, deadline: Instant, waker: &std::task::Waker) -> TimerKey {
+        self.timers
+            .borrow_mut()
+            .insert(deadline, TimerAction::Wake(waker.clone()))
+    }
+
+    pub(crate) fn update_timer(&self, key: TimerKey, waker: &std::task::Waker) {
+        self.timers.borrow_mut().update_waker(key, waker);
+    }
+
+    pub(crate) fn cancel_timer(&self, key: TimerKey) {
+        let action = self.timers.borrow_mut().cancel(key);
+        drop(action); // outside the borrow: dropping a waker or callback runs foreign code
+    }
+
+    pub(crate) fn all_tasks(&self) -> Vec<TaskRef> {
+        let mut v: Vec<TaskRef> = self
+            .tasks
+            .borrow()
+            .iter()
+            .map(|(_, t)| TaskRef::new(t.clone()))
+            .collect();
+        v.sort_by_key(|t| t.id());
+        v
+    }
+
+    pub(crate) fn task_tree(&self) -> TaskTree {
+        let mut flat: Vec<FlatTask> = self
+            .tasks
+            .borrow()
+            .iter()
+            .map(|(_, t)| {
+                let h = t.header();
+                FlatTask {
+                    id: h.id,
+                    parent: h.parent,
+                    name: h.name(),
+                    state: h.state(),
+                }
+            })
+            .collect();
+        if let Some(finished) = self.finished.borrow().as_ref() {
+            flat.extend(finished.iter().map(|f| FlatTask {
+                id: f.id,
+                parent: f.parent,
+                name: f.name.clone(),
+                state: f.state,
+            }));
+        }
+        TaskTree::build(flat)
+    }
+
+    fn stats(&self) -> RuntimeStats {
+        let c = &self.counters;
+        RuntimeStats {
+            tasks_alive: self.tasks.borrow().len() as u64,
+            tasks_spawned: c.tasks_spawned.get(),
+            tasks_completed: c.tasks_completed.get(),
+            tasks_cancelled: c.tasks_cancelled.get(),
+            tasks_panicked: c.tasks_panicked.get(),
+            polls: c.polls.get(),
+            callbacks_run: c.callbacks_run.get(),
+            timers_pending: self.timers.borrow().len() as u64,
+            loop_iterations: c.loop_iterations.get(),
+            parks: c.parks.get(),
+            kernel_waits: self.driver.borrow().stats.kernel_waits,
+            remote_wakes: c.remote_wakes.get(),
+        }
+    }
+
+    /// One loop iteration: asyncio's `_run_once`, completion-based.
+    ///
+    /// 1. Decide how long the driver may block: not at all if anything is ready (or a remote
+    ///    wake is queued, or a stop was asked), else until the next timer (forever if none).
+    /// 2. Park in the driver: one kernel entry, which is also where I/O completes.
+    /// 3. Move tasks woken from other threads and thread-safe callbacks to the ready queue.
+    /// 4. Read the clock once and move every expired timer to the ready queue.
+    /// 5. Run exactly the tasks and callbacks that are ready now. Work they make ready waits
+    ///    for the next iteration, so a task that always reschedules itself cannot starve
+    ///    timers or I/O.
+    fn run_once(&self) -> io::Result<()> {
+        bump(&self.counters.loop_iterations);
+
+        // 1–2. Wait, unless there is work already.
+        let busy = !self.ready.borrow().is_empty()
+            || self.stop_requested.get()
+            || self.shared.stop_requested.load(Ordering::Relaxed);
+        if !busy {
+            let timeout = self
+                .timers
+                .borrow_mut()
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()));
+            if timeout != Some(Duration::ZERO) {
+                // Announce the park before the last look at the injector, so a remote wake
+                // either sees `parked` and writes the eventfd, or is seen here.
+                self.shared.parked.store(true, Ordering::SeqCst);
+                if !self.shared.has_injected.load(Ordering::SeqCst) {
+                    bump(&self.counters.parks);
+                    self.driver.borrow_mut().park(timeout, &self.shared.wake)?;
+                }
+                self.shared.parked.store(false, Ordering::SeqCst);
+            }
+        }
+
+        // 3. Remote wakes and thread-safe callbacks.
+        if self.shared.has_injected.load(Ordering::Acquire) {
+            let injected = self.shared.take_injected();
+            let mut ready = self.ready.borrow_mut();
+            for RemoteTask(task) in injected.tasks {
+                bump(&self.counters.remote_wakes);
+                ready.push_back(Runnable::Task(task));
+            }
+            for f in injected.callbacks {
+                ready.push_back(Runnable::Callback(new_callback(f)));
+            }
+        }
+
+        // 4. Timers.
+        {
+            let mut expired = self.expired.borrow_mut();
+            self.timers
+                .borrow_mut()
+                .expire(Instant::now(), &mut expired);
+            for action in expired.drain(..) {
+                match action {
+                    TimerAction::Wake(w) => w.wake(),
+                    TimerAction::Callback(cb) => {
+                        self.ready.borrow_mut().push_back(Runnable::Callback(cb))
+                    }
+                }
+            }
+        }
+
+        // 5. Run what is ready now, and only that.
+        let n = self.ready.borrow().len();
+        for _ in 0..n {
+            let Some(item) = self.ready.borrow_mut().pop_front() else {
+                break;
+            };
+            match item {
+                Runnable::Task(task) => task.run(&task, self),
+                Runnable::Callback(cb) => {
+                    if cb.is_cancelled() {
+                        continue;
+                    }
+                    bump(&self.counters.callbacks_run);
+                    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| cb.run())) {
+                        self.report_panic(None, "a callback panicked", &*payload);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn take_stop(&self) -> bool {
+        self.stop_requested.replace(false)
+            | self.shared.stop_requested.swap(false, Ordering::AcqRel)
+    }
+
+    /// Drops every live task's future, here and now (runtime shutdown, or the end of the
+    /// `block_on` grace period).
+    fn abort_all(&self) {
+        loop {
+            let tasks: Vec<TaskPtr> = self.tasks.borrow().iter().map(|(_, t)| t.clone()).collect();
+            if tasks.is_empty() {
+                return;
+            }
+            let mut progressed = false;
+            for t in &tasks {
+                progressed |= t.cancel_now(t, self);
+            }
+            if !progressed {
+                // Only tasks being polled further up this stack remain; they end with it.
+                return;
+            }
+        }
+    }
+}
+
+/// Builds a [`Runtime`] with options.
+///
+/// ```
+/// use ringloop_runtime::Runtime;
+/// use std::time::Duration;
+///
+/// let rt = Runtime::builder()
+///     .keep_finished_tasks(true)
+///     .shutdown_timeout(Duration::from_secs(1))
+///     .exception_handler(|ctx| eprintln!("custom: {ctx}"))
+///     .build()
+///     .unwrap();
+/// rt.block_on(async {});
+/// ```
+pub struct Builder {
+    keep_finished_tasks: bool,
+    shutdown_timeout: Duration,
+    exception_handler: Option<ExceptionHandler>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            keep_finished_tasks: false,
+            shutdown_timeout: Duration::from_secs(5),
+            exception_handler: None,
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with the defaults: finished tasks forgotten, 5 s shutdown grace, panics
+    /// reported on stderr.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Keeps ended tasks in [`task_tree`](crate::task_tree) dumps (for post-mortems). Each ended
+    /// task then costs a small record until the runtime is dropped.
+    pub fn keep_finished_tasks(mut self, keep: bool) -> Self {
+        self.keep_finished_tasks = keep;
+        self
+    }
+
+    /// How long [`Runtime::block_on`] lets the tasks it cancels at the end clean up before it
+    /// drops them (default 5 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Replaces the default exception handler (one line on stderr per unhandled panic).
+    pub fn exception_handler(mut self, f: impl Fn(&ExceptionContext<'_>) + 'static) -> Self {
+        self.exception_handler = Some(Rc::new(f));
+        self
+    }
+
+    /// Creates the runtime.
+    ///
+    /// # Errors
+    /// If the kernel refuses the driver's descriptors (eventfd, epoll), e.g. at the open-file
+    /// limit.
+    pub fn build(self) -> io::Result<Runtime> {
+        let wake = WakeFd::new()?;
+        let driver = Driver::new(&wake)?;
+        let shared = Arc::new(Shared {
+            injected: Mutex::new(Injected::default()),
+            has_injected: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            wake,
+        });
+        let core = Core {
+            shared,
+            ready: RefCell::new(VecDeque::with_capacity(256)),
+            timers: RefCell::new(TimerHeap::new()),
+            tasks: RefCell::new(Slab::new()),
+            finished: RefCell::new(self.keep_finished_tasks.then(Vec::new)),
+            driver: RefCell::new(driver),
+            exception_handler: RefCell::new(
+                self.exception_handler
+                    .unwrap_or_else(default_exception_handler),
+            ),
+            stop_requested: Cell::new(false),
+            counters: Counters::default(),
+            expired: RefCell::new(Vec::new()),
+        };
+        Ok(Runtime {
+            core: Box::new(core),
+            shutdown_timeout: self.shutdown_timeout,
+        })
+    }
+}
+
+/// A ringloop event loop, bound to the thread that created it.
+///
+/// ```
+/// use ringloop_runtime::{Runtime, call_soon, stop};
+///
+/// let rt = Runtime::new().unwrap();
+/// rt.block_on(async { call_soon(|| println!("soon")); });
+///
+/// // asyncio's run_forever / stop:
+/// rt.call_soon(|| stop());
+/// rt.run_forever().unwrap();
+/// ```
+pub struct Runtime {
+    core: Box<Core>,
+    shutdown_timeout: Duration,
+}
+
+impl Runtime {
+    /// A runtime with the default options; see [`Builder`].
+    ///
+    /// # Errors
+    /// If the kernel refuses the driver's descriptors.
+    pub fn new() -> io::Result<Runtime> {
+        Builder::new().build()
+    }
+
+    /// A [`Builder`] for a runtime with options.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    #[track_caller]
+    fn enter(&self) -> context::Entered {
+        context::enter(&self.core).unwrap_or_else(|| {
+            panic!(
+                "cannot start a ringloop runtime from within a running one on the same thread \
+                 (nested block_on/run_forever would starve the outer loop): await the future \
+                 instead, or spawn it"
+            )
+        })
+    }
+
+    /// Runs `future` to completion and returns its output, like `asyncio.run`.
+    ///
+    /// `future` runs as the `main` task: [`current_task`](crate::current_task) works inside it
+    /// and it can be cancelled like any task (its cancellations are delivered at its awaits; it
+    /// is never dropped early, because its output must come back). When it completes, every
+    /// task still alive is cancelled and the loop runs until they have all ended, for at most
+    /// the builder's `shutdown_timeout`; tasks still alive then are dropped. So when this
+    /// returns, [`stats`](Self::stats) shows no live task.
+    ///
+    /// Use [`run_until_complete`](Self::run_until_complete) to leave the other tasks alive.
+    ///
+    /// # Panics
+    /// If `future` panics (the panic is resumed here), or when called while a ringloop runtime
+    /// is already running on this thread.
+    #[track_caller]
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        let _entered = self.enter();
+        let out = self.drive_main(future);
+        self.cancel_remaining();
+        match out {
+            Ok(v) => v,
+            Err(payload) => panic::resume_unwind(payload),
+        }
+    }
+
+    /// Runs `future` to completion like [`block_on`](Self::block_on), but leaves the other tasks
+    /// alive (asyncio's `run_until_complete`): a later `block_on`, `run_until_complete` or
+    /// `run_forever` carries them on.
+    ///
+    /// # Panics
+    /// As [`block_on`](Self::block_on).
+    #[track_caller]
+    pub fn run_until_complete<F: Future>(&self, future: F) -> F::Output {
+        let _entered = self.enter();
+        match self.drive_main(future) {
+            Ok(v) => v,
+            Err(payload) => panic::resume_unwind(payload),
+        }
+    }
+
+    fn drive_main<F: Future>(&self, future: F) -> Result<F::Output, Box<dyn Any + Send>> {
+        let core = &*self.core;
+        let output = Cell::new(None);
+        let wrapper = pin!(async {
+            output.set(Some(future.await));
+        });
+        let borrowed: Pin<&mut (dyn Future<Output = ()> + '_)> = wrapper;
+        // SAFETY: the task below is the only holder of this reference, and `MainGuard` drops
+        // the task's future (the reference) before this frame ends, on every path, unwinding
+        // included; the `MAIN` flag makes sure nothing else drops or polls it early. So the
+        // erased lifetime is never observed past the real one.
+        let erased: Pin<&'static mut (dyn Future<Output = ()> + 'static)> =
+            unsafe { std::mem::transmute(borrowed) };
+        let (task, cell) = core.spawn_cell(erased, Some("main".to_owned()), None);
+        cell.mark_main();
+        struct MainGuard<'a> {
+            core: &'a Core,
+            main: TaskPtr,
+        }
+        impl Drop for MainGuard<'_> {
+            fn drop(&mut self) {
+                self.main.cancel_now(&self.main, self.core);
+            }
+        }
+        let guard = MainGuard {
+            core,
+            main: task.as_ref().ptr().clone(),
+        };
+        let mut task = task;
+        let result = loop {
+            if let Some(result) = task.try_result() {
+                break result;
+            }
+            if let Err(e) = core.run_once() {
+                // The driver failed (not EINTR): there is no way to wait any more.
+                drop(guard);
+                panic::resume_unwind(Box::new(format!("ringloop driver failed: {e}")));
+            }
+        };
+        drop(guard);
+        match result {
+            Ok(()) => Ok(output.take().expect("main future completed without output")),
+            Err(crate::TaskError::Panicked(p)) => Err(p),
+            Err(crate::TaskError::Cancelled(_)) => {
+                unreachable!("the main task is never dropped by cancellation")
+            }
+        }
+    }
+
+    /// asyncio.run's epilogue: cancel what is left, let it clean up, then drop the stragglers.
+    fn cancel_remaining(&self) {
+        let core = &*self.core;
+        for t in core.all_tasks() {
+            t.cancel();
+        }
+        let deadline = Instant::now() + self.shutdown_timeout;
+        let guard = core.call_at(deadline, || {});
+        while !core.tasks.borrow().is_empty() && Instant::now() < deadline {
+            if core.run_once().is_err() {
+                break;
+            }
+        }
+        guard.cancel();
+        core.abort_all();
+        // Callbacks scheduled by the endings above (done callbacks) still run, as asyncio runs
+        // them before closing the loop.
+        let _ = core.run_once_nonblocking();
+    }
+
+    /// Runs the loop until [`stop`](crate::stop) (or [`Handle::stop`]) is called, like asyncio's
+    /// `run_forever`. The iteration in which stop was called is completed first. Tasks left
+    /// alive stay alive for the next `run_forever`/`block_on`.
+    ///
+    /// # Errors
+    /// If the driver fails to wait (not EINTR).
+    ///
+    /// # Panics
+    /// When called while a ringloop runtime is already running on this thread.
+    #[track_caller]
+    pub fn run_forever(&self) -> io::Result<()> {
+        let _entered = self.enter();
+        loop {
+            self.core.run_once()?;
+            if self.core.take_stop() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Runs exactly one loop iteration (see `Core::run_once` in the source for its five steps).
+    /// Blocks at most until the next timer, a wake, or not at all when work is ready.
+    ///
+    /// # Errors
+    /// If the driver fails to wait (not EINTR).
+    ///
+    /// # Panics
+    /// When called while a ringloop runtime is already running on this thread.
+    #[track_caller]
+    pub fn run_once(&self) -> io::Result<()> {
+        let _entered = self.enter();
+        self.core.run_once()
+    }
+
+    /// Schedules `f` to run on the next loop iteration; see [`call_soon`](crate::call_soon).
+    pub fn call_soon(&self, f: impl FnOnce() + 'static) -> CallbackHandle {
+        self.core.call_soon(f)
+    }
+
+    /// Spawns a task on this runtime from outside it (before `run_forever`, say); see
+    /// [`spawn`](crate::spawn).
+    pub fn spawn<F: Future + 'static>(&self, future: F) -> Task<F::Output> {
+        let parent = context::with_current(|t| t.map(|t| t.header().id));
+        self.core.spawn_cell(future, None, parent).0
+    }
+
+    /// A handle that other threads can use to stop this loop or schedule callbacks on it.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.core.shared.clone(),
+        }
+    }
+
+    /// A snapshot of the runtime's counters.
+    pub fn stats(&self) -> RuntimeStats {
+        self.core.stats()
+    }
+
+    /// The loop's monotonic clock (asyncio's `loop.time()`).
+    pub fn time(&self) -> Instant {
+        Instant::now()
+    }
+
+    /// Replaces the exception handler; see [`Builder::exception_handler`].
+    pub fn set_exception_handler(&self, f: impl Fn(&ExceptionContext<'_>) + 'static) {
+        *self.core.exception_handler.borrow_mut() = Rc::new(f);
+    }
+
+    /// The task tree of this runtime; see [`TaskTree`].
+    pub fn task_tree(&self) -> TaskTree {
+        self.core.task_tree()
+    }
+}
+
+impl Core {
+    /// One iteration that never blocks (used at shutdown).
+    fn run_once_nonblocking(&self) -> io::Result<()> {
+        self.stop_requested.set(true);
+        let r = self.run_once();
+        self.stop_requested.set(false);
+        r
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let core = &*self.core;
+        let _entered = context::enter(core);
+        core.abort_all();
+        {
+            let _inj = self
+                .core
+                .shared
+                .injected
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            core.shared.closed.store(true, Ordering::Release);
+        }
+        drop(core.shared.take_injected());
+        let ready = std::mem::take(&mut *core.ready.borrow_mut());
+        drop(ready);
+        let timers = core.timers.borrow_mut().drain();
+        drop(timers);
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A `Send + Sync` handle to a runtime, for other threads: stop it, or schedule a callback on
+/// it (asyncio's `call_soon_threadsafe`).
+///
+/// ```
+/// use ringloop_runtime::Runtime;
+///
+/// let rt = Runtime::new().unwrap();
+/// let handle = rt.handle();
+/// let t = std::thread::spawn(move || handle.call_soon_threadsafe(|| ringloop_runtime::stop()));
+/// rt.run_forever().unwrap();
+/// t.join().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Stops the loop after its current iteration, as [`stop`](crate::stop) does, from any
+    /// thread.
+    pub fn stop(&self) {
+        self.shared.stop_requested.store(true, Ordering::Release);
+        self.shared.parked.store(true, Ordering::SeqCst);
+        self.shared.unpark();
+    }
+
+    /// Schedules `f` on the runtime's thread, waking the loop if it is parked. Returns false if
+    /// the runtime is gone (then `f` is dropped).
+    pub fn call_soon_threadsafe(&self, f: impl FnOnce() + Send + 'static) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.shared.inject(|inj| inj.callbacks.push(Box::new(f)));
+        !self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the runtime has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Schedules `f` to run on the next loop iteration (asyncio's `call_soon`). Callbacks run in
+/// FIFO order of scheduling. A panicking callback is reported to the exception handler; the
+/// loop goes on.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn call_soon(f: impl FnOnce() + 'static) -> CallbackHandle {
+    context::with_core(|core| core.call_soon(f))
+}
+
+/// Schedules `f` to run once `delay` has passed (asyncio's `call_later`); never early. Equal
+/// deadlines run in scheduling order.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallbackHandle {
+    let deadline = Instant::now() + delay;
+    context::with_core(|core| core.call_at(deadline, f))
+}
+
+/// Schedules `f` to run at `deadline` on the loop's clock (asyncio's `call_at`); never early.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn call_at(deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle {
+    context::with_core(|core| core.call_at(deadline, f))
+}
+
+/// Stops the running loop after the current iteration (asyncio's `loop.stop()`):
+/// [`Runtime::run_forever`] returns. Has no effect on `block_on`, which runs until its future is
+/// done.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn stop() {
+    context::with_core(|core| core.stop_requested.set(true));
+}
+
+/// The loop's monotonic clock (asyncio's `loop.time()`): deadlines for [`call_at`] and
+/// [`sleep_until`](crate::sleep_until) are on this clock.
+pub fn time() -> Instant {
+    Instant::now()
+}
+
+/// Replaces the running runtime's exception handler; see [`Builder::exception_handler`].
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn set_exception_handler(f: impl Fn(&ExceptionContext<'_>) + 'static) {
+    context::with_core(|core| *core.exception_handler.borrow_mut() = Rc::new(f));
+}

@@ -1,0 +1,603 @@
+//! The task cell: one allocation holding the header and the future (later its output).
+//!
+//! # Life cycle
+//!
+//! ```text
+//!  spawn ──▶ Running(F) ──poll Ready──▶ Finished(T) ──handle takes it──▶ Consumed
+//!                │                                 └─handle already gone──▶ Consumed (dropped)
+//!                ├──panic──────────────▶ Consumed (outcome Panicked, payload in extras)
+//!                └──abort / cancel that
+//!                   nothing observed ───▶ Consumed (outcome Cancelled)
+//! ```
+//!
+//! # Who touches what, from which thread
+//!
+//! Only [`Header::state`] (an atomic) and the `Arc` counts are touched from other threads: a
+//! `Waker` may be cloned to another thread and woken there. Everything else, the stage included,
+//! is touched only on the runtime's own thread. That is what makes a `!Send` future sound here:
+//!
+//! * the future is polled only by [`TaskDyn::run`], called only by the owning `Core`;
+//! * the future and the output are dropped only on the owner thread: the runtime's registry
+//!   holds a reference while the future is alive and drops the future before releasing it, and
+//!   the output lives only while the `Task` handle (which is `!Send`) does;
+//! * so when the last reference is dropped on another thread (a stray waker), the cell holds
+//!   no future, no output and no done callbacks: only `Send` data (a name, a waker, an `Arc`).
+
+use std::any::Any;
+use std::cell::{Cell, UnsafeCell};
+use std::future::Future;
+use std::mem::ManuallyDrop;
+use std::num::NonZeroU64;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
+
+use crate::context;
+use crate::runtime::{Core, Shared};
+use crate::task::{Cancelled, TaskError, TaskId, TaskRef, TaskState};
+
+/// A type-erased, reference-counted task: what the ready queue, the injector and the registry
+/// hold.
+pub(crate) type TaskPtr = Arc<dyn TaskDyn>;
+
+// ---- `Header::state` bits (atomic; the only per-task word other threads touch) ----
+
+/// The task is in a ready queue or the injector; a wake that finds this bit set does nothing,
+/// so a task is queued at most once. Set by a wake (any thread), cleared by the owner right
+/// before it polls, so a wake during the poll queues the task again.
+pub(crate) const SCHEDULED: u32 = 1 << 0;
+/// The task has finished (outcome is not `Pending`); wakes are ignored. Set once by the owner.
+pub(crate) const DONE: u32 = 1 << 1;
+
+// ---- `Header::flags` bits (owner thread only) ----
+
+/// The future has been polled at least once. A cancel that arrives before the first poll drops
+/// the future unpolled, as asyncio never starts a coroutine cancelled before its first step.
+const STARTED: u8 = 1 << 0;
+/// A cancel request waits to be delivered at the next runtime await (asyncio's `_must_cancel`).
+const CANCEL_PENDING: u8 = 1 << 1;
+/// `abort()` was called: drop the future at the next scheduling point.
+const ABORT: u8 = 1 << 2;
+/// The `Task` handle is gone: the output is dropped as soon as it is produced.
+const DETACHED: u8 = 1 << 3;
+/// The future is being polled (guards against dropping it from inside its own poll).
+const RUNNING: u8 = 1 << 4;
+/// The main future of `block_on`: its output is handed back as is (no escape check), and it is
+/// never dropped by a cancel fallback or an abort, because `block_on` must return its output.
+const MAIN: u8 = 1 << 5;
+
+/// How a task ended (owner thread only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Pending,
+    Finished,
+    Cancelled,
+    Panicked,
+}
+
+/// Rarely needed per-task data, boxed so that a plain task pays 8 bytes for all of it.
+#[derive(Default)]
+pub(crate) struct Extras {
+    pub(crate) name: Option<Box<str>>,
+    /// The message of the latest cancel request.
+    pub(crate) cancel_message: Option<Arc<str>>,
+    pub(crate) done_callbacks: Vec<Box<dyn FnOnce(&TaskRef)>>,
+    /// Counts the live `Cancelled` values delivered to this task (see [`Cancelled`]).
+    pub(crate) escape: Option<Arc<AtomicUsize>>,
+    pub(crate) panic: Option<Box<dyn Any + Send>>,
+}
+
+/// The per-task header. Field order keeps the small fields packed; see the module docs for
+/// which thread may touch which field.
+pub(crate) struct Header {
+    pub(crate) state: AtomicU32,
+    flags: Cell<u8>,
+    outcome: Cell<Outcome>,
+    /// asyncio's `cancelling()`: cancel requests made minus `uncancel()` calls.
+    cancel_requests: Cell<u32>,
+    /// This task's key in the runtime's registry of live tasks.
+    registry_key: Cell<u32>,
+    pub(crate) id: TaskId,
+    pub(crate) parent: Option<TaskId>,
+    /// The runtime this task belongs to: a wake from another thread goes to its injector.
+    pub(crate) shared: Arc<Shared>,
+    join_waker: Cell<Option<Waker>>,
+    extras: Cell<Option<Box<Extras>>>,
+}
+
+impl Header {
+    fn new(id: TaskId, parent: Option<TaskId>, shared: Arc<Shared>) -> Self {
+        Header {
+            state: AtomicU32::new(0),
+            flags: Cell::new(0),
+            outcome: Cell::new(Outcome::Pending),
+            cancel_requests: Cell::new(0),
+            registry_key: Cell::new(0),
+            id,
+            parent,
+            shared,
+            join_waker: Cell::new(None),
+            extras: Cell::new(None),
+        }
+    }
+
+    fn has(&self, flag: u8) -> bool {
+        self.flags.get() & flag != 0
+    }
+
+    fn set(&self, flag: u8) {
+        self.flags.set(self.flags.get() | flag);
+    }
+
+    fn clear(&self, flag: u8) {
+        self.flags.set(self.flags.get() & !flag);
+    }
+
+    pub(crate) fn outcome(&self) -> Outcome {
+        self.outcome.get()
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.outcome.get() != Outcome::Pending
+    }
+
+    pub(crate) fn registry_key(&self) -> usize {
+        self.registry_key.get() as usize
+    }
+
+    /// Runs `f` on the extras, creating them on first use. Not re-entrant (owner thread, and
+    /// `f` never calls back into the task).
+    pub(crate) fn with_extras<R>(&self, f: impl FnOnce(&mut Extras) -> R) -> R {
+        let mut extras = self.extras.take().unwrap_or_default();
+        let r = f(&mut extras);
+        self.extras.set(Some(extras));
+        r
+    }
+
+    /// Like [`with_extras`](Self::with_extras) but does not allocate when there are none.
+    pub(crate) fn peek_extras<R>(&self, f: impl FnOnce(Option<&mut Extras>) -> R) -> R {
+        let mut extras = self.extras.take();
+        let r = f(extras.as_deref_mut());
+        self.extras.set(extras);
+        r
+    }
+
+    pub(crate) fn name(&self) -> String {
+        self.peek_extras(|e| e.and_then(|e| e.name.as_deref().map(str::to_owned)))
+            .unwrap_or_else(|| format!("Task-{}", self.id))
+    }
+
+    pub(crate) fn set_name(&self, name: String) {
+        self.with_extras(|e| e.name = Some(name.into_boxed_str()));
+    }
+
+    pub(crate) fn state(&self) -> TaskState {
+        match self.outcome.get() {
+            Outcome::Finished => TaskState::Finished,
+            Outcome::Cancelled => TaskState::Cancelled,
+            Outcome::Panicked => TaskState::Panicked,
+            Outcome::Pending => {
+                if self.has(RUNNING) {
+                    TaskState::Running
+                } else if self.state.load(Ordering::Relaxed) & SCHEDULED != 0 {
+                    TaskState::Scheduled
+                } else {
+                    TaskState::Pending
+                }
+            }
+        }
+    }
+
+    pub(crate) fn cancel_message(&self) -> Option<Arc<str>> {
+        self.peek_extras(|e| e.and_then(|e| e.cancel_message.clone()))
+    }
+
+    /// Records a cancel request (the caller then schedules the task). False once done.
+    pub(crate) fn request_cancel(&self, message: Option<Arc<str>>) -> bool {
+        if self.is_done() {
+            return false;
+        }
+        self.cancel_requests
+            .set(self.cancel_requests.get().saturating_add(1));
+        self.set(CANCEL_PENDING);
+        if message.is_some() {
+            self.with_extras(|e| e.cancel_message = message);
+        }
+        true
+    }
+
+    pub(crate) fn cancel_pending(&self) -> bool {
+        self.has(CANCEL_PENDING)
+    }
+
+    /// Marks a request as pending again without counting a new one (a scope that consumed a
+    /// request which was not its own hands it on to the next await).
+    pub(crate) fn repost_cancel(&self) {
+        if !self.is_done() {
+            self.set(CANCEL_PENDING);
+        }
+    }
+
+    /// asyncio's `cancelling()`.
+    pub(crate) fn cancelling(&self) -> u32 {
+        self.cancel_requests.get()
+    }
+
+    /// asyncio's `uncancel()`: one request fewer; when none is left, a pending one is dropped.
+    pub(crate) fn uncancel(&self) -> u32 {
+        let n = self.cancel_requests.get().saturating_sub(1);
+        self.cancel_requests.set(n);
+        if n == 0 {
+            self.clear(CANCEL_PENDING);
+        }
+        n
+    }
+
+    /// Takes the pending cancel request, if any, as the error the current await resolves to.
+    pub(crate) fn take_cancel(&self) -> Option<Cancelled> {
+        if !self.has(CANCEL_PENDING) {
+            return None;
+        }
+        self.clear(CANCEL_PENDING);
+        Some(self.deliver(self.cancel_message()))
+    }
+
+    /// Makes a `Cancelled` bound to this task: while it lives, the task counts as "letting a
+    /// cancellation escape" when it finishes (see [`Cancelled`]).
+    pub(crate) fn deliver(&self, message: Option<Arc<str>>) -> Cancelled {
+        if self.has(MAIN) {
+            return Cancelled::unbound(message);
+        }
+        let counter = self.with_extras(|e| e.escape.get_or_insert_with(Default::default).clone());
+        Cancelled::bound(message, counter)
+    }
+
+    pub(crate) fn escaped(&self) -> bool {
+        self.peek_extras(|e| {
+            e.and_then(|e| e.escape.as_ref())
+                .is_some_and(|c| c.load(Ordering::Acquire) > 0)
+        })
+    }
+
+    pub(crate) fn add_done_callback(&self, f: Box<dyn FnOnce(&TaskRef)>) {
+        self.with_extras(|e| e.done_callbacks.push(f));
+    }
+
+    pub(crate) fn set_join_waker(&self, waker: &Waker) {
+        let current = self.join_waker.take();
+        let new = match current {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.join_waker.set(Some(new));
+    }
+
+    pub(crate) fn set_detached(&self) {
+        self.set(DETACHED);
+    }
+
+    pub(crate) fn set_abort(&self) -> bool {
+        if self.is_done() || self.has(MAIN) {
+            return false;
+        }
+        self.set(ABORT);
+        true
+    }
+
+    pub(crate) fn take_panic(&self) -> Option<Box<dyn Any + Send>> {
+        self.peek_extras(|e| e.and_then(|e| e.panic.take()))
+    }
+}
+
+/// What the runtime needs of a task without knowing its future's type.
+pub(crate) trait TaskDyn {
+    fn header(&self) -> &Header;
+    /// Polls the task once (or drops it if an abort or an unobserved cancel says so).
+    fn run(&self, me: &TaskPtr, core: &Core);
+    /// Drops the future now and ends the task as cancelled (shutdown, or `abort` outside a
+    /// poll). Refused (false) while the future is being polled or once done.
+    fn cancel_now(&self, me: &TaskPtr, core: &Core) -> bool;
+    /// Drops the output if nobody will take it (the handle is gone).
+    fn drop_output(&self);
+}
+
+/// Typed access to a finished task's output, for the `Task<T>` handle.
+pub(crate) trait TaskJoin<T>: TaskDyn {
+    fn take_output(&self) -> Option<T>;
+}
+
+enum Stage<F: Future> {
+    Running(F),
+    Finished(F::Output),
+    Consumed,
+}
+
+pub(crate) struct TaskCell<F: Future> {
+    header: Header,
+    stage: UnsafeCell<Stage<F>>,
+}
+
+static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Allocates a task (not yet registered or scheduled).
+pub(crate) fn new_task<F>(
+    future: F,
+    parent: Option<TaskId>,
+    shared: Arc<Shared>,
+) -> Arc<TaskCell<F>>
+where
+    F: Future + 'static,
+{
+    let raw = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
+    let id = TaskId(NonZeroU64::new(raw).expect("task id counter wrapped"));
+    Arc::new(TaskCell {
+        header: Header::new(id, parent, shared),
+        stage: UnsafeCell::new(Stage::Running(future)),
+    })
+}
+
+impl<F: Future + 'static> TaskCell<F> {
+    pub(crate) fn set_registry_key(&self, key: usize) {
+        self.header.registry_key.set(key as u32);
+    }
+
+    pub(crate) fn mark_main(&self) {
+        self.header.set(MAIN);
+    }
+
+    const WAKER_VTABLE: RawWakerVTable = RawWakerVTable::new(
+        Self::waker_clone,
+        Self::waker_wake,
+        Self::waker_wake_by_ref,
+        Self::waker_drop,
+    );
+
+    fn raw_waker(ptr: *const Self) -> RawWaker {
+        RawWaker::new(ptr as *const (), &Self::WAKER_VTABLE)
+    }
+
+    unsafe fn waker_clone(ptr: *const ()) -> RawWaker {
+        // SAFETY: `ptr` came from `Arc::into_raw`/`Arc::as_ptr` of an `Arc<Self>` that the
+        // waker being cloned keeps alive (a waker owns one strong count, or borrows the poll's).
+        unsafe { Arc::increment_strong_count(ptr as *const Self) };
+        Self::raw_waker(ptr as *const Self)
+    }
+
+    unsafe fn waker_wake(ptr: *const ()) {
+        // SAFETY: a by-value wake consumes the waker, and with it the strong count it owned.
+        let task = unsafe { Arc::from_raw(ptr as *const Self) };
+        schedule(task);
+    }
+
+    unsafe fn waker_wake_by_ref(ptr: *const ()) {
+        // SAFETY: the waker keeps the count alive; ManuallyDrop leaves that count untouched,
+        // and the clone below takes a count of its own for the queue.
+        let task = ManuallyDrop::new(unsafe { Arc::from_raw(ptr as *const Self) });
+        schedule(Arc::clone(&task));
+    }
+
+    unsafe fn waker_drop(ptr: *const ()) {
+        // SAFETY: the waker owned one strong count; see the module docs for why releasing the
+        // last count on any thread is sound.
+        unsafe { Arc::decrement_strong_count(ptr as *const Self) };
+    }
+
+    /// Replaces the stage, dropping what it held on this thread with panics caught: a
+    /// destructor that panics is reported, never allowed to unwind through the loop.
+    fn set_stage(&self, core: &Core, me: &TaskPtr, new: Stage<F>) {
+        // SAFETY: owner thread only, and never while the future is being polled (callers check
+        // RUNNING or are the poll itself, after it returned); no reference into the stage
+        // outlives this call.
+        let stage = unsafe { &mut *self.stage.get() };
+        let old = std::mem::replace(stage, new);
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(old))) {
+            core.report_panic(Some(me), "a task's destructor panicked", &*payload);
+        }
+    }
+
+    fn finish(&self, me: &TaskPtr, core: &Core, outcome: Outcome) {
+        let h = &self.header;
+        h.outcome.set(outcome);
+        h.state.fetch_or(DONE, Ordering::Release);
+        if h.has(DETACHED) {
+            self.drop_output();
+        }
+        core.task_finished(me, outcome);
+        if let Some(w) = h.join_waker.take() {
+            w.wake();
+        }
+        let callbacks = h.peek_extras(|e| e.map(|e| std::mem::take(&mut e.done_callbacks)));
+        for cb in callbacks.into_iter().flatten() {
+            let task = TaskRef::new(me.clone());
+            core.call_soon(move || cb(&task));
+        }
+    }
+
+    fn end_cancelled(&self, me: &TaskPtr, core: &Core) {
+        self.set_stage(core, me, Stage::Consumed);
+        self.finish(me, core, Outcome::Cancelled);
+    }
+}
+
+/// Queues a woken task on its runtime: the local ready queue on the owner thread, the injector
+/// (and an unpark of the driver) from anywhere else.
+fn schedule<F: Future + 'static>(task: Arc<TaskCell<F>>) {
+    let prev = task.header.state.fetch_or(SCHEDULED, Ordering::AcqRel);
+    if prev & (SCHEDULED | DONE) != 0 {
+        return;
+    }
+    let task: TaskPtr = task;
+    schedule_ptr(task);
+}
+
+/// Queues a task whose SCHEDULED bit this caller has just set.
+pub(crate) fn schedule_ptr(task: TaskPtr) {
+    let local = context::try_with_core(|core| {
+        if Arc::ptr_eq(core.shared(), &task.header().shared) {
+            core.push_task(task.clone());
+            true
+        } else {
+            false
+        }
+    });
+    if local != Some(true) {
+        let shared = task.header().shared.clone();
+        shared.inject_task(task);
+    }
+}
+
+/// Schedules `task` from its owner thread (cancel, abort): a no-op if already queued.
+pub(crate) fn schedule_local(task: &TaskPtr) {
+    let prev = task.header().state.fetch_or(SCHEDULED, Ordering::AcqRel);
+    if prev & (SCHEDULED | DONE) == 0 {
+        schedule_ptr(task.clone());
+    }
+}
+
+impl<F: Future + 'static> TaskDyn for TaskCell<F> {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn run(&self, me: &TaskPtr, core: &Core) {
+        let h = &self.header;
+        h.state.fetch_and(!SCHEDULED, Ordering::AcqRel);
+        if h.is_done() {
+            return;
+        }
+        let flags = h.flags.get();
+        let cancel_at_start = flags & CANCEL_PENDING != 0;
+        if flags & MAIN == 0 && (flags & ABORT != 0 || (flags & STARTED == 0 && cancel_at_start)) {
+            let _current = context::set_current(me);
+            self.end_cancelled(me, core);
+            return;
+        }
+        h.set(STARTED | RUNNING);
+        let _current = context::set_current(me);
+        // The waker borrows this poll's reference instead of taking a count of its own: it is
+        // never dropped (ManuallyDrop), and `clone` takes a real count.
+        // SAFETY: `self` lives in an `Arc` (`me`), and `me` outlives the waker.
+        let waker = ManuallyDrop::new(unsafe { Waker::from_raw(Self::raw_waker(self)) });
+        let mut cx = Context::from_waker(&waker);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: owner thread; RUNNING keeps every other path away from the stage for the
+            // duration of this poll. The future is pinned: the cell is heap-allocated in an
+            // `Arc` and never moved, and the stage is only replaced (dropping the future in
+            // place) after this borrow ends.
+            let stage = unsafe { &mut *self.stage.get() };
+            match stage {
+                Stage::Running(fut) => unsafe { Pin::new_unchecked(fut) }.poll(&mut cx),
+                _ => Poll::Pending,
+            }
+        }));
+        h.clear(RUNNING);
+        core.count_poll();
+        match result {
+            Ok(Poll::Ready(output)) => {
+                self.set_stage(core, me, Stage::Finished(output));
+                if h.has(MAIN) || !h.escaped() {
+                    self.finish(me, core, Outcome::Finished);
+                } else {
+                    // The task let a delivered `Cancelled` escape in its output: asyncio's
+                    // "CancelledError propagated out of the coroutine".
+                    self.set_stage(core, me, Stage::Consumed);
+                    self.finish(me, core, Outcome::Cancelled);
+                }
+            }
+            Ok(Poll::Pending) => {
+                if cancel_at_start && h.has(CANCEL_PENDING) && !h.has(MAIN) {
+                    // Nothing in the await chain could observe the request (a foreign future):
+                    // fall back to Rust's cancel, dropping the future.
+                    self.end_cancelled(me, core);
+                }
+            }
+            Err(payload) => {
+                self.set_stage(core, me, Stage::Consumed);
+                core.report_panic(Some(me), "a task panicked", &*payload);
+                h.with_extras(|e| e.panic = Some(payload));
+                self.finish(me, core, Outcome::Panicked);
+            }
+        }
+    }
+
+    fn cancel_now(&self, me: &TaskPtr, core: &Core) -> bool {
+        if self.header.is_done() || self.header.has(RUNNING) {
+            return false;
+        }
+        let _current = context::set_current(me);
+        self.end_cancelled(me, core);
+        true
+    }
+
+    fn drop_output(&self) {
+        if self.header.has(RUNNING) {
+            return;
+        }
+        // SAFETY: owner thread (the handle, the only caller besides `finish`, is `!Send`) and
+        // not while the future is polled (checked above).
+        let stage = unsafe { &mut *self.stage.get() };
+        if matches!(stage, Stage::Finished(_)) {
+            *stage = Stage::Consumed;
+        }
+        drop(self.header.take_panic());
+    }
+}
+
+impl<F: Future + 'static> TaskJoin<F::Output> for TaskCell<F> {
+    fn take_output(&self) -> Option<F::Output> {
+        if self.header.has(RUNNING) {
+            return None;
+        }
+        // SAFETY: as in `drop_output`.
+        let stage = unsafe { &mut *self.stage.get() };
+        match std::mem::replace(stage, Stage::Consumed) {
+            Stage::Finished(v) => Some(v),
+            other => {
+                *stage = other;
+                None
+            }
+        }
+    }
+}
+
+/// Builds the `TaskError` for a task that did not finish normally, bound to the task that
+/// awaits it (so letting it escape ends that task as cancelled too, as in asyncio).
+pub(crate) fn error_of(h: &Header) -> TaskError {
+    match h.outcome() {
+        Outcome::Panicked => TaskError::Panicked(
+            h.take_panic()
+                .unwrap_or_else(|| Box::new("panic payload already taken")),
+        ),
+        _ => TaskError::Cancelled(context::with_current(|cur| match cur {
+            Some(cur) => cur.header().deliver(h.cancel_message()),
+            None => Cancelled::unbound(h.cancel_message()),
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-task overhead the docs promise (≤ 128 bytes besides the future): the `Arc`
+    /// counts, the header, the stage's tag and the registry's slab entry.
+    #[test]
+    fn per_task_overhead_is_at_most_128_bytes() {
+        async fn empty() {}
+        let future_size = std::mem::size_of_val(&empty());
+        let cell = std::mem::size_of::<TaskCell<std::future::Ready<()>>>();
+        let arc_counts = 2 * std::mem::size_of::<usize>();
+        let registry_entry = std::mem::size_of::<slab::Slab<TaskPtr>>() / 8 * 0
+            + std::mem::size_of::<Option<TaskPtr>>()
+            + std::mem::size_of::<usize>();
+        let overhead = arc_counts + cell + registry_entry - future_size.min(cell);
+        assert!(overhead <= 128, "per-task overhead is {overhead} bytes");
+        assert!(
+            std::mem::size_of::<Header>() <= 72,
+            "header is {} bytes",
+            std::mem::size_of::<Header>()
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! Tasks: spawned futures with asyncio's semantics.
+//!
+//! [`spawn`] (asyncio's `create_task`) schedules a future to run concurrently and returns a
+//! [`Task<T>`], which is itself a future resolving to `Result<T, TaskError>`.
+//!
+//! # Cancellation
+//!
+//! * [`Task::cancel`] delivers a request at the task's current suspension point, at once: a task
+//!   sleeping for an hour is woken now. The runtime future it is suspended on resolves to
+//!   `Err(`[`Cancelled`]`)`; see that type for what the task may do next.
+//! * A task suspended on a future that knows nothing of ringloop cannot observe the request:
+//!   the runtime drops that future instead and the task ends cancelled (Rust's own cancel).
+//!   A task cancelled before it ever ran is dropped without being polled, as asyncio never starts
+//!   a coroutine cancelled before its first step.
+//! * Cancellation follows the await chain: a task cancelled while awaiting another [`Task`]
+//!   cancels that task too, and then waits for it to end (asyncio forwards `cancel()` to the
+//!   future it waits on). [`shield`](crate::shield) stops that propagation.
+//! * A runtime future that is already complete when the request arrives still yields its value
+//!   (nothing is lost); the request stays pending for the next await.
+//! * Dropping a [`Task`] handle detaches the task: it runs on (asyncio's tasks run whether or not
+//!   anyone holds them). [`Task::abort`] is the hard cancel: the future is dropped at the next
+//!   scheduling point without being polled again.
+
+mod cancel;
+pub(crate) mod cell;
+pub(crate) mod tree;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::num::NonZeroU64;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+pub use cancel::Cancelled;
+pub(crate) use cell::TaskPtr;
+use cell::{Outcome, TaskJoin};
+pub use tree::{TaskNode, TaskTree};
+
+use crate::context;
+
+/// A task's id: unique in the process, never reused. Default task names are `Task-<id>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(transparent)]
+pub struct TaskId(pub(crate) NonZeroU64);
+
+impl TaskId {
+    /// The id as a number.
+    pub fn as_u64(self) -> u64 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Suspended, waiting to be woken.
+    Pending,
+    /// Woken and waiting in the ready queue.
+    Scheduled,
+    /// Being polled right now (it is the current task).
+    Running,
+    /// Returned a value.
+    Finished,
+    /// Ended by cancellation.
+    Cancelled,
+    /// Panicked.
+    Panicked,
+}
+
+impl TaskState {
+    /// Whether the task has ended (finished, cancelled or panicked).
+    pub fn is_done(self) -> bool {
+        matches!(
+            self,
+            TaskState::Finished | TaskState::Cancelled | TaskState::Panicked
+        )
+    }
+
+    /// The state's name as in the JSON dumps: `pending`, `scheduled`, `running`, `finished`,
+    /// `cancelled` or `panicked`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Scheduled => "scheduled",
+            TaskState::Running => "running",
+            TaskState::Finished => "finished",
+            TaskState::Cancelled => "cancelled",
+            TaskState::Panicked => "panicked",
+        }
+    }
+}
+
+/// Why a task produced no value: it was cancelled, or it panicked.
+pub enum TaskError {
+    /// The task ended by cancellation (asyncio's `CancelledError`).
+    Cancelled(Cancelled),
+    /// The task panicked; the payload is what `panic!` was given.
+    Panicked(Box<dyn Any + Send>),
+}
+
+impl TaskError {
+    /// Whether the task was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, TaskError::Cancelled(_))
+    }
+
+    /// Whether the task panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self, TaskError::Panicked(_))
+    }
+
+    /// The cancel message, if the task was cancelled with one.
+    pub fn cancel_message(&self) -> Option<&str> {
+        match self {
+            TaskError::Cancelled(c) => c.message(),
+            TaskError::Panicked(_) => None,
+        }
+    }
+
+    /// The panic message, if the task panicked with a string payload.
+    pub fn panic_message(&self) -> Option<&str> {
+        match self {
+            TaskError::Panicked(p) => panic_message(&**p),
+            TaskError::Cancelled(_) => None,
+        }
+    }
+
+    /// The panic payload, to resume the panic with `std::panic::resume_unwind`.
+    ///
+    /// # Errors
+    /// Gives `self` back when the task was cancelled rather than panicked.
+    pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, TaskError> {
+        match self {
+            TaskError::Panicked(p) => Ok(p),
+            other => Err(other),
+        }
+    }
+}
+
+/// The message of a panic payload, when it is a string.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Cancelled(c) => f.debug_tuple("Cancelled").field(&c.message()).finish(),
+            TaskError::Panicked(p) => f
+                .debug_tuple("Panicked")
+                .field(&panic_message(&**p).unwrap_or("<non-string payload>"))
+                .finish(),
+        }
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Cancelled(c) => c.fmt(f),
+            TaskError::Panicked(p) => match panic_message(&**p) {
+                Some(m) => write!(f, "task panicked: {m}"),
+                None => f.write_str("task panicked"),
+            },
+        }
+    }
+}
+
+impl std::error::Error for TaskError {}
+
+impl From<Cancelled> for TaskError {
+    fn from(c: Cancelled) -> Self {
+        TaskError::Cancelled(c)
+    }
+}
+
+impl From<TaskError> for std::io::Error {
+    /// Kind [`Other`](std::io::ErrorKind::Other): a cancellation carries its [`Cancelled`] (so
+    /// it still counts as escaping), a panic its message.
+    fn from(e: TaskError) -> Self {
+        match e {
+            TaskError::Cancelled(c) => c.into(),
+            panicked => std::io::Error::other(panicked.to_string()),
+        }
+    }
+}
+
+/// An untyped reference to a task: what [`current_task`], [`all_tasks`] and done callbacks give.
+///
+/// It can inspect and cancel the task but not take its output. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskRef {
+    ptr: TaskPtr,
+}
+
+impl TaskRef {
+    pub(crate) fn new(ptr: TaskPtr) -> Self {
+        TaskRef { ptr }
+    }
+
+    pub(crate) fn ptr(&self) -> &TaskPtr {
+        &self.ptr
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.ptr.header().id
+    }
+
+    /// The id of the task that spawned this one, if it was spawned from a task.
+    pub fn parent_id(&self) -> Option<TaskId> {
+        self.ptr.header().parent
+    }
+
+    /// The task's name (`Task-<id>` unless one was given).
+    pub fn name(&self) -> String {
+        self.ptr.header().name()
+    }
+
+    /// Renames the task (asyncio's `set_name`).
+    pub fn set_name(&self, name: impl Into<String>) {
+        self.ptr.header().set_name(name.into());
+    }
+
+    /// Where the task is in its life.
+    pub fn state(&self) -> TaskState {
+        self.ptr.header().state()
+    }
+
+    /// Whether the task has ended (finished, cancelled or panicked).
+    pub fn is_done(&self) -> bool {
+        self.ptr.header().is_done()
+    }
+
+    /// Whether the task ended by cancellation.
+    pub fn is_cancelled(&self) -> bool {
+        self.ptr.header().outcome() == Outcome::Cancelled
+    }
+
+    /// Requests cancellation; see the [module docs](self). Returns false if the task is done.
+    pub fn cancel(&self) -> bool {
+        self.cancel_inner(None)
+    }
+
+    /// Requests cancellation with a message the task sees in [`Cancelled::message`].
+    pub fn cancel_with(&self, message: impl Into<String>) -> bool {
+        self.cancel_inner(Some(Arc::from(message.into())))
+    }
+
+    pub(crate) fn cancel_inner(&self, message: Option<Arc<str>>) -> bool {
+        if !self.ptr.header().request_cancel(message) {
+            return false;
+        }
+        cell::schedule_local(&self.ptr);
+        true
+    }
+
+    /// Hard cancel: the future is dropped at the next scheduling point, without being polled
+    /// again and without a chance to clean up asynchronously (its destructors still run).
+    /// Returns false if the task is done (or is the main future of `block_on`, which is never
+    /// dropped).
+    pub fn abort(&self) -> bool {
+        if !self.ptr.header().set_abort() {
+            return false;
+        }
+        cell::schedule_local(&self.ptr);
+        true
+    }
+
+    /// asyncio's `cancelling()`: the cancel requests made and not withdrawn by `uncancel`.
+    pub fn cancelling(&self) -> u32 {
+        self.ptr.header().cancelling()
+    }
+
+    /// asyncio's `uncancel()`: withdraws one cancel request; returns how many remain. When none
+    /// remains, a request not yet delivered is dropped.
+    pub fn uncancel(&self) -> u32 {
+        self.ptr.header().uncancel()
+    }
+
+    /// Calls `f` with this task once it is done; scheduled with `call_soon`, never inline. A
+    /// callback added to a task already done is scheduled at once.
+    pub fn add_done_callback(&self, f: impl FnOnce(&TaskRef) + 'static) {
+        if self.is_done() {
+            let task = self.clone();
+            context::with_core(|core| core.call_soon(move || f(&task)));
+        } else {
+            self.ptr.header().add_done_callback(Box::new(f));
+        }
+    }
+}
+
+impl PartialEq for TaskRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for TaskRef {}
+
+impl fmt::Debug for TaskRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskRef")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A handle to a spawned task, and a future for its result (asyncio's `Task`).
+///
+/// Awaiting it yields `Ok(output)`, or `Err(TaskError)` if the task was cancelled or panicked.
+/// Awaiting is itself a cancellation point that follows the await chain: if the awaiting task is
+/// cancelled, this task is cancelled too, and the await then yields whatever it ends with.
+///
+/// Dropping the handle detaches the task; it runs on.
+///
+/// ```
+/// use ringloop_runtime::{Runtime, spawn_named, TaskState};
+///
+/// Runtime::new().unwrap().block_on(async {
+///     let task = spawn_named("worker", async { 7 });
+///     assert_eq!(task.name(), "worker");
+///     assert_eq!(task.await.unwrap(), 7);
+/// });
+/// ```
+pub struct Task<T> {
+    raw: Arc<dyn TaskJoin<T>>,
+    task: TaskRef,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl<T> Task<T> {
+    pub(crate) fn from_raw(raw: Arc<dyn TaskJoin<T>>, ptr: TaskPtr) -> Self {
+        Task {
+            raw,
+            task: TaskRef::new(ptr),
+            _not_send: PhantomData,
+        }
+    }
+
+    /// The untyped reference to this task.
+    pub fn as_ref(&self) -> &TaskRef {
+        &self.task
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.task.id()
+    }
+
+    /// The task's name.
+    pub fn name(&self) -> String {
+        self.task.name()
+    }
+
+    /// Where the task is in its life.
+    pub fn state(&self) -> TaskState {
+        self.task.state()
+    }
+
+    /// Whether the task has ended.
+    pub fn is_done(&self) -> bool {
+        self.task.is_done()
+    }
+
+    /// Whether the task ended by cancellation.
+    pub fn is_cancelled(&self) -> bool {
+        self.task.is_cancelled()
+    }
+
+    /// Requests cancellation; false if the task is already done. See [`TaskRef::cancel`].
+    pub fn cancel(&self) -> bool {
+        self.task.cancel()
+    }
+
+    /// Requests cancellation with a message. See [`TaskRef::cancel_with`].
+    pub fn cancel_with(&self, message: impl Into<String>) -> bool {
+        self.task.cancel_with(message)
+    }
+
+    /// Hard cancel; see [`TaskRef::abort`].
+    pub fn abort(&self) -> bool {
+        self.task.abort()
+    }
+
+    /// Schedules `f` once the task is done; see [`TaskRef::add_done_callback`].
+    pub fn add_done_callback(&self, f: impl FnOnce(&TaskRef) + 'static) {
+        self.task.add_done_callback(f)
+    }
+
+    /// The result if the task is done and it has not been taken yet (asyncio's `result()`
+    /// without the raise); `None` while it runs.
+    pub fn try_result(&mut self) -> Option<Result<T, TaskError>> {
+        let h = self.task.ptr.header();
+        match h.outcome() {
+            Outcome::Pending => None,
+            Outcome::Finished => self.raw.take_output().map(Ok),
+            _ => Some(Err(cell::error_of(h))),
+        }
+    }
+
+    /// Wraps the handle so that awaiting it does not forward cancellation; see
+    /// [`shield`](crate::shield).
+    pub fn shield(self) -> crate::Shielded<T> {
+        crate::combinators::shield_task(self)
+    }
+}
+
+impl<T> Future for Task<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(result) = self.try_result() {
+            return Poll::Ready(result);
+        }
+        let target = self.task.ptr.header();
+        if target.is_done() {
+            panic!("Task polled after its result was taken");
+        }
+        // Cancellation follows the await chain: a request on the awaiting task is consumed here
+        // and forwarded to the awaited one; its outcome then decides what this await yields.
+        let forward = context::with_current(|cur| match cur {
+            Some(cur) if !Arc::ptr_eq(cur, &self.task.ptr) => cur.header().take_cancel(),
+            _ => None,
+        });
+        if let Some(c) = forward {
+            self.task.cancel_inner(c.message_arc());
+        }
+        target.set_join_waker(cx.waker());
+        Poll::Pending
+    }
+}
+
+impl<T> Drop for Task<T> {
+    fn drop(&mut self) {
+        let h = self.task.ptr.header();
+        h.set_detached();
+        if h.is_done() {
+            self.raw.drop_output();
+        }
+    }
+}
+
+impl<T> fmt::Debug for Task<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Task")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// Spawns `future` as a task on the running runtime (asyncio's `create_task`), named `Task-<id>`.
+///
+/// The future need not be `Send`: it is polled and dropped only on this thread. The task's
+/// parent in [`task_tree`] is the task that spawned it.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    context::with_core(|core| core.spawn(future, None))
+}
+
+/// Like [`spawn`], with a name for [`task_tree`], [`TaskRef::name`] and panic reports.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn spawn_named<F>(name: impl Into<String>, future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    let name = name.into();
+    context::with_core(|core| core.spawn(future, Some(name)))
+}
+
+/// The task being polled right now, or `None` in a callback.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn current_task() -> Option<TaskRef> {
+    context::with_core(|_| ());
+    context::with_current(|t| t.map(|t| TaskRef::new(t.clone())))
+}
+
+/// Every task of the running runtime that has not ended (asyncio's `all_tasks`), in spawn order.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn all_tasks() -> Vec<TaskRef> {
+    context::with_core(|core| core.all_tasks())
+}
+
+/// The running runtime's tasks as a parent/child hierarchy; see [`TaskTree`].
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn task_tree() -> TaskTree {
+    context::with_core(|core| core.task_tree())
+}

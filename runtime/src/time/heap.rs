@@ -1,0 +1,198 @@
+//! The timer heap: `(deadline, sequence)` in a binary heap with lazy deletion.
+//!
+//! Cancelling a timer removes its entry from the slab; its heap node stays behind and is skipped
+//! when it surfaces (its slot is empty or holds a newer sequence number). When stale nodes
+//! outnumber live ones the heap is rebuilt, so a workload that arms and cancels timeouts that
+//! never fire keeps the heap proportional to the live timers.
+//!
+//! Equal deadlines fire in scheduling order because the sequence number breaks ties. All timer
+//! users (`sleep`, `call_later`, `call_at`, `timeout`, `wait_for`) sit on this one interface, so a
+//! wheel can replace it if profiles ask.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::task::Waker;
+use std::time::Instant;
+
+use slab::Slab;
+
+use crate::callback::CallbackPtr;
+
+/// Identifies one armed timer: its slab slot and the sequence number it was armed with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TimerKey {
+    slot: usize,
+    seq: u64,
+}
+
+/// What happens when a timer expires.
+pub(crate) enum TimerAction {
+    /// Wake a task suspended in `sleep`/`timeout`.
+    Wake(Waker),
+    /// Move a `call_later`/`call_at` callback to the ready queue.
+    Callback(CallbackPtr),
+}
+
+struct Entry {
+    seq: u64,
+    action: TimerAction,
+}
+
+pub(crate) struct TimerHeap {
+    heap: BinaryHeap<Reverse<(Instant, u64, usize)>>,
+    entries: Slab<Entry>,
+    next_seq: u64,
+    stale: usize,
+}
+
+impl TimerHeap {
+    pub(crate) fn new() -> Self {
+        TimerHeap {
+            heap: BinaryHeap::new(),
+            entries: Slab::new(),
+            next_seq: 0,
+            stale: 0,
+        }
+    }
+
+    /// Arms a timer.
+    pub(crate) fn insert(&mut self, deadline: Instant, action: TimerAction) -> TimerKey {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let slot = self.entries.insert(Entry { seq, action });
+        self.heap.push(Reverse((deadline, seq, slot)));
+        TimerKey { slot, seq }
+    }
+
+    /// Replaces the waker of an armed `Wake` timer (a task polled with a new waker).
+    pub(crate) fn update_waker(&mut self, key: TimerKey, waker: &Waker) {
+        if let Some(entry) = self.entries.get_mut(key.slot) {
+            if entry.seq == key.seq {
+                if let TimerAction::Wake(w) = &mut entry.action {
+                    if !w.will_wake(waker) {
+                        w.clone_from(waker);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Disarms a timer; returns its action if it was still armed.
+    pub(crate) fn cancel(&mut self, key: TimerKey) -> Option<TimerAction> {
+        match self.entries.get(key.slot) {
+            Some(entry) if entry.seq == key.seq => {}
+            _ => return None,
+        }
+        let entry = self.entries.remove(key.slot);
+        self.stale += 1;
+        if self.stale > 64 && self.stale > self.entries.len() {
+            self.compact();
+        }
+        Some(entry.action)
+    }
+
+    fn compact(&mut self) {
+        let entries = &self.entries;
+        self.heap
+            .retain(|Reverse((_, seq, slot))| entries.get(*slot).is_some_and(|e| e.seq == *seq));
+        self.stale = 0;
+    }
+
+    fn is_live(&self, seq: u64, slot: usize) -> bool {
+        self.entries.get(slot).is_some_and(|e| e.seq == seq)
+    }
+
+    /// The earliest live deadline, dropping stale heap nodes on the way.
+    pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((deadline, seq, slot))) = self.heap.peek().copied() {
+            if self.is_live(seq, slot) {
+                return Some(deadline);
+            }
+            self.heap.pop();
+            self.stale = self.stale.saturating_sub(1);
+        }
+        None
+    }
+
+    /// Moves every timer whose deadline is at or before `now` into `out`, in deadline order
+    /// (ties in arming order).
+    pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<TimerAction>) {
+        while let Some(Reverse((deadline, seq, slot))) = self.heap.peek().copied() {
+            if deadline > now {
+                break;
+            }
+            self.heap.pop();
+            if self.is_live(seq, slot) {
+                out.push(self.entries.remove(slot).action);
+            } else {
+                self.stale = self.stale.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Number of armed timers.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Disarms everything (runtime shutdown).
+    pub(crate) fn drain(&mut self) -> Vec<TimerAction> {
+        self.heap.clear();
+        self.stale = 0;
+        self.entries.drain().map(|e| e.action).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn noop() -> TimerAction {
+        TimerAction::Wake(Waker::noop().clone())
+    }
+
+    #[test]
+    fn equal_deadlines_expire_in_arming_order_and_cancelled_ones_never() {
+        let mut heap = TimerHeap::new();
+        let t0 = Instant::now();
+        let d = t0 + Duration::from_millis(5);
+        let a = heap.insert(d, noop());
+        let b = heap.insert(d, noop());
+        let c = heap.insert(t0 + Duration::from_millis(1), noop());
+        assert!(heap.cancel(b).is_some());
+        assert!(heap.cancel(b).is_none(), "cancel is idempotent");
+        assert_eq!(heap.next_deadline(), Some(t0 + Duration::from_millis(1)));
+        let mut out = Vec::new();
+        heap.expire(t0, &mut out);
+        assert!(out.is_empty(), "nothing is due before its deadline");
+        heap.expire(d, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(heap.len(), 0);
+        assert!(heap.cancel(a).is_none() && heap.cancel(c).is_none());
+    }
+
+    #[test]
+    fn stale_nodes_are_compacted() {
+        let mut heap = TimerHeap::new();
+        let d = Instant::now() + Duration::from_secs(60);
+        let keys: Vec<_> = (0..1000).map(|_| heap.insert(d, noop())).collect();
+        for k in &keys[..990] {
+            heap.cancel(*k);
+        }
+        assert!(heap.heap.len() < 200, "heap kept {} nodes", heap.heap.len());
+        assert_eq!(heap.len(), 10);
+    }
+
+    #[test]
+    fn reused_slot_is_not_cancelled_by_a_stale_key() {
+        let mut heap = TimerHeap::new();
+        let d = Instant::now();
+        let old = heap.insert(d, noop());
+        heap.cancel(old);
+        let new = heap.insert(d, noop());
+        assert_eq!(old.slot, new.slot);
+        assert!(heap.cancel(old).is_none());
+        assert_eq!(heap.len(), 1);
+    }
+}

@@ -1,0 +1,282 @@
+//! Timers: [`sleep`], [`timeout`] / [`wait_for`], on the loop's timer heap.
+//!
+//! No kernel timer is armed per sleep: deadlines live in one userspace heap, and the loop
+//! passes the earliest one to the driver as its wait timeout.
+
+pub(crate) mod heap;
+
+use std::error::Error;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use crate::context;
+use crate::task::Cancelled;
+use heap::TimerKey;
+
+/// A registration on the timer heap that wakes the polling task at `deadline`.
+#[derive(Debug, Default)]
+pub(crate) struct TimerEntry {
+    key: Option<TimerKey>,
+}
+
+impl TimerEntry {
+    /// Arms (or re-aims) the timer so `cx`'s task is woken at `deadline`.
+    pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
+        context::with_core(|core| match self.key {
+            Some(key) => core.update_timer(key, cx.waker()),
+            None => self.key = Some(core.add_timer(deadline, cx.waker())),
+        });
+    }
+
+    /// Disarms the timer, if armed.
+    pub(crate) fn disarm(&mut self) {
+        if let Some(key) = self.key.take() {
+            context::try_with_core(|core| core.cancel_timer(key));
+        }
+    }
+}
+
+impl Drop for TimerEntry {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// Takes the current task's pending cancel request, if there is one.
+pub(crate) fn take_cancel() -> Option<Cancelled> {
+    context::with_current(|t| t.and_then(|t| t.header().take_cancel()))
+}
+
+/// Waits until `duration` has passed (asyncio's `sleep`); a cancellation point.
+///
+/// Resolves to `Err(Cancelled)` as soon as the task awaiting it is cancelled, however long the
+/// sleep; never before its deadline otherwise. `sleep(Duration::ZERO)` still yields once, like
+/// asyncio's `sleep(0)`.
+///
+/// ```
+/// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+/// use std::time::Duration;
+/// ringloop_runtime::sleep(Duration::from_millis(2)).await.unwrap();
+/// # });
+/// ```
+///
+/// # Panics
+/// When polled outside a running ringloop runtime.
+pub fn sleep(duration: Duration) -> Sleep {
+    sleep_until(Instant::now() + duration)
+}
+
+/// Waits until `deadline` on the loop's clock; see [`sleep`].
+pub fn sleep_until(deadline: Instant) -> Sleep {
+    Sleep {
+        deadline,
+        timer: TimerEntry::default(),
+        yielded: false,
+    }
+}
+
+/// The future of [`sleep`] and [`sleep_until`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Sleep {
+    deadline: Instant,
+    timer: TimerEntry,
+    yielded: bool,
+}
+
+impl Sleep {
+    /// When the sleep ends.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+}
+
+impl Future for Sleep {
+    type Output = Result<(), Cancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if self.yielded && Instant::now() >= self.deadline {
+            self.timer.disarm();
+            return Poll::Ready(Ok(()));
+        }
+        if let Some(c) = take_cancel() {
+            self.timer.disarm();
+            return Poll::Ready(Err(c));
+        }
+        if !self.yielded && Instant::now() >= self.deadline {
+            // Already due: yield once (asyncio's sleep(0)) instead of touching the heap.
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.yielded = true;
+        let deadline = self.deadline;
+        self.timer.arm(deadline, cx);
+        Poll::Pending
+    }
+}
+
+/// The error of [`timeout`] and [`wait_for`]: the deadline passed first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimedOut;
+
+impl fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("operation timed out")
+    }
+}
+
+impl Error for TimedOut {}
+
+impl From<TimedOut> for std::io::Error {
+    fn from(_: TimedOut) -> Self {
+        std::io::Error::from(std::io::ErrorKind::TimedOut)
+    }
+}
+
+/// Runs `future` for at most `delay` (asyncio's `timeout` context manager and `wait_for`).
+///
+/// When the deadline passes, the inner work is *cancelled the asyncio way*, not just dropped: a
+/// cancel request is delivered to the awaiting task, scoped to this call, so the runtime future
+/// the inner work is suspended on resolves to `Err(Cancelled)` and the inner code may clean up
+/// (a [`Task`](crate::Task) it awaits is cancelled too). `timeout` waits for the inner future to
+/// finish that unwinding, then returns `Err(TimedOut)`; the inner output is dropped. If the
+/// inner future cannot observe the request (a foreign future), it is dropped at once.
+///
+/// If the task is also cancelled from outside meanwhile, that cancellation is not swallowed: it
+/// is delivered again at the task's next await (asyncio re-raises it).
+///
+/// ```
+/// use ringloop_runtime::{sleep, timeout, TimedOut};
+/// use std::time::Duration;
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let r = timeout(Duration::from_millis(1), sleep(Duration::from_secs(60))).await;
+///     assert_eq!(r, Err(TimedOut));
+/// });
+/// ```
+pub fn timeout<F: Future>(delay: Duration, future: F) -> Timeout<F> {
+    timeout_at(Instant::now() + delay, future)
+}
+
+/// Like [`timeout`] with an absolute deadline.
+pub fn timeout_at<F: Future>(deadline: Instant, future: F) -> Timeout<F> {
+    Timeout {
+        future,
+        deadline,
+        timer: TimerEntry::default(),
+        phase: Phase::Running,
+    }
+}
+
+/// asyncio's `wait_for(fut, delay)`: the same as [`timeout`]`(delay, fut)`.
+pub fn wait_for<F: Future>(future: F, delay: Duration) -> Timeout<F> {
+    timeout(delay, future)
+}
+
+#[derive(Debug)]
+enum Phase {
+    Running,
+    /// The deadline passed and the scoped cancel was delivered; the inner future is unwinding.
+    /// `requests_before` is the task's `cancelling()` before our own request.
+    Unwinding {
+        requests_before: u32,
+    },
+    Done,
+}
+
+/// The future of [`timeout`], [`timeout_at`] and [`wait_for`].
+#[derive(Debug)]
+#[must_use = "futures do nothing unless awaited"]
+pub struct Timeout<F> {
+    future: F,
+    deadline: Instant,
+    timer: TimerEntry,
+    phase: Phase,
+}
+
+impl<F> Timeout<F> {
+    fn project(self: Pin<&mut Self>) -> (Pin<&mut F>, &mut Instant, &mut TimerEntry, &mut Phase) {
+        // SAFETY: `future` is structurally pinned (never moved out; dropped in place with
+        // `Self`); the other fields are not pinned and `Timeout` has no `Drop` of its own that
+        // could move `future`.
+        unsafe {
+            let this = self.get_unchecked_mut();
+            (
+                Pin::new_unchecked(&mut this.future),
+                &mut this.deadline,
+                &mut this.timer,
+                &mut this.phase,
+            )
+        }
+    }
+}
+
+/// Withdraws the scoped request; re-posts it if the task was also cancelled from outside.
+fn end_scope(requests_before: u32) {
+    context::with_current(|t| {
+        if let Some(t) = t {
+            let h = t.header();
+            let left = h.uncancel();
+            if left > requests_before {
+                h.repost_cancel();
+            }
+        }
+    });
+}
+
+impl<F: Future> Future for Timeout<F> {
+    type Output = Result<F::Output, TimedOut>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (mut future, deadline, timer, phase) = self.project();
+        match *phase {
+            Phase::Done => panic!("Timeout polled after completion"),
+            Phase::Unwinding { requests_before } => {
+                if future.as_mut().poll(cx).is_ready() {
+                    *phase = Phase::Done;
+                    end_scope(requests_before);
+                    return Poll::Ready(Err(TimedOut));
+                }
+                return Poll::Pending;
+            }
+            Phase::Running => {}
+        }
+        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+            timer.disarm();
+            *phase = Phase::Done;
+            return Poll::Ready(Ok(v));
+        }
+        if Instant::now() < *deadline {
+            timer.arm(*deadline, cx);
+            return Poll::Pending;
+        }
+        timer.disarm();
+        // Deliver a cancel scoped to this call and let the inner future react to it now.
+        let scoped = context::with_current(|t| {
+            t.map(|t| {
+                let h = t.header();
+                let before = h.cancelling();
+                h.request_cancel(None);
+                before
+            })
+        });
+        let Some(requests_before) = scoped else {
+            *phase = Phase::Done;
+            return Poll::Ready(Err(TimedOut));
+        };
+        let ready = future.as_mut().poll(cx).is_ready();
+        let unobserved = context::with_current(|t| t.is_some_and(|t| t.header().cancel_pending()));
+        if ready || unobserved {
+            // Done, or the inner future could not see the request: it is dropped with `self`.
+            *phase = Phase::Done;
+            end_scope(requests_before);
+            return Poll::Ready(Err(TimedOut));
+        }
+        *phase = Phase::Unwinding { requests_before };
+        Poll::Pending
+    }
+}
