@@ -47,7 +47,11 @@ pub mod task;
 pub mod time;
 
 pub use callback::CallbackHandle;
-pub use combinators::Shielded;
+pub use combinators::{
+    as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted,
+    GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
+};
+pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{
     call_at, call_later, call_soon, set_exception_handler, stop, time, Builder, ExceptionContext,
     Handle, Runtime,

@@ -1,0 +1,259 @@
+//! `gather`, `gather_settled` and `try_gather`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use super::members::Members;
+use crate::task::{Task, TaskError};
+use crate::time::take_cancel;
+
+/// Waits for every task and returns their outputs in the order given (asyncio's `gather`).
+///
+/// On the first task that ends with an error (a panic, or a cancellation) the tasks still
+/// running are **cancelled** and the error is returned at once. *This differs from asyncio*,
+/// whose `gather` leaves the others running after the first exception; cancelling them is what
+/// callers almost always want, and [`TaskGroup`](crate::TaskGroup) goes further by also awaiting
+/// them. The cancelled tasks end on their own, at their next await.
+///
+/// Awaiting `gather` is a cancellation point that follows the await chain: if the awaiting task
+/// is cancelled, every gathered task is cancelled (as in asyncio) and `gather` then returns the
+/// first resulting error.
+///
+/// ```
+/// use ringloop_runtime::{gather, spawn};
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let tasks = (1..=3).map(|i| spawn(async move { i * 10 }));
+///     assert_eq!(gather(tasks).await.unwrap(), vec![10, 20, 30]);
+/// });
+/// ```
+pub fn gather<T>(tasks: impl IntoIterator<Item = Task<T>>) -> Gather<T> {
+    let members = Members::new(tasks);
+    let n = members.tasks.len();
+    Gather {
+        members,
+        results: (0..n).map(|_| None).collect(),
+    }
+}
+
+/// The future of [`gather`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Gather<T> {
+    members: Members<T>,
+    results: Vec<Option<T>>,
+}
+
+impl<T> Unpin for Gather<T> {}
+
+impl<T> Future for Gather<T> {
+    type Output = Result<Vec<T>, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match this.members.poll_done(cx) {
+                Poll::Ready(Some(i)) => {
+                    let mut task = this.members.take(i).expect("done task is present");
+                    match task.try_result().expect("done task has a result") {
+                        Ok(v) => this.results[i] = Some(v),
+                        Err(e) => {
+                            this.members.cancel_all(None);
+                            return Poll::Ready(Err(e));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    let results = std::mem::take(&mut this.results);
+                    return Poll::Ready(Ok(results
+                        .into_iter()
+                        .map(|r| r.expect("every task finished"))
+                        .collect()));
+                }
+                Poll::Pending => {
+                    if let Some(c) = take_cancel() {
+                        this.members.cancel_all(c.message_arc());
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// Waits for every task and returns every outcome in the order given (asyncio's
+/// `gather(..., return_exceptions=True)`). A failing task does not affect the others.
+///
+/// If the awaiting task is cancelled, every gathered task is cancelled too and their outcomes
+/// (mostly `Err(TaskError::Cancelled)`) are still collected; `gather_settled` then returns
+/// `Err(Cancelled)` so the cancellation is not lost (asyncio raises `CancelledError` here).
+///
+/// ```
+/// use ringloop_runtime::{gather_settled, spawn};
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let ok = spawn(async { 1 });
+///     let bad = spawn(async { panic!("boom") });
+///     let results = gather_settled([ok, bad]).await.unwrap();
+///     assert_eq!(*results[0].as_ref().unwrap(), 1);
+///     assert!(results[1].as_ref().unwrap_err().is_panic());
+/// });
+/// ```
+pub fn gather_settled<T>(tasks: impl IntoIterator<Item = Task<T>>) -> GatherSettled<T> {
+    let members = Members::new(tasks);
+    let n = members.tasks.len();
+    GatherSettled {
+        members,
+        results: (0..n).map(|_| None).collect(),
+        cancelled: None,
+    }
+}
+
+/// The future of [`gather_settled`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct GatherSettled<T> {
+    members: Members<T>,
+    results: Vec<Option<Result<T, TaskError>>>,
+    cancelled: Option<crate::Cancelled>,
+}
+
+impl<T> Unpin for GatherSettled<T> {}
+
+impl<T> Future for GatherSettled<T> {
+    type Output = Result<Vec<Result<T, TaskError>>, crate::Cancelled>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            match this.members.poll_done(cx) {
+                Poll::Ready(Some(i)) => {
+                    let mut task = this.members.take(i).expect("done task is present");
+                    this.results[i] = task.try_result();
+                }
+                Poll::Ready(None) => {
+                    if let Some(c) = this.cancelled.take() {
+                        return Poll::Ready(Err(c));
+                    }
+                    let results = std::mem::take(&mut this.results);
+                    return Poll::Ready(Ok(results
+                        .into_iter()
+                        .map(|r| r.expect("every task finished"))
+                        .collect()));
+                }
+                Poll::Pending => {
+                    if let Some(c) = take_cancel() {
+                        this.members.cancel_all(c.message_arc());
+                        this.cancelled = Some(c);
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+/// The error of [`try_gather`]: a task returned `Err`, or ended without a value.
+pub enum GatherError<E> {
+    /// A task returned `Err(e)`.
+    Failed(E),
+    /// A task was cancelled or panicked.
+    Task(TaskError),
+}
+
+impl<E: fmt::Debug> fmt::Debug for GatherError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GatherError::Failed(e) => f.debug_tuple("Failed").field(e).finish(),
+            GatherError::Task(e) => f.debug_tuple("Task").field(e).finish(),
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for GatherError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GatherError::Failed(e) => e.fmt(f),
+            GatherError::Task(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for GatherError<E> {}
+
+/// [`gather`] for tasks that return `Result`: the first `Err` (or panic, or cancellation)
+/// cancels the rest and is returned; otherwise every `Ok` value, in the order given.
+///
+/// ```
+/// use ringloop_runtime::{try_gather, spawn, sleep, GatherError};
+/// use std::time::Duration;
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let slow = spawn(async { sleep(Duration::from_secs(60)).await.map_err(|_| "cancelled") });
+///     let bad = spawn(async { Err::<(), _>("bad input") });
+///     let slow_ref = slow.as_ref().clone();
+///     match try_gather([slow, bad]).await {
+///         Err(GatherError::Failed(e)) => assert_eq!(e, "bad input"),
+///         _ => unreachable!(),
+///     }
+///     assert_eq!(slow_ref.cancelling(), 1, "the slow task was cancelled");
+/// });
+/// ```
+pub fn try_gather<T, E>(tasks: impl IntoIterator<Item = Task<Result<T, E>>>) -> TryGather<T, E> {
+    TryGather {
+        inner: gather(tasks),
+    }
+}
+
+/// The future of [`try_gather`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct TryGather<T, E> {
+    inner: Gather<Result<T, E>>,
+}
+
+impl<T, E> Future for TryGather<T, E> {
+    type Output = Result<Vec<T>, GatherError<E>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut self.inner;
+        loop {
+            match this.members.poll_done(cx) {
+                Poll::Ready(Some(i)) => {
+                    let mut task = this.members.take(i).expect("done task is present");
+                    match task.try_result().expect("done task has a result") {
+                        Ok(Ok(v)) => this.results[i] = Some(Ok(v)),
+                        Ok(Err(e)) => {
+                            this.members.cancel_all(None);
+                            return Poll::Ready(Err(GatherError::Failed(e)));
+                        }
+                        Err(e) => {
+                            this.members.cancel_all(None);
+                            return Poll::Ready(Err(GatherError::Task(e)));
+                        }
+                    }
+                }
+                Poll::Ready(None) => {
+                    let results = std::mem::take(&mut this.results);
+                    return Poll::Ready(Ok(results
+                        .into_iter()
+                        .map(|r| match r {
+                            Some(Ok(v)) => v,
+                            _ => unreachable!("every task finished with Ok"),
+                        })
+                        .collect()));
+                }
+                Poll::Pending => {
+                    if let Some(c) = take_cancel() {
+                        this.members.cancel_all(c.message_arc());
+                        continue;
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+    }
+}
+
+impl<T, E> Unpin for TryGather<T, E> {}

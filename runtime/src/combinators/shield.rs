@@ -1,0 +1,83 @@
+//! `shield`: await work without letting a cancellation reach it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use crate::task::{Task, TaskError};
+use crate::time::take_cancel;
+
+/// Runs `future` as its own task and awaits it without forwarding cancellation (asyncio's
+/// `shield`).
+///
+/// If the awaiting task is cancelled, the await resolves at once to
+/// `Err(TaskError::Cancelled)` while the shielded work runs on to its end, detached. A
+/// cancellation of the shielded task itself (from elsewhere) still reaches it. To shield a task
+/// you already have, use [`Task::shield`].
+///
+/// # Panics
+/// Outside a running ringloop runtime (it spawns).
+///
+/// ```
+/// use ringloop_runtime::{shield, spawn, sleep, current_task};
+/// use std::{cell::Cell, rc::Rc, time::Duration};
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let saved = Rc::new(Cell::new(false));
+///     let s = saved.clone();
+///     let outer = spawn(async move {
+///         shield(async move {
+///             sleep(Duration::from_millis(2)).await.unwrap();
+///             s.set(true); // the commit completes even though the caller was cancelled
+///         })
+///         .await
+///     });
+///     sleep(Duration::from_millis(1)).await.unwrap();
+///     outer.cancel();
+///     // `outer` returned the cancellation it received, so it ended cancelled:
+///     assert!(outer.await.unwrap_err().is_cancelled());
+///     sleep(Duration::from_millis(5)).await.unwrap();
+///     assert!(saved.get());
+/// });
+/// ```
+#[track_caller]
+pub fn shield<F>(future: F) -> Shielded<F::Output>
+where
+    F: Future + 'static,
+{
+    shield_task(crate::spawn(future))
+}
+
+pub(crate) fn shield_task<T>(task: Task<T>) -> Shielded<T> {
+    Shielded { task }
+}
+
+/// The future of [`shield`] and [`Task::shield`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct Shielded<T> {
+    task: Task<T>,
+}
+
+impl<T> Unpin for Shielded<T> {}
+
+impl<T> Shielded<T> {
+    /// The shielded task.
+    pub fn task(&self) -> &Task<T> {
+        &self.task
+    }
+}
+
+impl<T> Future for Shielded<T> {
+    type Output = Result<T, TaskError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(r) = self.task.try_result() {
+            return Poll::Ready(r);
+        }
+        if let Some(c) = take_cancel() {
+            return Poll::Ready(Err(TaskError::Cancelled(c)));
+        }
+        self.task.as_ref().ptr().header().set_join_waker(cx.waker());
+        Poll::Pending
+    }
+}
