@@ -246,11 +246,16 @@ impl Header {
 
     /// Makes a `Cancelled` bound to this task: while it lives, the task counts as "letting a
     /// cancellation escape" when it finishes (see [`Cancelled`]).
+    ///
+    /// The message is remembered as the task's cancel message: if the task ends by letting this
+    /// cancellation escape, its `TaskError::Cancelled` carries the message it saw.
     pub(crate) fn deliver(&self, message: Option<Arc<str>>) -> Cancelled {
-        if self.has(MAIN) {
-            return Cancelled::unbound(message);
-        }
-        let counter = self.with_extras(|e| e.escape.get_or_insert_with(Default::default).clone());
+        let counter = self.with_extras(|e| {
+            if message.is_some() {
+                e.cancel_message.clone_from(&message);
+            }
+            e.escape.get_or_insert_with(Default::default).clone()
+        });
         Cancelled::bound(message, counter)
     }
 
