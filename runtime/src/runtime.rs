@@ -667,6 +667,11 @@ impl Runtime {
                 drop(guard);
                 panic::resume_unwind(Box::new(format!("ringloop driver failed: {e}")));
             }
+            // `stop()` has no effect on block_on (see its docs), so consume any request here.
+            // Left set, it would make every later `run_once` skip the park (a pending stop
+            // counts as ready work) and the loop would spin at 100% CPU until the future is
+            // done, then make a later `run_forever` return at once.
+            core.take_stop();
         };
         drop(guard);
         match result {
@@ -681,15 +686,37 @@ impl Runtime {
     /// asyncio.run's epilogue: cancel what is left, let it clean up, then drop the stragglers.
     fn cancel_remaining(&self) {
         let core = &*self.core;
-        for t in core.all_tasks() {
-            t.cancel();
-        }
+        // Cancellation goes in rounds, as asyncio.run's `_cancel_all_tasks` waits only for the
+        // tasks it cancelled: cancel every task alive now, run until *those* have ended, then
+        // cancel what is still alive (tasks their cleanup spawned and did not await), and so on.
+        // So a helper that a cancelled task spawns and awaits during its cleanup (a flush) runs
+        // uncancelled, and a helper it leaves behind is cancelled in the next round instead of
+        // running unaware until the shutdown timeout drops it. Task ids only grow, so
+        // `cancelled_up_to` makes each task cancelled at most once (a task that suppresses the
+        // cancel is not cancelled again; it is dropped at the deadline).
+        let mut cancelled_up_to: Option<TaskId> = None;
+        let mut round: Vec<TaskRef> = Vec::new();
+        let mut spawned_seen = None;
         let deadline = Instant::now() + self.shutdown_timeout;
         let guard = core.call_at(deadline, || {});
         while !core.tasks.borrow().is_empty() && Instant::now() < deadline {
+            let spawned = core.counters.tasks_spawned.get();
+            if spawned_seen != Some(spawned) && round.iter().all(TaskRef::is_done) {
+                spawned_seen = Some(spawned);
+                round = core
+                    .all_tasks()
+                    .into_iter()
+                    .filter(|t| Some(t.id()) > cancelled_up_to)
+                    .collect();
+                for t in &round {
+                    t.cancel();
+                    cancelled_up_to = Some(t.id());
+                }
+            }
             if core.run_once().is_err() {
                 break;
             }
+            core.take_stop(); // as in `drive_main`: stop() does not apply to block_on
         }
         guard.cancel();
         core.abort_all();
@@ -749,6 +776,11 @@ impl Runtime {
         Handle {
             shared: self.core.shared.clone(),
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared_for_tests(&self) -> Arc<Shared> {
+        self.core.shared.clone()
     }
 
     /// A snapshot of the runtime's counters.
