@@ -257,14 +257,16 @@ fn timeout_cancels_inner_work_and_lets_it_clean_up() {
     let l = log.clone();
     rt().block_on(async move {
         let r = timeout(Duration::from_millis(2), async {
-            if sleep(Duration::from_secs(3600)).await.is_err() {
+            if let Err(cancelled) = sleep(Duration::from_secs(3600)).await {
                 l.borrow_mut().push("inner cancelled");
                 sleep(Duration::from_millis(1)).await.unwrap(); // async cleanup
                 l.borrow_mut().push("cleanup done");
+                return Err(cancelled);
             }
+            Ok(())
         })
         .await;
-        assert_eq!(r, Err(TimedOut));
+        assert_eq!(r.map(|_| ()), Err(TimedOut));
         l.borrow_mut().push("timed out");
         // The scoped request was withdrawn: the next await is not cancelled.
         sleep(Duration::from_millis(1)).await.unwrap();
@@ -315,13 +317,15 @@ fn external_cancel_during_timeout_unwinding_is_not_swallowed() {
     rt().block_on(async {
         let t = spawn(async {
             let r = timeout(Duration::from_millis(1), async {
-                if sleep(Duration::from_secs(3600)).await.is_err() {
+                if let Err(cancelled) = sleep(Duration::from_secs(3600)).await {
                     // Cleanup; the outside cancel lands here and is ignored.
                     let _ = sleep(Duration::from_millis(20)).await;
+                    return Err(cancelled);
                 }
+                Ok(())
             })
             .await;
-            assert_eq!(r, Err(TimedOut));
+            assert_eq!(r.map(|_| ()), Err(TimedOut));
             sleep(Duration::from_millis(1)).await
         });
         sleep(Duration::from_millis(5)).await.unwrap();
@@ -632,5 +636,23 @@ fn promise_done_callbacks_are_scheduled_not_inline() {
         p.add_done_callback(move |_| s.borrow_mut().push(2));
         yield_now().await.unwrap();
         assert_eq!(*seen.borrow(), [1, 2]);
+    });
+}
+
+/// asyncio's timeout() raises TimeoutError only when the CancelledError escaped the body; inner
+/// work that caught the cancel and still produced a value keeps it (nothing lost).
+#[test]
+fn timeout_keeps_a_value_the_inner_work_returned_after_catching_the_cancel() {
+    rt().block_on(async {
+        let r = timeout(Duration::from_millis(1), async {
+            match sleep(Duration::from_secs(3600)).await {
+                Ok(()) => "slept",
+                Err(_caught) => "caught the cancel, returned anyway",
+            }
+        })
+        .await;
+        assert_eq!(r, Ok("caught the cancel, returned anyway"));
+        assert_eq!(current_task().unwrap().cancelling(), 0);
+        sleep(Duration::from_millis(1)).await.unwrap();
     });
 }

@@ -107,7 +107,11 @@ impl Future for Sleep {
             return Poll::Ready(Err(c));
         }
         if !self.yielded && Instant::now() >= self.deadline {
-            // Already due: yield once (asyncio's sleep(0)) instead of touching the heap.
+            // Already due: yield once (asyncio's sleep(0)) instead of touching the heap. This
+            // path never reaches the heap, so check for a runtime here: outside one, a
+            // `sleep(Duration::ZERO)` must panic like every other sleep (see `# Panics`), not
+            // quietly complete under a foreign executor.
+            context::with_core(|_| ());
             self.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -143,7 +147,9 @@ impl From<TimedOut> for std::io::Error {
 /// cancel request is delivered to the awaiting task, scoped to this call, so the runtime future
 /// the inner work is suspended on resolves to `Err(Cancelled)` and the inner code may clean up
 /// (a [`Task`](crate::Task) it awaits is cancelled too). `timeout` waits for the inner future to
-/// finish that unwinding, then returns `Err(TimedOut)`; the inner output is dropped. If the
+/// finish that unwinding, then returns `Err(TimedOut)` if the inner future let the cancellation
+/// escape (returned the `Cancelled`, possibly wrapped), or `Ok(value)` if it caught it and
+/// returned a value anyway: as with asyncio's `timeout()`, a value is never thrown away. If the
 /// inner future cannot observe the request (a foreign future), it is dropped at once.
 ///
 /// If the task is also cancelled from outside meanwhile, that cancellation is not swallowed: it
@@ -215,6 +221,22 @@ impl<F> Timeout<F> {
     }
 }
 
+/// The inner future finished after the deadline passed. As asyncio's `timeout()` decides: if it
+/// let the cancellation escape (its output holds a delivered `Cancelled`), that is the timeout,
+/// and the output is dropped; if it caught the cancellation and returned a value anyway, the value
+/// is kept, so an item taken from a queue in that race is never lost.
+fn settle_after_timeout<T>(output: T, requests_before: u32) -> Result<T, TimedOut> {
+    let escaped = context::with_current(|t| t.is_some_and(|t| t.header().escaped()));
+    let result = if escaped {
+        drop(output);
+        Err(TimedOut)
+    } else {
+        Ok(output)
+    };
+    end_scope(requests_before);
+    result
+}
+
 /// Withdraws the scoped request; re-posts it if the task was also cancelled from outside.
 fn end_scope(requests_before: u32) {
     context::with_current(|t| {
@@ -236,10 +258,9 @@ impl<F: Future> Future for Timeout<F> {
         match *phase {
             Phase::Done => panic!("Timeout polled after completion"),
             Phase::Unwinding { requests_before } => {
-                if future.as_mut().poll(cx).is_ready() {
+                if let Poll::Ready(v) = future.as_mut().poll(cx) {
                     *phase = Phase::Done;
-                    end_scope(requests_before);
-                    return Poll::Ready(Err(TimedOut));
+                    return Poll::Ready(settle_after_timeout(v, requests_before));
                 }
                 return Poll::Pending;
             }
@@ -268,10 +289,14 @@ impl<F: Future> Future for Timeout<F> {
             *phase = Phase::Done;
             return Poll::Ready(Err(TimedOut));
         };
-        let ready = future.as_mut().poll(cx).is_ready();
+        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+            *phase = Phase::Done;
+            return Poll::Ready(settle_after_timeout(v, requests_before));
+        }
         let unobserved = context::with_current(|t| t.is_some_and(|t| t.header().cancel_pending()));
-        if ready || unobserved {
-            // Done, or the inner future could not see the request: it is dropped with `self`.
+        if unobserved {
+            // The inner future could not see the request (a foreign future): it is dropped
+            // with `self`.
             *phase = Phase::Done;
             end_scope(requests_before);
             return Poll::Ready(Err(TimedOut));
