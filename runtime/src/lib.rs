@@ -51,6 +51,7 @@ pub use combinators::{
     as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted,
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
+pub use driver::{is_cancelled, Backend, Interest, Op, OpKind, SharedFd};
 pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{
     call_at, call_later, call_soon, set_exception_handler, stop, time, Builder, ExceptionContext,

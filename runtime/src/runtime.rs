@@ -20,7 +20,7 @@ use slab::Slab;
 
 use crate::callback::{new_callback, CallbackHandle, CallbackPtr};
 use crate::context;
-use crate::driver::{Driver, WakeFd};
+use crate::driver::{Backend, Driver, Interest, OpKey, Orphan, WakeFd};
 use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
@@ -155,6 +155,7 @@ pub(crate) struct Core {
     /// Ended tasks, kept for post-mortem dumps when the builder asks.
     finished: RefCell<Option<Vec<FlatTask>>>,
     driver: RefCell<Driver>,
+    backend: Backend,
     exception_handler: RefCell<ExceptionHandler>,
     stop_requested: Cell<bool>,
     counters: Counters,
@@ -325,6 +326,8 @@ impl Core {
 
     fn stats(&self) -> RuntimeStats {
         let c = &self.counters;
+        let driver = self.driver.borrow();
+        let d = driver.stats();
         RuntimeStats {
             tasks_alive: self.tasks.borrow().len() as u64,
             tasks_spawned: c.tasks_spawned.get(),
@@ -336,8 +339,13 @@ impl Core {
             timers_pending: self.timers.borrow().len() as u64,
             loop_iterations: c.loop_iterations.get(),
             parks: c.parks.get(),
-            kernel_waits: self.driver.borrow().stats.kernel_waits,
             remote_wakes: c.remote_wakes.get(),
+            kernel_enters: d.kernel_enters,
+            ops_submitted: d.ops_submitted,
+            ops_completed: d.ops_completed,
+            ops_cancelled: d.ops_cancelled,
+            ops_in_flight: driver.in_flight() as u64,
+            cq_overflows: d.cq_overflows,
         }
     }
 
@@ -354,27 +362,38 @@ impl Core {
     fn run_once(&self) -> io::Result<()> {
         bump(&self.counters.loop_iterations);
 
-        // 1–2. Wait, unless there is work already.
+        // 1–2. Talk to the kernel once: submit what is queued, reap what completed, and block
+        // only if nothing is ready.
         let busy = !self.ready.borrow().is_empty()
             || self.stop_requested.get()
             || self.shared.stop_requested.load(Ordering::Relaxed);
-        if !busy {
+        if busy {
+            let mut driver = self.driver.borrow_mut();
+            if driver.wants_poll() {
+                driver.park(Some(Duration::ZERO), &self.shared.wake)?;
+            }
+        } else {
             let timeout = self
                 .timers
                 .borrow_mut()
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
+            // Announce the park before the last look at the injector, so a remote wake either
+            // sees `parked` and writes the eventfd, or is seen here.
+            self.shared.parked.store(true, Ordering::SeqCst);
+            let timeout = if self.shared.has_injected.load(Ordering::SeqCst) {
+                Some(Duration::ZERO)
+            } else {
+                timeout
+            };
             if timeout != Some(Duration::ZERO) {
-                // Announce the park before the last look at the injector, so a remote wake
-                // either sees `parked` and writes the eventfd, or is seen here.
-                self.shared.parked.store(true, Ordering::SeqCst);
-                if !self.shared.has_injected.load(Ordering::SeqCst) {
-                    bump(&self.counters.parks);
-                    self.driver.borrow_mut().park(timeout, &self.shared.wake)?;
-                }
-                self.shared.parked.store(false, Ordering::SeqCst);
+                bump(&self.counters.parks);
             }
+            let r = self.driver.borrow_mut().park(timeout, &self.shared.wake);
+            self.shared.parked.store(false, Ordering::SeqCst);
+            r?;
         }
+        self.finish_orphans();
 
         // 3. Remote wakes and thread-safe callbacks.
         if self.shared.has_injected.load(Ordering::Acquire) {
@@ -427,6 +446,77 @@ impl Core {
         Ok(())
     }
 
+    /// Finishes orphaned ops whose completions arrived, outside the driver's borrow: finishing
+    /// one runs its `complete`, whose output (an accepted socket, say) is dropped and may call
+    /// back into the driver.
+    fn finish_orphans(&self) {
+        let orphans = self.driver.borrow_mut().take_finished_orphans();
+        for (orphan, result, flags) in orphans {
+            if let Err(payload) =
+                panic::catch_unwind(AssertUnwindSafe(|| orphan.finish(result, flags)))
+            {
+                self.report_panic(None, "an orphaned op's completion panicked", &*payload);
+            }
+        }
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// # Safety
+    /// The SQE's memory must outlive the op's completion (see `OpKind`).
+    pub(crate) unsafe fn uring_submit(
+        &self,
+        sqe: io_uring::squeue::Entry,
+        waker: &std::task::Waker,
+    ) -> io::Result<OpKey> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.driver.borrow_mut().uring_submit(sqe, waker) }
+    }
+
+    pub(crate) fn uring_take(&self, key: OpKey, waker: &std::task::Waker) -> Option<(i32, u32)> {
+        self.driver.borrow_mut().uring_take(key, waker)
+    }
+
+    pub(crate) fn uring_cancel(&self, key: OpKey) {
+        self.driver.borrow_mut().uring_cancel(key)
+    }
+
+    pub(crate) fn uring_orphan(
+        &self,
+        key: OpKey,
+        data: Box<dyn Orphan>,
+    ) -> Result<(), Box<dyn Orphan>> {
+        let r = self.driver.borrow_mut().uring_orphan(key, data);
+        self.finish_orphans();
+        r
+    }
+
+    pub(crate) fn epoll_wait_for(
+        &self,
+        fd: std::os::fd::RawFd,
+        interest: Interest,
+        previous: Option<u64>,
+        waker: &std::task::Waker,
+    ) -> io::Result<u64> {
+        self.driver
+            .borrow_mut()
+            .epoll_wait_for(fd, interest, previous, waker)
+    }
+
+    pub(crate) fn epoll_unwait(&self, fd: std::os::fd::RawFd, token: u64) {
+        self.driver.borrow_mut().epoll_unwait(fd, token)
+    }
+
+    pub(crate) fn forget_fd(&self, fd: std::os::fd::RawFd) {
+        // Called from a descriptor's drop, which may happen while the driver is borrowed (an
+        // orphan finishing inside it): then the driver is shutting the op down anyway.
+        if let Ok(mut driver) = self.driver.try_borrow_mut() {
+            driver.forget_fd(fd);
+        }
+    }
+
     fn take_stop(&self) -> bool {
         self.stop_requested.replace(false)
             | self.shared.stop_requested.swap(false, Ordering::AcqRel)
@@ -467,6 +557,7 @@ impl Core {
 /// rt.block_on(async {});
 /// ```
 pub struct Builder {
+    backend: Option<Backend>,
     keep_finished_tasks: bool,
     shutdown_timeout: Duration,
     exception_handler: Option<ExceptionHandler>,
@@ -475,6 +566,7 @@ pub struct Builder {
 impl Default for Builder {
     fn default() -> Self {
         Builder {
+            backend: None,
             keep_finished_tasks: false,
             shutdown_timeout: Duration::from_secs(5),
             exception_handler: None,
@@ -487,6 +579,13 @@ impl Builder {
     /// reported on stderr.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Chooses the I/O backend (default [`Backend::Auto`]; see [`driver`](crate::driver)). An
+    /// explicit choice here wins over the `RINGLOOP_BACKEND` environment variable.
+    pub fn backend(mut self, backend: Backend) -> Self {
+        self.backend = Some(backend);
+        self
     }
 
     /// Keeps ended tasks in [`task_tree`](crate::task_tree) dumps (for post-mortems). Each ended
@@ -513,10 +612,16 @@ impl Builder {
     ///
     /// # Errors
     /// If the kernel refuses the driver's descriptors (eventfd, epoll), e.g. at the open-file
-    /// limit.
+    /// limit; if io_uring was asked for explicitly and is unavailable; if `RINGLOOP_BACKEND`
+    /// holds an unknown name.
     pub fn build(self) -> io::Result<Runtime> {
         let wake = WakeFd::new()?;
-        let driver = Driver::new(&wake)?;
+        let driver = Driver::new(
+            self.backend.unwrap_or_default(),
+            self.backend.is_some(),
+            &wake,
+        )?;
+        let backend = driver.backend();
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
             has_injected: AtomicBool::new(false),
@@ -532,6 +637,7 @@ impl Builder {
             tasks: RefCell::new(Slab::new()),
             finished: RefCell::new(self.keep_finished_tasks.then(Vec::new)),
             driver: RefCell::new(driver),
+            backend,
             exception_handler: RefCell::new(
                 self.exception_handler
                     .unwrap_or_else(default_exception_handler),
@@ -783,6 +889,17 @@ impl Runtime {
         self.core.shared.clone()
     }
 
+    /// The I/O backend this runtime runs on (never `Auto`).
+    pub fn backend(&self) -> Backend {
+        self.core.backend
+    }
+
+    /// The backend and its setup, for logs and benchmark reports, e.g.
+    /// `io_uring (single_issuer+defer_taskrun)` or `epoll`.
+    pub fn backend_description(&self) -> String {
+        self.core.driver.borrow().describe()
+    }
+
     /// A snapshot of the runtime's counters.
     pub fn stats(&self) -> RuntimeStats {
         self.core.stats()
@@ -833,6 +950,10 @@ impl Drop for Runtime {
         drop(ready);
         let timers = core.timers.borrow_mut().drain();
         drop(timers);
+        // Cancel and reap every op the kernel still holds before the ring and the memory it
+        // writes go away.
+        core.driver.borrow_mut().shutdown();
+        core.finish_orphans();
     }
 }
 

@@ -27,8 +27,18 @@ pub struct RuntimeStats {
     pub loop_iterations: u64,
     /// Times the loop blocked in the driver (parked with a non-zero timeout).
     pub parks: u64,
-    /// Times the driver entered the kernel to wait or poll.
-    pub kernel_waits: u64,
     /// Wakes that came from other threads through the injector.
     pub remote_wakes: u64,
+    /// Kernel entries of the driver: `io_uring_enter` or `epoll_wait` calls.
+    pub kernel_enters: u64,
+    /// I/O ops submitted to the kernel (io_uring).
+    pub ops_submitted: u64,
+    /// I/O op completions reaped (io_uring).
+    pub ops_completed: u64,
+    /// I/O ops cancelled in the kernel (`ASYNC_CANCEL` sent).
+    pub ops_cancelled: u64,
+    /// I/O ops in flight now (gauge): io_uring slots the kernel holds, or epoll waiters.
+    pub ops_in_flight: u64,
+    /// Times the completion queue overflowed (the kernel kept the completions; none was lost).
+    pub cq_overflows: u64,
 }

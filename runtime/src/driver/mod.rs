@@ -1,15 +1,267 @@
-//! The driver: where the loop waits.
+//! The driver: where the loop waits, and where I/O happens.
 //!
-//! The executor never blocks by itself; once per iteration it asks the driver to
-//! [`park`](Driver::park) for at most a timeout (zero when work is ready, the next timer's
-//! deadline otherwise). A wake from another thread unparks it through an eventfd.
+//! The executor never blocks by itself; once per iteration it asks the driver to park for at
+//! most a timeout (zero when work is ready, the next timer's deadline otherwise). The driver is
+//! one of two backends, chosen when the runtime starts:
 //!
-//! This milestone has one driver, which only sleeps and wakes. The io_uring and epoll drivers
-//! plug into the same seam: they wait on I/O completions or readiness in the same call.
+//! * **io_uring** ([`Backend::IoUring`]): completion-based. Ops are submitted as SQEs and one
+//!   `io_uring_enter` per iteration submits and reaps together.
+//! * **epoll** ([`Backend::Epoll`]): readiness-based. Ops try their syscall and wait for
+//!   readiness on `EAGAIN`; one `epoll_wait` per iteration.
+//!
+//! [`Backend::Auto`] (the default) creates a ring and probes the opcodes it needs; where that is
+//! refused (seccomp, `kernel.io_uring_disabled`, memlock limits, an old kernel) it falls back to
+//! epoll with one warning line on stderr. `RINGLOOP_BACKEND=uring|epoll` overrides `Auto`; the
+//! builder's explicit choice overrides the variable.
+//!
+//! Ops are described once ([`OpKind`]) and run on either backend through [`Op`].
 
-mod park;
+mod epoll;
+mod fd;
+mod op;
+mod uring;
+mod wake;
 
-pub(crate) use park::{Driver, WakeFd};
+use std::fmt;
+use std::io;
+use std::os::fd::RawFd;
+use std::str::FromStr;
+use std::task::Waker;
+use std::time::Duration;
+
+pub use fd::SharedFd;
+pub(crate) use op::Orphan;
+pub use op::{is_cancelled, Interest, Op, OpKind};
+pub(crate) use wake::WakeFd;
+
+use epoll::Epoll;
+use uring::Uring;
+
+/// Which I/O backend a runtime uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// io_uring if the kernel allows it, else epoll (with a warning). `RINGLOOP_BACKEND`
+    /// overrides this default.
+    #[default]
+    Auto,
+    /// io_uring; building the runtime fails if it is unavailable.
+    IoUring,
+    /// epoll.
+    Epoll,
+}
+
+impl Backend {
+    /// `"uring"`, `"epoll"` or `"auto"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::IoUring => "uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = io::Error;
+
+    /// Parses `uring`/`io_uring`/`iouring`, `epoll` or `auto` (any case).
+    fn from_str(s: &str) -> io::Result<Backend> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "uring" | "io_uring" | "iouring" | "io-uring" => Ok(Backend::IoUring),
+            "epoll" => Ok(Backend::Epoll),
+            "auto" | "" => Ok(Backend::Auto),
+            other => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unknown backend {other:?}: expected uring, epoll or auto"),
+            )),
+        }
+    }
+}
+
+/// Identifies an io_uring op in the op table (its `user_data`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpKey(pub(crate) u64);
+
+/// Counters the backends keep for [`RuntimeStats`](crate::RuntimeStats).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct DriverStats {
+    /// `io_uring_enter` or `epoll_wait` calls.
+    pub(crate) kernel_enters: u64,
+    pub(crate) ops_submitted: u64,
+    pub(crate) ops_completed: u64,
+    pub(crate) ops_cancelled: u64,
+    pub(crate) cq_overflows: u64,
+    pub(crate) enter_errors: u64,
+}
+
+/// The backend in use.
+pub(crate) enum Driver {
+    Uring(Uring),
+    Epoll(Epoll),
+}
+
+/// SQ entries of a runtime's ring.
+const RING_ENTRIES: u32 = 1024;
+
+impl Driver {
+    /// Creates the backend `requested` asks for (see the module docs for `Auto`).
+    pub(crate) fn new(requested: Backend, explicit: bool, wake: &WakeFd) -> io::Result<Driver> {
+        let mut choice = requested;
+        if !explicit || requested == Backend::Auto {
+            if let Ok(v) = std::env::var("RINGLOOP_BACKEND") {
+                choice = v.parse()?;
+            }
+        }
+        match choice {
+            Backend::Epoll => Ok(Driver::Epoll(Epoll::new(wake)?)),
+            Backend::IoUring => Ok(Driver::Uring(Uring::new(RING_ENTRIES, wake)?)),
+            Backend::Auto => match Uring::new(RING_ENTRIES, wake) {
+                Ok(u) => Ok(Driver::Uring(u)),
+                Err(e) => {
+                    eprintln!("ringloop: io_uring unavailable ({e}); using the epoll backend");
+                    Ok(Driver::Epoll(Epoll::new(wake)?))
+                }
+            },
+        }
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        match self {
+            Driver::Uring(_) => Backend::IoUring,
+            Driver::Epoll(_) => Backend::Epoll,
+        }
+    }
+
+    /// The backend and how it was set up, e.g. `io_uring (single_issuer+defer_taskrun)`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Driver::Uring(u) => format!("io_uring ({})", u.setup),
+            Driver::Epoll(_) => "epoll".to_owned(),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> DriverStats {
+        match self {
+            Driver::Uring(u) => u.stats,
+            Driver::Epoll(e) => e.stats,
+        }
+    }
+
+    /// Ops in flight (io_uring: slots the kernel holds or whose result waits; epoll: waiters).
+    pub(crate) fn in_flight(&self) -> usize {
+        match self {
+            Driver::Uring(u) => u.in_flight(),
+            Driver::Epoll(e) => e.in_flight(),
+        }
+    }
+
+    /// Whether parking with a zero timeout would do anything (submissions to hand over, or
+    /// completions that may be waiting). When false and work is ready, the loop skips the
+    /// kernel entry.
+    pub(crate) fn wants_poll(&mut self) -> bool {
+        match self {
+            Driver::Uring(u) => u.has_pending_submissions() || u.in_flight() > 0,
+            Driver::Epoll(e) => e.in_flight() > 0,
+        }
+    }
+
+    pub(crate) fn park(&mut self, timeout: Option<Duration>, wake: &WakeFd) -> io::Result<()> {
+        match self {
+            Driver::Uring(u) => u.park(timeout),
+            Driver::Epoll(e) => e.park(timeout, wake),
+        }
+    }
+
+    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
+        match self {
+            Driver::Uring(u) => u.take_finished_orphans(),
+            Driver::Epoll(_) => Vec::new(),
+        }
+    }
+
+    /// # Safety
+    /// The SQE's memory must outlive the op's completion (see [`OpKind`]).
+    pub(crate) unsafe fn uring_submit(
+        &mut self,
+        sqe: io_uring::squeue::Entry,
+        waker: &Waker,
+    ) -> io::Result<OpKey> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Uring(u) => Ok(unsafe { u.submit(sqe, waker) }),
+            Driver::Epoll(_) => Err(wrong_backend()),
+        }
+    }
+
+    pub(crate) fn uring_take(&mut self, key: OpKey, waker: &Waker) -> Option<(i32, u32)> {
+        match self {
+            Driver::Uring(u) => u.take(key, waker),
+            Driver::Epoll(_) => None,
+        }
+    }
+
+    pub(crate) fn uring_cancel(&mut self, key: OpKey) {
+        if let Driver::Uring(u) = self {
+            u.cancel(key)
+        }
+    }
+
+    pub(crate) fn uring_orphan(
+        &mut self,
+        key: OpKey,
+        data: Box<dyn Orphan>,
+    ) -> Result<(), Box<dyn Orphan>> {
+        match self {
+            Driver::Uring(u) => {
+                u.orphan(key, data);
+                Ok(())
+            }
+            Driver::Epoll(_) => Err(data),
+        }
+    }
+
+    pub(crate) fn epoll_wait_for(
+        &mut self,
+        fd: RawFd,
+        interest: Interest,
+        previous: Option<u64>,
+        waker: &Waker,
+    ) -> io::Result<u64> {
+        match self {
+            Driver::Epoll(e) => e.wait_for(fd, interest, previous, waker),
+            Driver::Uring(_) => Err(wrong_backend()),
+        }
+    }
+
+    pub(crate) fn epoll_unwait(&mut self, fd: RawFd, token: u64) {
+        if let Driver::Epoll(e) = self {
+            e.unwait(fd, token)
+        }
+    }
+
+    pub(crate) fn forget_fd(&mut self, fd: RawFd) {
+        if let Driver::Epoll(e) = self {
+            e.forget_fd(fd)
+        }
+    }
+
+    /// Runtime shutdown: cancel and reap everything the kernel holds (bounded).
+    pub(crate) fn shutdown(&mut self) {
+        if let Driver::Uring(u) = self {
+            u.shutdown(Duration::from_secs(1));
+        }
+    }
+}
+
+fn wrong_backend() -> io::Error {
+    io::Error::other("op used on the wrong backend")
+}
 
 /// Errno-named helpers: read `is_interrupted(e)` rather than `e == EINTR`.
 pub(crate) mod errno {

@@ -1,0 +1,285 @@
+//! The one op interface both backends serve, and the future that drives an op.
+//!
+//! An [`OpKind`] describes an operation once: how it becomes an SQE (io_uring), which descriptor
+//! and direction it waits on and how to try it without blocking (epoll), and how a result
+//! becomes its output. [`Op`] runs it on whichever backend the runtime chose, so sockets never
+//! know which one that is. Users can add op kinds of their own (a file read, say) by implementing
+//! the trait.
+//!
+//! # Memory rules (io_uring)
+//!
+//! The op's data is boxed before `sqe` is called and never moves afterwards, so every pointer in
+//! the SQE (buffers, sockaddr storage, iovecs) stays valid. If the `Op` future is dropped while
+//! the kernel holds the SQE, the box moves into the op table as an orphan together with an
+//! `ASYNC_CANCEL`, and is only dropped when the op's own completion arrives (then
+//! [`OpKind::complete`] runs and its output is dropped: an orphaned accept's new socket is
+//! closed that way).
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use io_uring::squeue;
+
+use super::errno::is_would_block;
+use super::{Backend, OpKey};
+use crate::context;
+use crate::task::Cancelled;
+use crate::time::take_cancel;
+
+/// Which readiness an op waits for on the epoll backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Interest {
+    /// Readable (or a pending connection, or hang-up).
+    Read,
+    /// Writable (or a finished connect).
+    Write,
+}
+
+/// One kind of I/O operation, described once for both backends.
+///
+/// # Safety
+///
+/// Implementing this trait is unsafe because the io_uring backend hands [`sqe`](Self::sqe)'s
+/// entry to the kernel: every pointer in it must point into memory that `self` owns and that
+/// stays valid and unmoved while `self` is alive (heap memory owned by `self`, or `self`'s own
+/// fields: `self` is boxed and never moved once `sqe` is called), and every descriptor in it
+/// must be kept open by `self`.
+pub unsafe trait OpKind: 'static {
+    /// What the op produces.
+    type Output;
+
+    /// The submission entry (io_uring). Called at most once, with `self` at its final address.
+    /// The runtime sets the entry's `user_data`.
+    fn sqe(&mut self) -> squeue::Entry;
+
+    /// The descriptor and direction to wait on when [`attempt`](Self::attempt) would block
+    /// (epoll).
+    fn readiness(&self) -> (RawFd, Interest);
+
+    /// Performs the operation without blocking (epoll): `Ok(n)` is a result as a CQE would carry
+    /// it, an error of kind `WouldBlock` means "wait for readiness and call me again".
+    fn attempt(&mut self) -> io::Result<u32>;
+
+    /// Turns the result into the output. `result` is the CQE's result (an errno as
+    /// `io::Error`), or on epoll the last attempt's; a cancelled op gets an error carrying
+    /// [`Cancelled`] (see [`is_cancelled`]). `flags` are the CQE flags (0 on epoll).
+    fn complete(self: Box<Self>, result: io::Result<u32>, flags: u32) -> Self::Output;
+}
+
+/// Whether an I/O error is a ringloop cancellation (the task was cancelled while the op was in
+/// flight and the cancel won the race).
+pub fn is_cancelled(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Cancelled>())
+}
+
+/// A type-erased orphan: the op's data, kept alive until its completion arrives.
+pub(crate) trait Orphan {
+    fn finish(self: Box<Self>, result: i32, flags: u32);
+}
+
+impl<T: OpKind> Orphan for T {
+    fn finish(self: Box<Self>, result: i32, flags: u32) {
+        // Running `complete` and dropping its output releases whatever the op produced (an
+        // accepted socket is closed, a buffer freed).
+        drop(self.complete(cqe_result(result), flags));
+    }
+}
+
+pub(crate) fn cqe_result(res: i32) -> io::Result<u32> {
+    if res < 0 {
+        Err(io::Error::from_raw_os_error(-res))
+    } else {
+        Ok(res as u32)
+    }
+}
+
+enum State {
+    Unsubmitted,
+    /// io_uring: the SQE is queued or in the kernel. `cancel` holds the delivered cancellation
+    /// once an `ASYNC_CANCEL` has been sent for it.
+    InFlight {
+        key: OpKey,
+        cancel: Option<Cancelled>,
+    },
+    /// epoll: waiting for readiness; `waiter` is our registration.
+    Waiting {
+        waiter: Option<(RawFd, u64)>,
+    },
+    Done,
+}
+
+/// The future of one operation; created with [`Op::new`] and awaited.
+///
+/// A cancellation point like every runtime await: if the task is cancelled while the op is in
+/// flight, the op is cancelled in the kernel (`ASYNC_CANCEL`) and the future resolves with an
+/// error carrying [`Cancelled`]; if the op completed first, its real result is delivered (no data
+/// is lost) and the cancellation waits for the task's next await. On epoll a cancelled waiter
+/// completes at once.
+#[must_use = "ops do nothing unless awaited"]
+pub struct Op<T: OpKind> {
+    data: Option<Box<T>>,
+    state: State,
+}
+
+impl<T: OpKind> Unpin for Op<T> {}
+
+impl<T: OpKind> fmt::Debug for Op<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match self.state {
+            State::Unsubmitted => "unsubmitted",
+            State::InFlight { .. } => "in flight",
+            State::Waiting { .. } => "waiting",
+            State::Done => "done",
+        };
+        f.debug_struct("Op").field("state", &state).finish()
+    }
+}
+
+impl<T: OpKind> Op<T> {
+    /// Wraps an op kind; nothing happens until the future is polled.
+    pub fn new(kind: T) -> Self {
+        Op {
+            data: Some(Box::new(kind)),
+            state: State::Unsubmitted,
+        }
+    }
+
+    fn finish(&mut self, result: io::Result<u32>, flags: u32) -> T::Output {
+        self.state = State::Done;
+        self.data
+            .take()
+            .expect("op data present until completion")
+            .complete(result, flags)
+    }
+
+    fn poll_uring(&mut self, cx: &mut Context<'_>) -> Poll<T::Output> {
+        context::with_core(|core| {
+            if let State::Unsubmitted = self.state {
+                let data = self.data.as_mut().expect("op data present");
+                let sqe = data.sqe();
+                // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
+                // by `data`, which is boxed (never moves) and stays alive until this op's
+                // completion: here until `finish`, or in the op table as an orphan.
+                match unsafe { core.uring_submit(sqe, cx.waker()) } {
+                    Ok(key) => {
+                        self.state = State::InFlight { key, cancel: None };
+                        return Poll::Pending;
+                    }
+                    Err(e) => return Poll::Ready(self.finish(Err(e), 0)),
+                }
+            }
+            let State::InFlight { key, cancel } = &mut self.state else {
+                panic!("Op polled after completion");
+            };
+            let key = *key;
+            if let Some((res, flags)) = core.uring_take(key, cx.waker()) {
+                let result = cqe_result(res);
+                let result = match cancel.take() {
+                    Some(c) if res == -libc::ECANCELED => Err(io::Error::from(c)),
+                    Some(c) => {
+                        // The op won the race: its real result is delivered and the
+                        // cancellation waits for the task's next await.
+                        drop(c);
+                        context::with_current(|t| {
+                            if let Some(t) = t {
+                                t.header().repost_cancel()
+                            }
+                        });
+                        result
+                    }
+                    None => result,
+                };
+                return Poll::Ready(self.finish(result, flags));
+            }
+            if cancel.is_none() {
+                if let Some(c) = take_cancel() {
+                    core.uring_cancel(key);
+                    *cancel = Some(c);
+                }
+            }
+            Poll::Pending
+        })
+    }
+
+    fn poll_epoll(&mut self, cx: &mut Context<'_>) -> Poll<T::Output> {
+        let data = self.data.as_mut().expect("Op polled after completion");
+        let result = data.attempt();
+        let waiter = match &mut self.state {
+            State::Waiting { waiter } => waiter.take(),
+            _ => None,
+        };
+        match result {
+            Err(e) if is_would_block(&e) => {
+                if let Some(c) = take_cancel() {
+                    if let Some((fd, token)) = waiter {
+                        context::with_core(|core| core.epoll_unwait(fd, token));
+                    }
+                    return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
+                }
+                let (fd, interest) = data.readiness();
+                let token = context::with_core(|core| {
+                    core.epoll_wait_for(fd, interest, waiter.map(|w| w.1), cx.waker())
+                });
+                match token {
+                    Ok(token) => {
+                        self.state = State::Waiting {
+                            waiter: Some((fd, token)),
+                        };
+                        Poll::Pending
+                    }
+                    Err(e) => Poll::Ready(self.finish(Err(e), 0)),
+                }
+            }
+            done => {
+                if let Some((fd, token)) = waiter {
+                    context::with_core(|core| core.epoll_unwait(fd, token));
+                }
+                Poll::Ready(self.finish(done, 0))
+            }
+        }
+    }
+}
+
+impl<T: OpKind> Future for Op<T> {
+    type Output = T::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
+        let this = self.get_mut();
+        match context::with_core(|core| core.backend()) {
+            Backend::IoUring => this.poll_uring(cx),
+            _ => this.poll_epoll(cx),
+        }
+    }
+}
+
+impl<T: OpKind> Drop for Op<T> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::InFlight { key, .. } => {
+                if let Some(data) = self.data.take() {
+                    let mut data: Option<Box<dyn Orphan>> = Some(data);
+                    context::try_with_core(|core| {
+                        if let Some(d) = data.take() {
+                            data = core.uring_orphan(key, d).err();
+                        }
+                    });
+                    if let Some(data) = data {
+                        // No runtime took it (dropped outside the runtime, after it was shut
+                        // down): leak rather than free memory the kernel may still write.
+                        std::mem::forget(data);
+                    }
+                }
+            }
+            State::Waiting {
+                waiter: Some((fd, token)),
+            } => {
+                context::try_with_core(|core| core.epoll_unwait(fd, token));
+            }
+            _ => {}
+        }
+    }
+}

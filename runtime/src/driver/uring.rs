@@ -1,0 +1,449 @@
+//! The io_uring backend: ops in a slab, one `io_uring_enter` per loop iteration that submits and
+//! reaps together, timers through the wait timeout (EXT_ARG), cross-thread wakes through a
+//! multishot poll on the eventfd.
+//!
+//! # Op slots
+//!
+//! Every op the kernel may still hold has a slot. `user_data` is the slot index in the low 32
+//! bits and the slot's generation in the high 32, so a completion for a slot that was freed and
+//! reused can never wake the wrong task. A few values at the top of the range tag internal
+//! SQEs (the wake poll, cancel requests).
+//!
+//! ```text
+//!  submit ──▶ Armed{waker} ──CQE──▶ Done{res,flags} ──future takes it──▶ (freed)
+//!               │
+//!               └─future dropped──▶ Orphaned{op data} + ASYNC_CANCEL ──CQE──▶ (freed, data dropped)
+//! ```
+//!
+//! Once an SQE is in the ring its slot is never freed on an error path: only its own CQE frees
+//! it.
+
+use std::collections::VecDeque;
+use std::io;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use io_uring::types::{SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring, Probe};
+use slab::Slab;
+
+use super::errno::is_interrupted;
+use super::op::Orphan;
+use super::{DriverStats, OpKey, WakeFd};
+
+/// `user_data` of the multishot poll on the wake eventfd.
+const WAKE_TAG: u64 = u64::MAX;
+/// `user_data` of `ASYNC_CANCEL` SQEs (their own completions carry nothing we need).
+const CANCEL_TAG: u64 = u64::MAX - 1;
+/// Slot indices stay below this, so no op's `user_data` collides with a tag.
+const MAX_SLOTS: usize = (u32::MAX - 16) as usize;
+
+enum SlotState {
+    /// In the kernel; the future waits with this waker.
+    Armed(Option<Waker>),
+    /// The completion arrived; the future has not taken it yet.
+    Done { result: i32, flags: u32 },
+    /// The future was dropped; the op's data stays here until the completion arrives.
+    Orphaned(Box<dyn Orphan>),
+}
+
+struct Slot {
+    generation: u32,
+    /// An `ASYNC_CANCEL` was already queued for this op.
+    cancel_queued: bool,
+    state: SlotState,
+}
+
+fn user_data(index: usize, generation: u32) -> u64 {
+    ((generation as u64) << 32) | index as u64
+}
+
+fn split_user_data(user_data: u64) -> (usize, u32) {
+    ((user_data & 0xffff_ffff) as usize, (user_data >> 32) as u32)
+}
+
+pub(crate) struct Uring {
+    ring: IoUring,
+    ops: Slab<Slot>,
+    next_generation: u32,
+    /// Ops to cancel, flushed into the SQ before any new SQE: a cancel must never be lost,
+    /// even when the SQ is full.
+    cancels: VecDeque<u64>,
+    /// Orphans whose completion arrived; finished outside the driver's borrow because
+    /// finishing one runs its `complete` (which may close sockets, and so call back in).
+    finished_orphans: Vec<(Box<dyn Orphan>, i32, u32)>,
+    /// The wake poll is armed (re-armed when a completion ends it).
+    wake_armed: bool,
+    wake_fd: i32,
+    /// How the ring was set up, for `Runtime::backend_info`.
+    pub(crate) setup: &'static str,
+    pub(crate) stats: DriverStats,
+}
+
+/// Opcodes the runtime needs; a kernel missing one gets the epoll backend instead.
+const REQUIRED_OPCODES: &[u8] = &[
+    opcode::AsyncCancel::CODE,
+    opcode::PollAdd::CODE,
+    opcode::Accept::CODE,
+    opcode::Connect::CODE,
+    opcode::Recv::CODE,
+    opcode::Send::CODE,
+    opcode::RecvMsg::CODE,
+    opcode::SendMsg::CODE,
+    opcode::Shutdown::CODE,
+];
+
+impl Uring {
+    /// Creates a ring with `entries` SQEs and a CQ eight times as large (multishot ops post
+    /// many completions per SQE), with the cheapest task-work mode the kernel accepts.
+    pub(crate) fn new(entries: u32, wake: &WakeFd) -> io::Result<Uring> {
+        let cq_entries = entries.saturating_mul(8);
+        let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
+            ("single_issuer+defer_taskrun", |b| {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }),
+            ("coop_taskrun", |b| {
+                b.setup_coop_taskrun().setup_taskrun_flag();
+            }),
+            ("plain", |_| {}),
+        ];
+        let mut last_err = None;
+        for (name, configure) in attempts {
+            let mut builder = IoUring::builder();
+            builder.setup_cqsize(cq_entries).setup_clamp();
+            configure(&mut builder);
+            match builder.build(entries) {
+                Ok(ring) => return Self::finish_setup(ring, name, wake),
+                // EINVAL: a flag this kernel does not know; try the next, simpler setup.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+    }
+
+    fn finish_setup(ring: IoUring, setup: &'static str, wake: &WakeFd) -> io::Result<Uring> {
+        if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "io_uring lacks EXT_ARG or NODROP (kernel older than 5.11)",
+            ));
+        }
+        let mut probe = Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if let Some(op) = REQUIRED_OPCODES.iter().find(|op| !probe.is_supported(**op)) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring opcode {op} is not supported by this kernel"),
+            ));
+        }
+        let mut uring = Uring {
+            ring,
+            ops: Slab::with_capacity(256),
+            next_generation: 0,
+            cancels: VecDeque::new(),
+            finished_orphans: Vec::new(),
+            wake_armed: false,
+            wake_fd: wake.raw(),
+            setup,
+            stats: DriverStats::default(),
+        };
+        uring.arm_wake();
+        Ok(uring)
+    }
+
+    fn arm_wake(&mut self) {
+        let sqe = opcode::PollAdd::new(types::Fd(self.wake_fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(WAKE_TAG);
+        // SAFETY: the poll references only the eventfd, which `Shared` keeps open for the
+        // runtime's whole life (longer than the ring).
+        unsafe { self.push(&sqe) };
+        self.wake_armed = true;
+    }
+
+    /// Pushes an SQE, submitting to make room when the SQ is full.
+    ///
+    /// # Safety
+    /// The entry's pointers and descriptors must stay valid until its completion.
+    unsafe fn push(&mut self, sqe: &squeue::Entry) {
+        loop {
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+                return;
+            }
+            // The SQ is full: hand what is queued to the kernel and retry. If the kernel
+            // cannot take them now (EBUSY: the CQ is backed up), reap and retry.
+            self.stats.kernel_enters += 1;
+            if let Err(e) = self.ring.submit() {
+                if e.raw_os_error() == Some(libc::EBUSY) || is_interrupted(&e) {
+                    self.enter(0, Some(Duration::ZERO));
+                }
+            }
+        }
+    }
+
+    fn flush_cancels(&mut self) {
+        while let Some(target) = self.cancels.pop_front() {
+            let sqe = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(CANCEL_TAG);
+            // SAFETY: a cancel SQE carries only a user_data value, no pointer.
+            unsafe { self.push(&sqe) };
+        }
+    }
+
+    /// Arms an op. The caller guarantees the SQE's memory outlives the op's completion.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push).
+    pub(crate) unsafe fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> OpKey {
+        self.flush_cancels();
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let index = self.ops.insert(Slot {
+            generation,
+            cancel_queued: false,
+            state: SlotState::Armed(Some(waker.clone())),
+        });
+        assert!(index < MAX_SLOTS, "too many io_uring ops in flight");
+        let key = user_data(index, generation);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push(&sqe.user_data(key)) };
+        self.stats.ops_submitted += 1;
+        OpKey(key)
+    }
+
+    fn slot_mut(&mut self, key: OpKey) -> Option<&mut Slot> {
+        let (index, generation) = split_user_data(key.0);
+        self.ops
+            .get_mut(index)
+            .filter(|s| s.generation == generation)
+    }
+
+    /// The op's result if its completion arrived (the slot is freed), else updates its waker.
+    pub(crate) fn take(&mut self, key: OpKey, waker: &Waker) -> Option<(i32, u32)> {
+        let slot = self.slot_mut(key)?;
+        match &mut slot.state {
+            SlotState::Done { result, flags } => {
+                let r = (*result, *flags);
+                let (index, _) = split_user_data(key.0);
+                self.ops.remove(index);
+                Some(r)
+            }
+            SlotState::Armed(w) => {
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                None
+            }
+            SlotState::Orphaned(_) => None,
+        }
+    }
+
+    /// Queues an `ASYNC_CANCEL` for the op (once); its completion still arrives and decides.
+    pub(crate) fn cancel(&mut self, key: OpKey) {
+        if let Some(slot) = self.slot_mut(key) {
+            if !slot.cancel_queued && !matches!(slot.state, SlotState::Done { .. }) {
+                slot.cancel_queued = true;
+                self.cancels.push_back(key.0);
+                self.stats.ops_cancelled += 1;
+            }
+        }
+    }
+
+    /// The op's future is gone: keep its data until the completion, and cancel it.
+    pub(crate) fn orphan(&mut self, key: OpKey, data: Box<dyn Orphan>) {
+        let Some(slot) = self.slot_mut(key) else {
+            // No slot: cannot happen for an op in flight. Leak rather than free memory the
+            // kernel might write.
+            std::mem::forget(data);
+            return;
+        };
+        match std::mem::replace(&mut slot.state, SlotState::Orphaned(data)) {
+            SlotState::Done { result, flags } => {
+                // Completed but not yet taken: finish it now (outside our borrow).
+                let (index, _) = split_user_data(key.0);
+                if let SlotState::Orphaned(data) = self.ops.remove(index).state {
+                    self.finished_orphans.push((data, result, flags));
+                }
+            }
+            _ => self.cancel(key),
+        }
+    }
+
+    /// Orphans whose completion arrived, to be finished by the caller outside the borrow.
+    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
+        std::mem::take(&mut self.finished_orphans)
+    }
+
+    /// Ops the kernel still holds (armed or orphaned) or whose result waits to be taken.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether the next park has anything to hand to the kernel.
+    pub(crate) fn has_pending_submissions(&mut self) -> bool {
+        !self.cancels.is_empty() || !self.ring.submission().is_empty()
+    }
+
+    /// One `io_uring_enter`: submit everything queued and wait for at least one completion or
+    /// the timeout (`None`: no timer, wait for a completion or a wake; zero: don't wait). Then
+    /// reap every completion.
+    pub(crate) fn park(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        self.flush_cancels();
+        self.enter(
+            if timeout == Some(Duration::ZERO) {
+                0
+            } else {
+                1
+            },
+            timeout,
+        );
+        self.reap();
+        // With NODROP the kernel keeps completions that did not fit in the CQ and flags it;
+        // an enter with GETEVENTS flushes them into the CQ: no completion is ever lost.
+        let mut guard = 0;
+        while self.ring.submission().cq_overflow() && guard < 64 {
+            self.stats.cq_overflows += 1;
+            self.enter(0, Some(Duration::ZERO));
+            self.reap();
+            guard += 1;
+        }
+        Ok(())
+    }
+
+    fn enter(&mut self, min_complete: u32, timeout: Option<Duration>) {
+        let to_submit = self.ring.submission().len() as u32;
+        let mut flags = EnterFlags::GETEVENTS;
+        let ts;
+        let args;
+        self.stats.kernel_enters += 1;
+        let result = match timeout {
+            Some(t) if !t.is_zero() => {
+                ts = Timespec::from(t);
+                args = SubmitArgs::new().timespec(&ts);
+                flags |= EnterFlags::EXT_ARG;
+                // SAFETY: `args` and the timespec it points to live across the call; the SQEs
+                // being submitted were pushed under `push`'s contract.
+                unsafe {
+                    self.ring
+                        .submitter()
+                        .enter(to_submit, min_complete, flags.bits(), Some(&args))
+                }
+            }
+            _ => {
+                // SAFETY: no argument pointer; the SQEs obey `push`'s contract.
+                unsafe {
+                    self.ring.submitter().enter::<libc::sigset_t>(
+                        to_submit,
+                        min_complete,
+                        flags.bits(),
+                        None,
+                    )
+                }
+            }
+        };
+        if let Err(e) = result {
+            // ETIME: the timeout passed; EINTR: a signal; EBUSY: the CQ is full and will be
+            // reaped right after. None of them loses anything.
+            match e.raw_os_error() {
+                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
+                _ => self.stats.enter_errors += 1,
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let Uring {
+            ring,
+            ops,
+            finished_orphans,
+            stats,
+            wake_armed,
+            ..
+        } = self;
+        let mut woken: Vec<Waker> = Vec::new();
+        let mut drain_wake = false;
+        for cqe in ring.completion() {
+            let (ud, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
+            match ud {
+                WAKE_TAG => {
+                    drain_wake = true;
+                    if !cqueue::more(flags) {
+                        *wake_armed = false;
+                    }
+                }
+                CANCEL_TAG => {}
+                _ => {
+                    let (index, generation) = split_user_data(ud);
+                    let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation)
+                    else {
+                        continue; // stale: its slot was freed (cannot happen for a live op)
+                    };
+                    stats.ops_completed += 1;
+                    match std::mem::replace(&mut slot.state, SlotState::Done { result, flags }) {
+                        SlotState::Armed(w) => woken.extend(w),
+                        SlotState::Orphaned(data) => {
+                            ops.remove(index);
+                            finished_orphans.push((data, result, flags));
+                        }
+                        SlotState::Done { .. } => {}
+                    }
+                }
+            }
+        }
+        if drain_wake {
+            drain_eventfd(self.wake_fd);
+        }
+        if !self.wake_armed {
+            self.arm_wake();
+        }
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Shutdown: cancel every op the kernel holds and reap until none is left, for at most
+    /// `bound`. Whatever is still in flight then is leaked (never freed while the kernel may
+    /// write it).
+    pub(crate) fn shutdown(&mut self, bound: Duration) {
+        let keys: Vec<OpKey> = self
+            .ops
+            .iter()
+            .filter(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
+            .map(|(i, s)| OpKey(user_data(i, s.generation)))
+            .collect();
+        for key in keys {
+            self.cancel(key);
+        }
+        let deadline = Instant::now() + bound;
+        while self
+            .ops
+            .iter()
+            .any(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
+            && Instant::now() < deadline
+        {
+            let _ = self.park(Some(Duration::from_millis(10)));
+        }
+        let leftover: Vec<usize> = self
+            .ops
+            .iter()
+            .filter(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
+            .map(|(i, _)| i)
+            .collect();
+        for i in leftover {
+            if let SlotState::Orphaned(data) = self.ops.remove(i).state {
+                std::mem::forget(data);
+            }
+        }
+    }
+}
+
+fn drain_eventfd(fd: i32) {
+    let mut buf = 0u64;
+    // SAFETY: reads 8 bytes into a live local from the runtime's own non-blocking eventfd.
+    let _ = unsafe { libc::read(fd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
+}
