@@ -1,7 +1,39 @@
-//! Sockets for ringloop: asyncio's `sock_accept` / `sock_recv` / `sock_sendall` / `sock_connect`
-//! primitives and TCP, UDP and Unix sockets on top of them, with buffers owned by the operation
-//! while the kernel holds them.
+//! Sockets for ringloop: asyncio's `sock_accept` / `sock_recv` / `sock_sendall` /
+//! `sock_connect` primitives, and TCP, UDP and Unix sockets on top of them, with buffers owned
+//! by the operation while the kernel holds them. Re-exported as `ringloop::net`.
 //!
-//! This crate is an empty shell for now: the reactor (io_uring and epoll drivers) that these
-//! sockets stand on is the subject of the next milestone. Everything here will be re-exported as
-//! `ringloop::net`.
+//! Every socket works the same on the io_uring and the epoll backend.
+//!
+//! ```no_run
+//! use ringloop_net::{TcpListener, TcpStream};
+//!
+//! ringloop_runtime::Runtime::new().unwrap().block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())?;
+//!     let addr = listener.local_addr()?;
+//!     let client = TcpStream::connect(addr).await?;
+//!     let (server, _) = listener.accept().await?;
+//!     let (r, _) = client.write_all(b"ping".as_slice()).await;
+//!     r?;
+//!     let (n, buf) = server.read(vec![0u8; 16]).await;
+//!     assert_eq!(&buf[..n?], b"ping");
+//!     Ok::<_, std::io::Error>(())
+//! }).unwrap();
+//! ```
+
+#![warn(missing_docs)]
+
+pub mod buf;
+mod ops;
+pub mod socket;
+pub mod tcp;
+pub mod udp;
+pub mod unix;
+
+pub use buf::{IoBuf, IoBufMut, Slice};
+pub use socket::{
+    sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall, AsSharedFd,
+    SendAllError,
+};
+pub use tcp::{
+    Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpListenerBuilder, TcpStream,
+};

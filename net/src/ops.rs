@@ -1,0 +1,407 @@
+//! The socket op kinds, each described once for both backends (see
+//! [`OpKind`](ringloop_runtime::OpKind)). Every pointer an SQE carries points into the boxed op
+//! itself (sockaddr storage, `msghdr`, `iovec`) or into the owned buffer it holds, and every op
+//! holds a [`SharedFd`] clone, so the descriptor stays open until the completion arrives.
+
+use std::io;
+use std::mem;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use io_uring::{opcode, squeue, types};
+use ringloop_runtime::{Interest, OpKind, SharedFd};
+use socket2::{SockAddr, SockAddrStorage};
+
+use crate::buf::{IoBuf, IoBufMut};
+
+fn cvt(r: libc::ssize_t) -> io::Result<u32> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as u32)
+    }
+}
+
+/// `accept4` a connection (non-blocking, close-on-exec).
+pub(crate) struct Accept {
+    pub(crate) fd: SharedFd,
+    storage: SockAddrStorage,
+    len: libc::socklen_t,
+}
+
+impl Accept {
+    pub(crate) fn new(fd: SharedFd) -> Self {
+        let storage = SockAddrStorage::zeroed();
+        let len = storage.size_of();
+        Accept { fd, storage, len }
+    }
+}
+
+const ACCEPT_FLAGS: libc::c_int = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
+
+// SAFETY: the SQE points at `self.storage` and `self.len`, fields of the boxed op, and names
+// `self.fd`, which the op keeps open.
+unsafe impl OpKind for Accept {
+    type Output = io::Result<(OwnedFd, SockAddr)>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.len = self.storage.size_of();
+        opcode::Accept::new(
+            types::Fd(self.fd.raw()),
+            &mut self.storage as *mut SockAddrStorage as *mut libc::sockaddr,
+            &mut self.len,
+        )
+        .flags(ACCEPT_FLAGS)
+        .build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.len = self.storage.size_of();
+        // SAFETY: the pointers are to our own live fields, `len` says how much fits.
+        let r = unsafe {
+            libc::accept4(
+                self.fd.raw(),
+                &mut self.storage as *mut SockAddrStorage as *mut libc::sockaddr,
+                &mut self.len,
+                ACCEPT_FLAGS,
+            )
+        };
+        cvt(r as libc::ssize_t)
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        let fd = result? as RawFd;
+        // SAFETY: a successful accept returned a new descriptor that nobody else owns; wrapping
+        // it at once means an orphaned accept's socket is closed when this output is dropped.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: the kernel initialised `len` bytes of the storage.
+        let addr = unsafe { SockAddr::new(self.storage, self.len) };
+        Ok((fd, addr))
+    }
+}
+
+/// `connect` a socket.
+pub(crate) struct Connect {
+    fd: SharedFd,
+    addr: SockAddr,
+    started: bool,
+}
+
+impl Connect {
+    pub(crate) fn new(fd: SharedFd, addr: SockAddr) -> Self {
+        Connect {
+            fd,
+            addr,
+            started: false,
+        }
+    }
+}
+
+// SAFETY: the SQE points at `self.addr`, a field of the boxed op, and names `self.fd`.
+unsafe impl OpKind for Connect {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Connect::new(
+            types::Fd(self.fd.raw()),
+            self.addr.as_ptr() as *const libc::sockaddr,
+            self.addr.len(),
+        )
+        .build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        if !self.started {
+            self.started = true;
+            // SAFETY: `addr` is a live, correctly sized sockaddr.
+            let r = unsafe {
+                libc::connect(
+                    self.fd.raw(),
+                    self.addr.as_ptr() as *const libc::sockaddr,
+                    self.addr.len(),
+                )
+            };
+            if r == 0 {
+                return Ok(0);
+            }
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINPROGRESS) | Some(libc::EINTR) => {
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                _ => Err(e),
+            };
+        }
+        // The socket became writable: the connect finished, one way or the other.
+        let mut err: libc::c_int = 0;
+        let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are live locals of the sizes we pass.
+        let r = unsafe {
+            libc::getsockopt(
+                self.fd.raw(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                &mut err as *mut libc::c_int as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err));
+        }
+        let mut storage = SockAddrStorage::zeroed();
+        let mut len = storage.size_of();
+        // SAFETY: `storage` and `len` are live locals; `len` says how much fits.
+        let r = unsafe {
+            libc::getpeername(
+                self.fd.raw(),
+                &mut storage as *mut SockAddrStorage as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN) {
+            return Err(io::ErrorKind::WouldBlock.into()); // woken early: still connecting
+        }
+        Ok(0)
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        result.map(drop)
+    }
+}
+
+/// `recv` into an owned buffer (from its start, up to its capacity).
+pub(crate) struct Recv<B> {
+    fd: SharedFd,
+    buf: B,
+}
+
+impl<B: IoBufMut> Recv<B> {
+    pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
+        Recv { fd, buf }
+    }
+}
+
+// SAFETY: the SQE points into `self.buf`, whose memory is stable (`IoBufMut`) and owned by the
+// op, and names `self.fd`.
+unsafe impl<B: IoBufMut> OpKind for Recv<B> {
+    type Output = (io::Result<usize>, B);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        let len = self.buf.bytes_total().min(u32::MAX as usize) as u32;
+        opcode::Recv::new(types::Fd(self.fd.raw()), self.buf.stable_mut_ptr(), len).build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        // SAFETY: the buffer is valid for writes of `bytes_total` bytes.
+        cvt(unsafe {
+            libc::recv(
+                self.fd.raw(),
+                self.buf.stable_mut_ptr() as *mut libc::c_void,
+                self.buf.bytes_total(),
+                libc::MSG_DONTWAIT,
+            )
+        })
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        let mut buf = self.buf;
+        let result = result.map(|n| {
+            // SAFETY: the kernel wrote `n` bytes at the buffer's start.
+            unsafe { buf.set_init(n as usize) };
+            n as usize
+        });
+        (result, buf)
+    }
+}
+
+/// `send` an owned buffer's initialised bytes (`MSG_NOSIGNAL`: a closed peer is `EPIPE`, never
+/// a signal).
+pub(crate) struct Send<B> {
+    fd: SharedFd,
+    buf: B,
+}
+
+impl<B: IoBuf> Send<B> {
+    pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
+        Send { fd, buf }
+    }
+}
+
+// SAFETY: the SQE points into `self.buf` (stable, owned by the op) and names `self.fd`.
+unsafe impl<B: IoBuf> OpKind for Send<B> {
+    type Output = (io::Result<usize>, B);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        let len = self.buf.bytes_init().min(u32::MAX as usize) as u32;
+        opcode::Send::new(types::Fd(self.fd.raw()), self.buf.stable_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        // SAFETY: the buffer holds `bytes_init` initialised bytes.
+        cvt(unsafe {
+            libc::send(
+                self.fd.raw(),
+                self.buf.stable_ptr() as *const libc::c_void,
+                self.buf.bytes_init(),
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        })
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        (result.map(|n| n as usize), self.buf)
+    }
+}
+
+/// `recvmsg` into an owned buffer, with the sender's address (datagram sockets).
+pub(crate) struct RecvFrom<B> {
+    fd: SharedFd,
+    buf: B,
+    iov: libc::iovec,
+    storage: SockAddrStorage,
+    msg: libc::msghdr,
+}
+
+impl<B: IoBufMut> RecvFrom<B> {
+    pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
+        // SAFETY: an all-zero msghdr/iovec is valid (null pointers, zero lengths); `prepare`
+        // fills them in once the op is at its final address.
+        let (iov, msg) = unsafe { (mem::zeroed(), mem::zeroed()) };
+        RecvFrom {
+            fd,
+            buf,
+            iov,
+            storage: SockAddrStorage::zeroed(),
+            msg,
+        }
+    }
+
+    /// Points the msghdr at our own fields; called with `self` boxed (never moves again).
+    fn prepare(&mut self) {
+        self.iov.iov_base = self.buf.stable_mut_ptr() as *mut libc::c_void;
+        self.iov.iov_len = self.buf.bytes_total();
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        self.msg.msg_name = &mut self.storage as *mut SockAddrStorage as *mut libc::c_void;
+        self.msg.msg_namelen = self.storage.size_of();
+    }
+}
+
+// SAFETY: the SQE points at `self.msg`, which points at `self.iov`, `self.storage` (fields of
+// the boxed op) and into `self.buf` (stable, owned by the op); it names `self.fd`.
+unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
+    type Output = (io::Result<(usize, SockAddr)>, B);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.prepare();
+        opcode::RecvMsg::new(types::Fd(self.fd.raw()), &mut self.msg).build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.prepare();
+        // SAFETY: `msg` points at our own live fields, set up by `prepare`.
+        cvt(unsafe { libc::recvmsg(self.fd.raw(), &mut self.msg, libc::MSG_DONTWAIT) })
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        let mut this = *self;
+        let result = result.map(|n| {
+            // SAFETY: the kernel wrote `n` bytes at the buffer's start and `msg_namelen` bytes
+            // of address.
+            unsafe { this.buf.set_init(n as usize) };
+            let addr = unsafe { SockAddr::new(this.storage, this.msg.msg_namelen) };
+            (n as usize, addr)
+        });
+        (result, this.buf)
+    }
+}
+
+/// `sendmsg` an owned buffer's initialised bytes to an address (datagram sockets).
+pub(crate) struct SendTo<B> {
+    fd: SharedFd,
+    buf: B,
+    addr: Option<SockAddr>,
+    iov: libc::iovec,
+    msg: libc::msghdr,
+}
+
+impl<B: IoBuf> SendTo<B> {
+    pub(crate) fn new(fd: SharedFd, buf: B, addr: Option<SockAddr>) -> Self {
+        // SAFETY: as in `RecvFrom::new`.
+        let (iov, msg) = unsafe { (mem::zeroed(), mem::zeroed()) };
+        SendTo {
+            fd,
+            buf,
+            addr,
+            iov,
+            msg,
+        }
+    }
+
+    fn prepare(&mut self) {
+        self.iov.iov_base = self.buf.stable_ptr() as *mut libc::c_void;
+        self.iov.iov_len = self.buf.bytes_init();
+        self.msg.msg_iov = &mut self.iov;
+        self.msg.msg_iovlen = 1;
+        if let Some(addr) = &self.addr {
+            self.msg.msg_name = addr.as_ptr() as *mut libc::c_void;
+            self.msg.msg_namelen = addr.len();
+        }
+    }
+}
+
+// SAFETY: as `RecvFrom`; the kernel only reads through these pointers.
+unsafe impl<B: IoBuf> OpKind for SendTo<B> {
+    type Output = (io::Result<usize>, B);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.prepare();
+        opcode::SendMsg::new(types::Fd(self.fd.raw()), &self.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.prepare();
+        // SAFETY: `msg` points at our own live fields, set up by `prepare`.
+        cvt(unsafe {
+            libc::sendmsg(
+                self.fd.raw(),
+                &self.msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        })
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        (result.map(|n| n as usize), self.buf)
+    }
+}

@@ -1,0 +1,136 @@
+//! asyncio's socket primitives with owned buffers: [`sock_accept`], [`sock_recv`],
+//! [`sock_recv_into`], [`sock_send`], [`sock_sendall`], [`sock_connect`].
+//!
+//! They take anything that holds a socket ([`AsSharedFd`]: the sockets of this crate, or a
+//! [`SharedFd`] of your own), and buffers by value: the kernel may write into a buffer until the
+//! op's completion arrives, whatever happens to the future, so the op owns it and gives it back
+//! with the result.
+//!
+//! ```no_run
+//! use ringloop_net::{sock_recv_into, sock_sendall, TcpListener};
+//!
+//! # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+//! let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())?;
+//! let (conn, _peer) = listener.accept().await?;
+//! let (n, buf) = sock_recv_into(&conn, vec![0u8; 1024]).await;
+//! let n = n?;
+//! let (sent, _buf) = sock_sendall(&conn, buf[..n].to_vec()).await;
+//! sent?;
+//! # Ok::<_, std::io::Error>(()) });
+//! ```
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+
+use ringloop_runtime::{Op, SharedFd};
+use socket2::SockAddr;
+
+use crate::buf::{IoBuf, IoBufMut};
+use crate::ops;
+
+/// Something that holds a socket the primitives can use.
+pub trait AsSharedFd {
+    /// The socket.
+    fn as_shared_fd(&self) -> &SharedFd;
+}
+
+impl AsSharedFd for SharedFd {
+    fn as_shared_fd(&self) -> &SharedFd {
+        self
+    }
+}
+
+/// Accepts a connection (asyncio's `loop.sock_accept`): the new socket (non-blocking,
+/// close-on-exec) and the peer's address.
+pub async fn sock_accept(listener: &impl AsSharedFd) -> io::Result<(OwnedFd, SockAddr)> {
+    Op::new(ops::Accept::new(listener.as_shared_fd().clone())).await
+}
+
+/// Receives up to `nbytes` into a new buffer (asyncio's `loop.sock_recv`); an empty result
+/// means the peer closed its side.
+pub async fn sock_recv(sock: &impl AsSharedFd, nbytes: usize) -> io::Result<Vec<u8>> {
+    let (n, buf) = sock_recv_into(sock, Vec::with_capacity(nbytes)).await;
+    n.map(|_| buf)
+}
+
+/// Receives into `buf`, from its start up to its capacity (asyncio's `loop.sock_recv_into`);
+/// returns the byte count (0 at end of stream) and the buffer.
+pub async fn sock_recv_into<B: IoBufMut>(sock: &impl AsSharedFd, buf: B) -> (io::Result<usize>, B) {
+    Op::new(ops::Recv::new(sock.as_shared_fd().clone(), buf)).await
+}
+
+/// Sends `buf`'s bytes once (one `send`): returns how many went out, which may be fewer.
+pub async fn sock_send<B: IoBuf>(sock: &impl AsSharedFd, buf: B) -> (io::Result<usize>, B) {
+    Op::new(ops::Send::new(sock.as_shared_fd().clone(), buf)).await
+}
+
+/// The error of [`sock_sendall`]: how much went out before the error.
+#[derive(Debug)]
+pub struct SendAllError {
+    /// Bytes the kernel accepted before the error.
+    pub sent: usize,
+    /// The error, with its real errno (`EPIPE`, `ECONNRESET`, ...).
+    pub error: io::Error,
+}
+
+impl fmt::Display for SendAllError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "send failed after {} bytes: {}", self.sent, self.error)
+    }
+}
+
+impl Error for SendAllError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SendAllError> for io::Error {
+    /// The underlying error, errno and all (the byte count is dropped).
+    fn from(e: SendAllError) -> io::Error {
+        e.error
+    }
+}
+
+/// Sends all of `buf`'s bytes (asyncio's `loop.sock_sendall`), retrying short writes; on error
+/// says how many bytes went out. A send of zero bytes (the peer cannot take more and the
+/// kernel reports nothing) is an error of kind `WriteZero`.
+pub async fn sock_sendall<B: IoBuf>(
+    sock: &impl AsSharedFd,
+    buf: B,
+) -> (Result<(), SendAllError>, B) {
+    let fd = sock.as_shared_fd();
+    let total = buf.bytes_init();
+    let mut sent = 0;
+    let mut slice = buf.slice(..total);
+    while sent < total {
+        let (r, s) = Op::new(ops::Send::new(fd.clone(), slice)).await;
+        let buf = s.into_inner();
+        match r {
+            Ok(0) => {
+                let error = io::Error::new(io::ErrorKind::WriteZero, "the peer accepted no bytes");
+                return (Err(SendAllError { sent, error }), buf);
+            }
+            Ok(n) => sent += n,
+            Err(error) => return (Err(SendAllError { sent, error }), buf),
+        }
+        slice = buf.slice(sent..total);
+    }
+    (Ok(()), slice.into_inner())
+}
+
+/// Connects a socket (asyncio's `loop.sock_connect`).
+pub async fn sock_connect(sock: &impl AsSharedFd, addr: SocketAddr) -> io::Result<()> {
+    Op::new(ops::Connect::new(
+        sock.as_shared_fd().clone(),
+        SockAddr::from(addr),
+    ))
+    .await
+}
+
+pub(crate) async fn connect_addr(sock: &SharedFd, addr: SockAddr) -> io::Result<()> {
+    Op::new(ops::Connect::new(sock.clone(), addr)).await
+}

@@ -1,0 +1,456 @@
+//! TCP: [`TcpListener`] and [`TcpStream`], IPv4 and IPv6.
+
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+use ringloop_runtime::{sleep, SharedFd};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::buf::{IoBuf, IoBufMut};
+use crate::socket::{self, AsSharedFd, SendAllError};
+
+/// Options for binding a [`TcpListener`].
+///
+/// ```no_run
+/// use ringloop_net::TcpListener;
+/// # fn f() -> std::io::Result<()> {
+/// let listener = TcpListener::builder("0.0.0.0:8080".parse().unwrap())
+///     .backlog(4096)
+///     .reuse_port(true)
+///     .bind()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct TcpListenerBuilder {
+    addr: SocketAddr,
+    backlog: i32,
+    reuse_address: bool,
+    reuse_port: bool,
+}
+
+impl TcpListenerBuilder {
+    /// The listen backlog (default 1024; the kernel caps it at `net.core.somaxconn`).
+    pub fn backlog(mut self, backlog: i32) -> Self {
+        self.backlog = backlog;
+        self
+    }
+
+    /// `SO_REUSEADDR` (default on, so a restarted server can bind at once).
+    pub fn reuse_address(mut self, on: bool) -> Self {
+        self.reuse_address = on;
+        self
+    }
+
+    /// `SO_REUSEPORT` (default off): one listener per runtime thread on the same port, the
+    /// kernel spreading connections between them.
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+
+    /// Creates, binds and listens.
+    ///
+    /// # Errors
+    /// The real errno: `EADDRINUSE`, `EACCES`, `EMFILE`, ...
+    pub fn bind(self) -> io::Result<TcpListener> {
+        let socket = new_socket(self.addr)?;
+        socket.set_reuse_address(self.reuse_address)?;
+        if self.reuse_port {
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&SockAddr::from(self.addr))?;
+        socket.listen(self.backlog)?;
+        Ok(TcpListener {
+            fd: SharedFd::new(socket.into()),
+        })
+    }
+}
+
+fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        Some(Protocol::TCP),
+    )?;
+    Ok(socket)
+}
+
+/// A TCP listening socket.
+///
+/// ```no_run
+/// use ringloop_net::TcpListener;
+///
+/// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+/// let listener = TcpListener::bind("127.0.0.1:8080".parse().unwrap())?;
+/// loop {
+///     let (stream, peer) = listener.accept().await?;
+///     ringloop_runtime::spawn(async move {
+///         let mut buf = vec![0u8; 4096];
+///         loop {
+///             let (n, b) = stream.read(buf).await;
+///             buf = b;
+///             match n {
+///                 Ok(0) | Err(_) => break,
+///                 Ok(n) => {
+///                     let (r, b) = stream.write_all(buf[..n].to_vec()).await;
+///                     if r.is_err() { break; }
+///                     let _ = b;
+///                 }
+///             }
+///         }
+///     });
+/// }
+/// # #[allow(unreachable_code)] Ok::<_, std::io::Error>(()) });
+/// ```
+#[derive(Debug)]
+pub struct TcpListener {
+    fd: SharedFd,
+}
+
+impl TcpListener {
+    /// Binds with the default options (backlog 1024, `SO_REUSEADDR`).
+    ///
+    /// # Errors
+    /// The real errno.
+    pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+        Self::builder(addr).bind()
+    }
+
+    /// Options for binding.
+    pub fn builder(addr: SocketAddr) -> TcpListenerBuilder {
+        TcpListenerBuilder {
+            addr,
+            backlog: 1024,
+            reuse_address: true,
+            reuse_port: false,
+        }
+    }
+
+    /// Accepts one connection. Errors come back as they are (`EMFILE`, `ECONNABORTED`, ...);
+    /// [`incoming`](Self::incoming) is the loop that survives them.
+    ///
+    /// # Errors
+    /// The real errno; a cancellation (see [`ringloop_runtime::is_cancelled`]).
+    pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let (fd, addr) = socket::sock_accept(self).await?;
+        let addr = addr
+            .as_socket()
+            .ok_or_else(|| io::Error::other("accepted a non-IP address"))?;
+        Ok((TcpStream::from_owned(fd), addr))
+    }
+
+    /// A stream of accepted connections that survives the errors a server must ride out:
+    /// `ECONNABORTED` (the peer gave up before we accepted) is skipped, and `EMFILE`/`ENFILE`
+    /// (out of descriptors) backs off — the connections already open keep being served — and
+    /// resumes when descriptors free up, retrying after 1 ms, then 2, 4, ... up to 100 ms.
+    pub fn incoming(&self) -> Incoming<'_> {
+        Incoming { listener: self }
+    }
+
+    /// The address it listens on.
+    ///
+    /// # Errors
+    /// The real errno.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        local_addr(&self.fd)
+    }
+
+    /// Wraps a listening socket made elsewhere (made non-blocking here).
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking.
+    pub fn from_std(listener: std::net::TcpListener) -> io::Result<TcpListener> {
+        listener.set_nonblocking(true)?;
+        Ok(TcpListener {
+            fd: SharedFd::new(listener.into()),
+        })
+    }
+}
+
+impl AsSharedFd for TcpListener {
+    fn as_shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+}
+
+impl AsRawFd for TcpListener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.raw()
+    }
+}
+
+/// See [`TcpListener::incoming`].
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    listener: &'a TcpListener,
+}
+
+impl Incoming<'_> {
+    /// The next connection. Only errors a server cannot ride out come back (and a
+    /// cancellation).
+    ///
+    /// # Errors
+    /// Errors other than `ECONNABORTED`, `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`.
+    pub async fn next(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut backoff = Duration::from_millis(1);
+        loop {
+            match self.listener.accept().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if is_transient_accept_error(&e) => {
+                    if e.raw_os_error() != Some(libc::ECONNABORTED) {
+                        sleep(backoff).await?;
+                        backoff = (backoff * 2).min(Duration::from_millis(100));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Accept errors that say nothing about the listener itself.
+pub(crate) fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED)
+            | Some(libc::EMFILE)
+            | Some(libc::ENFILE)
+            | Some(libc::ENOBUFS)
+            | Some(libc::ENOMEM)
+    )
+}
+
+pub(crate) fn local_addr(fd: &SharedFd) -> io::Result<SocketAddr> {
+    with_socket(fd, |s| s.local_addr())?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("not an IP socket"))
+}
+
+/// Runs `f` on a borrowed `socket2::Socket` view of the descriptor (for options).
+pub(crate) fn with_socket<R>(fd: &SharedFd, f: impl FnOnce(&Socket) -> R) -> R {
+    // SAFETY: the descriptor is open for the duration (`fd` holds it); ManuallyDrop makes sure
+    // the view never closes it.
+    let socket = std::mem::ManuallyDrop::new(unsafe { Socket::from_raw_fd(fd.raw()) });
+    f(&socket)
+}
+
+/// A TCP connection.
+///
+/// Reads and writes take owned buffers and give them back with the result. The stream can be
+/// used from several tasks at once through `&TcpStream`, or split into owned halves with
+/// [`into_split`](Self::into_split).
+#[derive(Debug)]
+pub struct TcpStream {
+    fd: SharedFd,
+}
+
+impl TcpStream {
+    pub(crate) fn from_owned(fd: OwnedFd) -> TcpStream {
+        TcpStream {
+            fd: SharedFd::new(fd),
+        }
+    }
+
+    /// Connects to `addr`.
+    ///
+    /// # Errors
+    /// The real errno (`ECONNREFUSED`, `ENETUNREACH`, `ETIMEDOUT`, ...).
+    pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = new_socket(addr)?;
+        let stream = TcpStream {
+            fd: SharedFd::new(socket.into()),
+        };
+        socket::connect_addr(&stream.fd, SockAddr::from(addr)).await?;
+        Ok(stream)
+    }
+
+    /// Reads into `buf` (from its start up to its capacity); 0 bytes means end of stream.
+    pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        socket::sock_recv_into(self, buf).await
+    }
+
+    /// Reads until `buf` is full (its whole capacity).
+    ///
+    /// # Errors
+    /// `UnexpectedEof` if the stream ends first; the real errno otherwise.
+    pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
+        read_exact(&self.fd, buf).await
+    }
+
+    /// Writes once; returns how many bytes went out (maybe fewer than all).
+    pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+        socket::sock_send(self, buf).await
+    }
+
+    /// Writes all of `buf`'s bytes; on error says how many went out.
+    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
+        socket::sock_sendall(self, buf).await
+    }
+
+    /// Shuts down one or both directions.
+    ///
+    /// # Errors
+    /// The real errno (`ENOTCONN`).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        with_socket(&self.fd, |s| s.shutdown(how))
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The real errno.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        local_addr(&self.fd)
+    }
+
+    /// The peer's address.
+    ///
+    /// # Errors
+    /// The real errno (`ENOTCONN`).
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        with_socket(&self.fd, |s| s.peer_addr())?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("not an IP socket"))
+    }
+
+    /// `TCP_NODELAY`: send small writes at once instead of coalescing them (Nagle).
+    ///
+    /// # Errors
+    /// The real errno.
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        with_socket(&self.fd, |s| s.set_tcp_nodelay(on))
+    }
+
+    /// Whether `TCP_NODELAY` is on.
+    ///
+    /// # Errors
+    /// The real errno.
+    pub fn nodelay(&self) -> io::Result<bool> {
+        with_socket(&self.fd, |s| s.tcp_nodelay())
+    }
+
+    /// `SO_LINGER` with a zero timeout makes close send a reset (RST) instead of a FIN.
+    ///
+    /// # Errors
+    /// The real errno.
+    pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
+        with_socket(&self.fd, |s| s.set_linger(linger))
+    }
+
+    /// Splits into a read half and a write half, usable from two tasks. Dropping the write
+    /// half shuts down the write direction (the peer sees end of stream).
+    pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        (
+            OwnedReadHalf {
+                fd: self.fd.clone(),
+            },
+            OwnedWriteHalf { fd: self.fd },
+        )
+    }
+
+    /// Wraps a connected socket made elsewhere (made non-blocking here).
+    ///
+    /// # Errors
+    /// If it cannot be made non-blocking.
+    pub fn from_std(stream: std::net::TcpStream) -> io::Result<TcpStream> {
+        stream.set_nonblocking(true)?;
+        Ok(TcpStream::from_owned(stream.into()))
+    }
+
+    /// Gives the socket back as a std stream (blocking mode is left as it is: non-blocking).
+    ///
+    /// # Errors
+    /// Gives `self` back if an op still holds the socket.
+    pub fn into_std(self) -> Result<std::net::TcpStream, TcpStream> {
+        match OwnedFd::try_from(self.fd) {
+            // SAFETY: we own the descriptor and hand it over.
+            Ok(fd) => Ok(unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) }),
+            Err(fd) => Err(TcpStream { fd }),
+        }
+    }
+}
+
+pub(crate) async fn read_exact<B: IoBufMut>(fd: &SharedFd, buf: B) -> (io::Result<()>, B) {
+    let total = buf.bytes_total();
+    let mut filled = 0;
+    let mut buf = buf;
+    while filled < total {
+        let (r, slice) = socket::sock_recv_into(fd, buf.slice(filled..)).await;
+        buf = slice.into_inner();
+        match r {
+            Ok(0) => return (Err(io::ErrorKind::UnexpectedEof.into()), buf),
+            Ok(n) => filled += n,
+            Err(e) => return (Err(e), buf),
+        }
+    }
+    (Ok(()), buf)
+}
+
+impl AsSharedFd for TcpStream {
+    fn as_shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+}
+
+impl AsRawFd for TcpStream {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.raw()
+    }
+}
+
+/// The read half of a [`TcpStream`] (from [`TcpStream::into_split`]).
+#[derive(Debug)]
+pub struct OwnedReadHalf {
+    fd: SharedFd,
+}
+
+impl OwnedReadHalf {
+    /// See [`TcpStream::read`].
+    pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
+        socket::sock_recv_into(&self.fd, buf).await
+    }
+
+    /// See [`TcpStream::read_exact`].
+    pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
+        read_exact(&self.fd, buf).await
+    }
+}
+
+impl AsSharedFd for OwnedReadHalf {
+    fn as_shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+}
+
+/// The write half of a [`TcpStream`] (from [`TcpStream::into_split`]). Dropping it shuts down
+/// the write direction.
+#[derive(Debug)]
+pub struct OwnedWriteHalf {
+    fd: SharedFd,
+}
+
+impl OwnedWriteHalf {
+    /// See [`TcpStream::write`].
+    pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
+        socket::sock_send(&self.fd, buf).await
+    }
+
+    /// See [`TcpStream::write_all`].
+    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
+        socket::sock_sendall(&self.fd, buf).await
+    }
+}
+
+impl AsSharedFd for OwnedWriteHalf {
+    fn as_shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+}
+
+impl Drop for OwnedWriteHalf {
+    fn drop(&mut self) {
+        let _ = with_socket(&self.fd, |s| s.shutdown(Shutdown::Write));
+    }
+}

@@ -1,0 +1,93 @@
+//! TCP on both backends.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use ringloop_net::{IoBuf, TcpListener, TcpStream};
+use ringloop_runtime::{gather, spawn};
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+both_backends! {
+    async fn echo_one_connection_byte_exact() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = spawn(async move {
+            let (conn, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, b) = conn.read(buf).await;
+                let n = n.unwrap();
+                if n == 0 {
+                    break;
+                }
+                let (r, b) = conn.write_all(b.slice(..n)).await;
+                r.unwrap();
+                buf = b.into_inner();
+            }
+        });
+        let client = TcpStream::connect(addr).await.unwrap();
+        let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let (r, _) = client.write_all(payload.clone()).await;
+        r.unwrap();
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = Vec::new();
+        loop {
+            let (n, b) = client.read(vec![0u8; 8192]).await;
+            let n = n.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, payload);
+        server.await.unwrap();
+    }
+}
+
+both_backends! {
+    async fn thousand_concurrent_echo_connections() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = spawn(async move {
+            let mut handlers = Vec::new();
+            for _ in 0..1000 {
+                let (conn, _) = listener.accept().await.unwrap();
+                handlers.push(spawn(async move {
+                    let mut buf = vec![0u8; 1024];
+                    loop {
+                        let (n, b) = conn.read(buf).await;
+                        let n = n.unwrap();
+                        if n == 0 {
+                            return;
+                        }
+                        let (r, b) = conn.write_all(b.slice(..n)).await;
+                        r.unwrap();
+                        buf = b.into_inner();
+                    }
+                }));
+            }
+            gather(handlers).await.unwrap();
+        });
+        let clients: Vec<_> = (0..1000u32)
+            .map(|i| {
+                spawn(async move {
+                    let c = TcpStream::connect(addr).await.unwrap();
+                    for round in 0..3u32 {
+                        let msg = format!("conn {i} round {round}").into_bytes();
+                        let (r, msg) = c.write_all(msg).await;
+                        r.unwrap();
+                        let (r, got) = c.read_exact(Vec::with_capacity(msg.len())).await;
+                        r.unwrap();
+                        assert_eq!(got, msg);
+                    }
+                })
+            })
+            .collect();
+        gather(clients).await.unwrap();
+        server.await.unwrap();
+    }
+}
