@@ -24,12 +24,15 @@
 
 pub mod buf;
 mod ops;
+pub mod pooled;
 pub mod socket;
 pub mod tcp;
 pub mod udp;
 pub mod unix;
 
 pub use buf::{IoBuf, IoBufMut, Slice};
+pub use pooled::{PooledReceiver, PooledRecv, DEFAULT_RECV_CAP};
+pub use ringloop_runtime::PooledBuf;
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall, AsSharedFd,
     SendAllError,
@@ -37,3 +40,5 @@ pub use socket::{
 pub use tcp::{
     Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpListenerBuilder, TcpStream,
 };
+pub use udp::UdpSocket;
+pub use unix::{UnixDatagram, UnixListener, UnixStream};

@@ -339,6 +339,18 @@ impl TcpStream {
         with_socket(&self.fd, |s| s.set_linger(linger))
     }
 
+    /// A receiver that reads this connection into the runtime's buffer pool (multishot receive
+    /// on io_uring), with at most [`DEFAULT_RECV_CAP`](crate::DEFAULT_RECV_CAP) chunks queued
+    /// unread; see [`pooled`](crate::pooled).
+    pub fn pooled_receiver(&self) -> crate::PooledReceiver {
+        crate::PooledReceiver::new(self.fd.clone(), crate::DEFAULT_RECV_CAP)
+    }
+
+    /// Like [`pooled_receiver`](Self::pooled_receiver) with a cap of `cap` unread chunks.
+    pub fn pooled_receiver_with_cap(&self, cap: usize) -> crate::PooledReceiver {
+        crate::PooledReceiver::new(self.fd.clone(), cap)
+    }
+
     /// Splits into a read half and a write half, usable from two tasks. Dropping the write
     /// half shuts down the write direction (the peer sees end of stream).
     pub fn into_split(self) -> (OwnedReadHalf, OwnedWriteHalf) {

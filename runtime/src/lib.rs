@@ -51,11 +51,14 @@ pub use combinators::{
     as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted,
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
-pub use driver::{is_cancelled, Backend, Interest, Op, OpKind, SharedFd};
+pub use driver::{
+    is_cancelled, Backend, BufPool, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf,
+    SharedFd,
+};
 pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{
-    call_at, call_later, call_soon, set_exception_handler, stop, time, Builder, ExceptionContext,
-    Handle, Runtime,
+    buffer_pool, call_at, call_later, call_soon, current_backend, set_exception_handler, stop,
+    take_cancel_request, time, Builder, ExceptionContext, Handle, Runtime,
 };
 pub use stats::RuntimeStats;
 pub use task::{

@@ -346,6 +346,8 @@ impl Core {
             ops_cancelled: d.ops_cancelled,
             ops_in_flight: driver.in_flight() as u64,
             cq_overflows: d.cq_overflows,
+            buffer_exhaustions: driver.pool().exhaustions.get(),
+            pooled_buffers_out: driver.pool().out() as u64,
         }
     }
 
@@ -464,6 +466,16 @@ impl Core {
         self.backend
     }
 
+    /// The driver, for ops that need more than the helpers below (multishot).
+    pub(crate) fn driver_mut(&self) -> std::cell::RefMut<'_, Driver> {
+        self.driver.borrow_mut()
+    }
+
+    /// The runtime's receive-buffer pool.
+    pub(crate) fn buf_pool(&self) -> Rc<crate::driver::BufPool> {
+        self.driver.borrow().pool().clone()
+    }
+
     /// # Safety
     /// The SQE's memory must outlive the op's completion (see `OpKind`).
     pub(crate) unsafe fn uring_submit(
@@ -558,6 +570,7 @@ impl Core {
 /// ```
 pub struct Builder {
     backend: Option<Backend>,
+    pool: crate::driver::PoolConfig,
     keep_finished_tasks: bool,
     shutdown_timeout: Duration,
     exception_handler: Option<ExceptionHandler>,
@@ -567,6 +580,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             backend: None,
+            pool: crate::driver::PoolConfig::default(),
             keep_finished_tasks: false,
             shutdown_timeout: Duration::from_secs(5),
             exception_handler: None,
@@ -585,6 +599,16 @@ impl Builder {
     /// explicit choice here wins over the `RINGLOOP_BACKEND` environment variable.
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Sizes the receive-buffer pool that pooled receives and multishot recv draw from
+    /// (default 1024 buffers of 4 KiB). `buffers` must be a power of two, at most 32768.
+    ///
+    /// # Panics
+    /// At [`build`](Self::build) if `buffers` is not a power of two or is over 32768.
+    pub fn buffer_pool(mut self, buffers: u16, buf_size: usize) -> Self {
+        self.pool = crate::driver::PoolConfig { buffers, buf_size };
         self
     }
 
@@ -620,6 +644,7 @@ impl Builder {
             self.backend.unwrap_or_default(),
             self.backend.is_some(),
             &wake,
+            self.pool,
         )?;
         let backend = driver.backend();
         let shared = Arc::new(Shared {
@@ -1061,6 +1086,32 @@ pub fn stop() {
 /// [`sleep_until`](crate::sleep_until) are on this clock.
 pub fn time() -> Instant {
     Instant::now()
+}
+
+/// The I/O backend of the running runtime.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn current_backend() -> Backend {
+    context::with_core(|core| core.backend())
+}
+
+/// Takes the current task's pending cancel request, if any: the building block for
+/// cancellation-aware futures of your own. Call it when your future would return `Pending`
+/// (after checking that its result is not ready, so nothing is lost) and resolve to the
+/// returned [`Cancelled`](crate::Cancelled) if there is one. Returns `None` outside a task.
+pub fn take_cancel_request() -> Option<crate::Cancelled> {
+    crate::time::take_cancel()
+}
+
+/// The running runtime's receive-buffer pool (see [`BufPool`](crate::BufPool)).
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
+    context::with_core(|core| core.buf_pool())
 }
 
 /// Replaces the running runtime's exception handler; see [`Builder::exception_handler`].

@@ -41,4 +41,9 @@ pub struct RuntimeStats {
     pub ops_in_flight: u64,
     /// Times the completion queue overflowed (the kernel kept the completions; none was lost).
     pub cq_overflows: u64,
+    /// Times a multishot receive found the buffer pool empty (`ENOBUFS`; re-armed once
+    /// buffers came back).
+    pub buffer_exhaustions: u64,
+    /// Pool buffers lent out now (gauge): held by users or queued in connections.
+    pub pooled_buffers_out: u64,
 }

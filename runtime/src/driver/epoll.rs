@@ -13,6 +13,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::task::Waker;
 use std::time::Duration;
 
+use std::rc::Rc;
+
+use super::bufpool::BufPool;
 use super::errno::is_interrupted;
 use super::op::Interest;
 use super::{DriverStats, WakeFd};
@@ -36,11 +39,13 @@ pub(crate) struct Epoll {
     fds: HashMap<RawFd, FdState>,
     next_token: u64,
     events: Vec<libc::epoll_event>,
+    /// Receive buffers handed out from a free list (the emulation of the io_uring ring).
+    pub(crate) pool: Rc<BufPool>,
     pub(crate) stats: DriverStats,
 }
 
 impl Epoll {
-    pub(crate) fn new(wake: &WakeFd) -> io::Result<Epoll> {
+    pub(crate) fn new(wake: &WakeFd, pool: Rc<BufPool>) -> io::Result<Epoll> {
         // SAFETY: no pointers; a negative return is an error, else a descriptor we now own.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -61,6 +66,7 @@ impl Epoll {
             fds: HashMap::new(),
             next_token: 0,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
+            pool,
             stats: DriverStats::default(),
         })
     }

@@ -16,8 +16,10 @@
 //!
 //! Ops are described once ([`OpKind`]) and run on either backend through [`Op`].
 
+mod bufpool;
 mod epoll;
 mod fd;
+mod multishot;
 mod op;
 mod uring;
 mod wake;
@@ -25,11 +27,14 @@ mod wake;
 use std::fmt;
 use std::io;
 use std::os::fd::RawFd;
+use std::rc::Rc;
 use std::str::FromStr;
 use std::task::Waker;
 use std::time::Duration;
 
+pub use bufpool::{BufPool, PooledBuf};
 pub use fd::SharedFd;
+pub use multishot::{Multishot, MultishotKind};
 pub(crate) use op::Orphan;
 pub use op::{is_cancelled, Interest, Op, OpKind};
 pub(crate) use wake::WakeFd;
@@ -109,9 +114,35 @@ pub(crate) enum Driver {
 /// SQ entries of a runtime's ring.
 const RING_ENTRIES: u32 = 1024;
 
+/// Sizes of the receive-buffer pool (see [`BufPool`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Buffers in the pool: a power of two, at most 32768.
+    pub buffers: u16,
+    /// Bytes per buffer.
+    pub buf_size: usize,
+}
+
+impl Default for PoolConfig {
+    /// 1024 buffers of 4 KiB: 4 MiB per runtime, however many connections it serves.
+    fn default() -> Self {
+        PoolConfig {
+            buffers: 1024,
+            buf_size: 4096,
+        }
+    }
+}
+
 impl Driver {
     /// Creates the backend `requested` asks for (see the module docs for `Auto`).
-    pub(crate) fn new(requested: Backend, explicit: bool, wake: &WakeFd) -> io::Result<Driver> {
+    pub(crate) fn new(
+        requested: Backend,
+        explicit: bool,
+        wake: &WakeFd,
+        pool: PoolConfig,
+    ) -> io::Result<Driver> {
+        let uring_pool = || BufPool::new(pool.buffers, pool.buf_size, true);
+        let epoll_pool = || BufPool::new(pool.buffers, pool.buf_size, false);
         let mut choice = requested;
         if !explicit || requested == Backend::Auto {
             if let Ok(v) = std::env::var("RINGLOOP_BACKEND") {
@@ -119,13 +150,13 @@ impl Driver {
             }
         }
         match choice {
-            Backend::Epoll => Ok(Driver::Epoll(Epoll::new(wake)?)),
-            Backend::IoUring => Ok(Driver::Uring(Uring::new(RING_ENTRIES, wake)?)),
-            Backend::Auto => match Uring::new(RING_ENTRIES, wake) {
+            Backend::Epoll => Ok(Driver::Epoll(Epoll::new(wake, epoll_pool())?)),
+            Backend::IoUring => Ok(Driver::Uring(Uring::new(RING_ENTRIES, wake, uring_pool())?)),
+            Backend::Auto => match Uring::new(RING_ENTRIES, wake, uring_pool()) {
                 Ok(u) => Ok(Driver::Uring(u)),
                 Err(e) => {
                     eprintln!("ringloop: io_uring unavailable ({e}); using the epoll backend");
-                    Ok(Driver::Epoll(Epoll::new(wake)?))
+                    Ok(Driver::Epoll(Epoll::new(wake, epoll_pool())?))
                 }
             },
         }
@@ -175,6 +206,53 @@ impl Driver {
         match self {
             Driver::Uring(u) => u.park(timeout),
             Driver::Epoll(e) => e.park(timeout, wake),
+        }
+    }
+
+    /// The runtime's receive-buffer pool.
+    pub(crate) fn pool(&self) -> &Rc<BufPool> {
+        match self {
+            Driver::Uring(u) => &u.pool,
+            Driver::Epoll(e) => &e.pool,
+        }
+    }
+
+    /// # Safety
+    /// As [`uring_submit`](Self::uring_submit), for every completion until the last.
+    pub(crate) unsafe fn multishot_submit(
+        &mut self,
+        sqe: io_uring::squeue::Entry,
+        kind: MultishotKind,
+        cap: usize,
+    ) -> io::Result<OpKey> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Uring(u) => Ok(unsafe { u.submit_multishot(sqe, kind, cap) }),
+            Driver::Epoll(_) => Err(wrong_backend()),
+        }
+    }
+
+    pub(crate) fn multishot_next(
+        &mut self,
+        key: OpKey,
+        waker: &Waker,
+    ) -> Result<Option<(i32, u32)>, ()> {
+        match self {
+            Driver::Uring(u) => u.multishot_next(key, waker),
+            Driver::Epoll(_) => Ok(None),
+        }
+    }
+
+    pub(crate) fn multishot_queued(&mut self, key: OpKey) -> usize {
+        match self {
+            Driver::Uring(u) => u.multishot_queued(key),
+            Driver::Epoll(_) => 0,
+        }
+    }
+
+    pub(crate) fn multishot_orphan(&mut self, key: OpKey) {
+        if let Driver::Uring(u) = self {
+            u.multishot_orphan(key)
         }
     }
 

@@ -27,9 +27,12 @@ use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring, Probe};
 use slab::Slab;
 
+use std::rc::Rc;
+
+use super::bufpool::{BufPool, POOL_GROUP};
 use super::errno::is_interrupted;
 use super::op::Orphan;
-use super::{DriverStats, OpKey, WakeFd};
+use super::{DriverStats, MultishotKind, OpKey, WakeFd};
 
 /// `user_data` of the multishot poll on the wake eventfd.
 const WAKE_TAG: u64 = u64::MAX;
@@ -45,6 +48,20 @@ enum SlotState {
     Done { result: i32, flags: u32 },
     /// The future was dropped; the op's data stays here until the completion arrives.
     Orphaned(Box<dyn Orphan>),
+    /// A multishot op owned by a connection: completions queue here until read. `ended`:
+    /// the last completion (without `F_MORE`) is in the queue.
+    Multishot {
+        kind: MultishotKind,
+        /// At this many unread completions the op is cancelled: the peer is back-pressured
+        /// (the data waits in the socket) instead of filling the pool.
+        cap: usize,
+        queue: VecDeque<(i32, u32)>,
+        waker: Option<Waker>,
+        ended: bool,
+    },
+    /// A multishot op whose owner is gone: completions are disposed of (buffers recycled,
+    /// accepted sockets closed) until the last one frees the slot.
+    OrphanedMultishot(MultishotKind),
 }
 
 struct Slot {
@@ -75,6 +92,8 @@ pub(crate) struct Uring {
     /// The wake poll is armed (re-armed when a completion ends it).
     wake_armed: bool,
     wake_fd: i32,
+    /// The provided-buffer pool registered with this ring (group `POOL_GROUP`).
+    pub(crate) pool: Rc<BufPool>,
     /// How the ring was set up, for `Runtime::backend_info`.
     pub(crate) setup: &'static str,
     pub(crate) stats: DriverStats,
@@ -96,7 +115,7 @@ const REQUIRED_OPCODES: &[u8] = &[
 impl Uring {
     /// Creates a ring with `entries` SQEs and a CQ eight times as large (multishot ops post
     /// many completions per SQE), with the cheapest task-work mode the kernel accepts.
-    pub(crate) fn new(entries: u32, wake: &WakeFd) -> io::Result<Uring> {
+    pub(crate) fn new(entries: u32, wake: &WakeFd, pool: Rc<BufPool>) -> io::Result<Uring> {
         let cq_entries = entries.saturating_mul(8);
         let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
             ("single_issuer+defer_taskrun", |b| {
@@ -113,7 +132,7 @@ impl Uring {
             builder.setup_cqsize(cq_entries).setup_clamp();
             configure(&mut builder);
             match builder.build(entries) {
-                Ok(ring) => return Self::finish_setup(ring, name, wake),
+                Ok(ring) => return Self::finish_setup(ring, name, wake, pool),
                 // EINVAL: a flag this kernel does not know; try the next, simpler setup.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last_err = Some(e),
                 Err(e) => return Err(e),
@@ -122,7 +141,12 @@ impl Uring {
         Err(last_err.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
     }
 
-    fn finish_setup(ring: IoUring, setup: &'static str, wake: &WakeFd) -> io::Result<Uring> {
+    fn finish_setup(
+        ring: IoUring,
+        setup: &'static str,
+        wake: &WakeFd,
+        pool: Rc<BufPool>,
+    ) -> io::Result<Uring> {
         if !ring.params().is_feature_ext_arg() || !ring.params().is_feature_nodrop() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -137,6 +161,19 @@ impl Uring {
                 format!("io_uring opcode {op} is not supported by this kernel"),
             ));
         }
+        let (ring_addr, ring_entries) = pool.ring_addr().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidInput, "buffer pool without a ring")
+        })?;
+        // SAFETY: the ring region belongs to `pool`, which this driver keeps alive for as long
+        // as the ring exists: fields drop in declaration order, `ring` before `pool`.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                ring_addr,
+                ring_entries,
+                POOL_GROUP,
+                0,
+            )?;
+        }
         let mut uring = Uring {
             ring,
             ops: Slab::with_capacity(256),
@@ -145,6 +182,7 @@ impl Uring {
             finished_orphans: Vec::new(),
             wake_armed: false,
             wake_fd: wake.raw(),
+            pool,
             setup,
             stats: DriverStats::default(),
         };
@@ -239,7 +277,114 @@ impl Uring {
                 }
                 None
             }
-            SlotState::Orphaned(_) => None,
+            SlotState::Orphaned(_)
+            | SlotState::Multishot { .. }
+            | SlotState::OrphanedMultishot(_) => None,
+        }
+    }
+
+    /// Arms a multishot op owned by a connection.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push), for every completion until the last one.
+    pub(crate) unsafe fn submit_multishot(
+        &mut self,
+        sqe: squeue::Entry,
+        kind: MultishotKind,
+        cap: usize,
+    ) -> OpKey {
+        self.flush_cancels();
+        let generation = self.next_generation;
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let index = self.ops.insert(Slot {
+            generation,
+            cancel_queued: false,
+            state: SlotState::Multishot {
+                kind,
+                cap: cap.max(1),
+                queue: VecDeque::new(),
+                waker: None,
+                ended: false,
+            },
+        });
+        assert!(index < MAX_SLOTS, "too many io_uring ops in flight");
+        let key = user_data(index, generation);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push(&sqe.user_data(key)) };
+        self.stats.ops_submitted += 1;
+        OpKey(key)
+    }
+
+    /// The next completion of a multishot op; `Ok(None)` once the last one was read (the slot
+    /// is freed); `Err(())` (pending) after storing the waker.
+    pub(crate) fn multishot_next(
+        &mut self,
+        key: OpKey,
+        waker: &Waker,
+    ) -> Result<Option<(i32, u32)>, ()> {
+        let Some(slot) = self.slot_mut(key) else {
+            return Ok(None);
+        };
+        let SlotState::Multishot {
+            queue,
+            waker: w,
+            ended,
+            ..
+        } = &mut slot.state
+        else {
+            return Ok(None);
+        };
+        if let Some(c) = queue.pop_front() {
+            return Ok(Some(c));
+        }
+        if *ended {
+            let (index, _) = split_user_data(key.0);
+            self.ops.remove(index);
+            return Ok(None);
+        }
+        match w {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *w = Some(waker.clone()),
+        }
+        Err(())
+    }
+
+    /// Completions queued for a multishot op and not yet read.
+    pub(crate) fn multishot_queued(&mut self, key: OpKey) -> usize {
+        match self.slot_mut(key).map(|s| &s.state) {
+            Some(SlotState::Multishot { queue, .. }) => queue.len(),
+            _ => 0,
+        }
+    }
+
+    /// The owner of a multishot op is gone: dispose of what is queued and of what still comes.
+    pub(crate) fn multishot_orphan(&mut self, key: OpKey) {
+        let Some(slot) = self.slot_mut(key) else {
+            return;
+        };
+        let state = std::mem::replace(
+            &mut slot.state,
+            SlotState::Done {
+                result: 0,
+                flags: 0,
+            },
+        );
+        let SlotState::Multishot {
+            kind, queue, ended, ..
+        } = state
+        else {
+            slot.state = state;
+            return;
+        };
+        for (result, flags) in queue {
+            dispose(&self.pool, kind, result, flags);
+        }
+        let (index, _) = split_user_data(key.0);
+        if ended {
+            self.ops.remove(index);
+        } else {
+            self.ops[index].state = SlotState::OrphanedMultishot(kind);
+            self.cancel(key);
         }
     }
 
@@ -363,6 +508,8 @@ impl Uring {
             finished_orphans,
             stats,
             wake_armed,
+            pool,
+            cancels,
             ..
         } = self;
         let mut woken: Vec<Waker> = Vec::new();
@@ -384,13 +531,44 @@ impl Uring {
                         continue; // stale: its slot was freed (cannot happen for a live op)
                     };
                     stats.ops_completed += 1;
+                    let more = cqueue::more(flags);
+                    match &mut slot.state {
+                        SlotState::Multishot {
+                            queue,
+                            waker,
+                            ended,
+                            cap,
+                            ..
+                        } => {
+                            queue.push_back((result, flags));
+                            if !more {
+                                *ended = true;
+                            } else if queue.len() >= *cap && !slot.cancel_queued {
+                                slot.cancel_queued = true;
+                                cancels.push_back(ud);
+                            }
+                            if result == -libc::ENOBUFS {
+                                pool.exhaustions.set(pool.exhaustions.get() + 1);
+                            }
+                            woken.extend(waker.take());
+                            continue;
+                        }
+                        SlotState::OrphanedMultishot(kind) => {
+                            dispose(pool, *kind, result, flags);
+                            if !more {
+                                ops.remove(index);
+                            }
+                            continue;
+                        }
+                        _ => {}
+                    }
                     match std::mem::replace(&mut slot.state, SlotState::Done { result, flags }) {
                         SlotState::Armed(w) => woken.extend(w),
                         SlotState::Orphaned(data) => {
                             ops.remove(index);
                             finished_orphans.push((data, result, flags));
                         }
-                        SlotState::Done { .. } => {}
+                        _ => {}
                     }
                 }
             }
@@ -417,6 +595,7 @@ impl Uring {
             .map(|(i, s)| OpKey(user_data(i, s.generation)))
             .collect();
         for key in keys {
+            self.multishot_orphan(key);
             self.cancel(key);
         }
         let deadline = Instant::now() + bound;
@@ -434,9 +613,31 @@ impl Uring {
             .filter(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
             .map(|(i, _)| i)
             .collect();
+        let leaked = !leftover.is_empty();
         for i in leftover {
             if let SlotState::Orphaned(data) = self.ops.remove(i).state {
                 std::mem::forget(data);
+            }
+        }
+        if leaked {
+            // The kernel may still write into pool buffers: never free that memory.
+            std::mem::forget(self.pool.clone());
+        }
+    }
+}
+
+/// Releases what a completion nobody will read carries: a pool buffer, or an accepted socket.
+fn dispose(pool: &BufPool, kind: MultishotKind, result: i32, flags: u32) {
+    match kind {
+        MultishotKind::Recv => {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                pool.recycle(bid);
+            }
+        }
+        MultishotKind::Accept => {
+            if result >= 0 {
+                // SAFETY: a successful accept's result is a new descriptor nobody else owns.
+                unsafe { libc::close(result) };
             }
         }
     }

@@ -1,0 +1,249 @@
+//! Receiving into the runtime's buffer pool: the server fast path.
+//!
+//! A [`PooledReceiver`] belongs to a connection. On io_uring it arms one multishot receive with
+//! buffer selection: the kernel picks a pool buffer for each chunk of data as it arrives, so an
+//! idle connection holds no buffer at all, and one SQE serves many receives. On epoll it
+//! receives into a free pool buffer when asked (the same API and the same memory behaviour).
+//!
+//! * Cancelling a task waiting in [`recv`](PooledReceiver::recv) loses nothing: the multishot
+//!   belongs to the receiver, and data that arrived meanwhile waits in its queue.
+//! * At most `cap` chunks wait unread per connection (default 16): then the receive is stopped
+//!   and the peer is back-pressured by TCP, never buffered without bound.
+//! * When the pool runs dry (`ENOBUFS`), the receive is re-armed as soon as buffers come back;
+//!   no data is lost (it waits in the socket).
+//!
+//! ```no_run
+//! use ringloop_net::TcpListener;
+//!
+//! # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+//! let listener = TcpListener::bind("127.0.0.1:7000".parse().unwrap())?;
+//! let (stream, _) = listener.accept().await?;
+//! let mut rx = stream.pooled_receiver();
+//! while let Some(chunk) = rx.recv().await? {
+//!     let (r, _chunk) = stream.write_all(chunk).await; // the buffer goes back to the pool here
+//!     r?;
+//! }
+//! # Ok::<_, std::io::Error>(()) });
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use io_uring::{cqueue, opcode, squeue, types};
+use ringloop_runtime::{
+    buffer_pool, Backend, BufPool, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf,
+    SharedFd,
+};
+
+use crate::buf::IoBuf;
+
+/// Unread chunks a connection may queue before its receive is stopped (back-pressure).
+pub const DEFAULT_RECV_CAP: usize = 16;
+
+// SAFETY: a pooled buffer's memory belongs to the pool, which the buffer keeps alive, and does
+// not move; all of it is initialised (the pool is zeroed when allocated).
+unsafe impl IoBuf for PooledBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.len()
+    }
+}
+
+/// Receives a connection's data into pool buffers; see the [module docs](self).
+#[derive(Debug)]
+pub struct PooledReceiver {
+    // Field order is drop order: the multishot and the pending op go before the descriptor.
+    multishot: Multishot,
+    /// epoll: the receive in progress (kept across `recv` calls, so cancelling one loses
+    /// nothing).
+    pending: Option<Op<RecvPooled>>,
+    fd: SharedFd,
+    pool: Rc<BufPool>,
+    backend: Backend,
+    eof: bool,
+}
+
+impl PooledReceiver {
+    pub(crate) fn new(fd: SharedFd, cap: usize) -> PooledReceiver {
+        PooledReceiver {
+            multishot: Multishot::new(MultishotKind::Recv, cap),
+            pending: None,
+            fd,
+            pool: buffer_pool(),
+            backend: ringloop_runtime::current_backend(),
+            eof: false,
+        }
+    }
+
+    /// The next chunk of data, or `None` at end of stream.
+    ///
+    /// A cancellation point: a cancelled task gets an error for which
+    /// [`is_cancelled`](ringloop_runtime::is_cancelled) is true, and nothing is lost.
+    ///
+    /// # Errors
+    /// The real errno (`ECONNRESET`, ...).
+    pub fn recv(&mut self) -> PooledRecv<'_> {
+        PooledRecv { rx: self }
+    }
+
+    fn poll_uring(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<PooledBuf>>> {
+        loop {
+            if self.eof {
+                return Poll::Ready(Ok(None));
+            }
+            if !self.multishot.is_armed() {
+                if !self.pool.has_free() {
+                    self.pool.wait_for_free(cx.waker());
+                    return cancel_or_pending();
+                }
+                let sqe = opcode::RecvMulti::new(types::Fd(self.fd.raw()), POOL_GROUP).build();
+                // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
+                // as the multishot lives: the `Multishot` is dropped before `fd`, field order)
+                // and the pool's buffer group, whose memory the driver keeps.
+                unsafe { self.multishot.arm(sqe)? };
+            }
+            match self.multishot.poll_next(cx) {
+                Poll::Ready(Some((res, flags))) => {
+                    let bid = cqueue::buffer_select(flags);
+                    if res > 0 {
+                        let Some(bid) = bid else {
+                            return Poll::Ready(Err(io::Error::other(
+                                "multishot receive completed without a buffer",
+                            )));
+                        };
+                        return Poll::Ready(Ok(Some(self.pool.take_filled(bid, res as usize))));
+                    }
+                    if let Some(bid) = bid {
+                        self.pool.recycle(bid);
+                    }
+                    match res {
+                        0 => {
+                            self.eof = true;
+                            return Poll::Ready(Ok(None));
+                        }
+                        // The pool ran dry, or the queue cap stopped the receive: re-arm
+                        // (above) once buffers are free / now that the queue was read.
+                        e if e == -libc::ENOBUFS || e == -libc::ECANCELED => continue,
+                        e => return Poll::Ready(Err(io::Error::from_raw_os_error(-e))),
+                    }
+                }
+                // Ended with its last completion read: re-arm.
+                Poll::Ready(None) => continue,
+                Poll::Pending => return cancel_or_pending(),
+            }
+        }
+    }
+
+    fn poll_epoll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<PooledBuf>>> {
+        if self.eof {
+            return Poll::Ready(Ok(None));
+        }
+        if self.pending.is_none() {
+            let Some(buf) = self.pool.take_free() else {
+                self.pool.wait_for_free(cx.waker());
+                return cancel_or_pending();
+            };
+            self.pending = Some(Op::new(RecvPooled {
+                fd: self.fd.clone(),
+                buf,
+            }));
+        }
+        let op = self.pending.as_mut().expect("set above");
+        let (result, mut buf) = std::task::ready!(Pin::new(op).poll(cx));
+        self.pending = None;
+        Poll::Ready(match result {
+            Ok(0) => {
+                self.eof = true;
+                Ok(None)
+            }
+            Ok(n) => {
+                buf.set_len(n as usize);
+                Ok(Some(buf))
+            }
+            Err(e) => Err(e),
+        })
+    }
+}
+
+/// The pool's buffer group (see the runtime's driver docs).
+const POOL_GROUP: u16 = 0;
+
+fn cancel_or_pending<T>() -> Poll<io::Result<T>> {
+    match ringloop_runtime::take_cancel_request() {
+        Some(c) => Poll::Ready(Err(c.into())),
+        None => Poll::Pending,
+    }
+}
+
+/// The future of [`PooledReceiver::recv`].
+#[must_use = "futures do nothing unless awaited"]
+pub struct PooledRecv<'a> {
+    rx: &'a mut PooledReceiver,
+}
+
+impl Future for PooledRecv<'_> {
+    type Output = io::Result<Option<PooledBuf>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let rx = &mut *self.rx;
+        match rx.backend {
+            Backend::IoUring => rx.poll_uring(cx),
+            _ => rx.poll_epoll(cx),
+        }
+    }
+}
+
+/// epoll: one receive into a free pool buffer.
+pub(crate) struct RecvPooled {
+    fd: SharedFd,
+    buf: PooledBuf,
+}
+
+// SAFETY: never submitted to io_uring (the receiver uses multishot there); the pointer it would
+// carry is into the pool buffer it owns.
+unsafe impl OpKind for RecvPooled {
+    type Output = (io::Result<u32>, PooledBuf);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::Recv::new(
+            types::Fd(self.fd.raw()),
+            self.buf.spare_mut_ptr(),
+            self.buf.capacity() as u32,
+        )
+        .build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Read)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        // SAFETY: the pool buffer is lent to us and valid for `capacity` bytes.
+        let r = unsafe {
+            libc::recv(
+                self.fd.raw(),
+                self.buf.spare_mut_ptr() as *mut libc::c_void,
+                self.buf.capacity(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r as u32)
+        }
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        (result, self.buf)
+    }
+}

@@ -1,0 +1,180 @@
+//! The pooled-receive fast path on both backends.
+
+mod common;
+
+use std::cell::Cell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use ringloop_net::{TcpListener, TcpStream};
+use ringloop_runtime::{gather, is_cancelled, sleep, spawn, yield_now, Backend, Runtime};
+
+fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+async fn pooled_echo_server(listener: TcpListener, connections: usize) {
+    let mut handlers = Vec::new();
+    for _ in 0..connections {
+        let (conn, _) = listener.accept().await.unwrap();
+        handlers.push(spawn(async move {
+            let mut rx = conn.pooled_receiver();
+            while let Some(chunk) = rx.recv().await.unwrap() {
+                let (r, _) = conn.write_all(chunk).await;
+                r.unwrap();
+            }
+        }));
+    }
+    gather(handlers).await.unwrap();
+}
+
+async fn client_round_trips(addr: SocketAddr, id: u32, rounds: u32, size: usize) {
+    let c = TcpStream::connect(addr).await.unwrap();
+    for round in 0..rounds {
+        let msg: Vec<u8> = (0..size).map(|i| (i as u32 ^ id ^ round) as u8).collect();
+        let (r, msg) = c.write_all(msg).await;
+        r.unwrap();
+        let (r, got) = c.read_exact(Vec::with_capacity(msg.len())).await;
+        r.unwrap();
+        assert_eq!(got, msg, "connection {id} round {round}");
+    }
+}
+
+both_backends! {
+    async fn pooled_echo_is_byte_exact_for_many_connections() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = spawn(pooled_echo_server(listener, 200));
+        let clients: Vec<_> = (0..200u32)
+            .map(|id| spawn(client_round_trips(addr, id, 5, 1000)))
+            .collect();
+        gather(clients).await.unwrap();
+        server.await.unwrap();
+        assert_eq!(ringloop_runtime::buffer_pool().out(), 0, "every buffer came back");
+    }
+}
+
+/// A pool far smaller than the traffic: receives run out of buffers (ENOBUFS on io_uring, an
+/// empty free list on epoll), wait for buffers to come back, and lose no byte.
+#[test]
+fn pool_exhaustion_loses_nothing_on_both_backends() {
+    for backend in [Backend::IoUring, Backend::Epoll] {
+        let rt = Runtime::builder()
+            .backend(backend)
+            .buffer_pool(4, 512)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind(localhost()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = spawn(pooled_echo_server(listener, 16));
+            let clients: Vec<_> = (0..16u32)
+                .map(|id| spawn(client_round_trips(addr, id, 4, 3000)))
+                .collect();
+            gather(clients).await.unwrap();
+            server.await.unwrap();
+        });
+        let stats = rt.stats();
+        assert_eq!(stats.pooled_buffers_out, 0, "{backend}: {stats:?}");
+        assert_eq!(stats.ops_in_flight, 0, "{backend}: {stats:?}");
+        if backend == Backend::IoUring {
+            assert!(
+                stats.buffer_exhaustions > 0,
+                "the small pool did run dry: {stats:?}"
+            );
+        }
+    }
+}
+
+/// A connection whose data is not read holds at most `cap` pool buffers: the receive stops and
+/// the peer is back-pressured by TCP instead of filling the pool.
+#[test]
+fn unread_connection_holds_at_most_cap_buffers() {
+    for backend in [Backend::IoUring, Backend::Epoll] {
+        let rt = Runtime::builder()
+            .backend(backend)
+            .buffer_pool(256, 1024)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind(localhost()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let writer_done = Rc::new(Cell::new(false));
+            let wd = writer_done.clone();
+            let writer = spawn(async move {
+                let c = TcpStream::connect(addr).await.unwrap();
+                // Far more than the cap's worth of buffers, and more than the socket buffers.
+                let (r, _) = c.write_all(vec![7u8; 8 << 20]).await;
+                wd.set(r.is_ok());
+                c
+            });
+            let (conn, _) = listener.accept().await.unwrap();
+            let mut rx = conn.pooled_receiver_with_cap(4);
+            // Read one chunk to arm the receive, then stop reading for a while.
+            let first = rx.recv().await.unwrap().unwrap();
+            drop(first);
+            for _ in 0..50 {
+                sleep(Duration::from_millis(1)).await.unwrap();
+            }
+            let out = ringloop_runtime::buffer_pool().out();
+            assert!(
+                out <= 4,
+                "{backend}: {out} buffers held by one unread connection"
+            );
+            assert!(
+                !writer_done.get(),
+                "{backend}: the writer is back-pressured"
+            );
+            // Now drain everything: nothing was lost.
+            let mut total = 0usize;
+            while total < (8 << 20) - 1024 {
+                match rx.recv().await.unwrap() {
+                    Some(chunk) => {
+                        assert!(chunk.iter().all(|b| *b == 7));
+                        total += chunk.len();
+                    }
+                    None => break,
+                }
+            }
+            let c = writer.await.unwrap();
+            assert!(writer_done.get());
+            drop(c);
+            while let Some(chunk) = rx.recv().await.unwrap() {
+                total += chunk.len();
+            }
+            assert!(total >= (8 << 20) - 1024, "{backend}: read {total}");
+        });
+    }
+}
+
+both_backends! {
+    /// Cancelling a task that waits in `recv` loses nothing: data that arrives later is read by
+    /// the next `recv` on the same receiver.
+    async fn cancelled_pooled_recv_loses_nothing() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (conn, _) = listener.accept().await.unwrap();
+        let rx = Rc::new(std::cell::RefCell::new(conn.pooled_receiver()));
+        let waiter = spawn({
+            let rx = rx.clone();
+            async move {
+                let mut rx = rx.borrow_mut();
+                let r = rx.recv().await;
+                if let Err(e) = &r {
+                    assert!(is_cancelled(e), "{e}");
+                }
+                r.map(|c| c.map(|c| c.len()))
+            }
+        });
+        yield_now().await.unwrap();
+        waiter.cancel();
+        // The waiter returned the io::Error carrying its Cancelled, so it ended cancelled.
+        assert!(waiter.await.unwrap_err().is_cancelled());
+        let (w, _) = client.write_all(b"after cancel".as_slice()).await;
+        w.unwrap();
+        let chunk = rx.borrow_mut().recv().await.unwrap().unwrap();
+        assert_eq!(&*chunk, b"after cancel");
+    }
+}
