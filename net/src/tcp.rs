@@ -5,7 +5,13 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use ringloop_runtime::{sleep, SharedFd};
+use std::future::poll_fn;
+use std::task::Poll;
+
+use io_uring::{opcode, types};
+use ringloop_runtime::{
+    current_backend, sleep, take_cancel_request, Backend, Multishot, MultishotKind, SharedFd,
+};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
@@ -146,7 +152,11 @@ impl TcpListener {
     /// (out of descriptors) backs off — the connections already open keep being served — and
     /// resumes when descriptors free up, retrying after 1 ms, then 2, 4, ... up to 100 ms.
     pub fn incoming(&self) -> Incoming<'_> {
-        Incoming { listener: self }
+        Incoming {
+            multishot: Multishot::new(MultishotKind::Accept, ACCEPT_QUEUE_CAP),
+            listener: self,
+            backoff: Duration::from_millis(1),
+        }
     }
 
     /// The address it listens on.
@@ -181,11 +191,18 @@ impl AsRawFd for TcpListener {
     }
 }
 
-/// See [`TcpListener::incoming`].
+/// See [`TcpListener::incoming`]. On io_uring one multishot accept serves every connection
+/// (at most 64 accepted sockets queue unread; then the kernel's backlog holds the rest).
 #[derive(Debug)]
 pub struct Incoming<'a> {
+    // Dropped first: an orphaned multishot accept closes the sockets it still produces.
+    multishot: Multishot,
     listener: &'a TcpListener,
+    backoff: Duration,
 }
+
+/// Accepted sockets a multishot accept may queue unread.
+const ACCEPT_QUEUE_CAP: usize = 64;
 
 impl Incoming<'_> {
     /// The next connection. Only errors a server cannot ride out come back (and a
@@ -194,17 +211,59 @@ impl Incoming<'_> {
     /// # Errors
     /// Errors other than `ECONNABORTED`, `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`.
     pub async fn next(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
-        let mut backoff = Duration::from_millis(1);
         loop {
-            match self.listener.accept().await {
-                Ok(conn) => return Ok(conn),
+            let result = if current_backend() == Backend::IoUring {
+                self.next_multishot().await
+            } else {
+                self.listener.accept().await
+            };
+            match result {
+                Ok(conn) => {
+                    self.backoff = Duration::from_millis(1);
+                    return Ok(conn);
+                }
                 Err(e) if is_transient_accept_error(&e) => {
                     if e.raw_os_error() != Some(libc::ECONNABORTED) {
-                        sleep(backoff).await?;
-                        backoff = (backoff * 2).min(Duration::from_millis(100));
+                        // Out of descriptors (or memory): keep serving what we have and try
+                        // again a little later.
+                        sleep(self.backoff).await?;
+                        self.backoff = (self.backoff * 2).min(Duration::from_millis(100));
                     }
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn next_multishot(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
+        loop {
+            if !self.multishot.is_armed() {
+                let sqe = opcode::AcceptMulti::new(types::Fd(self.listener.fd.raw()))
+                    .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                    .build();
+                // SAFETY: the SQE names only the listener's descriptor, which `self.listener`
+                // keeps open for as long as this `Incoming` (and so the multishot) lives.
+                unsafe { self.multishot.arm(sqe)? };
+            }
+            let next = poll_fn(|cx| match self.multishot.poll_next(cx) {
+                Poll::Pending => match take_cancel_request() {
+                    Some(c) => Poll::Ready(Err(c)),
+                    None => Poll::Pending,
+                },
+                Poll::Ready(r) => Poll::Ready(Ok(r)),
+            })
+            .await?;
+            match next {
+                // Ended (the kernel stopped it, e.g. after an error or our cap): re-arm.
+                None => continue,
+                Some((res, _flags)) if res >= 0 => {
+                    // SAFETY: a successful accept's result is a new descriptor nobody owns.
+                    let stream = TcpStream::from_owned(unsafe { OwnedFd::from_raw_fd(res) });
+                    let peer = stream.peer_addr()?;
+                    return Ok((stream, peer));
+                }
+                Some((res, _)) if res == -libc::ECANCELED => continue,
+                Some((res, _)) => return Err(io::Error::from_raw_os_error(-res)),
             }
         }
     }

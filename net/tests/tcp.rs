@@ -91,3 +91,41 @@ both_backends! {
         server.await.unwrap();
     }
 }
+
+both_backends! {
+    /// `incoming()` (multishot accept on io_uring) serves every connection; dropping it while
+    /// accepted sockets wait unread closes them (no descriptor leaks).
+    async fn incoming_accepts_every_connection_and_drop_leaks_nothing() {
+        let baseline = common::fd_count();
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let clients: Vec<_> = (0..100)
+            .map(|_| spawn(async move { TcpStream::connect(addr).await.unwrap() }))
+            .collect();
+        let mut incoming = listener.incoming();
+        let mut accepted = Vec::new();
+        for _ in 0..100 {
+            let (stream, peer) = incoming.next().await.unwrap();
+            assert_eq!(peer, stream.peer_addr().unwrap());
+            accepted.push(stream);
+        }
+        let clients = gather(clients).await.unwrap();
+        // More connections arrive; the multishot accepts them into its queue, unread.
+        let late: Vec<_> = (0..10)
+            .map(|_| spawn(async move { TcpStream::connect(addr).await.unwrap() }))
+            .collect();
+        let late = gather(late).await.unwrap();
+        for _ in 0..10 {
+            ringloop_runtime::yield_now().await.unwrap();
+        }
+        drop(incoming);
+        for _ in 0..10 {
+            ringloop_runtime::sleep(std::time::Duration::from_millis(1)).await.unwrap();
+        }
+        drop((accepted, clients, late, listener));
+        for _ in 0..10 {
+            ringloop_runtime::sleep(std::time::Duration::from_millis(1)).await.unwrap();
+        }
+        assert_eq!(common::fd_count(), baseline, "descriptors leaked");
+    }
+}

@@ -3,15 +3,24 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard};
 
 use ringloop_runtime::{Backend, Runtime};
 
-/// Builds a runtime on `backend` and runs `body` on it.
+/// Serialises the tests of one binary: descriptor counts (`/proc/self/fd`) are process-wide,
+/// so a test that asserts them must not run beside one that opens sockets.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builds a runtime on `backend` and runs `body` on it (holding [`serial`]'s lock).
 pub fn run<F, Fut>(backend: Backend, body: F) -> Fut::Output
 where
     F: FnOnce() -> Fut,
     Fut: Future,
 {
+    let _serial = serial();
     let rt = Runtime::builder()
         .backend(backend)
         .build()
