@@ -341,6 +341,7 @@ impl Core {
             parks: c.parks.get(),
             remote_wakes: c.remote_wakes.get(),
             kernel_enters: d.kernel_enters,
+            driver_syscalls: d.syscalls,
             ops_submitted: d.ops_submitted,
             ops_completed: d.ops_completed,
             ops_cancelled: d.ops_cancelled,

@@ -31,6 +31,9 @@ pub struct RuntimeStats {
     pub remote_wakes: u64,
     /// Kernel entries of the driver: `io_uring_enter` or `epoll_wait` calls.
     pub kernel_enters: u64,
+    /// Every syscall the driver and its ops made: kernel entries, plus on epoll `epoll_ctl`
+    /// and each non-blocking attempt (`recv`, `send`, `accept4`, ...).
+    pub driver_syscalls: u64,
     /// I/O ops submitted to the kernel (io_uring).
     pub ops_submitted: u64,
     /// I/O op completions reaped (io_uring).

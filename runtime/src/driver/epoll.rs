@@ -86,6 +86,7 @@ impl Epoll {
                 u64: fd as u64,
             };
             // SAFETY: `ev` is a live local the kernel only reads; a bad `fd` is an error.
+            self.stats.syscalls += 1;
             if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }
                 < 0
             {
@@ -126,6 +127,7 @@ impl Epoll {
     /// Forgets a descriptor about to be closed, waking its waiters (they will see the error).
     pub(crate) fn forget_fd(&mut self, fd: RawFd) {
         if let Some(state) = self.fds.remove(&fd) {
+            self.stats.syscalls += 1;
             // SAFETY: removing a registration passes no pointer the kernel keeps.
             unsafe {
                 libc::epoll_ctl(
@@ -139,6 +141,11 @@ impl Epoll {
                 w.waker.wake();
             }
         }
+    }
+
+    /// Counts one non-blocking attempt an op made (a syscall of the epoll backend).
+    pub(crate) fn count_attempt(&mut self) {
+        self.stats.syscalls += 1;
     }
 
     /// Descriptors with waiters (ops in flight on this backend).
@@ -158,6 +165,7 @@ impl Epoll {
                 .min(libc::c_int::MAX as u128) as libc::c_int,
         };
         self.stats.kernel_enters += 1;
+        self.stats.syscalls += 1;
         // SAFETY: `events` is a live buffer of the length we pass.
         let n = unsafe {
             libc::epoll_wait(

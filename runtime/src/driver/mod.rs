@@ -98,6 +98,9 @@ pub(crate) struct OpKey(pub(crate) u64);
 pub(crate) struct DriverStats {
     /// `io_uring_enter` or `epoll_wait` calls.
     pub(crate) kernel_enters: u64,
+    /// Every syscall the driver and its ops made: the above, plus `epoll_ctl` and the epoll
+    /// backend's non-blocking attempts (`recv`, `send`, `accept4`, ...).
+    pub(crate) syscalls: u64,
     pub(crate) ops_submitted: u64,
     pub(crate) ops_completed: u64,
     pub(crate) ops_cancelled: u64,
@@ -320,6 +323,12 @@ impl Driver {
     pub(crate) fn epoll_unwait(&mut self, fd: RawFd, token: u64) {
         if let Driver::Epoll(e) = self {
             e.unwait(fd, token)
+        }
+    }
+
+    pub(crate) fn count_attempt(&mut self) {
+        if let Driver::Epoll(e) = self {
+            e.count_attempt()
         }
     }
 

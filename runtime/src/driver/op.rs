@@ -208,6 +208,7 @@ impl<T: OpKind> Op<T> {
     fn poll_epoll(&mut self, cx: &mut Context<'_>) -> Poll<T::Output> {
         let data = self.data.as_mut().expect("Op polled after completion");
         let result = data.attempt();
+        context::with_core(|core| core.driver_mut().count_attempt());
         let waiter = match &mut self.state {
             State::Waiting { waiter } => waiter.take(),
             _ => None,

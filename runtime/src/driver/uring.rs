@@ -214,6 +214,7 @@ impl Uring {
             // The SQ is full: hand what is queued to the kernel and retry. If the kernel
             // cannot take them now (EBUSY: the CQ is backed up), reap and retry.
             self.stats.kernel_enters += 1;
+            self.stats.syscalls += 1;
             if let Err(e) = self.ring.submit() {
                 if e.raw_os_error() == Some(libc::EBUSY) || is_interrupted(&e) {
                     self.enter(0, Some(Duration::ZERO));
@@ -466,6 +467,7 @@ impl Uring {
         let ts;
         let args;
         self.stats.kernel_enters += 1;
+        self.stats.syscalls += 1;
         let result = match timeout {
             Some(t) if !t.is_zero() => {
                 ts = Timespec::from(t);
