@@ -27,9 +27,12 @@ use std::sync::Arc;
 ///
 /// Rust has no exception that unwinds out of a coroutine, so the runtime counts the live
 /// `Cancelled` values it delivered to each task. If any is still alive once the task's future
-/// has returned — that is, it sits inside the task's output — the task ended by letting the
-/// cancellation escape. A `Cancelled` that is turned into a string, or moved somewhere other
-/// than the output (sent over a channel, stored in a global), is not seen as escaping.
+/// has returned, the task ended by letting the cancellation escape: usually it sits inside the
+/// task's output. The count cannot tell *where* a value lives, so a `Cancelled` (or a clone)
+/// that the task moved somewhere else and that is still alive when the task returns (sent over
+/// a channel, stored in a shared `Rc<RefCell<_>>`, moved into another task) counts as escaping
+/// too, and the task's own output is then dropped. To suppress a cancellation, drop the
+/// `Cancelled` or keep only its text (`to_string()`, [`message`](Self::message)).
 ///
 /// ```
 /// use ringloop_runtime::{Runtime, spawn, sleep, Cancelled, TaskError};

@@ -77,13 +77,16 @@ pub(crate) enum Outcome {
     Panicked,
 }
 
+/// A callback added with `add_done_callback`, run (through `call_soon`) once the task ends.
+pub(crate) type DoneCallback = Box<dyn FnOnce(&TaskRef)>;
+
 /// Rarely needed per-task data, boxed so that a plain task pays 8 bytes for all of it.
 #[derive(Default)]
 pub(crate) struct Extras {
     pub(crate) name: Option<Box<str>>,
     /// The message of the latest cancel request.
     pub(crate) cancel_message: Option<Arc<str>>,
-    pub(crate) done_callbacks: Vec<Box<dyn FnOnce(&TaskRef)>>,
+    pub(crate) done_callbacks: Vec<DoneCallback>,
     /// Counts the live `Cancelled` values delivered to this task (see [`Cancelled`]).
     pub(crate) escape: Option<Arc<AtomicUsize>>,
     pub(crate) panic: Option<Box<dyn Any + Send>>,
@@ -247,11 +250,15 @@ impl Header {
     /// Makes a `Cancelled` bound to this task: while it lives, the task counts as "letting a
     /// cancellation escape" when it finishes (see [`Cancelled`]).
     ///
-    /// The message is remembered as the task's cancel message: if the task ends by letting this
-    /// cancellation escape, its `TaskError::Cancelled` carries the message it saw.
+    /// If the task has no cancel message yet, this one is remembered as its message: a task that
+    /// ends by letting a cancellation it saw escape (an awaited task's, a Promise's) then carries
+    /// that message in its `TaskError::Cancelled`. A message the task already has is kept: it
+    /// came from a cancel request on this very task (`request_cancel` always records it), and a
+    /// cancellation the task merely *observed* later, e.g. from a child it cancelled and awaited
+    /// during its cleanup, must not overwrite the reason the task itself was cancelled.
     pub(crate) fn deliver(&self, message: Option<Arc<str>>) -> Cancelled {
         let counter = self.with_extras(|e| {
-            if message.is_some() {
+            if e.cancel_message.is_none() {
                 e.cancel_message.clone_from(&message);
             }
             e.escape.get_or_insert_with(Default::default).clone()
@@ -260,13 +267,20 @@ impl Header {
     }
 
     pub(crate) fn escaped(&self) -> bool {
+        self.live_cancels() > 0
+    }
+
+    /// How many `Cancelled` values delivered to this task are alive right now. A scope that
+    /// delivers its own request (`timeout`) compares this before and after, so that values the
+    /// task already held from an earlier, caught cancellation are not taken for its own.
+    pub(crate) fn live_cancels(&self) -> usize {
         self.peek_extras(|e| {
             e.and_then(|e| e.escape.as_ref())
-                .is_some_and(|c| c.load(Ordering::Acquire) > 0)
+                .map_or(0, |c| c.load(Ordering::Acquire))
         })
     }
 
-    pub(crate) fn add_done_callback(&self, f: Box<dyn FnOnce(&TaskRef)>) {
+    pub(crate) fn add_done_callback(&self, f: DoneCallback) {
         self.with_extras(|e| e.done_callbacks.push(f));
     }
 
@@ -598,7 +612,10 @@ mod tests {
         let arc_counts = 2 * std::mem::size_of::<usize>();
         let registry_entry = std::mem::size_of::<TaskPtr>() + std::mem::size_of::<usize>();
         let overhead = arc_counts + cell_size + registry_entry - future_size;
-        println!("per-task overhead: {overhead} bytes (header {} bytes)", std::mem::size_of::<Header>());
+        println!(
+            "per-task overhead: {overhead} bytes (header {} bytes)",
+            std::mem::size_of::<Header>()
+        );
         assert!(overhead <= 128, "per-task overhead is {overhead} bytes");
         assert!(
             std::mem::size_of::<Header>() <= 72,

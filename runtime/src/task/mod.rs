@@ -354,6 +354,9 @@ impl<T> Task<T> {
     }
 
     /// The untyped reference to this task.
+    // An inherent method rather than `AsRef<TaskRef>`: it is the name callers already use, and
+    // a trait impl would make `task.as_ref()` ambiguous wherever other `AsRef` impls are in scope.
+    #[allow(clippy::should_implement_trait)]
     pub fn as_ref(&self) -> &TaskRef {
         &self.task
     }

@@ -11,6 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Waker;
 use std::time::Instant;
 
@@ -18,12 +19,24 @@ use slab::Slab;
 
 use crate::callback::CallbackPtr;
 
-/// Identifies one armed timer: its slab slot and the sequence number it was armed with.
+/// Identifies one armed timer: the heap it lives in, its slab slot and the sequence number it
+/// was armed with.
+///
+/// Why the heap id: keys reach the heap through the thread's *current* runtime (a `Sleep` or a
+/// `CallbackHandle` only stores the key), and several runtimes may share a thread one after the
+/// other (or one inside another's task). Slots and sequence numbers start from zero in every
+/// heap, so without the id a key from runtime B, cancelled while runtime A runs, would match and
+/// disarm an unrelated timer of A.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimerKey {
     slot: usize,
     seq: u64,
+    heap: u32,
 }
+
+/// Source of [`TimerHeap::id`]s. Wrapping after 2^32 heaps only matters if a key outlives
+/// four billion runtimes created after its own, which we accept.
+static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(0);
 
 /// What happens when a timer expires.
 pub(crate) enum TimerAction {
@@ -43,6 +56,8 @@ pub(crate) struct TimerHeap {
     entries: Slab<Entry>,
     next_seq: u64,
     stale: usize,
+    /// Tells this heap's keys from another runtime's (see [`TimerKey`]).
+    id: u32,
 }
 
 impl TimerHeap {
@@ -52,7 +67,13 @@ impl TimerHeap {
             entries: Slab::new(),
             next_seq: 0,
             stale: 0,
+            id: NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Whether `key` was armed on this heap and is still armed.
+    fn owns(&self, key: TimerKey) -> bool {
+        key.heap == self.id && self.is_live(key.seq, key.slot)
     }
 
     /// Arms a timer.
@@ -61,27 +82,29 @@ impl TimerHeap {
         self.next_seq += 1;
         let slot = self.entries.insert(Entry { seq, action });
         self.heap.push(Reverse((deadline, seq, slot)));
-        TimerKey { slot, seq }
+        TimerKey {
+            slot,
+            seq,
+            heap: self.id,
+        }
     }
 
     /// Replaces the waker of an armed `Wake` timer (a task polled with a new waker).
     pub(crate) fn update_waker(&mut self, key: TimerKey, waker: &Waker) {
-        if let Some(entry) = self.entries.get_mut(key.slot) {
-            if entry.seq == key.seq {
-                if let TimerAction::Wake(w) = &mut entry.action {
-                    if !w.will_wake(waker) {
-                        w.clone_from(waker);
-                    }
-                }
+        if !self.owns(key) {
+            return;
+        }
+        if let TimerAction::Wake(w) = &mut self.entries[key.slot].action {
+            if !w.will_wake(waker) {
+                w.clone_from(waker);
             }
         }
     }
 
     /// Disarms a timer; returns its action if it was still armed.
     pub(crate) fn cancel(&mut self, key: TimerKey) -> Option<TimerAction> {
-        match self.entries.get(key.slot) {
-            Some(entry) if entry.seq == key.seq => {}
-            _ => return None,
+        if !self.owns(key) {
+            return None;
         }
         let entry = self.entries.remove(key.slot);
         self.stale += 1;
@@ -149,7 +172,12 @@ mod tests {
     use std::time::Duration;
 
     fn noop() -> TimerAction {
-        TimerAction::Wake(Waker::noop().clone())
+        // Not `Waker::noop()`: that needs Rust 1.85, above our MSRV.
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        TimerAction::Wake(Waker::from(std::sync::Arc::new(Noop)))
     }
 
     #[test]
@@ -194,5 +222,22 @@ mod tests {
         assert_eq!(old.slot, new.slot);
         assert!(heap.cancel(old).is_none());
         assert_eq!(heap.len(), 1);
+    }
+
+    #[test]
+    fn a_key_from_another_heap_never_matches() {
+        let mut a = TimerHeap::new();
+        let mut b = TimerHeap::new();
+        let d = Instant::now();
+        let ka = a.insert(d, noop());
+        let kb = b.insert(d, noop());
+        assert_eq!(
+            (ka.slot, ka.seq),
+            (kb.slot, kb.seq),
+            "same slot and sequence"
+        );
+        assert!(a.cancel(kb).is_none());
+        assert_eq!(a.len(), 1);
+        assert!(b.cancel(kb).is_some());
     }
 }

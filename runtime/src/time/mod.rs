@@ -187,9 +187,9 @@ pub fn wait_for<F: Future>(future: F, delay: Duration) -> Timeout<F> {
 enum Phase {
     Running,
     /// The deadline passed and the scoped cancel was delivered; the inner future is unwinding.
-    /// `requests_before` is the task's `cancelling()` before our own request.
+    /// `scope` holds what the task looked like before our own request.
     Unwinding {
-        requests_before: u32,
+        scope: Scope,
     },
     Done,
 }
@@ -221,12 +221,25 @@ impl<F> Timeout<F> {
     }
 }
 
+/// The task's state when a timeout delivered its scoped request.
+#[derive(Clone, Copy, Debug)]
+struct Scope {
+    /// `cancelling()` before our request: more left at the end means an outside cancel came in.
+    requests_before: u32,
+    /// Delivered `Cancelled` values alive before our request. Why not just `escaped()`: the task
+    /// may already hold one from an earlier cancellation it caught (a cleanup path that keeps it
+    /// to return later), and that one must not turn the inner work's value into `TimedOut`.
+    live_before: usize,
+}
+
 /// The inner future finished after the deadline passed. As asyncio's `timeout()` decides: if it
 /// let the cancellation escape (its output holds a delivered `Cancelled`), that is the timeout,
 /// and the output is dropped; if it caught the cancellation and returned a value anyway, the value
 /// is kept, so an item taken from a queue in that race is never lost.
-fn settle_after_timeout<T>(output: T, requests_before: u32) -> Result<T, TimedOut> {
-    let escaped = context::with_current(|t| t.is_some_and(|t| t.header().escaped()));
+fn settle_after_timeout<T>(output: T, scope: Scope) -> Result<T, TimedOut> {
+    let requests_before = scope.requests_before;
+    let escaped =
+        context::with_current(|t| t.is_some_and(|t| t.header().live_cancels() > scope.live_before));
     let result = if escaped {
         drop(output);
         Err(TimedOut)
@@ -257,10 +270,10 @@ impl<F: Future> Future for Timeout<F> {
         let (mut future, deadline, timer, phase) = self.project();
         match *phase {
             Phase::Done => panic!("Timeout polled after completion"),
-            Phase::Unwinding { requests_before } => {
+            Phase::Unwinding { scope } => {
                 if let Poll::Ready(v) = future.as_mut().poll(cx) {
                     *phase = Phase::Done;
-                    return Poll::Ready(settle_after_timeout(v, requests_before));
+                    return Poll::Ready(settle_after_timeout(v, scope));
                 }
                 return Poll::Pending;
             }
@@ -280,28 +293,31 @@ impl<F: Future> Future for Timeout<F> {
         let scoped = context::with_current(|t| {
             t.map(|t| {
                 let h = t.header();
-                let before = h.cancelling();
+                let scope = Scope {
+                    requests_before: h.cancelling(),
+                    live_before: h.live_cancels(),
+                };
                 h.request_cancel(None);
-                before
+                scope
             })
         });
-        let Some(requests_before) = scoped else {
+        let Some(scope) = scoped else {
             *phase = Phase::Done;
             return Poll::Ready(Err(TimedOut));
         };
         if let Poll::Ready(v) = future.as_mut().poll(cx) {
             *phase = Phase::Done;
-            return Poll::Ready(settle_after_timeout(v, requests_before));
+            return Poll::Ready(settle_after_timeout(v, scope));
         }
         let unobserved = context::with_current(|t| t.is_some_and(|t| t.header().cancel_pending()));
         if unobserved {
             // The inner future could not see the request (a foreign future): it is dropped
             // with `self`.
             *phase = Phase::Done;
-            end_scope(requests_before);
+            end_scope(scope.requests_before);
             return Poll::Ready(Err(TimedOut));
         }
-        *phase = Phase::Unwinding { requests_before };
+        *phase = Phase::Unwinding { scope };
         Poll::Pending
     }
 }
