@@ -147,29 +147,34 @@ impl PooledReceiver {
         if self.eof {
             return Poll::Ready(Ok(None));
         }
-        if self.pending.is_none() {
-            let Some(buf) = self.pool.take_free() else {
-                self.pool.wait_for_free(cx.waker());
-                return cancel_or_pending();
-            };
-            self.pending = Some(Op::new(RecvPooled {
+        let op = self.pending.get_or_insert_with(|| {
+            Op::new(RecvPooled {
                 fd: self.fd.clone(),
-                buf,
-            }));
-        }
-        let op = self.pending.as_mut().expect("set above");
-        let (result, mut buf) = std::task::ready!(Pin::new(op).poll(cx));
+                pool: self.pool.clone(),
+                buf: None,
+            })
+        });
+        let (result, buf) = std::task::ready!(Pin::new(op).poll(cx));
         self.pending = None;
-        Poll::Ready(match result {
-            Ok(0) => {
+        Poll::Ready(match (result, buf) {
+            (Ok(0), _) => {
                 self.eof = true;
                 Ok(None)
             }
-            Ok(n) => {
+            (Ok(n), Some(mut buf)) => {
                 buf.set_len(n as usize);
                 Ok(Some(buf))
             }
-            Err(e) => Err(e),
+            (Ok(_), None) => Err(io::Error::other(
+                "pooled receive completed without a buffer",
+            )),
+            (Err(e), _) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // The socket is readable but every pool buffer is out: wait for one to come
+                // back, then try again (the data waits in the socket).
+                self.pool.wait_for_free(cx.waker());
+                return cancel_or_pending();
+            }
+            (Err(e), _) => Err(e),
         })
     }
 }
@@ -202,22 +207,32 @@ impl Future for PooledRecv<'_> {
     }
 }
 
-/// epoll: one receive into a free pool buffer.
+/// epoll: one receive into a pool buffer, taken only when the socket is readable (readiness
+/// first), so idle connections hold no buffer and never queue for one.
 pub(crate) struct RecvPooled {
     fd: SharedFd,
-    buf: PooledBuf,
+    pool: Rc<BufPool>,
+    buf: Option<PooledBuf>,
 }
 
-// SAFETY: never submitted to io_uring (the receiver uses multishot there); the pointer it would
-// carry is into the pool buffer it owns.
+// SAFETY: the SQE carries a pointer into the pool buffer the op owns (taken here) and names
+// `self.fd`, which the op keeps open. (The receiver uses multishot on io_uring; this path is
+// correct there too.)
 unsafe impl OpKind for RecvPooled {
-    type Output = (io::Result<u32>, PooledBuf);
+    type Output = (io::Result<u32>, Option<PooledBuf>);
 
     fn sqe(&mut self) -> squeue::Entry {
+        // Only the epoll backend runs this op (`PooledReceiver` arms a multishot receive on
+        // io_uring), so this is never reached there with an empty pool.
+        let buf = self.buf.get_or_insert_with(|| {
+            self.pool
+                .take_free()
+                .expect("RecvPooled is an epoll-backend op")
+        });
         opcode::Recv::new(
             types::Fd(self.fd.raw()),
-            self.buf.spare_mut_ptr(),
-            self.buf.capacity() as u32,
+            buf.spare_mut_ptr(),
+            buf.capacity() as u32,
         )
         .build()
     }
@@ -227,20 +242,28 @@ unsafe impl OpKind for RecvPooled {
     }
 
     fn attempt(&mut self) -> io::Result<u32> {
+        let mut buf = match self.buf.take() {
+            Some(buf) => buf,
+            None => self
+                .pool
+                .take_free()
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOBUFS))?,
+        };
         // SAFETY: the pool buffer is lent to us and valid for `capacity` bytes.
         let r = unsafe {
             libc::recv(
                 self.fd.raw(),
-                self.buf.spare_mut_ptr() as *mut libc::c_void,
-                self.buf.capacity(),
+                buf.spare_mut_ptr() as *mut libc::c_void,
+                buf.capacity(),
                 libc::MSG_DONTWAIT,
             )
         };
         if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(r as u32)
+            // Nothing to read (or an error): give the buffer back while we wait.
+            return Err(io::Error::last_os_error());
         }
+        self.buf = Some(buf);
+        Ok(r as u32)
     }
 
     fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {

@@ -37,6 +37,9 @@ struct FdState {
 pub(crate) struct Epoll {
     epoll: OwnedFd,
     fds: HashMap<RawFd, FdState>,
+    /// Waiters over all descriptors, kept as a count: the loop asks on every busy iteration,
+    /// and summing over 10 000 descriptors each time would make the loop O(connections).
+    waiting: usize,
     next_token: u64,
     events: Vec<libc::epoll_event>,
     /// Receive buffers handed out from a free list (the emulation of the io_uring ring).
@@ -64,6 +67,7 @@ impl Epoll {
         Ok(Epoll {
             epoll,
             fds: HashMap::new(),
+            waiting: 0,
             next_token: 0,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
             pool,
@@ -114,13 +118,16 @@ impl Epoll {
             interest,
             waker: waker.clone(),
         });
+        self.waiting += 1;
         Ok(token)
     }
 
     /// Removes a waiter (its op completed or was dropped or cancelled).
     pub(crate) fn unwait(&mut self, fd: RawFd, token: u64) {
         if let Some(state) = self.fds.get_mut(&fd) {
+            let before = state.waiters.len();
             state.waiters.retain(|w| w.token != token);
+            self.waiting -= before - state.waiters.len();
         }
     }
 
@@ -137,6 +144,7 @@ impl Epoll {
                     std::ptr::null_mut(),
                 )
             };
+            self.waiting -= state.waiters.len();
             for w in state.waiters {
                 w.waker.wake();
             }
@@ -150,7 +158,7 @@ impl Epoll {
 
     /// Descriptors with waiters (ops in flight on this backend).
     pub(crate) fn in_flight(&self) -> usize {
-        self.fds.values().map(|s| s.waiters.len()).sum()
+        self.waiting
     }
 
     /// One `epoll_wait`: blocks for at most `timeout` (rounded *up* to whole milliseconds, so
@@ -192,6 +200,7 @@ impl Epoll {
                 trouble || bits & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLPRI) != 0;
             let writable = trouble || bits & libc::EPOLLOUT != 0;
             if let Some(state) = self.fds.get_mut(&(token as RawFd)) {
+                let before = state.waiters.len();
                 state.waiters.retain(|w| {
                     let hit = match w.interest {
                         Interest::Read => readable,
@@ -202,6 +211,7 @@ impl Epoll {
                     }
                     !hit
                 });
+                self.waiting -= before - state.waiters.len();
             }
         }
         if n as usize == self.events.len() && self.events.len() < 65536 {
