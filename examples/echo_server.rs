@@ -38,10 +38,10 @@ struct Args {
     #[arg(long, default_value_t = 4096)]
     backlog: i32,
     /// Buffers in the receive pool (a power of two).
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = 512)]
     pool_buffers: u16,
     /// Bytes per pool buffer.
-    #[arg(long, default_value_t = 4096)]
+    #[arg(long, default_value_t = 2048)]
     pool_buf_size: usize,
     /// Print "listening on ADDR" and the backend, then serve (for scripts that wait for it).
     #[arg(long, default_value_t = true)]

@@ -604,7 +604,7 @@ impl Builder {
     }
 
     /// Sizes the receive-buffer pool that pooled receives and multishot recv draw from
-    /// (default 1024 buffers of 4 KiB). `buffers` must be a power of two, at most 32768.
+    /// (default 512 buffers of 2 KiB; see [`PoolConfig`](crate::driver::PoolConfig)). `buffers` must be a power of two, at most 32768.
     ///
     /// # Panics
     /// At [`build`](Self::build) if `buffers` is not a power of two or is over 32768.

@@ -12,7 +12,6 @@
 //! the tail). Publishing: write the entry at `tail & mask`, then store `tail + 1` with release
 //! ordering so the kernel sees the entry before the new tail.
 
-use std::alloc::{self, Layout};
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -25,27 +24,46 @@ use io_uring::types::BufRingEntry;
 /// Buffer group id of the runtime's pool in its ring.
 pub(crate) const POOL_GROUP: u16 = 0;
 
-/// Memory that the kernel may write into; freed only when the pool (and every buffer lent
-/// from it) is gone and the ring no longer names it.
+/// Memory that the kernel may write into: an anonymous private mapping, page-aligned (the
+/// buffer ring must be) and populated lazily, so a pool costs resident memory only for the
+/// buffers actually used. Unmapped only when the pool (and every buffer lent from it) is gone.
 struct Region {
     ptr: NonNull<u8>,
-    layout: Layout,
+    len: usize,
 }
 
 impl Region {
-    fn new(size: usize, align: usize) -> Region {
-        let layout = Layout::from_size_align(size.max(1), align).expect("valid pool layout");
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        Region { ptr, layout }
+    fn new(size: usize) -> Region {
+        let len = size.max(1);
+        // SAFETY: an anonymous private mapping at an address the kernel chooses; no existing
+        // memory is affected. Failure is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            let layout = std::alloc::Layout::from_size_align(len, 4096).expect("valid layout");
+            std::alloc::handle_alloc_error(layout);
+        }
+        Region {
+            ptr: NonNull::new(p.cast()).expect("mmap never returns null on success"),
+            len,
+        }
     }
 }
 
 impl Drop for Region {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), self.layout) };
+        // SAFETY: the mapping was created in `new` with this length and nothing refers to it
+        // any more (the pool and every lent buffer are gone, and the ring was unregistered or
+        // closed: see `Uring`'s field order).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
 
@@ -85,9 +103,9 @@ impl BufPool {
             count.is_power_of_two() && count <= 32768,
             "pool size must be a power of two"
         );
-        let buffers = Region::new(buf_size * count as usize, 4096);
-        let ring = with_ring
-            .then(|| Region::new(count as usize * std::mem::size_of::<BufRingEntry>(), 4096));
+        let buffers = Region::new(buf_size * count as usize);
+        let ring =
+            with_ring.then(|| Region::new(count as usize * std::mem::size_of::<BufRingEntry>()));
         let pool = Rc::new(BufPool {
             buffers,
             buf_size,
@@ -244,7 +262,7 @@ impl PooledBuf {
     }
 
     /// Sets how many bytes are valid (after a receive wrote them), at most `capacity`. The pool's
-    /// memory is zeroed when allocated, so every byte is always initialised.
+    /// memory is a zero-filled mapping, so every byte is always initialised.
     pub fn set_len(&mut self, len: usize) {
         self.len = len.min(self.pool.buf_size);
     }
@@ -255,7 +273,8 @@ impl Deref for PooledBuf {
 
     fn deref(&self) -> &[u8] {
         // SAFETY: the buffer is lent to us (neither the kernel nor anyone else writes it until
-        // it is published again on drop), and its first `len` bytes were written by a receive.
+        // it is published again on drop), and the mapping is zero-filled, so every byte is
+        // initialised.
         unsafe { std::slice::from_raw_parts(self.pool.buf_ptr(self.bid), self.len) }
     }
 }

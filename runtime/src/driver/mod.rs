@@ -127,11 +127,17 @@ pub struct PoolConfig {
 }
 
 impl Default for PoolConfig {
-    /// 1024 buffers of 4 KiB: 4 MiB per runtime, however many connections it serves.
+    /// 512 buffers of 2 KiB: 1 MiB per runtime, however many connections it serves.
+    ///
+    /// The kernel takes ring buffers in order, so the whole pool becomes resident once traffic
+    /// has cycled through it: its size is a memory budget. Measured with the echo server at
+    /// 10 000 connections, 64 B and 1 KiB ping-pong: no `ENOBUFS` and under 10 MiB RSS in all;
+    /// 1024 x 4 KiB put the server at 12.9 MiB, and 256 x 4 KiB ran dry 148 000 times at
+    /// 1 KiB. Larger messages span several buffers, which is fine.
     fn default() -> Self {
         PoolConfig {
-            buffers: 1024,
-            buf_size: 4096,
+            buffers: 512,
+            buf_size: 2048,
         }
     }
 }
