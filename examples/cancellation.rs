@@ -38,7 +38,10 @@ async fn propagation() {
         r
     });
     let inner_ref = inner.as_ref().clone();
-    let outer = spawn_named("outer", async move { inner.await });
+    let outer = spawn_named("outer", async move {
+        println!("   outer: awaiting inner");
+        inner.await
+    });
     sleep(ms(1)).await.ok();
     outer.cancel_with("user pressed ^C");
     println!("   outer ended with {:?}", outer.await.map(|_| ()));
@@ -128,7 +131,7 @@ async fn gather_vs_group() {
 
 async fn wait_with_timeout() {
     println!("\n5. wait with a timeout tells which tasks timed out (and cancels none)");
-    let tasks: Vec<Task<()>> = [1u64, 2, 3600_000]
+    let tasks: Vec<Task<()>> = [1u64, 2, 3_600_000]
         .into_iter()
         .map(|d| {
             spawn_named(format!("job-{d}ms"), async move {

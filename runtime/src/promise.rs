@@ -102,10 +102,12 @@ enum State<T> {
     Cancelled(Option<Arc<str>>),
 }
 
+type DoneCallback<T> = Box<dyn FnOnce(&Promise<T>)>;
+
 struct Inner<T> {
     state: State<T>,
     waiters: Slab<Waker>,
-    callbacks: Vec<Box<dyn FnOnce(&Promise<T>)>>,
+    callbacks: Vec<DoneCallback<T>>,
 }
 
 /// A value that will be set later, awaitable by any number of tasks (asyncio's `Future`).

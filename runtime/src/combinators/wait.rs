@@ -169,6 +169,10 @@ impl<T> AsCompleted<T> {
     /// A cancellation point: if the awaiting task is cancelled, this resolves to
     /// `Err(Cancelled)` and the tasks not yet yielded stay here, running (asyncio does not
     /// cancel them either).
+    #[allow(
+        clippy::should_implement_trait,
+        reason = "an async next cannot be Iterator::next"
+    )]
     pub fn next(&mut self) -> Next<'_, T> {
         Next { inner: self }
     }

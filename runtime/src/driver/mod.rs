@@ -109,6 +109,10 @@ pub(crate) struct DriverStats {
 }
 
 /// The backend in use.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per runtime; boxing would add an indirection to every driver call"
+)]
 pub(crate) enum Driver {
     Uring(Uring),
     Epoll(Epoll),

@@ -117,7 +117,8 @@ impl Uring {
     /// many completions per SQE), with the cheapest task-work mode the kernel accepts.
     pub(crate) fn new(entries: u32, wake: &WakeFd, pool: Rc<BufPool>) -> io::Result<Uring> {
         let cq_entries = entries.saturating_mul(8);
-        let attempts: [(&'static str, fn(&mut io_uring::Builder)); 3] = [
+        type Configure = fn(&mut io_uring::Builder);
+        let attempts: [(&'static str, Configure); 3] = [
             ("single_issuer+defer_taskrun", |b| {
                 b.setup_single_issuer().setup_defer_taskrun();
             }),
