@@ -352,16 +352,19 @@ fn external_cancel_inside_timeout_reaches_the_inner_work() {
 #[test]
 fn shield_keeps_the_inner_work_running_when_the_caller_is_cancelled() {
     rt().block_on(async {
+        // The inner work waits on a promise, not a clock, so the order is fixed.
+        let go: Promise<()> = Promise::new();
         let finished = Rc::new(Cell::new(false));
         let f = finished.clone();
+        let g = go.clone();
         let inner = spawn(async move {
-            sleep(Duration::from_millis(3)).await.unwrap();
+            g.wait().await.unwrap();
             f.set(true);
             9
         });
         let inner_ref = inner.as_ref().clone();
         let caller = spawn(async move { inner.shield().await.ok() });
-        sleep(Duration::from_millis(1)).await.unwrap();
+        yield_now().await.unwrap();
         caller.cancel();
         assert_eq!(
             caller.await.unwrap(),
@@ -369,7 +372,9 @@ fn shield_keeps_the_inner_work_running_when_the_caller_is_cancelled() {
             "the outer await yielded Cancelled"
         );
         assert!(!inner_ref.is_done() && inner_ref.cancelling() == 0);
-        sleep(Duration::from_millis(5)).await.unwrap();
+        go.set_result(()).unwrap();
+        yield_now().await.unwrap();
+        yield_now().await.unwrap();
         assert!(finished.get());
         assert_eq!(inner_ref.state(), TaskState::Finished);
     });

@@ -19,25 +19,28 @@ use crate::time::take_cancel;
 /// Outside a running ringloop runtime (it spawns).
 ///
 /// ```
-/// use ringloop_runtime::{shield, spawn, sleep, current_task};
-/// use std::{cell::Cell, rc::Rc, time::Duration};
+/// use ringloop_runtime::{shield, spawn, yield_now, Promise};
+/// use std::{cell::Cell, rc::Rc};
 ///
 /// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let commit_done = Promise::new();
 ///     let saved = Rc::new(Cell::new(false));
-///     let s = saved.clone();
+///     let (s, done) = (saved.clone(), commit_done.clone());
 ///     let outer = spawn(async move {
 ///         shield(async move {
-///             sleep(Duration::from_millis(2)).await.unwrap();
-///             s.set(true); // the commit completes even though the caller was cancelled
+///             done.wait().await.unwrap(); // the commit takes a while
+///             s.set(true);
 ///         })
 ///         .await
 ///     });
-///     sleep(Duration::from_millis(1)).await.unwrap();
+///     yield_now().await.unwrap();
 ///     outer.cancel();
 ///     // `outer` returned the cancellation it received, so it ended cancelled:
 ///     assert!(outer.await.unwrap_err().is_cancelled());
-///     sleep(Duration::from_millis(5)).await.unwrap();
-///     assert!(saved.get());
+///     commit_done.set_result(()).unwrap();
+///     yield_now().await.unwrap();
+///     yield_now().await.unwrap();
+///     assert!(saved.get(), "the shielded commit completed anyway");
 /// });
 /// ```
 #[track_caller]
