@@ -104,9 +104,56 @@ enum State<T> {
 
 type DoneCallback<T> = Box<dyn FnOnce(&Promise<T>)>;
 
+/// The tasks waiting on a promise. The first waiter is kept inline: most promises have one,
+/// and then they cost no allocation besides the promise itself.
+#[derive(Default)]
+struct Waiters {
+    first: Option<Waker>,
+    more: Slab<Waker>,
+}
+
+/// The key of the inline waiter (slab keys are small).
+const FIRST: usize = usize::MAX;
+
+impl Waiters {
+    fn insert(&mut self, waker: Waker) -> usize {
+        if self.first.is_none() {
+            self.first = Some(waker);
+            FIRST
+        } else {
+            self.more.insert(waker)
+        }
+    }
+
+    fn get_mut(&mut self, key: usize) -> Option<&mut Waker> {
+        if key == FIRST {
+            self.first.as_mut()
+        } else {
+            self.more.get_mut(key)
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if key == FIRST {
+            self.first = None;
+        } else if self.more.contains(key) {
+            self.more.remove(key);
+        }
+    }
+
+    fn wake_all(self) {
+        if let Some(w) = self.first {
+            w.wake();
+        }
+        for w in self.more {
+            w.1.wake();
+        }
+    }
+}
+
 struct Inner<T> {
     state: State<T>,
-    waiters: Slab<Waker>,
+    waiters: Waiters,
     callbacks: Vec<DoneCallback<T>>,
 }
 
@@ -155,7 +202,7 @@ impl<T: 'static> Promise<T> {
         Promise {
             inner: Rc::new(RefCell::new(Inner {
                 state: State::Pending,
-                waiters: Slab::new(),
+                waiters: Waiters::default(),
                 callbacks: Vec::new(),
             })),
         }
@@ -168,12 +215,12 @@ impl<T: 'static> Promise<T> {
                 return Err(state);
             }
             inner.state = state;
-            let waiters: Vec<Waker> = inner.waiters.drain().collect();
-            (waiters, std::mem::take(&mut inner.callbacks))
+            (
+                std::mem::take(&mut inner.waiters),
+                std::mem::take(&mut inner.callbacks),
+            )
         };
-        for w in waiters {
-            w.wake();
-        }
+        waiters.wake_all();
         for cb in callbacks {
             let me = self.clone();
             context::with_core(|core| core.call_soon(move || cb(&me)));
@@ -286,10 +333,7 @@ pub struct PromiseWait<'a, T> {
 impl<T> PromiseWait<'_, T> {
     fn forget_waiter(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut inner = self.promise.inner.borrow_mut();
-            if inner.waiters.contains(key) {
-                inner.waiters.remove(key);
-            }
+            self.promise.inner.borrow_mut().waiters.remove(key);
         }
     }
 }
@@ -307,14 +351,13 @@ impl<T: Clone> Future for PromiseWait<'_, T> {
             return Poll::Ready(Err(PromiseError::Cancelled(c)));
         }
         let mut inner = self.promise.inner.borrow_mut();
-        match self.key {
-            Some(key) if inner.waiters.contains(key) => {
-                let w = &mut inner.waiters[key];
+        match self.key.and_then(|key| inner.waiters.get_mut(key)) {
+            Some(w) => {
                 if !w.will_wake(cx.waker()) {
                     w.clone_from(cx.waker());
                 }
             }
-            _ => {
+            None => {
                 let key = inner.waiters.insert(cx.waker().clone());
                 drop(inner);
                 self.key = Some(key);
@@ -368,10 +411,7 @@ impl<T: Clone> Future for PromiseFuture<T> {
 impl<T> Drop for PromiseFuture<T> {
     fn drop(&mut self) {
         if let Some(key) = self.key.take() {
-            let mut inner = self.promise.inner.borrow_mut();
-            if inner.waiters.contains(key) {
-                inner.waiters.remove(key);
-            }
+            self.promise.inner.borrow_mut().waiters.remove(key);
         }
     }
 }

@@ -411,8 +411,8 @@ impl Core {
             }
         }
 
-        // 4. Timers.
-        {
+        // 4. Timers (the clock is read only when one is armed).
+        if self.timers.borrow().len() > 0 {
             let mut expired = self.expired.borrow_mut();
             self.timers
                 .borrow_mut()
