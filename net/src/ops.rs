@@ -405,3 +405,95 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
         (result.map(|n| n as usize), self.buf)
     }
 }
+
+/// `sendmsg` of one datagram (to `addr`, or to the connected peer) that io_uring must never
+/// retry by itself: for Unix datagram sockets.
+///
+/// Why not [`SendTo`]: `unix_dgram_sendmsg` copies the payload out of the `msghdr`'s iterator
+/// *before* it finds the receiver's queue full and fails with `EAGAIN`. io_uring then arms its
+/// internal poll and, once the socket is writable, re-issues the request with the same,
+/// already consumed iterator: the kernel sends an *empty* datagram and the CQE reports 0 bytes
+/// (seen on Linux 6.18). `MSG_DONTWAIT` in the SQE makes `EAGAIN` final (the kernel sets
+/// `REQ_F_NOWAIT`), so it reaches us and the caller waits for writability ([`PollWritable`])
+/// and sends again from a fresh `msghdr`. The epoll backend is unaffected: every attempt
+/// builds a fresh `msghdr` and `EAGAIN` means "wait for readiness" there.
+pub(crate) struct SendDatagram<B> {
+    inner: SendTo<B>,
+}
+
+impl<B: IoBuf> SendDatagram<B> {
+    pub(crate) fn new(fd: SharedFd, buf: B, addr: Option<SockAddr>) -> Self {
+        SendDatagram {
+            inner: SendTo::new(fd, buf, addr),
+        }
+    }
+}
+
+// SAFETY: as `SendTo`: `inner` is a field of the boxed op, so the `msghdr`, `iovec`, address
+// and buffer it points at stay put; it names `inner.fd`, which the op keeps open.
+unsafe impl<B: IoBuf> OpKind for SendDatagram<B> {
+    type Output = (io::Result<usize>, B);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.inner.prepare();
+        opcode::SendMsg::new(types::Fd(self.inner.fd.raw()), &self.inner.msg)
+            .flags((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32)
+            .build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        self.inner.readiness()
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.inner.attempt()
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        (result.map(|n| n as usize), self.inner.buf)
+    }
+}
+
+/// Waits until a socket is writable (`POLLOUT`, or an error or hang-up): a single-shot
+/// `IORING_OP_POLL_ADD` on io_uring, a readiness wait on epoll.
+pub(crate) struct PollWritable {
+    fd: SharedFd,
+}
+
+impl PollWritable {
+    pub(crate) fn new(fd: SharedFd) -> Self {
+        PollWritable { fd }
+    }
+}
+
+// SAFETY: the SQE carries no pointer; it names `self.fd`, which the op keeps open.
+unsafe impl OpKind for PollWritable {
+    type Output = io::Result<()>;
+
+    fn sqe(&mut self) -> squeue::Entry {
+        opcode::PollAdd::new(types::Fd(self.fd.raw()), libc::POLLOUT as u32).build()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.raw(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one live `pollfd`, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        match n {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            0 => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(pfd.revents as u32),
+        }
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        result.map(drop)
+    }
+}
