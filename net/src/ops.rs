@@ -136,6 +136,9 @@ unsafe impl OpKind for Connect {
                 Some(libc::EINPROGRESS) | Some(libc::EINTR) => {
                     Err(io::ErrorKind::WouldBlock.into())
                 }
+                // EAGAIN from connect is not "try later when writable": no readiness event
+                // will come (no free local port, or a Unix listener's backlog is full).
+                Some(libc::EAGAIN) => Err(connect_eagain()),
                 _ => Err(e),
             };
         }
@@ -175,8 +178,23 @@ unsafe impl OpKind for Connect {
     }
 
     fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
-        result.map(drop)
+        result.map(drop).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                connect_eagain()
+            } else {
+                e
+            }
+        })
     }
+}
+
+/// The error for `EAGAIN` from `connect`, the same on both backends (kind `ResourceBusy`: the
+/// raw errno would read as "would block", which it is not).
+fn connect_eagain() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        "connect: EAGAIN (no free local port, or the Unix listener's backlog is full)",
+    )
 }
 
 /// `recv` into an owned buffer (from its start, up to its capacity).

@@ -297,13 +297,8 @@ fn recv_from_cancelled_by_task_cancel() {
 /// "the request stays pending for the next await"), which then resolves to `Cancelled` in the
 /// task's own code.
 ///
-/// Ignored: fails on io_uring. `Op::poll_uring` submits a fresh op and returns `Pending`
-/// without looking at a pending cancellation, so the second `recv_from` neither sees it nor is
-/// cancelled in the kernel; the task cell then takes the task for one suspended on a foreign
-/// future and drops it (the task ends cancelled without its code ever seeing `Cancelled`).
-/// epoll passes. Un-ignore once `poll_uring` checks `take_cancel()` on first submission.
+/// (This failed on io_uring until `Op` delivered a pending cancellation on its first poll.)
 #[test]
-#[ignore = "io_uring: a pending cancellation is not seen by an op's first poll (runtime bug)"]
 fn cancellation_after_a_won_race_reaches_the_next_recv() {
     let _serial = common::serial();
     for backend in BACKENDS {

@@ -159,6 +159,13 @@ impl<T: OpKind> Op<T> {
     fn poll_uring(&mut self, cx: &mut Context<'_>) -> Poll<T::Output> {
         context::with_core(|core| {
             if let State::Unsubmitted = self.state {
+                // A cancellation already pending (one re-posted after an op won its race, or
+                // one that arrived while the task was queued) is delivered here: nothing has
+                // been submitted, so nothing can be lost, and an op that went to the kernel
+                // without a wake would leave the request unseen.
+                if let Some(c) = take_cancel() {
+                    return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
+                }
                 let data = self.data.as_mut().expect("op data present");
                 let sqe = data.sqe();
                 // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
