@@ -259,8 +259,12 @@ impl Incoming<'_> {
                 Some((res, _flags)) if res >= 0 => {
                     // SAFETY: a successful accept's result is a new descriptor nobody owns.
                     let stream = TcpStream::from_owned(unsafe { OwnedFd::from_raw_fd(res) });
-                    let peer = stream.peer_addr()?;
-                    return Ok((stream, peer));
+                    match stream.peer_addr() {
+                        Ok(peer) => return Ok((stream, peer)),
+                        // The peer reset before we took the connection (`ENOTCONN`): skip it,
+                        // as `accept` skips `ECONNABORTED`.
+                        Err(_) => continue,
+                    }
                 }
                 Some((res, _)) if res == -libc::ECANCELED => continue,
                 Some((res, _)) => return Err(io::Error::from_raw_os_error(-res)),

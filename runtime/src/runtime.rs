@@ -525,8 +525,11 @@ impl Core {
     pub(crate) fn forget_fd(&self, fd: std::os::fd::RawFd) {
         // Called from a descriptor's drop, which may happen while the driver is borrowed (an
         // orphan finishing inside it): then the driver is shutting the op down anyway.
-        if let Ok(mut driver) = self.driver.try_borrow_mut() {
-            driver.forget_fd(fd);
+        match self.driver.try_borrow_mut() {
+            Ok(mut driver) => driver.forget_fd(fd),
+            // Dropped while the driver is borrowed: the epoll backend sweeps its stale entries
+            // before its next wait instead.
+            Err(_) => crate::driver::note_untold_close(),
         }
     }
 

@@ -142,7 +142,7 @@ fn wait_with_timeout_tells_which_tasks_timed_out_and_cancels_none() {
             .map(|(i, n)| {
                 let n = *n;
                 spawn_named(n, async move {
-                    let d = [0, 1, 3600_000][i];
+                    let d = [0, 1, 3_600_000][i];
                     let _ = sleep(Duration::from_millis(d)).await;
                     n
                 })
@@ -403,7 +403,7 @@ fn yield_now_lets_other_ready_tasks_run_in_between() {
 #[derive(Debug)]
 enum AppError {
     Cancelled(#[allow(dead_code)] Cancelled),
-    Bad(&'static str),
+    Bad(#[allow(dead_code)] &'static str),
 }
 impl From<Cancelled> for AppError {
     fn from(c: Cancelled) -> Self {

@@ -7,6 +7,7 @@
 //! next readiness change produces a new edge, so no wake-up is missed. Cancelling a waiter
 //! completes it at once (the op future resolves without waiting for an event).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -22,6 +23,20 @@ use super::{DriverStats, WakeFd};
 
 /// Marks the wake eventfd in epoll events (descriptors are never negative).
 const WAKE_TOKEN: u64 = u64::MAX;
+
+thread_local! {
+    /// How many descriptors were closed on this thread without a driver being told (a socket
+    /// dropped outside a running runtime, e.g. between two `block_on`s). See
+    /// [`Epoll::drop_stale_registrations`].
+    static UNTOLD_CLOSES: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Records that a descriptor was closed (or handed out) while no runtime was running on this
+/// thread, so no driver could forget it: every epoll driver on the thread re-checks its
+/// registrations before its next wait.
+pub(crate) fn note_untold_close() {
+    UNTOLD_CLOSES.with(|c| c.set(c.get() + 1));
+}
 
 struct Waiter {
     token: u64,
@@ -44,6 +59,8 @@ pub(crate) struct Epoll {
     events: Vec<libc::epoll_event>,
     /// Receive buffers handed out from a free list (the emulation of the io_uring ring).
     pub(crate) pool: Rc<BufPool>,
+    /// `UNTOLD_CLOSES` when this driver last dropped its stale registrations.
+    untold_closes_seen: u64,
     pub(crate) stats: DriverStats,
 }
 
@@ -71,6 +88,7 @@ impl Epoll {
             next_token: 0,
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
             pool,
+            untold_closes_seen: UNTOLD_CLOSES.with(Cell::get),
             stats: DriverStats::default(),
         })
     }
@@ -84,6 +102,7 @@ impl Epoll {
         previous: Option<u64>,
         waker: &Waker,
     ) -> io::Result<u64> {
+        self.drop_stale_registrations();
         if !self.fds.contains_key(&fd) {
             let mut ev = libc::epoll_event {
                 events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
@@ -120,6 +139,21 @@ impl Epoll {
         });
         self.waiting += 1;
         Ok(token)
+    }
+
+    /// Why: `fds` is keyed by descriptor *number*. A socket closed without `forget_fd` (dropped
+    /// while no runtime ran on this thread) leaves its entry behind, the kernel drops the epoll
+    /// registration with the file, and a new socket that gets the same number would find the
+    /// entry, skip `EPOLL_CTL_ADD` and never be woken (a hang). So after such a close, forget
+    /// every entry that has no waiter (an entry with a waiter is live: the waiting op keeps its
+    /// descriptor open). A live descriptor forgotten this way costs one `EPOLL_CTL_ADD` that
+    /// answers `EEXIST` at its next wait; nothing else.
+    fn drop_stale_registrations(&mut self) {
+        let closes = UNTOLD_CLOSES.with(Cell::get);
+        if closes != self.untold_closes_seen {
+            self.untold_closes_seen = closes;
+            self.fds.retain(|_, state| !state.waiters.is_empty());
+        }
     }
 
     /// Removes a waiter (its op completed or was dropped or cancelled).

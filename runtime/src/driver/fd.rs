@@ -42,8 +42,12 @@ impl Drop for Inner {
         if let Some(fd) = self.fd.take() {
             let raw = fd.as_raw_fd();
             // The epoll backend keeps per-descriptor state keyed by number: drop it before the
-            // number can be reused.
-            context::try_with_core(|core| core.forget_fd(raw));
+            // number can be reused. Outside a running runtime no driver can be told; note it,
+            // so the epoll drivers of this thread re-check their registrations instead of
+            // skipping the registration of the next socket that gets this number.
+            if context::try_with_core(|core| core.forget_fd(raw)).is_none() {
+                super::epoll::note_untold_close();
+            }
             drop(fd);
         }
     }
@@ -69,7 +73,9 @@ impl TryFrom<SharedFd> for OwnedFd {
         match Rc::try_unwrap(fd.inner) {
             Ok(mut inner) => {
                 let owned = inner.fd.take().expect("fd present until dropped");
-                context::try_with_core(|core| core.forget_fd(owned.as_raw_fd()));
+                if context::try_with_core(|core| core.forget_fd(owned.as_raw_fd())).is_none() {
+                    super::epoll::note_untold_close(); // as in `Inner::drop`
+                }
                 Ok(owned)
             }
             Err(inner) => Err(SharedFd { inner }),

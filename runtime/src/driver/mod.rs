@@ -39,6 +39,7 @@ pub(crate) use op::Orphan;
 pub use op::{is_cancelled, Interest, Op, OpKind};
 pub(crate) use wake::WakeFd;
 
+pub(crate) use epoll::note_untold_close;
 use epoll::Epoll;
 use uring::Uring;
 

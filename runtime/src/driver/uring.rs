@@ -219,6 +219,12 @@ impl Uring {
             if let Err(e) = self.ring.submit() {
                 if e.raw_os_error() == Some(libc::EBUSY) || is_interrupted(&e) {
                     self.enter(0, Some(Duration::ZERO));
+                    // Why reap here: EBUSY means the CQ is full (kernels before 6.0 refuse
+                    // submissions while overflowed completions cannot be flushed). Entering
+                    // again frees no CQ slot; only advancing the CQ head does, so without
+                    // this the loop would spin forever. Reaping only records results and
+                    // wakes tasks (queued, not run); no slot is freed whose SQE is pending.
+                    self.reap();
                 }
             }
         }

@@ -94,7 +94,7 @@ struct State<T> {
 
 impl<T> State<T> {
     fn has_room(&self) -> bool {
-        self.capacity.map_or(true, |cap| self.items.len() < cap)
+        self.capacity.is_none_or(|cap| self.items.len() < cap)
     }
 
     /// Takes the next value: the front of `items` or, for a rendezvous, the first waiting
