@@ -54,10 +54,10 @@ pub(crate) fn try_with_core<R>(f: impl FnOnce(&Core) -> R) -> Option<R> {
     if p.is_null() {
         None
     } else {
-        // SAFETY: CORE is non-null only while an `Entered` guard is alive, and the guard is
-        // created from a `&Core` that outlives it (block_on/run_forever hold the runtime
-        // borrowed for the guard's whole life); the guard resets the pointer when it drops,
-        // also on unwind.
+        // CORE is non-null only while an `Entered` guard is alive, and the guard is created from
+        // a `&Core` that outlives it (block_on/run_forever hold the runtime borrowed for the
+        // guard's whole life); the guard resets the pointer when it drops, also on unwind.
+        // SAFETY: so `p` points at a live `Core` for the duration of `f`.
         Some(f(unsafe { &*p }))
     }
 }

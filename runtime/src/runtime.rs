@@ -771,10 +771,11 @@ impl Runtime {
             output.set(Some(future.await));
         });
         let borrowed: Pin<&mut (dyn Future<Output = ()> + '_)> = wrapper;
-        // SAFETY: the task below is the only holder of this reference, and `MainGuard` drops
-        // the task's future (the reference) before this frame ends, on every path, unwinding
-        // included; the `MAIN` flag makes sure nothing else drops or polls it early. So the
-        // erased lifetime is never observed past the real one.
+        // Why erasing the lifetime is sound: the task below is the only holder of this
+        // reference, and `MainGuard` drops the task's future (the reference) before this frame
+        // ends, on every path, unwinding included; the `MAIN` flag makes sure nothing else drops
+        // or polls it early.
+        // SAFETY: so the erased lifetime is never observed past the real one.
         let erased: Pin<&'static mut (dyn Future<Output = ()> + 'static)> =
             unsafe { std::mem::transmute(borrowed) };
         let (task, cell) = core.spawn_cell(erased, Some("main".to_owned()), None);

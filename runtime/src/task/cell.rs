@@ -501,12 +501,13 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
         let waker = ManuallyDrop::new(unsafe { Waker::from_raw(Self::raw_waker(self)) });
         let mut cx = Context::from_waker(&waker);
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
-            // SAFETY: owner thread; RUNNING keeps every other path away from the stage for the
-            // duration of this poll. The future is pinned: the cell is heap-allocated in an
-            // `Arc` and never moved, and the stage is only replaced (dropping the future in
-            // place) after this borrow ends.
+            // Owner thread; RUNNING keeps every other path away from the stage for the duration
+            // of this poll.
+            // SAFETY: so this is the only reference into the stage while it lives.
             let stage = unsafe { &mut *self.stage.get() };
             match stage {
+                // SAFETY: the future is pinned: the cell is heap-allocated in an `Arc` and never
+                // moved, and the stage is only replaced (dropping the future in place).
                 Stage::Running(fut) => unsafe { Pin::new_unchecked(fut) }.poll(&mut cx),
                 _ => Poll::Pending,
             }
