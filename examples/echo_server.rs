@@ -43,6 +43,9 @@ struct Args {
     /// Bytes per pool buffer.
     #[arg(long, default_value_t = 2048)]
     pool_buf_size: usize,
+    /// Send with io_uring's zero-copy SEND_ZC (see `Builder::zero_copy_send`).
+    #[arg(long)]
+    zero_copy: bool,
     /// Print "listening on ADDR" and the backend, then serve (for scripts that wait for it).
     #[arg(long, default_value_t = true)]
     announce: bool,
@@ -59,6 +62,7 @@ fn main() -> std::io::Result<()> {
     let rt = Runtime::builder()
         .backend(backend)
         .buffer_pool(args.pool_buffers, args.pool_buf_size)
+        .zero_copy_send(args.zero_copy)
         .build()?;
     let handle = rt.handle();
     stop_on_signal(handle);

@@ -251,11 +251,17 @@ unsafe impl<B: IoBufMut> OpKind for Recv<B> {
 pub(crate) struct Send<B> {
     fd: SharedFd,
     buf: B,
+    /// Use `SEND_ZC` (the runtime's `zero_copy_send` option, io_uring only).
+    zero_copy: bool,
 }
 
 impl<B: IoBuf> Send<B> {
     pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
-        Send { fd, buf }
+        Send {
+            fd,
+            buf,
+            zero_copy: ringloop_runtime::zero_copy_send(),
+        }
     }
 }
 
@@ -265,6 +271,13 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         let len = self.buf.bytes_init().min(u32::MAX as usize) as u32;
+        if self.zero_copy {
+            // The op table holds the result until the kernel's notification says it no longer
+            // reads the buffer, so the buffer is only given back after that.
+            return opcode::SendZc::new(types::Fd(self.fd.raw()), self.buf.stable_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
+        }
         opcode::Send::new(types::Fd(self.fd.raw()), self.buf.stable_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
             .build()

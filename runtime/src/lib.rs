@@ -58,7 +58,7 @@ pub use driver::{
 pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{
     buffer_pool, call_at, call_later, call_soon, current_backend, set_exception_handler, stop,
-    take_cancel_request, time, Builder, ExceptionContext, Handle, Runtime,
+    take_cancel_request, time, zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
 };
 pub use stats::RuntimeStats;
 pub use task::{

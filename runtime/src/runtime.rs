@@ -156,6 +156,8 @@ pub(crate) struct Core {
     finished: RefCell<Option<Vec<FlatTask>>>,
     driver: RefCell<Driver>,
     backend: Backend,
+    /// `Builder::zero_copy_send`, on io_uring only.
+    zero_copy_send: bool,
     exception_handler: RefCell<ExceptionHandler>,
     stop_requested: Cell<bool>,
     counters: Counters,
@@ -347,6 +349,7 @@ impl Core {
             ops_cancelled: d.ops_cancelled,
             ops_in_flight: driver.in_flight() as u64,
             cq_overflows: d.cq_overflows,
+            zero_copy_notifications: d.zero_copy_notifs,
             buffer_exhaustions: driver.pool().exhaustions.get(),
             pooled_buffers_out: driver.pool().out() as u64,
         }
@@ -574,6 +577,7 @@ impl Core {
 /// ```
 pub struct Builder {
     backend: Option<Backend>,
+    zero_copy_send: bool,
     pool: crate::driver::PoolConfig,
     keep_finished_tasks: bool,
     shutdown_timeout: Duration,
@@ -584,6 +588,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             backend: None,
+            zero_copy_send: false,
             pool: crate::driver::PoolConfig::default(),
             keep_finished_tasks: false,
             shutdown_timeout: Duration::from_secs(5),
@@ -613,6 +618,16 @@ impl Builder {
     /// At [`build`](Self::build) if `buffers` is not a power of two or is over 32768.
     pub fn buffer_pool(mut self, buffers: u16, buf_size: usize) -> Self {
         self.pool = crate::driver::PoolConfig { buffers, buf_size };
+        self
+    }
+
+    /// Sends with io_uring's zero-copy `SEND_ZC` instead of `SEND` (default off; ignored on
+    /// epoll). The kernel then reads the caller's buffer in place instead of copying it, and
+    /// the send completes only once the kernel is done with the buffer. It pays for large
+    /// sends to a real NIC; on loopback and for small messages the kernel copies anyway and the
+    /// extra notification costs more (measured: see the README), hence off by default.
+    pub fn zero_copy_send(mut self, on: bool) -> Self {
+        self.zero_copy_send = on;
         self
     }
 
@@ -651,6 +666,10 @@ impl Builder {
             self.pool,
         )?;
         let backend = driver.backend();
+        let zero_copy_send = self.zero_copy_send && driver.supports_send_zc();
+        if self.zero_copy_send && !zero_copy_send {
+            eprintln!("ringloop: zero-copy send unavailable on this backend or kernel; using send");
+        }
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
             has_injected: AtomicBool::new(false),
@@ -667,6 +686,7 @@ impl Builder {
             finished: RefCell::new(self.keep_finished_tasks.then(Vec::new)),
             driver: RefCell::new(driver),
             backend,
+            zero_copy_send,
             exception_handler: RefCell::new(
                 self.exception_handler
                     .unwrap_or_else(default_exception_handler),
@@ -1100,6 +1120,12 @@ pub fn time() -> Instant {
 #[track_caller]
 pub fn current_backend() -> Backend {
     context::with_core(|core| core.backend())
+}
+
+/// Whether sends use io_uring's zero-copy `SEND_ZC` on the running runtime (see
+/// [`Builder::zero_copy_send`]); false on epoll and outside a runtime.
+pub fn zero_copy_send() -> bool {
+    context::try_with_core(|core| core.zero_copy_send).unwrap_or(false)
 }
 
 /// Takes the current task's pending cancel request, if any: the building block for

@@ -42,6 +42,8 @@ pub struct RuntimeStats {
     pub ops_cancelled: u64,
     /// I/O ops in flight now (gauge): io_uring slots the kernel holds, or epoll waiters.
     pub ops_in_flight: u64,
+    /// Zero-copy sends whose buffer the kernel has released (their notification completions).
+    pub zero_copy_notifications: u64,
     /// Times the completion queue overflowed (the kernel kept the completions; none was lost).
     pub cq_overflows: u64,
     /// Times a multishot receive found the buffer pool empty (`ENOBUFS`; re-armed once

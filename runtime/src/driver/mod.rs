@@ -106,6 +106,8 @@ pub(crate) struct DriverStats {
     pub(crate) ops_completed: u64,
     pub(crate) ops_cancelled: u64,
     pub(crate) cq_overflows: u64,
+    /// Zero-copy send notifications reaped.
+    pub(crate) zero_copy_notifs: u64,
     pub(crate) enter_errors: u64,
 }
 
@@ -221,6 +223,11 @@ impl Driver {
             Driver::Uring(u) => u.park(timeout),
             Driver::Epoll(e) => e.park(timeout, wake),
         }
+    }
+
+    /// Whether zero-copy sends are available (io_uring on a kernel with `SEND_ZC`).
+    pub(crate) fn supports_send_zc(&self) -> bool {
+        matches!(self, Driver::Uring(u) if u.send_zc)
     }
 
     /// The runtime's receive-buffer pool.

@@ -15,6 +15,10 @@
 //!               └─future dropped──▶ Orphaned{op data} + ASYNC_CANCEL ──CQE──▶ (freed, data dropped)
 //! ```
 //!
+//! A zero-copy send completes twice: its result (with `F_MORE`), then a notification once the
+//! kernel no longer reads the buffer. The slot holds the result back (`AwaitingNotif`) until
+//! the notification, so the buffer is never given back while the kernel may still read it.
+//!
 //! Once an SQE is in the ring its slot is never freed on an error path: only its own CQE frees
 //! it.
 
@@ -46,6 +50,20 @@ enum SlotState {
     Armed(Option<Waker>),
     /// The completion arrived; the future has not taken it yet.
     Done { result: i32, flags: u32 },
+    /// A zero-copy send's result arrived with `F_MORE`: the kernel still reads the buffer until
+    /// its notification completion, so the result is held back (and the future not woken) until
+    /// then.
+    AwaitingNotif {
+        waker: Option<Waker>,
+        result: i32,
+        flags: u32,
+    },
+    /// As `AwaitingNotif`, for an op whose future is gone.
+    OrphanAwaitingNotif {
+        data: Box<dyn Orphan>,
+        result: i32,
+        flags: u32,
+    },
     /// The future was dropped; the op's data stays here until the completion arrives.
     Orphaned(Box<dyn Orphan>),
     /// A multishot op owned by a connection: completions queue here until read. `ended`:
@@ -94,6 +112,8 @@ pub(crate) struct Uring {
     wake_fd: i32,
     /// The provided-buffer pool registered with this ring (group `POOL_GROUP`).
     pub(crate) pool: Rc<BufPool>,
+    /// The kernel supports `SEND_ZC` (6.0+).
+    pub(crate) send_zc: bool,
     /// How the ring was set up, for `Runtime::backend_info`.
     pub(crate) setup: &'static str,
     pub(crate) stats: DriverStats,
@@ -183,6 +203,7 @@ impl Uring {
             finished_orphans: Vec::new(),
             wake_armed: false,
             wake_fd: wake.raw(),
+            send_zc: probe.is_supported(opcode::SendZc::CODE),
             pool,
             setup,
             stats: DriverStats::default(),
@@ -285,7 +306,15 @@ impl Uring {
                 }
                 None
             }
+            SlotState::AwaitingNotif { waker: w, .. } => {
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                None
+            }
             SlotState::Orphaned(_)
+            | SlotState::OrphanAwaitingNotif { .. }
             | SlotState::Multishot { .. }
             | SlotState::OrphanedMultishot(_) => None,
         }
@@ -399,7 +428,13 @@ impl Uring {
     /// Queues an `ASYNC_CANCEL` for the op (once); its completion still arrives and decides.
     pub(crate) fn cancel(&mut self, key: OpKey) {
         if let Some(slot) = self.slot_mut(key) {
-            if !slot.cancel_queued && !matches!(slot.state, SlotState::Done { .. }) {
+            let finished = matches!(
+                slot.state,
+                SlotState::Done { .. }
+                    | SlotState::AwaitingNotif { .. }
+                    | SlotState::OrphanAwaitingNotif { .. }
+            );
+            if !slot.cancel_queued && !finished {
                 slot.cancel_queued = true;
                 self.cancels.push_back(key.0);
                 self.stats.ops_cancelled += 1;
@@ -416,6 +451,18 @@ impl Uring {
             return;
         };
         match std::mem::replace(&mut slot.state, SlotState::Orphaned(data)) {
+            SlotState::AwaitingNotif { result, flags, .. } => {
+                // The buffer is still the kernel's until the notification: keep it.
+                if let SlotState::Orphaned(data) =
+                    std::mem::replace(&mut slot.state, SlotState::Done { result, flags })
+                {
+                    slot.state = SlotState::OrphanAwaitingNotif {
+                        data,
+                        result,
+                        flags,
+                    };
+                }
+            }
             SlotState::Done { result, flags } => {
                 // Completed but not yet taken: finish it now (outside our borrow).
                 let (index, _) = split_user_data(key.0);
@@ -571,13 +618,63 @@ impl Uring {
                         }
                         _ => {}
                     }
-                    match std::mem::replace(&mut slot.state, SlotState::Done { result, flags }) {
-                        SlotState::Armed(w) => woken.extend(w),
-                        SlotState::Orphaned(data) => {
-                            ops.remove(index);
-                            finished_orphans.push((data, result, flags));
+                    if cqueue::notif(flags) {
+                        // A zero-copy send's buffer is free: release the held result.
+                        stats.zero_copy_notifs += 1;
+                        match std::mem::replace(&mut slot.state, SlotState::Done { result, flags })
+                        {
+                            SlotState::AwaitingNotif {
+                                waker,
+                                result,
+                                flags,
+                            } => {
+                                slot.state = SlotState::Done { result, flags };
+                                woken.extend(waker);
+                            }
+                            SlotState::OrphanAwaitingNotif {
+                                data,
+                                result,
+                                flags,
+                            } => {
+                                ops.remove(index);
+                                finished_orphans.push((data, result, flags));
+                            }
+                            other => slot.state = other,
                         }
-                        _ => {}
+                        continue;
+                    }
+                    let next = if more {
+                        SlotState::AwaitingNotif {
+                            waker: None,
+                            result,
+                            flags,
+                        }
+                    } else {
+                        SlotState::Done { result, flags }
+                    };
+                    match std::mem::replace(&mut slot.state, next) {
+                        SlotState::Armed(w) => {
+                            if more {
+                                if let SlotState::AwaitingNotif { waker, .. } = &mut slot.state {
+                                    *waker = w;
+                                }
+                            } else {
+                                woken.extend(w);
+                            }
+                        }
+                        SlotState::Orphaned(data) => {
+                            if more {
+                                slot.state = SlotState::OrphanAwaitingNotif {
+                                    data,
+                                    result,
+                                    flags,
+                                };
+                            } else {
+                                ops.remove(index);
+                                finished_orphans.push((data, result, flags));
+                            }
+                        }
+                        other => slot.state = other,
                     }
                 }
             }
@@ -624,8 +721,11 @@ impl Uring {
             .collect();
         let leaked = !leftover.is_empty();
         for i in leftover {
-            if let SlotState::Orphaned(data) = self.ops.remove(i).state {
-                std::mem::forget(data);
+            match self.ops.remove(i).state {
+                SlotState::Orphaned(data) | SlotState::OrphanAwaitingNotif { data, .. } => {
+                    std::mem::forget(data)
+                }
+                _ => {}
             }
         }
         if leaked {
