@@ -577,6 +577,7 @@ impl Core {
 /// ```
 pub struct Builder {
     backend: Option<Backend>,
+    ring_entries: u32,
     zero_copy_send: bool,
     pool: crate::driver::PoolConfig,
     keep_finished_tasks: bool,
@@ -588,6 +589,7 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             backend: None,
+            ring_entries: crate::driver::RING_ENTRIES,
             zero_copy_send: false,
             pool: crate::driver::PoolConfig::default(),
             keep_finished_tasks: false,
@@ -618,6 +620,15 @@ impl Builder {
     /// At [`build`](Self::build) if `buffers` is not a power of two or is over 32768.
     pub fn buffer_pool(mut self, buffers: u16, buf_size: usize) -> Self {
         self.pool = crate::driver::PoolConfig { buffers, buf_size };
+        self
+    }
+
+    /// Submission-queue entries of the io_uring ring (default 1024; a power of two is used,
+    /// rounded up by the kernel). The completion queue gets eight times as many, because
+    /// multishot ops post many completions per submission; when it still overflows, the kernel
+    /// keeps the completions and the driver flushes them (none is lost).
+    pub fn ring_entries(mut self, entries: u32) -> Self {
+        self.ring_entries = entries.max(1);
         self
     }
 
@@ -664,6 +675,7 @@ impl Builder {
             self.backend.is_some(),
             &wake,
             self.pool,
+            self.ring_entries,
         )?;
         let backend = driver.backend();
         let zero_copy_send = self.zero_copy_send && driver.supports_send_zc();

@@ -121,8 +121,8 @@ pub(crate) enum Driver {
     Epoll(Epoll),
 }
 
-/// SQ entries of a runtime's ring.
-const RING_ENTRIES: u32 = 1024;
+/// SQ entries of a runtime's ring by default (the CQ has eight times as many).
+pub(crate) const RING_ENTRIES: u32 = 1024;
 
 /// Sizes of the receive-buffer pool (see [`BufPool`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,6 +156,7 @@ impl Driver {
         explicit: bool,
         wake: &WakeFd,
         pool: PoolConfig,
+        ring_entries: u32,
     ) -> io::Result<Driver> {
         let uring_pool = || BufPool::new(pool.buffers, pool.buf_size, true);
         let epoll_pool = || BufPool::new(pool.buffers, pool.buf_size, false);
@@ -167,8 +168,8 @@ impl Driver {
         }
         match choice {
             Backend::Epoll => Ok(Driver::Epoll(Epoll::new(wake, epoll_pool())?)),
-            Backend::IoUring => Ok(Driver::Uring(Uring::new(RING_ENTRIES, wake, uring_pool())?)),
-            Backend::Auto => match Uring::new(RING_ENTRIES, wake, uring_pool()) {
+            Backend::IoUring => Ok(Driver::Uring(Uring::new(ring_entries, wake, uring_pool())?)),
+            Backend::Auto => match Uring::new(ring_entries, wake, uring_pool()) {
                 Ok(u) => Ok(Driver::Uring(u)),
                 Err(e) => {
                     eprintln!("ringloop: io_uring unavailable ({e}); using the epoll backend");
