@@ -9,104 +9,35 @@
 //! * an orphaned accept whose connection arrived closes the new descriptor;
 //! * afterwards `ops_in_flight` is 0 and the process's descriptor count is back at its baseline.
 //!
-//! The buffer is [`CountedBuf`], which counts its drops. Descriptor counts are process-wide,
-//! so every test here takes [`SERIAL`] and runs both backends one after the other.
+//! The buffer is [`common::CountedBuf`], which counts its drops. Descriptor counts are process-wide,
+//! so every test here takes [`common::serial`]'s lock and runs both backends one after the other.
 
 mod common;
 
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Mutex;
 use std::task::Poll;
 use std::time::Duration;
 
-use common::fd_count;
-use ringloop_net::{IoBuf, IoBufMut, TcpListener, TcpStream};
-use ringloop_runtime::{sleep, spawn, yield_now, Backend, Runtime};
-
-/// Descriptor counts and `RLIMIT`s are per process: one test at a time in this binary.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn localhost() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// A buffer that counts how many times it is dropped.
-struct CountedBuf {
-    data: Vec<u8>,
-    drops: Rc<Cell<usize>>,
-}
-
-impl CountedBuf {
-    /// An empty buffer with room for `capacity` bytes (to receive into).
-    fn empty(capacity: usize, drops: &Rc<Cell<usize>>) -> Self {
-        CountedBuf {
-            data: Vec::with_capacity(capacity),
-            drops: drops.clone(),
-        }
-    }
-
-    /// `len` initialised bytes (to send).
-    fn filled(len: usize, drops: &Rc<Cell<usize>>) -> Self {
-        CountedBuf {
-            data: vec![0x5a; len],
-            drops: drops.clone(),
-        }
-    }
-}
-
-impl Drop for CountedBuf {
-    fn drop(&mut self) {
-        self.drops.set(self.drops.get() + 1);
-    }
-}
-
-// SAFETY: the bytes live in the Vec's heap allocation, which does not move when the
-// `CountedBuf` moves and lives as long as it; `len` bytes are initialised.
-unsafe impl IoBuf for CountedBuf {
-    fn stable_ptr(&self) -> *const u8 {
-        self.data.as_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.data.len()
-    }
-    fn bytes_total(&self) -> usize {
-        self.data.capacity()
-    }
-}
-
-// SAFETY: the pointer is valid for writes of the whole capacity.
-unsafe impl IoBufMut for CountedBuf {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.data.as_mut_ptr()
-    }
-    unsafe fn set_init(&mut self, pos: usize) {
-        if self.data.len() < pos {
-            // SAFETY: the caller guarantees the first `pos` bytes were written, and the kernel
-            // was never given more than the capacity.
-            unsafe { self.data.set_len(pos) };
-        }
-    }
-}
+use common::{
+    fd_count, localhost, read_to_end, runtime, serial, tick, until, CountedBuf, BACKENDS,
+};
+use ringloop_net::{TcpListener, TcpStream};
+use ringloop_runtime::{sleep, spawn, Backend, Runtime};
 
 /// Runs `test` on a fresh runtime of each backend, one after the other, then checks what must
 /// hold after every test: no op in flight, no task alive, and no descriptor left open (the
 /// runtime's own included, once it is dropped).
 fn on_both_backends(test: impl Fn(&Runtime)) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for backend in [Backend::IoUring, Backend::Epoll] {
+    let _serial = serial();
+    for backend in BACKENDS {
         let fds_before = fd_count();
         {
-            let rt = Runtime::builder()
-                .backend(backend)
-                .build()
-                .unwrap_or_else(|e| panic!("cannot build a {backend} runtime: {e}"));
-            assert_eq!(rt.backend(), backend);
+            let rt = runtime(backend);
             test(&rt);
             let stats = rt.stats();
             assert_eq!(stats.ops_in_flight, 0, "{backend}: {stats:?}");
@@ -120,27 +51,6 @@ fn on_both_backends(test: impl Fn(&Runtime)) {
 /// Polls `fut` exactly once, from the current task.
 async fn poll_once<F: Future + ?Sized>(fut: &mut Pin<Box<F>>) -> Poll<F::Output> {
     poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
-}
-
-/// One loop iteration.
-async fn tick() {
-    yield_now().await.unwrap();
-}
-
-/// Runs the loop until `cond` holds, for a bounded number of iterations (first without
-/// blocking, then in 1 ms sleeps, a few seconds in all); returns whether it holds.
-async fn until(mut cond: impl FnMut() -> bool) -> bool {
-    for i in 0..3000 {
-        if cond() {
-            return true;
-        }
-        if i < 100 {
-            tick().await;
-        } else {
-            sleep(Duration::from_millis(1)).await.unwrap();
-        }
-    }
-    cond()
 }
 
 /// A listener and a connection through it (client, server side).
@@ -175,19 +85,6 @@ fn is_readable(fd: RawFd) -> bool {
     };
     // SAFETY: one live pollfd, no wait.
     unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
-}
-
-/// Reads `stream` to its end (the client half-closed or closed its side).
-async fn read_to_end(stream: &TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    loop {
-        let (n, buf) = stream.read(vec![0u8; 4096]).await;
-        let n = n.unwrap();
-        if n == 0 {
-            return got;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
 }
 
 #[test]
@@ -664,8 +561,8 @@ fn thousands_of_recvs_aborted_at_once_lose_no_completion() {
 /// before the ring goes: the buffer is freed once and the socket closed.
 #[test]
 fn runtime_dropped_with_recv_in_flight_frees_buffer_and_socket() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    for backend in [Backend::IoUring, Backend::Epoll] {
+    let _serial = serial();
+    for backend in BACKENDS {
         let base = fd_count();
         let drops = Rc::new(Cell::new(0));
         {

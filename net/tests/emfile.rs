@@ -9,13 +9,12 @@ mod common;
 
 use std::cell::Cell;
 use std::fs::File;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::fd_count;
+use common::{fd_count, localhost, BACKENDS};
 use ringloop_net::{TcpListener, TcpStream};
-use ringloop_runtime::{sleep, spawn, timeout, Backend, Runtime};
+use ringloop_runtime::{sleep, spawn, timeout, Runtime};
 
 /// Lowers the soft `RLIMIT_NOFILE` and restores it when dropped, also when the test panics.
 struct LoweredLimit {
@@ -88,7 +87,7 @@ async fn accept_loop_survives_emfile() {
     // Lowered before anything is accepted: an io_uring accept reads the limit when it is
     // submitted (a multishot accept armed earlier would go on with the old one).
     let _limit = LoweredLimit::to(highest_fd() + 1 + 20);
-    let listener = TcpListener::bind("127.0.0.1:0".parse::<SocketAddr>().unwrap()).unwrap();
+    let listener = TcpListener::bind(localhost()).unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Rc::new(Cell::new(0usize));
     let acc = accepted.clone();
@@ -173,7 +172,7 @@ async fn accept_loop_survives_emfile() {
 
 #[test]
 fn accept_loop_survives_emfile_and_resumes() {
-    for backend in [Backend::IoUring, Backend::Epoll] {
+    for backend in BACKENDS {
         let before = fd_count();
         {
             let rt = Runtime::builder().backend(backend).build().unwrap();

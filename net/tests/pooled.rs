@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{localhost, BACKENDS};
 use ringloop_net::{TcpListener, TcpStream};
 use ringloop_runtime::{gather, is_cancelled, sleep, spawn, yield_now, Backend, Runtime};
-
-fn localhost() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 async fn pooled_echo_server(listener: TcpListener, connections: usize) {
     let mut handlers = Vec::new();
@@ -59,7 +56,7 @@ both_backends! {
 /// empty free list on epoll), wait for buffers to come back, and lose no byte.
 #[test]
 fn pool_exhaustion_loses_nothing_on_both_backends() {
-    for backend in [Backend::IoUring, Backend::Epoll] {
+    for backend in BACKENDS {
         let rt = Runtime::builder()
             .backend(backend)
             .buffer_pool(4, 512)
@@ -91,7 +88,7 @@ fn pool_exhaustion_loses_nothing_on_both_backends() {
 /// the peer is back-pressured by TCP instead of filling the pool.
 #[test]
 fn unread_connection_holds_at_most_cap_buffers() {
-    for backend in [Backend::IoUring, Backend::Epoll] {
+    for backend in BACKENDS {
         let rt = Runtime::builder()
             .backend(backend)
             .buffer_pool(256, 1024)

@@ -2,14 +2,9 @@
 
 mod common;
 
-use std::net::SocketAddr;
-
+use common::localhost;
 use ringloop_net::{IoBuf, TcpListener, TcpStream};
 use ringloop_runtime::{gather, spawn};
-
-fn localhost() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
 
 both_backends! {
     async fn echo_one_connection_byte_exact() {

@@ -11,33 +11,9 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{localhost, read_to_end, tick, until};
 use ringloop_net::{TcpListener, TcpStream};
-use ringloop_runtime::{is_cancelled, sleep, spawn, yield_now};
-
-fn localhost() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-/// One loop iteration.
-async fn tick() {
-    yield_now().await.unwrap();
-}
-
-/// Runs the loop until `cond` holds, for a bounded number of iterations; returns whether it
-/// holds.
-async fn until(mut cond: impl FnMut() -> bool) -> bool {
-    for i in 0..3000 {
-        if cond() {
-            return true;
-        }
-        if i < 100 {
-            tick().await;
-        } else {
-            sleep(Duration::from_millis(1)).await.unwrap();
-        }
-    }
-    cond()
-}
+use ringloop_runtime::{is_cancelled, sleep, spawn};
 
 /// Bytes queued for reading on a socket (`FIONREAD`).
 fn bytes_readable(fd: RawFd) -> usize {
@@ -57,19 +33,6 @@ fn wait_for_bytes(fd: RawFd) {
         std::thread::sleep(Duration::from_micros(100));
     }
     panic!("no data ever arrived on descriptor {fd}");
-}
-
-/// Reads `stream` until end of stream.
-async fn read_to_end(stream: &TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    loop {
-        let (n, buf) = stream.read(vec![0u8; 4096]).await;
-        let n = n.unwrap();
-        if n == 0 {
-            return got;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
 }
 
 // ---- cancellation (not drop) of a read in flight ----------------------------------------------

@@ -2,6 +2,7 @@
 
 mod common;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -9,14 +10,9 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use ringloop_net::{IoBuf, IoBufMut, UdpSocket};
-use ringloop_runtime::{gather, is_cancelled, sleep, spawn, timeout, Backend, Runtime, TaskError};
-
-const BACKENDS: [Backend; 2] = [Backend::IoUring, Backend::Epoll];
-
-fn v4() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
+use common::{localhost, runtime, CountedBuf, BACKENDS};
+use ringloop_net::{IoBuf, UdpSocket};
+use ringloop_runtime::{gather, is_cancelled, sleep, spawn, timeout, Backend, TaskError};
 
 fn v6() -> SocketAddr {
     "[::1]:0".parse().unwrap()
@@ -60,7 +56,7 @@ async fn round_trip(a: UdpSocket, b: UdpSocket) {
 
 both_backends! {
     async fn send_to_recv_from_round_trip_v4() {
-        round_trip(UdpSocket::bind(v4()).unwrap(), UdpSocket::bind(v4()).unwrap()).await;
+        round_trip(UdpSocket::bind(localhost()).unwrap(), UdpSocket::bind(localhost()).unwrap()).await;
     }
 }
 
@@ -75,9 +71,9 @@ both_backends! {
 
 both_backends! {
     async fn connected_send_recv_only_sees_the_peer() {
-        let a = UdpSocket::bind(v4()).unwrap();
-        let b = UdpSocket::bind(v4()).unwrap();
-        let intruder = UdpSocket::bind(v4()).unwrap();
+        let a = UdpSocket::bind(localhost()).unwrap();
+        let b = UdpSocket::bind(localhost()).unwrap();
+        let intruder = UdpSocket::bind(localhost()).unwrap();
         a.connect(b.local_addr().unwrap()).unwrap();
         b.connect(a.local_addr().unwrap()).unwrap();
         assert_eq!(a.peer_addr().unwrap(), b.local_addr().unwrap());
@@ -101,8 +97,8 @@ both_backends! {
 
 both_backends! {
     async fn datagram_boundaries_are_preserved() {
-        let a = UdpSocket::bind(v4()).unwrap();
-        let b = UdpSocket::bind(v4()).unwrap();
+        let a = UdpSocket::bind(localhost()).unwrap();
+        let b = UdpSocket::bind(localhost()).unwrap();
         let to = b.local_addr().unwrap();
         let big: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
         for msg in [big.clone(), b"seven!!".to_vec(), Vec::new(), b"0123456789".to_vec()] {
@@ -131,10 +127,10 @@ both_backends! {
     async fn connected_socket_to_a_closed_port_gets_econnrefused() {
         // A port that was free a moment ago: bind, note it, close.
         let closed = {
-            let s = UdpSocket::bind(v4()).unwrap();
+            let s = UdpSocket::bind(localhost()).unwrap();
             s.local_addr().unwrap()
         };
-        let sock = UdpSocket::bind(v4()).unwrap();
+        let sock = UdpSocket::bind(localhost()).unwrap();
         sock.connect(closed).unwrap();
         // Linux reports the ICMP port unreachable on a connected UDP socket: the next call
         // fails with ECONNREFUSED. Loopback ICMP is not rate-limited, but retry the send a
@@ -162,7 +158,7 @@ both_backends! {
 
 both_backends! {
     async fn errors_carry_the_real_errno() {
-        let v4sock = UdpSocket::bind(v4()).unwrap();
+        let v4sock = UdpSocket::bind(localhost()).unwrap();
         // An IPv6 destination from an IPv4 socket.
         let (r, buf) = v4sock.send_to(b"x".as_slice(), "[::1]:9".parse().unwrap()).await;
         assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EAFNOSUPPORT));
@@ -190,7 +186,7 @@ both_backends! {
 
 both_backends! {
     async fn echo_with_twenty_concurrent_clients() {
-        let server = UdpSocket::bind(v4()).unwrap();
+        let server = UdpSocket::bind(localhost()).unwrap();
         server.set_ttl(16).unwrap();
         let addr = server.local_addr().unwrap();
         const CLIENTS: u32 = 20;
@@ -208,7 +204,7 @@ both_backends! {
         let clients: Vec<_> = (0..CLIENTS)
             .map(|i| {
                 spawn(async move {
-                    let c = UdpSocket::bind(v4()).unwrap();
+                    let c = UdpSocket::bind(localhost()).unwrap();
                     c.connect(addr).unwrap();
                     for round in 0..ROUNDS {
                         let msg = format!("client {i} round {round}").into_bytes();
@@ -227,10 +223,10 @@ both_backends! {
 
 both_backends! {
     async fn from_std_and_into_std() {
-        let std_sock = std::net::UdpSocket::bind(v4()).unwrap();
+        let std_sock = std::net::UdpSocket::bind(localhost()).unwrap();
         let addr = std_sock.local_addr().unwrap();
         let sock = UdpSocket::from_std(std_sock).unwrap();
-        let peer = UdpSocket::bind(v4()).unwrap();
+        let peer = UdpSocket::bind(localhost()).unwrap();
         let (r, _) = peer.send_to(b"via std".as_slice(), addr).await;
         r.unwrap();
         let (r, buf) = sock.recv_from(vec![0u8; 16]).await;
@@ -240,21 +236,13 @@ both_backends! {
     }
 }
 
-/// Builds a runtime on `backend` (the explicit form of `both_backends!`, for tests that read
-/// the runtime's stats after `block_on`). Hold [`common::serial`] while using it.
-fn runtime(backend: Backend) -> Runtime {
-    let rt = Runtime::builder().backend(backend).build().unwrap();
-    assert_eq!(rt.backend(), backend);
-    rt
-}
-
 #[test]
 fn recv_from_cancelled_by_task_cancel() {
     let _serial = common::serial();
     for backend in BACKENDS {
         let rt = runtime(backend);
         rt.block_on(async {
-            let sock = Rc::new(UdpSocket::bind(v4()).unwrap());
+            let sock = Rc::new(UdpSocket::bind(localhost()).unwrap());
             let s = sock.clone();
             // 1. A task waits for a datagram that never comes.
             let task = spawn(async move {
@@ -278,7 +266,7 @@ fn recv_from_cancelled_by_task_cancel() {
             assert_eq!(out.unwrap(), "suppressed");
 
             // 4. The socket is still usable, and no datagram was lost.
-            let peer = UdpSocket::bind(v4()).unwrap();
+            let peer = UdpSocket::bind(localhost()).unwrap();
             let (r, _) = peer
                 .send_to(b"after".as_slice(), sock.local_addr().unwrap())
                 .await;
@@ -304,7 +292,7 @@ fn cancellation_after_a_won_race_reaches_the_next_recv() {
     for backend in BACKENDS {
         let rt = runtime(backend);
         rt.block_on(async {
-            let sock = UdpSocket::bind(v4()).unwrap();
+            let sock = UdpSocket::bind(localhost()).unwrap();
             let addr = sock.local_addr().unwrap();
             let task = spawn(async move {
                 let (first, _) = sock.recv_from(vec![0u8; 64]).await;
@@ -325,7 +313,7 @@ fn cancellation_after_a_won_race_reaches_the_next_recv() {
                 sleep(Duration::from_millis(1)).await.unwrap();
             }
             // 2. A datagram arrives and the task is cancelled before it runs again.
-            let sender = std::net::UdpSocket::bind(v4()).unwrap();
+            let sender = std::net::UdpSocket::bind(localhost()).unwrap();
             sender.send_to(b"data", addr).unwrap();
             task.cancel();
             // 3. The task's own code sees the cancellation.
@@ -343,7 +331,7 @@ fn cancellation_escaping_through_io_error_cancels_the_task() {
         let rt = runtime(backend);
         let fds_before = common::fd_count();
         rt.block_on(async {
-            let sock = UdpSocket::bind(v4()).unwrap();
+            let sock = UdpSocket::bind(localhost()).unwrap();
             let task = spawn(async move {
                 let (r, _) = sock.recv_from(vec![0u8; 64]).await;
                 r?;
@@ -365,49 +353,17 @@ fn cancellation_escaping_through_io_error_cancels_the_task() {
     }
 }
 
-/// A receive buffer that counts its owners through an `Rc`.
-struct Tracked {
-    data: Vec<u8>,
-    _alive: Rc<()>,
-}
-
-// SAFETY: forwards to the inner Vec, whose heap memory does not move with `Tracked`.
-unsafe impl IoBuf for Tracked {
-    fn stable_ptr(&self) -> *const u8 {
-        self.data.stable_ptr()
-    }
-    fn bytes_init(&self) -> usize {
-        self.data.bytes_init()
-    }
-    fn bytes_total(&self) -> usize {
-        self.data.bytes_total()
-    }
-}
-
-// SAFETY: forwards to the inner Vec.
-unsafe impl IoBufMut for Tracked {
-    fn stable_mut_ptr(&mut self) -> *mut u8 {
-        self.data.stable_mut_ptr()
-    }
-    unsafe fn set_init(&mut self, pos: usize) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.data.set_init(pos) }
-    }
-}
-
 #[test]
 fn dropped_recv_from_keeps_its_buffer_until_the_completion() {
     let _serial = common::serial();
     for backend in BACKENDS {
         let rt = runtime(backend);
-        let alive = Rc::new(());
+        // The buffer holds a clone of `alive` while it lives: its strong count tells.
+        let alive = Rc::new(Cell::new(0));
         let fds_before = common::fd_count();
         rt.block_on(async {
-            let sock = UdpSocket::bind(v4()).unwrap();
-            let buf = Tracked {
-                data: vec![0u8; 64],
-                _alive: alive.clone(),
-            };
+            let sock = UdpSocket::bind(localhost()).unwrap();
+            let buf = CountedBuf::filled(64, &alive);
             // 1. Poll the recv once, so that it is submitted (io_uring) or waits for
             //    readiness (epoll), then drop it.
             {

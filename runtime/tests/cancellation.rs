@@ -5,57 +5,23 @@
 //! Every test builds its own runtime and asserts orders, counts and states, never durations:
 //! "cancelled at once" is shown by the loop never having had to park, not by a clock.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use common::{yield_now, DropCount, Gate, Guard, Log};
 use ringloop_runtime::{
     current_task, sleep, spawn, spawn_named, timeout, wait_for, Cancelled, Runtime, TaskError,
     TaskRef, TaskState, TimedOut,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// Counts drops of the guards it hands out.
-#[derive(Clone, Default)]
-struct DropCount(Rc<Cell<usize>>);
-
-struct Guard(Rc<Cell<usize>>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
-}
-
-impl DropCount {
-    fn guard(&self) -> Guard {
-        Guard(self.0.clone())
-    }
-    fn get(&self) -> usize {
-        self.0.get()
-    }
-}
-
-/// A shared, ordered record of what happened.
-#[derive(Clone, Default)]
-struct Log(Rc<RefCell<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: impl Into<String>) {
-        self.0.borrow_mut().push(s.into());
-    }
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.borrow_mut())
-    }
-    fn contains(&self, s: &str) -> bool {
-        self.0.borrow().iter().any(|e| e == s)
-    }
-}
 
 /// A future that knows nothing of ringloop: pending forever, counting its polls; its drop is
 /// counted through the guard it owns.
@@ -70,46 +36,6 @@ impl Future for Foreign {
         self.polls.set(self.polls.get() + 1);
         Poll::Pending
     }
-}
-
-/// A one-shot gate that knows nothing of ringloop: `wait()` is pending until `open()`, which
-/// wakes every waiter.
-#[derive(Clone, Default)]
-struct Gate(Rc<RefCell<(bool, Vec<Waker>)>>);
-
-impl Gate {
-    fn open(&self) {
-        let wakers = {
-            let mut g = self.0.borrow_mut();
-            g.0 = true;
-            std::mem::take(&mut g.1)
-        };
-        for w in wakers {
-            w.wake();
-        }
-    }
-    fn wait(&self) -> GateWait {
-        GateWait(self.clone())
-    }
-}
-
-struct GateWait(Gate);
-
-impl Future for GateWait {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut g = (self.0).0.borrow_mut();
-        if g.0 {
-            Poll::Ready(())
-        } else {
-            g.1.push(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-async fn yield_now() {
-    sleep(Duration::ZERO).await.unwrap();
 }
 
 fn cancel_message(e: &TaskError) -> Option<String> {

@@ -1,9 +1,12 @@
 //! Combinators and Promise, pinned on the pitfalls asyncio users hit.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::DropCount;
 use ringloop_runtime::*;
 
 fn rt() -> Runtime {
@@ -11,14 +14,6 @@ fn rt() -> Runtime {
         .exception_handler(|_| {})
         .build()
         .unwrap()
-}
-
-/// Counts drops, to prove a future was dropped (not just abandoned).
-struct DropCount(Rc<Cell<u32>>);
-impl Drop for DropCount {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
 }
 
 #[test]
@@ -291,10 +286,10 @@ fn timeout_cancels_an_awaited_task_through_the_await_chain() {
 
 #[test]
 fn timeout_drops_a_foreign_future_it_cannot_cancel() {
-    let drops = Rc::new(Cell::new(0));
+    let drops = DropCount::default();
     let d = drops.clone();
     rt().block_on(async move {
-        let guard = DropCount(d.clone());
+        let guard = d.guard();
         let r = timeout(Duration::from_millis(1), async move {
             let _g = guard;
             std::future::pending::<()>().await

@@ -4,58 +4,18 @@
 //! JSON is parsed with serde_json and walked, never compared as text. Stats are checked for
 //! exact values in scenarios driven one `run_once` at a time.
 
-use std::cell::{Cell, RefCell};
-use std::future::Future;
-use std::pin::Pin;
+mod common;
+
+use std::cell::Cell;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::{yield_now, Gate};
 use ringloop_runtime::{
     all_tasks, current_task, sleep, spawn, spawn_named, task_tree, Cancelled, Runtime, TaskId,
     TaskRef, TaskState, TaskTree,
 };
 use serde_json::Value;
-
-/// A one-shot gate that knows nothing of ringloop: `wait()` is pending until `open()`, which
-/// wakes every waiter.
-#[derive(Clone, Default)]
-struct Gate(Rc<RefCell<(bool, Vec<Waker>)>>);
-
-impl Gate {
-    fn open(&self) {
-        let wakers = {
-            let mut g = self.0.borrow_mut();
-            g.0 = true;
-            std::mem::take(&mut g.1)
-        };
-        for w in wakers {
-            w.wake();
-        }
-    }
-    fn wait(&self) -> GateWait {
-        GateWait(self.clone())
-    }
-}
-
-struct GateWait(Gate);
-
-impl Future for GateWait {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut g = (self.0).0.borrow_mut();
-        if g.0 {
-            Poll::Ready(())
-        } else {
-            g.1.push(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-async fn yield_now() {
-    sleep(Duration::ZERO).await.unwrap();
-}
 
 fn id_of(name: &str) -> TaskId {
     all_tasks()

@@ -5,6 +5,8 @@
 //! "Never early" checks compare `Instant::now()` with a deadline inside the callback: that is a
 //! correctness check, not a timing measurement.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::rc::Rc;
@@ -12,52 +14,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{panic_text, DropCount, Log, SendDropCount};
 use ringloop_runtime::{
     all_tasks, call_at, call_later, call_soon, current_task, set_exception_handler, sleep, spawn,
     spawn_named, stop, task_tree, time, timeout, Cancelled, Runtime, TaskState,
 };
-
-/// Counts drops of the values it hands out.
-#[derive(Clone, Default)]
-struct DropCount(Rc<Cell<usize>>);
-
-struct Guard(Rc<Cell<usize>>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.0.set(self.0.get() + 1);
-    }
-}
-
-impl DropCount {
-    fn guard(&self) -> Guard {
-        Guard(self.0.clone())
-    }
-    fn get(&self) -> usize {
-        self.0.get()
-    }
-}
-
-/// A shared, ordered record of what happened.
-#[derive(Clone, Default)]
-struct Log(Rc<RefCell<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: impl Into<String>) {
-        self.0.borrow_mut().push(s.into());
-    }
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.borrow_mut())
-    }
-}
-
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
 
 const NO_RUNTIME: &str = "must be called from the context of a running ringloop runtime";
 const NESTED: &str = "cannot start a ringloop runtime from within a running one";
@@ -433,14 +394,8 @@ fn call_soon_threadsafe_after_the_runtime_is_dropped_returns_false_and_drops_the
     assert!(!handle.is_closed());
     drop(rt);
     assert!(handle.is_closed());
-    let drops = Arc::new(AtomicUsize::new(0));
-    struct SendGuard(Arc<AtomicUsize>);
-    impl Drop for SendGuard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    let g = SendGuard(drops.clone());
+    let drops = SendDropCount::default();
+    let g = drops.guard();
     let h = handle.clone();
     std::thread::spawn(move || {
         assert!(!h.call_soon_threadsafe(move || drop(g)));
@@ -448,28 +403,22 @@ fn call_soon_threadsafe_after_the_runtime_is_dropped_returns_false_and_drops_the
     })
     .join()
     .unwrap();
-    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(drops.get(), 1);
 }
 
 #[test]
 fn call_soon_threadsafe_queued_before_the_runtime_is_dropped_is_dropped_with_it() {
     let rt = Runtime::new().unwrap();
-    let drops = Arc::new(AtomicUsize::new(0));
+    let drops = SendDropCount::default();
     let ran = Arc::new(AtomicUsize::new(0));
-    struct SendGuard(Arc<AtomicUsize>);
-    impl Drop for SendGuard {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    let (g, r) = (SendGuard(drops.clone()), ran.clone());
+    let (g, r) = (drops.guard(), ran.clone());
     assert!(rt.handle().call_soon_threadsafe(move || {
         let _g = g;
         r.fetch_add(1, Ordering::SeqCst);
     }));
     drop(rt);
     assert_eq!(ran.load(Ordering::SeqCst), 0);
-    assert_eq!(drops.load(Ordering::SeqCst), 1);
+    assert_eq!(drops.get(), 1);
 }
 
 // ---------------------------------------------------------------------------------------------

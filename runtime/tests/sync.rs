@@ -4,39 +4,23 @@
 //! Every test is deterministic: tasks are ordered with `yield_now` (one loop iteration) and
 //! outcomes are counted exactly; nothing asserts a duration.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
+use common::{yield_now, Log};
 use ringloop_runtime::sync::{
     mpsc, oneshot, Condition, Event, Lock, PutCancelled, Queue, QueueFull, Semaphore, TaskDoneError,
 };
 use ringloop_runtime::{sleep, spawn, timeout, Cancelled, Runtime, TaskError, TimedOut};
-
-/// Yields to the loop once (asyncio's `sleep(0)`).
-async fn yield_now() {
-    sleep(Duration::ZERO).await.unwrap();
-}
 
 /// Lets every ready task run until it blocks (a few loop iterations).
 async fn settle() {
     for _ in 0..5 {
         yield_now().await;
     }
-}
-
-type Log = Rc<RefCell<Vec<String>>>;
-
-fn log() -> Log {
-    Rc::new(RefCell::new(Vec::new()))
-}
-
-fn push(log: &Log, entry: impl Into<String>) {
-    log.borrow_mut().push(entry.into());
-}
-
-fn entries(log: &Log) -> Vec<String> {
-    log.borrow().clone()
 }
 
 fn is_cancelled<T>(r: Result<T, TaskError>) -> bool {
@@ -136,13 +120,13 @@ fn lock_waiters_are_served_fifo() {
 fn lock_release_hands_off_without_barging() {
     Runtime::new().unwrap().block_on(async {
         let lock = Rc::new(Lock::new(()));
-        let log = log();
+        let log = Log::default();
         let guard = lock.lock().await.unwrap();
         let waiter = spawn({
             let (lock, log) = (lock.clone(), log.clone());
             async move {
                 let _g = lock.lock().await.unwrap();
-                push(&log, "waiter");
+                log.push("waiter");
             }
         });
         settle().await;
@@ -152,10 +136,10 @@ fn lock_release_hands_off_without_barging() {
         // ...so neither try_lock nor a late lock() can barge in ahead of it.
         assert!(lock.try_lock().is_none());
         let late = lock.lock().await.unwrap();
-        push(&log, "late");
+        log.push("late");
         drop(late);
         waiter.await.unwrap();
-        assert_eq!(entries(&log), ["waiter", "late"]);
+        assert_eq!(log.entries(), ["waiter", "late"]);
         assert!(!lock.is_locked());
         assert!(lock.try_lock().is_some());
     });
@@ -165,18 +149,18 @@ fn lock_release_hands_off_without_barging() {
 fn cancelled_lock_waiter_leaves_the_queue_and_the_lock_goes_on() {
     Runtime::new().unwrap().block_on(async {
         let lock = Rc::new(Lock::new(()));
-        let log = log();
+        let log = Log::default();
         let guard = lock.lock().await.unwrap();
         let spawn_waiter = |name: &'static str| {
             let (lock, log) = (lock.clone(), log.clone());
             spawn(async move {
                 match lock.lock().await {
                     Ok(_g) => {
-                        push(&log, format!("{name} got it"));
+                        log.push(format!("{name} got it"));
                         Ok(())
                     }
                     Err(c) => {
-                        push(&log, format!("{name} cancelled"));
+                        log.push(format!("{name} cancelled"));
                         Err(c)
                     }
                 }
@@ -191,7 +175,7 @@ fn cancelled_lock_waiter_leaves_the_queue_and_the_lock_goes_on() {
         assert!(lock.is_locked());
         drop(guard);
         b.await.unwrap().unwrap();
-        assert_eq!(entries(&log), ["a cancelled", "b got it"]);
+        assert_eq!(log.entries(), ["a cancelled", "b got it"]);
         assert!(!lock.is_locked());
     });
 }
@@ -202,15 +186,15 @@ fn lock_handed_to_a_cancelled_waiter_is_still_taken() {
     // meantime; the request is delivered at the task's next await.
     Runtime::new().unwrap().block_on(async {
         let lock = Rc::new(Lock::new(()));
-        let log = log();
+        let log = Log::default();
         let guard = lock.lock().await.unwrap();
         let a = spawn({
             let (lock, log) = (lock.clone(), log.clone());
             async move {
                 let g = lock.lock().await?;
-                push(&log, "a got it");
+                log.push("a got it");
                 let next = sleep(Duration::from_secs(3600)).await;
-                push(&log, format!("a's next await cancelled: {}", next.is_err()));
+                log.push(format!("a's next await cancelled: {}", next.is_err()));
                 drop(g);
                 next
             }
@@ -219,7 +203,7 @@ fn lock_handed_to_a_cancelled_waiter_is_still_taken() {
             let (lock, log) = (lock.clone(), log.clone());
             async move {
                 let _g = lock.lock().await.unwrap();
-                push(&log, "b got it");
+                log.push("b got it");
             }
         });
         settle().await;
@@ -229,7 +213,7 @@ fn lock_handed_to_a_cancelled_waiter_is_still_taken() {
         assert!(is_cancelled(a.await));
         b.await.unwrap();
         assert_eq!(
-            entries(&log),
+            log.entries(),
             ["a got it", "a's next await cancelled: true", "b got it"]
         );
         assert!(!lock.is_locked());
@@ -347,14 +331,14 @@ fn semaphore_caps_concurrency_at_n() {
 fn cancelled_semaphore_acquire_does_not_lose_the_permit() {
     Runtime::new().unwrap().block_on(async {
         let sem = Rc::new(Semaphore::new(1));
-        let log = log();
+        let log = Log::default();
         let held = sem.try_acquire().unwrap();
         assert!(sem.try_acquire().is_none());
         let spawn_waiter = |name: &'static str| {
             let (sem, log) = (sem.clone(), log.clone());
             spawn(async move {
                 let _p = sem.acquire().await?;
-                push(&log, name);
+                log.push(name);
                 Ok::<_, Cancelled>(())
             })
         };
@@ -366,7 +350,7 @@ fn cancelled_semaphore_acquire_does_not_lose_the_permit() {
         assert!(is_cancelled(a.await));
         drop(held);
         b.await.unwrap().unwrap();
-        assert_eq!(entries(&log), ["b"]);
+        assert_eq!(log.entries(), ["b"]);
         assert_eq!(sem.available_permits(), 1);
     });
 }
@@ -375,12 +359,12 @@ fn cancelled_semaphore_acquire_does_not_lose_the_permit() {
 fn permit_handed_to_an_aborted_waiter_is_passed_on() {
     Runtime::new().unwrap().block_on(async {
         let sem = Rc::new(Semaphore::new(0));
-        let log = log();
+        let log = Log::default();
         let spawn_waiter = |name: &'static str| {
             let (sem, log) = (sem.clone(), log.clone());
             spawn(async move {
                 let p = sem.acquire_owned().await.unwrap();
-                push(&log, name);
+                log.push(name);
                 p.forget(); // keep the count observable
             })
         };
@@ -394,7 +378,7 @@ fn permit_handed_to_an_aborted_waiter_is_passed_on() {
         a.abort();
         assert!(is_cancelled(a.await));
         b.await.unwrap();
-        assert_eq!(entries(&log), ["b"]);
+        assert_eq!(log.entries(), ["b"]);
         assert_eq!(sem.available_permits(), 0);
     });
 }
@@ -434,14 +418,14 @@ fn semaphore_add_permits_serves_waiters_then_counts_the_rest() {
 fn condition_notify_wakes_waiters_fifo() {
     Runtime::new().unwrap().block_on(async {
         let cond = Rc::new(Condition::new(()));
-        let log = log();
+        let log = Log::default();
         let mut tasks = Vec::new();
         for i in 0..3 {
             let (cond, log) = (cond.clone(), log.clone());
             tasks.push(spawn(async move {
                 let g = cond.lock().await.unwrap();
                 let _g = cond.wait(g).await.unwrap();
-                push(&log, format!("w{i}"));
+                log.push(format!("w{i}"));
             }));
             yield_now().await;
         }
@@ -449,12 +433,12 @@ fn condition_notify_wakes_waiters_fifo() {
         assert!(!cond.is_locked()); // every waiter released the lock
         assert_eq!(cond.notify(1), 1);
         settle().await;
-        assert_eq!(entries(&log), ["w0"]);
+        assert_eq!(log.entries(), ["w0"]);
         assert_eq!(cond.notify(5), 2);
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(entries(&log), ["w0", "w1", "w2"]);
+        assert_eq!(log.entries(), ["w0", "w1", "w2"]);
         assert_eq!(cond.notify_all(), 0);
     });
 }
@@ -547,14 +531,14 @@ fn condition_wait_cancelled_gives_the_lock_back_held() {
 fn condition_notification_is_passed_on_by_a_waiter_cancelled_while_reacquiring() {
     Runtime::new().unwrap().block_on(async {
         let cond = Rc::new(Condition::new(()));
-        let log = log();
+        let log = Log::default();
         let spawn_waiter = |name: &'static str| {
             let (cond, log) = (cond.clone(), log.clone());
             spawn(async move {
                 let g = cond.lock().await.unwrap();
                 match cond.wait(g).await {
-                    Ok(_) => push(&log, format!("{name} notified")),
-                    Err(_) => push(&log, format!("{name} cancelled")),
+                    Ok(_) => log.push(format!("{name} notified")),
+                    Err(_) => log.push(format!("{name} cancelled")),
                 }
             })
         };
@@ -572,7 +556,7 @@ fn condition_notification_is_passed_on_by_a_waiter_cancelled_while_reacquiring()
         drop(g);
         a.await.unwrap();
         b.await.unwrap();
-        assert_eq!(entries(&log), ["a cancelled", "b notified"]);
+        assert_eq!(log.entries(), ["a cancelled", "b notified"]);
     });
 }
 
@@ -608,13 +592,13 @@ fn condition_wait_with_a_cancel_already_pending_keeps_the_lock() {
 fn queue_getters_are_served_fifo() {
     Runtime::new().unwrap().block_on(async {
         let queue = Rc::new(Queue::unbounded());
-        let log = log();
+        let log = Log::default();
         let mut tasks = Vec::new();
         for i in 0..3 {
             let (queue, log) = (queue.clone(), log.clone());
             tasks.push(spawn(async move {
                 let item: &str = queue.get().await.unwrap();
-                push(&log, format!("g{i}:{item}"));
+                log.push(format!("g{i}:{item}"));
             }));
             yield_now().await;
         }
@@ -625,7 +609,7 @@ fn queue_getters_are_served_fifo() {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(entries(&log), ["g0:x", "g1:y", "g2:z"]);
+        assert_eq!(log.entries(), ["g0:x", "g1:y", "g2:z"]);
     });
 }
 

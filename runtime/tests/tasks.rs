@@ -3,71 +3,18 @@
 //!
 //! Every test builds its own runtime and asserts orders, counts and states, never durations.
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use common::{panic_text, yield_now, Gate, Log};
 use ringloop_runtime::{
     all_tasks, call_soon, current_task, set_exception_handler, sleep, spawn, spawn_named,
     Cancelled, Runtime, TaskError, TaskRef, TaskState,
 };
-
-/// A shared, ordered record of what happened.
-#[derive(Clone, Default)]
-struct Log(Rc<RefCell<Vec<String>>>);
-
-impl Log {
-    fn push(&self, s: impl Into<String>) {
-        self.0.borrow_mut().push(s.into());
-    }
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.borrow_mut())
-    }
-}
-
-/// A one-shot gate that knows nothing of ringloop: `wait()` is pending until `open()`, which
-/// wakes every waiter.
-#[derive(Clone, Default)]
-struct Gate(Rc<RefCell<(bool, Vec<Waker>)>>);
-
-impl Gate {
-    fn open(&self) {
-        let wakers = {
-            let mut g = self.0.borrow_mut();
-            g.0 = true;
-            std::mem::take(&mut g.1)
-        };
-        for w in wakers {
-            w.wake();
-        }
-    }
-    fn wait(&self) -> GateWait {
-        GateWait(self.clone())
-    }
-}
-
-struct GateWait(Gate);
-
-impl Future for GateWait {
-    type Output = ();
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let mut g = (self.0).0.borrow_mut();
-        if g.0 {
-            Poll::Ready(())
-        } else {
-            g.1.push(cx.waker().clone());
-            Poll::Pending
-        }
-    }
-}
-
-async fn yield_now() {
-    sleep(Duration::ZERO).await.unwrap();
-}
 
 /// What the exception handler saw, one entry per call.
 #[derive(Debug, PartialEq)]
@@ -176,13 +123,9 @@ fn a_panicking_task_yields_panicked_is_reported_once_and_the_loop_goes_on() {
     assert_eq!(err.cancel_message(), None);
     assert_eq!(err.to_string(), "task panicked: boom 42");
     let payload = err.try_into_panic().unwrap();
-    let text = payload
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| payload.downcast_ref::<&str>().copied());
     assert_eq!(
-        text,
-        Some("boom 42"),
+        panic_text(&*payload),
+        "boom 42",
         "the payload is what panic! was given"
     );
     assert_eq!(

@@ -9,17 +9,20 @@
 //! drives the waker vtable's `clone` and by-value `wake` entries, which `wake_by_ref` skips.
 #![allow(clippy::waker_clone_wake)]
 
+mod common;
+
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use ringloop_runtime::{sleep, spawn, stop, Runtime, TaskState};
+use common::{yield_now, SendDropCount};
+use ringloop_runtime::{spawn, stop, Runtime, TaskState};
 
 /// Aborts the process if the test it guards has not finished within a generous bound: a lost
 /// wake-up must fail loudly rather than hang the suite. Not a timing assertion.
@@ -95,35 +98,6 @@ impl SignalState {
             w.wake();
         }
     }
-}
-
-/// Counts drops from any thread, and remembers the thread of the last one.
-#[derive(Clone, Default)]
-struct SendDropCount(Arc<(AtomicUsize, Mutex<Option<ThreadId>>)>);
-
-struct SendGuard(SendDropCount);
-
-impl Drop for SendGuard {
-    fn drop(&mut self) {
-        (self.0).0 .0.fetch_add(1, Ordering::SeqCst);
-        *(self.0).0 .1.lock().unwrap() = Some(thread::current().id());
-    }
-}
-
-impl SendDropCount {
-    fn guard(&self) -> SendGuard {
-        SendGuard(self.clone())
-    }
-    fn get(&self) -> usize {
-        self.0 .0.load(Ordering::SeqCst)
-    }
-    fn thread(&self) -> Option<ThreadId> {
-        *self.0 .1.lock().unwrap()
-    }
-}
-
-async fn yield_now() {
-    sleep(Duration::ZERO).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------

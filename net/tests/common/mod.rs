@@ -1,11 +1,20 @@
-//! Test helpers: run one test body on both backends.
+//! Test helpers shared by every net test binary: run one test body on both backends, count
+//! descriptors, drive the loop a little, and a buffer that counts its drops.
 
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
-use ringloop_runtime::{Backend, Runtime};
+use ringloop_net::{IoBuf, IoBufMut, TcpStream};
+use ringloop_runtime::{sleep, yield_now, Backend, Runtime};
+
+/// Both backends, io_uring first.
+pub const BACKENDS: [Backend; 2] = [Backend::IoUring, Backend::Epoll];
 
 /// Serialises the tests of one binary: descriptor counts (`/proc/self/fd`) are process-wide,
 /// so a test that asserts them must not run beside one that opens sockets.
@@ -21,15 +30,23 @@ where
     Fut: Future,
 {
     let _serial = serial();
+    let rt = runtime(backend);
+    let out = rt.block_on(body());
+    let stats = rt.stats();
+    assert_eq!(stats.tasks_alive, 0, "{stats:?}");
+    out
+}
+
+/// Builds a runtime on `backend` and checks it really runs there (the explicit form of
+/// [`run`], for tests that read the runtime's stats after `block_on`). Hold [`serial`]'s lock
+/// while using it.
+pub fn runtime(backend: Backend) -> Runtime {
     let rt = Runtime::builder()
         .backend(backend)
         .build()
         .unwrap_or_else(|e| panic!("cannot build a {backend} runtime: {e}"));
     assert_eq!(rt.backend(), backend);
-    let out = rt.block_on(body());
-    let stats = rt.stats();
-    assert_eq!(stats.tasks_alive, 0, "{stats:?}");
-    out
+    rt
 }
 
 /// Open descriptors of this process.
@@ -37,6 +54,104 @@ pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// `127.0.0.1:0`: the IPv4 loopback, any free port.
+pub fn localhost() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// One loop iteration.
+pub async fn tick() {
+    yield_now().await.unwrap();
+}
+
+/// Runs the loop until `cond` holds, for a bounded number of iterations (first without
+/// blocking, then in 1 ms sleeps, a few seconds in all); returns whether it holds.
+pub async fn until(mut cond: impl FnMut() -> bool) -> bool {
+    for i in 0..3000 {
+        if cond() {
+            return true;
+        }
+        if i < 100 {
+            tick().await;
+        } else {
+            sleep(Duration::from_millis(1)).await.unwrap();
+        }
+    }
+    cond()
+}
+
+/// Reads `stream` to its end (the peer half-closed or closed its side).
+pub async fn read_to_end(stream: &TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    loop {
+        let (n, buf) = stream.read(vec![0u8; 4096]).await;
+        let n = n.unwrap();
+        if n == 0 {
+            return got;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A buffer that counts how many times it is dropped (in `drops`; it also holds a clone of that
+/// `Rc` while alive, so `Rc::strong_count(drops)` tells how many are alive).
+pub struct CountedBuf {
+    data: Vec<u8>,
+    drops: Rc<Cell<usize>>,
+}
+
+impl CountedBuf {
+    /// An empty buffer with room for `capacity` bytes (to receive into).
+    pub fn empty(capacity: usize, drops: &Rc<Cell<usize>>) -> Self {
+        CountedBuf {
+            data: Vec::with_capacity(capacity),
+            drops: drops.clone(),
+        }
+    }
+
+    /// `len` initialised bytes (to send, or to receive over).
+    pub fn filled(len: usize, drops: &Rc<Cell<usize>>) -> Self {
+        CountedBuf {
+            data: vec![0x5a; len],
+            drops: drops.clone(),
+        }
+    }
+}
+
+impl Drop for CountedBuf {
+    fn drop(&mut self) {
+        self.drops.set(self.drops.get() + 1);
+    }
+}
+
+// SAFETY: the bytes live in the Vec's heap allocation, which does not move when the
+// `CountedBuf` moves and lives as long as it; `len` bytes are initialised.
+unsafe impl IoBuf for CountedBuf {
+    fn stable_ptr(&self) -> *const u8 {
+        self.data.as_ptr()
+    }
+    fn bytes_init(&self) -> usize {
+        self.data.len()
+    }
+    fn bytes_total(&self) -> usize {
+        self.data.capacity()
+    }
+}
+
+// SAFETY: the pointer is valid for writes of the whole capacity.
+unsafe impl IoBufMut for CountedBuf {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.data.as_mut_ptr()
+    }
+    unsafe fn set_init(&mut self, pos: usize) {
+        if self.data.len() < pos {
+            // SAFETY: the caller guarantees the first `pos` bytes were written, and the kernel
+            // was never given more than the capacity.
+            unsafe { self.data.set_len(pos) };
+        }
+    }
 }
 
 /// Declares `#[test] fn uring()` and `#[test] fn epoll()` in a module named after the scenario,
