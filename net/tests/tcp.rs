@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::localhost;
+use common::{localhost, BACKENDS};
 use ringloop_net::{IoBuf, TcpListener, TcpStream};
 use ringloop_runtime::{gather, spawn};
 
@@ -122,5 +122,70 @@ both_backends! {
             ringloop_runtime::sleep(std::time::Duration::from_millis(1)).await.unwrap();
         }
         assert_eq!(common::fd_count(), baseline, "descriptors leaked");
+    }
+}
+
+/// With `Builder::zero_copy_send` the io_uring backend sends with `SEND_ZC`: each send completes
+/// only after the kernel's notification, and the stream stays byte-exact; on epoll the option
+/// is ignored.
+#[test]
+fn zero_copy_send_echo_is_byte_exact_on_both_backends() {
+    let _serial = common::serial();
+    for backend in BACKENDS {
+        let rt = ringloop_runtime::Runtime::builder()
+            .backend(backend)
+            .zero_copy_send(true)
+            .build()
+            .unwrap();
+        let completed = rt.block_on(async {
+            assert_eq!(
+                ringloop_runtime::zero_copy_send(),
+                backend == ringloop_runtime::Backend::IoUring
+            );
+            let listener = TcpListener::bind(localhost()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let server = spawn(async move {
+                let (conn, _) = listener.accept().await.unwrap();
+                let mut rx = conn.pooled_receiver();
+                while let Some(chunk) = rx.recv().await.unwrap() {
+                    let (r, _) = conn.write_all(chunk).await;
+                    r.unwrap();
+                }
+            });
+            let client = TcpStream::connect(addr).await.unwrap();
+            let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+            let writer = {
+                let payload = payload.clone();
+                let (r, w) = client.into_split();
+                let w = spawn(async move {
+                    let (res, _) = w.write_all(payload).await;
+                    res.unwrap();
+                });
+                (r, w)
+            };
+            let (reader, w) = writer;
+            let mut got = Vec::new();
+            while got.len() < payload.len() {
+                let (n, b) = reader.read(vec![0u8; 65536]).await;
+                let n = n.unwrap();
+                assert!(n > 0, "unexpected end of stream");
+                got.extend_from_slice(&b[..n]);
+            }
+            assert_eq!(got, payload);
+            w.await.unwrap();
+            drop(reader);
+            server.await.unwrap();
+            ringloop_runtime::current_task().is_some()
+        });
+        assert!(completed);
+        let stats = rt.stats();
+        assert_eq!(stats.ops_in_flight, 0, "{backend}: {stats:?}");
+        if backend == ringloop_runtime::Backend::IoUring {
+            // Every SEND_ZC completes twice: its result, then the notification that the
+            // buffer is free.
+            assert!(stats.zero_copy_notifications > 0, "{stats:?}");
+        } else {
+            assert_eq!(stats.zero_copy_notifications, 0);
+        }
     }
 }
