@@ -647,3 +647,96 @@ fn descriptor_number_reused_after_a_drop_outside_the_runtime() {
         });
     });
 }
+
+/// A zero-copy send (`Builder::zero_copy_send`, io_uring) dropped in flight: its buffer stays
+/// alive through both of its completions (the result, then the notification that the kernel
+/// no longer reads it). Pages of a zero-copy send stay referenced by data the peer has not read,
+/// so here the buffer lives until the connection closes, and is then freed exactly once.
+#[test]
+fn zero_copy_send_dropped_in_flight_keeps_buffer_until_notification() {
+    let _serial = serial();
+    let fds_before = fd_count();
+    let rt = Runtime::builder()
+        .backend(Backend::IoUring)
+        .zero_copy_send(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert!(ringloop_runtime::zero_copy_send());
+        let (listener, client, server) = connected().await;
+        let drops = Rc::new(Cell::new(0));
+        let mut completed = 0;
+        let mut in_flight = None;
+        for _ in 0..1000 {
+            let mut send = Box::pin(server.write(CountedBuf::filled(256 * 1024, &drops)));
+            let mut done = poll_once(&mut send).await;
+            if done.is_pending() {
+                tick().await;
+                tick().await;
+                done = poll_once(&mut send).await;
+            }
+            match done {
+                Poll::Ready((r, buf)) => {
+                    assert!(r.unwrap() > 0);
+                    drop(buf);
+                    completed += 1;
+                }
+                Poll::Pending => {
+                    in_flight = Some(send);
+                    break;
+                }
+            }
+        }
+        let send = in_flight.expect("no send ever stayed pending");
+        assert_eq!(
+            drops.get(),
+            completed,
+            "completed sends gave their buffers back"
+        );
+        drop(send);
+        assert_eq!(
+            drops.get(),
+            completed,
+            "buffer freed while the kernel holds it"
+        );
+        // With zero copy the kernel reads our pages in place: data the peer has not read yet
+        // still references them, so the buffer must outlive the dropped future for as long as
+        // the connection holds that data.
+        for _ in 0..20 {
+            tick().await;
+        }
+        assert_eq!(
+            drops.get(),
+            completed,
+            "buffer freed while unread data references it"
+        );
+        drop((listener, client, server));
+        assert!(
+            until(|| drops.get() == completed + 1).await,
+            "buffer never freed after the connection closed"
+        );
+        for _ in 0..5 {
+            tick().await;
+        }
+        assert_eq!(drops.get(), completed + 1, "freed exactly once");
+    });
+    let stats = rt.stats();
+    assert_eq!(stats.ops_in_flight, 0, "{stats:?}");
+    assert!(stats.zero_copy_notifications > 0, "{stats:?}");
+    drop(rt);
+    let after = fd_count();
+    if after != fds_before {
+        let list: Vec<String> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                format!(
+                    "{:?}->{:?}",
+                    e.file_name(),
+                    std::fs::read_link(e.path()).ok()
+                )
+            })
+            .collect();
+        panic!("descriptors {fds_before} -> {after}: {list:?}");
+    }
+}
