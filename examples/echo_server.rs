@@ -43,6 +43,9 @@ struct Args {
     /// Bytes per pool buffer.
     #[arg(long, default_value_t = 2048)]
     pool_buf_size: usize,
+    /// Install sockets in io_uring's registered file table (see `Builder::registered_fds`).
+    #[arg(long)]
+    registered_fds: bool,
     /// Send with io_uring's zero-copy SEND_ZC (see `Builder::zero_copy_send`).
     #[arg(long)]
     zero_copy: bool,
@@ -63,6 +66,7 @@ fn main() -> std::io::Result<()> {
         .backend(backend)
         .buffer_pool(args.pool_buffers, args.pool_buf_size)
         .zero_copy_send(args.zero_copy)
+        .registered_fds(args.registered_fds)
         .build()?;
     let handle = rt.handle();
     stop_on_signal(handle);

@@ -22,6 +22,23 @@
 
 #![warn(missing_docs)]
 
+/// Builds an SQE naming a socket by its registered file-table slot when it has one
+/// (`Builder::registered_fds`), else by descriptor: `with_target!(fd, t => opcode::X::new(t, ...).build())`.
+macro_rules! with_target {
+    ($fd:expr, $t:ident => $build:expr) => {
+        match $fd.target() {
+            ringloop_runtime::FdTarget::Raw(raw) => {
+                let $t = io_uring::types::Fd(raw);
+                $build
+            }
+            ringloop_runtime::FdTarget::Fixed(slot) => {
+                let $t = io_uring::types::Fixed(slot);
+                $build
+            }
+        }
+    };
+}
+
 pub mod buf;
 mod ops;
 pub mod pooled;

@@ -7,7 +7,7 @@ use std::io;
 use std::mem;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
-use io_uring::{opcode, squeue, types};
+use io_uring::{opcode, squeue};
 use ringloop_runtime::{Interest, OpKind, SharedFd};
 use socket2::{SockAddr, SockAddrStorage};
 
@@ -45,13 +45,12 @@ unsafe impl OpKind for Accept {
 
     fn sqe(&mut self) -> squeue::Entry {
         self.len = self.storage.size_of();
-        opcode::Accept::new(
-            types::Fd(self.fd.raw()),
+        with_target!(self.fd, t => opcode::Accept::new(t,
             &mut self.storage as *mut SockAddrStorage as *mut libc::sockaddr,
             &mut self.len,
         )
         .flags(ACCEPT_FLAGS)
-        .build()
+        .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -105,12 +104,11 @@ unsafe impl OpKind for Connect {
     type Output = io::Result<()>;
 
     fn sqe(&mut self) -> squeue::Entry {
-        opcode::Connect::new(
-            types::Fd(self.fd.raw()),
+        with_target!(self.fd, t => opcode::Connect::new(t,
             self.addr.as_ptr() as *const libc::sockaddr,
             self.addr.len(),
         )
-        .build()
+        .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -216,7 +214,7 @@ unsafe impl<B: IoBufMut> OpKind for Recv<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         let len = self.buf.bytes_total().min(u32::MAX as usize) as u32;
-        opcode::Recv::new(types::Fd(self.fd.raw()), self.buf.stable_mut_ptr(), len).build()
+        with_target!(self.fd, t => opcode::Recv::new(t, self.buf.stable_mut_ptr(), len).build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -274,13 +272,13 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
         if self.zero_copy {
             // The op table holds the result until the kernel's notification says it no longer
             // reads the buffer, so the buffer is only given back after that.
-            return opcode::SendZc::new(types::Fd(self.fd.raw()), self.buf.stable_ptr(), len)
+            return with_target!(self.fd, t => opcode::SendZc::new(t, self.buf.stable_ptr(), len)
                 .flags(libc::MSG_NOSIGNAL)
-                .build();
+                .build());
         }
-        opcode::Send::new(types::Fd(self.fd.raw()), self.buf.stable_ptr(), len)
+        with_target!(self.fd, t => opcode::Send::new(t, self.buf.stable_ptr(), len)
             .flags(libc::MSG_NOSIGNAL)
-            .build()
+            .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -345,7 +343,7 @@ unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
-        opcode::RecvMsg::new(types::Fd(self.fd.raw()), &mut self.msg).build()
+        with_target!(self.fd, t => opcode::RecvMsg::new(t, &mut self.msg).build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -411,9 +409,9 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
-        opcode::SendMsg::new(types::Fd(self.fd.raw()), &self.msg)
+        with_target!(self.fd, t => opcode::SendMsg::new(t, &self.msg)
             .flags(libc::MSG_NOSIGNAL as u32)
-            .build()
+            .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -467,9 +465,9 @@ unsafe impl<B: IoBuf> OpKind for SendDatagram<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         self.inner.prepare();
-        opcode::SendMsg::new(types::Fd(self.inner.fd.raw()), &self.inner.msg)
+        with_target!(self.inner.fd, t => opcode::SendMsg::new(t, &self.inner.msg)
             .flags((libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) as u32)
-            .build()
+            .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -502,7 +500,7 @@ unsafe impl OpKind for PollWritable {
     type Output = io::Result<()>;
 
     fn sqe(&mut self) -> squeue::Entry {
-        opcode::PollAdd::new(types::Fd(self.fd.raw()), libc::POLLOUT as u32).build()
+        with_target!(self.fd, t => opcode::PollAdd::new(t, libc::POLLOUT as u32).build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {

@@ -33,7 +33,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{cqueue, opcode, squeue};
 use ringloop_runtime::{
     buffer_pool, Backend, BufPool, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf,
     SharedFd,
@@ -105,7 +105,7 @@ impl PooledReceiver {
                     self.pool.wait_for_free(cx.waker());
                     return cancel_or_pending();
                 }
-                let sqe = opcode::RecvMulti::new(types::Fd(self.fd.raw()), POOL_GROUP).build();
+                let sqe = with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build());
                 // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
                 // as the multishot lives: the `Multishot` is dropped before `fd`, field order)
                 // and the pool's buffer group, whose memory the driver keeps.
@@ -229,12 +229,11 @@ unsafe impl OpKind for RecvPooled {
                 .take_free()
                 .expect("RecvPooled is an epoll-backend op")
         });
-        opcode::Recv::new(
-            types::Fd(self.fd.raw()),
+        with_target!(self.fd, t => opcode::Recv::new(t,
             buf.spare_mut_ptr(),
             buf.capacity() as u32,
         )
-        .build()
+        .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::future::poll_fn;
 use std::task::Poll;
 
-use io_uring::{opcode, types};
+use io_uring::opcode;
 use ringloop_runtime::{
     current_backend, sleep, take_cancel_request, Backend, Multishot, MultishotKind, SharedFd,
 };
@@ -238,9 +238,9 @@ impl Incoming<'_> {
     async fn next_multishot(&mut self) -> io::Result<(TcpStream, SocketAddr)> {
         loop {
             if !self.multishot.is_armed() {
-                let sqe = opcode::AcceptMulti::new(types::Fd(self.listener.fd.raw()))
+                let sqe = with_target!(self.listener.fd, t => opcode::AcceptMulti::new(t)
                     .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-                    .build();
+                    .build());
                 // SAFETY: the SQE names only the listener's descriptor, which `self.listener`
                 // keeps open for as long as this `Incoming` (and so the multishot) lives.
                 unsafe { self.multishot.arm(sqe)? };

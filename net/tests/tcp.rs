@@ -3,7 +3,7 @@
 mod common;
 
 use common::{localhost, BACKENDS};
-use ringloop_net::{IoBuf, TcpListener, TcpStream};
+use ringloop_net::{AsSharedFd, IoBuf, TcpListener, TcpStream};
 use ringloop_runtime::{gather, spawn};
 
 both_backends! {
@@ -187,5 +187,76 @@ fn zero_copy_send_echo_is_byte_exact_on_both_backends() {
         } else {
             assert_eq!(stats.zero_copy_notifications, 0);
         }
+    }
+}
+
+/// With `Builder::registered_fds` every socket also sits in io_uring's registered file table and
+/// ops name it by slot; echo stays byte-exact, slots are released with their sockets (no
+/// descriptor or slot leaks across 3 rounds of 100 connections); epoll ignores the option.
+#[test]
+fn registered_fds_echo_is_byte_exact_and_releases_slots() {
+    let _serial = common::serial();
+    for backend in common::BACKENDS {
+        let fds_before = common::fd_count();
+        let rt = ringloop_runtime::Runtime::builder()
+            .backend(backend)
+            .registered_fds(true)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind(localhost()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let expect_fixed = backend == ringloop_runtime::Backend::IoUring;
+            assert_eq!(
+                matches!(
+                    listener.as_shared_fd().target(),
+                    ringloop_runtime::FdTarget::Fixed(_)
+                ),
+                expect_fixed
+            );
+            for round in 0..3u32 {
+                let mut handlers = Vec::new();
+                let clients: Vec<_> = (0..100u32)
+                    .map(|id| {
+                        spawn(async move {
+                            let c = TcpStream::connect(addr).await.unwrap();
+                            let msg = format!("round {round} client {id}").into_bytes();
+                            let (r, msg) = c.write_all(msg).await;
+                            r.unwrap();
+                            let (r, got) = c.read_exact(Vec::with_capacity(msg.len())).await;
+                            r.unwrap();
+                            assert_eq!(got, msg);
+                        })
+                    })
+                    .collect();
+                for _ in 0..100 {
+                    let (conn, _) = listener.accept().await.unwrap();
+                    assert_eq!(
+                        matches!(
+                            conn.as_shared_fd().target(),
+                            ringloop_runtime::FdTarget::Fixed(_)
+                        ),
+                        expect_fixed
+                    );
+                    handlers.push(spawn(async move {
+                        let mut rx = conn.pooled_receiver();
+                        while let Some(chunk) = rx.recv().await.unwrap() {
+                            let (r, _) = conn.write_all(chunk).await;
+                            r.unwrap();
+                        }
+                    }));
+                }
+                gather(clients).await.unwrap();
+                gather(handlers).await.unwrap();
+            }
+        });
+        let stats = rt.stats();
+        assert_eq!(stats.ops_in_flight, 0, "{backend}: {stats:?}");
+        drop(rt);
+        assert_eq!(
+            common::fd_count(),
+            fds_before,
+            "{backend}: a descriptor leaked"
+        );
     }
 }

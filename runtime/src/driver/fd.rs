@@ -16,14 +16,43 @@ pub struct SharedFd {
 
 struct Inner {
     fd: Option<OwnedFd>,
+    /// The slot in the registered file table of the runtime that created this descriptor
+    /// (`Builder::registered_fds`), with that runtime's identity.
+    slot: Option<(u32, usize)>,
+}
+
+/// How an op should name a descriptor in its SQE.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FdTarget {
+    /// By descriptor number (`types::Fd`).
+    Raw(RawFd),
+    /// By slot in the ring's registered file table (`types::Fixed`).
+    Fixed(u32),
 }
 
 impl SharedFd {
-    /// Takes ownership of `fd`.
+    /// Takes ownership of `fd`. With `Builder::registered_fds` on, it is also installed in the
+    /// running runtime's registered file table.
     pub fn new(fd: OwnedFd) -> Self {
+        let raw = fd.as_raw_fd();
+        let slot = context::try_with_core(|core| {
+            core.register_file(raw).map(|slot| (slot, core.identity()))
+        })
+        .flatten();
         SharedFd {
-            inner: Rc::new(Inner { fd: Some(fd) }),
+            inner: Rc::new(Inner { fd: Some(fd), slot }),
         }
+    }
+
+    /// How an io_uring op should name this descriptor: by its registered slot when it has one
+    /// in the running runtime's ring, else by number.
+    pub fn target(&self) -> FdTarget {
+        if let Some((slot, owner)) = self.inner.slot {
+            if context::try_with_core(|core| core.identity() == owner) == Some(true) {
+                return FdTarget::Fixed(slot);
+            }
+        }
+        FdTarget::Raw(self.raw())
     }
 
     /// The raw descriptor (valid while this handle lives).
@@ -41,6 +70,16 @@ impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(fd) = self.fd.take() {
             let raw = fd.as_raw_fd();
+            if let Some((slot, owner)) = self.slot.take() {
+                // The last holder is gone, so no op in flight names the slot. Outside its own
+                // runtime the slot cannot be released: the ring then keeps the socket open until
+                // that runtime is dropped (documented on `Builder::registered_fds`).
+                context::try_with_core(|core| {
+                    if core.identity() == owner {
+                        core.unregister_file(slot);
+                    }
+                });
+            }
             // The epoll backend keeps per-descriptor state keyed by number: drop it before the
             // number can be reused. Outside a running runtime no driver can be told; note it,
             // so the epoll drivers of this thread re-check their registrations instead of
@@ -72,6 +111,13 @@ impl TryFrom<SharedFd> for OwnedFd {
     fn try_from(fd: SharedFd) -> Result<OwnedFd, SharedFd> {
         match Rc::try_unwrap(fd.inner) {
             Ok(mut inner) => {
+                if let Some((slot, owner)) = inner.slot.take() {
+                    context::try_with_core(|core| {
+                        if core.identity() == owner {
+                            core.unregister_file(slot);
+                        }
+                    });
+                }
                 let owned = inner.fd.take().expect("fd present until dropped");
                 if context::try_with_core(|core| core.forget_fd(owned.as_raw_fd())).is_none() {
                     super::epoll::note_untold_close(); // as in `Inner::drop`

@@ -33,7 +33,7 @@ use std::task::Waker;
 use std::time::Duration;
 
 pub use bufpool::{BufPool, PooledBuf};
-pub use fd::SharedFd;
+pub use fd::{FdTarget, SharedFd};
 pub use multishot::{Multishot, MultishotKind};
 pub(crate) use op::Orphan;
 pub use op::{is_cancelled, Interest, Op, OpKind};
@@ -223,6 +223,27 @@ impl Driver {
         match self {
             Driver::Uring(u) => u.park(timeout),
             Driver::Epoll(e) => e.park(timeout, wake),
+        }
+    }
+
+    /// Turns on the registered file table (io_uring); false if unavailable.
+    pub(crate) fn enable_file_table(&mut self, slots: u32) -> bool {
+        match self {
+            Driver::Uring(u) => u.enable_file_table(slots).is_ok(),
+            Driver::Epoll(_) => false,
+        }
+    }
+
+    pub(crate) fn register_file(&mut self, fd: RawFd) -> Option<u32> {
+        match self {
+            Driver::Uring(u) => u.register_file(fd),
+            Driver::Epoll(_) => None,
+        }
+    }
+
+    pub(crate) fn unregister_file(&mut self, slot: u32) {
+        if let Driver::Uring(u) = self {
+            u.unregister_file(slot)
         }
     }
 

@@ -114,6 +114,8 @@ pub(crate) struct Uring {
     pub(crate) pool: Rc<BufPool>,
     /// The kernel supports `SEND_ZC` (6.0+).
     pub(crate) send_zc: bool,
+    /// Free slots of the registered file table (empty when the table is not in use).
+    free_file_slots: Vec<u32>,
     /// How the ring was set up, for `Runtime::backend_info`.
     pub(crate) setup: &'static str,
     pub(crate) stats: DriverStats,
@@ -204,6 +206,7 @@ impl Uring {
             wake_armed: false,
             wake_fd: wake.raw(),
             send_zc: probe.is_supported(opcode::SendZc::CODE),
+            free_file_slots: Vec::new(),
             pool,
             setup,
             stats: DriverStats::default(),
@@ -477,6 +480,42 @@ impl Uring {
     /// Orphans whose completion arrived, to be finished by the caller outside the borrow.
     pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
         std::mem::take(&mut self.finished_orphans)
+    }
+
+    /// Registers a sparse file table of `slots` entries (5.19+), so sockets can be named by
+    /// slot instead of by descriptor (no file lookup per op).
+    pub(crate) fn enable_file_table(&mut self, slots: u32) -> io::Result<()> {
+        self.ring.submitter().register_files_sparse(slots)?;
+        self.free_file_slots = (0..slots).rev().collect();
+        Ok(())
+    }
+
+    /// Installs `fd` in a free slot of the file table; `None` when the table is off or full (the
+    /// socket then works by descriptor, as usual).
+    pub(crate) fn register_file(&mut self, fd: i32) -> Option<u32> {
+        let slot = self.free_file_slots.pop()?;
+        self.stats.syscalls += 1;
+        match self.ring.submitter().register_files_update(slot, &[fd]) {
+            Ok(_) => Some(slot),
+            Err(_) => {
+                self.free_file_slots.push(slot);
+                None
+            }
+        }
+    }
+
+    /// Empties a slot. Called when the last holder of the socket goes, so no op in flight
+    /// names the slot any more.
+    pub(crate) fn unregister_file(&mut self, slot: u32) {
+        self.stats.syscalls += 1;
+        if self
+            .ring
+            .submitter()
+            .register_files_update(slot, &[-1])
+            .is_ok()
+        {
+            self.free_file_slots.push(slot);
+        }
     }
 
     /// Ops the kernel still holds (armed or orphaned) or whose result waits to be taken.
