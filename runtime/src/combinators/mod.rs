@@ -1,7 +1,7 @@
 //! Combinators over tasks, each named after its asyncio counterpart: [`gather`],
 //! [`gather_settled`], [`try_gather`], [`wait`], [`as_completed`], [`shield`], [`TaskGroup`]
 //! and [`yield_now`]. Timeouts ([`timeout`](crate::timeout), [`wait_for`](crate::wait_for)) live
-//! in [`time`](crate::time).
+//! in [`time`](mod@crate::time).
 //!
 //! ```
 //! use ringloop_runtime::{gather, spawn, sleep};
