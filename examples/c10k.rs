@@ -1,0 +1,983 @@
+//! The C10k comparison: ringloop's echo server on io_uring and on epoll against a tokio
+//! `current_thread` echo server, under the same load, on the same machine, in one command.
+//!
+//! ```text
+//! cargo build --release --examples
+//! ./target/release/examples/c10k            # the full matrix (a few minutes)
+//! ./target/release/examples/c10k --quick    # about 30 seconds
+//! ./target/release/examples/c10k --smoke    # CI: fails on any wrong byte or error
+//! ```
+//!
+//! Each server runs as a child process (found next to this executable), pinned to CPU 0 with
+//! `taskset`; the load generator runs in this process on its own ringloop runtime, pinned to
+//! CPU 1 when there are two. For every cell of the matrix (connections × message size) and
+//! every backend, the generator opens N connections with a bounded ramp, lets them ping-pong
+//! S-byte messages through a warm-up, then measures for D seconds: messages/s, round-trip
+//! latency percentiles (hdrhistogram), the server's CPU time per message (utime + stime from
+//! `/proc/PID/stat`, over the measured window only) and its peak RSS (`VmHWM`). Every echoed
+//! byte is checked; a wrong byte counts as an I/O error.
+//!
+//! Why interleaved: machine drift (thermal, other tenants, page cache) during a long run would
+//! otherwise favour whichever backend ran first, so each repetition walks the cells and, inside
+//! a cell, rotates the order of the backends.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::rc::Rc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use ringloop::net::TcpStream;
+use ringloop::sync::Semaphore;
+use ringloop::{gather_settled, sleep, spawn, Runtime};
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(about = "C10k echo comparison: ringloop io_uring / ringloop epoll / tokio")]
+struct Args {
+    /// Connection counts, comma-separated [default: 100,1000,10000].
+    #[arg(long, value_delimiter = ',')]
+    connections: Option<Vec<usize>>,
+    /// Message sizes in bytes, comma-separated [default: 64,1024].
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Measured seconds per cell [default: 5].
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Warm-up seconds per cell, after all connections are open [default: 1].
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Repetitions of the whole matrix [default: 3].
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Built-in backends to compare, comma-separated (uring, epoll, tokio).
+    #[arg(long, value_delimiter = ',', default_value = "uring,epoll,tokio")]
+    backends: Vec<String>,
+    /// Another echo server to compare, as NAME=CMD; `{addr}` in CMD is replaced by the address
+    /// to listen on, and the server must print a line containing "listening on" to stdout.
+    #[arg(long = "server", value_name = "NAME=CMD")]
+    servers: Vec<String>,
+    /// Connects in flight at once while opening connections (the ramp).
+    #[arg(long, default_value_t = 256)]
+    ramp: usize,
+    /// About 30 seconds: 100,1000 connections × 64 B, 2 s, 1 rep.
+    #[arg(long, conflicts_with = "smoke")]
+    quick: bool,
+    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep; exits non-zero on any error.
+    #[arg(long)]
+    smoke: bool,
+    /// Write every sample and the summary as JSON here.
+    #[arg(long, default_value = "target/c10k/results.json")]
+    json: PathBuf,
+    /// Write the chart (messages/s and p99 by connection count per backend) here.
+    #[arg(long, default_value = "target/c10k/chart.svg")]
+    svg: PathBuf,
+    /// Don't pin the server to CPU 0 and the client to CPU 1.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+/// The matrix after presets (`--quick`, `--smoke`) and explicit flags are merged.
+#[derive(Debug, Clone, Serialize)]
+struct Plan {
+    connections: Vec<usize>,
+    sizes: Vec<usize>,
+    seconds: f64,
+    warmup: f64,
+    reps: usize,
+    ramp: usize,
+}
+
+impl Plan {
+    fn from_args(a: &Args) -> Plan {
+        let (conns, sizes, secs, warm, reps) = if a.smoke {
+            (vec![200], vec![64], 2.0, 0.5, 1)
+        } else if a.quick {
+            (vec![100, 1000], vec![64], 2.0, 1.0, 1)
+        } else {
+            (vec![100, 1000, 10_000], vec![64, 1024], 5.0, 1.0, 3)
+        };
+        Plan {
+            connections: a.connections.clone().unwrap_or(conns),
+            sizes: a.sizes.clone().unwrap_or(sizes),
+            seconds: a.seconds.unwrap_or(secs),
+            warmup: a.warmup.unwrap_or(warm),
+            reps: a.reps.unwrap_or(reps).max(1),
+            ramp: a.ramp.max(1),
+        }
+    }
+}
+
+/// One echo server to compare: a name and its command line, `{addr}` standing for the address.
+#[derive(Debug, Clone, Serialize)]
+struct ServerSpec {
+    name: String,
+    argv: Vec<String>,
+}
+
+/// One measurement: one backend, one cell, one repetition.
+#[derive(Debug, Clone, Serialize)]
+struct Sample {
+    backend: String,
+    connections: usize,
+    size: usize,
+    rep: usize,
+    connected: usize,
+    messages: u64,
+    seconds: f64,
+    msgs_per_s: f64,
+    bytes_per_s: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+    connect_errors: u64,
+    io_errors: u64,
+    /// Server CPU time (user + system) per message over the measured window, in µs.
+    server_cpu_us_per_msg: Option<f64>,
+    /// Server CPU use over the measured window, in % of one CPU.
+    server_cpu_pct: Option<f64>,
+    /// The server's peak resident set (VmHWM), in KiB.
+    server_peak_rss_kib: Option<u64>,
+}
+
+/// Median and range of one metric over the repetitions.
+#[derive(Debug, Clone, Copy, Serialize)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Option<Stat> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// Per cell and backend, over the repetitions.
+#[derive(Debug, Clone, Serialize)]
+struct Summary {
+    backend: String,
+    connections: usize,
+    size: usize,
+    reps: usize,
+    msgs_per_s: Stat,
+    p99_us: Stat,
+    server_cpu_us_per_msg: Option<Stat>,
+    /// Server CPU use in % of one CPU: near 100 means the server is the bottleneck.
+    server_cpu_pct: Option<Stat>,
+    server_peak_rss_kib: Option<Stat>,
+    connect_errors: u64,
+    io_errors: u64,
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    plan: &'a Plan,
+    cpus: usize,
+    samples: &'a [Sample],
+    summary: &'a [Summary],
+    failed_backends: &'a [String],
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("c10k: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the whole comparison; `Ok(false)` when `--smoke` saw an error.
+fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
+    let plan = Plan::from_args(args);
+    let servers = server_specs(args)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin = !args.no_pin && cpus >= 2;
+    if pin && which("taskset").is_none() {
+        eprintln!("note: `taskset` not found; the servers run unpinned");
+    }
+    if pin {
+        pin_self_to_cpu(1);
+    }
+    let max_conns = plan.connections.iter().copied().max().unwrap_or(0);
+    check_limits(max_conns);
+
+    let cells: Vec<(usize, usize)> = plan
+        .connections
+        .iter()
+        .flat_map(|&c| plan.sizes.iter().map(move |&s| (c, s)))
+        .collect();
+    let per_run = plan.warmup + plan.seconds + 1.0;
+    let total_runs = plan.reps * cells.len() * servers.len();
+    println!(
+        "c10k: {} backend(s) × {} cell(s) × {} rep(s), {:.1} s warm-up + {:.1} s each \
+         (about {:.0} s); server on CPU 0, client on CPU 1: {}",
+        servers.len(),
+        cells.len(),
+        plan.reps,
+        plan.warmup,
+        plan.seconds,
+        per_run * total_runs as f64,
+        if pin { "yes" } else { "no" }
+    );
+
+    let pb = ProgressBar::new(total_runs as u64);
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+
+    let mut samples = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    for rep in 0..plan.reps {
+        for (ci, &(conns, size)) in cells.iter().enumerate() {
+            let b = servers.len();
+            for k in 0..b {
+                let spec = &servers[(k + rep + ci) % b];
+                pb.set_message(format!(
+                    "rep {} · {conns} conns × {size} B · {}",
+                    rep + 1,
+                    spec.name
+                ));
+                match measure(spec, conns, size, rep, &plan, pin) {
+                    Ok(s) => {
+                        if s.connect_errors + s.io_errors > 0 {
+                            say(
+                                &pb,
+                                format!(
+                                    "{} {conns}×{size}B: {} connect error(s), {} I/O error(s)",
+                                    spec.name, s.connect_errors, s.io_errors
+                                ),
+                            );
+                        }
+                        samples.push(s);
+                    }
+                    Err(e) => {
+                        say(&pb, format!("{}: {e}", spec.name));
+                        if !failed.contains(&spec.name) {
+                            failed.push(spec.name.clone());
+                        }
+                    }
+                }
+                pb.inc(1);
+            }
+        }
+    }
+    pb.finish_and_clear();
+
+    let summary = summarize(&samples, &servers, &cells);
+    print_table(&summary, &servers);
+    for f in &failed {
+        println!("backend {f} FAILED to start or run (see above)");
+    }
+
+    let report = Report {
+        plan: &plan,
+        cpus,
+        samples: &samples,
+        summary: &summary,
+        failed_backends: &failed,
+    };
+    if let Some(dir) = args.json.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("results: {}", args.json.display());
+    if let Some(dir) = args.svg.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match draw_chart(&args.svg, &summary, &servers) {
+        Ok(()) => println!("chart:   {}", args.svg.display()),
+        Err(e) => eprintln!("chart not written: {e}"),
+    }
+
+    let errors: u64 = samples.iter().map(|s| s.connect_errors + s.io_errors).sum();
+    let ok = failed.is_empty() && errors == 0;
+    if args.smoke && !ok {
+        eprintln!("smoke FAILED: {errors} error(s), failed backends: {failed:?}");
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// The built-in servers asked for with `--backends`, then every `--server NAME=CMD`.
+/// Prints a line above the progress bar, or to stderr when the bar is hidden (not a terminal),
+/// where `ProgressBar::println` would print nothing.
+fn say(pb: &ProgressBar, line: String) {
+    if pb.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        pb.println(line);
+    }
+}
+
+fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Error>> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .map(Path::to_path_buf)
+        .ok_or("cannot find the directory of this executable")?;
+    let bin = |name: &str| -> Result<String, Box<dyn std::error::Error>> {
+        let p = dir.join(name);
+        if !p.exists() {
+            return Err(format!(
+                "{} is missing; build the servers first with\n    cargo build --release --examples",
+                p.display()
+            )
+            .into());
+        }
+        Ok(p.to_string_lossy().into_owned())
+    };
+    let mut specs = Vec::new();
+    for b in &args.backends {
+        let argv = match b.as_str() {
+            "uring" | "epoll" => vec![
+                bin("echo_server")?,
+                "--backend".into(),
+                b.clone(),
+                "--addr".into(),
+                "{addr}".into(),
+            ],
+            "tokio" => vec![bin("tokio_echo_server")?, "--addr".into(), "{addr}".into()],
+            "" => continue,
+            other => {
+                return Err(format!(
+                    "unknown backend {other:?} (built-ins: uring, epoll, tokio; use --server NAME=CMD for others)"
+                )
+                .into())
+            }
+        };
+        specs.push(ServerSpec {
+            name: b.clone(),
+            argv,
+        });
+    }
+    for s in &args.servers {
+        let (name, cmd) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--server {s:?}: expected NAME=CMD"))?;
+        let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
+        if argv.is_empty() || !cmd.contains("{addr}") {
+            return Err(format!("--server {s:?}: CMD must contain {{addr}}").into());
+        }
+        specs.push(ServerSpec {
+            name: name.to_string(),
+            argv,
+        });
+    }
+    if specs.is_empty() {
+        return Err("no backends to compare".into());
+    }
+    Ok(specs)
+}
+
+/// Raises `RLIMIT_NOFILE` to the hard limit and says, before anything starts, whether the
+/// descriptor limit and the ephemeral port range are enough for `conns` connections.
+fn check_limits(conns: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((_soft, hard)) => {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(0, |(s, _)| s);
+            // The client needs one descriptor per connection, and so does the server (which
+            // raises its own limit to the same hard limit); leave room for the runtime's own.
+            let need = conns as u64 + 64;
+            if soft < need {
+                eprintln!(
+                    "WARNING: the descriptor limit is {soft}, too small for {conns} connections \
+                     (need about {need}); raise the hard limit (`ulimit -Hn`, /etc/security/limits.conf) \
+                     or ask for fewer connections. Expect connect errors."
+                );
+            }
+        }
+        Err(e) => eprintln!("WARNING: cannot read RLIMIT_NOFILE: {e}"),
+    }
+    if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+        let v: Vec<u64> = range
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [lo, hi] = v[..] {
+            let ports = hi.saturating_sub(lo) + 1;
+            if (ports as usize) < conns {
+                eprintln!(
+                    "WARNING: the ephemeral port range {lo}-{hi} has {ports} ports, too few for \
+                     {conns} connections to one address; widen it with \
+                     `sysctl -w net.ipv4.ip_local_port_range=\"1024 65535\"` or ask for fewer."
+                );
+            }
+        }
+    }
+}
+
+fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(cmd))
+            .find(|p| p.is_file())
+    })
+}
+
+fn pin_self_to_cpu(cpu: usize) {
+    use nix::sched::{sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let mut set = CpuSet::new();
+    if set.set(cpu).is_ok() {
+        if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
+            eprintln!("note: could not pin the client to CPU {cpu}: {e}");
+        }
+    }
+}
+
+/// A running server child; killed (SIGTERM, then SIGKILL) on drop.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    /// Starts `spec` on a free loopback port and waits for its "listening on" line.
+    fn start(spec: &ServerSpec, pin: bool) -> Result<(Server, SocketAddr), String> {
+        let addr = free_port().map_err(|e| format!("no free port: {e}"))?;
+        let mut argv: Vec<String> = spec
+            .argv
+            .iter()
+            .map(|a| a.replace("{addr}", &addr.to_string()))
+            .collect();
+        if pin && which("taskset").is_some() {
+            argv.splice(0..0, ["taskset".to_string(), "-c".into(), "0".into()]);
+        }
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", argv.join(" ")))?;
+        let mut server = Server { child };
+        let stdout = server.child.stdout.take().expect("piped stdout");
+        let mut stderr = server.child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        // Both pipes are drained for the server's whole life, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref().map_while(Result::ok) {
+                if line.contains("listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            let _ = etx.send(s);
+        });
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            let err = erx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+            return Err(format!(
+                "`{}` did not print \"listening on\" within 10 s; stderr:\n{}",
+                argv.join(" "),
+                err.trim_end()
+            ));
+        }
+        Ok((server, addr))
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// utime + stime in clock ticks, from /proc/PID/stat.
+    fn cpu_ticks(&self) -> Option<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
+        // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // rest starts at field 3 (state); utime is field 14, stime field 15.
+        let utime: u64 = f.get(11)?.parse().ok()?;
+        let stime: u64 = f.get(12)?.parse().ok()?;
+        Some(utime + stime)
+    }
+
+    /// Peak resident set (VmHWM) in KiB.
+    fn peak_rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.local_addr()
+}
+
+fn clock_ticks_per_s() -> f64 {
+    match nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
+        _ => 100.0,
+    }
+}
+
+/// Starts the server, runs the load against it, stops it.
+fn measure(
+    spec: &ServerSpec,
+    conns: usize,
+    size: usize,
+    rep: usize,
+    plan: &Plan,
+    pin: bool,
+) -> Result<Sample, String> {
+    let (mut server, addr) = Server::start(spec, pin)?;
+    let load = LoadConfig {
+        addr,
+        connections: conns,
+        size,
+        warmup: Duration::from_secs_f64(plan.warmup),
+        duration: Duration::from_secs_f64(plan.seconds),
+        ramp: plan.ramp,
+    };
+    let mut cpu_start = None;
+    let mut cpu_end = None;
+    let out = run_load(&load, |phase| match phase {
+        Phase::Measuring => cpu_start = server.cpu_ticks(),
+        Phase::Stopped => cpu_end = server.cpu_ticks(),
+        Phase::Warmup => {}
+    })
+    .map_err(|e| format!("load generator: {e}"))?;
+    let rss = server.peak_rss_kib();
+    if !server.alive() {
+        return Err("the server exited during the run".into());
+    }
+    drop(server);
+
+    let h = &out.hist;
+    let cpu_us = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) => Some((b.saturating_sub(a)) as f64 / clock_ticks_per_s() * 1e6),
+        _ => None,
+    };
+    Ok(Sample {
+        backend: spec.name.clone(),
+        connections: conns,
+        size,
+        rep,
+        connected: out.connected,
+        messages: out.messages,
+        seconds: out.seconds,
+        msgs_per_s: out.messages as f64 / out.seconds,
+        bytes_per_s: (out.messages * size as u64) as f64 / out.seconds,
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+        connect_errors: out.connect_errors,
+        io_errors: out.io_errors,
+        server_cpu_us_per_msg: cpu_us
+            .filter(|_| out.messages > 0)
+            .map(|us| us / out.messages as f64),
+        server_cpu_pct: cpu_us.map(|us| us / (out.seconds * 1e6) * 100.0),
+        server_peak_rss_kib: rss,
+    })
+}
+
+struct LoadConfig {
+    addr: SocketAddr,
+    connections: usize,
+    size: usize,
+    warmup: Duration,
+    duration: Duration,
+    ramp: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Warmup,
+    Measuring,
+    Stopped,
+}
+
+struct LoadOutcome {
+    hist: Histogram<u64>,
+    messages: u64,
+    seconds: f64,
+    connected: usize,
+    connect_errors: u64,
+    io_errors: u64,
+}
+
+/// Shared by the connection tasks of one run (all on one thread).
+struct LoadState {
+    phase: Cell<Phase>,
+    hist: RefCell<Histogram<u64>>,
+    messages: Cell<u64>,
+    connected: Cell<usize>,
+    /// Connections that are open or have failed to open: the ramp is over when this is N.
+    settled: Cell<usize>,
+    finished: Cell<usize>,
+    connect_errors: Cell<u64>,
+    io_errors: Cell<u64>,
+}
+
+/// The load generator: opens `connections` connections (at most `ramp` connects in flight),
+/// waits until all are open, warms up, then measures round trips for `duration`.
+/// `on_phase` is called at each phase change, from inside the loop (to sample the server's CPU
+/// time exactly at the window's edges).
+fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Result<LoadOutcome> {
+    let rt = Runtime::new()?;
+    let state = Rc::new(LoadState {
+        phase: Cell::new(Phase::Warmup),
+        hist: RefCell::new(
+            Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        ),
+        messages: Cell::new(0),
+        connected: Cell::new(0),
+        settled: Cell::new(0),
+        finished: Cell::new(0),
+        connect_errors: Cell::new(0),
+        io_errors: Cell::new(0),
+    });
+    let ramp = Rc::new(Semaphore::new(cfg.ramp));
+    let seconds = rt.block_on(async {
+        let mut tasks = Vec::with_capacity(cfg.connections);
+        for id in 0..cfg.connections {
+            let (state, ramp) = (state.clone(), ramp.clone());
+            let (addr, size) = (cfg.addr, cfg.size);
+            tasks.push(spawn(async move {
+                connection(id, addr, size, &state, &ramp).await;
+                state.finished.set(state.finished.get() + 1);
+            }));
+        }
+        // The ramp: wait until every connection is open (or failed), with a generous bound.
+        let ramp_deadline = Instant::now() + Duration::from_secs(60);
+        while state.settled.get() < cfg.connections && Instant::now() < ramp_deadline {
+            let _ = sleep(Duration::from_millis(5)).await;
+        }
+        let _ = sleep(cfg.warmup).await;
+        on_phase(Phase::Measuring);
+        state.phase.set(Phase::Measuring);
+        state.messages.set(0);
+        let start = Instant::now();
+        let _ = sleep(cfg.duration).await;
+        state.phase.set(Phase::Stopped);
+        let seconds = start.elapsed().as_secs_f64();
+        on_phase(Phase::Stopped);
+        // Every connection finishes its round trip in flight; one stuck for 5 s is cancelled
+        // and counted as an I/O error.
+        let drain_deadline = Instant::now() + Duration::from_secs(5);
+        while state.finished.get() < cfg.connections && Instant::now() < drain_deadline {
+            let _ = sleep(Duration::from_millis(5)).await;
+        }
+        let stuck = cfg.connections - state.finished.get();
+        if stuck > 0 {
+            eprintln!("{stuck} connection(s) got no reply within 5 s after the run");
+            state.io_errors.set(state.io_errors.get() + stuck as u64);
+            for t in &tasks {
+                t.cancel();
+            }
+        }
+        let _ = gather_settled(tasks).await;
+        seconds
+    });
+    let messages = state.messages.get();
+    let hist = state
+        .hist
+        .replace(Histogram::new(3).expect("valid histogram"));
+    Ok(LoadOutcome {
+        hist,
+        messages,
+        seconds,
+        connected: state.connected.get(),
+        connect_errors: state.connect_errors.get(),
+        io_errors: state.io_errors.get(),
+    })
+}
+
+/// One client connection: connect under the ramp's permit, then ping-pong until stopped.
+///
+/// Each message carries its sequence number in its first 8 bytes over a per-connection pattern,
+/// so a reply that is stale, shifted, or from another connection never compares equal.
+async fn connection(id: usize, addr: SocketAddr, size: usize, st: &LoadState, ramp: &Semaphore) {
+    let stream = {
+        let _permit = ramp.acquire().await;
+        let r = TcpStream::connect(addr).await;
+        st.settled.set(st.settled.get() + 1);
+        match r {
+            Ok(s) => s,
+            Err(_) => {
+                st.connect_errors.set(st.connect_errors.get() + 1);
+                return;
+            }
+        }
+    };
+    st.connected.set(st.connected.get() + 1);
+    let _ = stream.set_nodelay(true);
+    let mut out: Vec<u8> = (0..size).map(|i| (i * 7 + id) as u8).collect();
+    let mut back: Vec<u8> = Vec::with_capacity(size);
+    let mut seq: u64 = 0;
+    while st.phase.get() != Phase::Stopped {
+        seq += 1;
+        let stamp = seq.to_le_bytes();
+        let n = stamp.len().min(size);
+        out[..n].copy_from_slice(&stamp[..n]);
+        // Only round trips that start and end inside the measured window count: one that
+        // began during the warm-up (say, behind a connection still in the server's accept
+        // queue) would otherwise charge the warm-up's stall to the measurement.
+        let started_measuring = st.phase.get() == Phase::Measuring;
+        let t0 = Instant::now();
+        let (w, o) = stream.write_all(out).await;
+        out = o;
+        back.clear();
+        let (r, b) = stream.read_exact(back).await;
+        back = b;
+        if w.is_err() || r.is_err() || back != out {
+            st.io_errors.set(st.io_errors.get() + 1);
+            return;
+        }
+        if started_measuring && st.phase.get() == Phase::Measuring {
+            let us = (t0.elapsed().as_micros() as u64).clamp(1, 60_000_000);
+            let _ = st.hist.borrow_mut().record(us);
+            st.messages.set(st.messages.get() + 1);
+        }
+    }
+}
+
+fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)]) -> Vec<Summary> {
+    let mut out = Vec::new();
+    for &(c, s) in cells {
+        for spec in servers {
+            let v: Vec<&Sample> = samples
+                .iter()
+                .filter(|x| x.backend == spec.name && x.connections == c && x.size == s)
+                .collect();
+            let Some(msgs) = Stat::of(v.iter().map(|x| x.msgs_per_s).collect()) else {
+                continue;
+            };
+            out.push(Summary {
+                backend: spec.name.clone(),
+                connections: c,
+                size: s,
+                reps: v.len(),
+                msgs_per_s: msgs,
+                p99_us: Stat::of(v.iter().map(|x| x.p99_us as f64).collect()).expect("non-empty"),
+                server_cpu_us_per_msg: Stat::of(
+                    v.iter().filter_map(|x| x.server_cpu_us_per_msg).collect(),
+                ),
+                server_cpu_pct: Stat::of(v.iter().filter_map(|x| x.server_cpu_pct).collect()),
+                server_peak_rss_kib: Stat::of(
+                    v.iter()
+                        .filter_map(|x| x.server_peak_rss_kib.map(|k| k as f64))
+                        .collect(),
+                ),
+                connect_errors: v.iter().map(|x| x.connect_errors).sum(),
+                io_errors: v.iter().map(|x| x.io_errors).sum(),
+            });
+        }
+    }
+    out
+}
+
+fn fmt_rate(x: f64) -> String {
+    if x >= 1e6 {
+        format!("{:.2}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}k", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
+    let baseline = servers.iter().any(|s| s.name == "tokio");
+    println!();
+    println!(
+        "{:>6} {:>6}  {:<8} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9}  {:>7}",
+        "conns",
+        "size",
+        "backend",
+        "msgs/s median [min–max]",
+        "×tokio",
+        "CPU µs/msg",
+        "×tokio",
+        "srv CPU",
+        "p99 µs [min–max]",
+        "RSS MiB",
+        "errors"
+    );
+    let mut by_cell: BTreeMap<(usize, usize), Vec<&Summary>> = BTreeMap::new();
+    for s in summary {
+        by_cell.entry((s.connections, s.size)).or_default().push(s);
+    }
+    for ((c, size), rows) in by_cell {
+        let tokio = rows.iter().find(|r| r.backend == "tokio");
+        for r in &rows {
+            let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                (Some(a), Some(b)) if baseline && b > 0.0 => format!("{:.2}", a / b),
+                _ => "-".into(),
+            };
+            let cpu = r.server_cpu_us_per_msg.map(|s| s.median);
+            println!(
+                "{:>6} {:>6}  {:<8} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9}  {:>7}",
+                c,
+                size,
+                r.backend,
+                format!(
+                    "{} [{}–{}]",
+                    fmt_rate(r.msgs_per_s.median),
+                    fmt_rate(r.msgs_per_s.min),
+                    fmt_rate(r.msgs_per_s.max)
+                ),
+                ratio(
+                    Some(r.msgs_per_s.median),
+                    tokio.map(|t| t.msgs_per_s.median)
+                ),
+                cpu.map_or("-".into(), |x| format!("{x:.2}")),
+                ratio(
+                    cpu,
+                    tokio.and_then(|t| t.server_cpu_us_per_msg.map(|s| s.median))
+                ),
+                r.server_cpu_pct
+                    .map_or("-".into(), |p| format!("{:.0}%", p.median)),
+                format!(
+                    "{:.0} [{:.0}–{:.0}]",
+                    r.p99_us.median, r.p99_us.min, r.p99_us.max
+                ),
+                r.server_peak_rss_kib
+                    .map_or("-".into(), |k| format!("{:.1}", k.median / 1024.0)),
+                r.connect_errors + r.io_errors,
+            );
+        }
+    }
+    println!();
+}
+
+/// Two panels: messages/s and p99 latency against the connection count (log scale), one line
+/// per backend and message size.
+fn draw_chart(
+    path: &Path,
+    summary: &[Summary],
+    servers: &[ServerSpec],
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    if summary.is_empty() {
+        return Err("no results".into());
+    }
+    let cmin = summary.iter().map(|s| s.connections).min().unwrap_or(1) as f64;
+    let cmax = summary.iter().map(|s| s.connections).max().unwrap_or(1) as f64;
+    let (xlo, xhi) = (cmin / 1.5, cmax * 1.5);
+    let mut sizes: Vec<usize> = summary.iter().map(|s| s.size).collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+
+    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    type Metric = fn(&Summary) -> f64;
+    let metrics: [(&str, Metric); 2] = [
+        ("messages/s (median)", |s| s.msgs_per_s.median),
+        ("p99 round trip, µs (median)", |s| s.p99_us.median),
+    ];
+    for (panel, (title, metric)) in panels.iter().zip(metrics) {
+        let ymax = summary.iter().map(metric).fold(0.0, f64::max) * 1.1 + 1.0;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(title, ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(70)
+            .build_cartesian_2d((xlo..xhi).log_scale(), 0.0..ymax)?;
+        chart
+            .configure_mesh()
+            .x_desc("connections")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| fmt_rate(*y))
+            .draw()?;
+        for (bi, spec) in servers.iter().enumerate() {
+            for (si, &size) in sizes.iter().enumerate() {
+                let mut pts: Vec<(f64, f64)> = summary
+                    .iter()
+                    .filter(|s| s.backend == spec.name && s.size == size)
+                    .map(|s| (s.connections as f64, metric(s)))
+                    .collect();
+                if pts.is_empty() {
+                    continue;
+                }
+                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let color = Palette99::pick(bi).to_rgba();
+                let style = ShapeStyle {
+                    color,
+                    filled: true,
+                    stroke_width: if si == 0 { 2 } else { 1 },
+                };
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), style))?
+                    .label(format!("{} {} B", spec.name, size))
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+            }
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
