@@ -63,6 +63,37 @@ async fn connected() -> (TcpListener, TcpStream, TcpStream) {
     (listener, client, server)
 }
 
+/// Sends 256 KiB counted buffers to a peer that never reads until one send stays pending (both
+/// socket buffers are full); returns how many completed and the pending send's future.
+async fn send_until_one_stays_pending<'a>(
+    server: &'a TcpStream,
+    drops: &Rc<Cell<usize>>,
+) -> (
+    usize,
+    Pin<Box<impl Future<Output = (std::io::Result<usize>, CountedBuf)> + 'a>>,
+) {
+    let mut completed = 0;
+    for _ in 0..1000 {
+        let mut send = Box::pin(server.write(CountedBuf::filled(256 * 1024, drops)));
+        let mut done = poll_once(&mut send).await;
+        if done.is_pending() {
+            // Give the kernel a couple of iterations to take it.
+            tick().await;
+            tick().await;
+            done = poll_once(&mut send).await;
+        }
+        match done {
+            Poll::Ready((r, buf)) => {
+                assert!(r.unwrap() > 0);
+                drop(buf);
+                completed += 1;
+            }
+            Poll::Pending => return (completed, send),
+        }
+    }
+    panic!("no send ever stayed pending");
+}
+
 /// Blocks (bounded, without the loop) until `fd` is readable: data queued on a socket, or a
 /// connection waiting in a listener's accept queue.
 fn wait_readable(fd: RawFd) {
@@ -232,30 +263,7 @@ fn send_future_dropped_in_flight_keeps_buffer_until_completion() {
             // stays pending.
             let (listener, client, server) = connected().await;
             let drops = Rc::new(Cell::new(0));
-            let mut completed = 0;
-            let mut in_flight = None;
-            for _ in 0..1000 {
-                let mut send = Box::pin(server.write(CountedBuf::filled(256 * 1024, &drops)));
-                let mut done = poll_once(&mut send).await;
-                if done.is_pending() {
-                    // Give the kernel a couple of iterations to take it.
-                    tick().await;
-                    tick().await;
-                    done = poll_once(&mut send).await;
-                }
-                match done {
-                    Poll::Ready((r, buf)) => {
-                        assert!(r.unwrap() > 0);
-                        drop(buf);
-                        completed += 1;
-                    }
-                    Poll::Pending => {
-                        in_flight = Some(send);
-                        break;
-                    }
-                }
-            }
-            let send = in_flight.expect("no send ever stayed pending");
+            let (completed, send) = send_until_one_stays_pending(&server, &drops).await;
             assert!(completed > 0, "the first sends fill the buffers");
             assert_eq!(drops.get(), completed);
             assert_eq!(rt.stats().ops_in_flight, 1);
@@ -665,29 +673,7 @@ fn zero_copy_send_dropped_in_flight_keeps_buffer_until_notification() {
         assert!(ringloop_runtime::zero_copy_send());
         let (listener, client, server) = connected().await;
         let drops = Rc::new(Cell::new(0));
-        let mut completed = 0;
-        let mut in_flight = None;
-        for _ in 0..1000 {
-            let mut send = Box::pin(server.write(CountedBuf::filled(256 * 1024, &drops)));
-            let mut done = poll_once(&mut send).await;
-            if done.is_pending() {
-                tick().await;
-                tick().await;
-                done = poll_once(&mut send).await;
-            }
-            match done {
-                Poll::Ready((r, buf)) => {
-                    assert!(r.unwrap() > 0);
-                    drop(buf);
-                    completed += 1;
-                }
-                Poll::Pending => {
-                    in_flight = Some(send);
-                    break;
-                }
-            }
-        }
-        let send = in_flight.expect("no send ever stayed pending");
+        let (completed, send) = send_until_one_stays_pending(&server, &drops).await;
         assert_eq!(
             drops.get(),
             completed,
