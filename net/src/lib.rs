@@ -22,6 +22,23 @@
 
 #![warn(missing_docs)]
 
+/// `AsSharedFd` and `AsRawFd` for a socket type whose descriptor is its `fd: SharedFd` field.
+macro_rules! socket_fd_impls {
+    ($ty:ty) => {
+        impl $crate::socket::AsSharedFd for $ty {
+            fn as_shared_fd(&self) -> &ringloop_runtime::SharedFd {
+                &self.fd
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.fd.raw()
+            }
+        }
+    };
+}
+
 /// Builds an SQE naming a socket by its registered file-table slot when it has one
 /// (`Builder::registered_fds`), else by descriptor: `with_target!(fd, t => opcode::X::new(t, ...).build())`.
 macro_rules! with_target {

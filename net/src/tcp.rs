@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use std::future::poll_fn;
@@ -15,7 +15,7 @@ use ringloop_runtime::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
-use crate::socket::{self, AsSharedFd, SendAllError};
+use crate::socket::{self, SendAllError};
 
 /// Options for binding a [`TcpListener`].
 ///
@@ -179,17 +179,7 @@ impl TcpListener {
     }
 }
 
-impl AsSharedFd for TcpListener {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
-
-impl AsRawFd for TcpListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.raw()
-    }
-}
+socket_fd_impls!(TcpListener);
 
 /// See [`TcpListener::incoming`]. On io_uring one multishot accept serves every connection
 /// (at most 64 accepted sockets queue unread; then the kernel's backlog holds the rest).
@@ -463,17 +453,7 @@ pub(crate) async fn read_exact<B: IoBufMut>(fd: &SharedFd, buf: B) -> (io::Resul
     (Ok(()), buf)
 }
 
-impl AsSharedFd for TcpStream {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
-
-impl AsRawFd for TcpStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.raw()
-    }
-}
+socket_fd_impls!(TcpStream);
 
 /// The read half of a [`TcpStream`] (from [`TcpStream::into_split`]).
 #[derive(Debug)]
@@ -493,11 +473,7 @@ impl OwnedReadHalf {
     }
 }
 
-impl AsSharedFd for OwnedReadHalf {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
+socket_fd_impls!(OwnedReadHalf);
 
 /// The write half of a [`TcpStream`] (from [`TcpStream::into_split`]). Dropping it shuts down
 /// the write direction.
@@ -518,11 +494,7 @@ impl OwnedWriteHalf {
     }
 }
 
-impl AsSharedFd for OwnedWriteHalf {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
+socket_fd_impls!(OwnedWriteHalf);
 
 impl Drop for OwnedWriteHalf {
     fn drop(&mut self) {

@@ -21,14 +21,14 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use ringloop_runtime::{Op, SharedFd};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
 use crate::ops;
-use crate::socket::{self, AsSharedFd};
+use crate::socket;
 use crate::tcp::{local_addr, with_socket};
 
 /// A UDP socket.
@@ -207,14 +207,4 @@ impl UdpSocket {
     }
 }
 
-impl AsSharedFd for UdpSocket {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
-
-impl AsRawFd for UdpSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.raw()
-    }
-}
+socket_fd_impls!(UdpSocket);

@@ -27,7 +27,7 @@
 
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::SocketAddr;
 use std::path::Path;
@@ -38,7 +38,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
 use crate::ops;
-use crate::socket::{self, AsSharedFd, SendAllError};
+use crate::socket::{self, SendAllError};
 use crate::tcp::{read_exact, with_socket};
 
 /// The listen backlog of [`UnixListener::bind`] (the kernel caps it at `net.core.somaxconn`).
@@ -160,17 +160,7 @@ impl UnixListener {
     }
 }
 
-impl AsSharedFd for UnixListener {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
-
-impl AsRawFd for UnixListener {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.raw()
-    }
-}
+socket_fd_impls!(UnixListener);
 
 /// A Unix stream connection.
 ///
@@ -308,17 +298,7 @@ impl UnixStream {
     }
 }
 
-impl AsSharedFd for UnixStream {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
-
-impl AsRawFd for UnixStream {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.raw()
-    }
-}
+socket_fd_impls!(UnixStream);
 
 /// The read half of a [`UnixStream`] (from [`UnixStream::into_split`]).
 #[derive(Debug)]
@@ -338,11 +318,7 @@ impl OwnedReadHalf {
     }
 }
 
-impl AsSharedFd for OwnedReadHalf {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
+socket_fd_impls!(OwnedReadHalf);
 
 /// The write half of a [`UnixStream`] (from [`UnixStream::into_split`]). Dropping it shuts
 /// down the write direction.
@@ -363,11 +339,7 @@ impl OwnedWriteHalf {
     }
 }
 
-impl AsSharedFd for OwnedWriteHalf {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
+socket_fd_impls!(OwnedWriteHalf);
 
 impl Drop for OwnedWriteHalf {
     fn drop(&mut self) {
@@ -518,17 +490,7 @@ impl UnixDatagram {
     }
 }
 
-impl AsSharedFd for UnixDatagram {
-    fn as_shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
-}
-
-impl AsRawFd for UnixDatagram {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.raw()
-    }
-}
+socket_fd_impls!(UnixDatagram);
 
 /// Sends one Unix datagram, waiting while the receiver's queue is full.
 ///
