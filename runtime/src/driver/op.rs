@@ -27,6 +27,7 @@ use io_uring::squeue;
 use super::errno::is_would_block;
 use super::{Backend, OpKey};
 use crate::context;
+use crate::runtime::Core;
 use crate::task::Cancelled;
 use crate::time::take_cancel;
 
@@ -156,66 +157,64 @@ impl<T: OpKind> Op<T> {
             .complete(result, flags)
     }
 
-    fn poll_uring(&mut self, cx: &mut Context<'_>) -> Poll<T::Output> {
-        context::with_core(|core| {
-            if let State::Unsubmitted = self.state {
-                // A cancellation already pending (one re-posted after an op won its race, or
-                // one that arrived while the task was queued) is delivered here: nothing has
-                // been submitted, so nothing can be lost, and an op that went to the kernel
-                // without a wake would leave the request unseen.
-                if let Some(c) = take_cancel() {
-                    return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
-                }
-                let data = self.data.as_mut().expect("op data present");
-                let sqe = data.sqe();
-                // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
-                // by `data`, which is boxed (never moves) and stays alive until this op's
-                // completion: here until `finish`, or in the op table as an orphan.
-                match unsafe { core.uring_submit(sqe, cx.waker()) } {
-                    Ok(key) => {
-                        self.state = State::InFlight { key, cancel: None };
-                        return Poll::Pending;
-                    }
-                    Err(e) => return Poll::Ready(self.finish(Err(e), 0)),
-                }
+    fn poll_uring(&mut self, core: &Core, cx: &mut Context<'_>) -> Poll<T::Output> {
+        if let State::Unsubmitted = self.state {
+            // A cancellation already pending (one re-posted after an op won its race, or
+            // one that arrived while the task was queued) is delivered here: nothing has
+            // been submitted, so nothing can be lost, and an op that went to the kernel
+            // without a wake would leave the request unseen.
+            if let Some(c) = take_cancel() {
+                return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
             }
-            let State::InFlight { key, cancel } = &mut self.state else {
-                panic!("Op polled after completion");
+            let data = self.data.as_mut().expect("op data present");
+            let sqe = data.sqe();
+            // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
+            // by `data`, which is boxed (never moves) and stays alive until this op's
+            // completion: here until `finish`, or in the op table as an orphan.
+            match unsafe { core.uring_submit(sqe, cx.waker()) } {
+                Ok(key) => {
+                    self.state = State::InFlight { key, cancel: None };
+                    return Poll::Pending;
+                }
+                Err(e) => return Poll::Ready(self.finish(Err(e), 0)),
+            }
+        }
+        let State::InFlight { key, cancel } = &mut self.state else {
+            panic!("Op polled after completion");
+        };
+        let key = *key;
+        if let Some((res, flags)) = core.uring_take(key, cx.waker()) {
+            let result = cqe_result(res);
+            let result = match cancel.take() {
+                Some(c) if res == -libc::ECANCELED => Err(io::Error::from(c)),
+                Some(c) => {
+                    // The op won the race: its real result is delivered and the
+                    // cancellation waits for the task's next await.
+                    drop(c);
+                    context::with_current(|t| {
+                        if let Some(t) = t {
+                            t.header().repost_cancel()
+                        }
+                    });
+                    result
+                }
+                None => result,
             };
-            let key = *key;
-            if let Some((res, flags)) = core.uring_take(key, cx.waker()) {
-                let result = cqe_result(res);
-                let result = match cancel.take() {
-                    Some(c) if res == -libc::ECANCELED => Err(io::Error::from(c)),
-                    Some(c) => {
-                        // The op won the race: its real result is delivered and the
-                        // cancellation waits for the task's next await.
-                        drop(c);
-                        context::with_current(|t| {
-                            if let Some(t) = t {
-                                t.header().repost_cancel()
-                            }
-                        });
-                        result
-                    }
-                    None => result,
-                };
-                return Poll::Ready(self.finish(result, flags));
+            return Poll::Ready(self.finish(result, flags));
+        }
+        if cancel.is_none() {
+            if let Some(c) = take_cancel() {
+                core.uring_cancel(key);
+                *cancel = Some(c);
             }
-            if cancel.is_none() {
-                if let Some(c) = take_cancel() {
-                    core.uring_cancel(key);
-                    *cancel = Some(c);
-                }
-            }
-            Poll::Pending
-        })
+        }
+        Poll::Pending
     }
 
-    fn poll_epoll(&mut self, cx: &mut Context<'_>) -> Poll<T::Output> {
+    fn poll_epoll(&mut self, core: &Core, cx: &mut Context<'_>) -> Poll<T::Output> {
         let data = self.data.as_mut().expect("Op polled after completion");
         let result = data.attempt();
-        context::with_core(|core| core.driver_mut().count_attempt());
+        core.driver_mut().count_attempt();
         let waiter = match &mut self.state {
             State::Waiting { waiter } => waiter.take(),
             _ => None,
@@ -224,14 +223,12 @@ impl<T: OpKind> Op<T> {
             Err(e) if is_would_block(&e) => {
                 if let Some(c) = take_cancel() {
                     if let Some((fd, token)) = waiter {
-                        context::with_core(|core| core.epoll_unwait(fd, token));
+                        core.epoll_unwait(fd, token);
                     }
                     return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
                 }
                 let (fd, interest) = data.readiness();
-                let token = context::with_core(|core| {
-                    core.epoll_wait_for(fd, interest, waiter.map(|w| w.1), cx.waker())
-                });
+                let token = core.epoll_wait_for(fd, interest, waiter.map(|w| w.1), cx.waker());
                 match token {
                     Ok(token) => {
                         self.state = State::Waiting {
@@ -244,7 +241,7 @@ impl<T: OpKind> Op<T> {
             }
             done => {
                 if let Some((fd, token)) = waiter {
-                    context::with_core(|core| core.epoll_unwait(fd, token));
+                    core.epoll_unwait(fd, token);
                 }
                 Poll::Ready(self.finish(done, 0))
             }
@@ -257,10 +254,11 @@ impl<T: OpKind> Future for Op<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let this = self.get_mut();
-        match context::with_core(|core| core.backend()) {
-            Backend::IoUring => this.poll_uring(cx),
-            _ => this.poll_epoll(cx),
-        }
+        // One look-up of the running core per poll, shared by the backend's path.
+        context::with_core(|core| match core.backend() {
+            Backend::IoUring => this.poll_uring(core, cx),
+            _ => this.poll_epoll(core, cx),
+        })
     }
 }
 

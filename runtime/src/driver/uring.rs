@@ -107,6 +107,8 @@ pub(crate) struct Uring {
     /// Orphans whose completion arrived; finished outside the driver's borrow because
     /// finishing one runs its `complete` (which may close sockets, and so call back in).
     finished_orphans: Vec<(Box<dyn Orphan>, i32, u32)>,
+    /// Wakers collected while reaping, woken after; kept to reuse its allocation every iteration.
+    woken: Vec<Waker>,
     /// The wake poll is armed (re-armed when a completion ends it).
     wake_armed: bool,
     wake_fd: i32,
@@ -203,6 +205,7 @@ impl Uring {
             next_generation: 0,
             cancels: VecDeque::new(),
             finished_orphans: Vec::new(),
+            woken: Vec::new(),
             wake_armed: false,
             wake_fd: wake.raw(),
             send_zc: probe.is_supported(opcode::SendZc::CODE),
@@ -607,7 +610,7 @@ impl Uring {
             cancels,
             ..
         } = self;
-        let mut woken: Vec<Waker> = Vec::new();
+        let mut woken = std::mem::take(&mut self.woken);
         let mut drain_wake = false;
         for cqe in ring.completion() {
             let (ud, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
@@ -724,9 +727,10 @@ impl Uring {
         if !self.wake_armed {
             self.arm_wake();
         }
-        for w in woken {
+        for w in woken.drain(..) {
             w.wake();
         }
+        self.woken = woken;
     }
 
     /// Shutdown: cancel every op the kernel holds and reap until none is left, for at most
