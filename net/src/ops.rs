@@ -302,7 +302,8 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
     }
 }
 
-/// `recvmsg` into an owned buffer, with the sender's address (datagram sockets).
+/// `recvmsg` into an owned buffer, with the sender's address and the datagram's real length
+/// (datagram sockets only: on a stream socket `MSG_TRUNC` would discard data).
 pub(crate) struct RecvFrom<B> {
     fd: SharedFd,
     buf: B,
@@ -339,11 +340,15 @@ impl<B: IoBufMut> RecvFrom<B> {
 // SAFETY: the SQE points at `self.msg`, which points at `self.iov`, `self.storage` (fields of
 // the boxed op) and into `self.buf` (stable, owned by the op); it names `self.fd`.
 unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
-    type Output = (io::Result<(usize, SockAddr)>, B);
+    type Output = (io::Result<RecvFromMeta>, B);
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
-        with_target!(self.fd, t => opcode::RecvMsg::new(t, &mut self.msg).build())
+        // MSG_TRUNC as a *request* flag makes a datagram socket return the datagram's real
+        // length even when the buffer was shorter, which is how truncation is told apart.
+        with_target!(self.fd, t => opcode::RecvMsg::new(t, &mut self.msg)
+            .flags(libc::MSG_TRUNC as u32)
+            .build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -353,20 +358,40 @@ unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
     fn attempt(&mut self) -> io::Result<u32> {
         self.prepare();
         // SAFETY: `msg` points at our own live fields, set up by `prepare`.
-        cvt(unsafe { libc::recvmsg(self.fd.raw(), &mut self.msg, libc::MSG_DONTWAIT) })
+        cvt(unsafe {
+            libc::recvmsg(
+                self.fd.raw(),
+                &mut self.msg,
+                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            )
+        })
     }
 
     fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
         let mut this = *self;
-        let result = result.map(|n| {
-            // SAFETY: the kernel wrote `n` bytes at the buffer's start and `msg_namelen` bytes
-            // of address.
-            unsafe { this.buf.set_init(n as usize) };
+        let result = result.map(|datagram_len| {
+            let datagram_len = datagram_len as usize;
+            let stored = datagram_len.min(this.buf.bytes_total());
+            // SAFETY: the kernel wrote min(datagram length, capacity) bytes at the buffer's
+            // start (`datagram_len` is the untruncated length, because of MSG_TRUNC).
+            unsafe { this.buf.set_init(stored) };
+            // SAFETY: the kernel wrote `msg_namelen` bytes of address into `storage`.
             let addr = unsafe { SockAddr::new(this.storage, this.msg.msg_namelen) };
-            (n as usize, addr)
+            RecvFromMeta {
+                stored,
+                datagram_len,
+                addr,
+            }
         });
         (result, this.buf)
     }
+}
+
+/// What one `RecvFrom` learned: the bytes stored, the datagram's real length, the sender.
+pub(crate) struct RecvFromMeta {
+    pub(crate) stored: usize,
+    pub(crate) datagram_len: usize,
+    pub(crate) addr: SockAddr,
 }
 
 /// `sendmsg` an owned buffer's initialised bytes to an address (datagram sockets).

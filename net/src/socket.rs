@@ -134,3 +134,28 @@ pub async fn sock_connect(sock: &impl AsSharedFd, addr: SocketAddr) -> io::Resul
 pub(crate) async fn connect_addr(sock: &SharedFd, addr: SockAddr) -> io::Result<()> {
     Op::new(ops::Connect::new(sock.clone(), addr)).await
 }
+
+/// What one datagram receive learned besides the bytes: how many were stored, the datagram's
+/// real length, and the sender. Returned by [`UdpSocket::recv_datagram`] and
+/// [`UnixDatagram::recv_datagram`].
+///
+/// [`UdpSocket::recv_datagram`]: crate::UdpSocket::recv_datagram
+/// [`UnixDatagram::recv_datagram`]: crate::UnixDatagram::recv_datagram
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatagramMeta<A> {
+    /// Bytes stored in the buffer (at most its capacity).
+    pub len: usize,
+    /// The datagram's length as sent; larger than `len` when the buffer was too short and the
+    /// rest was discarded.
+    pub datagram_len: usize,
+    /// Who sent it.
+    pub from: A,
+}
+
+impl<A> DatagramMeta<A> {
+    /// Whether the buffer was too short for the datagram, so its tail was discarded (the
+    /// kernel's `MSG_TRUNC`).
+    pub fn is_truncated(&self) -> bool {
+        self.datagram_len > self.len
+    }
+}

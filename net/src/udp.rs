@@ -28,7 +28,7 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
 use crate::ops;
-use crate::socket;
+use crate::socket::{self, DatagramMeta};
 use crate::tcp::{local_addr, with_socket};
 
 /// A UDP socket.
@@ -93,20 +93,51 @@ impl UdpSocket {
     }
 
     /// Receives one datagram into `buf` (from its start, up to its capacity) and says who sent
-    /// it. A datagram longer than the buffer is truncated: the rest is discarded. A count of 0
-    /// is an empty datagram, not an end of stream (UDP has none).
+    /// it. A datagram longer than the buffer is truncated: the rest is discarded, as with
+    /// `std`'s and asyncio's `recvfrom` ([`recv_datagram`](Self::recv_datagram) tells when that
+    /// happened). A count of 0 is an empty datagram, not an end of stream (UDP has none).
     ///
     /// # Errors
     /// The real errno (`ECONNREFUSED` on a connected socket whose peer's port is closed, ...);
     /// a cancellation (see [`ringloop_runtime::is_cancelled`]), after which no datagram was
     /// consumed.
     pub async fn recv_from<B: IoBufMut>(&self, buf: B) -> (io::Result<(usize, SocketAddr)>, B) {
+        let (r, buf) = self.recv_datagram(buf).await;
+        (r.map(|meta| (meta.len, meta.from)), buf)
+    }
+
+    /// Receives one datagram like [`recv_from`](Self::recv_from), and also reports its real
+    /// length, so a truncated datagram can be told apart:
+    ///
+    /// ```no_run
+    /// # use ringloop_net::UdpSocket;
+    /// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+    /// let socket = UdpSocket::bind("127.0.0.1:0".parse().unwrap())?;
+    /// let (meta, buf) = socket.recv_datagram(vec![0u8; 512]).await;
+    /// let meta = meta?;
+    /// if meta.is_truncated() {
+    ///     eprintln!("{} sent {} bytes; kept {}", meta.from, meta.datagram_len, buf.len());
+    /// }
+    /// # Ok::<_, std::io::Error>(()) });
+    /// ```
+    ///
+    /// # Errors
+    /// As [`recv_from`](Self::recv_from).
+    pub async fn recv_datagram<B: IoBufMut>(
+        &self,
+        buf: B,
+    ) -> (io::Result<DatagramMeta<SocketAddr>>, B) {
         let (r, buf) = Op::new(ops::RecvFrom::new(self.fd.clone(), buf)).await;
-        let r = r.and_then(|(n, addr)| {
-            let addr = addr
+        let r = r.and_then(|meta| {
+            let from = meta
+                .addr
                 .as_socket()
                 .ok_or_else(|| io::Error::other("received from a non-IP address"))?;
-            Ok((n, addr))
+            Ok(DatagramMeta {
+                len: meta.stored,
+                datagram_len: meta.datagram_len,
+                from,
+            })
         });
         (r, buf)
     }

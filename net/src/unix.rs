@@ -38,7 +38,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
 use crate::ops;
-use crate::socket::{self, SendAllError};
+use crate::socket::{self, DatagramMeta, SendAllError};
 use crate::tcp::{read_exact, with_socket};
 
 /// The listen backlog of [`UnixListener::bind`] (the kernel caps it at `net.core.somaxconn`).
@@ -429,13 +429,34 @@ impl UnixDatagram {
     }
 
     /// Receives one datagram into `buf` (from its start, up to its capacity; a longer datagram
-    /// is truncated) and says who sent it (unnamed if the sender never bound).
+    /// is truncated, see [`recv_datagram`](Self::recv_datagram)) and says who sent it (unnamed
+    /// if the sender never bound).
     ///
     /// # Errors
     /// The real errno; a cancellation (no datagram consumed).
     pub async fn recv_from<B: IoBufMut>(&self, buf: B) -> (io::Result<(usize, SocketAddr)>, B) {
+        let (r, buf) = self.recv_datagram(buf).await;
+        (r.map(|meta| (meta.len, meta.from)), buf)
+    }
+
+    /// Receives one datagram like [`recv_from`](Self::recv_from), and also reports its real
+    /// length: [`DatagramMeta::is_truncated`] says whether the buffer was too short.
+    ///
+    /// # Errors
+    /// As [`recv_from`](Self::recv_from).
+    pub async fn recv_datagram<B: IoBufMut>(
+        &self,
+        buf: B,
+    ) -> (io::Result<DatagramMeta<SocketAddr>>, B) {
         let (r, buf) = Op::new(ops::RecvFrom::new(self.fd.clone(), buf)).await;
-        (r.and_then(|(n, addr)| Ok((n, to_std_addr(&addr)?))), buf)
+        let r = r.and_then(|meta| {
+            Ok(DatagramMeta {
+                len: meta.stored,
+                datagram_len: meta.datagram_len,
+                from: to_std_addr(&meta.addr)?,
+            })
+        });
+        (r, buf)
     }
 
     /// Sends `buf`'s initialised bytes as one datagram to the connected peer.

@@ -124,6 +124,31 @@ both_backends! {
 }
 
 both_backends! {
+    async fn recv_datagram_reports_truncation() {
+        let a = UdpSocket::bind(localhost()).unwrap();
+        let b = UdpSocket::bind(localhost()).unwrap();
+        let to = b.local_addr().unwrap();
+        let (r, _) = a.send_to(b"0123456789".as_slice(), to).await;
+        r.unwrap();
+        let (r, _) = a.send_to(b"fits".as_slice(), to).await;
+        r.unwrap();
+        // 1. Ten bytes into a four-byte buffer: four stored, ten reported, the rest gone.
+        let (meta, buf) = b.recv_datagram(Vec::with_capacity(4)).await;
+        let meta = meta.unwrap();
+        assert_eq!((meta.len, meta.datagram_len), (4, 10));
+        assert!(meta.is_truncated());
+        assert_eq!(meta.from, a.local_addr().unwrap());
+        assert_eq!(&buf[..], b"0123");
+        // 2. The next datagram is intact and not truncated.
+        let (meta, buf) = b.recv_datagram(vec![0u8; 64]).await;
+        let meta = meta.unwrap();
+        assert_eq!((meta.len, meta.datagram_len), (4, 4));
+        assert!(!meta.is_truncated());
+        assert_eq!(&buf[..meta.len], b"fits");
+    }
+}
+
+both_backends! {
     async fn connected_socket_to_a_closed_port_gets_econnrefused() {
         // A port that was free a moment ago: bind, note it, close.
         let closed = {

@@ -271,6 +271,19 @@ both_backends! {
 }
 
 both_backends! {
+    async fn datagram_recv_datagram_reports_truncation() {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        let (r, _) = a.send(b"abcdefgh".as_slice()).await;
+        r.unwrap();
+        let (meta, buf) = b.recv_datagram(Vec::with_capacity(3)).await;
+        let meta = meta.unwrap();
+        assert_eq!((meta.len, meta.datagram_len, meta.is_truncated()), (3, 8, true));
+        assert!(meta.from.is_unnamed());
+        assert_eq!(&buf[..], b"abc");
+    }
+}
+
+both_backends! {
     async fn datagram_send_to_recv_from_by_path() {
         let server_path = TempPath::new("dgram-srv");
         let client_path = TempPath::new("dgram-cli");
