@@ -35,8 +35,8 @@ use std::task::{Context, Poll};
 
 use io_uring::{cqueue, opcode, squeue};
 use ringloop_runtime::{
-    buffer_pool, Backend, BufPool, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf,
-    SharedFd,
+    buffer_pool, Backend, BufPool, BufWait, Interest, Multishot, MultishotKind, Op, OpKind,
+    PooledBuf, SharedFd,
 };
 
 use crate::buf::IoBuf;
@@ -68,17 +68,21 @@ pub struct PooledReceiver {
     pending: Option<Op<RecvPooled>>,
     fd: SharedFd,
     pool: Rc<BufPool>,
+    /// Its place in the pool's queue when the pool runs dry.
+    wait: BufWait,
     backend: Backend,
     eof: bool,
 }
 
 impl PooledReceiver {
     pub(crate) fn new(fd: SharedFd, cap: usize) -> PooledReceiver {
+        let pool = buffer_pool();
         PooledReceiver {
             multishot: Multishot::new(MultishotKind::Recv, cap),
             pending: None,
             fd,
-            pool: buffer_pool(),
+            wait: pool.waiter(),
+            pool,
             backend: ringloop_runtime::current_backend(),
             eof: false,
         }
@@ -101,25 +105,31 @@ impl PooledReceiver {
                 return Poll::Ready(Ok(None));
             }
             if !self.multishot.is_armed() {
-                if !self.pool.has_free() {
-                    self.pool.wait_for_free(cx.waker());
+                // The pool ran dry (or is about to): queue, first come first served.
+                if !self.wait.may_take() {
+                    self.wait.wait(cx.waker());
                     return cancel_or_pending();
                 }
                 let sqe = with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build());
                 // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
                 // as the multishot lives: the `Multishot` is dropped before `fd`, field order)
                 // and the pool's buffer group, whose memory the driver keeps.
-                unsafe { self.multishot.arm(sqe)? };
+                if let Err(e) = unsafe { self.multishot.arm(sqe) } {
+                    self.wait.release();
+                    return Poll::Ready(Err(e));
+                }
             }
             match self.multishot.poll_next(cx) {
                 Poll::Ready(Some((res, flags))) => {
                     let bid = cqueue::buffer_select(flags);
                     if res > 0 {
                         let Some(bid) = bid else {
+                            self.wait.release();
                             return Poll::Ready(Err(io::Error::other(
                                 "multishot receive completed without a buffer",
                             )));
                         };
+                        self.wait.took_buffer();
                         return Poll::Ready(Ok(Some(self.pool.take_filled(bid, res as usize))));
                     }
                     if let Some(bid) = bid {
@@ -127,13 +137,22 @@ impl PooledReceiver {
                     }
                     match res {
                         0 => {
+                            self.wait.release();
                             self.eof = true;
                             return Poll::Ready(Ok(None));
                         }
-                        // The pool ran dry, or the queue cap stopped the receive: re-arm
-                        // (above) once buffers are free / now that the queue was read.
-                        e if e == -libc::ENOBUFS || e == -libc::ECANCELED => continue,
-                        e => return Poll::Ready(Err(io::Error::from_raw_os_error(-e))),
+                        // The pool ran dry under us: queue (at the front if this was our
+                        // turn) and re-arm once a buffer is ours.
+                        e if e == -libc::ENOBUFS => {
+                            self.wait.lost_race();
+                            continue;
+                        }
+                        // The queue cap stopped the receive: re-arm now that it was read.
+                        e if e == -libc::ECANCELED => continue,
+                        e => {
+                            self.wait.release();
+                            return Poll::Ready(Err(io::Error::from_raw_os_error(-e)));
+                        }
                     }
                 }
                 // Ended with its last completion read: re-arm.
@@ -147,6 +166,11 @@ impl PooledReceiver {
         if self.eof {
             return Poll::Ready(Ok(None));
         }
+        if self.pending.is_none() && !self.wait.may_take() {
+            // Others queued for a buffer first.
+            self.wait.wait(cx.waker());
+            return cancel_or_pending();
+        }
         let op = self.pending.get_or_insert_with(|| {
             Op::new(RecvPooled {
                 fd: self.fd.clone(),
@@ -154,27 +178,40 @@ impl PooledReceiver {
                 buf: None,
             })
         });
-        let (result, buf) = std::task::ready!(Pin::new(op).poll(cx));
+        let Poll::Ready((result, buf)) = Pin::new(op).poll(cx) else {
+            // Waiting for the socket, holding no buffer: a turn goes to the next waiter.
+            self.wait.release();
+            return Poll::Pending;
+        };
         self.pending = None;
         Poll::Ready(match (result, buf) {
             (Ok(0), _) => {
+                self.wait.release();
                 self.eof = true;
                 Ok(None)
             }
             (Ok(n), Some(mut buf)) => {
+                self.wait.took_buffer();
                 buf.set_len(n as usize);
                 Ok(Some(buf))
             }
-            (Ok(_), None) => Err(io::Error::other(
-                "pooled receive completed without a buffer",
-            )),
+            (Ok(_), None) => {
+                self.wait.release();
+                Err(io::Error::other(
+                    "pooled receive completed without a buffer",
+                ))
+            }
             (Err(e), _) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                // The socket is readable but every pool buffer is out: wait for one to come
-                // back, then try again (the data waits in the socket).
-                self.pool.wait_for_free(cx.waker());
+                // The socket is readable but every pool buffer is out: queue for one, then
+                // try again (the data waits in the socket).
+                self.wait.lost_race();
+                self.wait.wait(cx.waker());
                 return cancel_or_pending();
             }
-            (Err(e), _) => Err(e),
+            (Err(e), _) => {
+                self.wait.release();
+                Err(e)
+            }
         })
     }
 }

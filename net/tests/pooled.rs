@@ -171,3 +171,72 @@ both_backends! {
         assert_eq!(&*chunk, b"after cancel");
     }
 }
+
+/// Receivers queued on a dry pool are served as buffers come back, including when some of the
+/// queued receivers go away first (their turn passes on; no free buffer is stranded).
+#[test]
+fn receivers_queued_on_a_dry_pool_are_all_served() {
+    for backend in BACKENDS {
+        let rt = Runtime::builder()
+            .backend(backend)
+            .buffer_pool(2, 512)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind(localhost()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let mut clients = Vec::new();
+            let mut servers = Vec::new();
+            for _ in 0..10 {
+                clients.push(TcpStream::connect(addr).await.unwrap());
+                servers.push(listener.accept().await.unwrap().0);
+            }
+            // 1. The first connection takes both buffers and holds them.
+            let mut rx0 = servers[0].pooled_receiver();
+            let mut held = Vec::new();
+            while held.len() < 2 {
+                let (r, _) = clients[0].write_all(vec![1u8; 400]).await;
+                r.unwrap();
+                held.push(rx0.recv().await.unwrap().unwrap());
+            }
+            assert_eq!(ringloop_runtime::buffer_pool().out(), 2);
+            // 2. Nine more connections have data; their receivers queue for a buffer.
+            let receivers: Vec<_> = servers
+                .drain(1..)
+                .enumerate()
+                .map(|(i, conn)| {
+                    spawn(async move {
+                        let mut rx = conn.pooled_receiver();
+                        let chunk = rx.recv().await.unwrap().unwrap();
+                        assert!(chunk.iter().all(|&b| b == i as u8 + 2));
+                        chunk.len()
+                    })
+                })
+                .collect();
+            for (i, client) in clients[1..].iter().enumerate() {
+                let (r, _) = client.write_all(vec![i as u8 + 2; 100]).await;
+                r.unwrap();
+            }
+            for _ in 0..20 {
+                yield_now().await.unwrap();
+            }
+            assert_eq!(ringloop_runtime::buffer_pool().waiting(), 9, "{backend}");
+            // 3. Four of the queued receivers go away; then the buffers come back.
+            let mut receivers = receivers.into_iter();
+            for gone in receivers.by_ref().take(4) {
+                gone.abort();
+            }
+            yield_now().await.unwrap();
+            drop(held);
+            // 4. The other five all get their data, one buffer at a time.
+            let rest: Vec<_> = receivers.collect();
+            let lens = ringloop_runtime::timeout(Duration::from_secs(10), gather(rest))
+                .await
+                .expect("every queued receiver was served")
+                .unwrap();
+            assert_eq!(lens, vec![100; 5], "{backend}");
+        });
+        let stats = rt.stats();
+        assert_eq!(stats.pooled_buffers_out, 0, "{backend}: {stats:?}");
+    }
+}

@@ -52,8 +52,8 @@ pub use combinators::{
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
 pub use driver::{
-    is_cancelled, Backend, BufPool, FdTarget, Interest, Multishot, MultishotKind, Op, OpKind,
-    PooledBuf, SharedFd,
+    is_cancelled, Backend, BufPool, BufWait, FdTarget, Interest, Multishot, MultishotKind, Op,
+    OpKind, PooledBuf, SharedFd,
 };
 pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{

@@ -13,11 +13,13 @@
 //! ordering so the kernel sees the entry before the new tail.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU16, Ordering};
+use std::task::Waker;
 
 use io_uring::types::BufRingEntry;
 
@@ -81,8 +83,14 @@ pub struct BufPool {
     out: Cell<usize>,
     /// Times the kernel found the ring empty (a multishot receive ended with `ENOBUFS`).
     pub(crate) exhaustions: Cell<u64>,
-    /// Wakers of receivers waiting for a buffer to come back.
-    waiters: RefCell<Vec<std::task::Waker>>,
+    /// io_uring: buffers in the ring that the kernel can still pick (published, and no
+    /// completion naming them reaped yet). Counted by the driver as it reaps.
+    in_ring: Cell<usize>,
+    /// Receivers waiting for a free buffer, first come first served (see [`BufWait`]).
+    waiters: RefCell<VecDeque<Rc<WaitEntry>>>,
+    /// Waiters woken and not yet done with their turn: never more than the free buffers, so a
+    /// returning buffer wakes one waiter, not all of them.
+    turns_out: Cell<usize>,
 }
 
 impl fmt::Debug for BufPool {
@@ -119,7 +127,9 @@ impl BufPool {
             }),
             out: Cell::new(0),
             exhaustions: Cell::new(0),
-            waiters: RefCell::new(Vec::new()),
+            in_ring: Cell::new(0),
+            waiters: RefCell::new(VecDeque::new()),
+            turns_out: Cell::new(0),
         });
         if with_ring {
             for bid in 0..count {
@@ -184,9 +194,39 @@ impl BufPool {
             }
             None => self.free.borrow_mut().push(bid),
         }
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for w in waiters {
-            w.wake();
+        if self.ring.is_some() {
+            self.in_ring.set(self.in_ring.get() + 1);
+        }
+        self.grant_turns();
+    }
+
+    /// The driver reaped a completion that names a ring buffer: the kernel took it.
+    pub(crate) fn note_consumed(&self) {
+        self.in_ring.set(self.in_ring.get().saturating_sub(1));
+    }
+
+    /// Buffers a receive could get now: in the ring (io_uring) or the free list (epoll).
+    fn available(&self) -> usize {
+        match &self.ring {
+            Some(_) => self.in_ring.get(),
+            None => self.free.borrow().len(),
+        }
+    }
+
+    /// Wakes waiters, oldest first, while there are more free buffers than turns handed out.
+    fn grant_turns(&self) {
+        while self.turns_out.get() < self.available() {
+            let Some(entry) = self.waiters.borrow_mut().pop_front() else {
+                return;
+            };
+            if entry.state.get() != WaitState::Queued {
+                continue; // its receiver is gone
+            }
+            entry.state.set(WaitState::Turn);
+            self.turns_out.set(self.turns_out.get() + 1);
+            if let Some(waker) = entry.waker.take() {
+                waker.wake();
+            }
         }
     }
 
@@ -219,20 +259,165 @@ impl BufPool {
         }
     }
 
-    /// Whether a buffer is free now (epoll: in the free list; io_uring: not all are out).
+    /// Whether a buffer is free now (epoll: in the free list; io_uring: in the ring, not yet
+    /// taken by the kernel).
     pub fn has_free(&self) -> bool {
-        match &self.ring {
-            Some(_) => self.out.get() < self.count as usize,
-            None => !self.free.borrow().is_empty(),
+        self.available() > 0
+    }
+
+    /// A place in this pool's queue for a free buffer, for one receiver; see [`BufWait`].
+    pub fn waiter(self: &Rc<Self>) -> BufWait {
+        BufWait {
+            pool: self.clone(),
+            entry: None,
+            lost_race: false,
         }
     }
 
-    /// Wakes `waker` when a buffer comes back.
-    pub fn wait_for_free(&self, waker: &std::task::Waker) {
-        let mut w = self.waiters.borrow_mut();
-        if !w.iter().any(|x| x.will_wake(waker)) {
-            w.push(waker.clone());
+    /// Receivers queued for a buffer (not counting those woken and taking their turn).
+    pub fn waiting(&self) -> usize {
+        self.waiters
+            .borrow()
+            .iter()
+            .filter(|e| e.state.get() == WaitState::Queued)
+            .count()
+    }
+}
+
+/// Where a receiver stands in its pool's queue for a free buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WaitState {
+    /// In the queue, its waker stored.
+    Queued,
+    /// Woken by the pool: a free buffer is meant for it until it uses or returns its turn.
+    Turn,
+    /// Its receiver let go (dropped, or took its turn); the pool skips it.
+    Done,
+}
+
+#[derive(Debug)]
+struct WaitEntry {
+    state: Cell<WaitState>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// One receiver's place in its pool's first-come-first-served queue for a free buffer.
+///
+/// When the pool runs dry, receivers queue here. A returning buffer wakes the oldest waiter,
+/// and only as many waiters as there are free buffers hold a *turn* at once, so ten thousand
+/// connections waiting on a 512-buffer pool do not all wake (and all race for one buffer)
+/// each time one buffer comes back, and none waits behind later arrivals for ever.
+///
+/// Protocol for a receiver, on every poll:
+/// 1. [`may_take`](Self::may_take): whether it may try to take a buffer now (it holds a turn,
+///    or there are free buffers beyond the turns handed out). If not,
+///    [`wait`](Self::wait) and return `Pending`.
+/// 2. After trying: [`took_buffer`](Self::took_buffer) once it got one, or
+///    [`lost_race`](Self::lost_race) if the pool ran dry first (queue again, at the front),
+///    or [`release`](Self::release) if it stopped wanting one (end of stream, an error).
+///
+/// Dropping it gives back a turn it holds, so a receiver that goes away never strands a
+/// free buffer while others wait.
+#[derive(Debug)]
+pub struct BufWait {
+    pool: Rc<BufPool>,
+    entry: Option<Rc<WaitEntry>>,
+    /// It was woken and then lost the buffer to someone else: it queues at the front.
+    lost_race: bool,
+}
+
+impl BufWait {
+    fn holds_turn(&self) -> bool {
+        self.entry
+            .as_ref()
+            .is_some_and(|e| e.state.get() == WaitState::Turn)
+    }
+
+    /// Whether the receiver may try to take a buffer now.
+    pub fn may_take(&self) -> bool {
+        if self.holds_turn() {
+            return true;
         }
+        if self.entry.is_some() {
+            return false; // still queued
+        }
+        self.pool.available() > self.pool.turns_out.get()
+    }
+
+    /// Queues for a buffer (or, already queued, updates the waker): `waker` is woken when a
+    /// buffer is meant for this receiver.
+    pub fn wait(&mut self, waker: &Waker) {
+        if self.holds_turn() {
+            // It had its turn and found nothing free: back to the head of the queue.
+            self.give_back_turn();
+            self.lost_race = true;
+        }
+        if let Some(entry) = &self.entry {
+            *entry.waker.borrow_mut() = Some(waker.clone());
+            return;
+        }
+        let entry = Rc::new(WaitEntry {
+            state: Cell::new(WaitState::Queued),
+            waker: RefCell::new(Some(waker.clone())),
+        });
+        let mut waiters = self.pool.waiters.borrow_mut();
+        if self.lost_race {
+            waiters.push_front(entry.clone());
+        } else {
+            waiters.push_back(entry.clone());
+        }
+        drop(waiters);
+        self.entry = Some(entry);
+        // Buffers may have come back between the caller's check and now.
+        self.pool.grant_turns();
+    }
+
+    /// The receiver got a buffer: its turn (if it held one) is used up.
+    pub fn took_buffer(&mut self) {
+        self.lost_race = false;
+        if self.holds_turn() {
+            self.pool.turns_out.set(self.pool.turns_out.get() - 1);
+            self.forget_entry();
+        }
+    }
+
+    /// The receiver tried and the pool was empty (another receiver was faster): it will queue
+    /// again at the front with its next [`wait`](Self::wait).
+    pub fn lost_race(&mut self) {
+        if self.holds_turn() {
+            self.lost_race = true;
+            self.give_back_turn();
+        }
+    }
+
+    /// The receiver no longer wants a buffer (end of stream, an error): a turn it holds goes
+    /// to the next waiter.
+    pub fn release(&mut self) {
+        self.lost_race = false;
+        self.give_back_turn();
+    }
+
+    fn give_back_turn(&mut self) {
+        if self.holds_turn() {
+            self.pool.turns_out.set(self.pool.turns_out.get() - 1);
+            self.forget_entry();
+            self.pool.grant_turns();
+        }
+    }
+
+    fn forget_entry(&mut self) {
+        if let Some(entry) = self.entry.take() {
+            entry.state.set(WaitState::Done);
+            entry.waker.take();
+        }
+    }
+}
+
+impl Drop for BufWait {
+    fn drop(&mut self) {
+        // A queued entry is skipped by the pool; a held turn goes to the next waiter.
+        self.give_back_turn();
+        self.forget_entry();
     }
 }
 
@@ -305,5 +490,140 @@ impl Drop for PooledBuf {
     fn drop(&mut self) {
         self.pool.out.set(self.pool.out.get() - 1);
         self.pool.publish(self.bid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn wakes(c: &Count) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    /// A free-list pool (the epoll flavour) with every buffer lent out.
+    fn drained(count: u16) -> (Rc<BufPool>, Vec<PooledBuf>) {
+        let pool = BufPool::new(count, 64, false);
+        let bufs: Vec<_> = (0..count).map(|_| pool.take_free().unwrap()).collect();
+        assert!(!pool.has_free());
+        (pool, bufs)
+    }
+
+    #[test]
+    fn one_returned_buffer_wakes_one_waiter_oldest_first() {
+        let (pool, mut bufs) = drained(4);
+        let mut waiters: Vec<_> = (0..10).map(|_| pool.waiter()).collect();
+        let counts: Vec<_> = waiters
+            .iter_mut()
+            .map(|w| {
+                assert!(!w.may_take());
+                let (count, waker) = counting_waker();
+                w.wait(&waker);
+                count
+            })
+            .collect();
+        assert_eq!(pool.waiting(), 10);
+
+        // 1. One buffer back: exactly the oldest waiter is woken, and may take it.
+        drop(bufs.pop());
+        let woken: Vec<usize> = counts.iter().map(|c| wakes(c)).collect();
+        assert_eq!(woken, [1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(waiters[0].may_take());
+        // A receiver that never queued may not jump ahead of the turn handed out.
+        assert!(!pool.waiter().may_take());
+
+        // 2. It takes the buffer; the next buffer back wakes the second waiter only.
+        let taken = pool.take_free().unwrap();
+        waiters[0].took_buffer();
+        drop(bufs.pop());
+        let woken: Vec<usize> = counts.iter().map(|c| wakes(c)).collect();
+        assert_eq!(woken, [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
+        drop(taken);
+        assert_eq!(wakes(&counts[2]), 1, "a third buffer free: the third waiter");
+        assert_eq!(pool.waiting(), 7);
+    }
+
+    #[test]
+    fn a_waiter_dropped_with_its_turn_passes_it_on() {
+        let (pool, mut bufs) = drained(2);
+        let mut first = pool.waiter();
+        let mut second = pool.waiter();
+        let (c1, w1) = counting_waker();
+        let (c2, w2) = counting_waker();
+        first.wait(&w1);
+        second.wait(&w2);
+        drop(bufs.pop());
+        assert_eq!((wakes(&c1), wakes(&c2)), (1, 0));
+        // 1. The first receiver goes away before using its turn: the second gets it.
+        drop(first);
+        assert_eq!(wakes(&c2), 1);
+        assert!(second.may_take());
+        // 2. A queued (not woken) waiter that goes away is skipped.
+        let mut third = pool.waiter();
+        let mut fourth = pool.waiter();
+        let (c3, w3) = counting_waker();
+        let (c4, w4) = counting_waker();
+        third.wait(&w3);
+        fourth.wait(&w4);
+        drop(third);
+        second.release();
+        // The free buffer's turn skipped the dropped third and went to the fourth.
+        assert_eq!((wakes(&c3), wakes(&c4)), (0, 1));
+        assert!(fourth.may_take());
+    }
+
+    #[test]
+    fn a_waiter_that_loses_its_buffer_queues_again_at_the_front() {
+        let (pool, mut bufs) = drained(1);
+        let mut first = pool.waiter();
+        let mut second = pool.waiter();
+        let (c1, w1) = counting_waker();
+        let (c2, w2) = counting_waker();
+        first.wait(&w1);
+        second.wait(&w2);
+        drop(bufs.pop());
+        assert_eq!((wakes(&c1), wakes(&c2)), (1, 0));
+        // 1. Someone outside the queue (an armed receive) took the buffer first.
+        let stolen = pool.take_free().unwrap();
+        first.lost_race();
+        first.wait(&w1);
+        // 2. When it comes back, the first waiter is still first.
+        drop(stolen);
+        assert_eq!((wakes(&c1), wakes(&c2)), (2, 0));
+    }
+
+    #[test]
+    fn ring_counts_what_the_kernel_took() {
+        // The io_uring flavour, without a kernel: the driver's reap calls `note_consumed`.
+        let pool = BufPool::new(2, 64, true);
+        assert!(pool.has_free());
+        pool.note_consumed();
+        pool.note_consumed();
+        assert!(!pool.has_free(), "both buffers are with the kernel");
+        let mut waiter = pool.waiter();
+        let (count, waker) = counting_waker();
+        assert!(!waiter.may_take());
+        waiter.wait(&waker);
+        // The kernel's completion named buffer 1; the receiver drops it.
+        drop(pool.take_filled(1, 10));
+        assert_eq!(wakes(&count), 1);
+        assert!(waiter.may_take());
     }
 }

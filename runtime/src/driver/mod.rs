@@ -32,7 +32,7 @@ use std::str::FromStr;
 use std::task::Waker;
 use std::time::Duration;
 
-pub use bufpool::{BufPool, PooledBuf};
+pub use bufpool::{BufPool, BufWait, PooledBuf};
 pub use fd::{FdTarget, SharedFd};
 pub use multishot::{Multishot, MultishotKind};
 pub(crate) use op::Orphan;

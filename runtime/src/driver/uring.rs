@@ -623,6 +623,9 @@ impl Uring {
                 }
                 CANCEL_TAG => {}
                 _ => {
+                    if cqueue::buffer_select(flags).is_some() {
+                        pool.note_consumed();
+                    }
                     let (index, generation) = split_user_data(ud);
                     let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation)
                     else {
