@@ -21,6 +21,10 @@
 //! assert_eq!(answer, 42);
 //! ```
 //!
+//! Blocking work (a file read, a DNS lookup) goes to a thread pool with [`spawn_blocking`]
+//! (asyncio's `run_in_executor`); Unix signals arrive in tasks through [`signal()`] and
+//! [`ctrl_c`] (asyncio's `add_signal_handler`).
+//!
 //! # Where ringloop differs from asyncio
 //!
 //! Rust has no exceptions to throw into a suspended coroutine, so a cancellation is delivered as
@@ -35,17 +39,20 @@
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod blocking;
 mod callback;
 pub mod combinators;
 mod context;
 pub mod driver;
 mod promise;
 mod runtime;
+pub mod signal;
 mod stats;
 pub mod sync;
 pub mod task;
 pub mod time;
 
+pub use blocking::{spawn_blocking, BlockingTask};
 pub use callback::CallbackHandle;
 pub use combinators::{
     as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted,
@@ -60,6 +67,7 @@ pub use runtime::{
     buffer_pool, call_at, call_later, call_soon, current_backend, set_exception_handler, stop,
     take_cancel_request, time, zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
 };
+pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
 pub use task::{
     all_tasks, current_task, spawn, spawn_named, task_tree, Cancelled, Task, TaskError, TaskId,
