@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use ringloop::net::TcpListener;
-use ringloop::{spawn, Backend, Runtime};
+use ringloop::{signal, spawn, Backend, Runtime, SignalKind};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
@@ -68,8 +68,7 @@ fn main() -> std::io::Result<()> {
         .zero_copy_send(args.zero_copy)
         .registered_fds(args.registered_fds)
         .build()?;
-    let handle = rt.handle();
-    stop_on_signal(handle);
+    stop_on_signal(&rt)?;
     let listener = TcpListener::builder(args.addr)
         .backlog(args.backlog)
         .bind()?;
@@ -116,18 +115,16 @@ fn raise_nofile_limit() {
     }
 }
 
-/// Stops the loop on SIGINT/SIGTERM: the signals are blocked in every thread and a watcher
-/// thread waits for them, then stops the loop through its thread-safe handle.
-fn stop_on_signal(handle: ringloop::Handle) {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGTERM);
-    // Block before any other thread exists, so every thread inherits the mask.
-    let _ = set.thread_block();
-    std::thread::spawn(move || {
-        if set.wait().is_ok() {
-            handle.stop();
-        }
-    });
+/// Stops the loop on SIGINT or SIGTERM (asyncio's `add_signal_handler(SIGTERM, loop.stop)`).
+/// The listeners are registered now, before serving, so an early signal is not missed.
+fn stop_on_signal(rt: &Runtime) -> std::io::Result<()> {
+    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+        let mut listener = signal(kind)?;
+        rt.spawn(async move {
+            if listener.recv().await.is_ok() {
+                ringloop::stop();
+            }
+        });
+    }
+    Ok(())
 }
