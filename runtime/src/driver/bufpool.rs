@@ -556,7 +556,11 @@ mod tests {
         let woken: Vec<usize> = counts.iter().map(|c| wakes(c)).collect();
         assert_eq!(woken, [1, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
         drop(taken);
-        assert_eq!(wakes(&counts[2]), 1, "a third buffer free: the third waiter");
+        assert_eq!(
+            wakes(&counts[2]),
+            1,
+            "a third buffer free: the third waiter"
+        );
         assert_eq!(pool.waiting(), 7);
     }
 
