@@ -17,13 +17,21 @@
 //! `/proc/PID/stat`, over the measured window only) and its peak RSS (`VmHWM`). Every echoed
 //! byte is checked; a wrong byte counts as an I/O error.
 //!
+//! With `--pipeline P` each connection keeps P messages in flight instead of one (see
+//! [`pipelined`]); each message's round trip is still timed from its own send.
+//!
+//! A ringloop server prints its `RuntimeStats` to stderr when it is stopped; c10k reads
+//! `kernel_enters`, `buffer_exhaustions` and `cq_overflows` from them into the JSON. Each
+//! sample starts its own server, so those counters cover that one server run (ramp, warm-up,
+//! measured window and drain), not the measured window alone.
+//!
 //! Why interleaved: machine drift (thermal, other tenants, page cache) during a long run would
 //! otherwise favour whichever backend ran first, so each repetition walks the cells and, inside
 //! a cell, rotates the order of the backends.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
@@ -34,9 +42,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use ringloop::net::TcpStream;
-use ringloop::sync::Semaphore;
-use ringloop::{gather_settled, sleep, spawn, Runtime};
+use ringloop::net::{OwnedReadHalf, OwnedWriteHalf, TcpStream};
+use ringloop::sync::mpsc as chan;
+use ringloop::sync::{OwnedSemaphorePermit, Semaphore};
+use ringloop::{gather_settled, is_cancelled, sleep, spawn, Runtime, TaskGroup};
 use serde::Serialize;
 
 #[derive(Parser, Debug)]
@@ -60,8 +69,14 @@ struct Args {
     /// Built-in backends to compare, comma-separated (uring, epoll, tokio).
     #[arg(long, value_delimiter = ',', default_value = "uring,epoll,tokio")]
     backends: Vec<String>,
+    /// Messages in flight per connection: 1 is a ping-pong; P > 1 sends P back to back, then
+    /// sends one more for each echo that comes back.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pipeline: u32,
     /// Another echo server to compare, as NAME=CMD; `{addr}` in CMD is replaced by the address
     /// to listen on, and the server must print a line containing "listening on" to stdout.
+    /// CMD is split into words as a POSIX shell would (quotes and backslashes work; variables
+    /// and globs are not expanded).
     #[arg(long = "server", value_name = "NAME=CMD")]
     servers: Vec<String>,
     /// Connects in flight at once while opening connections (the ramp).
@@ -93,6 +108,8 @@ struct Plan {
     warmup: f64,
     reps: usize,
     ramp: usize,
+    /// Messages in flight per connection (1: ping-pong).
+    pipeline: usize,
 }
 
 impl Plan {
@@ -111,6 +128,7 @@ impl Plan {
             warmup: a.warmup.unwrap_or(warm),
             reps: a.reps.unwrap_or(reps).max(1),
             ramp: a.ramp.max(1),
+            pipeline: a.pipeline as usize,
         }
     }
 }
@@ -147,6 +165,20 @@ struct Sample {
     server_cpu_pct: Option<f64>,
     /// The server's peak resident set (VmHWM), in KiB.
     server_peak_rss_kib: Option<u64>,
+    /// Every verified echo of the server run, not only the window's: the ramp, the warm-up,
+    /// the measured window and the drain. The server counters below cover the same span.
+    messages_total: u64,
+    /// The server's `kernel_enters` (`io_uring_enter` or `epoll_wait` calls) over its whole
+    /// run; `None` for a server that prints no `RuntimeStats` (tokio, say).
+    server_kernel_enters: Option<u64>,
+    /// `server_kernel_enters / messages_total`: kernel entries per echoed message, per server
+    /// run (not for the measured window alone).
+    server_kernel_enters_per_msg: Option<f64>,
+    /// The server's `buffer_exhaustions` over its run: multishot receives that found the
+    /// buffer pool empty.
+    server_buffer_exhaustions: Option<u64>,
+    /// The server's `cq_overflows` over its run.
+    server_cq_overflows: Option<u64>,
 }
 
 /// Median and range of one metric over the repetitions.
@@ -190,6 +222,12 @@ struct Summary {
     /// Server CPU use in % of one CPU: near 100 means the server is the bottleneck.
     server_cpu_pct: Option<Stat>,
     server_peak_rss_kib: Option<Stat>,
+    /// Kernel entries per echoed message, per server run (see [`Sample`]).
+    server_kernel_enters_per_msg: Option<Stat>,
+    /// Summed over the repetitions; `None` when the server printed no stats.
+    server_buffer_exhaustions: Option<u64>,
+    /// Summed over the repetitions; `None` when the server printed no stats.
+    server_cq_overflows: Option<u64>,
     connect_errors: u64,
     io_errors: u64,
 }
@@ -239,13 +277,15 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let total_runs = plan.reps * cells.len() * servers.len();
     println!(
         "c10k: {} backend(s) × {} cell(s) × {} rep(s), {:.1} s warm-up + {:.1} s each \
-         (about {:.0} s); server on CPU 0, client on CPU 1: {}",
+         (about {:.0} s); {} message(s) in flight per connection; \
+         server on CPU 0, client on CPU 1: {}",
         servers.len(),
         cells.len(),
         plan.reps,
         plan.warmup,
         plan.seconds,
         per_run * total_runs as f64,
+        plan.pipeline,
         if pin { "yes" } else { "no" }
     );
 
@@ -316,7 +356,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     if let Some(dir) = args.svg.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    match draw_chart(&args.svg, &summary, &servers) {
+    match draw_chart(&args.svg, &summary, &servers, plan.pipeline) {
         Ok(()) => println!("chart:   {}", args.svg.display()),
         Err(e) => eprintln!("chart not written: {e}"),
     }
@@ -330,7 +370,6 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     Ok(true)
 }
 
-/// The built-in servers asked for with `--backends`, then every `--server NAME=CMD`.
 /// Prints a line above the progress bar, or to stderr when the bar is hidden (not a terminal),
 /// where `ProgressBar::println` would print nothing.
 fn say(pb: &ProgressBar, line: String) {
@@ -341,6 +380,7 @@ fn say(pb: &ProgressBar, line: String) {
     }
 }
 
+/// The built-in servers asked for with `--backends`, then every `--server NAME=CMD`.
 fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Error>> {
     let dir = std::env::current_exe()?
         .parent()
@@ -384,9 +424,15 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
     for s in &args.servers {
         let (name, cmd) = s
             .split_once('=')
+            .filter(|(name, _)| !name.is_empty())
             .ok_or_else(|| format!("--server {s:?}: expected NAME=CMD"))?;
-        let argv: Vec<String> = cmd.split_whitespace().map(String::from).collect();
-        if argv.is_empty() || !cmd.contains("{addr}") {
+        let argv = shlex::split(cmd).ok_or_else(|| {
+            format!(
+                "--server {s:?}: CMD has an unbalanced quote or ends in a backslash; \
+                 quote its words as in a shell, e.g. --server 'NAME=my_server --addr {{addr}} --flag \"a b\"'"
+            )
+        })?;
+        if argv.is_empty() || !argv.iter().any(|a| a.contains("{addr}")) {
             return Err(format!("--server {s:?}: CMD must contain {{addr}}").into());
         }
         specs.push(ServerSpec {
@@ -458,9 +504,14 @@ fn pin_self_to_cpu(cpu: usize) {
     }
 }
 
-/// A running server child; killed (SIGTERM, then SIGKILL) on drop.
+/// A running server child; stopped (SIGTERM, then SIGKILL) by [`Server::stop`] or on drop.
 struct Server {
     child: Child,
+    /// The server's whole stderr, sent once the pipe closes (when the server exits).
+    stderr: mpsc::Receiver<String>,
+    /// Set once the child is reaped: from then on its pid may name another process, so it must
+    /// not be signalled again.
+    reaped: bool,
 }
 
 impl Server {
@@ -482,7 +533,12 @@ impl Server {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", argv.join(" ")))?;
-        let mut server = Server { child };
+        let (etx, erx) = mpsc::channel();
+        let mut server = Server {
+            child,
+            stderr: erx,
+            reaped: false,
+        };
         let stdout = server.child.stdout.take().expect("piped stdout");
         let mut stderr = server.child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
@@ -495,7 +551,6 @@ impl Server {
                 }
             }
         });
-        let (etx, erx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut s = String::new();
             let _ = stderr.read_to_string(&mut s);
@@ -504,7 +559,8 @@ impl Server {
         if rx.recv_timeout(Duration::from_secs(10)).is_err() {
             let _ = server.child.kill();
             let _ = server.child.wait();
-            let err = erx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+            server.reaped = true;
+            let err = server.stderr();
             return Err(format!(
                 "`{}` did not print \"listening on\" within 10 s; stderr:\n{}",
                 argv.join(" "),
@@ -543,14 +599,37 @@ impl Server {
     }
 
     fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        if self.reaped {
+            return false;
+        }
+        let running = matches!(self.child.try_wait(), Ok(None));
+        self.reaped = !running;
+        running
     }
-}
 
-impl Drop for Server {
-    fn drop(&mut self) {
+    /// Stops the server and returns what it wrote to stderr: a ringloop server prints its
+    /// `RuntimeStats` there when stopped by SIGTERM.
+    fn stop(mut self) -> String {
+        self.terminate();
+        self.stderr()
+    }
+
+    /// The server's stderr, once it has exited (empty if it does not close within a second,
+    /// e.g. a grandchild still holds the pipe).
+    fn stderr(&self) -> String {
+        self.stderr
+            .recv_timeout(Duration::from_secs(1))
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then SIGKILL after 3 s; reaps the child.
+    fn terminate(&mut self) {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
+        if self.reaped {
+            return;
+        }
+        self.reaped = true;
         let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
@@ -561,6 +640,44 @@ impl Drop for Server {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// The counters c10k reads from the `RuntimeStats` a ringloop server prints (`{:#?}`) to stderr
+/// when stopped; each is `None` when the server printed no such line (tokio, or a server
+/// killed before it could print).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct ServerStats {
+    kernel_enters: Option<u64>,
+    buffer_exhaustions: Option<u64>,
+    cq_overflows: Option<u64>,
+}
+
+impl ServerStats {
+    /// Reads `name: value,` lines (the pretty `Debug` form of a struct).
+    fn parse(stderr: &str) -> ServerStats {
+        let mut stats = ServerStats::default();
+        for line in stderr.lines() {
+            let Some((name, value)) = line.trim().trim_end_matches(',').split_once(": ") else {
+                continue;
+            };
+            let Ok(value) = value.parse::<u64>() else {
+                continue;
+            };
+            match name {
+                "kernel_enters" => stats.kernel_enters = Some(value),
+                "buffer_exhaustions" => stats.buffer_exhaustions = Some(value),
+                "cq_overflows" => stats.cq_overflows = Some(value),
+                _ => {}
+            }
+        }
+        stats
     }
 }
 
@@ -593,6 +710,7 @@ fn measure(
         warmup: Duration::from_secs_f64(plan.warmup),
         duration: Duration::from_secs_f64(plan.seconds),
         ramp: plan.ramp,
+        pipeline: plan.pipeline,
     };
     let mut cpu_start = None;
     let mut cpu_end = None;
@@ -604,9 +722,12 @@ fn measure(
     .map_err(|e| format!("load generator: {e}"))?;
     let rss = server.peak_rss_kib();
     if !server.alive() {
-        return Err("the server exited during the run".into());
+        return Err(format!(
+            "the server exited during the run; stderr:\n{}",
+            server.stop().trim_end()
+        ));
     }
-    drop(server);
+    let stats = ServerStats::parse(&server.stop());
 
     let h = &out.hist;
     let cpu_us = match (cpu_start, cpu_end) {
@@ -635,6 +756,14 @@ fn measure(
             .map(|us| us / out.messages as f64),
         server_cpu_pct: cpu_us.map(|us| us / (out.seconds * 1e6) * 100.0),
         server_peak_rss_kib: rss,
+        messages_total: out.messages_total,
+        server_kernel_enters: stats.kernel_enters,
+        server_kernel_enters_per_msg: stats
+            .kernel_enters
+            .filter(|_| out.messages_total > 0)
+            .map(|k| k as f64 / out.messages_total as f64),
+        server_buffer_exhaustions: stats.buffer_exhaustions,
+        server_cq_overflows: stats.cq_overflows,
     })
 }
 
@@ -645,6 +774,8 @@ struct LoadConfig {
     warmup: Duration,
     duration: Duration,
     ramp: usize,
+    /// Messages in flight per connection.
+    pipeline: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -657,6 +788,7 @@ enum Phase {
 struct LoadOutcome {
     hist: Histogram<u64>,
     messages: u64,
+    messages_total: u64,
     seconds: f64,
     connected: usize,
     connect_errors: u64,
@@ -667,7 +799,10 @@ struct LoadOutcome {
 struct LoadState {
     phase: Cell<Phase>,
     hist: RefCell<Histogram<u64>>,
+    /// Round trips that started and ended inside the measured window.
     messages: Cell<u64>,
+    /// Every verified echo, in any phase.
+    messages_total: Cell<u64>,
     connected: Cell<usize>,
     /// Connections that are open or have failed to open: the ramp is over when this is N.
     settled: Cell<usize>,
@@ -688,6 +823,7 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
             Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
         ),
         messages: Cell::new(0),
+        messages_total: Cell::new(0),
         connected: Cell::new(0),
         settled: Cell::new(0),
         finished: Cell::new(0),
@@ -699,9 +835,9 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
         let mut tasks = Vec::with_capacity(cfg.connections);
         for id in 0..cfg.connections {
             let (state, ramp) = (state.clone(), ramp.clone());
-            let (addr, size) = (cfg.addr, cfg.size);
+            let (addr, size, pipeline) = (cfg.addr, cfg.size, cfg.pipeline);
             tasks.push(spawn(async move {
-                connection(id, addr, size, &state, &ramp).await;
+                connection(id, addr, size, pipeline, &state, &ramp).await;
                 state.finished.set(state.finished.get() + 1);
             }));
         }
@@ -719,8 +855,8 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
         state.phase.set(Phase::Stopped);
         let seconds = start.elapsed().as_secs_f64();
         on_phase(Phase::Stopped);
-        // Every connection finishes its round trip in flight; one stuck for 5 s is cancelled
-        // and counted as an I/O error.
+        // Every connection finishes its round trips in flight; one stuck for 5 s is cancelled
+        // and counted as an I/O error (here, once: its own cancelled I/O is not counted).
         let drain_deadline = Instant::now() + Duration::from_secs(5);
         while state.finished.get() < cfg.connections && Instant::now() < drain_deadline {
             let _ = sleep(Duration::from_millis(5)).await;
@@ -743,6 +879,7 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
     Ok(LoadOutcome {
         hist,
         messages,
+        messages_total: state.messages_total.get(),
         seconds,
         connected: state.connected.get(),
         connect_errors: state.connect_errors.get(),
@@ -750,11 +887,35 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
     })
 }
 
-/// One client connection: connect under the ramp's permit, then ping-pong until stopped.
-///
-/// Each message carries its sequence number in its first 8 bytes over a per-connection pattern,
-/// so a reply that is stale, shifted, or from another connection never compares equal.
-async fn connection(id: usize, addr: SocketAddr, size: usize, st: &LoadState, ramp: &Semaphore) {
+impl LoadState {
+    /// Counts one verified echo. Only round trips that start and end inside the measured
+    /// window enter its numbers: one that began during the warm-up (say, behind a connection
+    /// still in the server's accept queue) would otherwise charge the warm-up's stall to the
+    /// measurement.
+    fn record(&self, sent_at: Instant, sent_while_measuring: bool) {
+        self.messages_total.set(self.messages_total.get() + 1);
+        if sent_while_measuring && self.phase.get() == Phase::Measuring {
+            let us = (sent_at.elapsed().as_micros() as u64).clamp(1, 60_000_000);
+            let _ = self.hist.borrow_mut().record(us);
+            self.messages.set(self.messages.get() + 1);
+        }
+    }
+
+    fn count_io_error(&self) {
+        self.io_errors.set(self.io_errors.get() + 1);
+    }
+}
+
+/// One client connection: connect under the ramp's permit, then exchange messages until
+/// stopped, one at a time ([`ping_pong`]) or `pipeline` at a time ([`pipelined`]).
+async fn connection(
+    id: usize,
+    addr: SocketAddr,
+    size: usize,
+    pipeline: usize,
+    st: &Rc<LoadState>,
+    ramp: &Semaphore,
+) {
     let stream = {
         let _permit = ramp.acquire().await;
         let r = TcpStream::connect(addr).await;
@@ -769,33 +930,180 @@ async fn connection(id: usize, addr: SocketAddr, size: usize, st: &LoadState, ra
     };
     st.connected.set(st.connected.get() + 1);
     let _ = stream.set_nodelay(true);
-    let mut out: Vec<u8> = (0..size).map(|i| (i * 7 + id) as u8).collect();
+    if pipeline <= 1 {
+        ping_pong(&stream, id, size, st).await;
+    } else {
+        pipelined(stream, id, size, pipeline, st).await;
+    }
+}
+
+/// The bytes of connection `id`'s messages: a per-connection pattern, over which [`stamp`]
+/// writes each message's sequence number, so a reply that is stale, shifted, or from another
+/// connection never compares equal.
+fn pattern(id: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 7 + id) as u8).collect()
+}
+
+/// Writes `seq` into the first 8 bytes of `msg` (fewer if the message is shorter).
+fn stamp(msg: &mut [u8], seq: u64) {
+    let seq = seq.to_le_bytes();
+    let n = seq.len().min(msg.len());
+    msg[..n].copy_from_slice(&seq[..n]);
+}
+
+/// Whether a failed send or receive counts as an I/O error: a cancelled one does not, as it
+/// means the run cancelled this connection after 5 s without a reply, and counted it then.
+fn is_io_error(e: &io::Error) -> bool {
+    !is_cancelled(e)
+}
+
+/// The P = 1 loop: write one message, read its echo (exactly `size` bytes: TCP may split or
+/// join segments, `read_exact` waits for the whole message), verify it, repeat. One task, no
+/// hand-off: the cheapest client there is, so its numbers stay comparable with earlier runs.
+async fn ping_pong(stream: &TcpStream, id: usize, size: usize, st: &LoadState) {
+    let mut out = pattern(id, size);
     let mut back: Vec<u8> = Vec::with_capacity(size);
     let mut seq: u64 = 0;
     while st.phase.get() != Phase::Stopped {
         seq += 1;
-        let stamp = seq.to_le_bytes();
-        let n = stamp.len().min(size);
-        out[..n].copy_from_slice(&stamp[..n]);
-        // Only round trips that start and end inside the measured window count: one that
-        // began during the warm-up (say, behind a connection still in the server's accept
-        // queue) would otherwise charge the warm-up's stall to the measurement.
-        let started_measuring = st.phase.get() == Phase::Measuring;
+        stamp(&mut out, seq);
+        let sent_while_measuring = st.phase.get() == Phase::Measuring;
         let t0 = Instant::now();
         let (w, o) = stream.write_all(out).await;
         out = o;
         back.clear();
         let (r, b) = stream.read_exact(back).await;
         back = b;
-        if w.is_err() || r.is_err() || back != out {
-            st.io_errors.set(st.io_errors.get() + 1);
+        let failed = match (w, r) {
+            (Err(e), _) => Some(e.error),
+            (_, Err(e)) => Some(e),
+            _ => None,
+        };
+        if let Some(e) = failed {
+            if is_io_error(&e) {
+                st.count_io_error();
+            }
             return;
         }
-        if started_measuring && st.phase.get() == Phase::Measuring {
-            let us = (t0.elapsed().as_micros() as u64).clamp(1, 60_000_000);
-            let _ = st.hist.borrow_mut().record(us);
-            st.messages.set(st.messages.get() + 1);
+        if back != out {
+            st.count_io_error();
+            return;
         }
+        st.record(t0, sent_while_measuring);
+    }
+}
+
+/// A message written and not yet echoed back, as the writer hands it to the reader.
+struct InFlight {
+    seq: u64,
+    sent_at: Instant,
+    sent_while_measuring: bool,
+    /// One of the connection's `pipeline` window permits: back to the writer when this
+    /// message's echo has been read and verified.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The P > 1 loop: a writer and a reader on the two halves of the socket, so reads and writes
+/// run at the same time and no P × size is too big (a single loop that writes P messages
+/// before its first read deadlocks once they overflow the socket buffers of both ends).
+///
+/// * The writer (this task) takes a permit of a P-permit window [`Semaphore`] per message,
+///   stamps the message with its sequence number, hands an [`InFlight`] record to the reader
+///   over a channel, and writes the message. So the first P go back to back, and each later
+///   one waits for an echo to free a permit.
+/// * The reader (a child task) takes the records in send order (TCP keeps the order, and an
+///   echo server answers in order), reads exactly `size` bytes for each, compares every byte
+///   with the message that record stands for, records its round trip from *its* send, and
+///   drops the record, which returns the permit.
+/// * At the stop the writer sends nothing more and drops its end of the channel; the reader
+///   drains the echoes still in flight, then sees the channel closed and ends. The socket
+///   stays whole until both are done (no half-close under the server's feet).
+/// * Either side failing (a send or receive error, a wrong echo) cancels the other through the
+///   [`TaskGroup`]; the connection then counts one I/O error.
+async fn pipelined(stream: TcpStream, id: usize, size: usize, depth: usize, st: &Rc<LoadState>) {
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = chan::unbounded_channel();
+    let window = Rc::new(Semaphore::new(depth));
+    let reader_state = st.clone();
+    let wr = &wr;
+    let outcome = TaskGroup::<(), io::Error>::scope(|tg| async move {
+        tg.spawn(read_echoes(rd, rx, id, size, reader_state));
+        write_messages(wr, tx, window, id, size, st).await
+    })
+    .await;
+    // A cancellation from outside (a connection stuck at the end) is counted by the run; a
+    // cancellation the group made itself after one side failed is not listed as a failure.
+    if outcome.is_err_and(|e| !e.failures.is_empty()) {
+        st.count_io_error();
+    }
+}
+
+/// The writer of [`pipelined`]: runs until the stop, `window` bounding the messages in flight.
+async fn write_messages(
+    wr: &OwnedWriteHalf,
+    in_flight: chan::Sender<InFlight>,
+    window: Rc<Semaphore>,
+    id: usize,
+    size: usize,
+    st: &LoadState,
+) -> io::Result<()> {
+    let mut out = pattern(id, size);
+    let mut seq: u64 = 0;
+    loop {
+        let permit = window.acquire_owned().await?;
+        if st.phase.get() == Phase::Stopped {
+            // Dropping `in_flight` lets the reader drain the echoes still due, then end.
+            return Ok(());
+        }
+        seq += 1;
+        stamp(&mut out, seq);
+        let record = InFlight {
+            seq,
+            sent_at: Instant::now(),
+            sent_while_measuring: st.phase.get() == Phase::Measuring,
+            _permit: permit,
+        };
+        // The record goes first: the reader must know what to expect before the echo can come.
+        if in_flight.try_send(record).is_err() {
+            // The reader is gone, so it failed: the group is cancelling this writer.
+            return Err(io::Error::other("the reader ended"));
+        }
+        let (w, o) = wr.write_all(out).await;
+        out = o;
+        w?;
+    }
+}
+
+/// The reader of [`pipelined`]: verifies and times each echo, in send order.
+async fn read_echoes(
+    rd: OwnedReadHalf,
+    mut in_flight: chan::Receiver<InFlight>,
+    id: usize,
+    size: usize,
+    st: Rc<LoadState>,
+) -> io::Result<()> {
+    let mut expected = pattern(id, size);
+    let mut back: Vec<u8> = Vec::with_capacity(size);
+    loop {
+        let sent = match in_flight.recv().await {
+            Ok(sent) => sent,
+            // The writer stopped and every echo it was owed has been read.
+            Err(chan::RecvError::Closed) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        back.clear();
+        let (r, b) = rd.read_exact(back).await;
+        back = b;
+        r?;
+        stamp(&mut expected, sent.seq);
+        if back != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("echo of message {} differs from what was sent", sent.seq),
+            ));
+        }
+        st.record(sent.sent_at, sent.sent_while_measuring);
+        // `sent` drops here and returns its permit: the writer may send one more.
     }
 }
 
@@ -826,6 +1134,19 @@ fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)
                         .filter_map(|x| x.server_peak_rss_kib.map(|k| k as f64))
                         .collect(),
                 ),
+                server_kernel_enters_per_msg: Stat::of(
+                    v.iter()
+                        .filter_map(|x| x.server_kernel_enters_per_msg)
+                        .collect(),
+                ),
+                server_buffer_exhaustions: v
+                    .iter()
+                    .filter_map(|x| x.server_buffer_exhaustions)
+                    .reduce(|a, b| a + b),
+                server_cq_overflows: v
+                    .iter()
+                    .filter_map(|x| x.server_cq_overflows)
+                    .reduce(|a, b| a + b),
                 connect_errors: v.iter().map(|x| x.connect_errors).sum(),
                 io_errors: v.iter().map(|x| x.io_errors).sum(),
             });
@@ -846,9 +1167,10 @@ fn fmt_rate(x: f64) -> String {
 
 fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
     let baseline = servers.iter().any(|s| s.name == "tokio");
+    let bw = servers.iter().map(|s| s.name.len()).fold(8, usize::max);
     println!();
     println!(
-        "{:>6} {:>6}  {:<8} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9}  {:>7}",
+        "{:>6} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9} {:>10}  {:>7}",
         "conns",
         "size",
         "backend",
@@ -859,6 +1181,7 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
         "srv CPU",
         "p99 µs [min–max]",
         "RSS MiB",
+        "enters/msg",
         "errors"
     );
     let mut by_cell: BTreeMap<(usize, usize), Vec<&Summary>> = BTreeMap::new();
@@ -874,7 +1197,7 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
             };
             let cpu = r.server_cpu_us_per_msg.map(|s| s.median);
             println!(
-                "{:>6} {:>6}  {:<8} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9}  {:>7}",
+                "{:>6} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9} {:>10}  {:>7}",
                 c,
                 size,
                 r.backend,
@@ -901,7 +1224,25 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
                 ),
                 r.server_peak_rss_kib
                     .map_or("-".into(), |k| format!("{:.1}", k.median / 1024.0)),
+                r.server_kernel_enters_per_msg
+                    .map_or("-".into(), |k| format!("{:.3}", k.median)),
                 r.connect_errors + r.io_errors,
+            );
+        }
+    }
+    println!();
+    println!(
+        "enters/msg: the server's kernel entries (io_uring_enter / epoll_wait) per echoed \
+         message over its whole run (ramp, warm-up, window, drain); \"-\": it prints no stats"
+    );
+    for r in summary {
+        let exhausted = r.server_buffer_exhaustions.unwrap_or(0);
+        let overflows = r.server_cq_overflows.unwrap_or(0);
+        if exhausted + overflows > 0 {
+            println!(
+                "note: {} {}×{}B: {exhausted} buffer pool exhaustion(s), {overflows} CQ \
+                 overflow(s) in the server",
+                r.backend, r.connections, r.size
             );
         }
     }
@@ -914,6 +1255,7 @@ fn draw_chart(
     path: &Path,
     summary: &[Summary],
     servers: &[ServerSpec],
+    pipeline: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
     if summary.is_empty() {
@@ -925,23 +1267,47 @@ fn draw_chart(
     let mut sizes: Vec<usize> = summary.iter().map(|s| s.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
+    // Ticks at the measured connection counts: plotters' own log-scale ticks sit on powers of
+    // ten only, so a range that holds none (one count, 200 say) would get no x labels at all.
+    let mut conn_ticks: Vec<f64> = summary.iter().map(|s| s.connections as f64).collect();
+    conn_ticks.sort_by(f64::total_cmp);
+    conn_ticks.dedup();
 
     let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
     type Metric = fn(&Summary) -> f64;
-    let metrics: [(&str, Metric); 2] = [
-        ("messages/s (median)", |s| s.msgs_per_s.median),
-        ("p99 round trip, µs (median)", |s| s.p99_us.median),
+    // The legend goes where the lines seldom are: under the throughput lines (the y axis starts
+    // at 0), and above the latency lines at the smallest connection count.
+    let metrics: [(&str, Metric, SeriesLabelPosition); 2] = [
+        (
+            "messages/s (median)",
+            |s| s.msgs_per_s.median,
+            SeriesLabelPosition::LowerLeft,
+        ),
+        (
+            "p99 round trip, µs (median)",
+            |s| s.p99_us.median,
+            SeriesLabelPosition::UpperLeft,
+        ),
     ];
-    for (panel, (title, metric)) in panels.iter().zip(metrics) {
+    // A pipelined run's numbers are not comparable with a ping-pong's: say so on the chart.
+    let depth = if pipeline > 1 {
+        format!(", {pipeline} in flight per connection")
+    } else {
+        String::new()
+    };
+    for (panel, (title, metric, legend_at)) in panels.iter().zip(metrics) {
         let ymax = summary.iter().map(metric).fold(0.0, f64::max) * 1.1 + 1.0;
         let mut chart = ChartBuilder::on(panel)
-            .caption(title, ("sans-serif", 20))
+            .caption(format!("{title}{depth}"), ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(70)
-            .build_cartesian_2d((xlo..xhi).log_scale(), 0.0..ymax)?;
+            .build_cartesian_2d(
+                (xlo..xhi).log_scale().with_key_points(conn_ticks.clone()),
+                0.0..ymax,
+            )?;
         chart
             .configure_mesh()
             .x_desc("connections")
@@ -965,15 +1331,34 @@ fn draw_chart(
                     filled: true,
                     stroke_width: if si == 0 { 2 } else { 1 },
                 };
-                chart
-                    .draw_series(LineSeries::new(pts.clone(), style))?
-                    .label(format!("{} {} B", spec.name, size))
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-                chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+                // Colour tells the backend, the marker the message size (a disc, a triangle, a
+                // cross, in turn), in the legend too: two sizes of one backend would otherwise
+                // look the same there. One macro arm per shape, as each shape is its own type
+                // and a plotters series (or legend entry) takes one type.
+                let label = format!("{} {} B", spec.name, size);
+                macro_rules! series {
+                    ($marker:expr) => {{
+                        chart
+                            .draw_series(LineSeries::new(pts.clone(), style))?
+                            .label(label)
+                            .legend(move |(x, y)| {
+                                EmptyElement::at((x, y))
+                                    + PathElement::new(vec![(0, 0), (20, 0)], style)
+                                    + $marker((10, 0))
+                            });
+                        chart.draw_series(pts.iter().map(|&p| $marker(p)))?;
+                    }};
+                }
+                match si % 3 {
+                    0 => series!(|p| Circle::new(p, 3, color.filled())),
+                    1 => series!(|p| TriangleMarker::new(p, 4, color.filled())),
+                    _ => series!(|p| Cross::new(p, 3, color.stroke_width(2))),
+                }
             }
         }
         chart
             .configure_series_labels()
+            .position(legend_at)
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .draw()?;
