@@ -179,6 +179,14 @@ struct Sample {
     server_buffer_exhaustions: Option<u64>,
     /// The server's `cq_overflows` over its run.
     server_cq_overflows: Option<u64>,
+    /// Packets the kernel dropped because a CPU's input backlog was full
+    /// (`/proc/net/softnet_stat`, all CPUs) during the measured window. On loopback every
+    /// drop is a TCP segment that must be retransmitted.
+    kernel_packet_drops: Option<u64>,
+    /// TCP retransmission timeouts (`TcpExt: TCPTimeouts` in `/proc/net/netstat`) during the
+    /// measured window: each stalls one connection for at least 200 ms, which is what a
+    /// p99 of hundreds of milliseconds on loopback usually is.
+    tcp_rto_timeouts: Option<u64>,
 }
 
 /// Median and range of one metric over the repetitions.
@@ -228,6 +236,10 @@ struct Summary {
     server_buffer_exhaustions: Option<u64>,
     /// Summed over the repetitions; `None` when the server printed no stats.
     server_cq_overflows: Option<u64>,
+    /// Summed over the repetitions (see [`Sample`]).
+    kernel_packet_drops: Option<u64>,
+    /// Summed over the repetitions (see [`Sample`]).
+    tcp_rto_timeouts: Option<u64>,
     connect_errors: u64,
     io_errors: u64,
 }
@@ -714,9 +726,17 @@ fn measure(
     };
     let mut cpu_start = None;
     let mut cpu_end = None;
+    let mut net_start = None;
+    let mut net_end = None;
     let out = run_load(&load, |phase| match phase {
-        Phase::Measuring => cpu_start = server.cpu_ticks(),
-        Phase::Stopped => cpu_end = server.cpu_ticks(),
+        Phase::Measuring => {
+            cpu_start = server.cpu_ticks();
+            net_start = Some(NetCounters::read());
+        }
+        Phase::Stopped => {
+            cpu_end = server.cpu_ticks();
+            net_end = Some(NetCounters::read());
+        }
         Phase::Warmup => {}
     })
     .map_err(|e| format!("load generator: {e}"))?;
@@ -764,7 +784,55 @@ fn measure(
             .map(|k| k as f64 / out.messages_total as f64),
         server_buffer_exhaustions: stats.buffer_exhaustions,
         server_cq_overflows: stats.cq_overflows,
+        kernel_packet_drops: NetCounters::delta(&net_start, &net_end, |n| n.packet_drops),
+        tcp_rto_timeouts: NetCounters::delta(&net_start, &net_end, |n| n.rto_timeouts),
     })
+}
+
+/// Machine-wide kernel counters that explain loopback latency tails (they count every
+/// process's traffic, so read them on an otherwise quiet machine).
+#[derive(Debug, Clone, Copy)]
+struct NetCounters {
+    packet_drops: Option<u64>,
+    rto_timeouts: Option<u64>,
+}
+
+impl NetCounters {
+    fn read() -> NetCounters {
+        NetCounters {
+            packet_drops: Self::softnet_drops(),
+            rto_timeouts: Self::tcp_ext("TCPTimeouts"),
+        }
+    }
+
+    fn delta(
+        start: &Option<NetCounters>,
+        end: &Option<NetCounters>,
+        field: impl Fn(&NetCounters) -> Option<u64>,
+    ) -> Option<u64> {
+        Some(field(end.as_ref()?)?.saturating_sub(field(start.as_ref()?)?))
+    }
+
+    /// Column 2 of `/proc/net/softnet_stat` (hex, one line per CPU): packets dropped because
+    /// the CPU's backlog queue (`net.core.netdev_max_backlog`) was full.
+    fn softnet_drops() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/net/softnet_stat").ok()?;
+        text.lines()
+            .map(|line| {
+                let col = line.split_whitespace().nth(1)?;
+                u64::from_str_radix(col, 16).ok()
+            })
+            .sum()
+    }
+
+    /// A `TcpExt` counter from `/proc/net/netstat` (a header line of names, then one of values).
+    fn tcp_ext(name: &str) -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/net/netstat").ok()?;
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next()?, lines.next()?);
+        let i = names.split_whitespace().position(|n| n == name)?;
+        values.split_whitespace().nth(i)?.parse().ok()
+    }
 }
 
 struct LoadConfig {
@@ -1147,6 +1215,14 @@ fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)
                     .iter()
                     .filter_map(|x| x.server_cq_overflows)
                     .reduce(|a, b| a + b),
+                kernel_packet_drops: v
+                    .iter()
+                    .filter_map(|x| x.kernel_packet_drops)
+                    .reduce(|a, b| a + b),
+                tcp_rto_timeouts: v
+                    .iter()
+                    .filter_map(|x| x.tcp_rto_timeouts)
+                    .reduce(|a, b| a + b),
                 connect_errors: v.iter().map(|x| x.connect_errors).sum(),
                 io_errors: v.iter().map(|x| x.io_errors).sum(),
             });
@@ -1236,6 +1312,17 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
          message over its whole run (ramp, warm-up, window, drain); \"-\": it prints no stats"
     );
     for r in summary {
+        let drops = r.kernel_packet_drops.unwrap_or(0);
+        let rtos = r.tcp_rto_timeouts.unwrap_or(0);
+        if drops + rtos > 0 {
+            println!(
+                "note: {} {}×{}B: the kernel dropped {drops} packet(s) (full CPU backlog, \
+                 net.core.netdev_max_backlog) and {rtos} TCP retransmission timeout(s) fired \
+                 in the measured windows: each stalls a connection for 200 ms or more, so the \
+                 p99 there measures the kernel's loopback queue, not the server",
+                r.backend, r.connections, r.size
+            );
+        }
         let exhausted = r.server_buffer_exhaustions.unwrap_or(0);
         let overflows = r.server_cq_overflows.unwrap_or(0);
         if exhausted + overflows > 0 {
