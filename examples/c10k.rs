@@ -1366,16 +1366,20 @@ fn draw_chart(
     type Metric = fn(&Summary) -> f64;
     // The legend goes where the lines seldom are: under the throughput lines (the y axis starts
     // at 0), and above the latency lines at the smallest connection count.
-    let metrics: [(&str, Metric, SeriesLabelPosition); 2] = [
+    // The p99 spans three orders of magnitude from 100 to 10 000 connections: it is drawn
+    // as log10 on a linear axis (labelled in µs), so the small counts stay readable.
+    let metrics: [(&str, Metric, SeriesLabelPosition, bool); 2] = [
         (
             "messages/s (median)",
             |s| s.msgs_per_s.median,
             SeriesLabelPosition::LowerLeft,
+            false,
         ),
         (
-            "p99 round trip, µs (median)",
-            |s| s.p99_us.median,
+            "p99 round trip, µs (median, log scale)",
+            |s| s.p99_us.median.max(1.0).log10(),
             SeriesLabelPosition::UpperLeft,
+            true,
         ),
     ];
     // A pipelined run's numbers are not comparable with a ping-pong's: say so on the chart.
@@ -1384,8 +1388,17 @@ fn draw_chart(
     } else {
         String::new()
     };
-    for (panel, (title, metric, legend_at)) in panels.iter().zip(metrics) {
-        let ymax = summary.iter().map(metric).fold(0.0, f64::max) * 1.1 + 1.0;
+    for (panel, (title, metric, legend_at, log)) in panels.iter().zip(metrics) {
+        let (ylo, yhi) = if log {
+            let lo = summary.iter().map(metric).fold(f64::INFINITY, f64::min);
+            let hi = summary.iter().map(metric).fold(0.0, f64::max);
+            ((lo - 0.2).floor().max(0.0), hi + 0.3)
+        } else {
+            (
+                0.0,
+                summary.iter().map(metric).fold(0.0, f64::max) * 1.1 + 1.0,
+            )
+        };
         let mut chart = ChartBuilder::on(panel)
             .caption(format!("{title}{depth}"), ("sans-serif", 20))
             .margin(15)
@@ -1393,13 +1406,13 @@ fn draw_chart(
             .y_label_area_size(70)
             .build_cartesian_2d(
                 (xlo..xhi).log_scale().with_key_points(conn_ticks.clone()),
-                0.0..ymax,
+                ylo..yhi,
             )?;
         chart
             .configure_mesh()
             .x_desc("connections")
             .x_label_formatter(&|x| format!("{x:.0}"))
-            .y_label_formatter(&|y| fmt_rate(*y))
+            .y_label_formatter(&|y| fmt_rate(if log { 10f64.powf(*y) } else { *y }))
             .draw()?;
         for (bi, spec) in servers.iter().enumerate() {
             for (si, &size) in sizes.iter().enumerate() {
