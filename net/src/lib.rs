@@ -68,8 +68,8 @@ pub use buf::{IoBuf, IoBufMut, Slice};
 pub use pooled::{PooledReceiver, PooledRecv, DEFAULT_RECV_CAP};
 pub use ringloop_runtime::PooledBuf;
 pub use socket::{
-    sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall, AsSharedFd,
-    DatagramMeta, SendAllError,
+    sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
+    sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAllError,
 };
 pub use tcp::{
     Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpListenerBuilder, TcpStream,

@@ -302,6 +302,93 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
     }
 }
 
+/// `sendmsg` several owned buffers' initialised bytes in one call (gather write), starting
+/// `skip` bytes in (what earlier partial sends already took).
+pub(crate) struct SendVectored<B> {
+    fd: SharedFd,
+    bufs: Vec<B>,
+    skip: usize,
+    iovs: Vec<libc::iovec>,
+    msg: libc::msghdr,
+}
+
+/// Linux accepts at most this many iovecs per call (`UIO_MAXIOV`); more go in the next call.
+const MAX_IOVECS: usize = 1024;
+
+impl<B: IoBuf> SendVectored<B> {
+    pub(crate) fn new(fd: SharedFd, bufs: Vec<B>, skip: usize) -> Self {
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths); `prepare` fills
+        // it in once the op is at its final address.
+        let msg = unsafe { mem::zeroed() };
+        SendVectored {
+            fd,
+            bufs,
+            skip,
+            iovs: Vec::new(),
+            msg,
+        }
+    }
+
+    /// Builds the iovecs (the bytes not yet sent) and points the msghdr at them; called with
+    /// `self` boxed, and `iovs` is not touched again until the completion.
+    fn prepare(&mut self) {
+        self.iovs.clear();
+        let mut skip = self.skip;
+        for buf in &self.bufs {
+            let len = buf.bytes_init();
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            self.iovs.push(libc::iovec {
+                // SAFETY: `skip < len`, so the offset stays inside the initialised bytes.
+                iov_base: unsafe { buf.stable_ptr().add(skip) } as *mut libc::c_void,
+                iov_len: len - skip,
+            });
+            skip = 0;
+            if self.iovs.len() == MAX_IOVECS {
+                break;
+            }
+        }
+        self.msg.msg_iov = self.iovs.as_mut_ptr();
+        self.msg.msg_iovlen = self.iovs.len();
+    }
+}
+
+// SAFETY: the SQE points at `self.msg` (a field of the boxed op), which points at `self.iovs`
+// (a heap array the op owns and does not change until completion), which point into the
+// buffers in `self.bufs` (stable, owned by the op); it names `self.fd`.
+unsafe impl<B: IoBuf> OpKind for SendVectored<B> {
+    type Output = (io::Result<usize>, Vec<B>);
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.prepare();
+        with_target!(self.fd, t => opcode::SendMsg::new(t, &self.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build())
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        (self.fd.raw(), Interest::Write)
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.prepare();
+        // SAFETY: `msg` points at our own live iovecs, set up by `prepare`.
+        cvt(unsafe {
+            libc::sendmsg(
+                self.fd.raw(),
+                &self.msg,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        })
+    }
+
+    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        (result.map(|n| n as usize), self.bufs)
+    }
+}
+
 /// `recvmsg` into an owned buffer, with the sender's address and the datagram's real length
 /// (datagram sockets only: on a stream socket `MSG_TRUNC` would discard data).
 pub(crate) struct RecvFrom<B> {

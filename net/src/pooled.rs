@@ -31,7 +31,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue};
 use ringloop_runtime::{
@@ -72,6 +72,12 @@ pub struct PooledReceiver {
     wait: BufWait,
     backend: Backend,
     eof: bool,
+    /// Set while [`try_recv`](Self::try_recv) polls.
+    non_blocking: bool,
+    /// epoll: the last receive came back shorter than its buffer, so the socket was empty
+    /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
+    /// way), which keeps a `recv` + `try_recv` loop at one syscall per chunk.
+    drained: bool,
 }
 
 impl PooledReceiver {
@@ -85,6 +91,8 @@ impl PooledReceiver {
             pool,
             backend: ringloop_runtime::current_backend(),
             eof: false,
+            non_blocking: false,
+            drained: false,
         }
     }
 
@@ -99,6 +107,87 @@ impl PooledReceiver {
         PooledRecv { rx: self }
     }
 
+    /// The next chunk if one is ready now, without waiting: `None` if nothing is known to
+    /// have arrived (the receive stays armed), else what [`recv`](Self::recv) would have
+    /// returned. Not a cancellation point: a pending cancellation waits for the next `recv`.
+    ///
+    /// On io_uring this reads the connection's queue of completions (no system call). On
+    /// epoll it makes one non-blocking receive, unless the last receive came back shorter
+    /// than its buffer (the socket was empty then): `None` at once, until the next `recv`.
+    ///
+    /// For draining what a connection has queued after a `recv`, e.g. to write it all back
+    /// with one [`write_all_vectored`](crate::TcpStream::write_all_vectored).
+    pub fn try_recv(&mut self) -> Option<io::Result<Option<PooledBuf>>> {
+        // Polled with a no-op waker: if nothing is ready, the receive (and a place in the
+        // pool's queue) stays registered, and the next `recv` installs the task's own waker.
+        if self.backend != Backend::IoUring {
+            return self.try_recv_epoll();
+        }
+        if self.multishot.is_armed() && self.multishot.queued() == 0 {
+            return None; // the common case, without touching the waker the receive holds
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        self.non_blocking = true;
+        let r = Pin::new(&mut self.recv()).poll(&mut cx);
+        self.non_blocking = false;
+        match r {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        }
+    }
+
+    /// epoll: one non-blocking receive into a free buffer, beside any receive op waiting for
+    /// readiness (which holds no buffer while it waits, so the two cannot both own data).
+    /// Polling that op instead would consume a pending cancellation.
+    fn try_recv_epoll(&mut self) -> Option<io::Result<Option<PooledBuf>>> {
+        if self.eof {
+            return Some(Ok(None));
+        }
+        if self.drained || !self.wait.may_take() {
+            return None;
+        }
+        let mut attempt = RecvPooled {
+            fd: self.fd.clone(),
+            pool: self.pool.clone(),
+            buf: None,
+        };
+        match attempt.attempt() {
+            Ok(0) => {
+                self.wait.release();
+                self.eof = true;
+                Some(Ok(None))
+            }
+            Ok(n) => {
+                let mut buf = attempt.buf.take()?;
+                self.wait.took_buffer();
+                self.drained = (n as usize) < buf.capacity();
+                buf.set_len(n as usize);
+                Some(Ok(Some(buf)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.drained = true;
+                None
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => None,
+            Err(e) => {
+                self.wait.release();
+                Some(Err(e))
+            }
+        }
+    }
+
+    /// `Pending`, or the task's cancellation if one is pending and this is a real wait (a
+    /// [`try_recv`](Self::try_recv) is no suspension point, so it leaves the request alone).
+    fn pending_or_cancelled<T>(&self) -> Poll<io::Result<T>> {
+        if self.non_blocking {
+            return Poll::Pending;
+        }
+        match ringloop_runtime::take_cancel_request() {
+            Some(c) => Poll::Ready(Err(c.into())),
+            None => Poll::Pending,
+        }
+    }
+
     fn poll_uring(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<PooledBuf>>> {
         loop {
             if self.eof {
@@ -108,7 +197,7 @@ impl PooledReceiver {
                 // The pool ran dry (or is about to): queue, first come first served.
                 if !self.wait.may_take() {
                     self.wait.wait(cx.waker());
-                    return cancel_or_pending();
+                    return self.pending_or_cancelled();
                 }
                 let sqe = with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build());
                 // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
@@ -157,7 +246,7 @@ impl PooledReceiver {
                 }
                 // Ended with its last completion read: re-arm.
                 Poll::Ready(None) => continue,
-                Poll::Pending => return cancel_or_pending(),
+                Poll::Pending => return self.pending_or_cancelled(),
             }
         }
     }
@@ -169,7 +258,7 @@ impl PooledReceiver {
         if self.pending.is_none() && !self.wait.may_take() {
             // Others queued for a buffer first.
             self.wait.wait(cx.waker());
-            return cancel_or_pending();
+            return self.pending_or_cancelled();
         }
         let op = self.pending.get_or_insert_with(|| {
             Op::new(RecvPooled {
@@ -192,6 +281,7 @@ impl PooledReceiver {
             }
             (Ok(n), Some(mut buf)) => {
                 self.wait.took_buffer();
+                self.drained = (n as usize) < buf.capacity();
                 buf.set_len(n as usize);
                 Ok(Some(buf))
             }
@@ -206,7 +296,7 @@ impl PooledReceiver {
                 // try again (the data waits in the socket).
                 self.wait.lost_race();
                 self.wait.wait(cx.waker());
-                return cancel_or_pending();
+                return self.pending_or_cancelled();
             }
             (Err(e), _) => {
                 self.wait.release();
@@ -218,13 +308,6 @@ impl PooledReceiver {
 
 /// The pool's buffer group (see the runtime's driver docs).
 const POOL_GROUP: u16 = 0;
-
-fn cancel_or_pending<T>() -> Poll<io::Result<T>> {
-    match ringloop_runtime::take_cancel_request() {
-        Some(c) => Poll::Ready(Err(c.into())),
-        None => Poll::Pending,
-    }
-}
 
 /// The future of [`PooledReceiver::recv`].
 #[must_use = "futures do nothing unless awaited"]

@@ -342,6 +342,35 @@ impl TcpStream {
         socket::sock_sendall(self, buf).await
     }
 
+    /// Writes every buffer's bytes, in order, with gather writes (see
+    /// [`sock_sendall_vectored`](crate::sock_sendall_vectored)); on error says how many went
+    /// out.
+    ///
+    /// ```no_run
+    /// # use ringloop_net::TcpStream;
+    /// # async fn echo(stream: TcpStream) -> std::io::Result<()> {
+    /// // Echo a bulk stream: every chunk already queued goes back in one write.
+    /// let mut rx = stream.pooled_receiver();
+    /// let mut chunks = Vec::new();
+    /// while let Some(first) = rx.recv().await? {
+    ///     chunks.push(first);
+    ///     while let Some(Ok(Some(more))) = rx.try_recv() {
+    ///         chunks.push(more);
+    ///     }
+    ///     let (r, back) = stream.write_all_vectored(chunks).await;
+    ///     r?;
+    ///     chunks = back;
+    ///     chunks.clear(); // the buffers go back to the pool
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn write_all_vectored<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+    ) -> (Result<(), SendAllError>, Vec<B>) {
+        socket::sock_sendall_vectored(self, bufs).await
+    }
+
     /// Shuts down one or both directions.
     ///
     /// # Errors
@@ -491,6 +520,14 @@ impl OwnedWriteHalf {
     /// See [`TcpStream::write_all`].
     pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
         socket::sock_sendall(&self.fd, buf).await
+    }
+
+    /// See [`TcpStream::write_all_vectored`].
+    pub async fn write_all_vectored<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+    ) -> (Result<(), SendAllError>, Vec<B>) {
+        socket::sock_sendall_vectored(&self.fd, bufs).await
     }
 }
 

@@ -240,3 +240,75 @@ fn receivers_queued_on_a_dry_pool_are_all_served() {
         assert_eq!(stats.pooled_buffers_out, 0, "{backend}: {stats:?}");
     }
 }
+
+both_backends! {
+    async fn write_all_vectored_sends_every_buffer_in_order() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // 1. More buffers than one sendmsg takes (1024 iovecs), then one larger than the socket
+        //    buffers, so the write is split into several calls and short writes.
+        let mut bufs: Vec<Vec<u8>> = (0..1500u32).map(|i| vec![(i % 251) as u8; 7]).collect();
+        bufs.push((0..(4 << 20)).map(|i| (i % 253) as u8).collect());
+        let expected: Vec<u8> = bufs.iter().flatten().copied().collect();
+        let reader = spawn(async move {
+            let (r, got) = server.read_exact(Vec::with_capacity(expected.len())).await;
+            r.unwrap();
+            assert!(got == expected, "the bytes arrived in order");
+            got.len()
+        });
+        let (r, back) = client.write_all_vectored(bufs).await;
+        r.unwrap();
+        assert_eq!(back.len(), 1501, "every buffer is given back");
+        assert_eq!(reader.await.unwrap(), 1500 * 7 + (4 << 20));
+    }
+}
+
+both_backends! {
+    async fn try_recv_drains_what_is_queued_without_waiting_or_eating_a_cancel() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut rx = server.pooled_receiver();
+        // 1. Nothing sent yet: no chunk, and no wait.
+        assert!(rx.try_recv().is_none());
+        // 2. Three writes; one `recv`, then `try_recv` until every byte is in.
+        for part in [&b"alpha"[..], b"beta", b"gamma"] {
+            let (r, _) = client.write_all(part).await;
+            r.unwrap();
+        }
+        // (On epoll a short receive means the socket was empty then, so `try_recv` says
+        // `None` without asking again until the next `recv`: the loop falls back to `recv`.)
+        let mut got = Vec::new();
+        while got.len() < 14 {
+            got.extend_from_slice(&rx.recv().await.unwrap().unwrap());
+            while let Some(chunk) = rx.try_recv() {
+                got.extend_from_slice(&chunk.unwrap().unwrap());
+            }
+        }
+        assert_eq!(&got, b"alphabetagamma");
+        assert!(rx.try_recv().is_none(), "all read");
+        // 3. A pending cancellation is left for the next await: `try_recv` is no suspension
+        //    point.
+        let me = ringloop_runtime::current_task().unwrap();
+        me.cancel();
+        assert!(rx.try_recv().is_none());
+        let e = rx.recv().await.unwrap_err();
+        assert!(is_cancelled(&e), "{e}");
+        drop(e);
+        me.uncancel();
+        // 4. The receiver goes on: later data arrives through `recv` as usual, and the end
+        //    of stream through `try_recv`.
+        let (r, _) = client.write_all(&b"more"[..]).await;
+        r.unwrap();
+        assert_eq!(&rx.recv().await.unwrap().unwrap()[..], b"more");
+        drop(client);
+        assert!(rx.recv().await.unwrap().is_none(), "end of stream");
+        assert!(
+            matches!(rx.try_recv(), Some(Ok(None))),
+            "after the end, try_recv says so too"
+        );
+    }
+}
