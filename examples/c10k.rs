@@ -1314,12 +1314,18 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
     for r in summary {
         let drops = r.kernel_packet_drops.unwrap_or(0);
         let rtos = r.tcp_rto_timeouts.unwrap_or(0);
-        if drops + rtos > 0 {
+        if rtos > 0 {
             println!(
-                "note: {} {}×{}B: the kernel dropped {drops} packet(s) (full CPU backlog, \
-                 net.core.netdev_max_backlog) and {rtos} TCP retransmission timeout(s) fired \
-                 in the measured windows: each stalls a connection for 200 ms or more, so the \
-                 p99 there measures the kernel's loopback queue, not the server",
+                "note: {} {}×{}B: {rtos} TCP retransmission timeout(s) fired in the measured \
+                 windows ({drops} packet(s) dropped at a full CPU backlog, \
+                 net.core.netdev_max_backlog): each stalls a connection for 200 ms or more, so \
+                 a p99 that high measures the kernel's loopback queue, not the server",
+                r.backend, r.connections, r.size
+            );
+        } else if drops > 0 {
+            println!(
+                "note: {} {}×{}B: {drops} packet(s) dropped at a full CPU backlog \
+                 (net.core.netdev_max_backlog), all recovered without a retransmission timeout",
                 r.backend, r.connections, r.size
             );
         }
