@@ -138,6 +138,22 @@ impl Plan {
 struct ServerSpec {
     name: String,
     argv: Vec<String>,
+    /// The server is ringloop's `echo_server`, which prints a `stats ...` line on SIGUSR1:
+    /// its counters are then read at the start and the end of the measured window.
+    window_stats: bool,
+}
+
+impl ServerSpec {
+    fn new(name: String, argv: Vec<String>) -> ServerSpec {
+        let window_stats = argv
+            .iter()
+            .any(|a| Path::new(a).file_name().is_some_and(|f| f == "echo_server"));
+        ServerSpec {
+            name,
+            argv,
+            window_stats,
+        }
+    }
 }
 
 /// One measurement: one backend, one cell, one repetition.
@@ -174,6 +190,11 @@ struct Sample {
     /// `server_kernel_enters / messages_total`: kernel entries per echoed message, per server
     /// run (not for the measured window alone).
     server_kernel_enters_per_msg: Option<f64>,
+    /// Kernel entries per echoed message over the measured window only (from the server's
+    /// counters at the window's start and end; ringloop's `echo_server` only).
+    window_kernel_enters_per_msg: Option<f64>,
+    /// The driver's system calls (entries included) per echoed message over the window.
+    window_driver_syscalls_per_msg: Option<f64>,
     /// The server's `buffer_exhaustions` over its run: multishot receives that found the
     /// buffer pool empty.
     server_buffer_exhaustions: Option<u64>,
@@ -232,6 +253,9 @@ struct Summary {
     server_peak_rss_kib: Option<Stat>,
     /// Kernel entries per echoed message, per server run (see [`Sample`]).
     server_kernel_enters_per_msg: Option<Stat>,
+    /// Kernel entries per echoed message over the measured windows (see [`Sample`]).
+    window_kernel_enters_per_msg: Option<Stat>,
+    window_driver_syscalls_per_msg: Option<Stat>,
     /// Summed over the repetitions; `None` when the server printed no stats.
     server_buffer_exhaustions: Option<u64>,
     /// Summed over the repetitions; `None` when the server printed no stats.
@@ -428,10 +452,7 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
                 .into())
             }
         };
-        specs.push(ServerSpec {
-            name: b.clone(),
-            argv,
-        });
+        specs.push(ServerSpec::new(b.clone(), argv));
     }
     for s in &args.servers {
         let (name, cmd) = s
@@ -447,10 +468,7 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
         if argv.is_empty() || !argv.iter().any(|a| a.contains("{addr}")) {
             return Err(format!("--server {s:?}: CMD must contain {{addr}}").into());
         }
-        specs.push(ServerSpec {
-            name: name.to_string(),
-            argv,
-        });
+        specs.push(ServerSpec::new(name.to_string(), argv));
     }
     if specs.is_empty() {
         return Err("no backends to compare".into());
@@ -634,6 +652,13 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Asks a ringloop `echo_server` for a `stats ...` line (SIGUSR1).
+    fn request_stats(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGUSR1);
+    }
+
     /// SIGTERM, then SIGKILL after 3 s; reaps the child.
     fn terminate(&mut self) {
         use nix::sys::signal::{kill, Signal};
@@ -693,6 +718,38 @@ impl ServerStats {
     }
 }
 
+/// The difference between the first two `stats key=value ...` lines a ringloop
+/// `echo_server` printed (on SIGUSR1 at the window's start and end).
+#[derive(Debug, Default)]
+struct WindowStats {
+    kernel_enters: Option<u64>,
+    driver_syscalls: Option<u64>,
+}
+
+impl WindowStats {
+    fn parse(stderr: &str) -> WindowStats {
+        let snapshots: Vec<BTreeMap<&str, u64>> = stderr
+            .lines()
+            .filter_map(|l| l.strip_prefix("stats "))
+            .map(|l| {
+                l.split_whitespace()
+                    .filter_map(|kv| kv.split_once('='))
+                    .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                    .collect()
+            })
+            .take(2)
+            .collect();
+        let [start, end] = snapshots.as_slice() else {
+            return WindowStats::default();
+        };
+        let delta = |key: &str| Some(end.get(key)?.saturating_sub(*start.get(key)?));
+        WindowStats {
+            kernel_enters: delta("kernel_enters"),
+            driver_syscalls: delta("driver_syscalls"),
+        }
+    }
+}
+
 fn free_port() -> std::io::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     l.local_addr()
@@ -732,10 +789,16 @@ fn measure(
         Phase::Measuring => {
             cpu_start = server.cpu_ticks();
             net_start = Some(NetCounters::read());
+            if spec.window_stats {
+                server.request_stats();
+            }
         }
         Phase::Stopped => {
             cpu_end = server.cpu_ticks();
             net_end = Some(NetCounters::read());
+            if spec.window_stats {
+                server.request_stats();
+            }
         }
         Phase::Warmup => {}
     })
@@ -747,7 +810,14 @@ fn measure(
             server.stop().trim_end()
         ));
     }
-    let stats = ServerStats::parse(&server.stop());
+    let stderr = server.stop();
+    let stats = ServerStats::parse(&stderr);
+    let window = WindowStats::parse(&stderr);
+    let per_window_msg = |f: fn(&WindowStats) -> Option<u64>| {
+        f(&window)
+            .filter(|_| out.messages > 0)
+            .map(|n| n as f64 / out.messages as f64)
+    };
 
     let h = &out.hist;
     let cpu_us = match (cpu_start, cpu_end) {
@@ -778,6 +848,8 @@ fn measure(
         server_peak_rss_kib: rss,
         messages_total: out.messages_total,
         server_kernel_enters: stats.kernel_enters,
+        window_kernel_enters_per_msg: per_window_msg(|w| w.kernel_enters),
+        window_driver_syscalls_per_msg: per_window_msg(|w| w.driver_syscalls),
         server_kernel_enters_per_msg: stats
             .kernel_enters
             .filter(|_| out.messages_total > 0)
@@ -1202,6 +1274,16 @@ fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)
                         .filter_map(|x| x.server_peak_rss_kib.map(|k| k as f64))
                         .collect(),
                 ),
+                window_kernel_enters_per_msg: Stat::of(
+                    v.iter()
+                        .filter_map(|x| x.window_kernel_enters_per_msg)
+                        .collect(),
+                ),
+                window_driver_syscalls_per_msg: Stat::of(
+                    v.iter()
+                        .filter_map(|x| x.window_driver_syscalls_per_msg)
+                        .collect(),
+                ),
                 server_kernel_enters_per_msg: Stat::of(
                     v.iter()
                         .filter_map(|x| x.server_kernel_enters_per_msg)
@@ -1300,8 +1382,14 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
                 ),
                 r.server_peak_rss_kib
                     .map_or("-".into(), |k| format!("{:.1}", k.median / 1024.0)),
-                r.server_kernel_enters_per_msg
-                    .map_or("-".into(), |k| format!("{:.3}", k.median)),
+                match (
+                    r.window_kernel_enters_per_msg,
+                    r.server_kernel_enters_per_msg
+                ) {
+                    (Some(w), _) => format!("{:.3}", w.median),
+                    (None, Some(k)) => format!("{:.3}*", k.median),
+                    (None, None) => "-".into(),
+                },
                 r.connect_errors + r.io_errors,
             );
         }
@@ -1309,7 +1397,8 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
     println!();
     println!(
         "enters/msg: the server's kernel entries (io_uring_enter / epoll_wait) per echoed \
-         message over its whole run (ramp, warm-up, window, drain); \"-\": it prints no stats"
+         message over the measured window (ringloop's echo_server, read on SIGUSR1); with \
+         \"*\": over its whole run (ramp, warm-up, window, drain); \"-\": it prints no stats"
     );
     for r in summary {
         let drops = r.kernel_packet_drops.unwrap_or(0);

@@ -10,7 +10,8 @@
 //! ```text
 //! cargo run --release --example echo_server -- --backend uring --addr 127.0.0.1:7000
 //! ```
-//! Send SIGINT or SIGTERM (or close stdin with `--stdin-stop`) to stop it; it prints its stats.
+//! Send SIGINT or SIGTERM to stop it; it prints its stats. SIGUSR1 prints a one-line snapshot
+//! of its counters to stderr and goes on.
 
 use std::net::SocketAddr;
 
@@ -69,6 +70,7 @@ fn main() -> std::io::Result<()> {
         .registered_fds(args.registered_fds)
         .build()?;
     stop_on_signal(&rt)?;
+    report_on_sigusr1(&rt)?;
     let listener = TcpListener::builder(args.addr)
         .backlog(args.backlog)
         .bind()?;
@@ -160,6 +162,27 @@ fn raise_nofile_limit() {
     if let Ok((_soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+/// On SIGUSR1, prints one line of counters to stderr (`stats kernel_enters=N ...`), so a load
+/// generator can take the difference over its measured window (`c10k` does).
+fn report_on_sigusr1(rt: &Runtime) -> std::io::Result<()> {
+    let mut listener = signal(SignalKind::user_defined1())?;
+    rt.spawn(async move {
+        while listener.recv().await.is_ok() {
+            let s = ringloop::current_stats();
+            eprintln!(
+                "stats kernel_enters={} driver_syscalls={} ops_submitted={} \
+                 buffer_exhaustions={} cq_overflows={}",
+                s.kernel_enters,
+                s.driver_syscalls,
+                s.ops_submitted,
+                s.buffer_exhaustions,
+                s.cq_overflows
+            );
+        }
+    });
+    Ok(())
 }
 
 /// Stops the loop on SIGINT or SIGTERM (asyncio's `add_signal_handler(SIGTERM, loop.stop)`).

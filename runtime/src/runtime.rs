@@ -1207,6 +1207,22 @@ pub fn current_backend() -> Backend {
     context::with_core(|core| core.backend())
 }
 
+/// A snapshot of the running runtime's counters, from inside one of its tasks (what
+/// [`Runtime::stats`] gives its owner).
+///
+/// ```
+/// let rt = ringloop_runtime::Runtime::new().unwrap();
+/// let polls = rt.block_on(async { ringloop_runtime::current_stats().polls });
+/// assert!(polls >= 1);
+/// ```
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn current_stats() -> RuntimeStats {
+    context::with_core(|core| core.stats())
+}
+
 /// Whether sends use io_uring's zero-copy `SEND_ZC` on the running runtime (see
 /// [`Builder::zero_copy_send`]); false on epoll and outside a runtime.
 pub fn zero_copy_send() -> bool {
