@@ -1212,8 +1212,12 @@ pub fn current_backend() -> Backend {
 ///
 /// ```
 /// let rt = ringloop_runtime::Runtime::new().unwrap();
-/// let polls = rt.block_on(async { ringloop_runtime::current_stats().polls });
-/// assert!(polls >= 1);
+/// let finished = rt.block_on(async {
+///     let before = ringloop_runtime::current_stats().tasks_completed;
+///     ringloop_runtime::spawn(async {}).await.unwrap();
+///     ringloop_runtime::current_stats().tasks_completed - before
+/// });
+/// assert_eq!(finished, 1);
 /// ```
 ///
 /// # Panics
