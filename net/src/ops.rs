@@ -302,6 +302,21 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
     }
 }
 
+/// The SQE of a `sendmsg` (`MSG_NOSIGNAL`) of `msg`, which must point only at memory the op
+/// owns (it is read when the kernel runs the op).
+fn sendmsg_sqe(fd: &SharedFd, msg: &libc::msghdr) -> squeue::Entry {
+    with_target!(fd, t => opcode::SendMsg::new(t, msg)
+        .flags(libc::MSG_NOSIGNAL as u32)
+        .build())
+}
+
+/// A non-blocking `sendmsg` of `msg` now (epoll's attempt).
+fn sendmsg_now(fd: &SharedFd, msg: &libc::msghdr) -> io::Result<u32> {
+    // SAFETY: `msg` is a valid msghdr whose pointers (set up by the op's `prepare`) point at
+    // live memory the op owns; the kernel only reads through them during the call.
+    cvt(unsafe { libc::sendmsg(fd.raw(), msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) })
+}
+
 /// `sendmsg` several owned buffers' initialised bytes in one call (gather write), starting
 /// `skip` bytes in (what earlier partial sends already took).
 pub(crate) struct SendVectored<B> {
@@ -363,9 +378,7 @@ unsafe impl<B: IoBuf> OpKind for SendVectored<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
-        with_target!(self.fd, t => opcode::SendMsg::new(t, &self.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build())
+        sendmsg_sqe(&self.fd, &self.msg)
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -374,14 +387,7 @@ unsafe impl<B: IoBuf> OpKind for SendVectored<B> {
 
     fn attempt(&mut self) -> io::Result<u32> {
         self.prepare();
-        // SAFETY: `msg` points at our own live iovecs, set up by `prepare`.
-        cvt(unsafe {
-            libc::sendmsg(
-                self.fd.raw(),
-                &self.msg,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        })
+        sendmsg_now(&self.fd, &self.msg)
     }
 
     fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
@@ -521,9 +527,7 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
-        with_target!(self.fd, t => opcode::SendMsg::new(t, &self.msg)
-            .flags(libc::MSG_NOSIGNAL as u32)
-            .build())
+        sendmsg_sqe(&self.fd, &self.msg)
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
@@ -532,14 +536,7 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
 
     fn attempt(&mut self) -> io::Result<u32> {
         self.prepare();
-        // SAFETY: `msg` points at our own live fields, set up by `prepare`.
-        cvt(unsafe {
-            libc::sendmsg(
-                self.fd.raw(),
-                &self.msg,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        })
+        sendmsg_now(&self.fd, &self.msg)
     }
 
     fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
