@@ -123,6 +123,9 @@ impl PooledReceiver {
         if self.backend != Backend::IoUring {
             return self.try_recv_epoll();
         }
+        if self.eof {
+            return Some(Ok(None));
+        }
         if self.multishot.is_armed() && self.multishot.queued() == 0 {
             return None; // the common case, without touching the waker the receive holds
         }
