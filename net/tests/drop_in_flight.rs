@@ -24,7 +24,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use common::{
-    fd_count, localhost, read_to_end, runtime, serial, tick, until, CountedBuf, BACKENDS,
+    fd_count, leaked_fds, localhost, open_fds, read_to_end, runtime, serial, tick, until,
+    CountedBuf, BACKENDS,
 };
 use ringloop_net::{TcpListener, TcpStream};
 use ringloop_runtime::{sleep, spawn, Backend, Runtime};
@@ -35,7 +36,7 @@ use ringloop_runtime::{sleep, spawn, Backend, Runtime};
 fn on_both_backends(test: impl Fn(&Runtime)) {
     let _serial = serial();
     for backend in BACKENDS {
-        let fds_before = fd_count();
+        let fds_before = open_fds();
         {
             let rt = runtime(backend);
             test(&rt);
@@ -44,7 +45,11 @@ fn on_both_backends(test: impl Fn(&Runtime)) {
             assert_eq!(stats.tasks_alive, 0, "{backend}: {stats:?}");
             assert_eq!(stats.timers_pending, 0, "{backend}: {stats:?}");
         }
-        assert_eq!(fd_count(), fds_before, "{backend}: a descriptor leaked");
+        let leaked = leaked_fds(&fds_before);
+        assert!(
+            leaked.is_empty(),
+            "{backend}: descriptors leaked: {leaked:?}"
+        );
     }
 }
 
@@ -663,7 +668,7 @@ fn descriptor_number_reused_after_a_drop_outside_the_runtime() {
 #[test]
 fn zero_copy_send_dropped_in_flight_keeps_buffer_until_notification() {
     let _serial = serial();
-    let fds_before = fd_count();
+    let fds_before = open_fds();
     let rt = Runtime::builder()
         .backend(Backend::IoUring)
         .zero_copy_send(true)
@@ -710,19 +715,6 @@ fn zero_copy_send_dropped_in_flight_keeps_buffer_until_notification() {
     assert_eq!(stats.ops_in_flight, 0, "{stats:?}");
     assert!(stats.zero_copy_notifications > 0, "{stats:?}");
     drop(rt);
-    let after = fd_count();
-    if after != fds_before {
-        let list: Vec<String> = std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                format!(
-                    "{:?}->{:?}",
-                    e.file_name(),
-                    std::fs::read_link(e.path()).ok()
-                )
-            })
-            .collect();
-        panic!("descriptors {fds_before} -> {after}: {list:?}");
-    }
+    let leaked = leaked_fds(&fds_before);
+    assert!(leaked.is_empty(), "descriptors leaked: {leaked:?}");
 }

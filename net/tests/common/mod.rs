@@ -49,6 +49,31 @@ pub fn runtime(backend: Backend) -> Runtime {
     rt
 }
 
+/// The numbers of this process's open descriptors.
+#[allow(dead_code)] // not every test binary checks for leaks this way
+pub fn open_fds() -> std::collections::BTreeSet<i32> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Descriptors open now that were not in `before`, with what they point at: a leak. (A
+/// descriptor that closed meanwhile is not one; the harness's own, inherited from the shell
+/// that started it, can come and go.) The one `read_dir` uses while listing is left out.
+#[allow(dead_code)]
+pub fn leaked_fds(before: &std::collections::BTreeSet<i32>) -> Vec<String> {
+    let now = open_fds();
+    now.difference(before)
+        .filter_map(|fd| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+            Some(format!("{fd} -> {}", target.display()))
+        })
+        .collect()
+}
+
 /// Open descriptors of this process.
 pub fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd")
