@@ -65,6 +65,15 @@ async fn settle(rt: &Runtime) {
 }
 
 /// Whether another `recv` would have to wait (no delivery pending): a zero timeout around it.
+/// Waits for `sig`'s next delivery, bounded: a broken `recv` fails the test instead of
+/// hanging CI.
+async fn delivered(sig: &mut Signal) {
+    timeout(Duration::from_secs(30), sig.recv())
+        .await
+        .expect("no delivery within 30 s")
+        .unwrap();
+}
+
 async fn nothing_pending(sig: &mut Signal) -> bool {
     matches!(timeout(Duration::ZERO, sig.recv()).await, Err(TimedOut))
 }
@@ -77,7 +86,7 @@ fn a_raised_sigusr1_wakes_a_task_waiting_in_recv() {
             let mut sig = signal(SignalKind::user_defined1()).unwrap();
             assert_eq!(sig.kind().as_raw(), libc::SIGUSR1);
             let waiter = spawn(async move {
-                sig.recv().await.unwrap();
+                delivered(&mut sig).await;
                 sig
             });
             yield_now().await; // 1. the waiter reads nothing and waits in an op
@@ -87,7 +96,7 @@ fn a_raised_sigusr1_wakes_a_task_waiting_in_recv() {
             assert!(nothing_pending(&mut sig).await, "{backend}");
             // And again: one wake per delivery.
             raise(libc::SIGUSR1);
-            sig.recv().await.unwrap();
+            delivered(&mut sig).await;
         });
     });
 }
@@ -100,7 +109,7 @@ fn a_delivery_before_recv_is_awaited_is_not_lost() {
         let mut sig = signal(libc::SIGURG).unwrap();
         raise(libc::SIGURG);
         rt.block_on(async {
-            sig.recv().await.unwrap();
+            delivered(&mut sig).await;
             assert!(nothing_pending(&mut sig).await, "{backend}");
         });
     });
@@ -115,7 +124,7 @@ fn deliveries_between_two_recvs_coalesce_into_one() {
             raise(libc::SIGCHLD);
             raise(libc::SIGCHLD);
             raise(libc::SIGCHLD);
-            sig.recv().await.unwrap();
+            delivered(&mut sig).await;
             assert!(nothing_pending(&mut sig).await, "{backend}");
         });
     });
@@ -129,11 +138,11 @@ fn two_listeners_for_one_signal_both_see_one_delivery() {
             let mut a = signal(libc::SIGWINCH).unwrap();
             let mut b = signal(libc::SIGWINCH).unwrap();
             let wa = spawn(async move {
-                a.recv().await.unwrap();
+                delivered(&mut a).await;
                 a
             });
             let wb = spawn(async move {
-                b.recv().await.unwrap();
+                delivered(&mut b).await;
                 b
             });
             yield_now().await;
@@ -191,7 +200,7 @@ fn cancelling_a_task_waiting_in_recv_resolves_it_to_cancelled_and_leaves_no_op_i
             assert_eq!(rt.stats().ops_in_flight, 0, "{backend}");
             // 4. The listener still works.
             raise(libc::SIGURG);
-            sig.recv().await.unwrap();
+            delivered(&mut sig).await;
         });
     });
 }
@@ -215,7 +224,7 @@ fn a_recv_future_dropped_in_flight_consumes_no_delivery() {
             // 2. The delivery arrives while the dropped wait may still be in the kernel.
             raise(libc::SIGWINCH);
             // 3. It is there for the next recv.
-            sig.recv().await.unwrap();
+            delivered(&mut sig).await;
             settle(rt).await;
         });
     });
