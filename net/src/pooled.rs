@@ -72,8 +72,6 @@ pub struct PooledReceiver {
     wait: BufWait,
     backend: Backend,
     eof: bool,
-    /// Set while [`try_recv`](Self::try_recv) polls.
-    non_blocking: bool,
     /// epoll: the last receive came back shorter than its buffer, so the socket was empty
     /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
     /// way), which keeps a `recv` + `try_recv` loop at one syscall per chunk.
@@ -91,7 +89,6 @@ impl PooledReceiver {
             pool,
             backend: ringloop_runtime::current_backend(),
             eof: false,
-            non_blocking: false,
             drained: false,
         }
     }
@@ -130,10 +127,7 @@ impl PooledReceiver {
             return None; // the common case, without touching the waker the receive holds
         }
         let mut cx = Context::from_waker(Waker::noop());
-        self.non_blocking = true;
-        let r = Pin::new(&mut self.recv()).poll(&mut cx);
-        self.non_blocking = false;
-        match r {
+        match self.poll_uring(&mut cx, false) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         }
@@ -179,19 +173,13 @@ impl PooledReceiver {
         }
     }
 
-    /// `Pending`, or the task's cancellation if one is pending and this is a real wait (a
-    /// [`try_recv`](Self::try_recv) is no suspension point, so it leaves the request alone).
-    fn pending_or_cancelled<T>(&self) -> Poll<io::Result<T>> {
-        if self.non_blocking {
-            return Poll::Pending;
-        }
-        match ringloop_runtime::take_cancel_request() {
-            Some(c) => Poll::Ready(Err(c.into())),
-            None => Poll::Pending,
-        }
-    }
-
-    fn poll_uring(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<PooledBuf>>> {
+    /// `waiting`: a real wait, where a pending cancellation is delivered; false for
+    /// [`try_recv`](Self::try_recv), which is no suspension point and leaves it alone.
+    fn poll_uring(
+        &mut self,
+        cx: &mut Context<'_>,
+        waiting: bool,
+    ) -> Poll<io::Result<Option<PooledBuf>>> {
         loop {
             if self.eof {
                 return Poll::Ready(Ok(None));
@@ -200,7 +188,7 @@ impl PooledReceiver {
                 // The pool ran dry (or is about to): queue, first come first served.
                 if !self.wait.may_take() {
                     self.wait.wait(cx.waker());
-                    return self.pending_or_cancelled();
+                    return pending_or_cancelled(waiting);
                 }
                 let sqe = with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build());
                 // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
@@ -249,7 +237,7 @@ impl PooledReceiver {
                 }
                 // Ended with its last completion read: re-arm.
                 Poll::Ready(None) => continue,
-                Poll::Pending => return self.pending_or_cancelled(),
+                Poll::Pending => return pending_or_cancelled(waiting),
             }
         }
     }
@@ -261,7 +249,7 @@ impl PooledReceiver {
         if self.pending.is_none() && !self.wait.may_take() {
             // Others queued for a buffer first.
             self.wait.wait(cx.waker());
-            return self.pending_or_cancelled();
+            return pending_or_cancelled(true);
         }
         let op = self.pending.get_or_insert_with(|| {
             Op::new(RecvPooled {
@@ -299,7 +287,7 @@ impl PooledReceiver {
                 // try again (the data waits in the socket).
                 self.wait.lost_race();
                 self.wait.wait(cx.waker());
-                return self.pending_or_cancelled();
+                return pending_or_cancelled(true);
             }
             (Err(e), _) => {
                 self.wait.release();
@@ -311,6 +299,17 @@ impl PooledReceiver {
 
 /// The pool's buffer group (see the runtime's driver docs).
 const POOL_GROUP: u16 = 0;
+
+/// `Pending`, or the task's cancellation if one is pending and `waiting` (a real wait).
+fn pending_or_cancelled<T>(waiting: bool) -> Poll<io::Result<T>> {
+    if !waiting {
+        return Poll::Pending;
+    }
+    match ringloop_runtime::take_cancel_request() {
+        Some(c) => Poll::Ready(Err(c.into())),
+        None => Poll::Pending,
+    }
+}
 
 /// The future of [`PooledReceiver::recv`].
 #[must_use = "futures do nothing unless awaited"]
@@ -324,7 +323,7 @@ impl Future for PooledRecv<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let rx = &mut *self.rx;
         match rx.backend {
-            Backend::IoUring => rx.poll_uring(cx),
+            Backend::IoUring => rx.poll_uring(cx, true),
             _ => rx.poll_epoll(cx),
         }
     }
