@@ -67,8 +67,7 @@ pub struct PooledReceiver {
     /// nothing).
     pending: Option<Op<RecvPooled>>,
     fd: SharedFd,
-    pool: Rc<BufPool>,
-    /// Its place in the pool's queue when the pool runs dry.
+    /// Its place in the pool's queue when the pool runs dry (and so the pool).
     wait: BufWait,
     backend: Backend,
     eof: bool,
@@ -80,13 +79,11 @@ pub struct PooledReceiver {
 
 impl PooledReceiver {
     pub(crate) fn new(fd: SharedFd, cap: usize) -> PooledReceiver {
-        let pool = buffer_pool();
         PooledReceiver {
             multishot: Multishot::new(MultishotKind::Recv, cap),
             pending: None,
             fd,
-            wait: pool.waiter(),
-            pool,
+            wait: buffer_pool().waiter(),
             backend: ringloop_runtime::current_backend(),
             eof: false,
             drained: false,
@@ -145,7 +142,7 @@ impl PooledReceiver {
         }
         let mut attempt = RecvPooled {
             fd: self.fd.clone(),
-            pool: self.pool.clone(),
+            pool: self.wait.pool().clone(),
             buf: None,
         };
         match attempt.attempt() {
@@ -210,10 +207,12 @@ impl PooledReceiver {
                             )));
                         };
                         self.wait.took_buffer();
-                        return Poll::Ready(Ok(Some(self.pool.take_filled(bid, res as usize))));
+                        return Poll::Ready(Ok(Some(
+                            self.wait.pool().take_filled(bid, res as usize),
+                        )));
                     }
                     if let Some(bid) = bid {
-                        self.pool.recycle(bid);
+                        self.wait.pool().recycle(bid);
                     }
                     match res {
                         0 => {
@@ -254,7 +253,7 @@ impl PooledReceiver {
         let op = self.pending.get_or_insert_with(|| {
             Op::new(RecvPooled {
                 fd: self.fd.clone(),
-                pool: self.pool.clone(),
+                pool: self.wait.pool().clone(),
                 buf: None,
             })
         });

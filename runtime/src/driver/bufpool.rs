@@ -327,6 +327,11 @@ pub struct BufWait {
 }
 
 impl BufWait {
+    /// The pool this receiver waits on.
+    pub fn pool(&self) -> &Rc<BufPool> {
+        &self.pool
+    }
+
     fn holds_turn(&self) -> bool {
         self.entry
             .as_ref()
