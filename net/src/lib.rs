@@ -69,7 +69,7 @@ pub use pooled::{PooledReceiver, PooledRecv, DEFAULT_RECV_CAP};
 pub use ringloop_runtime::PooledBuf;
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
-    sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAllError,
+    sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAll, SendAllError,
 };
 pub use tcp::{
     Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpListenerBuilder, TcpStream,

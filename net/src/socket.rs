@@ -22,14 +22,17 @@
 
 use std::error::Error;
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use ringloop_runtime::{Op, SharedFd};
 use socket2::SockAddr;
 
-use crate::buf::{IoBuf, IoBufMut};
+use crate::buf::{IoBuf, IoBufMut, Slice};
 use crate::ops;
 
 /// Something that holds a socket the primitives can use.
@@ -99,28 +102,98 @@ impl From<SendAllError> for io::Error {
 /// Sends all of `buf`'s bytes (asyncio's `loop.sock_sendall`), retrying short writes; on error
 /// says how many bytes went out. A send of zero bytes (the peer cannot take more and the
 /// kernel reports nothing) is an error of kind `WriteZero`.
-pub async fn sock_sendall<B: IoBuf>(
-    sock: &impl AsSharedFd,
-    buf: B,
-) -> (Result<(), SendAllError>, B) {
-    let fd = sock.as_shared_fd();
+///
+/// The future is a small named type, [`SendAll`], rather than an `async fn`'s state machine: a
+/// server keeps one per connection, and at 10 000 connections every byte of it counts.
+pub fn sock_sendall<B: IoBuf>(sock: &impl AsSharedFd, buf: B) -> SendAll<B> {
+    let fd = sock.as_shared_fd().clone();
     let total = buf.bytes_init();
-    let mut sent = 0;
-    let mut slice = buf.slice(..total);
-    while sent < total {
-        let (r, s) = Op::new(ops::Send::new(fd.clone(), slice)).await;
-        let buf = s.into_inner();
-        match r {
-            Ok(0) => {
-                let error = io::Error::new(io::ErrorKind::WriteZero, "the peer accepted no bytes");
-                return (Err(SendAllError { sent, error }), buf);
-            }
-            Ok(n) => sent += n,
-            Err(error) => return (Err(SendAllError { sent, error }), buf),
-        }
-        slice = buf.slice(sent..total);
+    let state = if total == 0 {
+        SendAllState::Nothing(buf)
+    } else {
+        SendAllState::Sending(Op::new(ops::Send::new(fd.clone(), buf.slice(..total))))
+    };
+    SendAll {
+        fd,
+        state,
+        sent: 0,
+        total,
     }
-    (Ok(()), slice.into_inner())
+}
+
+/// The future of [`sock_sendall`] (and of the streams' `write_all`): resolves to the result
+/// and the buffer.
+///
+/// Like every runtime await it is a cancellation point: a cancelled task gets an error carrying
+/// [`Cancelled`](ringloop_runtime::Cancelled), and `sent` says how many bytes had gone out.
+/// Dropping it while a send is in flight cancels that send; the buffer stays alive until the
+/// kernel is done with it.
+#[must_use = "futures do nothing unless awaited"]
+pub struct SendAll<B: IoBuf> {
+    fd: SharedFd,
+    state: SendAllState<B>,
+    sent: usize,
+    total: usize,
+}
+
+// Nothing in it is ever pinned: the buffer is only moved, and the op is `Unpin`.
+impl<B: IoBuf> Unpin for SendAll<B> {}
+
+enum SendAllState<B: IoBuf> {
+    /// A send of `buf[sent..total]` is in flight (or about to be submitted).
+    Sending(Op<ops::Send<Slice<B>>>),
+    /// An empty buffer: nothing to send, it goes straight back.
+    Nothing(B),
+    /// The output was handed out.
+    Done,
+}
+
+impl<B: IoBuf> fmt::Debug for SendAll<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SendAll")
+            .field("sent", &self.sent)
+            .field("total", &self.total)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: IoBuf> Future for SendAll<B> {
+    type Output = (Result<(), SendAllError>, B);
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            let (result, slice) = match &mut this.state {
+                SendAllState::Sending(op) => ready!(Pin::new(op).poll(cx)),
+                SendAllState::Nothing(_) => {
+                    let SendAllState::Nothing(buf) =
+                        std::mem::replace(&mut this.state, SendAllState::Done)
+                    else {
+                        unreachable!("matched just above")
+                    };
+                    return Poll::Ready((Ok(()), buf));
+                }
+                SendAllState::Done => panic!("`SendAll` polled after it completed"),
+            };
+            this.state = SendAllState::Done;
+            let buf = slice.into_inner();
+            let sent = this.sent;
+            match result {
+                Ok(0) => {
+                    let error =
+                        io::Error::new(io::ErrorKind::WriteZero, "the peer accepted no bytes");
+                    return Poll::Ready((Err(SendAllError { sent, error }), buf));
+                }
+                Ok(n) => this.sent += n,
+                Err(error) => return Poll::Ready((Err(SendAllError { sent, error }), buf)),
+            }
+            if this.sent >= this.total {
+                return Poll::Ready((Ok(()), buf));
+            }
+            let rest = buf.slice(this.sent..this.total);
+            this.state = SendAllState::Sending(Op::new(ops::Send::new(this.fd.clone(), rest)));
+        }
+    }
 }
 
 /// Sends every buffer's bytes, in order, as one stream (a gather write: one `sendmsg` for many

@@ -15,7 +15,7 @@ use ringloop_runtime::{
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
-use crate::socket::{self, SendAllError};
+use crate::socket::{self, SendAll, SendAllError};
 
 /// Options for binding a [`TcpListener`].
 ///
@@ -338,8 +338,8 @@ impl TcpStream {
     }
 
     /// Writes all of `buf`'s bytes; on error says how many went out.
-    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
-        socket::sock_sendall(self, buf).await
+    pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
+        socket::sock_sendall(self, buf)
     }
 
     /// Writes every buffer's bytes, in order, with gather writes (see
@@ -518,8 +518,8 @@ impl OwnedWriteHalf {
     }
 
     /// See [`TcpStream::write_all`].
-    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
-        socket::sock_sendall(&self.fd, buf).await
+    pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
+        socket::sock_sendall(&self.fd, buf)
     }
 
     /// See [`TcpStream::write_all_vectored`].

@@ -38,7 +38,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
 use crate::ops;
-use crate::socket::{self, DatagramMeta, SendAllError};
+use crate::socket::{self, DatagramMeta, SendAll};
 use crate::tcp::{read_exact, with_socket};
 
 /// The listen backlog of [`UnixListener::bind`] (the kernel caps it at `net.core.somaxconn`).
@@ -234,8 +234,8 @@ impl UnixStream {
 
     /// Writes all of `buf`'s bytes; on error says how many went out (`EPIPE` once the peer
     /// has closed: never a `SIGPIPE`).
-    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
-        socket::sock_sendall(self, buf).await
+    pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
+        socket::sock_sendall(self, buf)
     }
 
     /// Shuts down one or both directions; shutting down writing makes the peer read end of
@@ -334,8 +334,8 @@ impl OwnedWriteHalf {
     }
 
     /// See [`UnixStream::write_all`].
-    pub async fn write_all<B: IoBuf>(&self, buf: B) -> (Result<(), SendAllError>, B) {
-        socket::sock_sendall(&self.fd, buf).await
+    pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
+        socket::sock_sendall(&self.fd, buf)
     }
 }
 
