@@ -30,7 +30,8 @@ pub enum MultishotKind {
 #[derive(Debug)]
 pub struct Multishot {
     kind: MultishotKind,
-    cap: usize,
+    /// `u32`: one of these lives in every connection, so its size counts at 10 000 of them.
+    cap: u32,
     key: Option<OpKey>,
 }
 
@@ -41,7 +42,7 @@ impl Multishot {
     pub fn new(kind: MultishotKind, cap: usize) -> Self {
         Multishot {
             kind,
-            cap,
+            cap: u32::try_from(cap).unwrap_or(u32::MAX),
             key: None,
         }
     }
@@ -64,7 +65,7 @@ impl Multishot {
         if self.key.is_some() {
             return Err(io::Error::other("multishot op already armed"));
         }
-        let (kind, cap) = (self.kind, self.cap);
+        let (kind, cap) = (self.kind, self.cap as usize);
         // SAFETY: forwarded from the caller.
         let key = context::with_core(|core| unsafe {
             core.driver_mut().multishot_submit(sqe, kind, cap)
