@@ -72,14 +72,55 @@ enum SlotState {
         kind: MultishotKind,
         /// At this many unread completions the op is cancelled: the peer is back-pressured
         /// (the data waits in the socket) instead of filling the pool.
-        cap: usize,
-        queue: VecDeque<(i32, u32)>,
+        cap: u32,
+        queue: CompletionQueue,
         waker: Option<Waker>,
         ended: bool,
     },
     /// A multishot op whose owner is gone: completions are disposed of (buffers recycled,
     /// accepted sockets closed) until the last one frees the slot.
     OrphanedMultishot(MultishotKind),
+}
+
+/// A multishot op's unread completions, oldest first. A ping-pong connection has at most one
+/// waiting at a time, so the first lives inline and only a backlog allocates: at 10 000
+/// connections that is 10 000 allocations fewer.
+#[derive(Default)]
+struct CompletionQueue {
+    /// When set, older than everything in `rest` (a completion only goes here when `rest` is
+    /// empty).
+    first: Option<(i32, u32)>,
+    rest: VecDeque<(i32, u32)>,
+}
+
+impl CompletionQueue {
+    fn push_back(&mut self, completion: (i32, u32)) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(completion);
+        } else {
+            self.rest.push_back(completion);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<(i32, u32)> {
+        self.first.take().or_else(|| self.rest.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+}
+
+impl IntoIterator for CompletionQueue {
+    type Item = (i32, u32);
+    type IntoIter = std::iter::Chain<
+        std::option::IntoIter<(i32, u32)>,
+        std::collections::vec_deque::IntoIter<(i32, u32)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.first.into_iter().chain(self.rest)
+    }
 }
 
 struct Slot {
@@ -344,8 +385,8 @@ impl Uring {
             cancel_queued: false,
             state: SlotState::Multishot {
                 kind,
-                cap: cap.max(1),
-                queue: VecDeque::new(),
+                cap: u32::try_from(cap).unwrap_or(u32::MAX).max(1),
+                queue: CompletionQueue::default(),
                 waker: None,
                 ended: false,
             },
@@ -644,7 +685,7 @@ impl Uring {
                             queue.push_back((result, flags));
                             if !more {
                                 *ended = true;
-                            } else if queue.len() >= *cap && !slot.cancel_queued {
+                            } else if queue.len() >= *cap as usize && !slot.cancel_queued {
                                 slot.cancel_queued = true;
                                 cancels.push_back(ud);
                             }
@@ -802,4 +843,33 @@ fn drain_eventfd(fd: i32) {
     let mut buf = 0u64;
     // SAFETY: reads 8 bytes into a live local from the runtime's own non-blocking eventfd.
     let _ = unsafe { libc::read(fd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CompletionQueue;
+
+    #[test]
+    fn completion_queue_is_fifo_across_its_inline_slot_and_its_backlog() {
+        let mut q = CompletionQueue::default();
+        assert_eq!(q.pop_front(), None);
+        q.push_back((1, 0));
+        assert!(q.rest.capacity() == 0, "one completion does not allocate");
+        q.push_back((2, 0));
+        q.push_back((3, 0));
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.pop_front(), Some((1, 0)));
+        // The inline slot is free but the backlog is not: a new one queues behind it.
+        q.push_back((4, 0));
+        assert_eq!(q.pop_front(), Some((2, 0)));
+        q.push_back((5, 0));
+        let rest: Vec<_> = q.into_iter().map(|(r, _)| r).collect();
+        assert_eq!(rest, [3, 4, 5]);
+
+        let mut q = CompletionQueue::default();
+        q.push_back((6, 0));
+        assert_eq!(q.pop_front(), Some((6, 0)));
+        q.push_back((7, 0));
+        assert_eq!((q.len(), q.pop_front(), q.len()), (1, Some((7, 0)), 0));
+    }
 }
