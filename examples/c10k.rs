@@ -1097,12 +1097,15 @@ fn is_io_error(e: &io::Error) -> bool {
     !is_cancelled(e)
 }
 
-/// The P = 1 loop: write one message, read its echo (exactly `size` bytes: TCP may split or
-/// join segments, `read_exact` waits for the whole message), verify it, repeat. One task, no
-/// hand-off: the cheapest client there is, so its numbers stay comparable with earlier runs.
+/// The P = 1 loop: write one message, read its echo (exactly `size` bytes, however TCP splits
+/// them), verify it, repeat. One task, no hand-off. The echo arrives through the connection's
+/// pooled receiver (one multishot receive for the connection's life, not one receive op per
+/// message) and is compared chunk by chunk where it lies: the generator spends as little CPU
+/// per message as it can, so that on a two-core machine it saturates as late as possible and
+/// the servers' differences show.
 async fn ping_pong(stream: &TcpStream, id: usize, size: usize, st: &LoadState) {
     let mut out = pattern(id, size);
-    let mut back: Vec<u8> = Vec::with_capacity(size);
+    let mut rx = stream.pooled_receiver();
     let mut seq: u64 = 0;
     while st.phase.get() != Phase::Stopped {
         seq += 1;
@@ -1111,23 +1114,35 @@ async fn ping_pong(stream: &TcpStream, id: usize, size: usize, st: &LoadState) {
         let t0 = Instant::now();
         let (w, o) = stream.write_all(out).await;
         out = o;
-        back.clear();
-        let (r, b) = stream.read_exact(back).await;
-        back = b;
-        let failed = match (w, r) {
-            (Err(e), _) => Some(e.error),
-            (_, Err(e)) => Some(e),
-            _ => None,
-        };
-        if let Some(e) = failed {
-            if is_io_error(&e) {
+        if let Err(e) = w {
+            if is_io_error(&e.error) {
                 st.count_io_error();
             }
             return;
         }
-        if back != out {
-            st.count_io_error();
-            return;
+        let mut got = 0;
+        while got < size {
+            let chunk = match rx.recv().await {
+                Ok(Some(chunk)) => chunk,
+                // The server closed before echoing everything.
+                Ok(None) => {
+                    st.count_io_error();
+                    return;
+                }
+                Err(e) => {
+                    if is_io_error(&e) {
+                        st.count_io_error();
+                    }
+                    return;
+                }
+            };
+            let end = got + chunk.len();
+            // More than was sent, or bytes that differ: a stale, shifted or foreign reply.
+            if end > size || chunk[..] != out[got..end] {
+                st.count_io_error();
+                return;
+            }
+            got = end;
         }
         st.record(t0, sent_while_measuring);
     }
