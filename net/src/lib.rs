@@ -56,6 +56,79 @@ macro_rules! with_target {
     };
 }
 
+/// The read and write halves of a byte-stream socket type (`into_split`), in the invoking
+/// module as `OwnedReadHalf` and `OwnedWriteHalf` (one pair per stream type, as in tokio).
+/// `$stream` names the stream type, for the docs.
+macro_rules! split_halves {
+    ($stream:ident) => {
+        #[doc = concat!("The read half of a [`", stringify!($stream), "`] (from [`",
+            stringify!($stream), "::into_split`]).")]
+        #[derive(Debug)]
+        pub struct OwnedReadHalf {
+            fd: ringloop_runtime::SharedFd,
+        }
+
+        impl OwnedReadHalf {
+            #[doc = concat!("See [`", stringify!($stream), "::read`].")]
+            pub async fn read<B: $crate::IoBufMut>(&self, buf: B) -> (std::io::Result<usize>, B) {
+                $crate::socket::sock_recv_into(&self.fd, buf).await
+            }
+
+            #[doc = concat!("See [`", stringify!($stream), "::read_exact`].")]
+            pub async fn read_exact<B: $crate::IoBufMut>(&self, buf: B) -> (std::io::Result<()>, B) {
+                $crate::tcp::read_exact(&self.fd, buf).await
+            }
+
+            #[doc = concat!("See [`", stringify!($stream), "::pooled_receiver`].")]
+            pub fn pooled_receiver(&self) -> $crate::PooledReceiver {
+                $crate::PooledReceiver::new(self.fd.clone(), $crate::DEFAULT_RECV_CAP)
+            }
+
+            #[doc = concat!("See [`", stringify!($stream), "::pooled_receiver_with_cap`].")]
+            pub fn pooled_receiver_with_cap(&self, cap: usize) -> $crate::PooledReceiver {
+                $crate::PooledReceiver::new(self.fd.clone(), cap)
+            }
+        }
+
+        socket_fd_impls!(OwnedReadHalf);
+
+        #[doc = concat!("The write half of a [`", stringify!($stream), "`] (from [`",
+            stringify!($stream), "::into_split`]). Dropping it shuts down the write direction.")]
+        #[derive(Debug)]
+        pub struct OwnedWriteHalf {
+            fd: ringloop_runtime::SharedFd,
+        }
+
+        impl OwnedWriteHalf {
+            #[doc = concat!("See [`", stringify!($stream), "::write`].")]
+            pub async fn write<B: $crate::IoBuf>(&self, buf: B) -> (std::io::Result<usize>, B) {
+                $crate::socket::sock_send(&self.fd, buf).await
+            }
+
+            #[doc = concat!("See [`", stringify!($stream), "::write_all`].")]
+            pub fn write_all<B: $crate::IoBuf>(&self, buf: B) -> $crate::SendAll<B> {
+                $crate::socket::sock_sendall(&self.fd, buf)
+            }
+
+            #[doc = concat!("See [`", stringify!($stream), "::write_all_vectored`].")]
+            pub async fn write_all_vectored<B: $crate::IoBuf>(
+                &self,
+                bufs: Vec<B>,
+            ) -> (Result<(), $crate::SendAllError>, Vec<B>) {
+                $crate::socket::sock_sendall_vectored(&self.fd, bufs).await
+            }
+        }
+
+        socket_fd_impls!(OwnedWriteHalf);
+
+        impl Drop for OwnedWriteHalf {
+            fn drop(&mut self) {
+                let _ = $crate::tcp::with_socket(&self.fd, |s| s.shutdown(std::net::Shutdown::Write));
+            }
+        }
+    };
+}
+
 pub mod buf;
 mod ops;
 pub mod pooled;

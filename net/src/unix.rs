@@ -38,7 +38,7 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
 use crate::ops;
-use crate::socket::{self, DatagramMeta, SendAll};
+use crate::socket::{self, DatagramMeta, SendAll, SendAllError};
 use crate::tcp::{read_exact, with_socket};
 
 /// The listen backlog of [`UnixListener::bind`] (the kernel caps it at `net.core.somaxconn`).
@@ -238,6 +238,27 @@ impl UnixStream {
         socket::sock_sendall(self, buf)
     }
 
+    /// Writes every buffer's bytes, in order, with gather writes; on error says how many went
+    /// out. See [`TcpStream::write_all_vectored`](crate::TcpStream::write_all_vectored).
+    pub async fn write_all_vectored<B: IoBuf>(
+        &self,
+        bufs: Vec<B>,
+    ) -> (Result<(), SendAllError>, Vec<B>) {
+        socket::sock_sendall_vectored(&self.fd, bufs).await
+    }
+
+    /// A receiver that reads this stream into the runtime's buffer pool (multishot receive on
+    /// io_uring), with at most [`DEFAULT_RECV_CAP`](crate::DEFAULT_RECV_CAP) chunks queued
+    /// unread; see [`pooled`](crate::pooled).
+    pub fn pooled_receiver(&self) -> crate::PooledReceiver {
+        crate::PooledReceiver::new(self.fd.clone(), crate::DEFAULT_RECV_CAP)
+    }
+
+    /// Like [`pooled_receiver`](Self::pooled_receiver) with a cap of `cap` unread chunks.
+    pub fn pooled_receiver_with_cap(&self, cap: usize) -> crate::PooledReceiver {
+        crate::PooledReceiver::new(self.fd.clone(), cap)
+    }
+
     /// Shuts down one or both directions; shutting down writing makes the peer read end of
     /// stream.
     ///
@@ -300,52 +321,7 @@ impl UnixStream {
 
 socket_fd_impls!(UnixStream);
 
-/// The read half of a [`UnixStream`] (from [`UnixStream::into_split`]).
-#[derive(Debug)]
-pub struct OwnedReadHalf {
-    fd: SharedFd,
-}
-
-impl OwnedReadHalf {
-    /// See [`UnixStream::read`].
-    pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
-        socket::sock_recv_into(&self.fd, buf).await
-    }
-
-    /// See [`UnixStream::read_exact`].
-    pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
-        read_exact(&self.fd, buf).await
-    }
-}
-
-socket_fd_impls!(OwnedReadHalf);
-
-/// The write half of a [`UnixStream`] (from [`UnixStream::into_split`]). Dropping it shuts
-/// down the write direction.
-#[derive(Debug)]
-pub struct OwnedWriteHalf {
-    fd: SharedFd,
-}
-
-impl OwnedWriteHalf {
-    /// See [`UnixStream::write`].
-    pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
-        socket::sock_send(&self.fd, buf).await
-    }
-
-    /// See [`UnixStream::write_all`].
-    pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
-        socket::sock_sendall(&self.fd, buf)
-    }
-}
-
-socket_fd_impls!(OwnedWriteHalf);
-
-impl Drop for OwnedWriteHalf {
-    fn drop(&mut self) {
-        let _ = with_socket(&self.fd, |s| s.shutdown(Shutdown::Write));
-    }
-}
+split_halves!(UnixStream);
 
 /// A Unix datagram socket.
 ///

@@ -292,3 +292,37 @@ fn write_all_future_stays_small() {
     assert!(size <= 64, "SendAll<PooledBuf> is {size} bytes");
     assert!(std::mem::size_of::<SendAll<Vec<u8>>>() <= 64);
 }
+
+both_backends! {
+    /// A TCP read half receives through the buffer pool while its write half writes from
+    /// another task.
+    async fn read_half_pooled_receiver_with_write_half_in_another_task() {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, wr) = client.into_split();
+        let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 241) as u8).collect();
+        let sent = payload.clone();
+        let writer = spawn(async move {
+            let (r, _) = wr.write_all(sent).await;
+            r.unwrap();
+            // `wr` drops: the server reads end of stream.
+        });
+        let echo = spawn(async move {
+            let mut rx = server.pooled_receiver();
+            while let Some(chunk) = rx.recv().await.unwrap() {
+                let (r, _) = server.write_all(chunk).await;
+                r.unwrap();
+            }
+            // Dropping `server` closes it: the client's receiver then ends.
+        });
+        let mut rx = rd.pooled_receiver();
+        let mut got = Vec::new();
+        while let Some(chunk) = rx.recv().await.unwrap() {
+            got.extend_from_slice(&chunk);
+        }
+        assert!(got == payload, "got {} bytes back", got.len());
+        writer.await.unwrap();
+        echo.await.unwrap();
+    }
+}
