@@ -20,8 +20,9 @@
 //! With `--pipeline P` each connection keeps P messages in flight instead of one (see
 //! [`pipelined`]); each message's round trip is still timed from its own send.
 //!
-//! A ringloop server prints its `RuntimeStats` to stderr when it is stopped; c10k reads
-//! `kernel_enters`, `buffer_exhaustions` and `cq_overflows` from them into the JSON. Each
+//! A ringloop server prints its counters to stderr when it is stopped (a `final stats
+//! key=value ...` line); c10k reads `kernel_enters`, `buffer_exhaustions` and `cq_overflows`
+//! from it into the JSON. Each
 //! sample starts its own server, so those counters cover that one server run (ramp, warm-up,
 //! measured window and drain), not the measured window alone.
 //!
@@ -686,9 +687,24 @@ impl Drop for Server {
     }
 }
 
-/// The counters c10k reads from the `RuntimeStats` a ringloop server prints (`{:#?}`) to stderr
-/// when stopped; each is `None` when the server printed no such line (tokio, or a server
-/// killed before it could print).
+/// The `key=value` counters of every stderr line that starts with `prefix` (ringloop's
+/// `echo_server` prints `stats ...` on SIGUSR1 and `final stats ...` at exit), in order.
+fn stats_lines<'a>(stderr: &'a str, prefix: &str) -> Vec<BTreeMap<&'a str, u64>> {
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
+                .collect()
+        })
+        .collect()
+}
+
+/// The counters of a ringloop server's whole run, from the `final stats` line it prints when
+/// stopped; each is `None` when the server printed no such line (tokio, or a server killed
+/// before it could print).
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 struct ServerStats {
     kernel_enters: Option<u64>,
@@ -697,24 +713,16 @@ struct ServerStats {
 }
 
 impl ServerStats {
-    /// Reads `name: value,` lines (the pretty `Debug` form of a struct).
     fn parse(stderr: &str) -> ServerStats {
-        let mut stats = ServerStats::default();
-        for line in stderr.lines() {
-            let Some((name, value)) = line.trim().trim_end_matches(',').split_once(": ") else {
-                continue;
-            };
-            let Ok(value) = value.parse::<u64>() else {
-                continue;
-            };
-            match name {
-                "kernel_enters" => stats.kernel_enters = Some(value),
-                "buffer_exhaustions" => stats.buffer_exhaustions = Some(value),
-                "cq_overflows" => stats.cq_overflows = Some(value),
-                _ => {}
-            }
+        let lines = stats_lines(stderr, "final stats ");
+        let Some(last) = lines.last() else {
+            return ServerStats::default();
+        };
+        ServerStats {
+            kernel_enters: last.get("kernel_enters").copied(),
+            buffer_exhaustions: last.get("buffer_exhaustions").copied(),
+            cq_overflows: last.get("cq_overflows").copied(),
         }
-        stats
     }
 }
 
@@ -728,18 +736,8 @@ struct WindowStats {
 
 impl WindowStats {
     fn parse(stderr: &str) -> WindowStats {
-        let snapshots: Vec<BTreeMap<&str, u64>> = stderr
-            .lines()
-            .filter_map(|l| l.strip_prefix("stats "))
-            .map(|l| {
-                l.split_whitespace()
-                    .filter_map(|kv| kv.split_once('='))
-                    .filter_map(|(k, v)| Some((k, v.parse().ok()?)))
-                    .collect()
-            })
-            .take(2)
-            .collect();
-        let [start, end] = snapshots.as_slice() else {
+        let snapshots = stats_lines(stderr, "stats ");
+        let [start, end, ..] = snapshots.as_slice() else {
             return WindowStats::default();
         };
         let delta = |key: &str| Some(end.get(key)?.saturating_sub(*start.get(key)?));

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 
 use clap::{Parser, ValueEnum};
 use ringloop::net::{PooledBuf, PooledReceiver, TcpListener, TcpStream};
-use ringloop::{signal, spawn, Backend, Runtime, SignalKind};
+use ringloop::{signal, spawn, Backend, Runtime, RuntimeStats, SignalKind};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
@@ -96,7 +96,9 @@ fn main() -> std::io::Result<()> {
         }
     });
     rt.run_forever()?;
-    eprintln!("{:#?}", rt.stats());
+    let stats = rt.stats();
+    eprintln!("{stats:#?}");
+    eprintln!("final stats {}", counters(&stats));
     Ok(())
 }
 
@@ -170,19 +172,20 @@ fn report_on_sigusr1(rt: &Runtime) -> std::io::Result<()> {
     let mut listener = signal(SignalKind::user_defined1())?;
     rt.spawn(async move {
         while listener.recv().await.is_ok() {
-            let s = ringloop::current_stats();
-            eprintln!(
-                "stats kernel_enters={} driver_syscalls={} ops_submitted={} \
-                 buffer_exhaustions={} cq_overflows={}",
-                s.kernel_enters,
-                s.driver_syscalls,
-                s.ops_submitted,
-                s.buffer_exhaustions,
-                s.cq_overflows
-            );
+            eprintln!("stats {}", counters(&ringloop::current_stats()));
         }
     });
     Ok(())
+}
+
+/// The counters a load generator reads, as `key=value` pairs: the SIGUSR1 line and the
+/// `final stats` line printed at exit share this format.
+fn counters(s: &RuntimeStats) -> String {
+    format!(
+        "kernel_enters={} driver_syscalls={} ops_submitted={} buffer_exhaustions={} \
+         cq_overflows={}",
+        s.kernel_enters, s.driver_syscalls, s.ops_submitted, s.buffer_exhaustions, s.cq_overflows
+    )
 }
 
 /// Stops the loop on SIGINT or SIGTERM (asyncio's `add_signal_handler(SIGTERM, loop.stop)`).
