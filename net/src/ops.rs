@@ -281,6 +281,10 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
             .build())
     }
 
+    fn try_first(&self) -> bool {
+        !self.zero_copy
+    }
+
     fn readiness(&self) -> (RawFd, Interest) {
         (self.fd.raw(), Interest::Write)
     }

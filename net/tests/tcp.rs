@@ -326,3 +326,54 @@ both_backends! {
         echo.await.unwrap();
     }
 }
+
+/// On io_uring, a send on a nearly idle ring (no other op in flight, nothing queued) is tried
+/// as a plain `send` first and completes without an SQE; with a single-shot op in flight it is
+/// submitted as usual. Either way the bytes arrive in order.
+#[test]
+fn a_lone_send_is_tried_as_a_system_call_first_on_io_uring() {
+    let rt = common::runtime(ringloop_runtime::Backend::IoUring);
+    rt.block_on(async {
+        let listener = TcpListener::bind(localhost()).unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+
+        let before = ringloop_runtime::current_stats();
+        assert_eq!(before.ops_in_flight, 0);
+        let (r, _) = client.write_all(b"first".to_vec()).await;
+        r.unwrap();
+        let after = ringloop_runtime::current_stats();
+        assert_eq!(
+            after.ops_submitted, before.ops_submitted,
+            "no SQE for a lone send"
+        );
+        assert_eq!(
+            after.driver_syscalls,
+            before.driver_syscalls + 1,
+            "one send(2)"
+        );
+
+        // A read of the other direction is in flight: the next send goes through the ring.
+        let reader = spawn(async move {
+            let (n, buf) = client.read(vec![0u8; 16]).await;
+            (n.unwrap(), buf, client)
+        });
+        ringloop_runtime::yield_now().await.unwrap();
+        assert_eq!(ringloop_runtime::current_stats().ops_in_flight, 1);
+        let before = ringloop_runtime::current_stats();
+        let (r, _) = server.write_all(b"reply".to_vec()).await;
+        r.unwrap();
+        assert_eq!(
+            ringloop_runtime::current_stats().ops_submitted,
+            before.ops_submitted + 1,
+            "submitted as an SQE while another op is in flight"
+        );
+        let (n, buf, _client) = reader.await.unwrap();
+        assert_eq!(&buf[..n], b"reply");
+        let (r, buf) = server.read_exact(Vec::with_capacity(5)).await;
+        r.unwrap();
+        assert_eq!(buf, b"first");
+    });
+}

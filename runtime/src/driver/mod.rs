@@ -210,6 +210,16 @@ impl Driver {
         }
     }
 
+    /// Whether an op with [`OpKind::try_first`](crate::OpKind::try_first) should be tried as
+    /// a plain system call first: io_uring only, when the ring is nearly idle (see
+    /// `Uring::nearly_idle`).
+    pub(crate) fn may_try_first(&mut self) -> bool {
+        match self {
+            Driver::Uring(u) => u.nearly_idle(),
+            Driver::Epoll(_) => false,
+        }
+    }
+
     /// Whether parking with a zero timeout would do anything (submissions to hand over, or
     /// completions that may be waiting). When false and work is ready, the loop skips the
     /// kernel entry.
@@ -368,8 +378,9 @@ impl Driver {
     }
 
     pub(crate) fn count_attempt(&mut self) {
-        if let Driver::Epoll(e) = self {
-            e.count_attempt()
+        match self {
+            Driver::Epoll(e) => e.count_attempt(),
+            Driver::Uring(u) => u.stats.syscalls += 1,
         }
     }
 

@@ -69,6 +69,17 @@ pub unsafe trait OpKind: 'static {
     /// `io::Error`), or on epoll the last attempt's; a cancelled op gets an error carrying
     /// [`Cancelled`] (see [`is_cancelled`]). `flags` are the CQE flags (0 on epoll).
     fn complete(self: Box<Self>, result: io::Result<u32>, flags: u32) -> Self::Output;
+
+    /// Whether, on io_uring, the op may first be tried as a plain non-blocking system call
+    /// ([`attempt`](Self::attempt)) while the ring is nearly idle: nothing queued, no other
+    /// single-shot op in flight, at most two multishot ops armed (a lone connection). For an
+    /// op that usually succeeds at once (a send to a socket with room) that saves the loop
+    /// iteration its completion would take; with more going on, one `io_uring_enter` for
+    /// many ops costs less than a system call each, and the op is submitted as usual. An
+    /// attempt that would block falls back to the SQE. Default: no.
+    fn try_first(&self) -> bool {
+        false
+    }
 }
 
 /// Whether an I/O error is a ringloop cancellation (the task was cancelled while the op was in
@@ -169,6 +180,13 @@ impl<T: OpKind> Op<T> {
                 return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
             }
             let data = self.data.as_mut().expect("op data present");
+            if data.try_first() && core.driver_mut().may_try_first() {
+                core.driver_mut().count_attempt();
+                match data.attempt() {
+                    Err(e) if is_would_block(&e) => {}
+                    done => return Poll::Ready(self.finish(done, 0)),
+                }
+            }
             let sqe = data.sqe();
             // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
             // by `data`, which is boxed (never moves) and stays alive until this op's

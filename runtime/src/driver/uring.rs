@@ -42,6 +42,8 @@ use super::{DriverStats, MultishotKind, OpKey, WakeFd};
 const WAKE_TAG: u64 = u64::MAX;
 /// `user_data` of `ASYNC_CANCEL` SQEs (their own completions carry nothing we need).
 const CANCEL_TAG: u64 = u64::MAX - 1;
+/// At most this many multishot ops armed and the ring can still be [`Uring::nearly_idle`].
+const LONE_MULTISHOTS: usize = 2;
 /// Slot indices stay below this, so no op's `user_data` collides with a tag.
 const MAX_SLOTS: usize = (u32::MAX - 16) as usize;
 
@@ -152,6 +154,8 @@ pub(crate) struct Uring {
     woken: Vec<Waker>,
     /// The wake poll is armed (re-armed when a completion ends it).
     wake_armed: bool,
+    /// Multishot slots in `ops` (armed, or orphaned and draining).
+    multishots: usize,
     wake_fd: i32,
     /// The provided-buffer pool registered with this ring (group `POOL_GROUP`).
     pub(crate) pool: Rc<BufPool>,
@@ -248,6 +252,7 @@ impl Uring {
             finished_orphans: Vec::new(),
             woken: Vec::new(),
             wake_armed: false,
+            multishots: 0,
             wake_fd: wake.raw(),
             send_zc: probe.is_supported(opcode::SendZc::CODE),
             free_file_slots: Vec::new(),
@@ -391,6 +396,7 @@ impl Uring {
                 ended: false,
             },
         });
+        self.multishots += 1;
         assert!(index < MAX_SLOTS, "too many io_uring ops in flight");
         let key = user_data(index, generation);
         // SAFETY: forwarded from the caller.
@@ -424,6 +430,7 @@ impl Uring {
         if *ended {
             let (index, _) = split_user_data(key.0);
             self.ops.remove(index);
+            self.multishots -= 1;
             return Ok(None);
         }
         match w {
@@ -466,6 +473,7 @@ impl Uring {
         let (index, _) = split_user_data(key.0);
         if ended {
             self.ops.remove(index);
+            self.multishots -= 1;
         } else {
             self.ops[index].state = SlotState::OrphanedMultishot(kind);
             self.cancel(key);
@@ -567,6 +575,18 @@ impl Uring {
         self.ops.len()
     }
 
+    /// Whether the ring is nearly idle: nothing waits in the SQ, no single-shot op is in
+    /// flight, and at most `LONE_MULTISHOTS` multishot ops are armed (a lone connection's
+    /// receive, a listener's accept). Then a plain system call for an op that usually succeeds
+    /// at once costs less than the loop iteration its completion would take, and, with no
+    /// other op in flight, it cannot overtake one on the same socket.
+    pub(crate) fn nearly_idle(&mut self) -> bool {
+        self.ops.len() == self.multishots
+            && self.multishots <= LONE_MULTISHOTS
+            && self.cancels.is_empty()
+            && self.ring.submission().is_empty()
+    }
+
     /// Whether the next park has anything to hand to the kernel.
     pub(crate) fn has_pending_submissions(&mut self) -> bool {
         !self.cancels.is_empty() || !self.ring.submission().is_empty()
@@ -649,6 +669,7 @@ impl Uring {
             wake_armed,
             pool,
             cancels,
+            multishots,
             ..
         } = self;
         let mut woken = std::mem::take(&mut self.woken);
@@ -699,6 +720,7 @@ impl Uring {
                             dispose(pool, *kind, result, flags);
                             if !more {
                                 ops.remove(index);
+                                *multishots -= 1;
                             }
                             continue;
                         }
