@@ -581,6 +581,17 @@ impl Uring {
     /// at once costs less than the loop iteration its completion would take, and, with no
     /// other op in flight, it cannot overtake one on the same socket.
     pub(crate) fn nearly_idle(&mut self) -> bool {
+        debug_assert_eq!(
+            self.multishots,
+            self.ops
+                .iter()
+                .filter(|(_, s)| matches!(
+                    s.state,
+                    SlotState::Multishot { .. } | SlotState::OrphanedMultishot(_)
+                ))
+                .count(),
+            "the multishot count drifted from the op table"
+        );
         self.ops.len() == self.multishots
             && self.multishots <= LONE_MULTISHOTS
             && self.cancels.is_empty()
