@@ -50,6 +50,10 @@ struct Args {
     /// Send with io_uring's zero-copy SEND_ZC (see `Builder::zero_copy_send`).
     #[arg(long)]
     zero_copy: bool,
+    /// Receive with plain multishot receives, one pool buffer per completion, instead of
+    /// bundles (see `Builder::recv_bundles`).
+    #[arg(long)]
+    no_recv_bundles: bool,
     /// Print "listening on ADDR" and the backend, then serve (for scripts that wait for it).
     #[arg(long, default_value_t = true)]
     announce: bool,
@@ -68,6 +72,7 @@ fn main() -> std::io::Result<()> {
         .buffer_pool(args.pool_buffers, args.pool_buf_size)
         .zero_copy_send(args.zero_copy)
         .registered_fds(args.registered_fds)
+        .recv_bundles(!args.no_recv_bundles)
         .build()?;
     stop_on_signal(&rt)?;
     report_on_sigusr1(&rt)?;
@@ -183,8 +188,14 @@ fn report_on_sigusr1(rt: &Runtime) -> std::io::Result<()> {
 fn counters(s: &RuntimeStats) -> String {
     format!(
         "kernel_enters={} driver_syscalls={} ops_submitted={} buffer_exhaustions={} \
-         cq_overflows={}",
-        s.kernel_enters, s.driver_syscalls, s.ops_submitted, s.buffer_exhaustions, s.cq_overflows
+         cq_overflows={} recv_bundles={} ops_cancelled={}",
+        s.kernel_enters,
+        s.driver_syscalls,
+        s.ops_submitted,
+        s.buffer_exhaustions,
+        s.cq_overflows,
+        s.recv_bundles,
+        s.ops_cancelled
     )
 }
 

@@ -7,10 +7,20 @@
 //!
 //! * Cancelling a task waiting in [`recv`](PooledReceiver::recv) loses nothing: the multishot
 //!   belongs to the receiver, and data that arrived meanwhile waits in its queue.
-//! * At most `cap` chunks wait unread per connection (default 16): then the receive is stopped
-//!   and the peer is back-pressured by TCP, never buffered without bound.
+//! * Once `cap` chunks wait unread (default 16), the receive is stopped and the peer is
+//!   back-pressured by TCP, never buffered without bound. On io_uring the kernel sees the stop
+//!   at the next loop iteration, so a little more can land first: with receive bundles (below)
+//!   at most one more bundle, `2 * cap + 1` chunks in all; with plain multishot receives the
+//!   kernel's retry loop (up to 32 receives per pass while the socket has data) can add a few
+//!   dozen.
 //! * When the pool runs dry (`ENOBUFS`), the receive is re-armed as soon as buffers come back;
 //!   no data is lost (it waits in the socket).
+//! * Where the kernel has receive bundles (6.10+) and takes a length limit on a multishot
+//!   receive (later kernels; 6.18 does), one completion may fill several buffers, at most
+//!   `cap` (a receive bundle; see
+//!   [`Builder::recv_bundles`](ringloop_runtime::Builder::recv_bundles)): a stream that
+//!   brings many buffers' worth at once costs one receive, not one per buffer. The receiver
+//!   still hands out one [`PooledBuf`] per buffer, in order.
 //!
 //! ```no_run
 //! use ringloop_net::TcpListener;
@@ -31,6 +41,7 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue};
@@ -70,6 +81,10 @@ pub struct PooledReceiver {
     /// Its place in the pool's queue when the pool runs dry (and so the pool).
     wait: BufWait,
     backend: Backend,
+    /// io_uring: the armed receive is a bundle (see [`Builder::recv_bundles`]).
+    ///
+    /// [`Builder::recv_bundles`]: ringloop_runtime::Builder::recv_bundles
+    bundled: bool,
     eof: bool,
     /// epoll: the last receive came back shorter than its buffer, so the socket was empty
     /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
@@ -85,6 +100,7 @@ impl PooledReceiver {
             fd,
             wait: buffer_pool().waiter(),
             backend: ringloop_runtime::current_backend(),
+            bundled: false,
             eof: false,
             drained: false,
         }
@@ -187,10 +203,25 @@ impl PooledReceiver {
                     self.wait.wait(cx.waker());
                     return pending_or_cancelled(waiting);
                 }
-                let sqe = with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build());
+                self.bundled = ringloop_runtime::recv_bundles()
+                    && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
+                let sqe = if self.bundled {
+                    // At most `cap` buffers per bundle, so one completion cannot take more of
+                    // the pool than the connection may queue.
+                    let limit = self.multishot.cap() * self.wait.pool().buf_size();
+                    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+                    with_target!(self.fd, t => opcode::Recv::new(t, std::ptr::null_mut(), limit)
+                        .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
+                        .buf_group(POOL_GROUP)
+                        .build()
+                        .flags(squeue::Flags::BUFFER_SELECT))
+                } else {
+                    with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build())
+                };
                 // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
                 // as the multishot lives: the `Multishot` is dropped before `fd`, field order)
-                // and the pool's buffer group, whose memory the driver keeps.
+                // and the pool's buffer group, whose memory the driver keeps; its buffer
+                // pointer is null (the kernel picks pool buffers).
                 if let Err(e) = unsafe { self.multishot.arm(sqe) } {
                     self.wait.release();
                     return Poll::Ready(Err(e));
@@ -228,6 +259,13 @@ impl PooledReceiver {
                         }
                         // The queue cap stopped the receive: re-arm now that it was read.
                         e if e == -libc::ECANCELED => continue,
+                        // A kernel with bundles that refuses a length limit on a multishot
+                        // receive (it came later than bundles): plain multishot receives from
+                        // now on.
+                        e if e == -libc::EINVAL && self.bundled => {
+                            BUNDLE_LIMIT_REFUSED.store(true, Ordering::Relaxed);
+                            continue;
+                        }
                         e => {
                             self.wait.release();
                             return Poll::Ready(Err(io::Error::from_raw_os_error(-e)));
@@ -298,6 +336,14 @@ impl PooledReceiver {
 
 /// The pool's buffer group (see the runtime's driver docs).
 const POOL_GROUP: u16 = 0;
+
+/// `IORING_RECV_MULTISHOT` and `IORING_RECVSEND_BUNDLE`, receive flags in the SQE's `ioprio`.
+const RECV_MULTISHOT: u16 = 1 << 1;
+const RECVSEND_BUNDLE: u16 = 1 << 4;
+
+/// The kernel refused a multishot bundle with a length limit (`EINVAL`): a property of the
+/// kernel, so of the whole process.
+static BUNDLE_LIMIT_REFUSED: AtomicBool = AtomicBool::new(false);
 
 /// `Pending`, or the task's cancellation if one is pending and `waiting` (a real wait).
 fn pending_or_cancelled<T>(waiting: bool) -> Poll<io::Result<T>> {

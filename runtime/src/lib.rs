@@ -64,7 +64,7 @@ pub use driver::{
 };
 pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{
-    buffer_pool, call_at, call_later, call_soon, current_backend, current_stats,
+    buffer_pool, call_at, call_later, call_soon, current_backend, current_stats, recv_bundles,
     set_exception_handler, stop, take_cancel_request, time, zero_copy_send, Builder,
     ExceptionContext, Handle, Runtime,
 };

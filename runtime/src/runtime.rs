@@ -160,6 +160,8 @@ pub(crate) struct Core {
     zero_copy_send: bool,
     /// `Builder::registered_fds`, on io_uring only.
     registered_fds: bool,
+    /// `Builder::recv_bundles`, on io_uring kernels that have them.
+    recv_bundles: bool,
     /// File-table slots whose socket went while the driver was borrowed; emptied before the
     /// next kernel entry.
     released_file_slots: RefCell<Vec<u32>>,
@@ -355,6 +357,7 @@ impl Core {
             ops_in_flight: driver.in_flight() as u64,
             cq_overflows: d.cq_overflows,
             zero_copy_notifications: d.zero_copy_notifs,
+            recv_bundles: d.recv_bundles,
             buffer_exhaustions: driver.pool().exhaustions.get(),
             pooled_buffers_out: driver.pool().out() as u64,
         }
@@ -632,6 +635,7 @@ pub struct Builder {
     registered_fds: bool,
     ring_entries: u32,
     zero_copy_send: bool,
+    recv_bundles: bool,
     pool: crate::driver::PoolConfig,
     keep_finished_tasks: bool,
     shutdown_timeout: Duration,
@@ -645,6 +649,7 @@ impl Default for Builder {
             registered_fds: false,
             ring_entries: crate::driver::RING_ENTRIES,
             zero_copy_send: false,
+            recv_bundles: true,
             pool: crate::driver::PoolConfig::default(),
             keep_finished_tasks: false,
             shutdown_timeout: Duration::from_secs(5),
@@ -708,6 +713,23 @@ impl Builder {
         self
     }
 
+    /// Lets a pooled receive fill several pool buffers with one completion (io_uring's receive
+    /// bundles, `IORING_RECVSEND_BUNDLE`; default on). Ignored on epoll and on kernels without
+    /// bundles (before 6.10); on a kernel that has them but refuses the length limit on a
+    /// multishot receive that a bundle needs, receivers fall back to plain multishot receives
+    /// at their first try.
+    ///
+    /// A stream that brings many buffers' worth at once then costs the kernel one receive and
+    /// one completion instead of one per buffer. What the receiver hands out is the same, one
+    /// [`PooledBuf`](crate::PooledBuf) per buffer, in order. A bundle takes at most the
+    /// receiver's queue cap in buffers, which also keeps an unread connection's share of the
+    /// pool tighter than plain multishot receives do (see `ringloop_net::pooled`). Measured:
+    /// see the README.
+    pub fn recv_bundles(mut self, on: bool) -> Self {
+        self.recv_bundles = on;
+        self
+    }
+
     /// Keeps ended tasks in [`task_tree`](crate::task_tree) dumps (for post-mortems). Each ended
     /// task then costs a small record until the runtime is dropped.
     pub fn keep_finished_tasks(mut self, keep: bool) -> Self {
@@ -753,6 +775,7 @@ impl Builder {
         if self.zero_copy_send && !zero_copy_send {
             eprintln!("ringloop: zero-copy send unavailable on this backend or kernel; using send");
         }
+        let recv_bundles = self.recv_bundles && driver.supports_recv_bundles();
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
             has_injected: AtomicBool::new(false),
@@ -771,6 +794,7 @@ impl Builder {
             backend,
             zero_copy_send,
             registered_fds,
+            recv_bundles,
             released_file_slots: RefCell::new(Vec::new()),
             exception_handler: RefCell::new(
                 self.exception_handler
@@ -1231,6 +1255,12 @@ pub fn current_stats() -> RuntimeStats {
 /// [`Builder::zero_copy_send`]); false on epoll and outside a runtime.
 pub fn zero_copy_send() -> bool {
     context::try_with_core(|core| core.zero_copy_send).unwrap_or(false)
+}
+
+/// Whether pooled receives on the running runtime may use io_uring's receive bundles (see
+/// [`Builder::recv_bundles`]); false on epoll and outside a runtime.
+pub fn recv_bundles() -> bool {
+    context::try_with_core(|core| core.recv_bundles).unwrap_or(false)
 }
 
 /// Takes the current task's pending cancel request, if any: the building block for

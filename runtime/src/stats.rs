@@ -44,6 +44,9 @@ pub struct RuntimeStats {
     pub ops_in_flight: u64,
     /// Zero-copy sends whose buffer the kernel has released (their notification completions).
     pub zero_copy_notifications: u64,
+    /// Receive completions that filled more than one pool buffer (io_uring's receive bundles,
+    /// see [`Builder::recv_bundles`](crate::Builder::recv_bundles)).
+    pub recv_bundles: u64,
     /// Times the completion queue overflowed (the kernel kept the completions; none was lost).
     pub cq_overflows: u64,
     /// Times a multishot receive found the buffer pool empty (`ENOBUFS`; re-armed once

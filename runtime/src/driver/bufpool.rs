@@ -11,6 +11,17 @@
 //! kernel consumes from the head, we publish at the tail (the `resv` field of entry 0 holds
 //! the tail). Publishing: write the entry at `tail & mask`, then store `tail + 1` with release
 //! ordering so the kernel sees the entry before the new tail.
+//!
+//! # Bundles
+//!
+//! A receive bundle (`IORING_RECVSEND_BUNDLE`) fills several buffers with one completion,
+//! which names only the first. The kernel takes buffers strictly in ring order, so the others
+//! are the entries published right after it. The pool keeps a shadow of the ring (the buffer
+//! at each entry, and each buffer's position) to name them. An entry stays *unreaped* from
+//! its publication until the driver reaps the completion that took it, and a publication that
+//! would overwrite an unreaped entry waits (`deferred`) until that completion is reaped: the
+//! shadow can never lose a buffer that a completion still has to name, whatever order
+//! completions arrive in.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -86,11 +97,26 @@ pub struct BufPool {
     /// io_uring: buffers in the ring that the kernel can still pick (published, and no
     /// completion naming them reaped yet). Counted by the driver as it reaps.
     in_ring: Cell<usize>,
+    /// io_uring: the shadow of the ring, one entry per ring entry (see "Bundles" above).
+    shadow: Box<[Cell<ShadowEntry>]>,
+    /// io_uring: the ring position (the tail it was published at) of each buffer.
+    position_of: Box<[Cell<u16>]>,
+    /// io_uring: buffers given back whose ring entry still waits for its completion to be
+    /// reaped; published, in order, as soon as it is.
+    deferred: RefCell<VecDeque<u16>>,
     /// Receivers waiting for a free buffer, first come first served (see [`BufWait`]).
     waiters: RefCell<VecDeque<Rc<WaitEntry>>>,
     /// Waiters woken and not yet done with their turn: never more than the free buffers, so a
     /// returning buffer wakes one waiter, not all of them.
     turns_out: Cell<usize>,
+}
+
+/// What the pool knows of one ring entry.
+#[derive(Clone, Copy, Debug, Default)]
+struct ShadowEntry {
+    bid: u16,
+    /// Published, and no reaped completion has named it yet.
+    unreaped: bool,
 }
 
 impl fmt::Debug for BufPool {
@@ -114,6 +140,7 @@ impl BufPool {
         let buffers = Region::new(buf_size * count as usize);
         let ring =
             with_ring.then(|| Region::new(count as usize * std::mem::size_of::<BufRingEntry>()));
+        let shadow_len = if with_ring { count as usize } else { 0 };
         let pool = Rc::new(BufPool {
             buffers,
             buf_size,
@@ -128,6 +155,9 @@ impl BufPool {
             out: Cell::new(0),
             exhaustions: Cell::new(0),
             in_ring: Cell::new(0),
+            shadow: (0..shadow_len).map(|_| Cell::default()).collect(),
+            position_of: (0..shadow_len).map(|_| Cell::new(0)).collect(),
+            deferred: RefCell::new(VecDeque::new()),
             waiters: RefCell::new(VecDeque::new()),
             turns_out: Cell::new(0),
         });
@@ -161,6 +191,13 @@ impl BufPool {
         self.out.get()
     }
 
+    /// Buffers free now: in the ring for the kernel to pick (io_uring) or in the free list
+    /// (epoll). The rest are lent out ([`out`](Self::out)), or taken by the kernel with their
+    /// completions not yet read by a receiver.
+    pub fn free(&self) -> usize {
+        self.available() + self.deferred.borrow().len()
+    }
+
     fn buf_ptr(&self, bid: u16) -> *mut u8 {
         debug_assert!(bid < self.count);
         // SAFETY: `bid < count`, so the offset is inside the region.
@@ -169,10 +206,33 @@ impl BufPool {
 
     /// Gives buffer `bid` to the kernel (io_uring) or the free list (epoll).
     fn publish(&self, bid: u16) {
+        if self.ring.is_some() {
+            let mut deferred = self.deferred.borrow_mut();
+            if !deferred.is_empty() || !self.publish_to_ring(bid) {
+                deferred.push_back(bid); // in order, behind those already waiting
+                return;
+            }
+        } else {
+            self.free.borrow_mut().push(bid);
+        }
+        self.grant_turns();
+    }
+
+    /// Writes `bid` at the ring's tail, unless that entry still waits for its completion to
+    /// be reaped (then `false`: the caller defers it).
+    fn publish_to_ring(&self, bid: u16) -> bool {
         match &self.ring {
             Some(ring) => {
                 let tail = self.ring_tail.get();
                 let index = (tail & (self.count - 1)) as usize;
+                if self.shadow[index].get().unreaped {
+                    return false;
+                }
+                self.shadow[index].set(ShadowEntry {
+                    bid,
+                    unreaped: true,
+                });
+                self.position_of[bid as usize].set(tail);
                 let base = ring.ptr.as_ptr() as *mut BufRingEntry;
                 // SAFETY: `index < count`, so the entry is inside the ring region; the kernel
                 // only reads entries between its head and our published tail, and this one is
@@ -191,18 +251,65 @@ impl BufPool {
                     let tail_ptr = BufRingEntry::tail(base) as *const AtomicU16;
                     (*tail_ptr).store(new_tail, Ordering::Release);
                 }
+                self.in_ring.set(self.in_ring.get() + 1);
+                true
             }
-            None => self.free.borrow_mut().push(bid),
+            None => false,
         }
-        if self.ring.is_some() {
-            self.in_ring.set(self.in_ring.get() + 1);
-        }
-        self.grant_turns();
     }
 
-    /// The driver reaped a completion that names a ring buffer: the kernel took it.
-    pub(crate) fn note_consumed(&self) {
-        self.in_ring.set(self.in_ring.get().saturating_sub(1));
+    /// The driver reaped a completion that names ring buffer `first` and received `bytes`
+    /// (io_uring): the kernel took `first` and, for a bundle, the buffers after it in ring
+    /// order, as many as `bytes` fills. Calls `filled(bid, len)` for each, in order; a
+    /// completion with no data (an error, end of stream) took just `first`.
+    pub(crate) fn reaped(&self, first: u16, bytes: i32, mut filled: impl FnMut(u16, usize)) {
+        if self.ring.is_none() || first >= self.count {
+            return;
+        }
+        let mask = self.count - 1;
+        let start = self.position_of[first as usize].get();
+        let mut left = usize::try_from(bytes).unwrap_or(0);
+        let mut taken: u16 = 0;
+        loop {
+            let index = (start.wrapping_add(taken) & mask) as usize;
+            let entry = self.shadow[index].get();
+            debug_assert!(
+                entry.unreaped,
+                "a completion named a buffer the kernel did not hold"
+            );
+            debug_assert!(taken > 0 || entry.bid == first);
+            self.shadow[index].set(ShadowEntry {
+                bid: entry.bid,
+                unreaped: false,
+            });
+            self.in_ring.set(self.in_ring.get().saturating_sub(1));
+            let len = left.min(self.buf_size);
+            left -= len;
+            taken += 1;
+            filled(entry.bid, len);
+            if left == 0 || taken == self.count {
+                break;
+            }
+        }
+        self.publish_deferred();
+    }
+
+    /// Publishes deferred buffers, oldest first, while the ring's tail entry is free.
+    fn publish_deferred(&self) {
+        let mut published = false;
+        loop {
+            let Some(&bid) = self.deferred.borrow().front() else {
+                break;
+            };
+            if !self.publish_to_ring(bid) {
+                break;
+            }
+            self.deferred.borrow_mut().pop_front();
+            published = true;
+        }
+        if published {
+            self.grant_turns();
+        }
     }
 
     /// Buffers a receive could get now: in the ring (io_uring) or the free list (epoll).
@@ -623,8 +730,8 @@ mod tests {
         // The io_uring flavour, without a kernel: the driver's reap calls `note_consumed`.
         let pool = BufPool::new(2, 64, true);
         assert!(pool.has_free());
-        pool.note_consumed();
-        pool.note_consumed();
+        pool.reaped(0, 10, |_, _| {});
+        pool.reaped(1, 10, |_, _| {});
         assert!(!pool.has_free(), "both buffers are with the kernel");
         let mut waiter = pool.waiter();
         let (count, waker) = counting_waker();
@@ -634,5 +741,55 @@ mod tests {
         drop(pool.take_filled(1, 10));
         assert_eq!(wakes(&count), 1);
         assert!(waiter.may_take());
+    }
+
+    /// What `reaped` reports: `(bid, len)` per buffer, in order.
+    fn reap(pool: &BufPool, first: u16, bytes: i32) -> Vec<(u16, usize)> {
+        let mut got = Vec::new();
+        pool.reaped(first, bytes, |bid, len| got.push((bid, len)));
+        got
+    }
+
+    #[test]
+    fn a_bundle_names_the_buffers_after_its_first_in_ring_order() {
+        // Eight buffers of 64 bytes, published 0..8 at ring positions 0..8.
+        let pool = BufPool::new(8, 64, true);
+        // 1. A plain completion: one buffer.
+        assert_eq!(reap(&pool, 0, 10), [(0, 10)]);
+        // 2. A bundle of 150 bytes from buffer 1: buffers 1, 2, 3, the last one part full.
+        assert_eq!(reap(&pool, 1, 150), [(1, 64), (2, 64), (3, 22)]);
+        // 3. Buffers 2 then 0 come back: ring positions 8 and 9 (entries 0 and 1).
+        let two = pool.take_filled(2, 64);
+        let zero = pool.take_filled(0, 10);
+        drop(two);
+        drop(zero);
+        // 4. A bundle from buffer 4 wraps around the ring to them.
+        assert_eq!(
+            reap(&pool, 4, 5 * 64 + 1),
+            [(4, 64), (5, 64), (6, 64), (7, 64), (2, 64), (0, 1)]
+        );
+        // 5. An error completion that names a buffer took just that one.
+        drop(pool.take_filled(1, 0));
+        assert_eq!(reap(&pool, 1, -libc::ENOBUFS), [(1, 0)]);
+    }
+
+    #[test]
+    fn a_buffer_back_before_an_older_completion_is_reaped_waits_for_it() {
+        let pool = BufPool::new(4, 64, true);
+        // The kernel took buffers 0 and 1 (positions 0 and 1), and 1's completion is reaped
+        // first. Buffer 1 comes back: its ring position would be 4, entry 0, which the
+        // unreaped completion of buffer 0 still needs to name.
+        assert_eq!(reap(&pool, 1, 64), [(1, 64)]);
+        drop(pool.take_filled(1, 64));
+        // 1. Deferred: the entry still names buffer 0.
+        assert_eq!(reap(&pool, 0, 64), [(0, 64)]);
+        // 2. Reaping buffer 0 published buffer 1 behind buffers 2 and 3.
+        assert_eq!(reap(&pool, 2, 3 * 64), [(2, 64), (3, 64), (1, 64)]);
+        assert!(!pool.has_free(), "every buffer was taken by the kernel");
+        // 3. Buffers come back in a different order than they were taken.
+        for bid in [3, 0, 1, 2] {
+            drop(pool.take_filled(bid, 64));
+        }
+        assert_eq!(reap(&pool, 3, 4 * 64), [(3, 64), (0, 64), (1, 64), (2, 64)]);
     }
 }

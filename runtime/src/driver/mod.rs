@@ -108,6 +108,8 @@ pub(crate) struct DriverStats {
     pub(crate) cq_overflows: u64,
     /// Zero-copy send notifications reaped.
     pub(crate) zero_copy_notifs: u64,
+    /// Receive completions that filled more than one pool buffer (io_uring bundles).
+    pub(crate) recv_bundles: u64,
     pub(crate) enter_errors: u64,
 }
 
@@ -261,6 +263,12 @@ impl Driver {
     /// Whether zero-copy sends are available (io_uring on a kernel with `SEND_ZC`).
     pub(crate) fn supports_send_zc(&self) -> bool {
         matches!(self, Driver::Uring(u) if u.send_zc)
+    }
+
+    /// Whether receive bundles are available (io_uring on a kernel with
+    /// `IORING_FEAT_RECVSEND_BUNDLE`, 6.10+).
+    pub(crate) fn supports_recv_bundles(&self) -> bool {
+        matches!(self, Driver::Uring(u) if u.recv_bundle)
     }
 
     /// The runtime's receive-buffer pool.

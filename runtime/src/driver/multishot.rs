@@ -47,6 +47,11 @@ impl Multishot {
         }
     }
 
+    /// The cap on unread completions given to [`new`](Self::new).
+    pub fn cap(&self) -> usize {
+        self.cap as usize
+    }
+
     /// Whether the op is in the kernel (or its completions are still being read).
     pub fn is_armed(&self) -> bool {
         self.key.is_some()

@@ -161,6 +161,8 @@ pub(crate) struct Uring {
     pub(crate) pool: Rc<BufPool>,
     /// The kernel supports `SEND_ZC` (6.0+).
     pub(crate) send_zc: bool,
+    /// The kernel supports receive bundles (6.10+).
+    pub(crate) recv_bundle: bool,
     /// Free slots of the registered file table (empty when the table is not in use).
     free_file_slots: Vec<u32>,
     /// How the ring was set up, for `Runtime::backend_info`.
@@ -244,6 +246,7 @@ impl Uring {
                 0,
             )?;
         }
+        let recv_bundle = ring.params().is_feature_recvsend_bundle();
         let mut uring = Uring {
             ring,
             ops: Slab::with_capacity(256),
@@ -255,6 +258,7 @@ impl Uring {
             multishots: 0,
             wake_fd: wake.raw(),
             send_zc: probe.is_supported(opcode::SendZc::CODE),
+            recv_bundle,
             free_file_slots: Vec::new(),
             pool,
             setup,
@@ -696,13 +700,15 @@ impl Uring {
                 }
                 CANCEL_TAG => {}
                 _ => {
-                    if cqueue::buffer_select(flags).is_some() {
-                        pool.note_consumed();
-                    }
                     let (index, generation) = split_user_data(ud);
                     let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation)
                     else {
-                        continue; // stale: its slot was freed (cannot happen for a live op)
+                        // Stale: its slot was freed (cannot happen for a live op). Buffers it
+                        // names go back to the pool all the same.
+                        if let Some(bid) = cqueue::buffer_select(flags) {
+                            pool.reaped(bid, result, |b, _| pool.recycle(b));
+                        }
+                        continue;
                     };
                     stats.ops_completed += 1;
                     let more = cqueue::more(flags);
@@ -714,7 +720,22 @@ impl Uring {
                             cap,
                             ..
                         } => {
-                            queue.push_back((result, flags));
+                            match cqueue::buffer_select(flags) {
+                                // A bundle becomes one completion per buffer, so the owner
+                                // and the queue cap see buffers, as without bundles.
+                                Some(bid) => {
+                                    let mut buffers = 0;
+                                    pool.reaped(bid, result, |b, len| {
+                                        buffers += 1;
+                                        let r = if result > 0 { len as i32 } else { result };
+                                        queue.push_back((r, with_buffer_id(flags, b)));
+                                    });
+                                    if buffers > 1 {
+                                        stats.recv_bundles += 1;
+                                    }
+                                }
+                                None => queue.push_back((result, flags)),
+                            }
                             if !more {
                                 *ended = true;
                             } else if queue.len() >= *cap as usize && !slot.cancel_queued {
@@ -728,14 +749,22 @@ impl Uring {
                             continue;
                         }
                         SlotState::OrphanedMultishot(kind) => {
-                            dispose(pool, *kind, result, flags);
+                            match cqueue::buffer_select(flags) {
+                                Some(bid) => pool.reaped(bid, result, |b, _| pool.recycle(b)),
+                                None => dispose(pool, *kind, result, flags),
+                            }
                             if !more {
                                 ops.remove(index);
                                 *multishots -= 1;
                             }
                             continue;
                         }
-                        _ => {}
+                        _ => {
+                            // A single-shot op that selected a buffer took exactly one.
+                            if let Some(bid) = cqueue::buffer_select(flags) {
+                                pool.reaped(bid, result.min(0), |_, _| {});
+                            }
+                        }
                     }
                     if cqueue::notif(flags) {
                         // A zero-copy send's buffer is free: release the held result.
@@ -856,6 +885,13 @@ impl Uring {
 }
 
 /// Releases what a completion nobody will read carries: a pool buffer, or an accepted socket.
+/// `flags` with its buffer id replaced by `bid` (`IORING_CQE_BUFFER_SHIFT` is 16).
+fn with_buffer_id(flags: u32, bid: u16) -> u32 {
+    (flags & 0xffff) | (u32::from(bid) << 16)
+}
+
+/// Releases what a multishot completion carries that nobody will read: its buffer (already
+/// reaped from the pool's ring) or its accepted socket.
 fn dispose(pool: &BufPool, kind: MultishotKind, result: i32, flags: u32) {
     match kind {
         MultishotKind::Recv => {
