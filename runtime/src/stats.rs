@@ -52,6 +52,8 @@ pub struct RuntimeStats {
     /// Times a multishot receive found the buffer pool empty (`ENOBUFS`; re-armed once
     /// buffers came back).
     pub buffer_exhaustions: u64,
-    /// Pool buffers lent out now (gauge): held by users or queued in connections.
+    /// Pool buffers lent out now (gauge): handed to users as `PooledBuf`s. Buffers the kernel
+    /// filled that still wait in a receiver's queue (io_uring) are not counted: the pool's
+    /// [`free`](crate::BufPool::free) tells those apart from free ones.
     pub pooled_buffers_out: u64,
 }

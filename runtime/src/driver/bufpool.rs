@@ -90,7 +90,7 @@ pub struct BufPool {
     ring_tail: Cell<u16>,
     /// Buffers not lent (epoll) — io_uring tracks them in the ring itself.
     free: RefCell<Vec<u16>>,
-    /// Buffers lent to users or queued in a connection (both backends).
+    /// Buffers handed to users as `PooledBuf`s (both backends).
     out: Cell<usize>,
     /// Times the kernel found the ring empty (a multishot receive ended with `ENOBUFS`).
     pub(crate) exhaustions: Cell<u64>,
@@ -186,7 +186,8 @@ impl BufPool {
         self.count as usize
     }
 
-    /// Buffers lent out (to users, or queued in connections).
+    /// Buffers handed to users as [`PooledBuf`]s. On io_uring, buffers the kernel filled
+    /// that wait in a receiver's queue are neither out nor [`free`](Self::free).
     pub fn out(&self) -> usize {
         self.out.get()
     }
