@@ -84,6 +84,23 @@ fn pool_exhaustion_loses_nothing_on_both_backends() {
     }
 }
 
+/// io_uring with receive bundles, io_uring without, and epoll.
+const BUNDLE_CASES: [(Backend, bool); 3] = [
+    (Backend::IoUring, true),
+    (Backend::IoUring, false),
+    (Backend::Epoll, false),
+];
+
+/// A runtime on `backend` with a pool of `buffers` x `buf_size` and bundles on or off.
+fn runtime_with_pool(backend: Backend, bundles: bool, buffers: u16, buf_size: usize) -> Runtime {
+    Runtime::builder()
+        .backend(backend)
+        .buffer_pool(buffers, buf_size)
+        .recv_bundles(bundles)
+        .build()
+        .unwrap()
+}
+
 /// A connection whose data is not read holds a bounded number of pool buffers: once `cap`
 /// chunks wait, the receive stops and the peer is back-pressured by TCP instead of filling the
 /// pool. The bound counts every buffer not free: lent to the user, or taken by the kernel and
@@ -99,18 +116,9 @@ fn pool_exhaustion_loses_nothing_on_both_backends() {
 #[test]
 fn unread_connection_holds_a_bounded_number_of_buffers() {
     const CAP: usize = 4;
-    for (backend, bundles) in [
-        (Backend::IoUring, true),
-        (Backend::IoUring, false),
-        (Backend::Epoll, false),
-    ] {
+    for (backend, bundles) in BUNDLE_CASES {
         let _serial = common::serial();
-        let rt = Runtime::builder()
-            .backend(backend)
-            .buffer_pool(256, 1024)
-            .recv_bundles(bundles)
-            .build()
-            .unwrap();
+        let rt = runtime_with_pool(backend, bundles, 256, 1024);
         rt.block_on(async {
             let bound = match backend {
                 Backend::IoUring if ringloop_runtime::recv_bundles() => 2 * CAP + 1,
@@ -346,18 +354,9 @@ both_backends! {
 fn bundled_receives_split_into_pool_buffers_in_order() {
     const TOTAL: usize = 256 << 10;
     const BUF: usize = 512;
-    for (backend, bundles) in [
-        (Backend::IoUring, true),
-        (Backend::IoUring, false),
-        (Backend::Epoll, false),
-    ] {
+    for (backend, bundles) in BUNDLE_CASES {
         let _serial = common::serial();
-        let rt = Runtime::builder()
-            .backend(backend)
-            .buffer_pool(64, BUF)
-            .recv_bundles(bundles)
-            .build()
-            .unwrap();
+        let rt = runtime_with_pool(backend, bundles, 64, BUF);
         let bundled = rt.block_on(async {
             let listener = TcpListener::bind(localhost()).unwrap();
             let addr = listener.local_addr().unwrap();
