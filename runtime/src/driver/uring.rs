@@ -884,7 +884,6 @@ impl Uring {
     }
 }
 
-/// Releases what a completion nobody will read carries: a pool buffer, or an accepted socket.
 /// `flags` with its buffer id replaced by `bid` (`IORING_CQE_BUFFER_SHIFT` is 16).
 fn with_buffer_id(flags: u32, bid: u16) -> u32 {
     (flags & 0xffff) | (u32::from(bid) << 16)
