@@ -122,7 +122,8 @@ fn unread_connection_holds_a_bounded_number_of_buffers() {
         rt.block_on(async {
             let bound = match backend {
                 Backend::IoUring if ringloop_runtime::recv_bundles() => 2 * CAP + 1,
-                Backend::IoUring => CAP + 2 * 32 + 1,
+                // Two passes seen; one more allowed for a loaded machine.
+                Backend::IoUring => CAP + 3 * 32 + 1,
                 _ => CAP,
             };
             let listener = TcpListener::bind(localhost()).unwrap();
