@@ -218,10 +218,9 @@ impl PooledReceiver {
                 } else {
                     with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build())
                 };
-                // SAFETY: the SQE names only our descriptor (kept open by `self.fd` for as long
-                // as the multishot lives: the `Multishot` is dropped before `fd`, field order)
-                // and the pool's buffer group, whose memory the driver keeps; its buffer
-                // pointer is null (the kernel picks pool buffers).
+                // SAFETY: the SQE names our descriptor (open while the multishot lives: field
+                // order drops the `Multishot` before `fd`) and the pool's buffer group, whose
+                // memory the driver keeps; its buffer pointer is null (the kernel picks).
                 if let Err(e) = unsafe { self.multishot.arm(sqe) } {
                     self.wait.release();
                     return Poll::Ready(Err(e));
