@@ -50,6 +50,8 @@ pub mod signal;
 mod stats;
 pub mod sync;
 pub mod task;
+#[cfg(test)]
+mod test_wakers;
 pub mod time;
 
 pub use blocking::{spawn_blocking, BlockingTask};

@@ -609,26 +609,10 @@ impl Drop for PooledBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicUsize;
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    /// A waker that counts its wakes.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counting_waker() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        (count.clone(), Waker::from(count))
-    }
+    use crate::test_wakers::{counting_waker, Count};
 
     fn wakes(c: &Count) -> usize {
-        c.0.load(Ordering::SeqCst)
+        c.wakes()
     }
 
     /// A free-list pool (the epoll flavour) with every buffer lent out.

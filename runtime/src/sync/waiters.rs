@@ -151,21 +151,11 @@ pub(crate) fn wake_all(wakers: Wakers) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    use std::task::Wake;
-
-    struct Count(AtomicUsize);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::test_wakers::counting_waker;
 
     #[test]
     fn fifo_pop_and_remove_from_middle() {
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting_waker();
         let mut list = WaitList::default();
         let a = list.push_back('a', &waker);
         let b = list.push_back('b', &waker);
@@ -181,13 +171,13 @@ mod tests {
         assert!(list.pop_front().is_none());
         assert!(!list.has_queued());
         assert_eq!(list.remove(c), ('c', false));
-        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(count.wakes(), 1);
     }
 
     #[test]
     fn set_waker_keeps_an_equivalent_waker() {
-        let waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
-        let other = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let (_, waker) = counting_waker();
+        let (_, other) = counting_waker();
         let mut list = WaitList::default();
         let k = list.push_back((), &waker);
         assert!(list.set_waker(&k, &waker).is_none());
