@@ -6,7 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::DropCount;
+use common::{DropCount, Gate};
 use ringloop_runtime::*;
 
 fn rt() -> Runtime {
@@ -216,18 +216,31 @@ fn wait_first_completed_and_first_exception() {
 #[test]
 fn as_completed_yields_in_completion_order() {
     rt().block_on(async {
-        let tasks: Vec<Task<u64>> = [5u64, 1, 3]
-            .into_iter()
-            .map(|ms| {
+        // Gates, not timers, decide the order: a timer's deadline can pass before its task
+        // first runs (seen under an emulated CPU), and then the order is the spawn order.
+        let gates: [(u64, Gate); 3] = [5, 1, 3].map(|n| (n, Gate::default()));
+        let tasks: Vec<Task<u64>> = gates
+            .iter()
+            .map(|(n, gate)| {
+                let (n, wait) = (*n, gate.wait());
                 spawn(async move {
-                    sleep(Duration::from_millis(ms)).await.unwrap();
-                    ms
+                    wait.await;
+                    n
                 })
             })
             .collect();
         let mut it = as_completed(tasks);
         assert_eq!(it.remaining(), 3);
+        let open = |n: u64| gates.iter().find(|(m, _)| *m == n).unwrap().1.open();
+        // 1 and 3 finish in that order within one loop iteration; 5 only later.
+        open(1);
+        open(3);
         let mut order = Vec::new();
+        for _ in 0..2 {
+            let t = it.next().await.unwrap().expect("a task is left");
+            order.push(t.await.unwrap());
+        }
+        open(5);
         while let Some(t) = it.next().await.unwrap() {
             order.push(t.await.unwrap());
         }
