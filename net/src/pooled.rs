@@ -1,9 +1,10 @@
 //! Receiving into the runtime's buffer pool: the server fast path.
 //!
 //! A [`PooledReceiver`] belongs to a connection. On io_uring it arms one multishot receive with
-//! buffer selection: the kernel picks a pool buffer for each chunk of data as it arrives, so an
-//! idle connection holds no buffer at all, and one SQE serves many receives. On epoll it
-//! receives into a free pool buffer when asked (the same API and the same memory behaviour).
+//! buffer selection (single-shot on kernels before 6.10, below): the kernel picks a pool buffer
+//! for each chunk of data as it arrives, so an idle connection holds no buffer at all, and one
+//! SQE serves many receives. On epoll it receives into a free pool buffer when asked (the same
+//! API and the same memory behaviour).
 //!
 //! * Cancelling a task waiting in [`recv`](PooledReceiver::recv) loses nothing: the multishot
 //!   belongs to the receiver, and data that arrived meanwhile waits in its queue.
@@ -15,6 +16,9 @@
 //!   dozen.
 //! * When the pool runs dry (`ENOBUFS`), the receive is re-armed as soon as buffers come back;
 //!   no data is lost (it waits in the socket).
+//! * On kernels before 6.10 (no receive bundles) the receive is a single-shot one, re-armed at
+//!   each `recv`: some of them (Debian's 6.1) do not stop a multishot receive while the socket
+//!   has data, whatever the cap. See [`multishot_recv`](ringloop_runtime::multishot_recv).
 //! * Where the kernel has receive bundles (6.10+) and takes a length limit on a multishot
 //!   receive (later kernels; 6.18 does), one completion may fill several buffers, at most
 //!   `cap` (a receive bundle; see
@@ -85,6 +89,10 @@ pub struct PooledReceiver {
     ///
     /// [`Builder::recv_bundles`]: ringloop_runtime::Builder::recv_bundles
     bundled: bool,
+    /// io_uring: the armed receive is single-shot (see
+    /// [`multishot_recv`](ringloop_runtime::multishot_recv)): after its one completion it has
+    /// ended, though still armed until that is read.
+    single_shot: bool,
     eof: bool,
     /// epoll: the last receive came back shorter than its buffer, so the socket was empty
     /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
@@ -101,6 +109,7 @@ impl PooledReceiver {
             wait: buffer_pool().waiter(),
             backend: ringloop_runtime::current_backend(),
             bundled: false,
+            single_shot: false,
             eof: false,
             drained: false,
         }
@@ -136,7 +145,7 @@ impl PooledReceiver {
         if self.eof {
             return Some(Ok(None));
         }
-        if self.multishot.is_armed() && self.multishot.queued() == 0 {
+        if self.multishot.is_armed() && self.multishot.queued() == 0 && !self.single_shot {
             return None; // the common case, without touching the waker the receive holds
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -186,6 +195,16 @@ impl PooledReceiver {
         }
     }
 
+    /// Whether this receiver's last armed receive was a bundle (see
+    /// [`Builder::recv_bundles`](ringloop_runtime::Builder::recv_bundles)): false before the
+    /// first `recv`, on epoll, on kernels without bundles, and once the kernel refused the
+    /// length limit a multishot bundle needs (6.12 does; the receivers then fall back to
+    /// plain multishot receives, which [`recv_bundles`](ringloop_runtime::recv_bundles) does
+    /// not know).
+    pub fn is_bundled(&self) -> bool {
+        self.bundled && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed)
+    }
+
     /// `waiting`: a real wait, where a pending cancellation is delivered; false for
     /// [`try_recv`](Self::try_recv), which is no suspension point and leaves it alone.
     fn poll_uring(
@@ -205,6 +224,7 @@ impl PooledReceiver {
                 }
                 self.bundled = ringloop_runtime::recv_bundles()
                     && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
+                self.single_shot = !ringloop_runtime::multishot_recv();
                 let sqe = if self.bundled {
                     // At most `cap` buffers per bundle, so one completion cannot take more of
                     // the pool than the connection may queue.
@@ -215,8 +235,17 @@ impl PooledReceiver {
                         .buf_group(POOL_GROUP)
                         .build()
                         .flags(squeue::Flags::BUFFER_SELECT))
-                } else {
+                } else if !self.single_shot {
                     with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build())
+                } else {
+                    // One buffer, then the receive ends (its completion has no MORE flag) and
+                    // is re-armed at the next `recv`: see `multishot_recv` for why. At most
+                    // one buffer's length (a zero would mean the same to the kernel).
+                    let len = u32::try_from(self.wait.pool().buf_size()).unwrap_or(u32::MAX);
+                    with_target!(self.fd, t => opcode::Recv::new(t, std::ptr::null_mut(), len)
+                        .buf_group(POOL_GROUP)
+                        .build()
+                        .flags(squeue::Flags::BUFFER_SELECT))
                 };
                 // SAFETY: the SQE names our descriptor (open while the multishot lives: field
                 // order drops the `Multishot` before `fd`) and the pool's buffer group, whose

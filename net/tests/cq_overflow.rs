@@ -1,5 +1,7 @@
 //! The completion queue overflows and no completion is lost (io_uring's NODROP flush).
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream as StdUnixStream;
 
@@ -12,6 +14,9 @@ use ringloop_runtime::{gather, spawn, yield_now, Backend, Runtime};
 /// 3. Every receive gets exactly its own bytes, and the driver counted the overflow.
 #[test]
 fn cq_overflow_loses_no_completion() {
+    if !common::runs_on(Backend::IoUring) {
+        return;
+    }
     let rt = Runtime::builder()
         .backend(Backend::IoUring)
         .ring_entries(2)

@@ -24,8 +24,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use common::{
-    fd_count, leaked_fds, localhost, open_fds, read_to_end, runtime, serial, tick, until,
-    CountedBuf, BACKENDS,
+    backends, fd_count, leaked_fds, localhost, open_fds, read_to_end, runtime, serial, tick, until,
+    CountedBuf,
 };
 use ringloop_net::{TcpListener, TcpStream};
 use ringloop_runtime::{sleep, spawn, Backend, Runtime};
@@ -35,7 +35,7 @@ use ringloop_runtime::{sleep, spawn, Backend, Runtime};
 /// runtime's own included, once it is dropped).
 fn on_both_backends(test: impl Fn(&Runtime)) {
     let _serial = serial();
-    for backend in BACKENDS {
+    for backend in backends() {
         let fds_before = open_fds();
         {
             let rt = runtime(backend);
@@ -575,7 +575,7 @@ fn thousands_of_recvs_aborted_at_once_lose_no_completion() {
 #[test]
 fn runtime_dropped_with_recv_in_flight_frees_buffer_and_socket() {
     let _serial = serial();
-    for backend in BACKENDS {
+    for backend in backends() {
         let base = fd_count();
         let drops = Rc::new(Cell::new(0));
         {
@@ -667,6 +667,9 @@ fn descriptor_number_reused_after_a_drop_outside_the_runtime() {
 /// so here the buffer lives until the connection closes, and is then freed exactly once.
 #[test]
 fn zero_copy_send_dropped_in_flight_keeps_buffer_until_notification() {
+    if !common::runs_on(Backend::IoUring) {
+        return;
+    }
     let _serial = serial();
     let fds_before = open_fds();
     let rt = Runtime::builder()

@@ -12,7 +12,7 @@ use std::fs::File;
 use std::rc::Rc;
 use std::time::Duration;
 
-use common::{fd_count, localhost, BACKENDS};
+use common::{backends, fd_count, localhost};
 use ringloop_net::{TcpListener, TcpStream};
 use ringloop_runtime::{sleep, spawn, timeout, Runtime};
 
@@ -172,7 +172,7 @@ async fn accept_loop_survives_emfile() {
 
 #[test]
 fn accept_loop_survives_emfile_and_resumes() {
-    for backend in BACKENDS {
+    for backend in backends() {
         let before = fd_count();
         {
             let rt = Runtime::builder().backend(backend).build().unwrap();

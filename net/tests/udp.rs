@@ -10,7 +10,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use common::{localhost, runtime, CountedBuf, BACKENDS};
+use common::{backends, localhost, runtime, CountedBuf};
 use ringloop_net::{IoBuf, UdpSocket};
 use ringloop_runtime::{gather, is_cancelled, sleep, spawn, timeout, Backend, TaskError};
 
@@ -264,7 +264,7 @@ both_backends! {
 #[test]
 fn recv_from_cancelled_by_task_cancel() {
     let _serial = common::serial();
-    for backend in BACKENDS {
+    for backend in backends() {
         let rt = runtime(backend);
         rt.block_on(async {
             let sock = Rc::new(UdpSocket::bind(localhost()).unwrap());
@@ -314,7 +314,7 @@ fn recv_from_cancelled_by_task_cancel() {
 #[test]
 fn cancellation_after_a_won_race_reaches_the_next_recv() {
     let _serial = common::serial();
-    for backend in BACKENDS {
+    for backend in backends() {
         let rt = runtime(backend);
         rt.block_on(async {
             let sock = UdpSocket::bind(localhost()).unwrap();
@@ -352,7 +352,7 @@ fn cancellation_after_a_won_race_reaches_the_next_recv() {
 #[test]
 fn cancellation_escaping_through_io_error_cancels_the_task() {
     let _serial = common::serial();
-    for backend in BACKENDS {
+    for backend in backends() {
         let rt = runtime(backend);
         let fds_before = common::fd_count();
         rt.block_on(async {
@@ -381,7 +381,7 @@ fn cancellation_escaping_through_io_error_cancels_the_task() {
 #[test]
 fn dropped_recv_from_keeps_its_buffer_until_the_completion() {
     let _serial = common::serial();
-    for backend in BACKENDS {
+    for backend in backends() {
         let rt = runtime(backend);
         // The buffer holds a clone of `alive` while it lives: its strong count tells.
         let alive = Rc::new(Cell::new(0));

@@ -162,6 +162,8 @@ pub(crate) struct Core {
     registered_fds: bool,
     /// `Builder::recv_bundles`, on io_uring kernels that have them.
     recv_bundles: bool,
+    /// io_uring on a kernel whose multishot receive can be stopped (see `multishot_recv`).
+    multishot_recv: bool,
     /// File-table slots whose socket went while the driver was borrowed; emptied before the
     /// next kernel entry.
     released_file_slots: RefCell<Vec<u32>>,
@@ -691,13 +693,18 @@ impl Builder {
         self
     }
 
-    /// Installs every socket in io_uring's registered file table as well (default off; ignored on
-    /// epoll and on kernels without sparse file tables, 5.19+). Ops then name the socket by its
-    /// slot, which saves the kernel a file lookup per op, at the cost of one `io_uring_register`
-    /// when a socket is created and one when it is closed. The socket keeps its descriptor, so
-    /// every socket option still works. A socket dropped outside its runtime cannot leave the
-    /// table: the ring then holds it open until the runtime is dropped. Measured: see the
-    /// README.
+    /// Installs every socket in io_uring's registered file table as well (default off). Ops then
+    /// name the socket by its slot, which saves the kernel a file lookup per op, at the cost of
+    /// one `io_uring_register` when a socket is created and one when it is closed. The socket
+    /// keeps its descriptor, so every socket option still works. A socket dropped outside its
+    /// runtime cannot leave the table: the ring then holds it open until the runtime is
+    /// dropped. Measured: see the README.
+    ///
+    /// Ignored, with one line on stderr, on epoll and on kernels before 6.15. Those free the
+    /// socket of an emptied slot only after every op that used the table before has completed,
+    /// so one receive waiting on an idle connection keeps every socket closed after it open,
+    /// unseen by its peer (seen on 6.1 and 6.12 by `.ci/kernels`: a server whose clients wait
+    /// for its close hangs).
     pub fn registered_fds(mut self, on: bool) -> Self {
         self.registered_fds = on;
         self
@@ -776,6 +783,7 @@ impl Builder {
             eprintln!("ringloop: zero-copy send unavailable on this backend or kernel; using send");
         }
         let recv_bundles = self.recv_bundles && driver.supports_recv_bundles();
+        let multishot_recv = driver.supports_recv_bundles();
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
             has_injected: AtomicBool::new(false),
@@ -795,6 +803,7 @@ impl Builder {
             zero_copy_send,
             registered_fds,
             recv_bundles,
+            multishot_recv,
             released_file_slots: RefCell::new(Vec::new()),
             exception_handler: RefCell::new(
                 self.exception_handler
@@ -1257,10 +1266,31 @@ pub fn zero_copy_send() -> bool {
     context::try_with_core(|core| core.zero_copy_send).unwrap_or(false)
 }
 
+/// Whether sockets on the running runtime sit in io_uring's registered file table (see
+/// [`Builder::registered_fds`]); false on epoll, on kernels before 6.15, and outside a runtime.
+pub fn registered_fds() -> bool {
+    context::try_with_core(|core| core.registered_fds).unwrap_or(false)
+}
+
 /// Whether pooled receives on the running runtime may use io_uring's receive bundles (see
 /// [`Builder::recv_bundles`]); false on epoll and outside a runtime.
 pub fn recv_bundles() -> bool {
     context::try_with_core(|core| core.recv_bundles).unwrap_or(false)
+}
+
+/// Whether pooled receives on the running runtime use io_uring's multishot receive: on a
+/// kernel with receive bundles (6.10+), whatever [`Builder::recv_bundles`] says. False on
+/// epoll, outside a runtime, and on older kernels, where a pooled receive is one single-shot
+/// receive at a time instead.
+///
+/// The reason is back-pressure. A connection's queue cap stops its multishot receive with a
+/// cancel, and newer kernels see it soon: their multishot receive yields after at most 32
+/// receives a pass. Older kernels may not: Debian's 6.1 was seen to go on receiving while the
+/// socket had data, until the whole pool was taken by one unread connection. A single-shot
+/// receive takes one buffer and stops, so there the cap holds exactly, at the price of one
+/// submission a chunk (still batched into the loop's one kernel entry).
+pub fn multishot_recv() -> bool {
+    context::try_with_core(|core| core.multishot_recv).unwrap_or(false)
 }
 
 /// Takes the current task's pending cancel request, if any: the building block for

@@ -1,12 +1,14 @@
 //! A user-defined op kind (a positioned file read), written outside the crate as a user would,
 //! runs on both backends through the same `Op` future.
 
+mod common;
+
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, RawFd};
 
 use io_uring::{opcode, squeue, types};
-use ringloop_runtime::{Backend, Interest, Op, OpKind, Runtime};
+use ringloop_runtime::{Interest, Op, OpKind, Runtime};
 
 /// `pread` into an owned buffer.
 struct ReadAt {
@@ -69,7 +71,7 @@ fn user_defined_file_read_op_runs_on_both_backends() {
         .unwrap()
         .write_all(b"hello from a custom op")
         .unwrap();
-    for backend in [Backend::IoUring, Backend::Epoll] {
+    for backend in common::backends() {
         let rt = Runtime::builder().backend(backend).build().unwrap();
         let file = std::rc::Rc::new(File::open(&path).unwrap());
         let (n, buf) = rt.block_on(Op::new(ReadAt {

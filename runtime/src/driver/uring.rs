@@ -238,14 +238,18 @@ impl Uring {
         })?;
         // SAFETY: the ring region belongs to `pool`, which this driver keeps alive for as long
         // as the ring exists: fields drop in declaration order, `ring` before `pool`.
-        unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                ring_addr,
-                ring_entries,
-                POOL_GROUP,
-                0,
-            )?;
-        }
+        let registered = unsafe {
+            ring.submitter()
+                .register_buf_ring_with_flags(ring_addr, ring_entries, POOL_GROUP, 0)
+        };
+        // Debian's 5.10 has io_uring as of 5.15 (EXT_ARG and all), but no buffer rings.
+        registered.map_err(|e| match e.raw_os_error() {
+            Some(libc::EINVAL) => io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks provided-buffer rings (kernel older than 5.19): {e}"),
+            ),
+            _ => e,
+        })?;
         let recv_bundle = ring.params().is_feature_recvsend_bundle();
         let mut uring = Uring {
             ring,
@@ -538,9 +542,23 @@ impl Uring {
         std::mem::take(&mut self.finished_orphans)
     }
 
-    /// Registers a sparse file table of `slots` entries (5.19+), so sockets can be named by
-    /// slot instead of by descriptor (no file lookup per op).
+    /// Registers a sparse file table of `slots` entries, so sockets can be named by slot
+    /// instead of by descriptor (no file lookup per op).
+    ///
+    /// Refused before 6.15. Older kernels free the files of emptied slots in the order the
+    /// slots were emptied, each only after every op that used the table before it has
+    /// completed: one long-lived receive or accept then keeps every socket closed after it
+    /// open, unseen by its peer (no FIN), and a server whose clients wait for the close
+    /// deadlocks (seen on 6.1 and 6.12 in `.ci/kernels`; liburing issue 1192). Kernels from
+    /// 6.13 free each file on its own; 6.15's `NO_IOWAIT` is the first feature flag that
+    /// tells such a kernel apart.
     pub(crate) fn enable_file_table(&mut self, slots: u32) -> io::Result<()> {
+        if !self.ring.params().is_feature_no_iowait() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "registered descriptors need Linux 6.15+ (older kernels free closed ones late)",
+            ));
+        }
         self.ring.submitter().register_files_sparse(slots)?;
         self.free_file_slots = (0..slots).rev().collect();
         Ok(())
