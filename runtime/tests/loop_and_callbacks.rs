@@ -713,6 +713,34 @@ fn equal_deadlines_fire_in_scheduling_order_with_tasks_and_callbacks_interleaved
     assert_eq!(log.take(), ["earlier", "a", "b", "c", "task", "d", "e"]);
 }
 
+/// A sleep whose deadline has already passed when it is first polled still goes through the
+/// timers, in deadline order with `call_at` callbacks (asyncio's `call_later` with a due
+/// deadline); only `sleep(Duration::ZERO)` is a plain yield.
+#[test]
+fn a_sleep_already_due_fires_in_deadline_order_with_callbacks() {
+    let rt = Runtime::new().unwrap();
+    let log = Log::default();
+    let l = log.clone();
+    rt.block_on(async move {
+        let now = time();
+        let lt = l.clone();
+        let sleeper = spawn(async move {
+            ringloop_runtime::sleep_until(now - Duration::from_millis(2))
+                .await
+                .unwrap();
+            lt.push("task");
+        });
+        sleep(Duration::ZERO).await.unwrap(); // the task polls its sleep now
+        let late = l.clone();
+        call_at(now - Duration::from_millis(1), move || late.push("late"));
+        let early = l.clone();
+        call_at(now - Duration::from_millis(3), move || early.push("early"));
+        sleeper.await.unwrap();
+        sleep(Duration::ZERO).await.unwrap();
+    });
+    assert_eq!(log.take(), ["early", "task", "late"]);
+}
+
 #[test]
 fn cancelled_call_later_never_runs_drops_its_closure_and_its_timer_at_once() {
     let rt = Rc::new(Runtime::new().unwrap());

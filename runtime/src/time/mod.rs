@@ -54,7 +54,9 @@ pub(crate) fn take_cancel() -> Option<Cancelled> {
 ///
 /// Resolves to `Err(Cancelled)` as soon as the task awaiting it is cancelled, however long the
 /// sleep; never before its deadline otherwise. `sleep(Duration::ZERO)` still yields once, like
-/// asyncio's `sleep(0)`.
+/// asyncio's `sleep(0)`. Any other sleep goes through the loop's timers even if its deadline
+/// has passed by its first poll, so sleeps and `call_at` callbacks fire in deadline order,
+/// then in the order they were scheduled, however late the loop runs (asyncio's `call_later`).
 ///
 /// ```
 /// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
@@ -66,7 +68,10 @@ pub(crate) fn take_cancel() -> Option<Cancelled> {
 /// # Panics
 /// When polled outside a running ringloop runtime.
 pub fn sleep(duration: Duration) -> Sleep {
-    sleep_until(Instant::now() + duration)
+    Sleep {
+        yield_only: duration.is_zero(),
+        ..sleep_until(Instant::now() + duration)
+    }
 }
 
 /// Waits until `deadline` on the loop's clock; see [`sleep`].
@@ -75,6 +80,7 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
         deadline,
         timer: TimerEntry::default(),
         yielded: false,
+        yield_only: false,
     }
 }
 
@@ -85,6 +91,8 @@ pub struct Sleep {
     deadline: Instant,
     timer: TimerEntry,
     yielded: bool,
+    /// `sleep(Duration::ZERO)`: a plain yield, which never touches the timer heap.
+    yield_only: bool,
 }
 
 impl Sleep {
@@ -106,9 +114,9 @@ impl Future for Sleep {
             self.timer.disarm();
             return Poll::Ready(Err(c));
         }
-        if !self.yielded && Instant::now() >= self.deadline {
-            // Already due: yield once (asyncio's sleep(0)) instead of touching the heap. This
-            // path never reaches the heap, so check for a runtime here: outside one, a
+        if !self.yielded && self.yield_only {
+            // asyncio's sleep(0): yield once instead of touching the heap. This path never
+            // reaches the heap, so check for a runtime here: outside one, a
             // `sleep(Duration::ZERO)` must panic like every other sleep (see `# Panics`), not
             // quietly complete under a foreign executor.
             context::with_core(|_| ());
