@@ -16,9 +16,11 @@
 //!   dozen.
 //! * When the pool runs dry (`ENOBUFS`), the receive is re-armed as soon as buffers come back;
 //!   no data is lost (it waits in the socket).
-//! * On kernels before 6.10 (no receive bundles) the receive is a single-shot one, re-armed at
-//!   each `recv`: some of them (Debian's 6.1) do not stop a multishot receive while the socket
-//!   has data, whatever the cap. See [`multishot_recv`](ringloop_runtime::multishot_recv).
+//! * On kernels before 6.10 (no receive bundles), and with
+//!   [`Builder::multishot_recv(false)`](ringloop_runtime::Builder::multishot_recv), the receive
+//!   is a single-shot one, re-armed at each `recv`: some of those kernels (Debian's 6.1) do
+//!   not stop a multishot receive while the socket has data, whatever the cap. See
+//!   [`multishot_recv`](ringloop_runtime::multishot_recv).
 //! * Where the kernel has receive bundles (6.10+) and takes a length limit on a multishot
 //!   receive (later kernels; 6.18 does), one completion may fill several buffers, at most
 //!   `cap` (a receive bundle; see

@@ -57,12 +57,8 @@ both_backends! {
 /// receives), wait for buffers to come back, and lose no byte.
 #[test]
 fn pool_exhaustion_loses_nothing_on_both_backends() {
-    for backend in backends() {
-        let rt = Runtime::builder()
-            .backend(backend)
-            .buffer_pool(4, 512)
-            .build()
-            .unwrap();
+    for mode in RecvMode::tested() {
+        let rt = mode.runtime(4, 512);
         let multishot = rt.block_on(async {
             let listener = TcpListener::bind(localhost()).unwrap();
             let addr = listener.local_addr().unwrap();
@@ -75,37 +71,64 @@ fn pool_exhaustion_loses_nothing_on_both_backends() {
             ringloop_runtime::multishot_recv()
         });
         let stats = rt.stats();
-        assert_eq!(stats.pooled_buffers_out, 0, "{backend}: {stats:?}");
-        assert_eq!(stats.ops_in_flight, 0, "{backend}: {stats:?}");
+        assert_eq!(stats.pooled_buffers_out, 0, "{mode:?}: {stats:?}");
+        assert_eq!(stats.ops_in_flight, 0, "{mode:?}: {stats:?}");
         if multishot {
             assert!(
                 stats.buffer_exhaustions > 0,
                 "the small pool did run dry: {stats:?}"
             );
         } else {
-            // epoll, and single-shot receives (kernels before 6.10): a receive is armed only
+            // epoll, and single-shot receives (before 6.10, or forced): a receive is armed only
             // with a buffer's turn, so the kernel never finds the ring empty; receivers queue
             // for buffers instead.
-            assert_eq!(stats.buffer_exhaustions, 0, "{backend}: {stats:?}");
+            assert_eq!(stats.buffer_exhaustions, 0, "{mode:?}: {stats:?}");
         }
     }
 }
 
-/// io_uring with receive bundles, io_uring without, and epoll.
-const BUNDLE_CASES: [(Backend, bool); 3] = [
-    (Backend::IoUring, true),
-    (Backend::IoUring, false),
-    (Backend::Epoll, false),
-];
+/// How a pooled receive runs: io_uring's multishot receive with bundles (the default), without,
+/// single-shot (what kernels before 6.10 get, forced here on any kernel), and epoll.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum RecvMode {
+    Bundles,
+    Multishot,
+    SingleShot,
+    Epoll,
+}
 
-/// A runtime on `backend` with a pool of `buffers` x `buf_size` and bundles on or off.
-fn runtime_with_pool(backend: Backend, bundles: bool, buffers: u16, buf_size: usize) -> Runtime {
-    Runtime::builder()
-        .backend(backend)
-        .buffer_pool(buffers, buf_size)
-        .recv_bundles(bundles)
-        .build()
-        .unwrap()
+impl RecvMode {
+    const ALL: [RecvMode; 4] = [
+        RecvMode::Bundles,
+        RecvMode::Multishot,
+        RecvMode::SingleShot,
+        RecvMode::Epoll,
+    ];
+
+    /// The modes this run tests (io_uring's may be left out: `common::uring_tested`).
+    fn tested() -> impl Iterator<Item = RecvMode> {
+        Self::ALL
+            .into_iter()
+            .filter(|mode| common::runs_on(mode.backend()))
+    }
+
+    fn backend(self) -> Backend {
+        match self {
+            RecvMode::Epoll => Backend::Epoll,
+            _ => Backend::IoUring,
+        }
+    }
+
+    /// A runtime in this mode with a pool of `buffers` x `buf_size`.
+    fn runtime(self, buffers: u16, buf_size: usize) -> Runtime {
+        Runtime::builder()
+            .backend(self.backend())
+            .buffer_pool(buffers, buf_size)
+            .recv_bundles(self == RecvMode::Bundles)
+            .multishot_recv(self != RecvMode::SingleShot)
+            .build()
+            .unwrap()
+    }
 }
 
 /// A connection whose data is not read holds a bounded number of pool buffers: once `cap`
@@ -125,12 +148,10 @@ fn runtime_with_pool(backend: Backend, bundles: bool, buffers: u16, buf_size: us
 #[test]
 fn unread_connection_holds_a_bounded_number_of_buffers() {
     const CAP: usize = 4;
-    for (backend, bundles) in BUNDLE_CASES
-        .into_iter()
-        .filter(|&(backend, _)| common::runs_on(backend))
-    {
+    for mode in RecvMode::tested() {
         let _serial = common::serial();
-        let rt = runtime_with_pool(backend, bundles, 256, 1024);
+        let backend = mode.backend();
+        let rt = mode.runtime(256, 1024);
         rt.block_on(async {
             let listener = TcpListener::bind(localhost()).unwrap();
             let addr = listener.local_addr().unwrap();
@@ -163,12 +184,9 @@ fn unread_connection_holds_a_bounded_number_of_buffers() {
             let held = pool.count() - pool.free();
             assert!(
                 held <= bound,
-                "{backend} (bundles {bundles}): {held} buffers held by one unread connection"
+                "{mode:?}: {held} buffers held by one unread connection"
             );
-            assert!(
-                !writer_done.get(),
-                "{backend}: the writer is back-pressured"
-            );
+            assert!(!writer_done.get(), "{mode:?}: the writer is back-pressured");
             // Now drain everything: nothing was lost.
             let mut total = 0usize;
             while total < (8 << 20) - 1024 {
@@ -186,7 +204,7 @@ fn unread_connection_holds_a_bounded_number_of_buffers() {
             while let Some(chunk) = rx.recv().await.unwrap() {
                 total += chunk.len();
             }
-            assert!(total >= (8 << 20) - 1024, "{backend}: read {total}");
+            assert!(total >= (8 << 20) - 1024, "{mode:?}: read {total}");
         });
     }
 }
@@ -368,12 +386,10 @@ both_backends! {
 fn bundled_receives_split_into_pool_buffers_in_order() {
     const TOTAL: usize = 256 << 10;
     const BUF: usize = 512;
-    for (backend, bundles) in BUNDLE_CASES
-        .into_iter()
-        .filter(|&(backend, _)| common::runs_on(backend))
-    {
+    for mode in RecvMode::tested() {
         let _serial = common::serial();
-        let rt = runtime_with_pool(backend, bundles, 64, BUF);
+        let (backend, bundles) = (mode.backend(), mode == RecvMode::Bundles);
+        let rt = mode.runtime(64, BUF);
         let bundled = rt.block_on(async {
             let listener = TcpListener::bind(localhost()).unwrap();
             let addr = listener.local_addr().unwrap();
@@ -397,11 +413,11 @@ fn bundled_receives_split_into_pool_buffers_in_order() {
             let mut got = Vec::with_capacity(TOTAL);
             while got.len() < TOTAL {
                 let chunk = rx.recv().await.unwrap().expect("not at end of stream");
-                assert!(chunk.len() <= BUF, "{backend}: a chunk is one pool buffer");
+                assert!(chunk.len() <= BUF, "{mode:?}: a chunk is one pool buffer");
                 let take = chunk.len().min(TOTAL - got.len());
                 got.extend_from_slice(&chunk[..take]);
             }
-            assert!(got == expected, "{backend}: the bytes arrived in order");
+            assert!(got == expected, "{mode:?}: the bytes arrived in order");
             let bundled = rx.is_bundled();
             let c = writer.await.unwrap();
             // Let the unread rest queue up (re-arming the receive if the cap had stopped it),
@@ -415,7 +431,7 @@ fn bundled_receives_split_into_pool_buffers_in_order() {
                 let queued = pool.count() - pool.free() - pool.out();
                 assert!(
                     queued > 0,
-                    "{backend}: the unread rest waits in the receiver"
+                    "{mode:?}: the unread rest waits in the receiver"
                 );
             }
             drop(rx);
@@ -424,8 +440,8 @@ fn bundled_receives_split_into_pool_buffers_in_order() {
                 yield_now().await.unwrap();
             }
             let stats = ringloop_runtime::current_stats();
-            assert_eq!(stats.pooled_buffers_out, 0, "{backend}: {stats:?}");
-            assert_eq!(pool.free(), pool.count(), "{backend}: every buffer is back");
+            assert_eq!(stats.pooled_buffers_out, 0, "{mode:?}: {stats:?}");
+            assert_eq!(pool.free(), pool.count(), "{mode:?}: every buffer is back");
             (
                 bundled,
                 ringloop_runtime::recv_bundles(),
@@ -444,10 +460,10 @@ fn bundled_receives_split_into_pool_buffers_in_order() {
         if enabled {
             assert!(
                 bundles_seen > 0,
-                "{backend}: no completion filled more than one buffer"
+                "{mode:?}: no completion filled more than one buffer"
             );
         } else {
-            assert_eq!(bundles_seen, 0, "{backend}: bundles off");
+            assert_eq!(bundles_seen, 0, "{mode:?}: bundles off");
             if bundles && backend == Backend::IoUring && !asked {
                 eprintln!("note: this kernel has no receive bundles (6.10+); the path was not run");
             }

@@ -638,6 +638,7 @@ pub struct Builder {
     ring_entries: u32,
     zero_copy_send: bool,
     recv_bundles: bool,
+    multishot_recv: bool,
     pool: crate::driver::PoolConfig,
     keep_finished_tasks: bool,
     shutdown_timeout: Duration,
@@ -652,6 +653,7 @@ impl Default for Builder {
             ring_entries: crate::driver::RING_ENTRIES,
             zero_copy_send: false,
             recv_bundles: true,
+            multishot_recv: true,
             pool: crate::driver::PoolConfig::default(),
             keep_finished_tasks: false,
             shutdown_timeout: Duration::from_secs(5),
@@ -721,8 +723,8 @@ impl Builder {
     }
 
     /// Lets a pooled receive fill several pool buffers with one completion (io_uring's receive
-    /// bundles, `IORING_RECVSEND_BUNDLE`; default on). Ignored on epoll and on kernels without
-    /// bundles (before 6.10); on a kernel that has them but refuses the length limit on a
+    /// bundles, `IORING_RECVSEND_BUNDLE`; default on). Ignored on epoll, on kernels without
+    /// bundles (before 6.10) and without [`multishot_recv`](Self::multishot_recv); on a kernel that has them but refuses the length limit on a
     /// multishot receive that a bundle needs, receivers fall back to plain multishot receives
     /// at their first try.
     ///
@@ -734,6 +736,16 @@ impl Builder {
     /// see the README.
     pub fn recv_bundles(mut self, on: bool) -> Self {
         self.recv_bundles = on;
+        self
+    }
+
+    /// Lets a pooled receive be one multishot receive per connection (default on; ignored on
+    /// epoll). Off, or on a kernel before 6.10 whatever this says, each pooled receive is a
+    /// single-shot receive of one buffer, re-armed at each `recv`, and receive bundles are off
+    /// too: see [`multishot_recv`](crate::multishot_recv) for why old kernels get that. Off
+    /// here, the single-shot path runs on any kernel, which is how the tests cover it.
+    pub fn multishot_recv(mut self, on: bool) -> Self {
+        self.multishot_recv = on;
         self
     }
 
@@ -782,8 +794,8 @@ impl Builder {
         if self.zero_copy_send && !zero_copy_send {
             eprintln!("ringloop: zero-copy send unavailable on this backend or kernel; using send");
         }
-        let recv_bundles = self.recv_bundles && driver.supports_recv_bundles();
-        let multishot_recv = driver.supports_recv_bundles();
+        let multishot_recv = self.multishot_recv && driver.supports_recv_bundles();
+        let recv_bundles = self.recv_bundles && multishot_recv;
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
             has_injected: AtomicBool::new(false),
@@ -1279,9 +1291,9 @@ pub fn recv_bundles() -> bool {
 }
 
 /// Whether pooled receives on the running runtime use io_uring's multishot receive: on a
-/// kernel with receive bundles (6.10+), whatever [`Builder::recv_bundles`] says. False on
-/// epoll, outside a runtime, and on older kernels, where a pooled receive is one single-shot
-/// receive at a time instead.
+/// kernel with receive bundles (6.10+) unless [`Builder::multishot_recv`] turned it off,
+/// whatever [`Builder::recv_bundles`] says. False on epoll, outside a runtime, and on older
+/// kernels, where a pooled receive is one single-shot receive at a time instead.
 ///
 /// The reason is back-pressure. A connection's queue cap stops its multishot receive with a
 /// cancel, and newer kernels see it soon: their multishot receive yields after at most 32
