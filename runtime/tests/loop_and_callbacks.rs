@@ -691,13 +691,15 @@ fn equal_deadlines_fire_in_scheduling_order_with_tasks_and_callbacks_interleaved
             let l = l.clone();
             call_at(deadline, move || l.push(name));
         }
-        // A task whose sleep is armed after a, b, c and before d, e.
-        let lt = l.clone();
-        let sleeper = spawn(async move {
-            ringloop_runtime::sleep_until(deadline).await.unwrap();
-            lt.push("task");
-        });
-        sleep(Duration::ZERO).await.unwrap(); // the task arms its timer now
+        // This task's sleep, armed after a, b, c and before d, e: polled once here, so that
+        // nothing yields to the loop (which could fire a, b, c on a slow machine) until every
+        // timer is in.
+        let mut sleeper = std::pin::pin!(ringloop_runtime::sleep_until(deadline));
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(sleeper.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
         for name in ["d", "e"] {
             let l = l.clone();
             call_at(deadline, move || l.push(name));
@@ -708,6 +710,7 @@ fn equal_deadlines_fire_in_scheduling_order_with_tasks_and_callbacks_interleaved
             l2.push("earlier")
         });
         sleeper.await.unwrap();
+        l.push("task");
         sleep(Duration::ZERO).await.unwrap();
     });
     assert_eq!(log.take(), ["earlier", "a", "b", "c", "task", "d", "e"]);
