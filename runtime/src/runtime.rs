@@ -162,7 +162,8 @@ pub(crate) struct Core {
     registered_fds: bool,
     /// `Builder::recv_bundles`, on io_uring kernels that have them.
     recv_bundles: bool,
-    /// io_uring on a kernel whose multishot receive can be stopped (see `multishot_recv`).
+    /// `Builder::multishot_recv`, on io_uring kernels whose multishot receive can be stopped
+    /// (see `multishot_recv`).
     multishot_recv: bool,
     /// File-table slots whose socket went while the driver was borrowed; emptied before the
     /// next kernel entry.
@@ -724,9 +725,9 @@ impl Builder {
 
     /// Lets a pooled receive fill several pool buffers with one completion (io_uring's receive
     /// bundles, `IORING_RECVSEND_BUNDLE`; default on). Ignored on epoll, on kernels without
-    /// bundles (before 6.10) and without [`multishot_recv`](Self::multishot_recv); on a kernel that has them but refuses the length limit on a
-    /// multishot receive that a bundle needs, receivers fall back to plain multishot receives
-    /// at their first try.
+    /// bundles (before 6.10) and without [`multishot_recv`](Self::multishot_recv); on a kernel
+    /// that has them but refuses the length limit on a multishot receive that a bundle needs
+    /// (6.12), receivers fall back to plain multishot receives at their first try.
     ///
     /// A stream that brings many buffers' worth at once then costs the kernel one receive and
     /// one completion instead of one per buffer. What the receiver hands out is the same, one

@@ -15,7 +15,11 @@ use std::task::{Context, Poll, Waker};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
-use ringloop_runtime::{sleep, Backend};
+use ringloop_runtime::sleep;
+
+mod backends;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use backends::{backends, runs_on, uring_tested};
 
 /// Counts drops of the [`Guard`]s it hands out (single-threaded).
 #[derive(Clone, Default)]
@@ -145,32 +149,4 @@ pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .cloned()
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_default()
-}
-
-/// Whether this run tests the io_uring backend: yes, unless `RINGLOOP_TEST_BACKENDS` (a
-/// comma-separated list: `uring,epoll`) leaves it out, for a kernel without a usable io_uring
-/// (`.ci/kernels` sets `epoll` on Linux 5.10, which has no provided-buffer rings). The io_uring
-/// half of a test then says on stderr that it did not run, and `runtime/tests/backend.rs`
-/// checks the refusal itself: explicit io_uring is an `Unsupported` error, `Auto` runs epoll.
-pub fn uring_tested() -> bool {
-    std::env::var("RINGLOOP_TEST_BACKENDS")
-        .map(|list| list.split(',').any(|b| b.trim() == "uring"))
-        .unwrap_or(true)
-}
-
-/// The backends this run tests, io_uring first (see [`uring_tested`]).
-pub fn backends() -> Vec<Backend> {
-    [Backend::IoUring, Backend::Epoll]
-        .into_iter()
-        .filter(|&b| b != Backend::IoUring || uring_tested())
-        .collect()
-}
-
-/// False, with a note on stderr, when `backend` is io_uring and this run leaves it out.
-pub fn runs_on(backend: Backend) -> bool {
-    let runs = backend != Backend::IoUring || uring_tested();
-    if !runs {
-        eprintln!("note: io_uring left out by RINGLOOP_TEST_BACKENDS; its half did not run");
-    }
-    runs
 }
