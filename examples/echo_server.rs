@@ -54,6 +54,10 @@ struct Args {
     /// bundles (see `Builder::recv_bundles`).
     #[arg(long)]
     no_recv_bundles: bool,
+    /// Receive with single-shot receives, one pool buffer each, re-armed at every receive, as
+    /// on kernels before 6.10 (see `Builder::multishot_recv`).
+    #[arg(long)]
+    no_multishot_recv: bool,
     /// Print "listening on ADDR" and the backend, then serve (for scripts that wait for it).
     #[arg(long, default_value_t = true)]
     announce: bool,
@@ -73,6 +77,7 @@ fn main() -> std::io::Result<()> {
         .zero_copy_send(args.zero_copy)
         .registered_fds(args.registered_fds)
         .recv_bundles(!args.no_recv_bundles)
+        .multishot_recv(!args.no_multishot_recv)
         .build()?;
     stop_on_signal(&rt)?;
     report_on_sigusr1(&rt)?;
