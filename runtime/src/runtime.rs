@@ -290,6 +290,10 @@ impl Core {
             .insert(deadline, TimerAction::Wake(waker.clone()))
     }
 
+    pub(crate) fn timer_is_armed(&self, key: TimerKey) -> bool {
+        self.timers.borrow().owns(key)
+    }
+
     pub(crate) fn update_timer(&self, key: TimerKey, waker: &std::task::Waker) {
         self.timers.borrow_mut().update_waker(key, waker);
     }

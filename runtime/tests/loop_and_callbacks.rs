@@ -744,6 +744,33 @@ fn a_sleep_already_due_fires_in_deadline_order_with_callbacks() {
     assert_eq!(log.take(), ["early", "task", "late"]);
 }
 
+/// A sleep polled again after its deadline, before the loop has run its timer, does not finish
+/// ahead of a timer due earlier: it finishes when its own timer fires, in deadline order.
+#[test]
+fn a_sleep_repolled_after_its_deadline_waits_for_its_timer_to_fire() {
+    let rt = Runtime::new().unwrap();
+    let log = Log::default();
+    let l = log.clone();
+    rt.block_on(async move {
+        let deadline = time() + Duration::from_millis(5);
+        let mut sleeper = std::pin::pin!(ringloop_runtime::sleep_until(deadline));
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(sleeper.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        let earlier = l.clone();
+        call_at(deadline - Duration::from_millis(1), move || {
+            earlier.push("earlier")
+        });
+        // Both deadlines pass without the loop running: the next poll of the sleep is late.
+        std::thread::sleep(Duration::from_millis(10));
+        sleeper.await.unwrap();
+        l.push("sleep");
+    });
+    assert_eq!(log.take(), ["earlier", "sleep"]);
+}
+
 #[test]
 fn cancelled_call_later_never_runs_drops_its_closure_and_its_timer_at_once() {
     let rt = Rc::new(Runtime::new().unwrap());

@@ -71,8 +71,8 @@ impl TimerHeap {
         }
     }
 
-    /// Whether `key` was armed on this heap and is still armed.
-    fn owns(&self, key: TimerKey) -> bool {
+    /// Whether `key` was armed on this heap and is still armed (not fired, not cancelled).
+    pub(crate) fn owns(&self, key: TimerKey) -> bool {
         key.heap == self.id && self.is_live(key.seq, key.slot)
     }
 

@@ -26,9 +26,17 @@ impl TimerEntry {
     /// Arms (or re-aims) the timer so `cx`'s task is woken at `deadline`.
     pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
         context::with_core(|core| match self.key {
-            Some(key) => core.update_timer(key, cx.waker()),
-            None => self.key = Some(core.add_timer(deadline, cx.waker())),
+            Some(key) if core.timer_is_armed(key) => core.update_timer(key, cx.waker()),
+            _ => self.key = Some(core.add_timer(deadline, cx.waker())),
         });
+    }
+
+    /// Whether the timer waits on the running loop's heap: armed there, and neither fired nor
+    /// cancelled.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.key.is_some_and(|key| {
+            context::try_with_core(|core| core.timer_is_armed(key)).unwrap_or(false)
+        })
     }
 
     /// Disarms the timer, if armed.
@@ -106,7 +114,10 @@ impl Future for Sleep {
     type Output = Result<(), Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.yielded && Instant::now() >= self.deadline {
+        // Done once its timer has fired, not merely once the clock says so: a task polled for
+        // another reason after the deadline would otherwise finish ahead of timers that are
+        // due earlier and not yet run.
+        if self.yielded && !self.timer.is_armed() && Instant::now() >= self.deadline {
             self.timer.disarm();
             return Poll::Ready(Ok(()));
         }
