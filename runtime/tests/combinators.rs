@@ -137,8 +137,19 @@ fn wait_with_timeout_tells_which_tasks_timed_out_and_cancels_none() {
             .map(|(i, n)| {
                 let n = *n;
                 spawn_named(n, async move {
-                    let d = [0, 1, 3_600_000][i];
-                    let _ = sleep(Duration::from_millis(d)).await;
+                    // "slow" takes two loop iterations, "stuck" an hour: the timeout falls
+                    // between them however slow the machine (an emulated CPU took over 20 ms
+                    // for one iteration), without timers racing each other.
+                    match i {
+                        0 => {}
+                        1 => {
+                            common::yield_now().await;
+                            common::yield_now().await;
+                        }
+                        _ => {
+                            let _ = sleep(Duration::from_secs(3600)).await;
+                        }
+                    }
                     n
                 })
             })
@@ -146,7 +157,7 @@ fn wait_with_timeout_tells_which_tasks_timed_out_and_cancels_none() {
         let (done, pending) = wait(
             tasks,
             ReturnWhen::AllCompleted,
-            Some(Duration::from_millis(20)),
+            Some(Duration::from_millis(200)),
         )
         .await
         .unwrap();
