@@ -242,11 +242,15 @@ impl Uring {
             ring.submitter()
                 .register_buf_ring_with_flags(ring_addr, ring_entries, POOL_GROUP, 0)
         };
-        // Debian's 5.10 has io_uring as of 5.15 (EXT_ARG and all), but no buffer rings.
+        // Debian's 5.10 has io_uring as of 5.15 (EXT_ARG and all), but no buffer rings; Ubuntu
+        // 24.04's 6.8.0-151 refuses them too (EINVAL for any argument; seen in a VM).
         registered.map_err(|e| match e.raw_os_error() {
             Some(libc::EINVAL) => io::Error::new(
                 io::ErrorKind::Unsupported,
-                format!("io_uring lacks provided-buffer rings (kernel older than 5.19): {e}"),
+                format!(
+                    "io_uring refused a provided-buffer ring (none before Linux 5.19; some \
+                     distribution kernels refuse them too): {e}"
+                ),
             ),
             _ => e,
         })?;
