@@ -768,6 +768,9 @@ fn a_task_awaited_inside_a_timeout_is_cancelled_when_it_expires() {
             }
         });
         let child_ref = child.as_ref().clone();
+        // Let the child reach its sleep first: a task cancelled before it ever ran never runs
+        // its body (as in asyncio), which a slow machine would otherwise make of this test.
+        yield_now().await;
         let r = timeout(Duration::from_millis(2), child).await;
         l.push(format!("timeout returned {:?}", r.map(|_| ())));
         assert!(child_ref.is_cancelled());
