@@ -682,6 +682,17 @@ async fn sleep_until_at_least(deadline: Instant) {
     assert!(Instant::now() >= deadline);
 }
 
+/// Polls `sleep` once from the running task, so that its timer is armed now, without yielding
+/// to the loop (which, on a slow machine, could already run timers the test means to schedule
+/// first).
+async fn arm_now(mut sleep: std::pin::Pin<&mut ringloop_runtime::Sleep>) {
+    std::future::poll_fn(|cx| {
+        assert!(std::future::Future::poll(sleep.as_mut(), cx).is_pending());
+        std::task::Poll::Ready(())
+    })
+    .await
+}
+
 #[test]
 fn equal_deadlines_fire_in_scheduling_order_with_tasks_and_callbacks_interleaved() {
     let rt = Runtime::new().unwrap();
@@ -697,11 +708,7 @@ fn equal_deadlines_fire_in_scheduling_order_with_tasks_and_callbacks_interleaved
         // nothing yields to the loop (which could fire a, b, c on a slow machine) until every
         // timer is in.
         let mut sleeper = std::pin::pin!(ringloop_runtime::sleep_until(deadline));
-        std::future::poll_fn(|cx| {
-            assert!(std::future::Future::poll(sleeper.as_mut(), cx).is_pending());
-            std::task::Poll::Ready(())
-        })
-        .await;
+        arm_now(sleeper.as_mut()).await;
         for name in ["d", "e"] {
             let l = l.clone();
             call_at(deadline, move || l.push(name));
@@ -756,11 +763,7 @@ fn a_sleep_repolled_after_its_deadline_waits_for_its_timer_to_fire() {
     rt.block_on(async move {
         let deadline = time() + Duration::from_millis(5);
         let mut sleeper = std::pin::pin!(ringloop_runtime::sleep_until(deadline));
-        std::future::poll_fn(|cx| {
-            assert!(std::future::Future::poll(sleeper.as_mut(), cx).is_pending());
-            std::task::Poll::Ready(())
-        })
-        .await;
+        arm_now(sleeper.as_mut()).await;
         let earlier = l.clone();
         call_at(deadline - Duration::from_millis(1), move || {
             earlier.push("earlier")
