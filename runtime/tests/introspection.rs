@@ -357,9 +357,20 @@ fn stats_counters_match_exact_expectations_iteration_by_iteration() {
         rt.run_once().unwrap();
     }
     let s = rt.stats();
-    assert_eq!(s.loop_iterations, 5, "one park sufficed: never woken early");
-    assert_eq!(s.parks, 1);
-    assert_eq!(s.polls, 6);
+    // One park suffices on a real clock (the wait is rounded up, never short). Under an
+    // emulated CPU the guest's clock was seen to end a wait just short of the deadline (5.10
+    // in `.ci/kernels`): that costs another park, never a busy loop or an early poll.
+    let extra_parks = s.loop_iterations - 5;
+    assert!(extra_parks <= 2, "woken early again and again: {s:?}");
+    assert_eq!(
+        s.parks,
+        1 + extra_parks,
+        "every later iteration parked: {s:?}"
+    );
+    assert_eq!(
+        s.polls, 6,
+        "the task was polled once more, when its timer fired"
+    );
     assert_eq!(s.timers_pending, 0);
     assert_eq!(
         (
