@@ -290,12 +290,10 @@ impl Core {
             .insert(deadline, TimerAction::Wake(waker.clone()))
     }
 
-    pub(crate) fn timer_is_armed(&self, key: TimerKey) -> bool {
-        self.timers.borrow().owns(key)
-    }
-
-    pub(crate) fn update_timer(&self, key: TimerKey, waker: &std::task::Waker) {
-        self.timers.borrow_mut().update_waker(key, waker);
+    /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
+    /// another runtime's).
+    pub(crate) fn update_timer(&self, key: TimerKey, waker: &std::task::Waker) -> bool {
+        self.timers.borrow_mut().update_waker(key, waker)
     }
 
     pub(crate) fn cancel_timer(&self, key: TimerKey) {

@@ -71,8 +71,8 @@ impl TimerHeap {
         }
     }
 
-    /// Whether `key` was armed on this heap and is still armed (not fired, not cancelled).
-    pub(crate) fn owns(&self, key: TimerKey) -> bool {
+    /// Whether `key` was armed on this heap and is still armed.
+    fn owns(&self, key: TimerKey) -> bool {
         key.heap == self.id && self.is_live(key.seq, key.slot)
     }
 
@@ -89,16 +89,19 @@ impl TimerHeap {
         }
     }
 
-    /// Replaces the waker of an armed `Wake` timer (a task polled with a new waker).
-    pub(crate) fn update_waker(&mut self, key: TimerKey, waker: &Waker) {
+    /// Replaces the waker of an armed `Wake` timer (a task polled with a new waker). Returns
+    /// whether the timer is still armed here (false once fired or cancelled, or for another
+    /// heap's key), so callers learn both with one lookup.
+    pub(crate) fn update_waker(&mut self, key: TimerKey, waker: &Waker) -> bool {
         if !self.owns(key) {
-            return;
+            return false;
         }
         if let TimerAction::Wake(w) = &mut self.entries[key.slot].action {
             if !w.will_wake(waker) {
                 w.clone_from(waker);
             }
         }
+        true
     }
 
     /// Disarms a timer; returns its action if it was still armed.

@@ -25,17 +25,18 @@ pub(crate) struct TimerEntry {
 impl TimerEntry {
     /// Arms (or re-aims) the timer so `cx`'s task is woken at `deadline`.
     pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
-        context::with_core(|core| match self.key {
-            Some(key) if core.timer_is_armed(key) => core.update_timer(key, cx.waker()),
-            _ => self.key = Some(core.add_timer(deadline, cx.waker())),
-        });
+        if !self.refresh(cx) {
+            self.key = Some(context::with_core(|core| {
+                core.add_timer(deadline, cx.waker())
+            }));
+        }
     }
 
-    /// Whether the timer waits on the running loop's heap: armed there, and neither fired nor
-    /// cancelled.
-    pub(crate) fn is_armed(&self) -> bool {
+    /// If the timer still waits on the running loop's heap (neither fired nor cancelled),
+    /// points it at `cx`'s task and returns true.
+    pub(crate) fn refresh(&mut self, cx: &Context<'_>) -> bool {
         self.key.is_some_and(|key| {
-            context::try_with_core(|core| core.timer_is_armed(key)).unwrap_or(false)
+            context::try_with_core(|core| core.update_timer(key, cx.waker())).unwrap_or(false)
         })
     }
 
@@ -116,14 +117,18 @@ impl Future for Sleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // Done once its timer has fired, not merely once the clock says so: a task polled for
         // another reason after the deadline would otherwise finish ahead of timers that are
-        // due earlier and not yet run.
-        if self.yielded && !self.timer.is_armed() && Instant::now() >= self.deadline {
+        // due earlier and not yet run. One heap lookup tells, and refreshes the waker if not.
+        let waiting = self.yielded && self.timer.refresh(cx);
+        if self.yielded && !waiting && Instant::now() >= self.deadline {
             self.timer.disarm();
             return Poll::Ready(Ok(()));
         }
         if let Some(c) = take_cancel() {
             self.timer.disarm();
             return Poll::Ready(Err(c));
+        }
+        if waiting {
+            return Poll::Pending;
         }
         if !self.yielded && self.yield_only {
             // asyncio's sleep(0): yield once instead of touching the heap. This path never
