@@ -91,9 +91,9 @@ pub struct PooledReceiver {
     ///
     /// [`Builder::recv_bundles`]: ringloop_runtime::Builder::recv_bundles
     bundled: bool,
-    /// io_uring: the armed receive is single-shot (see
-    /// [`multishot_recv`](ringloop_runtime::multishot_recv)): after its one completion it has
-    /// ended, though still armed until that is read.
+    /// io_uring: receives are single-shot (see
+    /// [`multishot_recv`](ringloop_runtime::multishot_recv), fixed for the runtime): after its
+    /// one completion a receive has ended, though still armed until that is read.
     single_shot: bool,
     eof: bool,
     /// epoll: the last receive came back shorter than its buffer, so the socket was empty
@@ -111,7 +111,7 @@ impl PooledReceiver {
             wait: buffer_pool().waiter(),
             backend: ringloop_runtime::current_backend(),
             bundled: false,
-            single_shot: false,
+            single_shot: !ringloop_runtime::multishot_recv(),
             eof: false,
             drained: false,
         }
@@ -226,7 +226,6 @@ impl PooledReceiver {
                 }
                 self.bundled = ringloop_runtime::recv_bundles()
                     && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
-                self.single_shot = !ringloop_runtime::multishot_recv();
                 let sqe = if self.bundled {
                     // At most `cap` buffers per bundle, so one completion cannot take more of
                     // the pool than the connection may queue.
