@@ -209,6 +209,13 @@ struct Sample {
     /// measured window: each stalls one connection for at least 200 ms, which is what a
     /// p99 of hundreds of milliseconds on loopback usually is.
     tcp_rto_timeouts: Option<u64>,
+    /// Delayed ACKs (`TcpExt: DelayedACKs`, machine-wide, both ends of every connection) per
+    /// echoed message over the measured window: pure ACKs sent because a peer did not answer
+    /// within the delayed-ACK timeout (40 ms or more). On loopback a packet is received on
+    /// the sender's CPU, so a client socket's delayed-ACK timer fires on the server's CPU and
+    /// is charged to whatever runs there: when the client falls behind, every server's CPU
+    /// per message rises with it.
+    tcp_delayed_acks_per_msg: Option<f64>,
 }
 
 /// Median and range of one metric over the repetitions.
@@ -265,6 +272,8 @@ struct Summary {
     kernel_packet_drops: Option<u64>,
     /// Summed over the repetitions (see [`Sample`]).
     tcp_rto_timeouts: Option<u64>,
+    /// Per echoed message, over the measured windows (see [`Sample`]).
+    tcp_delayed_acks_per_msg: Option<Stat>,
     connect_errors: u64,
     io_errors: u64,
 }
@@ -856,6 +865,9 @@ fn measure(
         server_cq_overflows: stats.cq_overflows,
         kernel_packet_drops: NetCounters::delta(&net_start, &net_end, |n| n.packet_drops),
         tcp_rto_timeouts: NetCounters::delta(&net_start, &net_end, |n| n.rto_timeouts),
+        tcp_delayed_acks_per_msg: NetCounters::delta(&net_start, &net_end, |n| n.delayed_acks)
+            .filter(|_| out.messages > 0)
+            .map(|n| n as f64 / out.messages as f64),
     })
 }
 
@@ -865,6 +877,7 @@ fn measure(
 struct NetCounters {
     packet_drops: Option<u64>,
     rto_timeouts: Option<u64>,
+    delayed_acks: Option<u64>,
 }
 
 impl NetCounters {
@@ -872,6 +885,7 @@ impl NetCounters {
         NetCounters {
             packet_drops: Self::softnet_drops(),
             rto_timeouts: Self::tcp_ext("TCPTimeouts"),
+            delayed_acks: Self::tcp_ext("DelayedACKs"),
         }
     }
 
@@ -1318,6 +1332,11 @@ fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)
                     .iter()
                     .filter_map(|x| x.tcp_rto_timeouts)
                     .reduce(|a, b| a + b),
+                tcp_delayed_acks_per_msg: Stat::of(
+                    v.iter()
+                        .filter_map(|x| x.tcp_delayed_acks_per_msg)
+                        .collect(),
+                ),
                 connect_errors: v.iter().map(|x| x.connect_errors).sum(),
                 io_errors: v.iter().map(|x| x.io_errors).sum(),
             });
@@ -1413,6 +1432,7 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
          message over the measured window (ringloop's echo_server, read on SIGUSR1); with \
          \"*\": over its whole run (ramp, warm-up, window, drain); \"-\": it prints no stats"
     );
+    let mut delayed_acks_noted = false;
     for r in summary {
         let drops = r.kernel_packet_drops.unwrap_or(0);
         let rtos = r.tcp_rto_timeouts.unwrap_or(0);
@@ -1431,6 +1451,13 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
                 r.backend, r.connections, r.size
             );
         }
+        if let Some(acks) = r.tcp_delayed_acks_per_msg.filter(|a| a.median >= 0.1) {
+            println!(
+                "note: {} {}×{}B: {:.2} delayed ACK(s) per message (median, both ends)",
+                r.backend, r.connections, r.size, acks.median
+            );
+            delayed_acks_noted = true;
+        }
         let exhausted = r.server_buffer_exhaustions.unwrap_or(0);
         let overflows = r.server_cq_overflows.unwrap_or(0);
         if exhausted + overflows > 0 {
@@ -1440,6 +1467,14 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
                 r.backend, r.connections, r.size
             );
         }
+    }
+    if delayed_acks_noted {
+        println!(
+            "delayed ACKs (TcpExt DelayedACKs): pure ACKs sent because a peer took longer than \
+             the delayed-ACK timeout (40 ms or more) to answer. On loopback a client socket's \
+             timer fires on the server's CPU and its ACK is charged to the server, so a \
+             slower client raises every server's CPU per message"
+        );
     }
     println!();
 }
