@@ -7,6 +7,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use common::{DropCount, Gate};
+use ringloop_runtime::sync::Event;
 use ringloop_runtime::*;
 
 fn rt() -> Runtime {
@@ -504,11 +505,13 @@ fn task_group_first_failure_cancels_siblings_and_body_and_awaits_everyone() {
 fn gather_vs_task_group_on_a_failing_child() {
     rt().block_on(async {
         let cleaned = Rc::new(Cell::new(false));
-        let c = cleaned.clone();
+        let cleanup_done = Rc::new(Event::new());
+        let (c, done) = (cleaned.clone(), cleanup_done.clone());
         let sibling: Task<Result<(), Cancelled>> = spawn(async move {
             let r = sleep(Duration::from_secs(3600)).await;
             sleep(Duration::from_millis(2)).await.ok();
             c.set(true);
+            done.set();
             r
         });
         let failing: Task<Result<(), Cancelled>> = spawn(async { panic!("x") });
@@ -517,7 +520,9 @@ fn gather_vs_task_group_on_a_failing_child() {
             !cleaned.get(),
             "gather returned before the sibling's cleanup"
         );
-        sleep(Duration::from_millis(5)).await.unwrap();
+        // The sibling still runs after gather returned, and finishes its cleanup. Waiting for
+        // it, not for a fixed time, keeps this right on a slow (emulated) CPU.
+        cleanup_done.wait().await.unwrap();
         assert!(cleaned.get());
 
         let cleaned = Rc::new(Cell::new(false));
