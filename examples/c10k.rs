@@ -1462,18 +1462,20 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
                 r.backend, r.connections, r.size, acks.median
             );
             delayed_acks_noted = true;
-            let tokio = summary.iter().find(|t| {
-                t.backend == "tokio" && t.connections == r.connections && t.size == r.size
-            });
-            if let Some(t) = tokio
-                .filter(|t| t.backend != r.backend)
-                .and_then(|t| t.tcp_delayed_acks_per_msg)
-                .filter(|t| (t.median - acks.median).abs() >= DELAYED_ACK_STATE_GAP)
-            {
+        }
+        let tokio_acks = summary
+            .iter()
+            .find(|t| t.backend == "tokio" && t.connections == r.connections && t.size == r.size)
+            .and_then(|t| t.tcp_delayed_acks_per_msg);
+        if let (Some(acks), Some(t), true) =
+            (r.tcp_delayed_acks_per_msg, tokio_acks, r.backend != "tokio")
+        {
+            if (t.median - acks.median).abs() >= DELAYED_ACK_STATE_GAP {
                 println!(
-                    "note: {} {}×{}B: tokio's cell ran at {:.2} delayed ACK(s) per message, so \
-                     its ×tokio ratios compare two different loopback states, not two servers",
-                    r.backend, r.connections, r.size, t.median
+                    "note: {} {}×{}B: tokio's cell ran at {:.2} delayed ACK(s) per message \
+                     against its {:.2}, so its ×tokio ratios compare two loopback states, not \
+                     two servers",
+                    r.backend, r.connections, r.size, t.median, acks.median
                 );
             }
         }

@@ -504,26 +504,24 @@ fn task_group_first_failure_cancels_siblings_and_body_and_awaits_everyone() {
 #[test]
 fn gather_vs_task_group_on_a_failing_child() {
     rt().block_on(async {
-        let cleaned = Rc::new(Cell::new(false));
-        let cleanup_done = Rc::new(Event::new());
-        let (c, done) = (cleaned.clone(), cleanup_done.clone());
+        let cleaned = Rc::new(Event::new());
+        let c = cleaned.clone();
         let sibling: Task<Result<(), Cancelled>> = spawn(async move {
             let r = sleep(Duration::from_secs(3600)).await;
             sleep(Duration::from_millis(2)).await.ok();
-            c.set(true);
-            done.set();
+            c.set();
             r
         });
         let failing: Task<Result<(), Cancelled>> = spawn(async { panic!("x") });
         assert!(gather([sibling, failing]).await.unwrap_err().is_panic());
         assert!(
-            !cleaned.get(),
+            !cleaned.is_set(),
             "gather returned before the sibling's cleanup"
         );
         // The sibling still runs after gather returned, and finishes its cleanup. Waiting for
         // it, not for a fixed time, keeps this right on a slow (emulated) CPU.
-        cleanup_done.wait().await.unwrap();
-        assert!(cleaned.get());
+        cleaned.wait().await.unwrap();
+        assert!(cleaned.is_set());
 
         let cleaned = Rc::new(Cell::new(false));
         let c = cleaned.clone();
