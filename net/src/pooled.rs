@@ -248,10 +248,10 @@ impl PooledReceiver {
                         .build()
                         .flags(squeue::Flags::BUFFER_SELECT))
                 };
-                // SAFETY: the SQE names our descriptor (open while the multishot lives: field
-                // order drops the `Multishot` before `fd`) and the pool's buffer group, whose
-                // memory the driver keeps; its buffer pointer is null (the kernel picks).
-                if let Err(e) = unsafe { self.multishot.arm(sqe) } {
+                // SAFETY: the SQE names only our descriptor (which the driver keeps open until
+                // the op's last completion) and the pool's buffer group, whose memory the
+                // driver keeps; its buffer pointer is null (the kernel picks).
+                if let Err(e) = unsafe { self.multishot.arm(sqe, &self.fd) } {
                     self.wait.release();
                     return Poll::Ready(Err(e));
                 }

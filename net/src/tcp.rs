@@ -231,9 +231,9 @@ impl Incoming<'_> {
                 let sqe = with_target!(self.listener.fd, t => opcode::AcceptMulti::new(t)
                     .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
                     .build());
-                // SAFETY: the SQE names only the listener's descriptor, which `self.listener`
-                // keeps open for as long as this `Incoming` (and so the multishot) lives.
-                unsafe { self.multishot.arm(sqe)? };
+                // SAFETY: the SQE names only the listener's descriptor (which the driver keeps
+                // open until the op's last completion) and no memory.
+                unsafe { self.multishot.arm(sqe, &self.listener.fd)? };
             }
             let next = poll_fn(|cx| match self.multishot.poll_next(cx) {
                 Poll::Pending => match take_cancel_request() {

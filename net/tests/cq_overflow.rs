@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use ringloop_net::UnixStream;
 use ringloop_runtime::{gather, spawn, yield_now, Backend, Runtime};
 
-/// 1. A ring with 2 SQ entries (so a 16-entry CQ) and 200 receives in flight.
+/// 1. A ring with 2 SQ entries and a 16-entry CQ, and 200 receives in flight.
 /// 2. Data is written to all 200 peers at once, from outside the runtime, so the next kernel
 ///    entry completes far more receives than the CQ holds.
 /// 3. Every receive gets exactly its own bytes, and the driver counted the overflow.
@@ -20,6 +20,7 @@ fn cq_overflow_loses_no_completion() {
     let rt = Runtime::builder()
         .backend(Backend::IoUring)
         .ring_entries(2)
+        .completion_entries(16)
         .build()
         .unwrap();
     const N: usize = 200;

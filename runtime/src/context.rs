@@ -47,6 +47,29 @@ impl Drop for Entered {
     }
 }
 
+/// Guard returned by [`enter_teardown`]: restores the previous core and task on drop.
+pub(crate) struct Teardown {
+    core: *const Core,
+    task: *const TaskPtr,
+}
+
+/// Makes `core` this thread's current runtime, and no task the current one, until the guard
+/// drops, even if another runtime is running (a runtime dropped inside another's task): the
+/// destructors of its tasks must reach their own runtime, never the running one.
+pub(crate) fn enter_teardown(core: &Core) -> Teardown {
+    Teardown {
+        core: CORE.with(|c| c.replace(core as *const Core)),
+        task: CURRENT.with(|c| c.replace(ptr::null())),
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        CORE.with(|c| c.set(self.core));
+        CURRENT.with(|c| c.set(self.task));
+    }
+}
+
 /// Runs `f` with this thread's running core, or returns `None` outside one.
 #[inline]
 pub(crate) fn try_with_core<R>(f: impl FnOnce(&Core) -> R) -> Option<R> {

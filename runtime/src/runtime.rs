@@ -20,7 +20,7 @@ use slab::Slab;
 
 use crate::callback::{new_callback, CallbackHandle, CallbackPtr};
 use crate::context;
-use crate::driver::{Backend, Driver, Interest, OpKey, Orphan, WakeFd};
+use crate::driver::{Backend, BufPool, Driver, DriverHandle, WakeFd};
 use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
@@ -154,7 +154,13 @@ pub(crate) struct Core {
     tasks: RefCell<Slab<TaskPtr>>,
     /// Ended tasks, kept for post-mortem dumps when the builder asks.
     finished: RefCell<Option<Vec<FlatTask>>>,
-    driver: RefCell<Driver>,
+    /// The driver; resources keep clones of this handle, so they reach it from anywhere.
+    driver: DriverHandle,
+    /// The driver's receive-buffer pool (kept here to hand out without borrowing the driver).
+    pool: Rc<BufPool>,
+    /// Wakers the driver collected while it was borrowed, woken after; kept to reuse its
+    /// allocation every iteration.
+    woken: RefCell<Vec<std::task::Waker>>,
     backend: Backend,
     /// `Builder::zero_copy_send`, on io_uring only.
     zero_copy_send: bool,
@@ -165,9 +171,6 @@ pub(crate) struct Core {
     /// `Builder::multishot_recv`, on io_uring kernels whose multishot receive can be stopped
     /// (see `multishot_recv`).
     multishot_recv: bool,
-    /// File-table slots whose socket went while the driver was borrowed; emptied before the
-    /// next kernel entry.
-    released_file_slots: RefCell<Vec<u32>>,
     exception_handler: RefCell<ExceptionHandler>,
     stop_requested: Cell<bool>,
     counters: Counters,
@@ -340,8 +343,10 @@ impl Core {
 
     fn stats(&self) -> RuntimeStats {
         let c = &self.counters;
-        let driver = self.driver.borrow();
-        let d = driver.stats();
+        let (d, in_flight) = self
+            .driver
+            .try_with(|driver| (driver.stats(), driver.in_flight()))
+            .unwrap_or_default();
         RuntimeStats {
             tasks_alive: self.tasks.borrow().len() as u64,
             tasks_spawned: c.tasks_spawned.get(),
@@ -359,12 +364,12 @@ impl Core {
             ops_submitted: d.ops_submitted,
             ops_completed: d.ops_completed,
             ops_cancelled: d.ops_cancelled,
-            ops_in_flight: driver.in_flight() as u64,
+            ops_in_flight: in_flight as u64,
             cq_overflows: d.cq_overflows,
             zero_copy_notifications: d.zero_copy_notifs,
             recv_bundles: d.recv_bundles,
-            buffer_exhaustions: driver.pool().exhaustions.get(),
-            pooled_buffers_out: driver.pool().out() as u64,
+            buffer_exhaustions: self.pool.exhaustions.get(),
+            pooled_buffers_out: self.pool.out() as u64,
         }
     }
 
@@ -381,7 +386,6 @@ impl Core {
     fn run_once(&self) -> io::Result<()> {
         bump(&self.counters.loop_iterations);
 
-        self.release_file_slots();
         // 1–2. Talk to the kernel once: submit what is queued, reap what completed, and block
         // only if nothing is ready.
         let busy = !self.ready.borrow().is_empty()
@@ -413,6 +417,9 @@ impl Core {
             self.shared.parked.store(false, Ordering::SeqCst);
             r?;
         }
+        // Wakers run only now, with the driver no longer borrowed: a waker is foreign code and
+        // may drop or poll ops.
+        self.wake_collected();
         self.finish_orphans();
 
         // 3. Remote wakes and thread-safe callbacks.
@@ -466,17 +473,24 @@ impl Core {
         Ok(())
     }
 
+    /// Wakes the wakers the driver collected while it was borrowed.
+    fn wake_collected(&self) {
+        let mut woken = std::mem::take(&mut *self.woken.borrow_mut());
+        if self.driver.try_with(|d| d.take_woken(&mut woken)).is_some() {
+            for w in woken.drain(..) {
+                w.wake();
+            }
+        }
+        *self.woken.borrow_mut() = woken;
+    }
+
     /// Finishes orphaned ops whose completions arrived, outside the driver's borrow: finishing
     /// one runs its `complete`, whose output (an accepted socket, say) is dropped and may call
     /// back into the driver.
     fn finish_orphans(&self) {
-        let orphans = self.driver.borrow_mut().take_finished_orphans();
-        for (orphan, result, flags) in orphans {
-            if let Err(payload) =
-                panic::catch_unwind(AssertUnwindSafe(|| orphan.finish(result, flags)))
-            {
-                self.report_panic(None, "an orphaned op's completion panicked", &*payload);
-            }
+        self.driver.finish_orphans();
+        for payload in self.driver.take_panics() {
+            self.report_panic(None, "an orphaned op's completion panicked", &*payload);
         }
     }
 
@@ -484,103 +498,14 @@ impl Core {
         self.backend
     }
 
-    /// The driver, for ops that need more than the helpers below (multishot).
-    pub(crate) fn driver_mut(&self) -> std::cell::RefMut<'_, Driver> {
-        self.driver.borrow_mut()
+    /// The driver, for resources to capture when they are created.
+    pub(crate) fn driver(&self) -> &DriverHandle {
+        &self.driver
     }
 
     /// The runtime's receive-buffer pool.
-    pub(crate) fn buf_pool(&self) -> Rc<crate::driver::BufPool> {
-        self.driver.borrow().pool().clone()
-    }
-
-    /// # Safety
-    /// The SQE's memory must outlive the op's completion (see `OpKind`).
-    pub(crate) unsafe fn uring_submit(
-        &self,
-        sqe: io_uring::squeue::Entry,
-        waker: &std::task::Waker,
-    ) -> io::Result<OpKey> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.driver.borrow_mut().uring_submit(sqe, waker) }
-    }
-
-    pub(crate) fn uring_take(&self, key: OpKey, waker: &std::task::Waker) -> Option<(i32, u32)> {
-        self.driver.borrow_mut().uring_take(key, waker)
-    }
-
-    pub(crate) fn uring_cancel(&self, key: OpKey) {
-        self.driver.borrow_mut().uring_cancel(key)
-    }
-
-    pub(crate) fn uring_orphan(
-        &self,
-        key: OpKey,
-        data: Box<dyn Orphan>,
-    ) -> Result<(), Box<dyn Orphan>> {
-        let r = self.driver.borrow_mut().uring_orphan(key, data);
-        self.finish_orphans();
-        r
-    }
-
-    pub(crate) fn epoll_wait_for(
-        &self,
-        fd: std::os::fd::RawFd,
-        interest: Interest,
-        previous: Option<u64>,
-        waker: &std::task::Waker,
-    ) -> io::Result<u64> {
-        self.driver
-            .borrow_mut()
-            .epoll_wait_for(fd, interest, previous, waker)
-    }
-
-    pub(crate) fn epoll_unwait(&self, fd: std::os::fd::RawFd, token: u64) {
-        self.driver.borrow_mut().epoll_unwait(fd, token)
-    }
-
-    /// Identifies this runtime (for resources tied to its ring).
-    pub(crate) fn identity(&self) -> usize {
-        Arc::as_ptr(&self.shared) as usize
-    }
-
-    /// A file-table slot for a new socket, when registered descriptors are on.
-    pub(crate) fn register_file(&self, fd: std::os::fd::RawFd) -> Option<u32> {
-        if !self.registered_fds {
-            return None;
-        }
-        self.driver.try_borrow_mut().ok()?.register_file(fd)
-    }
-
-    /// Empties a socket's file-table slot (now, or before the next kernel entry if the driver
-    /// is borrowed).
-    pub(crate) fn unregister_file(&self, slot: u32) {
-        match self.driver.try_borrow_mut() {
-            Ok(mut driver) => driver.unregister_file(slot),
-            Err(_) => self.released_file_slots.borrow_mut().push(slot),
-        }
-    }
-
-    fn release_file_slots(&self) {
-        if self.released_file_slots.borrow().is_empty() {
-            return;
-        }
-        let slots = std::mem::take(&mut *self.released_file_slots.borrow_mut());
-        let mut driver = self.driver.borrow_mut();
-        for slot in slots {
-            driver.unregister_file(slot);
-        }
-    }
-
-    pub(crate) fn forget_fd(&self, fd: std::os::fd::RawFd) {
-        // Called from a descriptor's drop, which may happen while the driver is borrowed (an
-        // orphan finishing inside it): then the driver is shutting the op down anyway.
-        match self.driver.try_borrow_mut() {
-            Ok(mut driver) => driver.forget_fd(fd),
-            // Dropped while the driver is borrowed: the epoll backend sweeps its stale entries
-            // before its next wait instead.
-            Err(_) => crate::driver::note_untold_close(),
-        }
+    pub(crate) fn buf_pool(&self) -> Rc<BufPool> {
+        self.pool.clone()
     }
 
     fn take_stop(&self) -> bool {
@@ -639,6 +564,7 @@ pub struct Builder {
     backend: Option<Backend>,
     registered_fds: bool,
     ring_entries: u32,
+    cq_entries: Option<u32>,
     zero_copy_send: bool,
     recv_bundles: bool,
     multishot_recv: bool,
@@ -654,6 +580,7 @@ impl Default for Builder {
             backend: None,
             registered_fds: false,
             ring_entries: crate::driver::RING_ENTRIES,
+            cq_entries: None,
             zero_copy_send: false,
             recv_bundles: true,
             multishot_recv: true,
@@ -690,11 +617,21 @@ impl Builder {
     }
 
     /// Submission-queue entries of the io_uring ring (default 1024; a power of two is used,
-    /// rounded up by the kernel). The completion queue gets eight times as many, because
-    /// multishot ops post many completions per submission; when it still overflows, the kernel
-    /// keeps the completions and the driver flushes them (none is lost).
+    /// rounded up by the kernel). The completion queue gets eight times as many and at least
+    /// 32 768 (see [`completion_entries`](Self::completion_entries)).
     pub fn ring_entries(mut self, entries: u32) -> Self {
         self.ring_entries = entries.max(1);
+        self
+    }
+
+    /// Completion-queue entries of the io_uring ring (default: eight times
+    /// [`ring_entries`](Self::ring_entries), at least 32 768, so every connection of a
+    /// 10 000-connection server can complete a receive and a send in one loop iteration; the
+    /// kernel caps it at 65 536 and rounds it up to a power of two). 16 bytes each. When the
+    /// queue still overflows, the kernel keeps the completions and the driver flushes them
+    /// (none is lost), at some cost.
+    pub fn completion_entries(mut self, entries: u32) -> Self {
+        self.cq_entries = Some(entries.max(1));
         self
     }
 
@@ -786,6 +723,7 @@ impl Builder {
             &wake,
             self.pool,
             self.ring_entries,
+            self.cq_entries,
         )?;
         let mut driver = driver;
         let backend = driver.backend();
@@ -798,6 +736,7 @@ impl Builder {
             eprintln!("ringloop: zero-copy send unavailable on this backend or kernel; using send");
         }
         let multishot_recv = self.multishot_recv && driver.supports_recv_bundles();
+        let pool = driver.pool().clone();
         let recv_bundles = self.recv_bundles && multishot_recv;
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
@@ -813,13 +752,14 @@ impl Builder {
             timers: RefCell::new(TimerHeap::new()),
             tasks: RefCell::new(Slab::new()),
             finished: RefCell::new(self.keep_finished_tasks.then(Vec::new)),
-            driver: RefCell::new(driver),
+            driver: DriverHandle::new(driver),
+            pool,
+            woken: RefCell::new(Vec::new()),
             backend,
             zero_copy_send,
             registered_fds,
             recv_bundles,
             multishot_recv,
-            released_file_slots: RefCell::new(Vec::new()),
             exception_handler: RefCell::new(
                 self.exception_handler
                     .unwrap_or_else(default_exception_handler),
@@ -1080,7 +1020,10 @@ impl Runtime {
     /// The backend and its setup, for logs and benchmark reports, e.g.
     /// `io_uring (single_issuer+defer_taskrun)` or `epoll`.
     pub fn backend_description(&self) -> String {
-        self.core.driver.borrow().describe()
+        self.core
+            .driver
+            .try_with(|d| d.describe())
+            .unwrap_or_else(|| self.core.backend.to_string())
     }
 
     /// A snapshot of the runtime's counters.
@@ -1117,7 +1060,16 @@ impl Core {
 impl Drop for Runtime {
     fn drop(&mut self) {
         let core = &*self.core;
-        let _entered = context::enter(core);
+        // This runtime is the current one while its tasks are dropped, even if another is
+        // running on the thread (a runtime dropped inside a task of another): their
+        // destructors must not reach the other runtime's timers or tasks.
+        let _teardown = context::enter_teardown(core);
+        // The ring is drained last, whatever happens before it: a panicking destructor below
+        // still unwinds through this guard, so no memory the kernel writes is freed first.
+        let _shutdown = ShutdownGuard {
+            core,
+            bound: self.shutdown_timeout,
+        };
         core.abort_all();
         {
             let _inj = self
@@ -1133,9 +1085,26 @@ impl Drop for Runtime {
         drop(ready);
         let timers = core.timers.borrow_mut().drain();
         drop(timers);
-        // Cancel and reap every op the kernel still holds before the ring and the memory it
-        // writes go away.
-        core.driver.borrow_mut().shutdown();
+    }
+}
+
+/// Cancels and reaps every op the kernel still holds, for at most the builder's
+/// `shutdown_timeout`, before the ring and the memory it writes can go (see `Uring::shutdown`);
+/// then marks the driver closed, so resources that outlive the runtime fail cleanly.
+struct ShutdownGuard<'a> {
+    core: &'a Core,
+    bound: Duration,
+}
+
+impl Drop for ShutdownGuard<'_> {
+    fn drop(&mut self) {
+        let core = self.core;
+        core.driver.borrow_mut().shutdown(self.bound);
+        core.driver.close();
+        // Wakers and orphans the shutdown collected, outside the driver's borrow.
+        let mut woken = Vec::new();
+        core.driver.try_with(|d| d.take_woken(&mut woken));
+        drop(woken);
         core.finish_orphans();
     }
 }

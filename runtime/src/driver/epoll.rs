@@ -38,6 +38,17 @@ pub(crate) fn note_untold_close() {
     UNTOLD_CLOSES.with(|c| c.set(c.get() + 1));
 }
 
+thread_local! {
+    /// Epoll drivers alive on this thread: a descriptor dropped with fewer of them told must
+    /// note an untold close.
+    static LIVE_DRIVERS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many epoll drivers are alive on this thread.
+pub(crate) fn live_drivers() -> usize {
+    LIVE_DRIVERS.with(Cell::get)
+}
+
 struct Waiter {
     token: u64,
     interest: Interest,
@@ -61,7 +72,15 @@ pub(crate) struct Epoll {
     pub(crate) pool: Rc<BufPool>,
     /// `UNTOLD_CLOSES` when this driver last dropped its stale registrations.
     untold_closes_seen: u64,
+    /// Wakers of ready waiters, woken by the loop once the driver is not borrowed.
+    woken: Vec<Waker>,
     pub(crate) stats: DriverStats,
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        LIVE_DRIVERS.with(|c| c.set(c.get() - 1));
+    }
 }
 
 impl Epoll {
@@ -81,7 +100,9 @@ impl Epoll {
         if unsafe { libc::epoll_ctl(fd, libc::EPOLL_CTL_ADD, wake.raw(), &mut ev) } < 0 {
             return Err(io::Error::last_os_error());
         }
+        LIVE_DRIVERS.with(|c| c.set(c.get() + 1));
         Ok(Epoll {
+            woken: Vec::new(),
             epoll,
             fds: HashMap::new(),
             waiting: 0,
@@ -179,9 +200,8 @@ impl Epoll {
                 )
             };
             self.waiting -= state.waiters.len();
-            for w in state.waiters {
-                w.waker.wake();
-            }
+            self.woken
+                .extend(state.waiters.into_iter().map(|w| w.waker));
         }
     }
 
@@ -198,7 +218,15 @@ impl Epoll {
     /// One `epoll_wait`: blocks for at most `timeout` (rounded *up* to whole milliseconds, so
     /// the loop never wakes before a timer's deadline and spins), then wakes the waiters of
     /// every ready descriptor.
+    ///
+    /// Wakers are collected (see [`take_woken`](Self::take_woken)); with some already
+    /// collected, the wait does not block.
     pub(crate) fn park(&mut self, timeout: Option<Duration>, wake: &WakeFd) -> io::Result<()> {
+        let timeout = if self.woken.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         let ms: libc::c_int = match timeout {
             None => -1,
             Some(d) => d
@@ -221,7 +249,7 @@ impl Epoll {
             let e = io::Error::last_os_error();
             return if is_interrupted(&e) { Ok(()) } else { Err(e) };
         }
-        let mut woken = Vec::new();
+        let woken = &mut self.woken;
         for ev in &self.events[..n as usize] {
             let token = ev.u64;
             if token == WAKE_TOKEN {
@@ -253,9 +281,11 @@ impl Epoll {
             self.events
                 .resize(len, libc::epoll_event { events: 0, u64: 0 });
         }
-        for w in woken {
-            w.wake();
-        }
         Ok(())
+    }
+
+    /// The wakers of waiters made ready, moved into `out`, to be woken after the borrow ends.
+    pub(crate) fn take_woken(&mut self, out: &mut Vec<Waker>) {
+        std::mem::swap(&mut self.woken, out);
     }
 }

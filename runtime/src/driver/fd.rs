@@ -4,6 +4,8 @@ use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 
+use super::handle::{Deferred, DriverHandle};
+use super::Backend;
 use crate::context;
 
 /// A reference-counted descriptor. Every op holds a clone, so the descriptor cannot be closed
@@ -16,29 +18,17 @@ pub struct SharedFd {
 
 struct Inner {
     fd: Option<OwnedFd>,
-    /// The slot in the registered file table of the runtime that created this descriptor
-    /// (`Builder::registered_fds`), or [`NO_SLOT`]; `owner` is that runtime's identity. Two
-    /// plain fields rather than an `Option<(u32, usize)>`: every socket has one of these, and
-    /// this way it is 16 bytes, not 32.
+    /// The slot in the registered file table of `driver`'s ring (`Builder::registered_fds`),
+    /// or [`NO_SLOT`]. A plain `u32` rather than an `Option`: every socket has one of these,
+    /// and this way `Inner` is 16 bytes.
     slot: u32,
-    owner: usize,
+    /// The driver of the runtime this descriptor was created on, if it was created in one.
+    driver: Option<DriverHandle>,
 }
 
 /// `Inner::slot` when the descriptor is not in a registered file table (the table never grows
 /// this large).
 const NO_SLOT: u32 = u32::MAX;
-
-impl Inner {
-    fn slot(&self) -> Option<(u32, usize)> {
-        (self.slot != NO_SLOT).then_some((self.slot, self.owner))
-    }
-
-    fn take_slot(&mut self) -> Option<(u32, usize)> {
-        let slot = self.slot();
-        self.slot = NO_SLOT;
-        slot
-    }
-}
 
 /// How an op should name a descriptor in its SQE.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,30 +40,34 @@ pub enum FdTarget {
 }
 
 impl SharedFd {
-    /// Takes ownership of `fd`. With `Builder::registered_fds` on, it is also installed in the
-    /// running runtime's registered file table.
+    /// Takes ownership of `fd`. Inside a running runtime with `Builder::registered_fds` on, it
+    /// is also installed in that runtime's registered file table (and removed from it when the
+    /// last clone goes, wherever that happens).
     pub fn new(fd: OwnedFd) -> Self {
         let raw = fd.as_raw_fd();
-        let slot = context::try_with_core(|core| {
-            core.register_file(raw).map(|slot| (slot, core.identity()))
-        })
-        .flatten();
-        let (slot, owner) = slot.unwrap_or((NO_SLOT, 0));
+        let driver = DriverHandle::current();
+        let slot = driver
+            .as_ref()
+            .and_then(|d| d.try_with(|d| d.register_file(raw)).flatten())
+            .unwrap_or(NO_SLOT);
         SharedFd {
             inner: Rc::new(Inner {
                 fd: Some(fd),
                 slot,
-                owner,
+                driver,
             }),
         }
     }
 
-    /// How an io_uring op should name this descriptor: by its registered slot when it has one
-    /// in the running runtime's ring, else by number.
+    /// How an io_uring op submitted on the running runtime should name this descriptor: by its
+    /// registered slot when it has one in that runtime's ring, else by number.
     pub fn target(&self) -> FdTarget {
-        if let Some((slot, owner)) = self.inner.slot() {
-            if context::try_with_core(|core| core.identity() == owner) == Some(true) {
-                return FdTarget::Fixed(slot);
+        if self.inner.slot != NO_SLOT {
+            if let Some(own) = &self.inner.driver {
+                let current = context::try_with_core(|core| core.driver().id());
+                if current == Some(own.id()) {
+                    return FdTarget::Fixed(self.inner.slot);
+                }
             }
         }
         FdTarget::Raw(self.raw())
@@ -90,27 +84,51 @@ impl SharedFd {
     }
 }
 
+impl Inner {
+    /// The descriptor is about to be closed or handed out: empty its registered slot and make
+    /// every epoll driver that may know its number forget it.
+    fn release(&mut self, raw: RawFd) {
+        let slot = std::mem::replace(&mut self.slot, NO_SLOT);
+        if let (true, Some(own)) = (slot != NO_SLOT, &self.driver) {
+            // The last holder is gone, so no op in flight names the slot; its own driver
+            // empties it, now or at its next borrow (the slot is reused only after that).
+            own.defer(Deferred::UnregisterFile(slot));
+        }
+        // The epoll backend keeps per-descriptor state keyed by number: it must forget this
+        // one before the number can be reused. Tell this descriptor's own driver and the
+        // running one; if any other epoll driver on this thread may have seen it, or a driver
+        // is borrowed right now (a deferred forget could hit the number's next owner), note an
+        // untold close so those drivers re-check their registrations.
+        let current = DriverHandle::current();
+        let mut told = 0;
+        let mut untold = false;
+        for d in [self.driver.as_ref(), current.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if d.backend() != Backend::Epoll || (told > 0 && current_is(self.driver.as_ref(), d)) {
+                continue;
+            }
+            match d.try_with(|d| d.forget_fd(raw)) {
+                Some(()) => told += 1,
+                None => untold = true,
+            }
+        }
+        if untold || super::epoll::live_drivers() > told {
+            super::epoll::note_untold_close();
+        }
+    }
+}
+
+/// Whether `d` is the same driver as `own`.
+fn current_is(own: Option<&DriverHandle>, d: &DriverHandle) -> bool {
+    own.is_some_and(|o| o.same(d))
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(fd) = self.fd.take() {
-            let raw = fd.as_raw_fd();
-            if let Some((slot, owner)) = self.take_slot() {
-                // The last holder is gone, so no op in flight names the slot. Outside its own
-                // runtime the slot cannot be released: the ring then keeps the socket open until
-                // that runtime is dropped (documented on `Builder::registered_fds`).
-                context::try_with_core(|core| {
-                    if core.identity() == owner {
-                        core.unregister_file(slot);
-                    }
-                });
-            }
-            // The epoll backend keeps per-descriptor state keyed by number: drop it before the
-            // number can be reused. Outside a running runtime no driver can be told; note it,
-            // so the epoll drivers of this thread re-check their registrations instead of
-            // skipping the registration of the next socket that gets this number.
-            if context::try_with_core(|core| core.forget_fd(raw)).is_none() {
-                super::epoll::note_untold_close();
-            }
+            self.release(fd.as_raw_fd());
             drop(fd);
         }
     }
@@ -135,17 +153,8 @@ impl TryFrom<SharedFd> for OwnedFd {
     fn try_from(fd: SharedFd) -> Result<OwnedFd, SharedFd> {
         match Rc::try_unwrap(fd.inner) {
             Ok(mut inner) => {
-                if let Some((slot, owner)) = inner.take_slot() {
-                    context::try_with_core(|core| {
-                        if core.identity() == owner {
-                            core.unregister_file(slot);
-                        }
-                    });
-                }
                 let owned = inner.fd.take().expect("fd present until dropped");
-                if context::try_with_core(|core| core.forget_fd(owned.as_raw_fd())).is_none() {
-                    super::epoll::note_untold_close(); // as in `Inner::drop`
-                }
+                inner.release(owned.as_raw_fd());
                 Ok(owned)
             }
             Err(inner) => Err(SharedFd { inner }),

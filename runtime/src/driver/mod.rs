@@ -19,6 +19,7 @@
 mod bufpool;
 mod epoll;
 mod fd;
+mod handle;
 mod multishot;
 mod op;
 mod uring;
@@ -34,12 +35,12 @@ use std::time::Duration;
 
 pub use bufpool::{BufPool, BufWait, PooledBuf};
 pub use fd::{FdTarget, SharedFd};
+pub(crate) use handle::DriverHandle;
 pub use multishot::{Multishot, MultishotKind};
 pub(crate) use op::Orphan;
 pub use op::{is_cancelled, Interest, Op, OpKind};
 pub(crate) use wake::WakeFd;
 
-pub(crate) use epoll::note_untold_close;
 use epoll::Epoll;
 use uring::Uring;
 
@@ -106,6 +107,10 @@ pub(crate) struct DriverStats {
     pub(crate) ops_completed: u64,
     pub(crate) ops_cancelled: u64,
     pub(crate) cq_overflows: u64,
+    /// Completions the kernel dropped (out of memory for its overflow backlog).
+    pub(crate) cq_dropped: u64,
+    /// `ASYNC_CANCEL`s that found nothing to cancel.
+    pub(crate) cancels_missed: u64,
     /// Zero-copy send notifications reaped.
     pub(crate) zero_copy_notifs: u64,
     /// Receive completions that filled more than one pool buffer (io_uring bundles).
@@ -123,7 +128,8 @@ pub(crate) enum Driver {
     Epoll(Epoll),
 }
 
-/// SQ entries of a runtime's ring by default (the CQ has eight times as many).
+/// SQ entries of a runtime's ring by default (the CQ has eight times as many, and at least
+/// 32 768).
 pub(crate) const RING_ENTRIES: u32 = 1024;
 
 /// Sizes of the receive-buffer pool (see [`BufPool`]).
@@ -160,6 +166,7 @@ impl Driver {
         wake: &WakeFd,
         pool: PoolConfig,
         ring_entries: u32,
+        cq_entries: Option<u32>,
     ) -> io::Result<Driver> {
         let uring_pool = || BufPool::new(pool.buffers, pool.buf_size, true);
         let epoll_pool = || BufPool::new(pool.buffers, pool.buf_size, false);
@@ -171,8 +178,13 @@ impl Driver {
         }
         match choice {
             Backend::Epoll => Ok(Driver::Epoll(Epoll::new(wake, epoll_pool())?)),
-            Backend::IoUring => Ok(Driver::Uring(Uring::new(ring_entries, wake, uring_pool())?)),
-            Backend::Auto => match Uring::new(ring_entries, wake, uring_pool()) {
+            Backend::IoUring => Ok(Driver::Uring(Uring::new(
+                ring_entries,
+                cq_entries,
+                wake,
+                uring_pool(),
+            )?)),
+            Backend::Auto => match Uring::new(ring_entries, cq_entries, wake, uring_pool()) {
                 Ok(u) => Ok(Driver::Uring(u)),
                 Err(e) => {
                     eprintln!("ringloop: io_uring unavailable ({e}); using the epoll backend");
@@ -232,10 +244,20 @@ impl Driver {
         }
     }
 
+    /// Waits for I/O (see the backends). Wakers of finished ops are collected, not woken:
+    /// the caller takes them with [`take_woken`](Self::take_woken) after the borrow ends.
     pub(crate) fn park(&mut self, timeout: Option<Duration>, wake: &WakeFd) -> io::Result<()> {
         match self {
             Driver::Uring(u) => u.park(timeout),
             Driver::Epoll(e) => e.park(timeout, wake),
+        }
+    }
+
+    /// Moves the collected wakers into `out`, to be woken once the driver is not borrowed.
+    pub(crate) fn take_woken(&mut self, out: &mut Vec<Waker>) {
+        match self {
+            Driver::Uring(u) => u.take_woken(out),
+            Driver::Epoll(e) => e.take_woken(out),
         }
     }
 
@@ -286,10 +308,11 @@ impl Driver {
         sqe: io_uring::squeue::Entry,
         kind: MultishotKind,
         cap: usize,
+        keep: SharedFd,
     ) -> io::Result<OpKey> {
         match self {
             // SAFETY: forwarded from the caller.
-            Driver::Uring(u) => Ok(unsafe { u.submit_multishot(sqe, kind, cap) }),
+            Driver::Uring(u) => unsafe { u.submit_multishot(sqe, kind, cap, keep) },
             Driver::Epoll(_) => Err(wrong_backend()),
         }
     }
@@ -334,7 +357,7 @@ impl Driver {
     ) -> io::Result<OpKey> {
         match self {
             // SAFETY: forwarded from the caller.
-            Driver::Uring(u) => Ok(unsafe { u.submit(sqe, waker) }),
+            Driver::Uring(u) => unsafe { u.submit(sqe, waker) },
             Driver::Epoll(_) => Err(wrong_backend()),
         }
     }
@@ -398,10 +421,11 @@ impl Driver {
         }
     }
 
-    /// Runtime shutdown: cancel and reap everything the kernel holds (bounded).
-    pub(crate) fn shutdown(&mut self) {
+    /// Runtime shutdown: cancel and reap everything the kernel holds, for at most `bound`;
+    /// what is still in flight then is leaked, never freed.
+    pub(crate) fn shutdown(&mut self, bound: Duration) {
         if let Driver::Uring(u) = self {
-            u.shutdown(Duration::from_secs(1));
+            u.shutdown(bound);
         }
     }
 }
@@ -417,6 +441,15 @@ pub(crate) mod errno {
     /// The call was interrupted by a signal and should be retried.
     pub(crate) fn is_interrupted(e: &io::Error) -> bool {
         e.kind() == io::ErrorKind::Interrupted
+    }
+
+    /// The kernel could not take the request this instant (a signal, a full CQ, a moment
+    /// short of memory): retrying after reaping can succeed.
+    pub(crate) fn is_transient(e: &io::Error) -> bool {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+        )
     }
 
     /// A non-blocking call found nothing to do right now.

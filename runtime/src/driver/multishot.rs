@@ -13,7 +13,8 @@ use std::task::{Context, Poll};
 
 use io_uring::squeue;
 
-use super::OpKey;
+use super::handle::{Deferred, DriverHandle};
+use super::{OpKey, SharedFd};
 use crate::context;
 
 /// What a multishot op's completions carry, so the driver can release them when nobody reads
@@ -27,12 +28,18 @@ pub enum MultishotKind {
 }
 
 /// A connection's multishot op (io_uring).
+///
+/// It belongs to the runtime it was armed on: reading, cancelling and dropping it go to that
+/// runtime's driver, whichever runtime is running on the thread then. The driver keeps the
+/// descriptor the op was armed on open until the op's last completion, so the kernel never
+/// acts on a reused descriptor number or registered slot, however early the owner goes.
 #[derive(Debug)]
 pub struct Multishot {
     kind: MultishotKind,
     /// `u32`: one of these lives in every connection, so its size counts at 10 000 of them.
     cap: u32,
-    key: Option<OpKey>,
+    /// The op's key and its driver, while armed.
+    armed: Option<(OpKey, DriverHandle)>,
 }
 
 impl Multishot {
@@ -43,7 +50,7 @@ impl Multishot {
         Multishot {
             kind,
             cap: u32::try_from(cap).unwrap_or(u32::MAX),
-            key: None,
+            armed: None,
         }
     }
 
@@ -54,51 +61,65 @@ impl Multishot {
 
     /// Whether the op is in the kernel (or its completions are still being read).
     pub fn is_armed(&self) -> bool {
-        self.key.is_some()
+        self.armed.is_some()
     }
 
-    /// Arms the op with `sqe` (the runtime sets its `user_data`).
+    /// Arms the op with `sqe` on the running runtime (the runtime sets its `user_data`). The
+    /// driver keeps a clone of `fd` until the op's last completion.
     ///
     /// # Safety
-    /// Every pointer in `sqe` must stay valid, and every descriptor it names open, until the op's
-    /// last completion (one without `IORING_CQE_F_MORE`) has been read or the `Multishot` dropped
-    /// (then the driver keeps nothing that points back).
+    /// The only descriptor `sqe` may name is `fd` (by number, or by the registered slot
+    /// [`SharedFd::target`] gives). Every pointer in `sqe` must stay valid until the op's last
+    /// completion (one without `IORING_CQE_F_MORE`) has been reaped, which can be after this
+    /// `Multishot` is dropped; a multishot SQE normally carries none (buffer selection, a
+    /// null address for accept).
     ///
     /// # Errors
-    /// On the epoll backend, or if already armed.
-    pub unsafe fn arm(&mut self, sqe: squeue::Entry) -> io::Result<()> {
-        if self.key.is_some() {
+    /// On the epoll backend, if already armed, or if the runtime was dropped.
+    ///
+    /// # Panics
+    /// Outside a running ringloop runtime.
+    pub unsafe fn arm(&mut self, sqe: squeue::Entry, fd: &SharedFd) -> io::Result<()> {
+        if self.armed.is_some() {
             return Err(io::Error::other("multishot op already armed"));
         }
+        let driver = DriverHandle::current().unwrap_or_else(|| panic!("{}", context::NO_RUNTIME));
         let (kind, cap) = (self.kind, self.cap as usize);
-        // SAFETY: forwarded from the caller.
-        let key = context::with_core(|core| unsafe {
-            core.driver_mut().multishot_submit(sqe, kind, cap)
-        })?;
-        self.key = Some(key);
+        let keep = fd.clone();
+        // SAFETY: forwarded from the caller; the driver keeps `fd` open for the op's life.
+        let key = driver
+            .try_with(|d| unsafe { d.multishot_submit(sqe, kind, cap, keep) })
+            .unwrap_or_else(|| Err(io::Error::from(io::ErrorKind::ResourceBusy)))?;
+        self.armed = Some((key, driver));
         Ok(())
     }
 
     /// The next completion `(result, flags)`, or `None` once the op has ended (its last
     /// completion was read; arm it again to go on).
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(i32, u32)>> {
-        let Some(key) = self.key else {
+        let Some((key, driver)) = &self.armed else {
             return Poll::Ready(None);
         };
-        match context::with_core(|core| core.driver_mut().multishot_next(key, cx.waker())) {
-            Ok(Some(c)) => Poll::Ready(Some(c)),
-            Ok(None) => {
-                self.key = None;
+        let key = *key;
+        match driver.try_with(|d| d.multishot_next(key, cx.waker())) {
+            Some(Ok(Some(c))) => Poll::Ready(Some(c)),
+            Some(Ok(None)) => {
+                self.armed = None;
                 Poll::Ready(None)
             }
-            Err(()) => Poll::Pending,
+            Some(Err(())) => Poll::Pending,
+            None => {
+                // Polled from inside the driver (a waker that polls inline): come back.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
         }
     }
 
     /// Completions received and not yet read.
     pub fn queued(&self) -> usize {
-        match self.key {
-            Some(key) => context::with_core(|core| core.driver_mut().multishot_queued(key)),
+        match &self.armed {
+            Some((key, driver)) => driver.try_with(|d| d.multishot_queued(*key)).unwrap_or(0),
             None => 0,
         }
     }
@@ -106,17 +127,17 @@ impl Multishot {
     /// Asks the kernel to stop the op; the completions already produced, and a last one, still
     /// arrive and are read as usual.
     pub fn cancel(&self) {
-        if let Some(key) = self.key {
-            context::with_core(|core| core.driver_mut().uring_cancel(key));
+        if let Some((key, driver)) = &self.armed {
+            let key = *key;
+            driver.now_or_later(|d| d.uring_cancel(key), || Deferred::Cancel(key));
         }
     }
 }
 
 impl Drop for Multishot {
     fn drop(&mut self) {
-        if let Some(key) = self.key.take() {
-            let done = context::try_with_core(|core| core.driver_mut().multishot_orphan(key));
-            debug_assert!(done.is_some(), "a Multishot outlived its runtime");
+        if let Some((key, driver)) = self.armed.take() {
+            driver.defer(Deferred::MultishotOrphan(key));
         }
     }
 }

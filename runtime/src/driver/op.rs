@@ -25,9 +25,9 @@ use std::task::{Context, Poll};
 use io_uring::squeue;
 
 use super::errno::is_would_block;
+use super::handle::{shut_down, Deferred, DriverHandle};
 use super::{Backend, OpKey};
 use crate::context;
-use crate::runtime::Core;
 use crate::task::Cancelled;
 use crate::time::take_cancel;
 
@@ -133,10 +133,18 @@ enum State {
 /// error carrying [`Cancelled`]; if the op completed first, its real result is delivered (no data
 /// is lost) and the cancellation waits for the task's next await. On epoll a cancelled waiter
 /// completes at once.
+///
+/// An op belongs to the runtime it is first polled on: every later poll, and its drop, go to
+/// that runtime's driver, whichever runtime is running on the thread then. Polled after that
+/// runtime was dropped, an op that never reached the kernel resolves with an error; one the
+/// kernel held completes with what the runtime's shutdown reaped (usually `ECANCELED`).
+/// `Op` is `!Send`: its driver lives on one thread.
 #[must_use = "ops do nothing unless awaited"]
 pub struct Op<T: OpKind> {
     data: Option<Box<T>>,
     state: State,
+    /// The driver this op was first polled on; `None` until then.
+    driver: Option<DriverHandle>,
 }
 
 impl<T: OpKind> Unpin for Op<T> {}
@@ -153,12 +161,20 @@ impl<T: OpKind> fmt::Debug for Op<T> {
     }
 }
 
+/// Asks to be polled again: the driver was borrowed (the op was polled from inside the driver,
+/// by a waker that polls inline). Nothing was changed.
+fn busy<R>(cx: &mut Context<'_>) -> Poll<R> {
+    cx.waker().wake_by_ref();
+    Poll::Pending
+}
+
 impl<T: OpKind> Op<T> {
     /// Wraps an op kind; nothing happens until the future is polled.
     pub fn new(kind: T) -> Self {
         Op {
             data: Some(Box::new(kind)),
             state: State::Unsubmitted,
+            driver: None,
         }
     }
 
@@ -170,7 +186,7 @@ impl<T: OpKind> Op<T> {
             .complete(result, flags)
     }
 
-    fn poll_uring(&mut self, core: &Core, cx: &mut Context<'_>) -> Poll<T::Output> {
+    fn poll_uring(&mut self, driver: &DriverHandle, cx: &mut Context<'_>) -> Poll<T::Output> {
         if let State::Unsubmitted = self.state {
             // A cancellation already pending (one re-posted after an op won its race, or
             // one that arrived while the task was queued) is delivered here: nothing has
@@ -179,89 +195,157 @@ impl<T: OpKind> Op<T> {
             if let Some(c) = take_cancel() {
                 return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
             }
+            if driver.is_closed() {
+                return Poll::Ready(self.finish(Err(shut_down()), 0));
+            }
             let data = self.data.as_mut().expect("op data present");
-            if data.try_first() && core.driver_mut().may_try_first() {
-                core.driver_mut().count_attempt();
-                match data.attempt() {
-                    Err(e) if is_would_block(&e) => {}
-                    done => return Poll::Ready(self.finish(done, 0)),
+            if data.try_first() {
+                let Some(try_now) = driver.try_with(|d| d.may_try_first()) else {
+                    return busy(cx);
+                };
+                if try_now {
+                    // Outside the borrow: `attempt` is the op kind's code.
+                    let done = data.attempt();
+                    driver.try_with(|d| d.count_attempt());
+                    match done {
+                        Err(e) if is_would_block(&e) => {}
+                        done => return Poll::Ready(self.finish(done, 0)),
+                    }
                 }
             }
+            // Built outside the borrow: `sqe` is the op kind's code.
             let sqe = data.sqe();
             // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
             // by `data`, which is boxed (never moves) and stays alive until this op's
-            // completion: here until `finish`, or in the op table as an orphan.
-            match unsafe { core.uring_submit(sqe, cx.waker()) } {
-                Ok(key) => {
+            // completion: here until `finish`, or in this driver's op table as an orphan
+            // (the drop below hands it to the same driver).
+            let submitted = driver.try_with(|d| unsafe { d.uring_submit(sqe, cx.waker()) });
+            return match submitted {
+                None => busy(cx),
+                Some(Ok(key)) => {
                     self.state = State::InFlight { key, cancel: None };
-                    return Poll::Pending;
+                    Poll::Pending
                 }
-                Err(e) => return Poll::Ready(self.finish(Err(e), 0)),
-            }
+                Some(Err(e)) => Poll::Ready(self.finish(Err(e), 0)),
+            };
         }
         let State::InFlight { key, cancel } = &mut self.state else {
             panic!("Op polled after completion");
         };
         let key = *key;
-        if let Some((res, flags)) = core.uring_take(key, cx.waker()) {
-            let result = cqe_result(res);
-            let result = match cancel.take() {
-                Some(c) if res == -libc::ECANCELED => Err(io::Error::from(*c)),
-                Some(c) => {
-                    // The op won the race: its real result is delivered and the
-                    // cancellation waits for the task's next await.
-                    drop(c);
-                    context::with_current(|t| {
-                        if let Some(t) = t {
-                            t.header().repost_cancel()
-                        }
-                    });
-                    result
+        // One borrow: the result if it came, else the waker is updated and a pending cancel
+        // request is passed on to the kernel.
+        let polled = driver.try_with(|d| match d.uring_take(key, cx.waker()) {
+            Some(done) => Some(done),
+            None => {
+                if let Some(c) = take_cancel() {
+                    // A second request while the first one's ASYNC_CANCEL is in flight is
+                    // taken too (it would otherwise look unseen, as if the task awaited a
+                    // foreign future); one request stands for both, as in asyncio.
+                    if cancel.is_none() {
+                        d.uring_cancel(key);
+                    }
+                    *cancel = Some(Box::new(c));
                 }
-                None => result,
-            };
-            return Poll::Ready(self.finish(result, flags));
-        }
-        if cancel.is_none() {
-            if let Some(c) = take_cancel() {
-                core.uring_cancel(key);
-                *cancel = Some(Box::new(c));
+                None
             }
-        }
-        Poll::Pending
+        });
+        let Some(polled) = polled else {
+            return busy(cx);
+        };
+        let Some((res, flags)) = polled else {
+            return Poll::Pending;
+        };
+        let result = cqe_result(res);
+        let result = match cancel.take() {
+            Some(c) if res == -libc::ECANCELED => Err(io::Error::from(*c)),
+            Some(c) => {
+                // The op won the race: its real result is delivered and the
+                // cancellation waits for the task's next await.
+                drop(c);
+                context::with_current(|t| {
+                    if let Some(t) = t {
+                        t.header().repost_cancel()
+                    }
+                });
+                result
+            }
+            None => result,
+        };
+        Poll::Ready(self.finish(result, flags))
     }
 
-    fn poll_epoll(&mut self, core: &Core, cx: &mut Context<'_>) -> Poll<T::Output> {
+    fn poll_epoll(&mut self, driver: &DriverHandle, cx: &mut Context<'_>) -> Poll<T::Output> {
         let data = self.data.as_mut().expect("Op polled after completion");
-        let result = data.attempt();
-        core.driver_mut().count_attempt();
         let waiter = match &mut self.state {
-            State::Waiting { waiter } => waiter.take(),
+            State::Waiting { waiter } => *waiter,
             _ => None,
         };
+        if driver.is_closed() {
+            if let Some((fd, token)) = waiter {
+                driver.defer(Deferred::Unwait(fd, token));
+            }
+            return Poll::Ready(self.finish(Err(shut_down()), 0));
+        }
+        // Outside the borrow: `attempt` is the op kind's code.
+        let result = data.attempt();
         match result {
             Err(e) if is_would_block(&e) => {
-                if let Some(c) = take_cancel() {
-                    if let Some((fd, token)) = waiter {
-                        core.epoll_unwait(fd, token);
-                    }
-                    return Poll::Ready(self.finish(Err(io::Error::from(c)), 0));
-                }
+                let cancel = take_cancel();
                 let (fd, interest) = data.readiness();
-                let token = core.epoll_wait_for(fd, interest, waiter.map(|w| w.1), cx.waker());
-                match token {
-                    Ok(token) => {
+                let registered = driver.try_with(|d| {
+                    d.count_attempt();
+                    if cancel.is_some() {
+                        if let Some((fd, token)) = waiter {
+                            d.epoll_unwait(fd, token);
+                        }
+                        return None;
+                    }
+                    Some(d.epoll_wait_for(fd, interest, waiter.map(|w| w.1), cx.waker()))
+                });
+                match registered {
+                    // Busy: the attempt's result is dropped (it would block anyway), and the
+                    // cancel request, if taken, is put back for the next poll.
+                    None => {
+                        if cancel.is_some() {
+                            drop(cancel);
+                            context::with_current(|t| {
+                                if let Some(t) = t {
+                                    t.header().repost_cancel()
+                                }
+                            });
+                        }
+                        busy(cx)
+                    }
+                    Some(None) => {
+                        let c = cancel.expect("cancelled");
+                        Poll::Ready(self.finish(Err(io::Error::from(c)), 0))
+                    }
+                    Some(Some(Ok(token))) => {
                         self.state = State::Waiting {
                             waiter: Some((fd, token)),
                         };
                         Poll::Pending
                     }
-                    Err(e) => Poll::Ready(self.finish(Err(e), 0)),
+                    Some(Some(Err(e))) => {
+                        self.state = State::Waiting { waiter: None };
+                        Poll::Ready(self.finish(Err(e), 0))
+                    }
                 }
             }
             done => {
-                if let Some((fd, token)) = waiter {
-                    core.epoll_unwait(fd, token);
+                self.state = State::Waiting { waiter: None };
+                match waiter {
+                    Some((fd, token)) => driver.now_or_later(
+                        |d| {
+                            d.count_attempt();
+                            d.epoll_unwait(fd, token)
+                        },
+                        || Deferred::Unwait(fd, token),
+                    ),
+                    None => {
+                        driver.try_with(|d| d.count_attempt());
+                    }
                 }
                 Poll::Ready(self.finish(done, 0))
             }
@@ -274,37 +358,42 @@ impl<T: OpKind> Future for Op<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T::Output> {
         let this = self.get_mut();
-        // One look-up of the running core per poll, shared by the backend's path.
-        context::with_core(|core| match core.backend() {
-            Backend::IoUring => this.poll_uring(core, cx),
-            _ => this.poll_epoll(core, cx),
-        })
+        // The thread's runtime is looked up once, at the first poll; from then on the op talks
+        // to that driver only.
+        let driver = match this.driver.take() {
+            Some(d) => d,
+            None => DriverHandle::current().unwrap_or_else(|| panic!("{}", context::NO_RUNTIME)),
+        };
+        let r = match driver.backend() {
+            Backend::IoUring => this.poll_uring(&driver, cx),
+            _ => this.poll_epoll(&driver, cx),
+        };
+        this.driver = Some(driver);
+        r
     }
 }
 
 impl<T: OpKind> Drop for Op<T> {
     fn drop(&mut self) {
+        let Some(driver) = self.driver.take() else {
+            return; // never polled: nothing reached a driver
+        };
         match std::mem::replace(&mut self.state, State::Done) {
             State::InFlight { key, .. } => {
                 if let Some(data) = self.data.take() {
-                    let mut data: Option<Box<dyn Orphan>> = Some(data);
-                    context::try_with_core(|core| {
-                        if let Some(d) = data.take() {
-                            data = core.uring_orphan(key, d).err();
-                        }
-                    });
-                    if let Some(data) = data {
-                        // No runtime took it (dropped outside the runtime, after it was shut
-                        // down): leak rather than free memory the kernel may still write.
-                        std::mem::forget(data);
-                    }
+                    // To the driver that holds the SQE, now or (if it is borrowed: this drop
+                    // runs inside it) at its next borrow; never freed here. Finishing an
+                    // orphan whose completion already came waits for the loop's next pass.
+                    driver.defer(Deferred::Orphan(key, data));
+                    // An op whose completion already came is finished at once (an accepted
+                    // socket closed now, not a loop iteration later); if the driver is busy,
+                    // the loop does it.
+                    driver.finish_orphans();
                 }
             }
             State::Waiting {
                 waiter: Some((fd, token)),
-            } => {
-                context::try_with_core(|core| core.epoll_unwait(fd, token));
-            }
+            } => driver.defer(Deferred::Unwait(fd, token)),
             _ => {}
         }
     }

@@ -34,18 +34,24 @@ use slab::Slab;
 use std::rc::Rc;
 
 use super::bufpool::{BufPool, POOL_GROUP};
-use super::errno::is_interrupted;
+use super::errno::is_transient;
 use super::op::Orphan;
-use super::{DriverStats, MultishotKind, OpKey, WakeFd};
+use super::{DriverStats, MultishotKind, OpKey, SharedFd, WakeFd};
 
 /// `user_data` of the multishot poll on the wake eventfd.
 const WAKE_TAG: u64 = u64::MAX;
-/// `user_data` of `ASYNC_CANCEL` SQEs (their own completions carry nothing we need).
-const CANCEL_TAG: u64 = u64::MAX - 1;
+/// Set in the `user_data` of an `ASYNC_CANCEL` SQE, whose other bits are its target's key: its
+/// completion says whether the cancel found the op.
+const CANCEL_BIT: u64 = 1 << 31;
 /// At most this many multishot ops armed and the ring can still be [`Uring::nearly_idle`].
 const LONE_MULTISHOTS: usize = 2;
-/// Slot indices stay below this, so no op's `user_data` collides with a tag.
-const MAX_SLOTS: usize = (u32::MAX - 16) as usize;
+/// Slot indices stay below this, so no op's `user_data` has `CANCEL_BIT` or is `WAKE_TAG`.
+const MAX_SLOTS: usize = CANCEL_BIT as usize;
+/// The CQ holds at least this many completions (and at most the kernel's limit, 65 536 with
+/// `CLAMP`): every connection of a 10 000-connection server may post a receive and a send
+/// completion in one loop iteration, and overflowing the CQ makes the kernel keep the rest in
+/// a slower backlog.
+const MIN_CQ_ENTRIES: u32 = 32 * 1024;
 
 enum SlotState {
     /// In the kernel; the future waits with this waker.
@@ -127,9 +133,12 @@ impl IntoIterator for CompletionQueue {
 
 struct Slot {
     generation: u32,
-    /// An `ASYNC_CANCEL` was already queued for this op.
+    /// An `ASYNC_CANCEL` was queued for this op and has not come back empty-handed.
     cancel_queued: bool,
     state: SlotState,
+    /// A multishot's descriptor, kept open until the op's last completion (the owner may go
+    /// first, and a number or registered slot must not be reused under the kernel).
+    keep: Option<SharedFd>,
 }
 
 fn user_data(index: usize, generation: u32) -> u64 {
@@ -150,8 +159,11 @@ pub(crate) struct Uring {
     /// Orphans whose completion arrived; finished outside the driver's borrow because
     /// finishing one runs its `complete` (which may close sockets, and so call back in).
     finished_orphans: Vec<(Box<dyn Orphan>, i32, u32)>,
-    /// Wakers collected while reaping, woken after; kept to reuse its allocation every iteration.
+    /// Wakers collected while reaping, woken by the loop after the driver's borrow ends (a
+    /// waker is foreign code, which may drop ops).
     woken: Vec<Waker>,
+    /// The kernel's count of completions it had to drop (`koverflow`), as last read.
+    dropped_seen: u32,
     /// The wake poll is armed (re-armed when a completion ends it).
     wake_armed: bool,
     /// Multishot slots in `ops` (armed, or orphaned and draining).
@@ -180,14 +192,19 @@ const REQUIRED_OPCODES: &[u8] = &[
     opcode::Send::CODE,
     opcode::RecvMsg::CODE,
     opcode::SendMsg::CODE,
-    opcode::Shutdown::CODE,
 ];
 
 impl Uring {
     /// Creates a ring with `entries` SQEs and a CQ eight times as large (multishot ops post
     /// many completions per SQE), with the cheapest task-work mode the kernel accepts.
-    pub(crate) fn new(entries: u32, wake: &WakeFd, pool: Rc<BufPool>) -> io::Result<Uring> {
-        let cq_entries = entries.saturating_mul(8);
+    pub(crate) fn new(
+        entries: u32,
+        cq_entries: Option<u32>,
+        wake: &WakeFd,
+        pool: Rc<BufPool>,
+    ) -> io::Result<Uring> {
+        let cq_entries =
+            cq_entries.unwrap_or_else(|| entries.saturating_mul(8).max(MIN_CQ_ENTRIES));
         type Configure = fn(&mut io_uring::Builder);
         let attempts: [(&'static str, Configure); 3] = [
             ("single_issuer+defer_taskrun", |b| {
@@ -262,6 +279,7 @@ impl Uring {
             cancels: VecDeque::new(),
             finished_orphans: Vec::new(),
             woken: Vec::new(),
+            dropped_seen: 0,
             wake_armed: false,
             multishots: 0,
             wake_fd: wake.raw(),
@@ -283,45 +301,63 @@ impl Uring {
             .user_data(WAKE_TAG);
         // SAFETY: the poll references only the eventfd, which `Shared` keeps open for the
         // runtime's whole life (longer than the ring).
-        unsafe { self.push(&sqe) };
-        self.wake_armed = true;
+        // A refused push leaves it unarmed; the next reap tries again.
+        self.wake_armed = unsafe { self.push(&sqe) }.is_ok();
     }
 
-    /// Pushes an SQE, submitting to make room when the SQ is full.
+    /// Pushes an SQE, submitting to make room when the SQ is full. An error means the entry
+    /// is *not* in the ring (the kernel refuses submissions for a reason waiting cannot fix):
+    /// the caller still owns what it points to.
     ///
     /// # Safety
     /// The entry's pointers and descriptors must stay valid until its completion.
-    unsafe fn push(&mut self, sqe: &squeue::Entry) {
+    unsafe fn push(&mut self, sqe: &squeue::Entry) -> io::Result<()> {
+        // Transient refusals in a row before giving up: each one reaps, so a CQ that is full
+        // (EBUSY) drains; a kernel that refuses this often is not going to take the entry.
+        let mut transient = 0;
         loop {
             // SAFETY: forwarded from the caller.
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
-                return;
+                return Ok(());
             }
             // The SQ is full: hand what is queued to the kernel and retry. If the kernel
             // cannot take them now (EBUSY: the CQ is backed up), reap and retry.
             self.stats.kernel_enters += 1;
             self.stats.syscalls += 1;
-            if let Err(e) = self.ring.submit() {
-                if e.raw_os_error() == Some(libc::EBUSY) || is_interrupted(&e) {
-                    self.enter(0, Some(Duration::ZERO));
+            match self.ring.submit() {
+                Ok(_) => transient = 0,
+                Err(e) if is_transient(&e) && transient < 1000 => {
+                    transient += 1;
                     // Why reap here: EBUSY means the CQ is full (kernels before 6.0 refuse
                     // submissions while overflowed completions cannot be flushed). Entering
                     // again frees no CQ slot; only advancing the CQ head does, so without
                     // this the loop would spin forever. Reaping only records results and
-                    // wakes tasks (queued, not run); no slot is freed whose SQE is pending.
+                    // collects wakers (woken later, by the loop); no slot is freed whose SQE
+                    // is pending.
+                    let _ = self.enter(0, Some(Duration::ZERO));
                     self.reap();
+                }
+                Err(e) => {
+                    // Any other error (EBADF, EFAULT, ENXIO: the ring is unusable) would fail
+                    // the same way forever: report it instead of spinning.
+                    self.stats.enter_errors += 1;
+                    return Err(e);
                 }
             }
         }
     }
 
     fn flush_cancels(&mut self) {
-        while let Some(target) = self.cancels.pop_front() {
+        while let Some(target) = self.cancels.front().copied() {
             let sqe = opcode::AsyncCancel::new(target)
                 .build()
-                .user_data(CANCEL_TAG);
+                .user_data(target | CANCEL_BIT);
             // SAFETY: a cancel SQE carries only a user_data value, no pointer.
-            unsafe { self.push(&sqe) };
+            if unsafe { self.push(&sqe) }.is_err() {
+                // Kept queued: a cancel is never lost; the next park tries again.
+                return;
+            }
+            self.cancels.pop_front();
         }
     }
 
@@ -329,21 +365,47 @@ impl Uring {
     ///
     /// # Safety
     /// As [`push`](Self::push).
-    pub(crate) unsafe fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> OpKey {
+    pub(crate) unsafe fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> io::Result<OpKey> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.insert(sqe, SlotState::Armed(Some(waker.clone())), None) }
+    }
+
+    /// Takes a slot for `state` and pushes `sqe` tagged with its key. On error nothing is in
+    /// the ring and the slot is freed again.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push).
+    unsafe fn insert(
+        &mut self,
+        sqe: squeue::Entry,
+        state: SlotState,
+        keep: Option<SharedFd>,
+    ) -> io::Result<OpKey> {
         self.flush_cancels();
+        if self.ops.vacant_key() >= MAX_SLOTS {
+            return Err(io::Error::other("too many io_uring ops in flight"));
+        }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
+        let multishot = matches!(state, SlotState::Multishot { .. });
         let index = self.ops.insert(Slot {
             generation,
             cancel_queued: false,
-            state: SlotState::Armed(Some(waker.clone())),
+            state,
+            keep,
         });
-        assert!(index < MAX_SLOTS, "too many io_uring ops in flight");
         let key = user_data(index, generation);
         // SAFETY: forwarded from the caller.
-        unsafe { self.push(&sqe.user_data(key)) };
+        if let Err(e) = unsafe { self.push(&sqe.user_data(key)) } {
+            // Never reached the ring: nobody else knows the slot.
+            self.ops.remove(index);
+            return Err(e);
+        }
+        if multishot {
+            self.multishots += 1;
+        }
         self.stats.ops_submitted += 1;
-        OpKey(key)
+        Ok(OpKey(key))
     }
 
     fn slot_mut(&mut self, key: OpKey) -> Option<&mut Slot> {
@@ -393,28 +455,18 @@ impl Uring {
         sqe: squeue::Entry,
         kind: MultishotKind,
         cap: usize,
-    ) -> OpKey {
-        self.flush_cancels();
-        let generation = self.next_generation;
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let index = self.ops.insert(Slot {
-            generation,
-            cancel_queued: false,
-            state: SlotState::Multishot {
-                kind,
-                cap: u32::try_from(cap).unwrap_or(u32::MAX).max(1),
-                queue: CompletionQueue::default(),
-                waker: None,
-                ended: false,
-            },
-        });
-        self.multishots += 1;
-        assert!(index < MAX_SLOTS, "too many io_uring ops in flight");
-        let key = user_data(index, generation);
-        // SAFETY: forwarded from the caller.
-        unsafe { self.push(&sqe.user_data(key)) };
-        self.stats.ops_submitted += 1;
-        OpKey(key)
+        keep: SharedFd,
+    ) -> io::Result<OpKey> {
+        let state = SlotState::Multishot {
+            kind,
+            cap: u32::try_from(cap).unwrap_or(u32::MAX).max(1),
+            queue: CompletionQueue::default(),
+            waker: None,
+            ended: false,
+        };
+        // SAFETY: forwarded from the caller; `keep` holds the descriptor open until the slot
+        // is freed by the last completion.
+        unsafe { self.insert(sqe, state, Some(keep)) }
     }
 
     /// The next completion of a multishot op; `Ok(None)` once the last one was read (the slot
@@ -632,9 +684,22 @@ impl Uring {
     /// One `io_uring_enter`: submit everything queued and wait for at least one completion or
     /// the timeout (`None`: no timer, wait for a completion or a wake; zero: don't wait). Then
     /// reap every completion.
+    ///
+    /// The wakers of completed ops are collected, not woken: the loop wakes them with
+    /// [`take_woken`](Self::take_woken) once the driver is no longer borrowed. If some are
+    /// already waiting, the park does not block.
+    ///
+    /// # Errors
+    /// When the kernel refuses the entry for a reason waiting cannot fix (not a timeout, a
+    /// signal, or a full CQ): the ring is unusable, and the loop stops rather than spin.
     pub(crate) fn park(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout = if self.woken.is_empty() {
+            timeout
+        } else {
+            Some(Duration::ZERO)
+        };
         self.flush_cancels();
-        self.enter(
+        let entered = self.enter(
             if timeout == Some(Duration::ZERO) {
                 0
             } else {
@@ -648,14 +713,37 @@ impl Uring {
         let mut guard = 0;
         while self.ring.submission().cq_overflow() && guard < 64 {
             self.stats.cq_overflows += 1;
-            self.enter(0, Some(Duration::ZERO));
+            let _ = self.enter(0, Some(Duration::ZERO));
             self.reap();
             guard += 1;
         }
-        Ok(())
+        self.check_dropped();
+        entered
     }
 
-    fn enter(&mut self, min_complete: u32, timeout: Option<Duration>) {
+    /// Reads the kernel's count of completions it dropped. With NODROP that only happens
+    /// when the kernel cannot allocate memory for its backlog; an op whose completion is lost
+    /// never finishes, so say so (once per burst) rather than hang in silence.
+    fn check_dropped(&mut self) {
+        let dropped = self.ring.completion().overflow();
+        if dropped != self.dropped_seen {
+            let lost = dropped.wrapping_sub(self.dropped_seen);
+            self.dropped_seen = dropped;
+            self.stats.cq_dropped += u64::from(lost);
+            eprintln!(
+                "ringloop: the kernel dropped {lost} io_uring completions (out of memory for its \
+                 overflow backlog); the ops they belonged to will not finish"
+            );
+        }
+    }
+
+    /// The wakers of ops that completed, moved into `out` (which should be empty), to be woken
+    /// after the driver's borrow ends.
+    pub(crate) fn take_woken(&mut self, out: &mut Vec<Waker>) {
+        std::mem::swap(&mut self.woken, out);
+    }
+
+    fn enter(&mut self, min_complete: u32, timeout: Option<Duration>) -> io::Result<()> {
         let to_submit = self.ring.submission().len() as u32;
         let mut flags = EnterFlags::GETEVENTS;
         let ts;
@@ -687,12 +775,15 @@ impl Uring {
                 }
             }
         };
-        if let Err(e) = result {
-            // ETIME: the timeout passed; EINTR: a signal; EBUSY: the CQ is full and will be
-            // reaped right after. None of them loses anything.
-            match e.raw_os_error() {
-                Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) => {}
-                _ => self.stats.enter_errors += 1,
+        match result {
+            Ok(_) => Ok(()),
+            // ETIME: the timeout passed; EINTR: a signal; EBUSY/EAGAIN: the CQ is full or the
+            // kernel is short of memory for a moment, and the completions are reaped right
+            // after. None of them loses anything.
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) || is_transient(&e) => Ok(()),
+            Err(e) => {
+                self.stats.enter_errors += 1;
+                Err(e)
             }
         }
     }
@@ -709,7 +800,7 @@ impl Uring {
             multishots,
             ..
         } = self;
-        let mut woken = std::mem::take(&mut self.woken);
+        let woken = &mut self.woken;
         let mut drain_wake = false;
         for cqe in ring.completion() {
             let (ud, result, flags) = (cqe.user_data(), cqe.result(), cqe.flags());
@@ -720,7 +811,21 @@ impl Uring {
                         *wake_armed = false;
                     }
                 }
-                CANCEL_TAG => {}
+                _ if ud & CANCEL_BIT != 0 => {
+                    // 0: the op was cancelled; EALREADY: it is running and will complete;
+                    // ENOENT: the kernel no longer had it (its completion is on the way, or
+                    // it had not been submitted yet). Then, if the op is still live after this
+                    // reap, another cancel may be sent (shutdown retries), so forget this one.
+                    if result < 0 && result != -libc::EALREADY {
+                        stats.cancels_missed += 1;
+                        let (index, generation) = split_user_data(ud & !CANCEL_BIT);
+                        if let Some(slot) =
+                            ops.get_mut(index).filter(|s| s.generation == generation)
+                        {
+                            slot.cancel_queued = false;
+                        }
+                    }
+                }
                 _ => {
                     let (index, generation) = split_user_data(ud);
                     let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation)
@@ -855,54 +960,92 @@ impl Uring {
         if !self.wake_armed {
             self.arm_wake();
         }
-        for w in woken.drain(..) {
-            w.wake();
+    }
+
+    /// Whether a slot is still the kernel's (its final completion has not been reaped).
+    fn kernel_holds(state: &SlotState) -> bool {
+        match state {
+            SlotState::Done { .. } => false,
+            SlotState::Multishot { ended, .. } => !ended,
+            _ => true,
         }
-        self.woken = woken;
     }
 
     /// Shutdown: cancel every op the kernel holds and reap until none is left, for at most
-    /// `bound`. Whatever is still in flight then is leaked (never freed while the kernel may
-    /// write it).
+    /// `bound`. A cancel that finds nothing is sent again. Whatever is still in flight then is
+    /// leaked (never freed while the kernel may write it). Ops whose futures are alive keep
+    /// their slots: a later poll gets the reaped result (usually `ECANCELED`).
     pub(crate) fn shutdown(&mut self, bound: Duration) {
         let keys: Vec<OpKey> = self
             .ops
             .iter()
-            .filter(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
+            .filter(|(_, s)| Self::kernel_holds(&s.state))
             .map(|(i, s)| OpKey(user_data(i, s.generation)))
             .collect();
         for key in keys {
             self.multishot_orphan(key);
-            self.cancel(key);
         }
         let deadline = Instant::now() + bound;
-        while self
-            .ops
-            .iter()
-            .any(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
-            && Instant::now() < deadline
-        {
-            let _ = self.park(Some(Duration::from_millis(10)));
+        loop {
+            let live: Vec<OpKey> = self
+                .ops
+                .iter()
+                .filter(|(_, s)| Self::kernel_holds(&s.state))
+                .map(|(i, s)| OpKey(user_data(i, s.generation)))
+                .collect();
+            if live.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            for key in live {
+                self.cancel(key);
+            }
+            if self.park(Some(Duration::from_millis(10))).is_err() {
+                break;
+            }
         }
+        self.leak_in_flight();
+    }
+
+    /// Forgets (never frees) the data of every op the kernel may still hold, and the pool if
+    /// any did: called when the ring is about to go with ops in it.
+    fn leak_in_flight(&mut self) {
         let leftover: Vec<usize> = self
             .ops
             .iter()
-            .filter(|(_, s)| !matches!(s.state, SlotState::Done { .. }))
+            .filter(|(_, s)| Self::kernel_holds(&s.state))
             .map(|(i, _)| i)
             .collect();
         let leaked = !leftover.is_empty();
         for i in leftover {
-            match self.ops.remove(i).state {
+            let slot = self.ops.remove(i);
+            if matches!(
+                slot.state,
+                SlotState::Multishot { .. } | SlotState::OrphanedMultishot(_)
+            ) {
+                self.multishots -= 1;
+            }
+            match slot.state {
                 SlotState::Orphaned(data) | SlotState::OrphanAwaitingNotif { data, .. } => {
                     std::mem::forget(data)
                 }
+                // A zero-copy send's buffer is still the kernel's until its notification: the
+                // live future keeps it, and finding no slot it never gives it back.
                 _ => {}
             }
+            std::mem::forget(slot.keep);
         }
         if leaked {
             // The kernel may still write into pool buffers: never free that memory.
             std::mem::forget(self.pool.clone());
         }
+    }
+}
+
+impl Drop for Uring {
+    /// The ring goes with the driver: if ops are still in it (a shutdown that was never run,
+    /// or that a panic cut short), their memory is leaked rather than freed under the kernel.
+    fn drop(&mut self) {
+        self.leak_in_flight();
     }
 }
 

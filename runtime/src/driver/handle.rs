@@ -1,0 +1,233 @@
+//! `DriverHandle`: how a resource reaches the driver it was created on.
+//!
+//! A resource (an op in flight, a multishot, a registered descriptor) captures a handle to its
+//! own driver when it is created, and every later poll and drop goes through that handle,
+//! whichever runtime is current on the thread then (tokio's `Registration { handle }`,
+//! monoio's `Op { driver }`). The thread's current runtime is looked up only to create a
+//! resource. So a future first polled under one runtime and later polled or dropped under
+//! another still talks to the ring that holds its SQE, and a key from one op table is never
+//! looked up in another.
+//!
+//! # Borrowing
+//!
+//! The driver sits in a `RefCell`: one thread, short borrows. A resource must never find it
+//! borrowed on a *drop* path and panic there (unwinding would free memory the kernel still
+//! writes), so [`DriverHandle::try_with`] answers `None` when the driver is busy (a waker or a
+//! destructor run from inside the driver), and drop paths then queue their work in
+//! [`Deferred`], which the next borrow applies first. Poll paths that find the driver busy ask
+//! to be polled again. The driver itself never runs user code while borrowed: reaping collects
+//! wakers and orphans, and they are woken and finished after the borrow ends.
+//!
+//! # Identity
+//!
+//! Each driver gets a number from a process-wide counter. Unlike an address, a number is never
+//! reused by a later runtime, so "is this my driver?" cannot be answered wrongly.
+
+use std::cell::{Cell, RefCell, RefMut};
+use std::io;
+use std::os::fd::RawFd;
+use std::panic::{self, AssertUnwindSafe};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::op::Orphan;
+use super::{Backend, Driver, OpKey};
+
+/// Work a drop path could not do because the driver was borrowed; applied at the next borrow.
+pub(crate) enum Deferred {
+    /// An op future went away while its SQE is in flight: keep its data until the completion.
+    Orphan(OpKey, Box<dyn Orphan>),
+    /// A multishot's owner went away.
+    MultishotOrphan(OpKey),
+    /// Stop an op (a multishot whose owner asked while the driver was borrowed).
+    Cancel(OpKey),
+    /// An epoll waiter went away.
+    Unwait(RawFd, u64),
+    /// A registered descriptor's last holder went away.
+    UnregisterFile(u32),
+}
+
+struct Inner {
+    id: u64,
+    backend: Backend,
+    driver: RefCell<Driver>,
+    deferred: RefCell<Vec<Deferred>>,
+    has_deferred: Cell<bool>,
+    /// The runtime was dropped: nothing new is submitted, and an orphan whose op is still in
+    /// the kernel is leaked rather than freed.
+    closed: Cell<bool>,
+    /// Panics of orphans' `complete`, caught where they were finished (maybe an op's drop).
+    panics: RefCell<Vec<Box<dyn std::any::Any + Send>>>,
+}
+
+/// A handle to one runtime's driver; cheap to clone (`Rc`), `!Send`.
+#[derive(Clone)]
+pub(crate) struct DriverHandle {
+    inner: Rc<Inner>,
+}
+
+/// The next driver identity; 0 is never handed out.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The error an op gets when the runtime it belongs to is gone.
+pub(crate) fn shut_down() -> io::Error {
+    io::Error::other("the ringloop runtime this resource belongs to has been dropped")
+}
+
+impl DriverHandle {
+    pub(crate) fn new(driver: Driver) -> DriverHandle {
+        DriverHandle {
+            inner: Rc::new(Inner {
+                id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+                backend: driver.backend(),
+                driver: RefCell::new(driver),
+                deferred: RefCell::new(Vec::new()),
+                has_deferred: Cell::new(false),
+                closed: Cell::new(false),
+                panics: RefCell::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The driver of the runtime running on this thread, if any.
+    pub(crate) fn current() -> Option<DriverHandle> {
+        crate::context::try_with_core(|core| core.driver().clone())
+    }
+
+    /// This driver's identity (process-wide, never reused).
+    pub(crate) fn id(&self) -> u64 {
+        self.inner.id
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.inner.closed.get()
+    }
+
+    /// Marks the runtime gone (after its shutdown drained the ring).
+    pub(crate) fn close(&self) {
+        self.inner.closed.set(true);
+    }
+
+    /// Borrows the driver for the loop itself (park, shutdown); applies deferred work first.
+    ///
+    /// # Panics
+    /// If the driver is already borrowed (the loop never re-enters itself).
+    pub(crate) fn borrow_mut(&self) -> RefMut<'_, Driver> {
+        let mut d = self.inner.driver.borrow_mut();
+        self.apply_deferred(&mut d);
+        d
+    }
+
+    /// Runs `f` with the driver, after applying deferred work; `None` if the driver is
+    /// borrowed (then `f` does not run).
+    #[inline]
+    pub(crate) fn try_with<R>(&self, f: impl FnOnce(&mut Driver) -> R) -> Option<R> {
+        let mut d = self.inner.driver.try_borrow_mut().ok()?;
+        self.apply_deferred(&mut d);
+        Some(f(&mut d))
+    }
+
+    /// Runs `f` with the driver now, or queues `later` if the driver is borrowed. For drop
+    /// paths: never panics on a busy driver.
+    pub(crate) fn now_or_later(
+        &self,
+        f: impl FnOnce(&mut Driver),
+        later: impl FnOnce() -> Deferred,
+    ) {
+        if self.try_with(f).is_none() {
+            self.inner.deferred.borrow_mut().push(later());
+            self.inner.has_deferred.set(true);
+        }
+    }
+
+    /// Queues `work` for the next borrow, or applies it now.
+    pub(crate) fn defer(&self, work: Deferred) {
+        match self.inner.driver.try_borrow_mut() {
+            Ok(mut d) => {
+                self.apply_deferred(&mut d);
+                apply(&mut d, work);
+            }
+            Err(_) => {
+                self.inner.deferred.borrow_mut().push(work);
+                self.inner.has_deferred.set(true);
+            }
+        }
+    }
+
+    #[inline]
+    fn apply_deferred(&self, d: &mut Driver) {
+        if !self.inner.has_deferred.get() {
+            return;
+        }
+        self.inner.has_deferred.set(false);
+        let work = std::mem::take(&mut *self.inner.deferred.borrow_mut());
+        for w in work {
+            apply(d, w);
+        }
+    }
+
+    /// Finishes orphans whose completions arrived, outside the driver's borrow (finishing one
+    /// runs its `complete`, whose output may call back in). A panic is caught and kept for the
+    /// loop to report ([`take_panics`](Self::take_panics)); after the runtime is gone it is
+    /// printed.
+    pub(crate) fn finish_orphans(&self) {
+        loop {
+            let Some(orphans) = self.try_with(|d| d.take_finished_orphans()) else {
+                return;
+            };
+            if orphans.is_empty() {
+                return;
+            }
+            for (orphan, result, flags) in orphans {
+                if let Err(payload) =
+                    panic::catch_unwind(AssertUnwindSafe(|| orphan.finish(result, flags)))
+                {
+                    if self.is_closed() {
+                        eprintln!("ringloop: an orphaned op's completion panicked");
+                    } else {
+                        self.inner.panics.borrow_mut().push(payload);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Panics caught while finishing orphans, for the loop's exception handler.
+    pub(crate) fn take_panics(&self) -> Vec<Box<dyn std::any::Any + Send>> {
+        std::mem::take(&mut *self.inner.panics.borrow_mut())
+    }
+
+    /// Whether two handles name the same driver.
+    pub(crate) fn same(&self, other: &DriverHandle) -> bool {
+        Rc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+fn apply(d: &mut Driver, work: Deferred) {
+    match work {
+        Deferred::Orphan(key, data) => {
+            if let Err(data) = d.uring_orphan(key, data) {
+                // Not an io_uring driver: cannot happen for an op with a key. Leak rather than
+                // free memory a kernel might write.
+                std::mem::forget(data);
+            }
+        }
+        Deferred::MultishotOrphan(key) => d.multishot_orphan(key),
+        Deferred::Cancel(key) => d.uring_cancel(key),
+        Deferred::Unwait(fd, token) => d.epoll_unwait(fd, token),
+        Deferred::UnregisterFile(slot) => d.unregister_file(slot),
+    }
+}
+
+impl std::fmt::Debug for DriverHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DriverHandle")
+            .field("id", &self.inner.id)
+            .field("backend", &self.inner.backend)
+            .finish()
+    }
+}
