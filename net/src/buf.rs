@@ -23,6 +23,30 @@ pub unsafe trait IoBuf: 'static {
 
     /// Restricts the buffer to `range` (of its capacity) for one op, keeping ownership of the
     /// whole: `buf.slice(n..)` sends what is left after `n` bytes went out.
+    ///
+    /// A window may start past the bytes already initialised (a receive into
+    /// `Vec::with_capacity(100).slice(50..)`): a send from it sends nothing of the gap, and a
+    /// receive into it zero-fills the gap before it marks the received bytes initialised, so
+    /// the buffer never exposes memory nobody wrote (the `Vec` above comes back with length
+    /// `50 + n`, its first 50 bytes zero).
+    ///
+    /// ```
+    /// use ringloop_net::{IoBuf, IoBufMut};
+    ///
+    /// let mut window = Vec::<u8>::with_capacity(100).slice(50..);
+    /// // What a receive does once the kernel wrote 3 bytes at the window's start:
+    /// unsafe {
+    ///     window.stable_mut_ptr().copy_from(b"abc".as_ptr(), 3);
+    ///     window.set_init(3);
+    /// }
+    /// let v = window.into_inner();
+    /// assert_eq!(v.len(), 53);
+    /// assert!(v[..50].iter().all(|&b| b == 0));
+    /// assert_eq!(&v[50..], b"abc");
+    /// ```
+    ///
+    /// # Panics
+    /// If the range is reversed or ends past the capacity.
     fn slice(self, range: impl RangeBounds<usize>) -> Slice<Self>
     where
         Self: Sized,
@@ -224,7 +248,25 @@ unsafe impl<T: IoBufMut> IoBufMut for Slice<T> {
         unsafe { self.buf.stable_mut_ptr().add(self.begin) }
     }
     unsafe fn set_init(&mut self, pos: usize) {
-        // SAFETY: forwarded; the bytes before `begin` are initialised if the buffer's are.
+        if pos == 0 {
+            return;
+        }
+        // The window may start past the buffer's initialised bytes; the gap between them was
+        // never written, so it is zeroed before the buffer is told that everything up to the
+        // window's end of data is initialised.
+        let init = self.buf.bytes_init();
+        if init < self.begin {
+            // SAFETY: `init < begin <= bytes_total`, so the gap lies inside the buffer's
+            // writable memory (`IoBufMut`'s contract), and nothing else refers to it.
+            unsafe {
+                self.buf
+                    .stable_mut_ptr()
+                    .add(init)
+                    .write_bytes(0, self.begin - init)
+            };
+        }
+        // SAFETY: bytes `..init` were initialised, `init..begin` were just zeroed, and the
+        // caller guarantees the window's first `pos` bytes were written.
         unsafe { self.buf.set_init(self.begin + pos) }
     }
 }

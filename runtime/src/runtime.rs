@@ -366,6 +366,8 @@ impl Core {
             ops_cancelled: d.ops_cancelled,
             ops_in_flight: in_flight as u64,
             cq_overflows: d.cq_overflows,
+            cq_dropped: d.cq_dropped,
+            cancels_missed: d.cancels_missed,
             zero_copy_notifications: d.zero_copy_notifs,
             recv_bundles: d.recv_bundles,
             buffer_exhaustions: self.pool.exhaustions.get(),

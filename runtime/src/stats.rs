@@ -49,6 +49,12 @@ pub struct RuntimeStats {
     pub recv_bundles: u64,
     /// Times the completion queue overflowed (the kernel kept the completions; none was lost).
     pub cq_overflows: u64,
+    /// Completions the kernel dropped because it could not allocate memory to keep them
+    /// (io_uring's overflow counter; the ops they belonged to never finish). Should stay 0.
+    pub cq_dropped: u64,
+    /// `ASYNC_CANCEL`s that found nothing to cancel (the op had completed, or was not
+    /// submitted yet); shutdown sends another while the op is still live.
+    pub cancels_missed: u64,
     /// Times a multishot receive found the buffer pool empty (`ENOBUFS`; re-armed once
     /// buffers came back).
     pub buffer_exhaustions: u64,

@@ -204,7 +204,7 @@ impl Driver {
     /// The backend and how it was set up, e.g. `io_uring (single_issuer+defer_taskrun)`.
     pub(crate) fn describe(&self) -> String {
         match self {
-            Driver::Uring(u) => format!("io_uring ({})", u.setup),
+            Driver::Uring(u) => format!("io_uring ({}, cq {})", u.setup, u.cq_entries()),
             Driver::Epoll(_) => "epoll".to_owned(),
         }
     }

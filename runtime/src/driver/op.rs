@@ -139,6 +139,23 @@ enum State {
 /// runtime was dropped, an op that never reached the kernel resolves with an error; one the
 /// kernel held completes with what the runtime's shutdown reaped (usually `ECANCELED`).
 /// `Op` is `!Send`: its driver lives on one thread.
+///
+/// ```compile_fail
+/// # use std::{io, os::fd::RawFd};
+/// use ringloop_runtime::{Interest, Op, OpKind};
+///
+/// struct Nop;
+/// // SAFETY: a NOP names no memory and no descriptor.
+/// unsafe impl OpKind for Nop {
+///     type Output = io::Result<u32>;
+///     fn sqe(&mut self) -> io_uring::squeue::Entry { io_uring::opcode::Nop::new().build() }
+///     fn readiness(&self) -> (RawFd, Interest) { (0, Interest::Read) }
+///     fn attempt(&mut self) -> io::Result<u32> { Ok(0) }
+///     fn complete(self: Box<Self>, result: io::Result<u32>, _: u32) -> io::Result<u32> { result }
+/// }
+/// fn assert_send<T: Send>(_: T) {}
+/// assert_send(Op::new(Nop));
+/// ```
 #[must_use = "ops do nothing unless awaited"]
 pub struct Op<T: OpKind> {
     data: Option<Box<T>>,

@@ -648,6 +648,11 @@ impl Uring {
         }
     }
 
+    /// Completion-queue entries the kernel gave the ring.
+    pub(crate) fn cq_entries(&self) -> u32 {
+        self.ring.params().cq_entries()
+    }
+
     /// Ops the kernel still holds (armed or orphaned) or whose result waits to be taken.
     pub(crate) fn in_flight(&self) -> usize {
         self.ops.len()
