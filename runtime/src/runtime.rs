@@ -642,7 +642,7 @@ impl Builder {
     /// one `io_uring_register` when a socket is created and one when it is closed. The socket
     /// keeps its descriptor, so every socket option still works. A socket dropped outside its
     /// runtime cannot leave the table: the ring then holds it open until the runtime is
-    /// dropped. Measured: see the README.
+    /// dropped. Measured: see docs/measurements.md.
     ///
     /// Ignored, with one line on stderr, on epoll and on kernels before 6.15. Those free the
     /// socket of an emptied slot only after every op that used the table before has completed,
@@ -658,7 +658,8 @@ impl Builder {
     /// epoll). The kernel then reads the caller's buffer in place instead of copying it, and
     /// the send completes only once the kernel is done with the buffer. It pays for large
     /// sends to a real NIC; on loopback and for small messages the kernel copies anyway and the
-    /// extra notification costs more (measured: see the README), hence off by default.
+    /// extra notification costs more (measured: see docs/measurements.md), hence off by
+    /// default.
     pub fn zero_copy_send(mut self, on: bool) -> Self {
         self.zero_copy_send = on;
         self
@@ -675,7 +676,7 @@ impl Builder {
     /// [`PooledBuf`](crate::PooledBuf) per buffer, in order. A bundle takes at most the
     /// receiver's queue cap in buffers, which also keeps an unread connection's share of the
     /// pool tighter than plain multishot receives do (see `ringloop_net::pooled`). Measured:
-    /// see the README.
+    /// see docs/measurements.md.
     pub fn recv_bundles(mut self, on: bool) -> Self {
         self.recv_bundles = on;
         self
