@@ -44,6 +44,7 @@ mod callback;
 pub mod combinators;
 mod context;
 pub mod driver;
+mod handshake;
 mod promise;
 mod runtime;
 pub mod signal;

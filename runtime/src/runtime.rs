@@ -21,6 +21,7 @@ use slab::Slab;
 use crate::callback::{new_callback, CallbackHandle, CallbackPtr};
 use crate::context;
 use crate::driver::{Backend, BufPool, Driver, DriverHandle, WakeFd};
+use crate::handshake::ParkState;
 use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
@@ -51,10 +52,9 @@ struct Injected {
 /// The part of a runtime other threads may touch: the injector and the wake fd.
 pub(crate) struct Shared {
     injected: Mutex<Injected>,
-    /// Something is in `injected` (checked without the lock on every iteration).
-    has_injected: AtomicBool,
-    /// The loop is (about to be) blocked in the driver: a remote wake must write the eventfd.
-    parked: AtomicBool,
+    /// Whether something is in `injected`, and whether the loop is parking: the wake handshake
+    /// (see `handshake.rs`, model-checked with loom).
+    park: ParkState,
     stop_requested: AtomicBool,
     /// The runtime is gone: remote wakes are dropped instead of queued.
     closed: AtomicBool,
@@ -73,19 +73,19 @@ impl Shared {
                 return;
             }
             push(&mut inj);
-            self.has_injected.store(true, Ordering::SeqCst);
+            self.park.announce();
         }
         self.unpark();
     }
 
     fn unpark(&self) {
-        if self.parked.swap(false, Ordering::SeqCst) {
+        if self.park.must_unpark() {
             self.wake.wake();
         }
     }
 
     fn take_injected(&self) -> Injected {
-        self.has_injected.store(false, Ordering::SeqCst);
+        self.park.take_announced();
         let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut *inj)
     }
@@ -406,17 +406,16 @@ impl Core {
                 .map(|d| d.saturating_duration_since(Instant::now()));
             // Announce the park before the last look at the injector, so a remote wake either
             // sees `parked` and writes the eventfd, or is seen here.
-            self.shared.parked.store(true, Ordering::SeqCst);
-            let timeout = if self.shared.has_injected.load(Ordering::SeqCst) {
-                Some(Duration::ZERO)
-            } else {
+            let timeout = if self.shared.park.prepare_park() {
                 timeout
+            } else {
+                Some(Duration::ZERO)
             };
             if timeout != Some(Duration::ZERO) {
                 bump(&self.counters.parks);
             }
             let r = self.driver.borrow_mut().park(timeout, &self.shared.wake);
-            self.shared.parked.store(false, Ordering::SeqCst);
+            self.shared.park.end_park();
             r?;
         }
         // Wakers run only now, with the driver no longer borrowed: a waker is foreign code and
@@ -425,7 +424,7 @@ impl Core {
         self.finish_orphans();
 
         // 3. Remote wakes and thread-safe callbacks.
-        if self.shared.has_injected.load(Ordering::Acquire) {
+        if self.shared.park.announced() {
             let injected = self.shared.take_injected();
             let mut ready = self.ready.borrow_mut();
             for RemoteTask(task) in injected.tasks {
@@ -743,8 +742,7 @@ impl Builder {
         let recv_bundles = self.recv_bundles && multishot_recv;
         let shared = Arc::new(Shared {
             injected: Mutex::new(Injected::default()),
-            has_injected: AtomicBool::new(false),
-            parked: AtomicBool::new(false),
+            park: ParkState::new(),
             stop_requested: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             wake,
@@ -1142,7 +1140,7 @@ impl Handle {
     /// thread.
     pub fn stop(&self) {
         self.shared.stop_requested.store(true, Ordering::Release);
-        self.shared.parked.store(true, Ordering::SeqCst);
+        self.shared.park.force_unpark();
         self.shared.unpark();
     }
 
