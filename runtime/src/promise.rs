@@ -28,7 +28,7 @@ use slab::Slab;
 
 use crate::context;
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// The error a shared error is stored as: cloneable, so every waiter gets it.
 pub type SharedError = Arc<dyn Error + Send + Sync>;
@@ -346,7 +346,7 @@ impl<T: Clone> Future for PromiseWait<'_, T> {
             self.key = None;
             return Poll::Ready(r);
         }
-        if let Some(c) = take_cancel() {
+        if let Some(c) = take_cancel_if(self.key.is_some()) {
             self.forget_waiter();
             return Poll::Ready(Err(PromiseError::Cancelled(c)));
         }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::task::{Task, TaskError};
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// Runs `future` as its own task and awaits it without forwarding cancellation (asyncio's
 /// `shield`).
@@ -52,13 +52,18 @@ where
 }
 
 pub(crate) fn shield_task<T>(task: Task<T>) -> Shielded<T> {
-    Shielded { task }
+    Shielded {
+        task,
+        waiting: false,
+    }
 }
 
 /// The future of [`shield`] and [`Task::shield`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Shielded<T> {
     task: Task<T>,
+    /// An await returned `Pending` and has not resolved since.
+    waiting: bool,
 }
 
 impl<T> Unpin for Shielded<T> {}
@@ -75,12 +80,15 @@ impl<T> Future for Shielded<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(r) = self.task.try_result() {
+            self.waiting = false;
             return Poll::Ready(r);
         }
-        if let Some(c) = take_cancel() {
+        if let Some(c) = take_cancel_if(self.waiting) {
+            self.waiting = false;
             return Poll::Ready(Err(TaskError::Cancelled(c)));
         }
         self.task.as_ref().ptr().header().set_join_waker(cx.waker());
+        self.waiting = true;
         Poll::Pending
     }
 }

@@ -341,6 +341,8 @@ impl fmt::Debug for TaskRef {
 pub struct Task<T> {
     raw: Arc<dyn TaskJoin<T>>,
     task: TaskRef,
+    /// Where an await on this handle stands (see "Concurrent branches" in the module docs).
+    waiting: Waiting,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -349,6 +351,7 @@ impl<T> Task<T> {
         Task {
             raw,
             task: TaskRef::new(ptr),
+            waiting: Waiting::No,
             _not_send: PhantomData,
         }
     }
@@ -424,27 +427,50 @@ impl<T> Task<T> {
     }
 }
 
+/// Where an await on a [`Task`] handle stands, for cancel delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Not waiting: the next poll is the first of a new await.
+    No,
+    /// Waiting on the task since an earlier poll.
+    Yes,
+    /// Waiting, and a cancel request of the awaiting task was already forwarded.
+    Forwarded,
+}
+
 impl<T> Future for Task<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(result) = self.try_result() {
+            self.waiting = Waiting::No;
             return Poll::Ready(result);
         }
-        let target = self.task.ptr.header();
-        if target.is_done() {
+        if self.task.ptr.header().is_done() {
             panic!("Task polled after its result was taken");
         }
         // Cancellation follows the await chain: a request on the awaiting task is consumed here
         // and forwarded to the awaited one; its outcome then decides what this await yields.
+        let waiting = self.waiting;
         let forward = context::with_current(|cur| match cur {
-            Some(cur) if !Arc::ptr_eq(cur, &self.task.ptr) => cur.header().take_cancel(),
+            Some(cur) if !Arc::ptr_eq(cur, &self.task.ptr) => {
+                let h = cur.header();
+                match waiting {
+                    Waiting::Yes => h.take_cancel_waiting(),
+                    // A request already forwarded reaches the awaited task once; only a new
+                    // one (pending) is forwarded again.
+                    Waiting::No | Waiting::Forwarded => h.take_cancel(),
+                }
+            }
             _ => None,
         });
         if let Some(c) = forward {
             self.task.cancel_inner(c.message_arc());
+            self.waiting = Waiting::Forwarded;
+        } else if self.waiting == Waiting::No {
+            self.waiting = Waiting::Yes;
         }
-        target.set_join_waker(cx.waker());
+        self.task.ptr.header().set_join_waker(cx.waker());
         Poll::Pending
     }
 }
