@@ -20,6 +20,32 @@
 //! * Dropping a [`Task`] handle detaches the task: it runs on (asyncio's tasks run whether or not
 //!   anyone holds them). [`Task::abort`] is the hard cancel: the future is dropped at the next
 //!   scheduling point without being polled again.
+//!
+//! ## Concurrent branches of one task
+//!
+//! An asyncio task is suspended at exactly one await; a Rust task may poll several runtime
+//! futures in one poll (a hand-written join, `futures::join!`, a select). A request is
+//! therefore delivered to **every runtime future that was already waiting** and is polled in
+//! the task poll in which the request is taken, not only to the first one:
+//!
+//! * the first runtime future that checks takes the request (as before) and resolves to
+//!   `Err(Cancelled)`;
+//! * later in the same task poll, every other runtime future that was *already waiting* (it
+//!   returned `Pending` before and has not resolved since: a registered sleep, lock, queue get,
+//!   awaited [`Task`], ...) resolves to `Err(Cancelled)` as well; an awaited task gets the
+//!   request forwarded, once;
+//! * a future that *starts* waiting after the delivery (cleanup code in a branch that caught
+//!   its `Cancelled`) is not hit: cleanup can still await;
+//! * the delivery ends with the task poll, and [`TaskRef::uncancel`] down to zero withdraws it
+//!   for the rest of the poll too. A [`timeout`](crate::timeout)'s own scoped request reaches
+//!   only the futures inside it, never the branches beside it.
+//!
+//! So `timeout(d, join(sleep(a), sleep(b)))` ends with `TimedOut`, and a task awaiting a join of
+//! two sleeps sees `Cancelled` in both branches when it is cancelled. A combinator that polls
+//! only the branches that were woken (as `FuturesUnordered` does) polls none of them on a cancel
+//! and falls under the foreign-future rule instead: it is dropped. A custom future built on
+//! [`take_cancel_request`](crate::take_cancel_request) sees the request only when it is the
+//! first to check; use [`take_cancel_request_waiting`] in a future that is already waiting.
 
 mod cancel;
 pub(crate) mod cell;
@@ -521,6 +547,16 @@ where
 {
     let name = name.into();
     context::with_core(|core| core.spawn(future, Some(name)))
+}
+
+/// Like [`take_cancel_request`](crate::take_cancel_request), for a custom future that is
+/// already waiting (it returned `Pending` before and has not resolved since): it also resolves
+/// to `Cancelled` when the request was delivered to another future earlier in this task poll,
+/// so every concurrent branch of the task sees it (see the [module docs](self)). A future that
+/// starts waiting now must use `take_cancel_request`, so cleanup code can still await. Returns
+/// `None` outside a task.
+pub fn take_cancel_request_waiting() -> Option<Cancelled> {
+    crate::time::take_cancel_waiting()
 }
 
 /// The task being polled right now, or `None` in a callback.
