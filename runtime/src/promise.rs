@@ -42,6 +42,20 @@ pub enum PromiseError {
     Failed(SharedError),
 }
 
+/// Two cancellations are equal when their messages are; two failures when they are the same
+/// shared error (`Arc::ptr_eq`: a `dyn Error` cannot be compared by value).
+impl PartialEq for PromiseError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PromiseError::Cancelled(a), PromiseError::Cancelled(b)) => a == b,
+            (PromiseError::Failed(a), PromiseError::Failed(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PromiseError {}
+
 impl PromiseError {
     /// Whether this is a cancellation.
     pub fn is_cancelled(&self) -> bool {

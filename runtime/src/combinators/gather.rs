@@ -192,6 +192,18 @@ pub enum GatherError<E> {
     Task(TaskError),
 }
 
+impl<E: PartialEq> PartialEq for GatherError<E> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (GatherError::Failed(a), GatherError::Failed(b)) => a == b,
+            (GatherError::Task(a), GatherError::Task(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<E: Eq> Eq for GatherError<E> {}
+
 impl<E: fmt::Debug> fmt::Debug for GatherError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -13,7 +13,9 @@ use crate::time::take_cancel_if;
 /// If the awaiting task is cancelled, the await resolves at once to
 /// `Err(TaskError::Cancelled)` while the shielded work runs on to its end, detached. A
 /// cancellation of the shielded task itself (from elsewhere) still reaches it. To shield a task
-/// you already have, use [`Task::shield`].
+/// you already have, use [`Task::shield`]; to await the task again after the shielded await was
+/// cancelled, await the `Shielded` by reference and take the handle back with
+/// [`Shielded::into_task`].
 ///
 /// # Panics
 /// Outside a running ringloop runtime (it spawns).
@@ -72,6 +74,34 @@ impl<T> Shielded<T> {
     /// The shielded task.
     pub fn task(&self) -> &Task<T> {
         &self.task
+    }
+
+    /// Gives the shielded task's handle back, e.g. to await it after the shielded await was
+    /// cancelled, as asyncio allows `await task` after `await shield(task)` raised. Await the
+    /// `Shielded` by reference (`(&mut shielded).await`; it is `Unpin`) to keep it.
+    ///
+    /// ```
+    /// use ringloop_runtime::{spawn, sleep, yield_now, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+    ///     let outer = spawn(async {
+    ///         let mut shielded = spawn(async { sleep(Duration::from_millis(2)).await.unwrap(); 7 }).shield();
+    ///         match (&mut shielded).await {
+    ///             Err(TaskError::Cancelled(_)) => {
+    ///                 // Cancelled while waiting; the work ran on. Wait for it after all.
+    ///                 shielded.into_task().await.unwrap()
+    ///             }
+    ///             other => other.unwrap(),
+    ///         }
+    ///     });
+    ///     yield_now().await.unwrap();
+    ///     outer.cancel();
+    ///     assert_eq!(outer.await.unwrap(), 7);
+    /// });
+    /// ```
+    pub fn into_task(self) -> Task<T> {
+        self.task
     }
 }
 

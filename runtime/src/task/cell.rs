@@ -580,7 +580,11 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
             }
             Err(payload) => {
                 self.set_stage(core, me, Stage::Consumed);
-                core.report_panic(Some(me), "a task panicked", &*payload);
+                // The main future's panic is resumed by `block_on` itself: reporting it to the
+                // exception handler as well would show it twice.
+                if !h.has(MAIN) {
+                    core.report_panic(Some(me), "a task panicked", &*payload);
+                }
                 h.with_extras(|e| e.panic = Some(payload));
                 self.finish(me, core, Outcome::Panicked);
             }

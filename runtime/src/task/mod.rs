@@ -207,6 +207,23 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
+/// Compares by kind: two cancellations are equal when their messages are; two panics are equal
+/// when their messages are (any two panics with non-string payloads are equal: a payload is a
+/// `Box<dyn Any>` and cannot be compared itself). Meant for tests and `assert_eq!`.
+impl PartialEq for TaskError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TaskError::Cancelled(a), TaskError::Cancelled(b)) => a == b,
+            (TaskError::Panicked(a), TaskError::Panicked(b)) => {
+                panic_message(&**a) == panic_message(&**b)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TaskError {}
+
 impl From<Cancelled> for TaskError {
     fn from(c: Cancelled) -> Self {
         TaskError::Cancelled(c)

@@ -183,6 +183,119 @@ impl From<TimedOut> for std::io::Error {
     }
 }
 
+/// One error for "await this, for at most so long": what [`Flatten::flat`] turns the nested
+/// results of `timeout(d, task)` into.
+///
+/// Compares by kind as [`TaskError`](crate::TaskError) does (panics by their message).
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed first ([`TimedOut`]).
+    TimedOut,
+    /// The task, or the task awaiting it, was cancelled.
+    Cancelled(Cancelled),
+    /// The task panicked: its [`TaskError::Panicked`](crate::TaskError::Panicked), whose
+    /// payload [`try_into_panic`](crate::TaskError::try_into_panic) gives back.
+    Panicked(crate::TaskError),
+}
+
+impl WaitError {
+    /// Whether the deadline passed first.
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, WaitError::TimedOut)
+    }
+
+    /// Whether this is a cancellation.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, WaitError::Cancelled(_))
+    }
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::TimedOut => TimedOut.fmt(f),
+            WaitError::Cancelled(c) => c.fmt(f),
+            WaitError::Panicked(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Error for WaitError {}
+
+impl From<TimedOut> for WaitError {
+    fn from(_: TimedOut) -> Self {
+        WaitError::TimedOut
+    }
+}
+
+impl From<Cancelled> for WaitError {
+    fn from(c: Cancelled) -> Self {
+        WaitError::Cancelled(c)
+    }
+}
+
+impl From<crate::TaskError> for WaitError {
+    /// A cancellation becomes [`WaitError::Cancelled`] (still escaping if let out), a panic
+    /// [`WaitError::Panicked`].
+    fn from(e: crate::TaskError) -> Self {
+        match e {
+            crate::TaskError::Cancelled(c) => WaitError::Cancelled(c),
+            panicked => WaitError::Panicked(panicked),
+        }
+    }
+}
+
+/// Flattens the nested results of awaiting a task whose body returns `Result<T, Cancelled>`
+/// (one that uses `?` on its awaits), with or without a timeout around the await, into
+/// `Result<T, WaitError>`.
+///
+/// * `timeout(d, task).await` is `Result<Result<Result<T, Cancelled>, TaskError>, TimedOut>`;
+/// * `task.await` is `Result<Result<T, Cancelled>, TaskError>`;
+/// * `timeout(d, sleep(..)).await` is `Result<Result<(), Cancelled>, TimedOut>`;
+///
+/// `.flat()` turns each into `Result<T, WaitError>`. For a task returning a plain `T`, `?`
+/// does the same through the `From` impls of [`WaitError`].
+///
+/// ```
+/// use ringloop_runtime::{sleep, spawn, timeout, Cancelled, Flatten, WaitError};
+/// use std::time::Duration;
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let quick = spawn(async { sleep(Duration::from_millis(1)).await?; Ok::<_, Cancelled>(7) });
+///     assert_eq!(timeout(Duration::from_secs(60), quick).await.flat(), Ok(7));
+///
+///     let slow = spawn(async { sleep(Duration::from_secs(60)).await?; Ok::<_, Cancelled>(7) });
+///     assert_eq!(timeout(Duration::from_millis(1), slow).await.flat(), Err(WaitError::TimedOut));
+/// });
+/// ```
+pub trait Flatten {
+    /// The value inside all the layers.
+    type Value;
+    /// The value, or the one error that stopped it.
+    fn flat(self) -> Result<Self::Value, WaitError>;
+}
+
+impl<T> Flatten for Result<T, Cancelled> {
+    type Value = T;
+    fn flat(self) -> Result<T, WaitError> {
+        self.map_err(WaitError::from)
+    }
+}
+
+impl<R: Flatten> Flatten for Result<R, crate::TaskError> {
+    type Value = R::Value;
+    fn flat(self) -> Result<R::Value, WaitError> {
+        self.map_err(WaitError::from)?.flat()
+    }
+}
+
+impl<R: Flatten> Flatten for Result<R, TimedOut> {
+    type Value = R::Value;
+    fn flat(self) -> Result<R::Value, WaitError> {
+        self.map_err(WaitError::from)?.flat()
+    }
+}
+
 /// Runs `future` for at most `delay` (asyncio's `timeout` context manager and `wait_for`).
 ///
 /// When the deadline passes, the inner work is *cancelled the asyncio way*, not just dropped: a
