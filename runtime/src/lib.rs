@@ -74,7 +74,9 @@ pub use runtime::{
 pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
 pub use task::{
-    all_tasks, current_task, spawn, spawn_named, task_tree, Cancelled, Task, TaskError, TaskId,
-    TaskRef, TaskState, TaskTree,
+    all_tasks, current_task, spawn, spawn_named, take_cancel_request_waiting, task_tree, Cancelled,
+    Task, TaskError, TaskId, TaskRef, TaskState, TaskTree,
 };
-pub use time::{sleep, sleep_until, timeout, timeout_at, wait_for, Sleep, TimedOut, Timeout};
+pub use time::{
+    sleep, sleep_until, timeout, timeout_at, wait_for, Flatten, Sleep, TimedOut, Timeout, WaitError,
+};

@@ -28,7 +28,7 @@ use slab::Slab;
 
 use crate::context;
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// The error a shared error is stored as: cloneable, so every waiter gets it.
 pub type SharedError = Arc<dyn Error + Send + Sync>;
@@ -41,6 +41,20 @@ pub enum PromiseError {
     /// The promise was failed with [`Promise::set_error`].
     Failed(SharedError),
 }
+
+/// Two cancellations are equal when their messages are; two failures when they are the same
+/// shared error (`Arc::ptr_eq`: a `dyn Error` cannot be compared by value).
+impl PartialEq for PromiseError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (PromiseError::Cancelled(a), PromiseError::Cancelled(b)) => a == b,
+            (PromiseError::Failed(a), PromiseError::Failed(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for PromiseError {}
 
 impl PromiseError {
     /// Whether this is a cancellation.
@@ -346,7 +360,7 @@ impl<T: Clone> Future for PromiseWait<'_, T> {
             self.key = None;
             return Poll::Ready(r);
         }
-        if let Some(c) = take_cancel() {
+        if let Some(c) = take_cancel_if(self.key.is_some()) {
             self.forget_waiter();
             return Poll::Ready(Err(PromiseError::Cancelled(c)));
         }

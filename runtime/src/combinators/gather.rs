@@ -6,8 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::members::Members;
+use crate::task::Cancelled;
 use crate::task::{Task, TaskError};
-use crate::time::take_cancel;
+use crate::time::{take_cancel, take_cancel_if};
 
 /// Waits for every task and returns their outputs in the order given (asyncio's `gather`).
 ///
@@ -18,8 +19,12 @@ use crate::time::take_cancel;
 /// them. The cancelled tasks end on their own, at their next await.
 ///
 /// Awaiting `gather` is a cancellation point that follows the await chain: if the awaiting task
-/// is cancelled, every gathered task is cancelled (as in asyncio) and `gather` then returns the
-/// first resulting error.
+/// is cancelled, every gathered task is cancelled (as in asyncio), and `gather` returns
+/// `Err(TaskError::Cancelled)` carrying *that* cancellation (its message) as soon as the first
+/// task ends with an error or, if every task catches its cancellation and finishes anyway,
+/// once all have finished: as asyncio's `gather` raises `CancelledError` when it was cancelled
+/// itself, the values of tasks that finished anyway are dropped, and the cancellation is never
+/// swallowed. Letting that error escape ends the awaiting task as cancelled.
 ///
 /// ```
 /// use ringloop_runtime::{gather, spawn};
@@ -35,6 +40,7 @@ pub fn gather<T>(tasks: impl IntoIterator<Item = Task<T>>) -> Gather<T> {
     Gather {
         members,
         results: (0..n).map(|_| None).collect(),
+        cancelled: None,
     }
 }
 
@@ -43,6 +49,20 @@ pub fn gather<T>(tasks: impl IntoIterator<Item = Task<T>>) -> Gather<T> {
 pub struct Gather<T> {
     members: Members<T>,
     results: Vec<Option<T>>,
+    /// The awaiting task was cancelled (and the tasks with it): what the gather returns.
+    cancelled: Option<Cancelled>,
+}
+
+/// Takes a cancel request of the awaiting task for a gather: one delivered to a concurrent
+/// branch earlier in this poll counts only if the gather was already waiting and has not taken
+/// one yet (a request it already forwarded reaches it once; a new one is still taken, so the
+/// task is never taken for one suspended on a foreign future).
+fn take_outer_cancel(was_armed: bool, already: bool) -> Option<Cancelled> {
+    if already {
+        take_cancel()
+    } else {
+        take_cancel_if(was_armed)
+    }
 }
 
 impl<T> Unpin for Gather<T> {}
@@ -52,6 +72,7 @@ impl<T> Future for Gather<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let was_armed = this.members.is_armed();
         loop {
             match this.members.poll_done(cx) {
                 Poll::Ready(Some(i)) => {
@@ -60,11 +81,17 @@ impl<T> Future for Gather<T> {
                         Ok(v) => this.results[i] = Some(v),
                         Err(e) => {
                             this.members.cancel_all(None);
-                            return Poll::Ready(Err(e));
+                            return Poll::Ready(Err(match this.cancelled.take() {
+                                Some(c) => TaskError::Cancelled(c),
+                                None => e,
+                            }));
                         }
                     }
                 }
                 Poll::Ready(None) => {
+                    if let Some(c) = this.cancelled.take() {
+                        return Poll::Ready(Err(TaskError::Cancelled(c)));
+                    }
                     let results = std::mem::take(&mut this.results);
                     return Poll::Ready(Ok(results
                         .into_iter()
@@ -72,8 +99,9 @@ impl<T> Future for Gather<T> {
                         .collect()));
                 }
                 Poll::Pending => {
-                    if let Some(c) = take_cancel() {
+                    if let Some(c) = take_outer_cancel(was_armed, this.cancelled.is_some()) {
                         this.members.cancel_all(c.message_arc());
+                        this.cancelled = Some(c);
                         continue;
                     }
                     return Poll::Pending;
@@ -116,16 +144,17 @@ pub fn gather_settled<T>(tasks: impl IntoIterator<Item = Task<T>>) -> GatherSett
 pub struct GatherSettled<T> {
     members: Members<T>,
     results: Vec<Option<Result<T, TaskError>>>,
-    cancelled: Option<crate::Cancelled>,
+    cancelled: Option<Cancelled>,
 }
 
 impl<T> Unpin for GatherSettled<T> {}
 
 impl<T> Future for GatherSettled<T> {
-    type Output = Result<Vec<Result<T, TaskError>>, crate::Cancelled>;
+    type Output = Result<Vec<Result<T, TaskError>>, Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let was_armed = this.members.is_armed();
         loop {
             match this.members.poll_done(cx) {
                 Poll::Ready(Some(i)) => {
@@ -143,7 +172,7 @@ impl<T> Future for GatherSettled<T> {
                         .collect()));
                 }
                 Poll::Pending => {
-                    if let Some(c) = take_cancel() {
+                    if let Some(c) = take_outer_cancel(was_armed, this.cancelled.is_some()) {
                         this.members.cancel_all(c.message_arc());
                         this.cancelled = Some(c);
                         continue;
@@ -162,6 +191,18 @@ pub enum GatherError<E> {
     /// A task was cancelled or panicked.
     Task(TaskError),
 }
+
+impl<E: PartialEq> PartialEq for GatherError<E> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (GatherError::Failed(a), GatherError::Failed(b)) => a == b,
+            (GatherError::Task(a), GatherError::Task(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<E: Eq> Eq for GatherError<E> {}
 
 impl<E: fmt::Debug> fmt::Debug for GatherError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -185,6 +226,10 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for GatherError<E> {}
 
 /// [`gather`] for tasks that return `Result`: the first `Err` (or panic, or cancellation)
 /// cancels the rest and is returned; otherwise every `Ok` value, in the order given.
+///
+/// If the awaiting task is cancelled, every task is cancelled and `try_gather` returns
+/// `Err(GatherError::Task(TaskError::Cancelled))` with that cancellation, even if the tasks
+/// catch theirs and finish with `Ok` anyway (see [`gather`]).
 ///
 /// ```
 /// use ringloop_runtime::{try_gather, spawn, sleep, GatherError};
@@ -218,6 +263,7 @@ impl<T, E> Future for TryGather<T, E> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut self.inner;
+        let was_armed = this.members.is_armed();
         loop {
             match this.members.poll_done(cx) {
                 Poll::Ready(Some(i)) => {
@@ -226,15 +272,26 @@ impl<T, E> Future for TryGather<T, E> {
                         Ok(Ok(v)) => this.results[i] = Some(Ok(v)),
                         Ok(Err(e)) => {
                             this.members.cancel_all(None);
-                            return Poll::Ready(Err(GatherError::Failed(e)));
+                            return Poll::Ready(Err(match this.cancelled.take() {
+                                Some(c) => GatherError::Task(TaskError::Cancelled(c)),
+                                None => GatherError::Failed(e),
+                            }));
                         }
                         Err(e) => {
                             this.members.cancel_all(None);
-                            return Poll::Ready(Err(GatherError::Task(e)));
+                            return Poll::Ready(Err(GatherError::Task(
+                                match this.cancelled.take() {
+                                    Some(c) => TaskError::Cancelled(c),
+                                    None => e,
+                                },
+                            )));
                         }
                     }
                 }
                 Poll::Ready(None) => {
+                    if let Some(c) = this.cancelled.take() {
+                        return Poll::Ready(Err(GatherError::Task(TaskError::Cancelled(c))));
+                    }
                     let results = std::mem::take(&mut this.results);
                     return Poll::Ready(Ok(results
                         .into_iter()
@@ -245,8 +302,9 @@ impl<T, E> Future for TryGather<T, E> {
                         .collect()));
                 }
                 Poll::Pending => {
-                    if let Some(c) = take_cancel() {
+                    if let Some(c) = take_outer_cancel(was_armed, this.cancelled.is_some()) {
                         this.members.cancel_all(c.message_arc());
+                        this.cancelled = Some(c);
                         continue;
                     }
                     return Poll::Pending;

@@ -11,7 +11,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::context;
 use crate::task::{panic_message, Cancelled, TaskRef};
-use crate::time::take_cancel;
+use crate::time::{take_cancel, take_cancel_if};
 
 /// One failure collected by a [`TaskGroup`].
 pub enum GroupFailure<E> {
@@ -103,6 +103,9 @@ struct State<T, E> {
     parent: Option<TaskRef>,
     /// `cancelling()` of the parent before the group cancelled the body, if it did.
     parent_requests_before: Option<u32>,
+    /// Whether a request from outside was pending on the parent when the group cancelled the
+    /// body (it is not the group's to withdraw).
+    parent_pending_before: bool,
     waker: Option<Waker>,
 }
 
@@ -116,7 +119,15 @@ struct State<T, E> {
 /// * Cancelling the task running the scope cancels the group: the body and every child are
 ///   cancelled, awaited, and the scope returns a `GroupError` whose `cancelled` is set.
 /// * A child cancelled individually from outside the group is not a failure; it just
-///   contributes no value.
+///   contributes no value. A child that lets a cancellation escape (the group's, or one from
+///   outside) ends *cancelled* ([`TaskRef::is_cancelled`], the task tree, the stats), as a
+///   plain task does.
+/// * **Dropping the scope's future** before it completes (it lost a race, or its task was
+///   aborted) cancels every child still running, since nobody can await them any more (tokio's
+///   `JoinSet` aborts its tasks on drop; here each child gets a cancel request, so it may still
+///   clean up), closes the group (a child spawned afterwards through a leftover clone is
+///   cancelled before it starts), and withdraws the cancel request the group may have made on
+///   the body, so the task's [`cancelling`](TaskRef::cancelling) count is back to what it was.
 ///
 /// Children are spawned tasks (children of the running task in [`task_tree`](crate::task_tree)).
 /// All children return `Result<T, E>`; their `Ok` values come back in spawn order.
@@ -202,8 +213,13 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
                 body_running: true,
                 parent: parent.clone(),
                 parent_requests_before: None,
+                parent_pending_before: false,
                 waker: None,
             })),
+        };
+        let mut guard = ScopeGuard {
+            group: group.clone(),
+            ended: false,
         };
         let body_result = body(group.clone()).await;
         group.state.borrow_mut().body_running = false;
@@ -232,8 +248,17 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
         };
 
         // Wait for every child; a cancellation of this task now goes to the children.
+        let mut waiting = false;
         poll_fn(|cx| {
-            if let Some(c) = take_cancel() {
+            // A request delivered to a concurrent branch in this poll counts while waiting, until
+            // one was taken; a new one (pending) is always taken.
+            let taken = if cancelled.is_none() {
+                take_cancel_if(waiting)
+            } else {
+                take_cancel()
+            };
+            waiting = true;
+            if let Some(c) = taken {
                 cancelled.get_or_insert(c);
                 group.start_cancelling();
             }
@@ -249,12 +274,13 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
         })
         .await;
 
+        guard.ended = true;
         let mut s = group.state.borrow_mut();
         s.closed = true;
-        if let (Some(before), Some(p)) = (s.parent_requests_before, &s.parent) {
+        if let Some(before) = s.parent_requests_before.take() {
             // Withdraw the cancel the group sent its body. If only that one was seen, the
             // cancellation was the group's own doing, not the caller's.
-            if p.uncancel() <= before {
+            if !withdraw_body_cancel(&s, before) {
                 cancelled = None;
             }
         }
@@ -298,12 +324,16 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
             match CatchUnwind(future).await {
                 Ok(Ok(v)) => group.state.borrow_mut().results[index] = Some(v),
                 Ok(Err(e)) => {
-                    if !cancellation_escaping() {
-                        group.fail(GroupFailure::Failed(e));
+                    if cancellation_escaping() {
+                        // The child let a cancellation escape: return it, so the child ends
+                        // cancelled (not finished) as a plain task would.
+                        return Some(e);
                     }
+                    group.fail(GroupFailure::Failed(e));
                 }
                 Err(payload) => group.fail(GroupFailure::Panicked(payload)),
             }
+            None
         });
         let child = task.as_ref().clone();
         let (closed, cancelling) = {
@@ -337,6 +367,7 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
             };
             if let Some(p) = &parent {
                 s.parent_requests_before = Some(p.cancelling());
+                s.parent_pending_before = p.ptr().header().cancel_pending();
             }
             (s.children.clone(), parent)
         };
@@ -351,6 +382,51 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
     /// How many children are still running.
     pub fn alive(&self) -> usize {
         self.state.borrow().alive
+    }
+}
+
+/// Withdraws the cancel request the group made on its body (`uncancel`), and drops it if it
+/// was never delivered and nothing came from outside. Returns whether a request from outside
+/// remains (asyncio's `uncancel() > cancelling-before`).
+fn withdraw_body_cancel<T, E>(s: &State<T, E>, before: u32) -> bool {
+    let Some(p) = &s.parent else { return false };
+    let left = p.uncancel();
+    if left > before {
+        return true;
+    }
+    if !s.parent_pending_before {
+        p.ptr().header().withdraw_pending();
+    }
+    false
+}
+
+/// Ends a group whose scope future is dropped before it completed: see "Dropping the scope's
+/// future" in the [`TaskGroup`] docs.
+struct ScopeGuard<T, E> {
+    group: TaskGroup<T, E>,
+    /// The scope ran to its end (it did this itself).
+    ended: bool,
+}
+
+impl<T, E> Drop for ScopeGuard<T, E> {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let children = {
+            let mut s = self.group.state.borrow_mut();
+            s.closed = true;
+            s.cancelling = true;
+            s.body_running = false;
+            if let Some(before) = s.parent_requests_before.take() {
+                // A request from outside stays as it is: it was never the group's.
+                withdraw_body_cancel(&s, before);
+            }
+            s.children.clone()
+        };
+        for c in children {
+            c.cancel();
+        }
     }
 }
 

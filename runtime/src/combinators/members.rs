@@ -51,6 +51,11 @@ impl<T> Members<T> {
         }
     }
 
+    /// Whether [`poll_done`](Self::poll_done) has run: the combinator is waiting on its tasks.
+    pub(crate) fn is_armed(&self) -> bool {
+        self.armed
+    }
+
     /// Tasks not yet taken out.
     pub(crate) fn remaining(&self) -> usize {
         self.tasks.iter().filter(|t| t.is_some()).count()

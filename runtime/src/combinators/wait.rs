@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::members::Members;
 use crate::task::{Cancelled, Task};
-use crate::time::{take_cancel, TimerEntry};
+use crate::time::{take_cancel_if, TimerEntry};
 
 /// When [`wait`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +98,7 @@ impl<T> Future for Wait<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let was_armed = this.members.is_armed();
         if this.members.tasks.is_empty() {
             return Poll::Ready(Ok((Vec::new(), Vec::new())));
         }
@@ -126,7 +127,7 @@ impl<T> Future for Wait<T> {
             }
             this.timer.arm(deadline, cx);
         }
-        if let Some(c) = take_cancel() {
+        if let Some(c) = take_cancel_if(was_armed) {
             this.timer.disarm();
             return Poll::Ready(Err(c));
         }
@@ -174,7 +175,10 @@ impl<T> AsCompleted<T> {
         reason = "an async next cannot be Iterator::next"
     )]
     pub fn next(&mut self) -> Next<'_, T> {
-        Next { inner: self }
+        Next {
+            inner: self,
+            waiting: false,
+        }
     }
 
     /// How many tasks have not been yielded yet.
@@ -187,19 +191,28 @@ impl<T> AsCompleted<T> {
 #[must_use = "futures do nothing unless awaited"]
 pub struct Next<'a, T> {
     inner: &'a mut AsCompleted<T>,
+    /// This `next()` returned `Pending` before.
+    waiting: bool,
 }
 
 impl<T> Future for Next<'_, T> {
     type Output = Result<Option<Task<T>>, Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let members = &mut self.inner.members;
+        let this = &mut *self;
+        let members = &mut this.inner.members;
         match members.poll_done(cx) {
             Poll::Ready(Some(i)) => Poll::Ready(Ok(members.take(i))),
             Poll::Ready(None) => Poll::Ready(Ok(None)),
-            Poll::Pending => match take_cancel() {
-                Some(c) => Poll::Ready(Err(c)),
-                None => Poll::Pending,
+            Poll::Pending => match take_cancel_if(this.waiting) {
+                Some(c) => {
+                    this.waiting = false;
+                    Poll::Ready(Err(c))
+                }
+                None => {
+                    this.waiting = true;
+                    Poll::Pending
+                }
             },
         }
     }

@@ -12,7 +12,7 @@ use super::lock::{Lock, LockAcquire, LockGuard};
 use super::semaphore::Waiter;
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::{take_cancel, take_cancel_waiting};
 
 /// A condition variable bound to a [`Lock`] it owns (asyncio's `Condition`).
 ///
@@ -271,7 +271,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     let mut w = this.cond.waiters.borrow_mut();
                     let (cancelled, notified) = if !w.is_queued(&key) {
                         (None, true)
-                    } else if let Some(c) = take_cancel() {
+                    } else if let Some(c) = take_cancel_waiting() {
                         (Some(c), false)
                     } else {
                         let old = w.set_waker(&key, cx.waker());
@@ -302,7 +302,15 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     }
                     // Not cancellable: only `Ok` or `Pending` come back. Keep waiting if not.
                     Poll::Ready(Err(_)) | Poll::Pending => {
-                        if let Some(c) = take_cancel() {
+                        // A request delivered to a concurrent branch in this poll counts if
+                        // none was taken yet; a new one (pending) is always absorbed here, so
+                        // the task is never taken for one suspended on a foreign future.
+                        let taken = if cancelled.is_none() {
+                            take_cancel_waiting()
+                        } else {
+                            take_cancel()
+                        };
+                        if let Some(c) = taken {
                             // asyncio: a cancel during re-acquisition is raised once the lock
                             // is held; the notification it pre-empts goes to the next waiter.
                             if mem::take(&mut notified) {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// A flag tasks can wait on (asyncio's `Event`).
 ///
@@ -113,7 +113,7 @@ impl Future for EventWait<'_> {
             None if st.set => return Poll::Ready(Ok(())),
             _ => {}
         }
-        if let Some(c) = take_cancel() {
+        if let Some(c) = take_cancel_if(this.key.is_some()) {
             if let Some(key) = this.key.take() {
                 st.waiters.remove(key);
             }

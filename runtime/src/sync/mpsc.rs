@@ -44,7 +44,7 @@ use std::task::{Context, Poll, Waker};
 pub use super::chan_error::{RecvError, TryRecvError};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::{take_cancel, take_cancel_if, take_cancel_waiting};
 
 /// A bounded channel holding at most `capacity` values; senders wait for room, FIFO.
 /// `capacity` 0 makes a rendezvous channel: each send waits until its value is received.
@@ -284,7 +284,7 @@ impl<T> Future for SendFuture<'_, T> {
                     None => Ok(()),
                     Some(value) => Err(SendError::Closed(value)),
                 }
-            } else if let Some(cancelled) = take_cancel() {
+            } else if let Some(cancelled) = take_cancel_waiting() {
                 let (slot, _) = st.send_waiters.remove(this.key.take().expect("checked"));
                 let value = slot.expect("a queued sender holds its value");
                 Err(SendError::Cancelled { value, cancelled })
@@ -458,7 +458,13 @@ impl<T> Future for RecvFuture<'_, T> {
         let result = match st.take(&mut wakers) {
             Some(v) => Ok(v),
             None if st.senders == 0 || st.closed => Err(RecvError::Closed),
-            None => match take_cancel() {
+            // Waiting: this task's waker is the one registered (a receive is `&mut`, so only
+            // one receive of this channel waits at a time).
+            None => match take_cancel_if(
+                st.rx_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker())),
+            ) {
                 Some(c) => Err(RecvError::Cancelled(c)),
                 None => {
                     let old = match &st.rx_waker {
@@ -471,7 +477,10 @@ impl<T> Future for RecvFuture<'_, T> {
                 }
             },
         };
+        // Resolved, so no longer waiting: a later receive starts afresh (see above).
+        let stale = st.rx_waker.take();
         drop(st);
+        drop(stale);
         wake_all(wakers);
         Poll::Ready(result)
     }

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 pub use super::chan_error::{RecvError, TryRecvError};
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// Creates a one-shot channel.
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {
@@ -198,7 +198,15 @@ impl<T> Future for Receiver<T> {
         }
         // Checked and registered under the lock: a send on another thread either came before
         // (seen above) or finds this waker.
-        if let Some(c) = take_cancel() {
+        let waiting = st
+            .rx_waker
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()));
+        if let Some(c) = take_cancel_if(waiting) {
+            // No longer waiting: a later await starts afresh (see `waiting` above).
+            let old = st.rx_waker.take();
+            drop(st);
+            drop(old);
             return Poll::Ready(Err(RecvError::Cancelled(c)));
         }
         let old = match &st.rx_waker {

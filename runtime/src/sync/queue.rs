@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use super::event::{Event, EventWait};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::{take_cancel, take_cancel_waiting};
 
 /// A FIFO queue for passing items between tasks (asyncio's `Queue`), optionally bounded.
 ///
@@ -269,7 +269,7 @@ impl<T> Future for QueuePut<'_, T> {
                 // A getter made room and moved our item into the queue.
                 st.putters.remove(this.key.take().expect("checked"));
                 Ok(())
-            } else if let Some(cancelled) = take_cancel() {
+            } else if let Some(cancelled) = take_cancel_waiting() {
                 let (item, _) = st.putters.remove(this.key.take().expect("checked"));
                 let item = item.expect("a queued putter holds its item");
                 Err(PutCancelled { item, cancelled })
@@ -336,7 +336,7 @@ impl<T> Future for QueueGet<'_, T> {
                 let (slot, _) = st.getters.remove(this.key.take().expect("checked"));
                 Ok(slot.expect("a dequeued getter was handed an item"))
             }
-            Some(key) => match take_cancel() {
+            Some(key) => match take_cancel_waiting() {
                 Some(c) => {
                     st.getters.remove(this.key.take().expect("checked"));
                     Err(c)

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// A counter of permits that tasks acquire and release (asyncio's `Semaphore`): the usual way
 /// to cap concurrency, e.g. at most 10 queries in flight.
@@ -201,7 +201,7 @@ impl Waiter {
             None => {}
         }
         if cancellable {
-            if let Some(c) = take_cancel() {
+            if let Some(c) = take_cancel_if(self.key.is_some()) {
                 if let Some(key) = self.key.take() {
                     st.waiters.remove(key);
                 }

@@ -121,11 +121,14 @@ impl fmt::Display for Cancelled {
 
 impl Error for Cancelled {}
 
+/// Two cancellations are equal when their messages are.
 impl PartialEq for Cancelled {
     fn eq(&self, other: &Self) -> bool {
         self.message == other.message
     }
 }
+
+impl Eq for Cancelled {}
 
 impl From<Cancelled> for io::Error {
     /// An [`io::Error`] of kind [`Other`](io::ErrorKind::Other) that carries the `Cancelled`

@@ -67,6 +67,11 @@ const RUNNING: u8 = 1 << 4;
 /// The main future of `block_on`: its output is handed back as is (no escape check), and it is
 /// never dropped by a cancel fallback or an abort, because `block_on` must return its output.
 const MAIN: u8 = 1 << 5;
+/// A cancel request was delivered during the current poll of the task. Every runtime future
+/// that was already waiting before that delivery and is polled later in the same task poll (a
+/// concurrent branch of a hand-written join, say) resolves to `Cancelled` too; cleared when the
+/// poll ends. See "Concurrent branches" in the `task` module docs.
+const DELIVERED: u8 = 1 << 6;
 
 /// How a task ended (owner thread only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,23 +233,62 @@ impl Header {
         self.cancel_requests.get()
     }
 
-    /// asyncio's `uncancel()`: one request fewer; when none is left, a pending one is dropped.
+    /// asyncio's `uncancel()`: one request fewer; when none is left, a pending one is dropped,
+    /// and so is a delivery still reaching the other branches of this poll.
     pub(crate) fn uncancel(&self) -> u32 {
         let n = self.cancel_requests.get().saturating_sub(1);
         self.cancel_requests.set(n);
         if n == 0 {
-            self.clear(CANCEL_PENDING);
+            self.clear(CANCEL_PENDING | DELIVERED);
         }
         n
     }
 
+    /// Drops a request that is pending but not delivered, without touching the count: a scope
+    /// whose own request was never taken withdraws it this way.
+    pub(crate) fn withdraw_pending(&self) {
+        self.clear(CANCEL_PENDING);
+    }
+
+    /// Whether a request was delivered earlier in the current poll (see [`DELIVERED`]).
+    pub(crate) fn delivered_this_poll(&self) -> bool {
+        self.has(DELIVERED)
+    }
+
+    /// Sets or clears the delivered-this-poll mark: a scope (`timeout`) restores it once its
+    /// own scoped request has reached the inner future, so that the scope's request never
+    /// reaches the futures beside it.
+    pub(crate) fn set_delivered_this_poll(&self, on: bool) {
+        if on {
+            self.set(DELIVERED);
+        } else {
+            self.clear(DELIVERED);
+        }
+    }
+
     /// Takes the pending cancel request, if any, as the error the current await resolves to.
+    /// For a future that starts waiting now (its first poll, or one after it was resolved): a
+    /// request delivered earlier in this poll is not for it.
     pub(crate) fn take_cancel(&self) -> Option<Cancelled> {
         if !self.has(CANCEL_PENDING) {
             return None;
         }
         self.clear(CANCEL_PENDING);
+        self.set(DELIVERED);
         Some(self.deliver(self.cancel_message()))
+    }
+
+    /// Like [`take_cancel`](Self::take_cancel), for a future that was already waiting when
+    /// polled: it also resolves to `Cancelled` when a request was delivered to another future
+    /// earlier in this same task poll, so every concurrent branch of the task sees the request.
+    pub(crate) fn take_cancel_waiting(&self) -> Option<Cancelled> {
+        if self.has(CANCEL_PENDING) {
+            return self.take_cancel();
+        }
+        if self.has(DELIVERED) {
+            return Some(self.deliver(self.cancel_message()));
+        }
+        None
     }
 
     /// Makes a `Cancelled` bound to this task: while it lives, the task counts as "letting a
@@ -494,6 +538,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
             return;
         }
         h.set(STARTED | RUNNING);
+        h.clear(DELIVERED);
         let _current = context::set_current(me);
         // The waker borrows this poll's reference instead of taking a count of its own: it is
         // never dropped (ManuallyDrop), and `clone` takes a real count.
@@ -512,7 +557,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
                 _ => Poll::Pending,
             }
         }));
-        h.clear(RUNNING);
+        h.clear(RUNNING | DELIVERED);
         core.count_poll();
         match result {
             Ok(Poll::Ready(output)) => {
@@ -535,7 +580,11 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
             }
             Err(payload) => {
                 self.set_stage(core, me, Stage::Consumed);
-                core.report_panic(Some(me), "a task panicked", &*payload);
+                // The main future's panic is resumed by `block_on` itself: reporting it to the
+                // exception handler as well would show it twice.
+                if !h.has(MAIN) {
+                    core.report_panic(Some(me), "a task panicked", &*payload);
+                }
                 h.with_extras(|e| e.panic = Some(payload));
                 self.finish(me, core, Outcome::Panicked);
             }

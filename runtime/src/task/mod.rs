@@ -20,6 +20,32 @@
 //! * Dropping a [`Task`] handle detaches the task: it runs on (asyncio's tasks run whether or not
 //!   anyone holds them). [`Task::abort`] is the hard cancel: the future is dropped at the next
 //!   scheduling point without being polled again.
+//!
+//! ## Concurrent branches of one task
+//!
+//! An asyncio task is suspended at exactly one await; a Rust task may poll several runtime
+//! futures in one poll (a hand-written join, `futures::join!`, a select). A request is
+//! therefore delivered to **every runtime future that was already waiting** and is polled in
+//! the task poll in which the request is taken, not only to the first one:
+//!
+//! * the first runtime future that checks takes the request (as before) and resolves to
+//!   `Err(Cancelled)`;
+//! * later in the same task poll, every other runtime future that was *already waiting* (it
+//!   returned `Pending` before and has not resolved since: a registered sleep, lock, queue get,
+//!   awaited [`Task`], ...) resolves to `Err(Cancelled)` as well; an awaited task gets the
+//!   request forwarded, once;
+//! * a future that *starts* waiting after the delivery (cleanup code in a branch that caught
+//!   its `Cancelled`) is not hit: cleanup can still await;
+//! * the delivery ends with the task poll, and [`TaskRef::uncancel`] down to zero withdraws it
+//!   for the rest of the poll too. A [`timeout`](crate::timeout)'s own scoped request reaches
+//!   only the futures inside it, never the branches beside it.
+//!
+//! So `timeout(d, join(sleep(a), sleep(b)))` ends with `TimedOut`, and a task awaiting a join of
+//! two sleeps sees `Cancelled` in both branches when it is cancelled. A combinator that polls
+//! only the branches that were woken (as `FuturesUnordered` does) polls none of them on a cancel
+//! and falls under the foreign-future rule instead: it is dropped. A custom future built on
+//! [`take_cancel_request`](crate::take_cancel_request) sees the request only when it is the
+//! first to check; use [`take_cancel_request_waiting`] in a future that is already waiting.
 
 mod cancel;
 pub(crate) mod cell;
@@ -181,6 +207,23 @@ impl fmt::Display for TaskError {
 
 impl std::error::Error for TaskError {}
 
+/// Compares by kind: two cancellations are equal when their messages are; two panics are equal
+/// when their messages are (any two panics with non-string payloads are equal: a payload is a
+/// `Box<dyn Any>` and cannot be compared itself). Meant for tests and `assert_eq!`.
+impl PartialEq for TaskError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TaskError::Cancelled(a), TaskError::Cancelled(b)) => a == b,
+            (TaskError::Panicked(a), TaskError::Panicked(b)) => {
+                panic_message(&**a) == panic_message(&**b)
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TaskError {}
+
 impl From<Cancelled> for TaskError {
     fn from(c: Cancelled) -> Self {
         TaskError::Cancelled(c)
@@ -341,6 +384,8 @@ impl fmt::Debug for TaskRef {
 pub struct Task<T> {
     raw: Arc<dyn TaskJoin<T>>,
     task: TaskRef,
+    /// Where an await on this handle stands (see "Concurrent branches" in the module docs).
+    waiting: Waiting,
     _not_send: PhantomData<*const ()>,
 }
 
@@ -349,6 +394,7 @@ impl<T> Task<T> {
         Task {
             raw,
             task: TaskRef::new(ptr),
+            waiting: Waiting::No,
             _not_send: PhantomData,
         }
     }
@@ -424,27 +470,50 @@ impl<T> Task<T> {
     }
 }
 
+/// Where an await on a [`Task`] handle stands, for cancel delivery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Not waiting: the next poll is the first of a new await.
+    No,
+    /// Waiting on the task since an earlier poll.
+    Yes,
+    /// Waiting, and a cancel request of the awaiting task was already forwarded.
+    Forwarded,
+}
+
 impl<T> Future for Task<T> {
     type Output = Result<T, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(result) = self.try_result() {
+            self.waiting = Waiting::No;
             return Poll::Ready(result);
         }
-        let target = self.task.ptr.header();
-        if target.is_done() {
+        if self.task.ptr.header().is_done() {
             panic!("Task polled after its result was taken");
         }
         // Cancellation follows the await chain: a request on the awaiting task is consumed here
         // and forwarded to the awaited one; its outcome then decides what this await yields.
+        let waiting = self.waiting;
         let forward = context::with_current(|cur| match cur {
-            Some(cur) if !Arc::ptr_eq(cur, &self.task.ptr) => cur.header().take_cancel(),
+            Some(cur) if !Arc::ptr_eq(cur, &self.task.ptr) => {
+                let h = cur.header();
+                match waiting {
+                    Waiting::Yes => h.take_cancel_waiting(),
+                    // A request already forwarded reaches the awaited task once; only a new
+                    // one (pending) is forwarded again.
+                    Waiting::No | Waiting::Forwarded => h.take_cancel(),
+                }
+            }
             _ => None,
         });
         if let Some(c) = forward {
             self.task.cancel_inner(c.message_arc());
+            self.waiting = Waiting::Forwarded;
+        } else if self.waiting == Waiting::No {
+            self.waiting = Waiting::Yes;
         }
-        target.set_join_waker(cx.waker());
+        self.task.ptr.header().set_join_waker(cx.waker());
         Poll::Pending
     }
 }
@@ -495,6 +564,16 @@ where
 {
     let name = name.into();
     context::with_core(|core| core.spawn(future, Some(name)))
+}
+
+/// Like [`take_cancel_request`](crate::take_cancel_request), for a custom future that is
+/// already waiting (it returned `Pending` before and has not resolved since): it also resolves
+/// to `Cancelled` when the request was delivered to another future earlier in this task poll,
+/// so every concurrent branch of the task sees it (see the [module docs](self)). A future that
+/// starts waiting now must use `take_cancel_request`, so cleanup code can still await. Returns
+/// `None` outside a task.
+pub fn take_cancel_request_waiting() -> Option<Cancelled> {
+    crate::time::take_cancel_waiting()
 }
 
 /// The task being polled right now, or `None` in a callback.

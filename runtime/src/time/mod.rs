@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::context;
-use crate::task::Cancelled;
+use crate::task::{Cancelled, TaskId};
 use heap::TimerKey;
 
 /// A registration on the timer heap that wakes the polling task at `deadline`.
@@ -54,9 +54,27 @@ impl Drop for TimerEntry {
     }
 }
 
-/// Takes the current task's pending cancel request, if there is one.
+/// Takes the current task's pending cancel request, if there is one: for a runtime future that
+/// starts waiting now (it has not registered anywhere yet).
 pub(crate) fn take_cancel() -> Option<Cancelled> {
     context::with_current(|t| t.and_then(|t| t.header().take_cancel()))
+}
+
+/// Like [`take_cancel`], for a runtime future that was already waiting (registered with a
+/// timer, a waiter list, a task) when polled: it also resolves to `Cancelled` when the request
+/// was delivered to another future earlier in this task poll, so every concurrent branch of the
+/// task sees it (see "Concurrent branches" in the [`task`](crate::task) module docs).
+pub(crate) fn take_cancel_waiting() -> Option<Cancelled> {
+    context::with_current(|t| t.and_then(|t| t.header().take_cancel_waiting()))
+}
+
+/// [`take_cancel_waiting`] when `waiting`, else [`take_cancel`].
+pub(crate) fn take_cancel_if(waiting: bool) -> Option<Cancelled> {
+    if waiting {
+        take_cancel_waiting()
+    } else {
+        take_cancel()
+    }
 }
 
 /// Waits until `duration` has passed (asyncio's `sleep`); a cancellation point.
@@ -123,7 +141,7 @@ impl Future for Sleep {
             self.timer.disarm();
             return Poll::Ready(Ok(()));
         }
-        if let Some(c) = take_cancel() {
+        if let Some(c) = take_cancel_if(waiting) {
             self.timer.disarm();
             return Poll::Ready(Err(c));
         }
@@ -162,6 +180,119 @@ impl Error for TimedOut {}
 impl From<TimedOut> for std::io::Error {
     fn from(_: TimedOut) -> Self {
         std::io::Error::from(std::io::ErrorKind::TimedOut)
+    }
+}
+
+/// One error for "await this, for at most so long": what [`Flatten::flat`] turns the nested
+/// results of `timeout(d, task)` into.
+///
+/// Compares by kind as [`TaskError`](crate::TaskError) does (panics by their message).
+#[derive(Debug, PartialEq, Eq)]
+pub enum WaitError {
+    /// The deadline passed first ([`TimedOut`]).
+    TimedOut,
+    /// The task, or the task awaiting it, was cancelled.
+    Cancelled(Cancelled),
+    /// The task panicked: its [`TaskError::Panicked`](crate::TaskError::Panicked), whose
+    /// payload [`try_into_panic`](crate::TaskError::try_into_panic) gives back.
+    Panicked(crate::TaskError),
+}
+
+impl WaitError {
+    /// Whether the deadline passed first.
+    pub fn is_timed_out(&self) -> bool {
+        matches!(self, WaitError::TimedOut)
+    }
+
+    /// Whether this is a cancellation.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, WaitError::Cancelled(_))
+    }
+}
+
+impl fmt::Display for WaitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WaitError::TimedOut => TimedOut.fmt(f),
+            WaitError::Cancelled(c) => c.fmt(f),
+            WaitError::Panicked(e) => e.fmt(f),
+        }
+    }
+}
+
+impl Error for WaitError {}
+
+impl From<TimedOut> for WaitError {
+    fn from(_: TimedOut) -> Self {
+        WaitError::TimedOut
+    }
+}
+
+impl From<Cancelled> for WaitError {
+    fn from(c: Cancelled) -> Self {
+        WaitError::Cancelled(c)
+    }
+}
+
+impl From<crate::TaskError> for WaitError {
+    /// A cancellation becomes [`WaitError::Cancelled`] (still escaping if let out), a panic
+    /// [`WaitError::Panicked`].
+    fn from(e: crate::TaskError) -> Self {
+        match e {
+            crate::TaskError::Cancelled(c) => WaitError::Cancelled(c),
+            panicked => WaitError::Panicked(panicked),
+        }
+    }
+}
+
+/// Flattens the nested results of awaiting a task whose body returns `Result<T, Cancelled>`
+/// (one that uses `?` on its awaits), with or without a timeout around the await, into
+/// `Result<T, WaitError>`.
+///
+/// * `timeout(d, task).await` is `Result<Result<Result<T, Cancelled>, TaskError>, TimedOut>`;
+/// * `task.await` is `Result<Result<T, Cancelled>, TaskError>`;
+/// * `timeout(d, sleep(..)).await` is `Result<Result<(), Cancelled>, TimedOut>`;
+///
+/// `.flat()` turns each into `Result<T, WaitError>`. For a task returning a plain `T`, `?`
+/// does the same through the `From` impls of [`WaitError`].
+///
+/// ```
+/// use ringloop_runtime::{sleep, spawn, timeout, Cancelled, Flatten, WaitError};
+/// use std::time::Duration;
+///
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let quick = spawn(async { sleep(Duration::from_millis(1)).await?; Ok::<_, Cancelled>(7) });
+///     assert_eq!(timeout(Duration::from_secs(60), quick).await.flat(), Ok(7));
+///
+///     let slow = spawn(async { sleep(Duration::from_secs(60)).await?; Ok::<_, Cancelled>(7) });
+///     assert_eq!(timeout(Duration::from_millis(1), slow).await.flat(), Err(WaitError::TimedOut));
+/// });
+/// ```
+pub trait Flatten {
+    /// The value inside all the layers.
+    type Value;
+    /// The value, or the one error that stopped it.
+    fn flat(self) -> Result<Self::Value, WaitError>;
+}
+
+impl<T> Flatten for Result<T, Cancelled> {
+    type Value = T;
+    fn flat(self) -> Result<T, WaitError> {
+        self.map_err(WaitError::from)
+    }
+}
+
+impl<R: Flatten> Flatten for Result<R, crate::TaskError> {
+    type Value = R::Value;
+    fn flat(self) -> Result<R::Value, WaitError> {
+        self.map_err(WaitError::from)?.flat()
+    }
+}
+
+impl<R: Flatten> Flatten for Result<R, TimedOut> {
+    type Value = R::Value;
+    fn flat(self) -> Result<R::Value, WaitError> {
+        self.map_err(WaitError::from)?.flat()
     }
 }
 
@@ -219,6 +350,10 @@ enum Phase {
 }
 
 /// The future of [`timeout`], [`timeout_at`] and [`wait_for`].
+///
+/// Dropping it while the inner future is still unwinding from the deadline's cancel ends the
+/// scope all the same: the task's [`cancelling`](crate::TaskRef::cancelling) count is back to
+/// what it was, and the scoped request is never delivered to a later, unrelated await.
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct Timeout<F> {
@@ -231,8 +366,7 @@ pub struct Timeout<F> {
 impl<F> Timeout<F> {
     fn project(self: Pin<&mut Self>) -> (Pin<&mut F>, &mut Instant, &mut TimerEntry, &mut Phase) {
         // SAFETY: `future` is structurally pinned (never moved out; dropped in place with
-        // `Self`); the other fields are not pinned and `Timeout` has no `Drop` of its own that
-        // could move `future`.
+        // `Self`); the other fields are not pinned, and `Timeout`'s `Drop` touches only `phase`.
         unsafe {
             let this = self.get_unchecked_mut();
             (
@@ -245,23 +379,41 @@ impl<F> Timeout<F> {
     }
 }
 
+impl<F> Drop for Timeout<F> {
+    fn drop(&mut self) {
+        // Dropped while the inner future unwinds from our scoped cancel: undo the scope once
+        // (the phase is left `Done`), as `settle_after_timeout` would have.
+        if let Phase::Unwinding { scope } = std::mem::replace(&mut self.phase, Phase::Done) {
+            end_scope(&scope);
+        }
+    }
+}
+
 /// The task's state when a timeout delivered its scoped request.
 #[derive(Clone, Copy, Debug)]
 struct Scope {
+    /// The task the request was made on (a scope ends only on that task).
+    task: TaskId,
     /// `cancelling()` before our request: more left at the end means an outside cancel came in.
     requests_before: u32,
     /// Delivered `Cancelled` values alive before our request. Why not just `escaped()`: the task
     /// may already hold one from an earlier cancellation it caught (a cleanup path that keeps it
     /// to return later), and that one must not turn the inner work's value into `TimedOut`.
     live_before: usize,
+    /// Whether a request had been delivered earlier in the poll our request was made in; put
+    /// back once the inner future has seen our request, so that it does not reach the futures
+    /// beside this timeout (concurrent branches of the same task).
+    delivered_before: bool,
+    /// Whether a request from outside was already pending (undelivered) when ours was made: it
+    /// is not ours to withdraw.
+    pending_before: bool,
 }
 
 /// The inner future finished after the deadline passed. As asyncio's `timeout()` decides: if it
 /// let the cancellation escape (its output holds a delivered `Cancelled`), that is the timeout,
 /// and the output is dropped; if it caught the cancellation and returned a value anyway, the value
 /// is kept, so an item taken from a queue in that race is never lost.
-fn settle_after_timeout<T>(output: T, scope: Scope) -> Result<T, TimedOut> {
-    let requests_before = scope.requests_before;
+fn settle_after_timeout<T>(output: T, scope: &Scope) -> Result<T, TimedOut> {
     let escaped =
         context::with_current(|t| t.is_some_and(|t| t.header().live_cancels() > scope.live_before));
     let result = if escaped {
@@ -270,19 +422,35 @@ fn settle_after_timeout<T>(output: T, scope: Scope) -> Result<T, TimedOut> {
     } else {
         Ok(output)
     };
-    end_scope(requests_before);
+    end_scope(scope);
     result
 }
 
-/// Withdraws the scoped request; re-posts it if the task was also cancelled from outside.
-fn end_scope(requests_before: u32) {
+/// Withdraws the scoped request; re-posts a request if the task was also cancelled from
+/// outside, and otherwise drops our own if it was never delivered. Does nothing unless the
+/// scope's task is the current one (a scope is only ever ended on it).
+fn end_scope(scope: &Scope) {
     context::with_current(|t| {
-        if let Some(t) = t {
-            let h = t.header();
-            let left = h.uncancel();
-            if left > requests_before {
-                h.repost_cancel();
-            }
+        let Some(t) = t else { return };
+        let h = t.header();
+        if h.id != scope.task {
+            return;
+        }
+        let left = h.uncancel();
+        if left > scope.requests_before {
+            h.repost_cancel();
+        } else if !scope.pending_before {
+            h.withdraw_pending();
+        }
+    });
+}
+
+/// Puts back the delivered-this-poll mark the task had before our scoped request (see
+/// [`Scope::delivered_before`]).
+fn restore_delivered(scope: &Scope) {
+    context::with_current(|t| {
+        if let Some(t) = t.filter(|t| t.header().id == scope.task) {
+            t.header().set_delivered_this_poll(scope.delivered_before);
         }
     });
 }
@@ -292,12 +460,13 @@ impl<F: Future> Future for Timeout<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let (mut future, deadline, timer, phase) = self.project();
-        match *phase {
+        match phase {
             Phase::Done => panic!("Timeout polled after completion"),
             Phase::Unwinding { scope } => {
                 if let Poll::Ready(v) = future.as_mut().poll(cx) {
+                    let scope = *scope;
                     *phase = Phase::Done;
-                    return Poll::Ready(settle_after_timeout(v, scope));
+                    return Poll::Ready(settle_after_timeout(v, &scope));
                 }
                 return Poll::Pending;
             }
@@ -318,8 +487,11 @@ impl<F: Future> Future for Timeout<F> {
             t.map(|t| {
                 let h = t.header();
                 let scope = Scope {
+                    task: h.id,
                     requests_before: h.cancelling(),
                     live_before: h.live_cancels(),
+                    delivered_before: h.delivered_this_poll(),
+                    pending_before: h.cancel_pending(),
                 };
                 h.request_cancel(None);
                 scope
@@ -329,16 +501,18 @@ impl<F: Future> Future for Timeout<F> {
             *phase = Phase::Done;
             return Poll::Ready(Err(TimedOut));
         };
-        if let Poll::Ready(v) = future.as_mut().poll(cx) {
+        let polled = future.as_mut().poll(cx);
+        restore_delivered(&scope);
+        if let Poll::Ready(v) = polled {
             *phase = Phase::Done;
-            return Poll::Ready(settle_after_timeout(v, scope));
+            return Poll::Ready(settle_after_timeout(v, &scope));
         }
         let unobserved = context::with_current(|t| t.is_some_and(|t| t.header().cancel_pending()));
         if unobserved {
             // The inner future could not see the request (a foreign future): it is dropped
             // with `self`.
             *phase = Phase::Done;
-            end_scope(scope.requests_before);
+            end_scope(&scope);
             return Poll::Ready(Err(TimedOut));
         }
         *phase = Phase::Unwinding { scope };
