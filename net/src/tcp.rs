@@ -10,7 +10,8 @@ use std::task::Poll;
 
 use io_uring::opcode;
 use ringloop_runtime::{
-    current_backend, sleep, take_cancel_request, Backend, Multishot, MultishotKind, SharedFd,
+    current_backend, sleep, take_cancel_request_waiting, Backend, Multishot, MultishotKind,
+    SharedFd,
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -236,7 +237,8 @@ impl Incoming<'_> {
                 unsafe { self.multishot.arm(sqe, &self.listener.fd)? };
             }
             let next = poll_fn(|cx| match self.multishot.poll_next(cx) {
-                Poll::Pending => match take_cancel_request() {
+                // The multishot is armed: this await was already waiting.
+                Poll::Pending => match take_cancel_request_waiting() {
                     Some(c) => Poll::Ready(Err(c)),
                     None => Poll::Pending,
                 },

@@ -315,3 +315,74 @@ fn runtime_is_reusable_after_the_soundness_tests() {
     let rt = Runtime::new().unwrap();
     assert_eq!(rt.block_on(async { 1 + 1 }), 2);
 }
+
+/// Polls two futures in one task until both are done (what `join!` does).
+async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let (mut a, mut b) = (Box::pin(a), Box::pin(b));
+    let (mut ra, mut rb) = (None, None);
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() {
+            Poll::Ready((ra.take().unwrap(), rb.take().unwrap()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+both_backends! {
+    /// A cancellation reaches every branch of a task that awaits several things at once: a
+    /// `timeout` around a join of a sleep and a receive that never completes ends, and the
+    /// receive is cancelled in the kernel (nothing left in flight).
+    async fn a_timeout_around_a_join_of_a_sleep_and_a_receive_ends() {
+        let (ours, _peer) = StdUnixStream::pair().unwrap();
+        let stream = UnixStream::from_std(ours).unwrap();
+        let joined = join2(
+            ringloop_runtime::sleep(Duration::from_secs(3600)),
+            stream.read(vec![0u8; 8]),
+        );
+        let r = timeout(Duration::from_millis(5), joined).await;
+        assert!(r.is_err(), "the join outlived its timeout");
+        assert!(until(|| current_stats().ops_in_flight == 0).await);
+    }
+}
+
+both_backends! {
+    /// A second cancel request while the first one's `ASYNC_CANCEL` is in flight is taken by
+    /// the op too: the task sees its `Cancelled` at the op and decides, rather than being
+    /// dropped as if it awaited a foreign future. (Whether the task is polled again before the
+    /// cancel's completion is reaped is up to the kernel, so this pins the behaviour rather
+    /// than reproducing every interleaving.)
+    async fn a_second_cancel_while_an_op_is_being_cancelled_is_seen_not_dropped() {
+        let (ours, _peer) = StdUnixStream::pair().unwrap();
+        let task = spawn(async move {
+            let stream = UnixStream::from_std(ours).unwrap();
+            let me = ringloop_runtime::current_task().unwrap();
+            let mut read = Box::pin(stream.read(vec![0u8; 8]));
+            assert!(poll_once(&mut read).await.is_pending());
+            me.cancel();
+            // Takes the request: io_uring sends ASYNC_CANCEL (epoll resolves at once).
+            if let Poll::Ready((r, _)) = poll_once(&mut read).await {
+                assert!(ringloop_runtime::is_cancelled(&r.unwrap_err()));
+                return "cancelled at once";
+            }
+            me.cancel();
+            assert!(poll_once(&mut read).await.is_pending());
+            let (r, _) = read.await;
+            assert!(ringloop_runtime::is_cancelled(&r.unwrap_err()));
+            "saw the cancel and decided"
+        });
+        let outcome = task.await.expect("the task was dropped instead of seeing its Cancelled");
+        assert!(outcome.starts_with("saw") || outcome.starts_with("cancelled"));
+    }
+}

@@ -60,7 +60,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::task::TaskError;
-use crate::time::take_cancel;
+use crate::time::take_cancel_if;
 
 /// Threads of the process-wide pool unless [`set_max_blocking_threads`] says otherwise.
 pub const DEFAULT_MAX_THREADS: usize = 64;
@@ -533,7 +533,9 @@ impl<T> Future for BlockingTask<T> {
         }
         // Checked under the slot's lock, so the job either sees `detached` and drops its value,
         // or has not delivered yet and will find the waker below.
-        if let Some(c) = take_cancel() {
+        // Waiting already (a waker registered): a request delivered to another branch of the
+        // task in this poll reaches this one too.
+        if let Some(c) = take_cancel_if(s.waker.is_some()) {
             s.detached = true;
             let waker = s.waker.take();
             drop(s);

@@ -29,7 +29,7 @@ use super::handle::{shut_down, Deferred, DriverHandle};
 use super::{Backend, OpKey};
 use crate::context;
 use crate::task::Cancelled;
-use crate::time::take_cancel;
+use crate::time::{take_cancel, take_cancel_if, take_cancel_waiting};
 
 /// Which readiness an op waits for on the epoll backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -255,10 +255,17 @@ impl<T: OpKind> Op<T> {
         let polled = driver.try_with(|d| match d.uring_take(key, cx.waker()) {
             Some(done) => Some(done),
             None => {
-                if let Some(c) = take_cancel() {
-                    // A second request while the first one's ASYNC_CANCEL is in flight is
-                    // taken too (it would otherwise look unseen, as if the task awaited a
-                    // foreign future); one request stands for both, as in asyncio.
+                // An op in flight was already waiting: it also sees a request delivered to
+                // another branch of the task in this poll. Once it holds a delivery, it takes
+                // only new requests: a second one while the first one's ASYNC_CANCEL is in
+                // flight is taken too (it would otherwise look unseen, as if the task awaited
+                // a foreign future); one request stands for both, as in asyncio.
+                let taken = if cancel.is_none() {
+                    take_cancel_waiting()
+                } else {
+                    take_cancel()
+                };
+                if let Some(c) = taken {
                     if cancel.is_none() {
                         d.uring_cancel(key);
                     }
@@ -308,7 +315,8 @@ impl<T: OpKind> Op<T> {
         let result = data.attempt();
         match result {
             Err(e) if is_would_block(&e) => {
-                let cancel = take_cancel();
+                // A registered waiter was already waiting (see `take_cancel_waiting`).
+                let cancel = take_cancel_if(waiter.is_some());
                 let (fd, interest) = data.readiness();
                 let registered = driver.try_with(|d| {
                     d.count_attempt();
