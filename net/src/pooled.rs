@@ -8,12 +8,30 @@
 //!
 //! * Cancelling a task waiting in [`recv`](PooledReceiver::recv) loses nothing: the multishot
 //!   belongs to the receiver, and data that arrived meanwhile waits in its queue.
-//! * Once `cap` chunks wait unread (default 16), the receive is stopped and the peer is
-//!   back-pressured by TCP, never buffered without bound. On io_uring the kernel sees the stop
-//!   at the next loop iteration, so a little more can land first: with receive bundles (below)
-//!   at most one more bundle, `2 * cap + 1` chunks in all; with plain multishot receives the
-//!   kernel's retry loop (up to 32 receives per pass while the socket has data) can add a few
-//!   dozen.
+//! * **Budget.** The pool is shared, so a connection may hold at most its budget of buffers,
+//!   queued and lent together: its cap (default [`DEFAULT_RECV_CAP`]), at most
+//!   `1 / POOL_SHARE` of the pool ([`recv_budget`]). A receive is armed with room for what
+//!   the connection does not hold yet (at least one buffer), and stopped once that many
+//!   chunks wait unread: the peer is back-pressured by TCP, never buffered without bound,
+//!   and a few connections whose handlers stop reading cannot take the whole pool. On
+//!   io_uring the kernel sees the stop at the next loop iteration, so a little more can land
+//!   first: with receive bundles (below) each bundle is limited to half the room, so the two
+//!   that can land stay within the budget (plus one buffer); with plain multishot receives
+//!   the kernel's retry loop (up to 32 receives per pass while the socket has data) can add a
+//!   few dozen, whatever the budget. A handler that keeps calling `recv` while holding
+//!   every chunk it got is still served, one buffer at a time.
+//! * **Turns.** When the pool runs dry, receivers queue for buffers, first come first
+//!   served, and a returning buffer gives the oldest waiter a *turn*. A turn lasts until the
+//!   receiver's next poll: it takes a buffer (epoll) or arms a receive that takes one when
+//!   data comes (io_uring), and either way the turn is used up, so no idle connection keeps
+//!   one. A receive that then finds the pool empty queues again, at the front. Dropping a
+//!   `recv` future that waits in the queue (a cancel, a timeout, a `select`) leaves the
+//!   queue; [`try_recv`](PooledReceiver::try_recv) never queues.
+//! * **Dropping a receiver** loses nothing: the chunks it had queued and its receive (stopped,
+//!   still bringing what the kernel took before the stop) go back to the stream, and the
+//!   stream's next `read` (or its next receiver) returns them first, in order. A stream has
+//!   one live receiver at a time: a second one made while the first lives gets
+//!   `ResourceBusy` from every receive.
 //! * When the pool runs dry (`ENOBUFS`), the receive is re-armed as soon as buffers come back;
 //!   no data is lost (it waits in the socket).
 //! * On kernels before 6.10 (no receive bundles), and with
