@@ -24,6 +24,23 @@
 
 /// `AsSharedFd` and `AsRawFd` for a socket type whose descriptor is its `fd: SharedFd` field.
 macro_rules! socket_fd_impls {
+    ($ty:ty, $rx:ident) => {
+        impl $crate::socket::AsSharedFd for $ty {
+            fn as_shared_fd(&self) -> &ringloop_runtime::SharedFd {
+                &self.fd
+            }
+
+            fn recv_slot(&self) -> Option<&$crate::pooled::RecvSlot> {
+                Some(&self.$rx)
+            }
+        }
+
+        impl std::os::fd::AsRawFd for $ty {
+            fn as_raw_fd(&self) -> std::os::fd::RawFd {
+                self.fd.raw()
+            }
+        }
+    };
     ($ty:ty) => {
         impl $crate::socket::AsSharedFd for $ty {
             fn as_shared_fd(&self) -> &ringloop_runtime::SharedFd {
@@ -66,6 +83,7 @@ macro_rules! split_halves {
         #[derive(Debug)]
         pub struct OwnedReadHalf {
             fd: ringloop_runtime::SharedFd,
+            rx: $crate::pooled::RecvSlot,
         }
 
         impl OwnedReadHalf {
@@ -76,21 +94,21 @@ macro_rules! split_halves {
 
             #[doc = concat!("See [`", stringify!($stream), "::read_exact`].")]
             pub async fn read_exact<B: $crate::IoBufMut>(&self, buf: B) -> (std::io::Result<()>, B) {
-                $crate::tcp::read_exact(&self.fd, buf).await
+                $crate::tcp::read_exact(self, buf).await
             }
 
             #[doc = concat!("See [`", stringify!($stream), "::pooled_receiver`].")]
             pub fn pooled_receiver(&self) -> $crate::PooledReceiver {
-                $crate::PooledReceiver::new(self.fd.clone(), $crate::DEFAULT_RECV_CAP)
+                self.rx.receiver(&self.fd, $crate::DEFAULT_RECV_CAP)
             }
 
             #[doc = concat!("See [`", stringify!($stream), "::pooled_receiver_with_cap`].")]
             pub fn pooled_receiver_with_cap(&self, cap: usize) -> $crate::PooledReceiver {
-                $crate::PooledReceiver::new(self.fd.clone(), cap)
+                self.rx.receiver(&self.fd, cap)
             }
         }
 
-        socket_fd_impls!(OwnedReadHalf);
+        socket_fd_impls!(OwnedReadHalf, rx);
 
         #[doc = concat!("The write half of a [`", stringify!($stream), "`] (from [`",
             stringify!($stream), "::into_split`]). Dropping it shuts down the write direction.")]
@@ -138,7 +156,7 @@ pub mod udp;
 pub mod unix;
 
 pub use buf::{IoBuf, IoBufMut, Slice};
-pub use pooled::{PooledReceiver, PooledRecv, DEFAULT_RECV_CAP};
+pub use pooled::{recv_budget, PooledReceiver, PooledRecv, DEFAULT_RECV_CAP, POOL_SHARE};
 pub use ringloop_runtime::PooledBuf;
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,

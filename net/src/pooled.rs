@@ -8,12 +8,30 @@
 //!
 //! * Cancelling a task waiting in [`recv`](PooledReceiver::recv) loses nothing: the multishot
 //!   belongs to the receiver, and data that arrived meanwhile waits in its queue.
-//! * Once `cap` chunks wait unread (default 16), the receive is stopped and the peer is
-//!   back-pressured by TCP, never buffered without bound. On io_uring the kernel sees the stop
-//!   at the next loop iteration, so a little more can land first: with receive bundles (below)
-//!   at most one more bundle, `2 * cap + 1` chunks in all; with plain multishot receives the
-//!   kernel's retry loop (up to 32 receives per pass while the socket has data) can add a few
-//!   dozen.
+//! * **Budget.** The pool is shared, so a connection may hold at most its budget of buffers,
+//!   queued and lent together: its cap (default [`DEFAULT_RECV_CAP`]), at most
+//!   `1 / POOL_SHARE` of the pool ([`recv_budget`]). A receive is armed with room for what
+//!   the connection does not hold yet (at least one buffer), and stopped once that many
+//!   chunks wait unread: the peer is back-pressured by TCP, never buffered without bound,
+//!   and a few connections whose handlers stop reading cannot take the whole pool. On
+//!   io_uring the kernel sees the stop at the next loop iteration, so a little more can land
+//!   first: with receive bundles (below) each bundle is limited to half the room, so the two
+//!   that can land stay within the budget (plus one buffer); with plain multishot receives
+//!   the kernel's retry loop (up to 32 receives per pass while the socket has data) can add a
+//!   few dozen, whatever the budget. A handler that keeps calling `recv` while holding
+//!   every chunk it got is still served, one buffer at a time.
+//! * **Turns.** When the pool runs dry, receivers queue for buffers, first come first
+//!   served, and a returning buffer gives the oldest waiter a *turn*. A turn lasts until the
+//!   receiver's next poll: it takes a buffer (epoll) or arms a receive that takes one when
+//!   data comes (io_uring), and either way the turn is used up, so no idle connection keeps
+//!   one. A receive that then finds the pool empty queues again, at the front. Dropping a
+//!   `recv` future that waits in the queue (a cancel, a timeout, a `select`) leaves the
+//!   queue; [`try_recv`](PooledReceiver::try_recv) never queues.
+//! * **Dropping a receiver** loses nothing: the chunks it had queued and its receive (stopped,
+//!   still bringing what the kernel took before the stop) go back to the stream, and the
+//!   stream's next `read` (or its next receiver) returns them first, in order. A stream has
+//!   one live receiver at a time: a second one made while the first lives gets
+//!   `ResourceBusy` from every receive.
 //! * When the pool runs dry (`ENOBUFS`), the receive is re-armed as soon as buffers come back;
 //!   no data is lost (it waits in the socket).
 //! * On kernels before 6.10 (no receive bundles), and with
@@ -42,7 +60,9 @@
 //! # Ok::<_, std::io::Error>(()) });
 //! ```
 
-use std::future::Future;
+use std::cell::{OnceCell, RefCell};
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
@@ -56,10 +76,20 @@ use ringloop_runtime::{
     PooledBuf, SharedFd,
 };
 
-use crate::buf::IoBuf;
+use crate::buf::{IoBuf, IoBufMut};
 
 /// Unread chunks a connection may queue before its receive is stopped (back-pressure).
 pub const DEFAULT_RECV_CAP: usize = 16;
+
+/// The share of the pool one connection may hold: at most `1 / POOL_SHARE` of its buffers
+/// (or its cap, whichever is smaller), queued and lent together; see the [module docs](self).
+pub const POOL_SHARE: usize = 8;
+
+/// A connection's budget of pool buffers: its cap, at most the pool's [`POOL_SHARE`], at
+/// least one.
+pub fn recv_budget(cap: usize, pool_buffers: usize) -> usize {
+    cap.min(pool_buffers / POOL_SHARE).max(1)
+}
 
 // SAFETY: a pooled buffer's memory belongs to the pool, which the buffer keeps alive, and does
 // not move; all of it is initialised (the pool is zeroed when allocated).
@@ -75,6 +105,172 @@ unsafe impl IoBuf for PooledBuf {
     }
 }
 
+/// A stream's receive state that outlives its [`PooledReceiver`]s: kept by the stream (and
+/// its read half), so that dropping a receiver loses nothing a later read could still get.
+///
+/// Not part of the public API (it appears in [`AsSharedFd`](crate::AsSharedFd)'s hidden hook).
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct RecvSlot {
+    /// Created by the stream's first `pooled_receiver` (most streams never have one).
+    shared: OnceCell<Rc<Shared>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// A live receiver holds the stream's receive state; another gets an error.
+    active: std::cell::Cell<bool>,
+    /// What the last receiver left: see [`Leftover`].
+    left: RefCell<Leftover>,
+}
+
+/// Data received for a stream and not yet read: chunks a dropped receiver had queued (or the
+/// rest of one a `read` only partly took), its receive (cancelled, still bringing what the
+/// kernel had received before the cancel), and an end of stream or error it had consumed.
+#[derive(Debug, Default)]
+struct Leftover {
+    chunks: VecDeque<PooledBuf>,
+    /// io_uring: the dropped receiver's receive, cancelled; read until it ends.
+    multishot: Option<Multishot>,
+    /// io_uring: the receive's completion was single-shot.
+    single_shot: bool,
+    eof: bool,
+    /// An errno the receive took from the socket (`SO_ERROR` is cleared once reported).
+    error: Option<i32>,
+}
+
+impl Leftover {
+    fn is_empty(&self) -> bool {
+        self.chunks.is_empty() && self.multishot.is_none() && !self.eof && self.error.is_none()
+    }
+
+    /// The next thing a dropped receiver left: a chunk, or the end or error it saw; `None`
+    /// once nothing is left (a plain receive may go on).
+    fn poll_next(
+        &mut self,
+        pool: &Rc<BufPool>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<io::Result<Option<PooledBuf>>>> {
+        loop {
+            if let Some(chunk) = self.chunks.pop_front() {
+                return Poll::Ready(Some(Ok(Some(chunk))));
+            }
+            let Some(ms) = self.multishot.as_mut() else {
+                break;
+            };
+            match ms.poll_next(cx) {
+                Poll::Ready(Some((res, flags))) => {
+                    let bid = cqueue::buffer_select(flags);
+                    match (res, bid) {
+                        (n, Some(bid)) if n > 0 => {
+                            // SAFETY: the completion is ours (read from our own multishot),
+                            // and this is the only call for the buffer it names.
+                            let chunk = unsafe { pool.take_filled(bid, n as usize) };
+                            self.chunks.push_back(chunk);
+                        }
+                        (n, bid) => {
+                            if let Some(bid) = bid {
+                                // SAFETY: as above.
+                                unsafe { pool.recycle_filled(bid) };
+                            }
+                            match n {
+                                0 => self.eof = true,
+                                e if e == -libc::ECANCELED || e == -libc::ENOBUFS => {}
+                                e if e == -libc::EINVAL => {}
+                                e => self.error = Some(-e),
+                            }
+                        }
+                    }
+                }
+                // Ended: what it received is all in `chunks`.
+                Poll::Ready(None) => self.multishot = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if self.eof {
+            return Poll::Ready(Some(Ok(None)));
+        }
+        if let Some(e) = self.error.take() {
+            return Poll::Ready(Some(Err(io::Error::from_raw_os_error(e))));
+        }
+        Poll::Ready(None)
+    }
+}
+
+impl RecvSlot {
+    /// A receiver for the stream `fd`, unless one is live (then an inert one whose receives
+    /// fail).
+    pub(crate) fn receiver(&self, fd: &SharedFd, cap: usize) -> PooledReceiver {
+        let shared = self.shared.get_or_init(Rc::default).clone();
+        let busy = shared.active.replace(true);
+        let mut rx = PooledReceiver::new(fd.clone(), cap, shared);
+        rx.busy = busy;
+        if !busy {
+            let mut left = rx.shared.left.borrow_mut();
+            rx.stash = std::mem::take(&mut left.chunks);
+            rx.eof = std::mem::take(&mut left.eof);
+            rx.error = left.error.take();
+            if let Some(ms) = left.multishot.take() {
+                rx.multishot = ms;
+                rx.single_shot = left.single_shot;
+            }
+            drop(left);
+            for chunk in &mut rx.stash {
+                rx.wait.adopt(chunk);
+            }
+        }
+        rx
+    }
+}
+
+/// Reads what a dropped [`PooledReceiver`] of this stream left, into `buf` (from its start, up
+/// to its capacity, as a plain receive would): `Err(buf)` if nothing is left (or a receiver
+/// is live), and the caller receives as usual.
+pub(crate) async fn read_leftover<B: IoBufMut>(
+    slot: &RecvSlot,
+    mut buf: B,
+) -> Result<(io::Result<usize>, B), B> {
+    let Some(shared) = slot.shared.get() else {
+        return Err(buf);
+    };
+    if shared.active.get() || shared.left.borrow().is_empty() {
+        return Err(buf);
+    }
+    let pool = buffer_pool();
+    let next = poll_fn(|cx| {
+        let mut left = shared.left.borrow_mut();
+        match left.poll_next(&pool, cx) {
+            Poll::Pending => pending_or_cancelled(true).map(|r| r.map(|()| None)),
+            Poll::Ready(None) => Poll::Ready(Ok(None)),
+            Poll::Ready(Some(r)) => Poll::Ready(r.map(Some)),
+        }
+    })
+    .await;
+    match next {
+        Ok(None) => Err(buf),
+        // The end of stream, seen by the receive: a plain receive would say the same.
+        Ok(Some(None)) => {
+            shared.left.borrow_mut().eof = true;
+            Ok((Ok(0), buf))
+        }
+        Ok(Some(Some(mut chunk))) => {
+            let n = chunk.len().min(buf.bytes_total());
+            // SAFETY: `n` fits both the chunk and the buffer's capacity; the two cannot
+            // overlap (a pool buffer is lent to one owner, the caller's buffer is its own).
+            unsafe {
+                std::ptr::copy_nonoverlapping(chunk.as_ptr(), buf.stable_mut_ptr(), n);
+                buf.set_init(n);
+            }
+            chunk.advance(n);
+            if !chunk.is_empty() {
+                shared.left.borrow_mut().chunks.push_front(chunk);
+            }
+            Ok((Ok(n), buf))
+        }
+        Err(e) => Ok((Err(e), buf)),
+    }
+}
+
 /// Receives a connection's data into pool buffers; see the [module docs](self).
 #[derive(Debug)]
 pub struct PooledReceiver {
@@ -83,9 +279,18 @@ pub struct PooledReceiver {
     /// epoll: the receive in progress (kept across `recv` calls, so cancelling one loses
     /// nothing).
     pending: Option<Op<RecvPooled>>,
+    /// Chunks received before this receiver (left by a dropped one), handed out first.
+    stash: VecDeque<PooledBuf>,
     fd: SharedFd,
-    /// Its place in the pool's queue when the pool runs dry (and so the pool).
+    /// Its place in the pool's queue when the pool runs dry (and so the pool), and the count
+    /// of the buffers lent to it.
     wait: BufWait,
+    /// The stream's receive state, shared with the stream (see [`RecvSlot`]).
+    shared: Rc<Shared>,
+    /// The cap given at creation (the budget is at most this).
+    cap: usize,
+    /// An errno taken from the socket by a dropped receiver's receive, still to report.
+    error: Option<i32>,
     backend: Backend,
     /// io_uring: the armed receive is a bundle (see [`Builder::recv_bundles`]).
     ///
@@ -100,20 +305,28 @@ pub struct PooledReceiver {
     /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
     /// way), which keeps a `recv` + `try_recv` loop at one syscall per chunk.
     drained: bool,
+    /// Another receiver of the same stream was live when this one was made: every receive
+    /// fails.
+    busy: bool,
 }
 
 impl PooledReceiver {
-    pub(crate) fn new(fd: SharedFd, cap: usize) -> PooledReceiver {
+    fn new(fd: SharedFd, cap: usize, shared: Rc<Shared>) -> PooledReceiver {
         PooledReceiver {
             multishot: Multishot::new(MultishotKind::Recv, cap),
             pending: None,
+            stash: VecDeque::new(),
             fd,
             wait: buffer_pool().waiter(),
+            shared,
+            cap: cap.max(1),
+            error: None,
             backend: ringloop_runtime::current_backend(),
             bundled: false,
             single_shot: !ringloop_runtime::multishot_recv(),
             eof: false,
             drained: false,
+            busy: false,
         }
     }
 
@@ -121,9 +334,12 @@ impl PooledReceiver {
     ///
     /// A cancellation point: a cancelled task gets an error for which
     /// [`is_cancelled`](ringloop_runtime::is_cancelled) is true, and nothing is lost.
+    /// Dropping the future before it is ready gives up the receiver's place in the pool's
+    /// queue, if it had one (the next `recv` queues again).
     ///
     /// # Errors
-    /// The real errno (`ECONNRESET`, ...).
+    /// The real errno (`ECONNRESET`, ...); `ResourceBusy` if this receiver was made while
+    /// another receiver of the same stream was live.
     pub fn recv(&mut self) -> PooledRecv<'_> {
         PooledRecv { rx: self }
     }
@@ -135,17 +351,18 @@ impl PooledReceiver {
     /// On io_uring this reads the connection's queue of completions (no system call). On
     /// epoll it makes one non-blocking receive, unless the last receive came back shorter
     /// than its buffer (the socket was empty then): `None` at once, until the next `recv`.
+    /// When the pool is dry it does not queue for a buffer (only a `recv` waits).
     ///
     /// For draining what a connection has queued after a `recv`, e.g. to write it all back
     /// with one [`write_all_vectored`](crate::TcpStream::write_all_vectored).
     pub fn try_recv(&mut self) -> Option<io::Result<Option<PooledBuf>>> {
-        // Polled with a no-op waker: if nothing is ready, the receive (and a place in the
-        // pool's queue) stays registered, and the next `recv` installs the task's own waker.
+        if let Some(ready) = self.ready_now() {
+            return Some(ready);
+        }
+        // Polled with a no-op waker: if nothing is ready, the receive stays registered, and
+        // the next `recv` installs the task's own waker.
         if self.backend != Backend::IoUring {
             return self.try_recv_epoll();
-        }
-        if self.eof {
-            return Some(Ok(None));
         }
         if self.multishot.is_armed() && self.multishot.queued() == 0 && !self.single_shot {
             return None; // the common case, without touching the waker the receive holds
@@ -157,13 +374,44 @@ impl PooledReceiver {
         }
     }
 
+    /// What is ready without any receive: an inherited chunk, the end of stream, an error.
+    fn ready_now(&mut self) -> Option<io::Result<Option<PooledBuf>>> {
+        if self.busy {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::ResourceBusy,
+                "another PooledReceiver of this stream is live",
+            )));
+        }
+        if let Some(chunk) = self.stash.pop_front() {
+            return Some(Ok(Some(chunk)));
+        }
+        if let Some(e) = self.error.take() {
+            return Some(Err(io::Error::from_raw_os_error(e)));
+        }
+        self.eof.then_some(Ok(None))
+    }
+
+    /// Hands `buf` to the user, counted against this receiver's budget.
+    fn lend(&mut self, mut buf: PooledBuf) -> PooledBuf {
+        self.wait.adopt(&mut buf);
+        buf
+    }
+
+    /// This receiver's budget of pool buffers, queued and lent together: its cap, at most the
+    /// pool's [`POOL_SHARE`]. See the [module docs](self).
+    pub fn budget(&self) -> usize {
+        recv_budget(self.cap, self.wait.pool().count())
+    }
+
+    /// Pool buffers this receiver handed out that are not yet dropped.
+    pub fn lent(&self) -> usize {
+        self.wait.held()
+    }
+
     /// epoll: one non-blocking receive into a free buffer, beside any receive op waiting for
     /// readiness (which holds no buffer while it waits, so the two cannot both own data).
     /// Polling that op instead would consume a pending cancellation.
     fn try_recv_epoll(&mut self) -> Option<io::Result<Option<PooledBuf>>> {
-        if self.eof {
-            return Some(Ok(None));
-        }
         if self.drained || !self.wait.may_take() {
             return None;
         }
@@ -178,12 +426,11 @@ impl PooledReceiver {
                 self.eof = true;
                 Some(Ok(None))
             }
-            Ok(n) => {
-                let mut buf = attempt.buf.take()?;
+            Ok(_) => {
+                let buf = attempt.buf.take()?;
                 self.wait.took_buffer();
-                self.drained = (n as usize) < buf.capacity();
-                buf.set_len(n as usize);
-                Some(Ok(Some(buf)))
+                self.drained = buf.len() < buf.capacity();
+                Some(Ok(Some(self.lend(buf))))
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.drained = true;
@@ -207,8 +454,47 @@ impl PooledReceiver {
         self.bundled && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed)
     }
 
+    /// Arms the receive (io_uring), with a cap and a bundle length that keep what the kernel
+    /// can take for this connection within its budget (see the module docs).
+    fn arm(&mut self) -> io::Result<()> {
+        let pool = self.wait.pool().clone();
+        let room = self.budget().saturating_sub(self.wait.held()).max(1);
+        self.bundled =
+            ringloop_runtime::recv_bundles() && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
+        // A bundle may land after the cap's cancel (the kernel sees it at its next enter):
+        // half the room each, so the two stay within it.
+        let cap = if self.bundled { room.div_ceil(2) } else { room };
+        self.multishot = Multishot::new(MultishotKind::Recv, cap);
+        let sqe = if self.bundled {
+            // At most `cap` buffers per bundle, so one completion cannot take more of the
+            // pool than the connection may queue.
+            let limit = u32::try_from(cap * pool.buf_size()).unwrap_or(u32::MAX);
+            with_target!(self.fd, t => opcode::Recv::new(t, std::ptr::null_mut(), limit)
+                .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
+                .buf_group(POOL_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT))
+        } else if !self.single_shot {
+            with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build())
+        } else {
+            // One buffer, then the receive ends (its completion has no MORE flag) and is
+            // re-armed at the next `recv`: see `multishot_recv` for why. At most one
+            // buffer's length (a zero would mean the same to the kernel).
+            let len = u32::try_from(pool.buf_size()).unwrap_or(u32::MAX);
+            with_target!(self.fd, t => opcode::Recv::new(t, std::ptr::null_mut(), len)
+                .buf_group(POOL_GROUP)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT))
+        };
+        // SAFETY: the SQE names only our descriptor (which the driver keeps open until the
+        // op's last completion) and the pool's buffer group, whose memory the driver keeps;
+        // its buffer pointer is null (the kernel picks).
+        unsafe { self.multishot.arm(sqe, &self.fd) }
+    }
+
     /// `waiting`: a real wait, where a pending cancellation is delivered; false for
-    /// [`try_recv`](Self::try_recv), which is no suspension point and leaves it alone.
+    /// [`try_recv`](Self::try_recv), which is no suspension point and leaves it alone (and
+    /// does not queue for a buffer).
     fn poll_uring(
         &mut self,
         cx: &mut Context<'_>,
@@ -221,40 +507,18 @@ impl PooledReceiver {
             if !self.multishot.is_armed() {
                 // The pool ran dry (or is about to): queue, first come first served.
                 if !self.wait.may_take() {
-                    self.wait.wait(cx.waker());
+                    if waiting {
+                        self.wait.wait(cx.waker());
+                    }
                     return pending_or_cancelled(waiting);
                 }
-                self.bundled = ringloop_runtime::recv_bundles()
-                    && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
-                let sqe = if self.bundled {
-                    // At most `cap` buffers per bundle, so one completion cannot take more of
-                    // the pool than the connection may queue.
-                    let limit = self.multishot.cap() * self.wait.pool().buf_size();
-                    let limit = u32::try_from(limit).unwrap_or(u32::MAX);
-                    with_target!(self.fd, t => opcode::Recv::new(t, std::ptr::null_mut(), limit)
-                        .ioprio(RECV_MULTISHOT | RECVSEND_BUNDLE)
-                        .buf_group(POOL_GROUP)
-                        .build()
-                        .flags(squeue::Flags::BUFFER_SELECT))
-                } else if !self.single_shot {
-                    with_target!(self.fd, t => opcode::RecvMulti::new(t, POOL_GROUP).build())
-                } else {
-                    // One buffer, then the receive ends (its completion has no MORE flag) and
-                    // is re-armed at the next `recv`: see `multishot_recv` for why. At most
-                    // one buffer's length (a zero would mean the same to the kernel).
-                    let len = u32::try_from(self.wait.pool().buf_size()).unwrap_or(u32::MAX);
-                    with_target!(self.fd, t => opcode::Recv::new(t, std::ptr::null_mut(), len)
-                        .buf_group(POOL_GROUP)
-                        .build()
-                        .flags(squeue::Flags::BUFFER_SELECT))
-                };
-                // SAFETY: the SQE names only our descriptor (which the driver keeps open until
-                // the op's last completion) and the pool's buffer group, whose memory the
-                // driver keeps; its buffer pointer is null (the kernel picks).
-                if let Err(e) = unsafe { self.multishot.arm(sqe, &self.fd) } {
+                if let Err(e) = self.arm() {
                     self.wait.release();
                     return Poll::Ready(Err(e));
                 }
+                // The receive takes a buffer by itself when data comes: a turn is used up
+                // now, so this connection holds none while it is idle.
+                self.wait.armed();
             }
             match self.multishot.poll_next(cx) {
                 Poll::Ready(Some((res, flags))) => {
@@ -267,12 +531,14 @@ impl PooledReceiver {
                             )));
                         };
                         self.wait.took_buffer();
-                        return Poll::Ready(Ok(Some(
-                            self.wait.pool().take_filled(bid, res as usize),
-                        )));
+                        // SAFETY: the completion is ours (our own multishot's), and this is
+                        // the only call for the buffer it names.
+                        let buf = unsafe { self.wait.pool().take_filled(bid, res as usize) };
+                        return Poll::Ready(Ok(Some(self.lend(buf))));
                     }
                     if let Some(bid) = bid {
-                        self.wait.pool().recycle(bid);
+                        // SAFETY: as above.
+                        unsafe { self.wait.pool().recycle_filled(bid) };
                     }
                     match res {
                         0 => {
@@ -336,11 +602,10 @@ impl PooledReceiver {
                 self.eof = true;
                 Ok(None)
             }
-            (Ok(n), Some(mut buf)) => {
+            (Ok(_), Some(buf)) => {
                 self.wait.took_buffer();
-                self.drained = (n as usize) < buf.capacity();
-                buf.set_len(n as usize);
-                Ok(Some(buf))
+                self.drained = buf.len() < buf.capacity();
+                Ok(Some(self.lend(buf)))
             }
             (Ok(_), None) => {
                 self.wait.release();
@@ -360,6 +625,35 @@ impl PooledReceiver {
                 Err(e)
             }
         })
+    }
+}
+
+impl Drop for PooledReceiver {
+    fn drop(&mut self) {
+        if self.busy {
+            return;
+        }
+        self.shared.active.set(false);
+        if Rc::strong_count(&self.shared) == 1 {
+            return; // the stream is gone: nobody can read what is left (disposed of as usual)
+        }
+        // Hand what this receiver holds back to the stream: the chunks it was given, its
+        // receive (stopped, so the peer is back-pressured again; what the kernel took before
+        // the stop still arrives, and a later read gets it), and the end or error it saw.
+        let mut left = self.shared.left.borrow_mut();
+        if self.multishot.is_armed() {
+            self.multishot.cancel();
+            left.multishot = Some(std::mem::replace(
+                &mut self.multishot,
+                Multishot::new(MultishotKind::Recv, 1),
+            ));
+            left.single_shot = self.single_shot;
+        }
+        left.chunks.extend(self.stash.drain(..));
+        left.eof |= self.eof;
+        if let Some(e) = self.error.take() {
+            left.error = Some(e);
+        }
     }
 }
 
@@ -396,9 +690,22 @@ impl Future for PooledRecv<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let rx = &mut *self.rx;
+        if let Some(ready) = rx.ready_now() {
+            return Poll::Ready(ready);
+        }
         match rx.backend {
             Backend::IoUring => rx.poll_uring(cx, true),
             _ => rx.poll_epoll(cx),
+        }
+    }
+}
+
+impl Drop for PooledRecv<'_> {
+    fn drop(&mut self) {
+        // A receive that stopped waiting (cancelled, timed out, dropped by a `select`) leaves
+        // the pool's queue: a turn it was given must not wait for a poll that may never come.
+        if self.rx.wait.is_queued() {
+            self.rx.wait.release();
         }
     }
 }
@@ -457,6 +764,8 @@ unsafe impl OpKind for RecvPooled {
             // Nothing to read (or an error): give the buffer back while we wait.
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: the receive just wrote `r` bytes (at most the capacity) into this buffer.
+        unsafe { buf.set_len(r as usize) };
         self.buf = Some(buf);
         Ok(r as u32)
     }

@@ -39,6 +39,14 @@ use crate::ops;
 pub trait AsSharedFd {
     /// The socket.
     fn as_shared_fd(&self) -> &SharedFd;
+
+    /// A stream's receive state that a dropped [`PooledReceiver`](crate::PooledReceiver) left
+    /// (data it had received and nobody read yet): receives return it first. Not part of the
+    /// public API.
+    #[doc(hidden)]
+    fn recv_slot(&self) -> Option<&crate::pooled::RecvSlot> {
+        None
+    }
 }
 
 impl AsSharedFd for SharedFd {
@@ -63,6 +71,14 @@ pub async fn sock_recv(sock: &impl AsSharedFd, nbytes: usize) -> io::Result<Vec<
 /// Receives into `buf`, from its start up to its capacity (asyncio's `loop.sock_recv_into`);
 /// returns the byte count (0 at end of stream) and the buffer.
 pub async fn sock_recv_into<B: IoBufMut>(sock: &impl AsSharedFd, buf: B) -> (io::Result<usize>, B) {
+    let mut buf = buf;
+    if let Some(slot) = sock.recv_slot() {
+        // What a dropped pooled receiver of this stream had received comes first.
+        match crate::pooled::read_leftover(slot, buf).await {
+            Ok(done) => return done,
+            Err(b) => buf = b,
+        }
+    }
     Op::new(ops::Recv::new(sock.as_shared_fd().clone(), buf)).await
 }
 

@@ -299,12 +299,15 @@ pub(crate) fn with_socket<R>(fd: &SharedFd, f: impl FnOnce(&Socket) -> R) -> R {
 #[derive(Debug)]
 pub struct TcpStream {
     fd: SharedFd,
+    /// What a dropped pooled receiver left unread (see [`pooled`](crate::pooled)).
+    rx: crate::pooled::RecvSlot,
 }
 
 impl TcpStream {
     pub(crate) fn from_owned(fd: OwnedFd) -> TcpStream {
         TcpStream {
             fd: SharedFd::new(fd),
+            rx: Default::default(),
         }
     }
 
@@ -316,6 +319,7 @@ impl TcpStream {
         let socket = new_socket(addr)?;
         let stream = TcpStream {
             fd: SharedFd::new(socket.into()),
+            rx: Default::default(),
         };
         socket::connect_addr(&stream.fd, SockAddr::from(addr)).await?;
         Ok(stream)
@@ -331,7 +335,7 @@ impl TcpStream {
     /// # Errors
     /// `UnexpectedEof` if the stream ends first; the real errno otherwise.
     pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
-        read_exact(&self.fd, buf).await
+        read_exact(self, buf).await
     }
 
     /// Writes once; returns how many bytes went out (maybe fewer than all).
@@ -427,12 +431,12 @@ impl TcpStream {
     /// on io_uring), with at most [`DEFAULT_RECV_CAP`](crate::DEFAULT_RECV_CAP) chunks queued
     /// unread; see [`pooled`](crate::pooled).
     pub fn pooled_receiver(&self) -> crate::PooledReceiver {
-        crate::PooledReceiver::new(self.fd.clone(), crate::DEFAULT_RECV_CAP)
+        self.rx.receiver(&self.fd, crate::DEFAULT_RECV_CAP)
     }
 
     /// Like [`pooled_receiver`](Self::pooled_receiver) with a cap of `cap` unread chunks.
     pub fn pooled_receiver_with_cap(&self, cap: usize) -> crate::PooledReceiver {
-        crate::PooledReceiver::new(self.fd.clone(), cap)
+        self.rx.receiver(&self.fd, cap)
     }
 
     /// Splits into a read half and a write half, usable from two tasks. Dropping the write
@@ -441,6 +445,7 @@ impl TcpStream {
         (
             OwnedReadHalf {
                 fd: self.fd.clone(),
+                rx: self.rx,
             },
             OwnedWriteHalf { fd: self.fd },
         )
@@ -463,12 +468,15 @@ impl TcpStream {
         match OwnedFd::try_from(self.fd) {
             // SAFETY: we own the descriptor and hand it over.
             Ok(fd) => Ok(unsafe { std::net::TcpStream::from_raw_fd(fd.into_raw_fd()) }),
-            Err(fd) => Err(TcpStream { fd }),
+            Err(fd) => Err(TcpStream { fd, rx: self.rx }),
         }
     }
 }
 
-pub(crate) async fn read_exact<B: IoBufMut>(fd: &SharedFd, buf: B) -> (io::Result<()>, B) {
+pub(crate) async fn read_exact<B: IoBufMut>(
+    fd: &impl socket::AsSharedFd,
+    buf: B,
+) -> (io::Result<()>, B) {
     let total = buf.bytes_total();
     let mut filled = 0;
     let mut buf = buf;
@@ -484,6 +492,6 @@ pub(crate) async fn read_exact<B: IoBufMut>(fd: &SharedFd, buf: B) -> (io::Resul
     (Ok(()), buf)
 }
 
-socket_fd_impls!(TcpStream);
+socket_fd_impls!(TcpStream, rx);
 
 split_halves!(TcpStream);

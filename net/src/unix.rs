@@ -135,6 +135,7 @@ impl UnixListener {
         let (fd, addr) = socket::sock_accept(self).await?;
         let stream = UnixStream {
             fd: SharedFd::new(fd),
+            rx: Default::default(),
         };
         Ok((stream, to_std_addr(&addr)?))
     }
@@ -170,6 +171,8 @@ socket_fd_impls!(UnixListener);
 #[derive(Debug)]
 pub struct UnixStream {
     fd: SharedFd,
+    /// What a dropped pooled receiver left unread (see [`pooled`](crate::pooled)).
+    rx: crate::pooled::RecvSlot,
 }
 
 impl UnixStream {
@@ -202,6 +205,7 @@ impl UnixStream {
         }
         Ok(UnixStream {
             fd: SharedFd::new(socket.into()),
+            rx: Default::default(),
         })
     }
 
@@ -211,7 +215,16 @@ impl UnixStream {
     /// The real errno (`EMFILE`, ...).
     pub fn pair() -> io::Result<(UnixStream, UnixStream)> {
         let (a, b) = new_pair(Type::STREAM)?;
-        Ok((UnixStream { fd: a }, UnixStream { fd: b }))
+        Ok((
+            UnixStream {
+                fd: a,
+                rx: Default::default(),
+            },
+            UnixStream {
+                fd: b,
+                rx: Default::default(),
+            },
+        ))
     }
 
     /// Reads into `buf` (from its start up to its capacity); 0 bytes means end of stream.
@@ -224,7 +237,7 @@ impl UnixStream {
     /// # Errors
     /// `UnexpectedEof` if the stream ends first; the real errno otherwise.
     pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
-        read_exact(&self.fd, buf).await
+        read_exact(self, buf).await
     }
 
     /// Writes once; returns how many bytes went out (maybe fewer than all).
@@ -251,12 +264,12 @@ impl UnixStream {
     /// io_uring), with at most [`DEFAULT_RECV_CAP`](crate::DEFAULT_RECV_CAP) chunks queued
     /// unread; see [`pooled`](crate::pooled).
     pub fn pooled_receiver(&self) -> crate::PooledReceiver {
-        crate::PooledReceiver::new(self.fd.clone(), crate::DEFAULT_RECV_CAP)
+        self.rx.receiver(&self.fd, crate::DEFAULT_RECV_CAP)
     }
 
     /// Like [`pooled_receiver`](Self::pooled_receiver) with a cap of `cap` unread chunks.
     pub fn pooled_receiver_with_cap(&self, cap: usize) -> crate::PooledReceiver {
-        crate::PooledReceiver::new(self.fd.clone(), cap)
+        self.rx.receiver(&self.fd, cap)
     }
 
     /// Shuts down one or both directions; shutting down writing makes the peer read end of
@@ -290,6 +303,7 @@ impl UnixStream {
         (
             OwnedReadHalf {
                 fd: self.fd.clone(),
+                rx: self.rx,
             },
             OwnedWriteHalf { fd: self.fd },
         )
@@ -303,6 +317,7 @@ impl UnixStream {
         stream.set_nonblocking(true)?;
         Ok(UnixStream {
             fd: SharedFd::new(stream.into()),
+            rx: Default::default(),
         })
     }
 
@@ -314,12 +329,12 @@ impl UnixStream {
         match OwnedFd::try_from(self.fd) {
             // SAFETY: we own the descriptor and hand it over.
             Ok(fd) => Ok(unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd.into_raw_fd()) }),
-            Err(fd) => Err(UnixStream { fd }),
+            Err(fd) => Err(UnixStream { fd, rx: self.rx }),
         }
     }
 }
 
-socket_fd_impls!(UnixStream);
+socket_fd_impls!(UnixStream, rx);
 
 split_halves!(UnixStream);
 

@@ -81,6 +81,33 @@ impl Drop for Region {
 }
 
 /// The pool. Shared (`Rc`) by the driver and every lent buffer.
+///
+/// Every safe method is sound whatever the caller does: the pool records who holds each
+/// buffer (the ring, a completion not yet read, or one [`PooledBuf`]). The two calls that move
+/// a buffer out of a completion, [`take_filled`](Self::take_filled) and
+/// [`recycle_filled`](Self::recycle_filled), are `unsafe` (only the reader of that completion
+/// may make them) and hidden; they panic rather than lend a buffer twice or give the kernel a
+/// buffer that is lent:
+///
+/// ```compile_fail,E0133
+/// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+/// let pool = ringloop_runtime::buffer_pool();
+/// let _a = pool.take_filled(0, 8); // error: call to unsafe function
+/// # });
+/// ```
+///
+/// ```compile_fail,E0624
+/// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+/// ringloop_runtime::buffer_pool().recycle(0); // error: private method
+/// # });
+/// ```
+///
+/// ```compile_fail,E0133
+/// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+/// let mut buf = ringloop_runtime::buffer_pool().take_free().unwrap();
+/// buf.set_len(8); // error: call to unsafe function (it would show an earlier receive's bytes)
+/// # });
+/// ```
 pub struct BufPool {
     buffers: Region,
     buf_size: usize,
@@ -109,6 +136,39 @@ pub struct BufPool {
     /// Waiters woken and not yet done with their turn: never more than the free buffers, so a
     /// returning buffer wakes one waiter, not all of them.
     turns_out: Cell<usize>,
+    /// Who holds each buffer (see [`BufState`]): checked by every call that moves a buffer
+    /// from one holder to another, so no sequence of calls can give a buffer two owners or
+    /// hand the kernel a buffer that is lent.
+    state: Box<[Cell<BufState>]>,
+    /// Buffers lent per owner (a [`BufWait`], so a receiver), by owner id: what a receiver's
+    /// budget counts. An id is reused only once its `BufWait` is gone and none of its
+    /// buffers is still lent.
+    owners: RefCell<Vec<OwnerSlot>>,
+    free_owners: RefCell<Vec<u32>>,
+}
+
+/// `PooledBuf::owner` of a buffer that counts against no receiver.
+const NO_OWNER: u32 = u32::MAX;
+
+#[derive(Clone, Copy, Debug)]
+struct OwnerSlot {
+    /// Buffers lent and not yet dropped.
+    held: u32,
+    /// Its `BufWait` is alive.
+    live: bool,
+}
+
+/// Who holds one pool buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BufState {
+    /// The pool's: in the ring or deferred (io_uring), or in the free list (epoll).
+    Free,
+    /// io_uring: the kernel filled it and the driver reaped the completion that names it; the
+    /// completion's reader takes it ([`BufPool::take_filled`]) or gives it back
+    /// ([`BufPool::recycle_filled`]).
+    Filled,
+    /// Lent to a [`PooledBuf`].
+    Lent,
 }
 
 /// What the pool knows of one ring entry.
@@ -141,6 +201,10 @@ impl BufPool {
         let ring =
             with_ring.then(|| Region::new(count as usize * std::mem::size_of::<BufRingEntry>()));
         let shadow_len = if with_ring { count as usize } else { 0 };
+        assert!(
+            u32::try_from(buf_size).is_ok(),
+            "pool buffers are at most 4 GiB each"
+        );
         let pool = Rc::new(BufPool {
             buffers,
             buf_size,
@@ -160,6 +224,9 @@ impl BufPool {
             deferred: RefCell::new(VecDeque::new()),
             waiters: RefCell::new(VecDeque::new()),
             turns_out: Cell::new(0),
+            state: (0..count).map(|_| Cell::new(BufState::Free)).collect(),
+            owners: RefCell::new(Vec::new()),
+            free_owners: RefCell::new(Vec::new()),
         });
         if with_ring {
             for bid in 0..count {
@@ -207,6 +274,7 @@ impl BufPool {
 
     /// Gives buffer `bid` to the kernel (io_uring) or the free list (epoll).
     fn publish(&self, bid: u16) {
+        self.state[bid as usize].set(BufState::Free);
         if self.ring.is_some() {
             let mut deferred = self.deferred.borrow_mut();
             if !deferred.is_empty() || !self.publish_to_ring(bid) {
@@ -284,6 +352,8 @@ impl BufPool {
                 unreaped: false,
             });
             self.in_ring.set(self.in_ring.get().saturating_sub(1));
+            debug_assert_eq!(self.state[entry.bid as usize].get(), BufState::Free);
+            self.state[entry.bid as usize].set(BufState::Filled);
             let len = left.min(self.buf_size);
             left -= len;
             taken += 1;
@@ -339,30 +409,94 @@ impl BufPool {
     }
 
     /// Takes buffer `bid`, which the kernel filled with `len` bytes (the buffer id and length
-    /// of a buffer-select completion, io_uring).
-    pub fn take_filled(self: &Rc<Self>, bid: u16, len: usize) -> PooledBuf {
+    /// of a buffer-select completion, io_uring): the receiver of that completion becomes the
+    /// buffer's one owner.
+    ///
+    /// Not part of the public API (for `ringloop-net`'s pooled receiver).
+    ///
+    /// # Safety
+    /// `bid` and `len` come from a completion of this pool's buffer group that the caller owns
+    /// (read from its own [`Multishot`](crate::Multishot) or op) and has not yet taken or
+    /// recycled: at most one `take_filled` or [`recycle_filled`](Self::recycle_filled) per buffer a
+    /// completion names. The pool checks what it can: a buffer it does not have as filled (out
+    /// of range, lent, back in the ring) panics, and so does a `len` above the buffer size; but
+    /// it cannot tell one receiver's filled buffer from another's, and taking a buffer that
+    /// another connection's completion names hands out that connection's data.
+    ///
+    /// # Panics
+    /// As above: `bid` out of range, a buffer not filled by the kernel and unread, or `len`
+    /// larger than [`buf_size`](Self::buf_size).
+    #[doc(hidden)]
+    pub unsafe fn take_filled(self: &Rc<Self>, bid: u16, len: usize) -> PooledBuf {
+        assert!(
+            len <= self.buf_size,
+            "take_filled: length {len} exceeds the pool's buffer size {}",
+            self.buf_size
+        );
+        self.claim(bid, BufState::Filled, "take_filled");
         self.out.set(self.out.get() + 1);
         PooledBuf {
             pool: self.clone(),
             bid,
-            len: len.min(self.buf_size),
+            start: 0,
+            end: len as u32,
+            owner: NO_OWNER,
         }
+    }
+
+    /// Moves `bid` from `from` to `Lent`, or panics naming `what`.
+    fn claim(&self, bid: u16, from: BufState, what: &str) {
+        assert!(
+            bid < self.count,
+            "{what}: buffer id {bid} is out of range (the pool has {} buffers)",
+            self.count
+        );
+        let cell = &self.state[bid as usize];
+        let found = cell.get();
+        assert!(
+            found == from,
+            "{what}: buffer {bid} is {found:?}, not {from:?}"
+        );
+        cell.set(BufState::Lent);
     }
 
     /// Takes a free buffer to receive into (epoll), or `None` if every buffer is out.
     pub fn take_free(self: &Rc<Self>) -> Option<PooledBuf> {
         let bid = self.free.borrow_mut().pop()?;
+        self.claim(bid, BufState::Free, "take_free");
         self.out.set(self.out.get() + 1);
         Some(PooledBuf {
             pool: self.clone(),
             bid,
-            len: 0,
+            start: 0,
+            end: 0,
+            owner: NO_OWNER,
         })
     }
 
-    /// Gives back a buffer the kernel filled but nobody will read.
-    pub fn recycle(&self, bid: u16) {
-        if bid < self.count {
+    /// Gives back a buffer the kernel filled but nobody will read (io_uring: a completion that
+    /// names a buffer and carries no data, or one whose receiver is gone).
+    ///
+    /// Not part of the public API (for `ringloop-net`'s pooled receiver).
+    ///
+    /// # Safety
+    /// As [`take_filled`](Self::take_filled): `bid` comes from a completion the caller owns,
+    /// not yet taken or recycled.
+    ///
+    /// # Panics
+    /// If `bid` is out of range or the pool does not have it as filled and unread (lent, or
+    /// already back in the ring).
+    #[doc(hidden)]
+    pub unsafe fn recycle_filled(&self, bid: u16) {
+        self.claim(bid, BufState::Filled, "recycle_filled");
+        self.publish(bid);
+    }
+
+    /// The driver's [`recycle_filled`](Self::recycle_filled): for completions nobody will read
+    /// (an orphaned receive's, a stale one). Never panics (drop paths call it): a buffer that
+    /// is not filled and unread is left alone.
+    pub(crate) fn recycle(&self, bid: u16) {
+        if bid < self.count && self.state[bid as usize].get() == BufState::Filled {
             self.publish(bid);
         }
     }
@@ -375,10 +509,42 @@ impl BufPool {
 
     /// A place in this pool's queue for a free buffer, for one receiver; see [`BufWait`].
     pub fn waiter(self: &Rc<Self>) -> BufWait {
+        let live = OwnerSlot {
+            held: 0,
+            live: true,
+        };
+        let owner = match self.free_owners.borrow_mut().pop() {
+            Some(id) => {
+                self.owners.borrow_mut()[id as usize] = live;
+                id
+            }
+            None => {
+                let mut owners = self.owners.borrow_mut();
+                owners.push(live);
+                u32::try_from(owners.len() - 1).expect("fewer than 4 billion receivers")
+            }
+        };
         BufWait {
             pool: self.clone(),
             entry: None,
+            owner,
             lost_race: false,
+            turn_used: false,
+        }
+    }
+
+    /// A buffer counted against `owner` came back (or moved to another owner).
+    fn disown(&self, owner: u32) {
+        if owner == NO_OWNER {
+            return;
+        }
+        let mut owners = self.owners.borrow_mut();
+        let Some(slot) = owners.get_mut(owner as usize) else {
+            return;
+        };
+        slot.held = slot.held.saturating_sub(1);
+        if slot.held == 0 && !slot.live {
+            self.free_owners.borrow_mut().push(owner);
         }
     }
 
@@ -409,29 +575,45 @@ struct WaitEntry {
     waker: RefCell<Option<Waker>>,
 }
 
-/// One receiver's place in its pool's first-come-first-served queue for a free buffer.
+/// One receiver's place in its pool's first-come-first-served queue for a free buffer, and
+/// the count of the buffers lent to it (its budget; see [`held`](Self::held)).
 ///
 /// When the pool runs dry, receivers queue here. A returning buffer wakes the oldest waiter,
 /// and only as many waiters as there are free buffers hold a *turn* at once, so ten thousand
 /// connections waiting on a 512-buffer pool do not all wake (and all race for one buffer)
 /// each time one buffer comes back, and none waits behind later arrivals for ever.
 ///
+/// A turn is short-lived: it lasts from the wake to the receiver's next poll, where the
+/// receiver either takes a buffer at once (epoll), arms a receive that will take one when data
+/// comes (io_uring: [`armed`](Self::armed) uses the turn up), or gives it back. So no idle
+/// receiver holds a turn, and a buffer that comes back always reaches a receiver whose data
+/// is waiting: those that arm and then find the pool empty (`ENOBUFS`) queue again, at the
+/// front if they had been given a turn.
+///
 /// Protocol for a receiver, on every poll:
 /// 1. [`may_take`](Self::may_take): whether it may try to take a buffer now (it holds a turn,
 ///    or there are free buffers beyond the turns handed out). If not,
 ///    [`wait`](Self::wait) and return `Pending`.
-/// 2. After trying: [`took_buffer`](Self::took_buffer) once it got one, or
+/// 2. After trying: [`took_buffer`](Self::took_buffer) once it got one,
+///    [`armed`](Self::armed) once a receive that takes buffers by itself is in the kernel,
 ///    [`lost_race`](Self::lost_race) if the pool ran dry first (queue again, at the front),
-///    or [`release`](Self::release) if it stopped wanting one (end of stream, an error).
+///    or [`release`](Self::release) if it stopped wanting one (end of stream, an error, its
+///    task stopped waiting).
 ///
 /// Dropping it gives back a turn it holds, so a receiver that goes away never strands a
-/// free buffer while others wait.
+/// free buffer while others wait. Misuse of the protocol can only make the queue unfair; it
+/// cannot lend a buffer twice (the pool tracks every buffer's holder).
 #[derive(Debug)]
 pub struct BufWait {
     pool: Rc<BufPool>,
     entry: Option<Rc<WaitEntry>>,
-    /// It was woken and then lost the buffer to someone else: it queues at the front.
+    /// Its id among the pool's owners (see [`held`](Self::held)).
+    owner: u32,
+    /// It was given a turn and then lost the buffer to someone else: it queues at the front.
     lost_race: bool,
+    /// Its armed receive was armed with a turn: if that receive finds the pool empty, the
+    /// receiver queues again at the front.
+    turn_used: bool,
 }
 
 impl BufWait {
@@ -444,6 +626,11 @@ impl BufWait {
         self.entry
             .as_ref()
             .is_some_and(|e| e.state.get() == WaitState::Turn)
+    }
+
+    /// Whether the receiver is in the pool's queue (waiting, or woken and holding a turn).
+    pub fn is_queued(&self) -> bool {
+        self.entry.is_some()
     }
 
     /// Whether the receiver may try to take a buffer now.
@@ -474,7 +661,7 @@ impl BufWait {
             waker: RefCell::new(Some(waker.clone())),
         });
         let mut waiters = self.pool.waiters.borrow_mut();
-        if self.lost_race {
+        if std::mem::take(&mut self.lost_race) {
             waiters.push_front(entry.clone());
         } else {
             waiters.push_back(entry.clone());
@@ -488,26 +675,64 @@ impl BufWait {
     /// The receiver got a buffer: its turn (if it held one) is used up.
     pub fn took_buffer(&mut self) {
         self.lost_race = false;
+        self.turn_used = false;
         if self.holds_turn() {
             self.pool.turns_out.set(self.pool.turns_out.get() - 1);
             self.forget_entry();
+            // A turn ends with the buffer taken, which `available` already counts.
         }
     }
 
-    /// The receiver tried and the pool was empty (another receiver was faster): it will queue
-    /// again at the front with its next [`wait`](Self::wait).
-    pub fn lost_race(&mut self) {
+    /// The receiver armed a receive that takes a buffer by itself when data arrives (io_uring's
+    /// buffer selection): a turn it holds is used up now, not when data comes, so an idle
+    /// connection holds no turn while others wait. If that receive then finds the pool empty,
+    /// [`lost_race`](Self::lost_race) queues it at the front.
+    pub fn armed(&mut self) {
         if self.holds_turn() {
+            self.turn_used = true;
+            self.give_back_turn();
+        }
+    }
+
+    /// The receiver tried and the pool was empty (another receiver was faster): if it had been
+    /// given a turn for this try, it will queue again at the front with its next
+    /// [`wait`](Self::wait).
+    pub fn lost_race(&mut self) {
+        if std::mem::take(&mut self.turn_used) || self.holds_turn() {
             self.lost_race = true;
             self.give_back_turn();
         }
     }
 
-    /// The receiver no longer wants a buffer (end of stream, an error): a turn it holds goes
-    /// to the next waiter.
+    /// The receiver no longer wants a buffer (end of stream, an error, its task stopped
+    /// waiting): it leaves the queue, and a turn it holds goes to the next waiter.
     pub fn release(&mut self) {
         self.lost_race = false;
+        self.turn_used = false;
         self.give_back_turn();
+        self.forget_entry();
+    }
+
+    /// Buffers lent to this receiver ([`adopt`](Self::adopt)ed) and not yet dropped.
+    pub fn held(&self) -> usize {
+        self.pool
+            .owners
+            .borrow()
+            .get(self.owner as usize)
+            .map_or(0, |s| s.held as usize)
+    }
+
+    /// Counts `buf` against this receiver (see [`held`](Self::held)) until it is dropped or
+    /// adopted by another receiver.
+    pub fn adopt(&self, buf: &mut PooledBuf) {
+        if !Rc::ptr_eq(&buf.pool, &self.pool) || buf.owner == self.owner {
+            return;
+        }
+        self.pool.disown(buf.owner);
+        if let Some(slot) = self.pool.owners.borrow_mut().get_mut(self.owner as usize) {
+            slot.held += 1;
+        }
+        buf.owner = self.owner;
     }
 
     fn give_back_turn(&mut self) {
@@ -531,16 +756,30 @@ impl Drop for BufWait {
         // A queued entry is skipped by the pool; a held turn goes to the next waiter.
         self.give_back_turn();
         self.forget_entry();
+        let mut owners = self.pool.owners.borrow_mut();
+        if let Some(slot) = owners.get_mut(self.owner as usize) {
+            slot.live = false;
+            if slot.held == 0 {
+                self.pool.free_owners.borrow_mut().push(self.owner);
+            }
+        }
     }
 }
 
 /// A receive buffer lent from the runtime's pool; dropping it gives it back.
 ///
-/// Derefs to the received bytes. `!Send`: it must go back to its own runtime's pool.
+/// Derefs to the received bytes. `!Send`: it must go back to its own runtime's pool. Each
+/// buffer has exactly one `PooledBuf` at a time: the pool tracks who holds every buffer (see
+/// "Soundness of the pool's public API" in the runtime's `DESIGN.md`).
 pub struct PooledBuf {
     pool: Rc<BufPool>,
+    /// The valid bytes are `start..end` of the buffer. `u32`s, with `owner` and `bid`, keep
+    /// the whole at 24 bytes.
+    start: u32,
+    end: u32,
+    /// The [`BufWait`] whose receiver this buffer counts against (its budget), or `NO_OWNER`.
+    owner: u32,
     bid: u16,
-    len: usize,
 }
 
 impl PooledBuf {
@@ -554,15 +793,53 @@ impl PooledBuf {
         self.pool.buf_size
     }
 
-    /// The start of the whole buffer (`capacity` bytes), to receive into.
+    /// The start of the whole buffer (`capacity` bytes), to receive into. Writing through it is
+    /// the caller's `unsafe` business; the bytes count once [`set_len`](Self::set_len) says so.
     pub fn spare_mut_ptr(&mut self) -> *mut u8 {
         self.pool.buf_ptr(self.bid)
     }
 
-    /// Sets how many bytes are valid (after a receive wrote them), at most `capacity`. The pool's
-    /// memory is a zero-filled mapping, so every byte is always initialised.
-    pub fn set_len(&mut self, len: usize) {
-        self.len = len.min(self.pool.buf_size);
+    /// Sets the valid bytes to the first `len` of the buffer, after a receive wrote them.
+    ///
+    /// Not part of the public API (for receives into [`spare_mut_ptr`](Self::spare_mut_ptr)).
+    ///
+    /// # Safety
+    /// The first `len` bytes were written since this buffer was taken from the pool. (The
+    /// memory is always initialised, so reading it is never undefined behaviour; but bytes not
+    /// written by this receive are an earlier receive's, possibly another connection's data.)
+    ///
+    /// # Panics
+    /// If `len` exceeds [`capacity`](Self::capacity).
+    #[doc(hidden)]
+    pub unsafe fn set_len(&mut self, len: usize) {
+        assert!(
+            len <= self.pool.buf_size,
+            "set_len: {len} bytes do not fit a {}-byte pool buffer",
+            self.pool.buf_size
+        );
+        self.start = 0;
+        self.end = len as u32;
+    }
+
+    /// Drops the first `n` valid bytes (a reader consumed them): the buffer then derefs to the
+    /// rest.
+    ///
+    /// # Panics
+    /// If `n` exceeds the valid length.
+    pub fn advance(&mut self, n: usize) {
+        assert!(
+            n <= self.len(),
+            "advance: {n} bytes past the end of a {}-byte chunk",
+            self.len()
+        );
+        self.start += n as u32;
+    }
+
+    /// Keeps only the first `len` valid bytes (no effect if there are fewer).
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len() {
+            self.end = self.start + len as u32;
+        }
     }
 }
 
@@ -570,17 +847,28 @@ impl Deref for PooledBuf {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        // SAFETY: the buffer is lent to us (neither the kernel nor anyone else writes it until
-        // it is published again on drop), and the mapping is zero-filled, so every byte is
-        // initialised.
-        unsafe { std::slice::from_raw_parts(self.pool.buf_ptr(self.bid), self.len) }
+        // SAFETY: the buffer is lent to us (the pool's state says `Lent` for `bid` until this
+        // drops: neither the kernel nor another `PooledBuf` can have it), `start <= end <=
+        // buf_size` (checked where they are set), and the mapping is zero-filled, so every
+        // byte is initialised.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.pool.buf_ptr(self.bid).add(self.start as usize),
+                (self.end - self.start) as usize,
+            )
+        }
     }
 }
 
 impl DerefMut for PooledBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.pool.buf_ptr(self.bid), self.len) }
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.pool.buf_ptr(self.bid).add(self.start as usize),
+                (self.end - self.start) as usize,
+            )
+        }
     }
 }
 
@@ -594,13 +882,14 @@ impl fmt::Debug for PooledBuf {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PooledBuf")
             .field("id", &self.bid)
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish()
     }
 }
 
 impl Drop for PooledBuf {
     fn drop(&mut self) {
+        self.pool.disown(self.owner);
         self.pool.out.set(self.pool.out.get() - 1);
         self.pool.publish(self.bid);
     }
@@ -613,6 +902,12 @@ mod tests {
 
     fn wakes(c: &Count) -> usize {
         c.wakes()
+    }
+
+    /// `take_filled` of a buffer a (simulated) completion named, as the receiver would.
+    fn take(pool: &Rc<BufPool>, bid: u16, len: usize) -> PooledBuf {
+        // SAFETY: every test calls it once per buffer a reaped completion named.
+        unsafe { pool.take_filled(bid, len) }
     }
 
     /// A free-list pool (the epoll flavour) with every buffer lent out.
@@ -723,7 +1018,7 @@ mod tests {
         assert!(!waiter.may_take());
         waiter.wait(&waker);
         // The kernel's completion named buffer 1; the receiver drops it.
-        drop(pool.take_filled(1, 10));
+        drop(take(&pool, 1, 10));
         assert_eq!(wakes(&count), 1);
         assert!(waiter.may_take());
     }
@@ -744,8 +1039,8 @@ mod tests {
         // 2. A bundle of 150 bytes from buffer 1: buffers 1, 2, 3, the last one part full.
         assert_eq!(reap(&pool, 1, 150), [(1, 64), (2, 64), (3, 22)]);
         // 3. Buffers 2 then 0 come back: ring positions 8 and 9 (entries 0 and 1).
-        let two = pool.take_filled(2, 64);
-        let zero = pool.take_filled(0, 10);
+        let two = take(&pool, 2, 64);
+        let zero = take(&pool, 0, 10);
         drop(two);
         drop(zero);
         // 4. A bundle from buffer 4 wraps around the ring to them.
@@ -754,7 +1049,7 @@ mod tests {
             [(4, 64), (5, 64), (6, 64), (7, 64), (2, 64), (0, 1)]
         );
         // 5. An error completion that names a buffer took just that one.
-        drop(pool.take_filled(1, 0));
+        drop(take(&pool, 1, 0));
         assert_eq!(reap(&pool, 1, -libc::ENOBUFS), [(1, 0)]);
     }
 
@@ -765,7 +1060,7 @@ mod tests {
         // first. Buffer 1 comes back: its ring position would be 4, entry 0, which the
         // unreaped completion of buffer 0 still needs to name.
         assert_eq!(reap(&pool, 1, 64), [(1, 64)]);
-        drop(pool.take_filled(1, 64));
+        drop(take(&pool, 1, 64));
         // 1. Deferred: the entry still names buffer 0.
         assert_eq!(reap(&pool, 0, 64), [(0, 64)]);
         // 2. Reaping buffer 0 published buffer 1 behind buffers 2 and 3.
@@ -773,8 +1068,142 @@ mod tests {
         assert!(!pool.has_free(), "every buffer was taken by the kernel");
         // 3. Buffers come back in a different order than they were taken.
         for bid in [3, 0, 1, 2] {
-            drop(pool.take_filled(bid, 64));
+            drop(take(&pool, bid, 64));
         }
         assert_eq!(reap(&pool, 3, 4 * 64), [(3, 64), (0, 64), (1, 64), (2, 64)]);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of range")]
+    fn take_filled_of_a_buffer_id_out_of_range_panics() {
+        let pool = BufPool::new(4, 64, true);
+        drop(take(&pool, 60000, 8));
+    }
+
+    #[test]
+    #[should_panic(expected = "is Lent, not Filled")]
+    fn take_filled_twice_panics_rather_than_lend_one_buffer_twice() {
+        let pool = BufPool::new(4, 64, true);
+        pool.reaped(0, 8, |_, _| {});
+        let first = take(&pool, 0, 8);
+        let _second = take(&pool, 0, 8);
+        drop(first);
+    }
+
+    #[test]
+    #[should_panic(expected = "is Free, not Filled")]
+    fn take_filled_of_a_buffer_still_in_the_ring_panics() {
+        let pool = BufPool::new(4, 64, true);
+        drop(take(&pool, 2, 8));
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds the pool's buffer size")]
+    fn take_filled_longer_than_a_buffer_panics() {
+        let pool = BufPool::new(4, 64, true);
+        pool.reaped(0, 8, |_, _| {});
+        drop(take(&pool, 0, 65));
+    }
+
+    #[test]
+    #[should_panic(expected = "is Lent, not Filled")]
+    fn recycling_a_lent_buffer_panics_rather_than_hand_it_to_the_kernel() {
+        let pool = BufPool::new(4, 64, true);
+        pool.reaped(0, 8, |_, _| {});
+        let lent = take(&pool, 0, 8);
+        // SAFETY: deliberately wrong; the pool must catch it.
+        unsafe { pool.recycle_filled(0) };
+        drop(lent);
+    }
+
+    #[test]
+    fn the_driver_recycle_ignores_buffers_that_are_not_filled() {
+        let pool = BufPool::new(4, 64, true);
+        pool.reaped(0, 8, |_, _| {});
+        let lent = take(&pool, 0, 8);
+        pool.recycle(0); // lent: left alone
+        pool.recycle(3); // in the ring: left alone
+        pool.recycle(60000); // out of range: left alone
+        assert_eq!(pool.free(), 3);
+        drop(lent);
+        assert_eq!(pool.free(), 4);
+    }
+
+    #[test]
+    fn advance_truncate_and_set_len_stay_inside_the_buffer() {
+        let pool = BufPool::new(2, 8, false);
+        let mut buf = pool.take_free().unwrap();
+        // SAFETY: the test writes the bytes first.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b"abcdefgh".as_ptr(), buf.spare_mut_ptr(), 8);
+            buf.set_len(8);
+        }
+        buf.advance(3);
+        assert_eq!(&*buf, b"defgh");
+        buf.truncate(2);
+        assert_eq!(&*buf, b"de");
+        buf.truncate(10);
+        assert_eq!(&*buf, b"de");
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| buf.advance(3)));
+        assert!(r.is_err(), "advance past the end panics");
+        // SAFETY: as above.
+        let r =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { buf.set_len(9) }));
+        assert!(r.is_err(), "set_len past the capacity panics");
+    }
+
+    #[test]
+    fn a_turn_is_used_up_by_arming_so_idle_receivers_hold_none() {
+        let (pool, mut bufs) = drained(2);
+        let (mut idle, mut busy) = (pool.waiter(), pool.waiter());
+        let (ci, wi) = counting_waker();
+        let (cb, wb) = counting_waker();
+        idle.wait(&wi);
+        busy.wait(&wb);
+        // 1. One buffer back: the first waiter gets the turn, arms a receive and goes idle.
+        drop(bufs.pop());
+        assert_eq!((wakes(&ci), wakes(&cb)), (1, 0));
+        assert!(idle.may_take());
+        idle.armed();
+        // 2. Its turn passed on at once: the second waiter (whose data waits) may take the
+        //    free buffer, though the idle one never received anything.
+        assert_eq!(wakes(&cb), 1);
+        assert!(busy.may_take());
+        let got = pool.take_free().unwrap();
+        busy.took_buffer();
+        // 3. The idle receiver's receive finds the pool empty when its data comes: it queues
+        //    again at the front, ahead of a later waiter.
+        let mut later = pool.waiter();
+        let (cl, wl) = counting_waker();
+        later.wait(&wl);
+        idle.lost_race();
+        idle.wait(&wi);
+        drop(got);
+        assert_eq!((wakes(&ci), wakes(&cl)), (2, 0));
+    }
+
+    #[test]
+    fn lent_buffers_count_against_their_receiver_until_dropped() {
+        let pool = BufPool::new(4, 64, false);
+        let first = pool.waiter();
+        let mut a = pool.take_free().unwrap();
+        let mut b = pool.take_free().unwrap();
+        first.adopt(&mut a);
+        first.adopt(&mut b);
+        first.adopt(&mut b); // twice: counted once
+        assert_eq!(first.held(), 2);
+        drop(a);
+        assert_eq!(first.held(), 1);
+        // The receiver goes; its id is not reused while a buffer of it is lent.
+        drop(first);
+        let second = pool.waiter();
+        assert_eq!(second.held(), 0);
+        drop(b);
+        let third = pool.waiter();
+        assert_eq!((second.held(), third.held()), (0, 0));
+        let mut c = pool.take_free().unwrap();
+        third.adopt(&mut c);
+        second.adopt(&mut c); // moves
+        assert_eq!((second.held(), third.held()), (1, 0));
     }
 }

@@ -453,9 +453,18 @@ impl<F: Future + 'static> TaskCell<F> {
         // SAFETY: owner thread only, and never while the future is being polled (callers check
         // RUNNING or are the poll itself, after it returned); no reference into the stage
         // outlives this call.
-        let stage = unsafe { &mut *self.stage.get() };
-        let old = std::mem::replace(stage, new);
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(move || drop(old))) {
+        let stage = self.stage.get();
+        // Dropped in place, not moved out first: the future is pinned, and a future that
+        // borrows from itself (an awaited future holding `&mut` to a local) may use that
+        // borrow in its destructor.
+        // SAFETY: as above; the stage is valid here, and after `drop_in_place` (even one that
+        // panicked part-way) it is overwritten without being dropped again.
+        let dropped = panic::catch_unwind(AssertUnwindSafe(|| unsafe {
+            std::ptr::drop_in_place(stage)
+        }));
+        // SAFETY: as above.
+        unsafe { std::ptr::write(stage, new) };
+        if let Err(payload) = dropped {
             core.report_panic(Some(me), "a task's destructor panicked", &*payload);
         }
     }
