@@ -22,6 +22,7 @@ mod fd;
 mod handle;
 mod multishot;
 mod op;
+mod slots;
 mod uring;
 mod wake;
 
@@ -211,7 +212,7 @@ impl Driver {
 
     pub(crate) fn stats(&self) -> DriverStats {
         match self {
-            Driver::Uring(u) => u.stats,
+            Driver::Uring(u) => u.table.stats,
             Driver::Epoll(e) => e.stats,
         }
     }
@@ -296,7 +297,7 @@ impl Driver {
     /// The runtime's receive-buffer pool.
     pub(crate) fn pool(&self) -> &Rc<BufPool> {
         match self {
-            Driver::Uring(u) => &u.pool,
+            Driver::Uring(u) => &u.table.pool,
             Driver::Epoll(e) => &e.pool,
         }
     }
@@ -411,7 +412,7 @@ impl Driver {
     pub(crate) fn count_attempt(&mut self) {
         match self {
             Driver::Epoll(e) => e.count_attempt(),
-            Driver::Uring(u) => u.stats.syscalls += 1,
+            Driver::Uring(u) => u.table.stats.syscalls += 1,
         }
     }
 
