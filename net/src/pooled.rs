@@ -120,8 +120,9 @@ pub struct RecvSlot {
 struct Shared {
     /// A live receiver holds the stream's receive state; another gets an error.
     active: std::cell::Cell<bool>,
-    /// What the last receiver left: see [`Leftover`].
-    left: RefCell<Leftover>,
+    /// What the last receiver left: see [`Leftover`]. Boxed, and only once a receiver left
+    /// something: every connection with a receiver has a `Shared`, few ever have leftovers.
+    left: RefCell<Option<Box<Leftover>>>,
 }
 
 /// Data received for a stream and not yet read: chunks a dropped receiver had queued (or the
@@ -206,17 +207,25 @@ impl RecvSlot {
         let mut rx = PooledReceiver::new(fd.clone(), cap, shared);
         rx.busy = busy;
         if !busy {
-            let mut left = rx.shared.left.borrow_mut();
-            rx.stash = std::mem::take(&mut left.chunks);
-            rx.eof = std::mem::take(&mut left.eof);
-            rx.error = left.error.take();
-            if let Some(ms) = left.multishot.take() {
-                rx.multishot = ms;
-                rx.single_shot = left.single_shot;
-            }
-            drop(left);
-            for chunk in &mut rx.stash {
-                rx.wait.adopt(chunk);
+            let taken = rx.shared.left.borrow_mut().take();
+            if let Some(left) = taken {
+                let Leftover {
+                    chunks,
+                    multishot,
+                    single_shot,
+                    eof,
+                    error,
+                } = *left;
+                rx.stash = chunks;
+                rx.eof = eof;
+                rx.error = error;
+                if let Some(ms) = multishot {
+                    rx.multishot = ms;
+                    rx.single_shot = single_shot;
+                }
+                for chunk in &mut rx.stash {
+                    rx.wait.adopt(chunk);
+                }
             }
         }
         rx
@@ -233,12 +242,15 @@ pub(crate) async fn read_leftover<B: IoBufMut>(
     let Some(shared) = slot.shared.get() else {
         return Err(buf);
     };
-    if shared.active.get() || shared.left.borrow().is_empty() {
+    if shared.active.get() || shared.left.borrow().as_ref().is_none_or(|l| l.is_empty()) {
         return Err(buf);
     }
     let pool = buffer_pool();
     let next = poll_fn(|cx| {
         let mut left = shared.left.borrow_mut();
+        let Some(left) = left.as_mut() else {
+            return Poll::Ready(Ok(None));
+        };
         match left.poll_next(&pool, cx) {
             Poll::Pending => pending_or_cancelled(true).map(|r| r.map(|()| None)),
             Poll::Ready(None) => Poll::Ready(Ok(None)),
@@ -250,7 +262,11 @@ pub(crate) async fn read_leftover<B: IoBufMut>(
         Ok(None) => Err(buf),
         // The end of stream, seen by the receive: a plain receive would say the same.
         Ok(Some(None)) => {
-            shared.left.borrow_mut().eof = true;
+            shared
+                .left
+                .borrow_mut()
+                .get_or_insert_with(Box::default)
+                .eof = true;
             Ok((Ok(0), buf))
         }
         Ok(Some(Some(mut chunk))) => {
@@ -263,7 +279,9 @@ pub(crate) async fn read_leftover<B: IoBufMut>(
             }
             chunk.advance(n);
             if !chunk.is_empty() {
-                shared.left.borrow_mut().chunks.push_front(chunk);
+                (shared.left.borrow_mut().get_or_insert_with(Box::default))
+                    .chunks
+                    .push_front(chunk);
             }
             Ok((Ok(n), buf))
         }
@@ -640,7 +658,12 @@ impl Drop for PooledReceiver {
         // Hand what this receiver holds back to the stream: the chunks it was given, its
         // receive (stopped, so the peer is back-pressured again; what the kernel took before
         // the stop still arrives, and a later read gets it), and the end or error it saw.
+        if !self.multishot.is_armed() && self.stash.is_empty() && !self.eof && self.error.is_none()
+        {
+            return; // nothing to hand back
+        }
         let mut left = self.shared.left.borrow_mut();
+        let left = left.get_or_insert_with(Box::default);
         if self.multishot.is_armed() {
             self.multishot.cancel();
             left.multishot = Some(std::mem::replace(
