@@ -1,7 +1,16 @@
-//! The runtime: the loop, its thread-local context, and the handle other threads use.
+//! The runtime: the loop (this file), its [`Builder`] (`builder.rs`) and the [`Handle`] other
+//! threads use (`handle.rs`, with the injector they push into).
 //!
-//! One loop iteration is [`Runtime::run_once`]; everything else (`block_on`, `run_forever`)
-//! calls it in a loop.
+//! One loop iteration is `Core::run_once`; everything else (`block_on`, `run_forever`) calls
+//! it in a loop.
+
+mod builder;
+mod handle;
+
+pub use builder::Builder;
+pub use handle::Handle;
+use handle::RemoteTask;
+pub(crate) use handle::Shared;
 
 use std::any::Any;
 use std::cell::{Cell, RefCell};
@@ -12,16 +21,15 @@ use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
 
 use crate::callback::{new_callback, CallbackHandle, CallbackPtr};
 use crate::context;
-use crate::driver::{Backend, BufPool, Driver, DriverHandle, WakeFd};
-use crate::handshake::ParkState;
+use crate::driver::{Backend, BufPool, DriverHandle};
 use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
@@ -32,63 +40,6 @@ use crate::time::heap::{TimerAction, TimerHeap, TimerKey};
 pub(crate) enum Runnable {
     Task(TaskPtr),
     Callback(CallbackPtr),
-}
-
-/// A task woken from another thread. Only the pointer travels; the task is polled and dropped
-/// on its own thread.
-struct RemoteTask(TaskPtr);
-
-// SAFETY: a `TaskPtr` may hold a `!Send` future, but the injector only moves the pointer to the
-// owner thread, which is the only thread that polls or drops the future (see `task::cell`);
-// the `Arc` counts are atomic, and a count released here never drops the future.
-unsafe impl Send for RemoteTask {}
-
-#[derive(Default)]
-struct Injected {
-    tasks: Vec<RemoteTask>,
-    callbacks: Vec<Box<dyn FnOnce() + Send>>,
-}
-
-/// The part of a runtime other threads may touch: the injector and the wake fd.
-pub(crate) struct Shared {
-    injected: Mutex<Injected>,
-    /// Whether something is in `injected`, and whether the loop is parking: the wake handshake
-    /// (see `handshake.rs`, model-checked with loom).
-    park: ParkState,
-    stop_requested: AtomicBool,
-    /// The runtime is gone: remote wakes are dropped instead of queued.
-    closed: AtomicBool,
-    wake: WakeFd,
-}
-
-impl Shared {
-    pub(crate) fn inject_task(&self, task: TaskPtr) {
-        self.inject(|inj| inj.tasks.push(RemoteTask(task)));
-    }
-
-    fn inject(&self, push: impl FnOnce(&mut Injected)) {
-        {
-            let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
-            if self.closed.load(Ordering::Acquire) {
-                return;
-            }
-            push(&mut inj);
-            self.park.announce();
-        }
-        self.unpark();
-    }
-
-    fn unpark(&self) {
-        if self.park.must_unpark() {
-            self.wake.wake();
-        }
-    }
-
-    fn take_injected(&self) -> Injected {
-        self.park.take_announced();
-        let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
-        std::mem::take(&mut *inj)
-    }
 }
 
 /// Details of an unhandled error, for the exception handler (asyncio's exception context).
@@ -534,248 +485,6 @@ impl Core {
     }
 }
 
-/// Slots of the registered file table when `Builder::registered_fds` is on: 32 768, or the
-/// open-file limit if lower (the kernel refuses a larger table with `EMFILE`).
-fn file_table_slots() -> u32 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one `rlimit` into the live local.
-    let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
-    let cap = if ok { limit.rlim_cur } else { 1024 };
-    cap.min(32768) as u32
-}
-
-/// Builds a [`Runtime`] with options.
-///
-/// ```
-/// use ringloop_runtime::Runtime;
-/// use std::time::Duration;
-///
-/// let rt = Runtime::builder()
-///     .keep_finished_tasks(true)
-///     .shutdown_timeout(Duration::from_secs(1))
-///     .exception_handler(|ctx| eprintln!("custom: {ctx}"))
-///     .build()
-///     .unwrap();
-/// rt.block_on(async {});
-/// ```
-pub struct Builder {
-    backend: Option<Backend>,
-    registered_fds: bool,
-    ring_entries: u32,
-    cq_entries: Option<u32>,
-    zero_copy_send: bool,
-    recv_bundles: bool,
-    multishot_recv: bool,
-    pool: crate::driver::PoolConfig,
-    keep_finished_tasks: bool,
-    shutdown_timeout: Duration,
-    exception_handler: Option<ExceptionHandler>,
-}
-
-impl Default for Builder {
-    fn default() -> Self {
-        Builder {
-            backend: None,
-            registered_fds: false,
-            ring_entries: crate::driver::RING_ENTRIES,
-            cq_entries: None,
-            zero_copy_send: false,
-            recv_bundles: true,
-            multishot_recv: true,
-            pool: crate::driver::PoolConfig::default(),
-            keep_finished_tasks: false,
-            shutdown_timeout: Duration::from_secs(5),
-            exception_handler: None,
-        }
-    }
-}
-
-impl Builder {
-    /// A builder with the defaults: finished tasks forgotten, 5 s shutdown grace, panics
-    /// reported on stderr.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Chooses the I/O backend (default [`Backend::Auto`]; see [`driver`](crate::driver)). An
-    /// explicit choice here wins over the `RINGLOOP_BACKEND` environment variable.
-    pub fn backend(mut self, backend: Backend) -> Self {
-        self.backend = Some(backend);
-        self
-    }
-
-    /// Sizes the receive-buffer pool that pooled receives and multishot recv draw from
-    /// (default 512 buffers of 2 KiB; see [`PoolConfig`](crate::driver::PoolConfig)). `buffers` must be a power of two, at most 32768.
-    ///
-    /// # Panics
-    /// At [`build`](Self::build) if `buffers` is not a power of two or is over 32768.
-    pub fn buffer_pool(mut self, buffers: u16, buf_size: usize) -> Self {
-        self.pool = crate::driver::PoolConfig { buffers, buf_size };
-        self
-    }
-
-    /// Submission-queue entries of the io_uring ring (default 1024; a power of two is used,
-    /// rounded up by the kernel). The completion queue gets eight times as many and at least
-    /// 32 768 (see [`completion_entries`](Self::completion_entries)).
-    pub fn ring_entries(mut self, entries: u32) -> Self {
-        self.ring_entries = entries.max(1);
-        self
-    }
-
-    /// Completion-queue entries of the io_uring ring (default: eight times
-    /// [`ring_entries`](Self::ring_entries), at least 32 768, so every connection of a
-    /// 10 000-connection server can complete a receive and a send in one loop iteration; the
-    /// kernel caps it at 65 536 and rounds it up to a power of two). 16 bytes each. When the
-    /// queue still overflows, the kernel keeps the completions and the driver flushes them
-    /// (none is lost), at some cost.
-    pub fn completion_entries(mut self, entries: u32) -> Self {
-        self.cq_entries = Some(entries.max(1));
-        self
-    }
-
-    /// Installs every socket in io_uring's registered file table as well (default off). Ops then
-    /// name the socket by its slot, which saves the kernel a file lookup per op, at the cost of
-    /// one `io_uring_register` when a socket is created and one when it is closed. The socket
-    /// keeps its descriptor, so every socket option still works. A socket dropped outside its
-    /// runtime cannot leave the table: the ring then holds it open until the runtime is
-    /// dropped. Measured: see docs/measurements.md.
-    ///
-    /// Ignored, with one line on stderr, on epoll and on kernels before 6.15. Those free the
-    /// socket of an emptied slot only after every op that used the table before has completed,
-    /// so one receive waiting on an idle connection keeps every socket closed after it open,
-    /// unseen by its peer (seen on 6.1 and 6.12 by `.ci/kernels`: a server whose clients wait
-    /// for its close hangs).
-    pub fn registered_fds(mut self, on: bool) -> Self {
-        self.registered_fds = on;
-        self
-    }
-
-    /// Sends with io_uring's zero-copy `SEND_ZC` instead of `SEND` (default off; ignored on
-    /// epoll). The kernel then reads the caller's buffer in place instead of copying it, and
-    /// the send completes only once the kernel is done with the buffer. It pays for large
-    /// sends to a real NIC; on loopback and for small messages the kernel copies anyway and the
-    /// extra notification costs more (measured: see docs/measurements.md), hence off by
-    /// default.
-    pub fn zero_copy_send(mut self, on: bool) -> Self {
-        self.zero_copy_send = on;
-        self
-    }
-
-    /// Lets a pooled receive fill several pool buffers with one completion (io_uring's receive
-    /// bundles, `IORING_RECVSEND_BUNDLE`; default on). Ignored on epoll, on kernels without
-    /// bundles (before 6.10) and without [`multishot_recv`](Self::multishot_recv); on a kernel
-    /// that has them but refuses the length limit on a multishot receive that a bundle needs
-    /// (6.12), receivers fall back to plain multishot receives at their first try.
-    ///
-    /// A stream that brings many buffers' worth at once then costs the kernel one receive and
-    /// one completion instead of one per buffer. What the receiver hands out is the same, one
-    /// [`PooledBuf`](crate::PooledBuf) per buffer, in order. A bundle takes at most the
-    /// receiver's queue cap in buffers, which also keeps an unread connection's share of the
-    /// pool tighter than plain multishot receives do (see `ringloop_net::pooled`). Measured:
-    /// see docs/measurements.md.
-    pub fn recv_bundles(mut self, on: bool) -> Self {
-        self.recv_bundles = on;
-        self
-    }
-
-    /// Lets a pooled receive be one multishot receive per connection (default on; ignored on
-    /// epoll). Off, or on a kernel before 6.10 whatever this says, each pooled receive is a
-    /// single-shot receive of one buffer, re-armed at each `recv`, and receive bundles are off
-    /// too: see [`multishot_recv`](crate::multishot_recv) for why old kernels get that. Off
-    /// here, the single-shot path runs on any kernel, which is how the tests cover it.
-    pub fn multishot_recv(mut self, on: bool) -> Self {
-        self.multishot_recv = on;
-        self
-    }
-
-    /// Keeps ended tasks in [`task_tree`](crate::task_tree) dumps (for post-mortems). Each ended
-    /// task then costs a small record until the runtime is dropped.
-    pub fn keep_finished_tasks(mut self, keep: bool) -> Self {
-        self.keep_finished_tasks = keep;
-        self
-    }
-
-    /// How long [`Runtime::block_on`] lets the tasks it cancels at the end clean up before it
-    /// drops them (default 5 s).
-    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
-        self.shutdown_timeout = timeout;
-        self
-    }
-
-    /// Replaces the default exception handler (one line on stderr per unhandled panic).
-    pub fn exception_handler(mut self, f: impl Fn(&ExceptionContext<'_>) + 'static) -> Self {
-        self.exception_handler = Some(Rc::new(f));
-        self
-    }
-
-    /// Creates the runtime.
-    ///
-    /// # Errors
-    /// If the kernel refuses the driver's descriptors (eventfd, epoll), e.g. at the open-file
-    /// limit; if io_uring was asked for explicitly and is unavailable; if `RINGLOOP_BACKEND`
-    /// holds an unknown name.
-    pub fn build(self) -> io::Result<Runtime> {
-        let wake = WakeFd::new()?;
-        let driver = Driver::new(
-            self.backend.unwrap_or_default(),
-            self.backend.is_some(),
-            &wake,
-            self.pool,
-            self.ring_entries,
-            self.cq_entries,
-        )?;
-        let mut driver = driver;
-        let backend = driver.backend();
-        let registered_fds = self.registered_fds && driver.enable_file_table(file_table_slots());
-        if self.registered_fds && !registered_fds {
-            eprintln!("ringloop: registered descriptors unavailable on this backend or kernel");
-        }
-        let zero_copy_send = self.zero_copy_send && driver.supports_send_zc();
-        if self.zero_copy_send && !zero_copy_send {
-            eprintln!("ringloop: zero-copy send unavailable on this backend or kernel; using send");
-        }
-        let multishot_recv = self.multishot_recv && driver.supports_recv_bundles();
-        let pool = driver.pool().clone();
-        let recv_bundles = self.recv_bundles && multishot_recv;
-        let shared = Arc::new(Shared {
-            injected: Mutex::new(Injected::default()),
-            park: ParkState::new(),
-            stop_requested: AtomicBool::new(false),
-            closed: AtomicBool::new(false),
-            wake,
-        });
-        let core = Core {
-            shared,
-            ready: RefCell::new(VecDeque::with_capacity(256)),
-            timers: RefCell::new(TimerHeap::new()),
-            tasks: RefCell::new(Slab::new()),
-            finished: RefCell::new(self.keep_finished_tasks.then(Vec::new)),
-            driver: DriverHandle::new(driver),
-            pool,
-            woken: RefCell::new(Vec::new()),
-            backend,
-            zero_copy_send,
-            registered_fds,
-            recv_bundles,
-            multishot_recv,
-            exception_handler: RefCell::new(
-                self.exception_handler
-                    .unwrap_or_else(default_exception_handler),
-            ),
-            stop_requested: Cell::new(false),
-            counters: Counters::default(),
-            expired: RefCell::new(Vec::new()),
-        };
-        Ok(Runtime {
-            core: Box::new(core),
-            shutdown_timeout: self.shutdown_timeout,
-        })
-    }
-}
-
 /// A ringloop event loop, bound to the thread that created it.
 ///
 /// ```
@@ -1114,56 +823,6 @@ impl fmt::Debug for Runtime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Runtime")
             .field("stats", &self.stats())
-            .finish()
-    }
-}
-
-/// A `Send + Sync` handle to a runtime, for other threads: stop it, or schedule a callback on
-/// it (asyncio's `call_soon_threadsafe`).
-///
-/// ```
-/// use ringloop_runtime::Runtime;
-///
-/// let rt = Runtime::new().unwrap();
-/// let handle = rt.handle();
-/// let t = std::thread::spawn(move || handle.call_soon_threadsafe(|| ringloop_runtime::stop()));
-/// rt.run_forever().unwrap();
-/// t.join().unwrap();
-/// ```
-#[derive(Clone)]
-pub struct Handle {
-    shared: Arc<Shared>,
-}
-
-impl Handle {
-    /// Stops the loop after its current iteration, as [`stop`](crate::stop) does, from any
-    /// thread.
-    pub fn stop(&self) {
-        self.shared.stop_requested.store(true, Ordering::Release);
-        self.shared.park.force_unpark();
-        self.shared.unpark();
-    }
-
-    /// Schedules `f` on the runtime's thread, waking the loop if it is parked. Returns false if
-    /// the runtime is gone (then `f` is dropped).
-    pub fn call_soon_threadsafe(&self, f: impl FnOnce() + Send + 'static) -> bool {
-        if self.shared.closed.load(Ordering::Acquire) {
-            return false;
-        }
-        self.shared.inject(|inj| inj.callbacks.push(Box::new(f)));
-        !self.shared.closed.load(Ordering::Acquire)
-    }
-
-    /// Whether the runtime has been dropped.
-    pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
-    }
-}
-
-impl fmt::Debug for Handle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Handle")
-            .field("closed", &self.is_closed())
             .finish()
     }
 }

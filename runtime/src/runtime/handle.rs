@@ -1,0 +1,116 @@
+//! [`Handle`]: what other threads may hold of a runtime, and the injector behind it.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::driver::WakeFd;
+use crate::handshake::ParkState;
+use crate::task::TaskPtr;
+
+/// A task woken from another thread. Only the pointer travels; the task is polled and dropped
+/// on its own thread.
+pub(super) struct RemoteTask(pub(super) TaskPtr);
+
+// SAFETY: a `TaskPtr` may hold a `!Send` future, but the injector only moves the pointer to the
+// owner thread, which is the only thread that polls or drops the future (see `task::cell`);
+// the `Arc` counts are atomic, and a count released here never drops the future.
+unsafe impl Send for RemoteTask {}
+
+#[derive(Default)]
+pub(super) struct Injected {
+    pub(super) tasks: Vec<RemoteTask>,
+    pub(super) callbacks: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+/// The part of a runtime other threads may touch: the injector and the wake fd.
+pub(crate) struct Shared {
+    pub(super) injected: Mutex<Injected>,
+    /// Whether something is in `injected`, and whether the loop is parking: the wake handshake
+    /// (see `handshake.rs`, model-checked with loom).
+    pub(super) park: ParkState,
+    pub(super) stop_requested: AtomicBool,
+    /// The runtime is gone: remote wakes are dropped instead of queued.
+    pub(super) closed: AtomicBool,
+    pub(super) wake: WakeFd,
+}
+
+impl Shared {
+    pub(crate) fn inject_task(&self, task: TaskPtr) {
+        self.inject(|inj| inj.tasks.push(RemoteTask(task)));
+    }
+
+    pub(super) fn inject(&self, push: impl FnOnce(&mut Injected)) {
+        {
+            let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+            if self.closed.load(Ordering::Acquire) {
+                return;
+            }
+            push(&mut inj);
+            self.park.announce();
+        }
+        self.unpark();
+    }
+
+    pub(super) fn unpark(&self) {
+        if self.park.must_unpark() {
+            self.wake.wake();
+        }
+    }
+
+    pub(super) fn take_injected(&self) -> Injected {
+        self.park.take_announced();
+        let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *inj)
+    }
+}
+
+/// A `Send + Sync` handle to a runtime, for other threads: stop it, or schedule a callback on
+/// it (asyncio's `call_soon_threadsafe`).
+///
+/// ```
+/// use ringloop_runtime::Runtime;
+///
+/// let rt = Runtime::new().unwrap();
+/// let handle = rt.handle();
+/// let t = std::thread::spawn(move || handle.call_soon_threadsafe(|| ringloop_runtime::stop()));
+/// rt.run_forever().unwrap();
+/// t.join().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Handle {
+    /// Stops the loop after its current iteration, as [`stop`](crate::stop) does, from any
+    /// thread.
+    pub fn stop(&self) {
+        self.shared.stop_requested.store(true, Ordering::Release);
+        self.shared.park.force_unpark();
+        self.shared.unpark();
+    }
+
+    /// Schedules `f` on the runtime's thread, waking the loop if it is parked. Returns false if
+    /// the runtime is gone (then `f` is dropped).
+    pub fn call_soon_threadsafe(&self, f: impl FnOnce() + Send + 'static) -> bool {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        self.shared.inject(|inj| inj.callbacks.push(Box::new(f)));
+        !self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the runtime has been dropped.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
