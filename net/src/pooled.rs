@@ -16,10 +16,13 @@
 //!   and a few connections whose handlers stop reading cannot take the whole pool. On
 //!   io_uring the kernel sees the stop at the next loop iteration, so a little more can land
 //!   first: with receive bundles (below) each bundle is limited to half the room, so the two
-//!   that can land stay within the budget (plus one buffer); with plain multishot receives
-//!   the kernel's retry loop (up to 32 receives per pass while the socket has data) can add a
-//!   few dozen, whatever the budget. A handler that keeps calling `recv` while holding
-//!   every chunk it got is still served, one buffer at a time.
+//!   that can land stay within the budget (plus one buffer); single-shot receives (kernels
+//!   without bundles, or refusing their length limit) take one buffer each, so the budget
+//!   holds exactly. Only plain multishot receives, chosen with
+//!   [`Builder::recv_bundles(false)`](ringloop_runtime::Builder::recv_bundles), let the
+//!   kernel's retry loop (up to 32 receives per pass while the socket has data) add a few
+//!   dozen, whatever the budget. A handler that keeps calling `recv` while holding every
+//!   chunk it got is still served, one buffer at a time.
 //! * **Turns.** When the pool runs dry, receivers queue for buffers, first come first
 //!   served, and a returning buffer gives the oldest waiter a *turn*. A turn lasts until the
 //!   receiver's next poll: it takes a buffer (epoll) or arms a receive that takes one when
@@ -466,8 +469,8 @@ impl PooledReceiver {
     /// [`Builder::recv_bundles`](ringloop_runtime::Builder::recv_bundles)): false before the
     /// first `recv`, on epoll, on kernels without bundles, and once the kernel refused the
     /// length limit a multishot bundle needs (6.12 does; the receivers then fall back to
-    /// plain multishot receives, which [`recv_bundles`](ringloop_runtime::recv_bundles) does
-    /// not know).
+    /// single-shot receives, which [`recv_bundles`](ringloop_runtime::recv_bundles) does not
+    /// know).
     pub fn is_bundled(&self) -> bool {
         self.bundled && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed)
     }
@@ -477,8 +480,14 @@ impl PooledReceiver {
     fn arm(&mut self) -> io::Result<()> {
         let pool = self.wait.pool().clone();
         let room = self.budget().saturating_sub(self.wait.held()).max(1);
-        self.bundled =
-            ringloop_runtime::recv_bundles() && !BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
+        let refused = BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
+        self.bundled = ringloop_runtime::recv_bundles() && !refused;
+        if ringloop_runtime::recv_bundles() && refused {
+            // Without a length limit a multishot receive can take up to 32 buffers before the
+            // cap's cancel lands, past the connection's budget: single-shot receives keep it
+            // exactly, as on kernels without bundles.
+            self.single_shot = true;
+        }
         // A bundle may land after the cap's cancel (the kernel sees it at its next enter):
         // half the room each, so the two stay within it.
         let cap = if self.bundled { room.div_ceil(2) } else { room };
@@ -573,8 +582,8 @@ impl PooledReceiver {
                         // The queue cap stopped the receive: re-arm now that it was read.
                         e if e == -libc::ECANCELED => continue,
                         // A kernel with bundles that refuses a length limit on a multishot
-                        // receive (it came later than bundles): plain multishot receives from
-                        // now on.
+                        // receive (it came later than bundles): single-shot receives from now
+                        // on (see `arm`).
                         e if e == -libc::EINVAL && self.bundled => {
                             BUNDLE_LIMIT_REFUSED.store(true, Ordering::Relaxed);
                             continue;

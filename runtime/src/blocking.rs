@@ -59,8 +59,8 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::task::cancel::take_cancel_if;
 use crate::task::TaskError;
-use crate::time::take_cancel_if;
 
 /// Threads of the process-wide pool unless [`set_max_blocking_threads`] says otherwise.
 pub const DEFAULT_MAX_THREADS: usize = 64;

@@ -27,8 +27,8 @@ use std::task::{Context, Poll, Waker};
 use slab::Slab;
 
 use crate::context;
+use crate::task::cancel::take_cancel_if;
 use crate::task::Cancelled;
-use crate::time::take_cancel_if;
 
 /// The error a shared error is stored as: cloneable, so every waiter gets it.
 pub type SharedError = Arc<dyn Error + Send + Sync>;

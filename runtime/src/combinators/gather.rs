@@ -6,9 +6,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::members::Members;
+use crate::task::cancel::{take_cancel, take_cancel_if};
 use crate::task::Cancelled;
 use crate::task::{Task, TaskError};
-use crate::time::{take_cancel, take_cancel_if};
 
 /// Waits for every task and returns their outputs in the order given (asyncio's `gather`).
 ///

@@ -10,8 +10,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
 use crate::context;
+use crate::task::cancel::{take_cancel, take_cancel_if};
 use crate::task::{panic_message, Cancelled, TaskRef};
-use crate::time::{take_cancel, take_cancel_if};
 
 /// One failure collected by a [`TaskGroup`].
 pub enum GroupFailure<E> {

@@ -32,8 +32,8 @@ pub(crate) use shield::shield_task;
 pub use shield::{shield, Shielded};
 pub use wait::{as_completed, wait, AsCompleted, Next, ReturnWhen, Wait};
 
+use crate::task::cancel::take_cancel;
 use crate::task::Cancelled;
-use crate::time::take_cancel;
 
 /// Lets every other ready task and callback run once before this task continues (asyncio's
 /// `await sleep(0)`): the task goes to the back of the ready queue and resumes on the next loop

@@ -4,8 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::task::cancel::take_cancel_if;
 use crate::task::{Task, TaskError};
-use crate::time::take_cancel_if;
 
 /// Runs `future` as its own task and awaits it without forwarding cancellation (asyncio's
 /// `shield`).

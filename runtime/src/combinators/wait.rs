@@ -6,8 +6,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::members::Members;
+use crate::task::cancel::take_cancel_if;
 use crate::task::{Cancelled, Task};
-use crate::time::{take_cancel_if, TimerEntry};
+use crate::time::TimerEntry;
 
 /// When [`wait`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -28,8 +28,8 @@ use super::errno::is_would_block;
 use super::handle::{shut_down, Deferred, DriverHandle};
 use super::{Backend, OpKey};
 use crate::context;
+use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
 use crate::task::Cancelled;
-use crate::time::{take_cancel, take_cancel_if, take_cancel_waiting};
 
 /// Which readiness an op waits for on the epoll backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -976,7 +976,11 @@ mod tests {
         assert_eq!(t.len(), 0);
         drop(t);
         assert_eq!(SENTINEL_DROPS.with(|d| d.get()), 0, "leaked, not freed");
-        assert_eq!(Rc::strong_count(&pool), 2, "the pool the kernel may write is kept");
+        assert_eq!(
+            Rc::strong_count(&pool),
+            2,
+            "the pool the kernel may write is kept"
+        );
     }
 
     #[test]

@@ -153,7 +153,8 @@ impl Builder {
     /// bundles, `IORING_RECVSEND_BUNDLE`; default on). Ignored on epoll, on kernels without
     /// bundles (before 6.10) and without [`multishot_recv`](Self::multishot_recv); on a kernel
     /// that has them but refuses the length limit on a multishot receive that a bundle needs
-    /// (6.12), receivers fall back to plain multishot receives at their first try.
+    /// (6.12), receivers fall back to single-shot receives at their first try (a multishot
+    /// receive without a length limit could take a connection past its share of the pool).
     ///
     /// A stream that brings many buffers' worth at once then costs the kernel one receive and
     /// one completion instead of one per buffer. What the receiver hands out is the same, one

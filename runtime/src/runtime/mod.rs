@@ -942,7 +942,7 @@ pub fn multishot_recv() -> bool {
 /// (after checking that its result is not ready, so nothing is lost) and resolve to the
 /// returned [`Cancelled`](crate::Cancelled) if there is one. Returns `None` outside a task.
 pub fn take_cancel_request() -> Option<crate::Cancelled> {
-    crate::time::take_cancel()
+    crate::task::cancel::take_cancel()
 }
 
 /// The running runtime's receive-buffer pool (see [`BufPool`](crate::BufPool)).

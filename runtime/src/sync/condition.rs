@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use super::lock::{Lock, LockAcquire, LockGuard};
 use super::semaphore::Waiter;
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::cancel::{take_cancel, take_cancel_waiting};
 use crate::task::Cancelled;
-use crate::time::{take_cancel, take_cancel_waiting};
 
 /// A condition variable bound to a [`Lock`] it owns (asyncio's `Condition`).
 ///

@@ -7,8 +7,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::cancel::take_cancel_if;
 use crate::task::Cancelled;
-use crate::time::take_cancel_if;
 
 /// A flag tasks can wait on (asyncio's `Event`).
 ///

@@ -43,8 +43,8 @@ use std::task::{Context, Poll, Waker};
 
 pub use super::chan_error::{RecvError, TryRecvError};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
 use crate::task::Cancelled;
-use crate::time::{take_cancel, take_cancel_if, take_cancel_waiting};
 
 /// A bounded channel holding at most `capacity` values; senders wait for room, FIFO.
 /// `capacity` 0 makes a rendezvous channel: each send waits until its value is received.

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 pub use super::chan_error::{RecvError, TryRecvError};
-use crate::time::take_cancel_if;
+use crate::task::cancel::take_cancel_if;
 
 /// Creates a one-shot channel.
 pub fn channel<T>() -> (Sender<T>, Receiver<T>) {

@@ -10,8 +10,8 @@ use std::task::{Context, Poll};
 
 use super::event::{Event, EventWait};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::cancel::{take_cancel, take_cancel_waiting};
 use crate::task::Cancelled;
-use crate::time::{take_cancel, take_cancel_waiting};
 
 /// A FIFO queue for passing items between tasks (asyncio's `Queue`), optionally bounded.
 ///

@@ -11,8 +11,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::cancel::take_cancel_if;
 use crate::task::Cancelled;
-use crate::time::take_cancel_if;
 
 /// A counter of permits that tasks acquire and release (asyncio's `Semaphore`): the usual way
 /// to cap concurrency, e.g. at most 10 queries in flight.

@@ -6,6 +6,8 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::context;
+
 /// The error a runtime await resolves to when the task awaiting it is cancelled: ringloop's
 /// `asyncio.CancelledError`.
 ///
@@ -135,5 +137,28 @@ impl From<Cancelled> for io::Error {
     /// (so it still counts as escaping when a task returns it).
     fn from(c: Cancelled) -> io::Error {
         io::Error::other(c)
+    }
+}
+
+/// Takes the current task's pending cancel request, if there is one: for a runtime future that
+/// starts waiting now (it has not registered anywhere yet).
+pub(crate) fn take_cancel() -> Option<Cancelled> {
+    context::with_current(|t| t.and_then(|t| t.header().take_cancel()))
+}
+
+/// Like [`take_cancel`], for a runtime future that was already waiting (registered with a
+/// timer, a waiter list, a task) when polled: it also resolves to `Cancelled` when the request
+/// was delivered to another future earlier in this task poll, so every concurrent branch of the
+/// task sees it (see "Concurrent branches" in the [`task`](crate::task) module docs).
+pub(crate) fn take_cancel_waiting() -> Option<Cancelled> {
+    context::with_current(|t| t.and_then(|t| t.header().take_cancel_waiting()))
+}
+
+/// [`take_cancel_waiting`] when `waiting`, else [`take_cancel`].
+pub(crate) fn take_cancel_if(waiting: bool) -> Option<Cancelled> {
+    if waiting {
+        take_cancel_waiting()
+    } else {
+        take_cancel()
     }
 }

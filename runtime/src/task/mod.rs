@@ -47,7 +47,7 @@
 //! [`take_cancel_request`](crate::take_cancel_request) sees the request only when it is the
 //! first to check; use [`take_cancel_request_waiting`] in a future that is already waiting.
 
-mod cancel;
+pub(crate) mod cancel;
 pub(crate) mod cell;
 pub(crate) mod tree;
 
@@ -573,7 +573,7 @@ where
 /// starts waiting now must use `take_cancel_request`, so cleanup code can still await. Returns
 /// `None` outside a task.
 pub fn take_cancel_request_waiting() -> Option<Cancelled> {
-    crate::time::take_cancel_waiting()
+    crate::task::cancel::take_cancel_waiting()
 }
 
 /// The task being polled right now, or `None` in a callback.

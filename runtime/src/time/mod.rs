@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::context;
+use crate::task::cancel::take_cancel_if;
 use crate::task::{Cancelled, TaskId};
 use heap::TimerKey;
 
@@ -51,29 +52,6 @@ impl TimerEntry {
 impl Drop for TimerEntry {
     fn drop(&mut self) {
         self.disarm();
-    }
-}
-
-/// Takes the current task's pending cancel request, if there is one: for a runtime future that
-/// starts waiting now (it has not registered anywhere yet).
-pub(crate) fn take_cancel() -> Option<Cancelled> {
-    context::with_current(|t| t.and_then(|t| t.header().take_cancel()))
-}
-
-/// Like [`take_cancel`], for a runtime future that was already waiting (registered with a
-/// timer, a waiter list, a task) when polled: it also resolves to `Cancelled` when the request
-/// was delivered to another future earlier in this task poll, so every concurrent branch of the
-/// task sees it (see "Concurrent branches" in the [`task`](crate::task) module docs).
-pub(crate) fn take_cancel_waiting() -> Option<Cancelled> {
-    context::with_current(|t| t.and_then(|t| t.header().take_cancel_waiting()))
-}
-
-/// [`take_cancel_waiting`] when `waiting`, else [`take_cancel`].
-pub(crate) fn take_cancel_if(waiting: bool) -> Option<Cancelled> {
-    if waiting {
-        take_cancel_waiting()
-    } else {
-        take_cancel()
     }
 }
 
