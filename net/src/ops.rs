@@ -255,12 +255,29 @@ pub(crate) struct Send<B> {
 
 impl<B: IoBuf> Send<B> {
     pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
-        Send {
-            fd,
-            buf,
-            zero_copy: ringloop_runtime::zero_copy_send(),
-        }
+        // The kernel does zero-copy sends for TCP and UDP only (a Unix socket answers
+        // `EOPNOTSUPP`): ask the socket its family, only when the option is on.
+        let zero_copy = ringloop_runtime::zero_copy_send() && is_inet(&fd);
+        Send { fd, buf, zero_copy }
     }
+}
+
+/// Whether `fd` is an IPv4 or IPv6 socket (`SO_DOMAIN`), where zero-copy sends work.
+fn is_inet(fd: &SharedFd) -> bool {
+    let mut domain: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `domain` and `len` are live locals of the sizes passed; a bad descriptor is an
+    // error, not undefined behaviour.
+    let ok = unsafe {
+        libc::getsockopt(
+            fd.raw(),
+            libc::SOL_SOCKET,
+            libc::SO_DOMAIN,
+            (&mut domain as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    } == 0;
+    ok && (domain == libc::AF_INET || domain == libc::AF_INET6)
 }
 
 // SAFETY: the SQE points into `self.buf` (stable, owned by the op) and names `self.fd`.

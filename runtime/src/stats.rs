@@ -40,7 +40,9 @@ pub struct RuntimeStats {
     pub ops_completed: u64,
     /// I/O ops cancelled in the kernel (`ASYNC_CANCEL` sent).
     pub ops_cancelled: u64,
-    /// I/O ops in flight now (gauge): io_uring slots the kernel holds, or epoll waiters.
+    /// I/O ops in flight now (gauge): io_uring ops the kernel still holds (not a result that
+    /// waits to be taken, nor a stopped multishot whose last completions wait in a stream for
+    /// a later read), or epoll waiters.
     pub ops_in_flight: u64,
     /// Zero-copy sends whose buffer the kernel has released (their notification completions).
     pub zero_copy_notifications: u64,

@@ -217,7 +217,9 @@ impl Driver {
         }
     }
 
-    /// Ops in flight (io_uring: slots the kernel holds or whose result waits; epoll: waiters).
+    /// Ops in flight: io_uring slots the kernel still holds (a result waiting to be taken, or
+    /// an ended multishot whose last completions wait to be read, is not in flight); epoll
+    /// waiters.
     pub(crate) fn in_flight(&self) -> usize {
         match self {
             Driver::Uring(u) => u.in_flight(),
@@ -240,7 +242,7 @@ impl Driver {
     /// kernel entry.
     pub(crate) fn wants_poll(&mut self) -> bool {
         match self {
-            Driver::Uring(u) => u.has_pending_submissions() || u.in_flight() > 0,
+            Driver::Uring(u) => u.has_pending_submissions() || u.has_slots(),
             Driver::Epoll(e) => e.in_flight() > 0,
         }
     }

@@ -39,6 +39,8 @@ pub(crate) const WAKE_TAG: u64 = u64::MAX;
 /// Set in the `user_data` of an `ASYNC_CANCEL` SQE, whose other bits are its target's key: its
 /// completion says whether the cancel found the op.
 pub(crate) const CANCEL_BIT: u64 = 1 << 31;
+/// Cancels sent again, per op, after one found the op nowhere while the kernel still held it.
+const MAX_CANCEL_RESENDS: u8 = 16;
 /// Slot indices stay below this, so no op's `user_data` has `CANCEL_BIT` or is `WAKE_TAG`.
 const MAX_SLOTS: usize = CANCEL_BIT as usize;
 
@@ -125,6 +127,8 @@ struct Slot {
     generation: u32,
     /// An `ASYNC_CANCEL` was queued for this op and has not come back empty-handed.
     cancel_queued: bool,
+    /// Cancels sent again after one found nothing (at most `MAX_CANCEL_RESENDS`).
+    cancel_resends: u8,
     state: SlotState,
     /// A multishot's descriptor, kept open until the op's last completion (the owner may go
     /// first, and a number or registered slot must not be reused under the kernel).
@@ -191,6 +195,7 @@ impl OpTable {
         let index = self.ops.insert(Slot {
             generation,
             cancel_queued: false,
+            cancel_resends: 0,
             state,
             keep,
         });
@@ -255,6 +260,14 @@ impl OpTable {
             "the multishot count drifted from the op table"
         );
         self.multishots
+    }
+
+    /// How many ops the kernel still holds (a scan: for the stats, not the hot path).
+    pub(crate) fn held(&self) -> usize {
+        self.ops
+            .iter()
+            .filter(|(_, s)| kernel_holds(&s.state))
+            .count()
     }
 
     /// Keys of the ops the kernel still holds.
@@ -449,14 +462,24 @@ impl OpTable {
         } = self;
         if ud & CANCEL_BIT != 0 {
             // 0: the op was cancelled; EALREADY: it is running and will complete;
-            // ENOENT: the kernel no longer had it (its completion is on the way, or
-            // it had not been submitted yet). Then, if the op is still live after this
-            // reap, another cancel may be sent (shutdown retries), so forget this one.
+            // ENOENT: the kernel did not find it where cancels look. Either its completion
+            // is on the way (then the slot is gone or done by now, or will be by the time a
+            // second cancel is answered), or it was between two states: a send whose socket
+            // woke it waits in the task-work list to be retried, and re-arms its poll right
+            // after (seen with `DEFER_TASKRUN` after the peer shut its side down). So a miss
+            // on an op the kernel still holds is sent again, at the next kernel entry, a
+            // bounded number of times; past that only the runtime's shutdown retries.
             if result < 0 && result != -libc::EALREADY {
                 stats.cancels_missed += 1;
-                let (index, generation) = split_user_data(ud & !CANCEL_BIT);
+                let target = ud & !CANCEL_BIT;
+                let (index, generation) = split_user_data(target);
                 if let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation) {
                     slot.cancel_queued = false;
+                    if kernel_holds(&slot.state) && slot.cancel_resends < MAX_CANCEL_RESENDS {
+                        slot.cancel_resends += 1;
+                        slot.cancel_queued = true;
+                        cancels.push_back(target);
+                    }
                 }
             }
             return;
@@ -899,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cancel_that_finds_nothing_can_be_sent_again() {
+    fn a_cancel_that_finds_nothing_is_sent_again_while_the_kernel_holds_the_op() {
         let mut t = table();
         let (_count, waker) = counting_waker();
         let key = t.insert(OpTable::armed(&waker), None).unwrap();
@@ -909,9 +932,29 @@ mod tests {
         t.cancels.clear(); // the driver pushed it
         t.complete(key.0 | CANCEL_BIT, -libc::ENOENT, 0);
         assert_eq!(t.stats.cancels_missed, 1);
+        assert_eq!(
+            t.cancels.iter().copied().collect::<Vec<_>>(),
+            [key.0],
+            "sent again"
+        );
+        // A bounded number of times.
+        for _ in 0..100 {
+            t.cancels.clear();
+            t.complete(key.0 | CANCEL_BIT, -libc::ENOENT, 0);
+        }
+        assert!(t.cancels.is_empty(), "resends are bounded");
         t.cancel(key);
-        assert_eq!(t.cancels.len(), 1, "the miss allows another");
-        assert_eq!(t.live_keys(), [key]);
+        assert_eq!(
+            t.cancels.len(),
+            1,
+            "an explicit cancel (shutdown's) still goes"
+        );
+        // A miss for an op whose completion came first sends nothing.
+        t.cancels.clear();
+        t.complete(key.0, -libc::ECANCELED, 0);
+        t.complete(key.0 | CANCEL_BIT, -libc::ENOENT, 0);
+        assert!(t.cancels.is_empty());
+        assert_eq!(t.live_keys(), []);
     }
 
     #[test]

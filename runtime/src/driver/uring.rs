@@ -364,7 +364,12 @@ impl Uring {
 
     /// Ops the kernel still holds (armed or orphaned) or whose result waits to be taken.
     pub(crate) fn in_flight(&self) -> usize {
-        self.table.len()
+        self.table.held()
+    }
+
+    /// Whether any slot exists (held by the kernel, or with a result to be taken).
+    pub(crate) fn has_slots(&self) -> bool {
+        self.table.len() > 0
     }
 
     /// Whether the ring is nearly idle: nothing waits in the SQ, no single-shot op is in

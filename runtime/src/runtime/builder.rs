@@ -124,9 +124,9 @@ impl Builder {
     /// Installs every socket in io_uring's registered file table as well (default off). Ops then
     /// name the socket by its slot, which saves the kernel a file lookup per op, at the cost of
     /// one `io_uring_register` when a socket is created and one when it is closed. The socket
-    /// keeps its descriptor, so every socket option still works. A socket dropped outside its
-    /// runtime cannot leave the table: the ring then holds it open until the runtime is
-    /// dropped. Measured: see docs/measurements.md.
+    /// keeps its descriptor, so every socket option still works. A socket leaves the table of
+    /// the runtime it was created on wherever it is dropped (it keeps a handle to that
+    /// runtime's driver). Measured: see docs/measurements.md.
     ///
     /// Ignored, with one line on stderr, on epoll and on kernels before 6.15. Those free the
     /// socket of an emptied slot only after every op that used the table before has completed,
@@ -139,7 +139,8 @@ impl Builder {
     }
 
     /// Sends with io_uring's zero-copy `SEND_ZC` instead of `SEND` (default off; ignored on
-    /// epoll). The kernel then reads the caller's buffer in place instead of copying it, and
+    /// epoll, and for sockets other than TCP and UDP, which the kernel does not send from in
+    /// place: a Unix socket sends as usual). The kernel then reads the caller's buffer in place instead of copying it, and
     /// the send completes only once the kernel is done with the buffer. It pays for large
     /// sends to a real NIC; on loopback and for small messages the kernel copies anyway and the
     /// extra notification costs more (measured: see docs/measurements.md), hence off by
