@@ -112,6 +112,11 @@ impl DriverHandle {
         self.inner.closed.set(true);
     }
 
+    /// Whether the driver is borrowed right now (a poll running inside it).
+    pub(crate) fn is_busy(&self) -> bool {
+        self.inner.driver.try_borrow_mut().is_err()
+    }
+
     /// Borrows the driver for the loop itself (park, shutdown); applies deferred work first.
     ///
     /// # Panics

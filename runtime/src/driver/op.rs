@@ -230,6 +230,12 @@ impl<T: OpKind> Op<T> {
                     }
                 }
             }
+            // `sqe` may be called once only: make sure the driver will take the entry first
+            // (it is busy only if this poll runs inside it; nothing below can leave it
+            // borrowed, so the submission after `sqe` finds it free).
+            if driver.is_busy() {
+                return busy(cx);
+            }
             // Built outside the borrow: `sqe` is the op kind's code.
             let sqe = data.sqe();
             // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
@@ -238,7 +244,11 @@ impl<T: OpKind> Op<T> {
             // (the drop below hands it to the same driver).
             let submitted = driver.try_with(|d| unsafe { d.uring_submit(sqe, cx.waker()) });
             return match submitted {
-                None => busy(cx),
+                // Cannot happen (checked above); the entry is not in the ring, so failing the
+                // op is safe, where asking for another poll would call `sqe` twice.
+                None => {
+                    Poll::Ready(self.finish(Err(io::Error::from(io::ErrorKind::ResourceBusy)), 0))
+                }
                 Some(Ok(key)) => {
                     self.state = State::InFlight { key, cancel: None };
                     Poll::Pending
