@@ -159,9 +159,9 @@ impl Uring {
             .multi(true)
             .build()
             .user_data(WAKE_TAG);
+        // A refused push leaves it unarmed; the next reap tries again.
         // SAFETY: the poll references only the eventfd, which `Shared` keeps open for the
         // runtime's whole life (longer than the ring).
-        // A refused push leaves it unarmed; the next reap tries again.
         self.wake_armed = unsafe { self.push(&sqe) }.is_ok();
     }
 
