@@ -264,20 +264,8 @@ impl<B: IoBuf> Send<B> {
 
 /// Whether `fd` is an IPv4 or IPv6 socket (`SO_DOMAIN`), where zero-copy sends work.
 fn is_inet(fd: &SharedFd) -> bool {
-    let mut domain: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `domain` and `len` are live locals of the sizes passed; a bad descriptor is an
-    // error, not undefined behaviour.
-    let ok = unsafe {
-        libc::getsockopt(
-            fd.raw(),
-            libc::SOL_SOCKET,
-            libc::SO_DOMAIN,
-            (&mut domain as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    } == 0;
-    ok && (domain == libc::AF_INET || domain == libc::AF_INET6)
+    let domain = crate::tcp::with_socket(fd, |s| s.domain());
+    matches!(domain, Ok(d) if d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6)
 }
 
 // SAFETY: the SQE points into `self.buf` (stable, owned by the op) and names `self.fd`.

@@ -362,14 +362,10 @@ impl<T: OpKind> Op<T> {
                         };
                         Poll::Pending
                     }
-                    Some(Some(Err(e))) => {
-                        self.state = State::Waiting { waiter: None };
-                        Poll::Ready(self.finish(Err(e), 0))
-                    }
+                    Some(Some(Err(e))) => Poll::Ready(self.finish(Err(e), 0)),
                 }
             }
             done => {
-                self.state = State::Waiting { waiter: None };
                 match waiter {
                     Some((fd, token)) => driver.now_or_later(
                         |d| {
