@@ -71,7 +71,7 @@ unsafe impl OpKind for Accept {
         cvt(r as libc::ssize_t)
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         let fd = result? as RawFd;
         // SAFETY: a successful accept returned a new descriptor that nobody else owns; wrapping
         // it at once means an orphaned accept's socket is closed when this output is dropped.
@@ -175,7 +175,7 @@ unsafe impl OpKind for Connect {
         Ok(0)
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         result.map(drop).map_err(|e| {
             if e.raw_os_error() == Some(libc::EAGAIN) {
                 connect_eagain()
@@ -233,7 +233,7 @@ unsafe impl<B: IoBufMut> OpKind for Recv<B> {
         })
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         let mut buf = self.buf;
         let result = result.map(|n| {
             // SAFETY: the kernel wrote `n` bytes at the buffer's start.
@@ -306,7 +306,7 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
         })
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         (result.map(|n| n as usize), self.buf)
     }
 }
@@ -353,8 +353,9 @@ impl<B: IoBuf> SendVectored<B> {
         }
     }
 
-    /// Builds the iovecs (the bytes not yet sent) and points the msghdr at them; called with
-    /// `self` boxed, and `iovs` is not touched again until the completion.
+    /// Builds the iovecs (the bytes not yet sent) and points the msghdr at them; called before
+    /// every attempt and from `sqe` (with `self` at its final address), and `iovs` is not
+    /// touched again until the completion.
     fn prepare(&mut self) {
         self.iovs.clear();
         let mut skip = self.skip;
@@ -399,7 +400,7 @@ unsafe impl<B: IoBuf> OpKind for SendVectored<B> {
         sendmsg_now(&self.fd, &self.msg)
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         (result.map(|n| n as usize), self.bufs)
     }
 }
@@ -428,7 +429,8 @@ impl<B: IoBufMut> RecvFrom<B> {
         }
     }
 
-    /// Points the msghdr at our own fields; called with `self` boxed (never moves again).
+    /// Points the msghdr at our own fields; called before every attempt and from `sqe` (with
+    /// `self` at its final address: boxed, never moved again).
     fn prepare(&mut self) {
         self.iov.iov_base = self.buf.stable_mut_ptr() as *mut libc::c_void;
         self.iov.iov_len = self.buf.bytes_total();
@@ -469,8 +471,8 @@ unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
         })
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
-        let mut this = *self;
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
+        let mut this = self;
         let result = result.map(|datagram_len| {
             let datagram_len = datagram_len as usize;
             let stored = datagram_len.min(this.buf.bytes_total());
@@ -548,7 +550,7 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
         sendmsg_now(&self.fd, &self.msg)
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         (result.map(|n| n as usize), self.buf)
     }
 }
@@ -596,7 +598,7 @@ unsafe impl<B: IoBuf> OpKind for SendDatagram<B> {
         self.inner.attempt()
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         (result.map(|n| n as usize), self.inner.buf)
     }
 }
@@ -640,7 +642,7 @@ unsafe impl OpKind for PollWritable {
         }
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         result.map(drop)
     }
 }

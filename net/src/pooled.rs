@@ -802,7 +802,7 @@ unsafe impl OpKind for RecvPooled {
         Ok(r as u32)
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         (result, self.buf)
     }
 }

@@ -304,7 +304,7 @@ unsafe impl OpKind for Readable {
         }
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> io::Result<()> {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> io::Result<()> {
         result.map(drop)
     }
 }

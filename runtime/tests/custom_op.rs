@@ -53,7 +53,7 @@ unsafe impl OpKind for ReadAt {
         }
     }
 
-    fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) -> Self::Output {
+    fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         let mut buf = self.buf;
         let result = result.map(|n| {
             // SAFETY: the kernel wrote `n` bytes at the start of the buffer.

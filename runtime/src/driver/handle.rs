@@ -31,6 +31,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::op::Orphan;
+use super::opmem::OpMemory;
 use super::{Backend, Driver, OpKey};
 
 /// Work a drop path could not do because the driver was borrowed; applied at the next borrow.
@@ -58,6 +59,9 @@ struct Inner {
     closed: Cell<bool>,
     /// Panics of orphans' `complete`, caught where they were finished (maybe an op's drop).
     panics: RefCell<Vec<Box<dyn std::any::Any + Send>>>,
+    /// The boxes of finished io_uring ops, reused by the next ones (apart from the driver's
+    /// cell: an op takes and returns its box whether or not the driver is borrowed).
+    memory: RefCell<OpMemory>,
 }
 
 /// A handle to one runtime's driver; cheap to clone (`Rc`), `!Send`.
@@ -85,6 +89,7 @@ impl DriverHandle {
                 has_deferred: Cell::new(false),
                 closed: Cell::new(false),
                 panics: RefCell::new(Vec::new()),
+                memory: RefCell::new(OpMemory::default()),
             }),
         }
     }
@@ -92,6 +97,28 @@ impl DriverHandle {
     /// The driver of the runtime running on this thread, if any.
     pub(crate) fn current() -> Option<DriverHandle> {
         crate::context::try_with_core(|core| core.driver().clone())
+    }
+
+    /// Boxes an op's data (at the address it keeps until its completion), reusing the memory
+    /// of a finished op of the same layout from the thread's driver; a plain box outside a
+    /// runtime. Any driver may take the box back: its memory is the global allocator's.
+    #[inline]
+    pub(crate) fn boxed_here<T>(value: T) -> Box<T> {
+        let mut value = Some(value);
+        let boxed = crate::context::try_with_core(|core| {
+            let value = value.take().expect("taken once");
+            core.driver().inner.memory.borrow_mut().boxed(value)
+        });
+        match boxed {
+            Some(b) => b,
+            None => Box::new(value.take().expect("not taken outside a runtime")),
+        }
+    }
+
+    /// Moves a finished op's data out of its box and keeps the box for the next op.
+    #[inline]
+    pub(crate) fn unboxed<T>(&self, b: Box<T>) -> T {
+        self.inner.memory.borrow_mut().unboxed(b)
     }
 
     /// This driver's identity (process-wide, never reused).

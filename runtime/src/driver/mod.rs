@@ -22,6 +22,7 @@ mod fd;
 mod handle;
 mod multishot;
 mod op;
+mod opmem;
 mod slots;
 mod uring;
 mod wake;

@@ -711,7 +711,7 @@ mod tests {
         fn attempt(&mut self) -> io::Result<u32> {
             Ok(0)
         }
-        fn complete(self: Box<Self>, result: io::Result<u32>, _flags: u32) {
+        fn complete(self, result: io::Result<u32>, _flags: u32) {
             let r = match result {
                 Ok(n) => n as i32,
                 Err(e) => -e.raw_os_error().unwrap_or(0),
@@ -997,7 +997,7 @@ mod tests {
         fn attempt(&mut self) -> io::Result<u32> {
             Ok(0)
         }
-        fn complete(self: Box<Self>, _: io::Result<u32>, _: u32) {}
+        fn complete(self, _: io::Result<u32>, _: u32) {}
     }
 
     #[test]
