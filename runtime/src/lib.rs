@@ -58,7 +58,7 @@ pub mod time;
 pub use blocking::{spawn_blocking, BlockingTask};
 pub use callback::CallbackHandle;
 pub use combinators::{
-    as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted,
+    as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted, AsTask,
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
 pub use driver::{

@@ -1,6 +1,6 @@
 //! Ergonomics around cancellation: flattening `timeout(d, task)`, awaiting a task again after
-//! its shielded await was cancelled, comparing errors, and a panic of `block_on`'s own future
-//! shown once.
+//! its shielded await was cancelled, gathering tasks the caller keeps, comparing errors, and a
+//! panic of `block_on`'s own future shown once.
 
 use std::cell::Cell;
 use std::panic::{self, AssertUnwindSafe};
@@ -8,8 +8,8 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use ringloop_runtime::{
-    set_exception_handler, sleep, spawn, timeout, yield_now, Cancelled, Flatten, Runtime,
-    TaskError, TimedOut, WaitError,
+    gather, gather_settled, set_exception_handler, sleep, spawn, timeout, try_gather, yield_now,
+    Cancelled, Flatten, GatherError, Runtime, TaskError, TaskState, TimedOut, WaitError,
 };
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -78,6 +78,61 @@ fn a_shielded_task_can_be_awaited_again_after_the_shielded_await_was_cancelled()
         yield_now().await.unwrap();
         outer.cancel();
         assert_eq!(outer.await.unwrap(), 7);
+    });
+}
+
+#[test]
+fn gathered_tasks_can_be_borrowed_and_looked_at_afterwards() {
+    Runtime::new().unwrap().block_on(async {
+        // All succeed: the values move into the output, the handles stay.
+        let mut a = spawn(async { 1 });
+        let mut b = spawn(async { 2 });
+        assert_eq!(gather([&mut a, &mut b]).await.unwrap(), vec![1, 2]);
+        assert!(a.is_done() && !a.is_cancelled());
+        assert_eq!(b.state(), TaskState::Finished);
+        assert!(
+            a.try_result().is_none(),
+            "the value was taken by the gather"
+        );
+
+        // One fails: the caller can tell which one, and that the other was cancelled.
+        let mut slow = spawn(async { sleep(HOUR).await.map_err(|_| "cancelled") });
+        let mut bad = spawn(async { Err::<(), _>("bad input") });
+        let r = try_gather(vec![&mut slow, &mut bad]).await;
+        assert_eq!(r.unwrap_err(), GatherError::Failed("bad input"));
+        assert!(bad.is_done() && !bad.is_cancelled());
+        assert!(!slow.is_done(), "cancelled, ends at its next await");
+        assert_eq!(slow.as_ref().cancelling(), 1);
+        assert_eq!(
+            slow.await.unwrap(),
+            Err("cancelled"),
+            "the sleep saw the cancel"
+        );
+
+        // gather_settled: every outcome, and the handles.
+        let mut ok = spawn(async { 5 });
+        let mut boom = spawn(async {
+            yield_now().await.ok();
+            panic!("boom")
+        });
+        let outcomes = gather_settled([&mut ok, &mut boom]).await.unwrap();
+        assert_eq!(outcomes[0], Ok(5));
+        assert!(outcomes[1].as_ref().unwrap_err().is_panic());
+        assert_eq!(boom.state(), TaskState::Panicked);
+        assert!(
+            boom.try_result().unwrap().unwrap_err().is_panic(),
+            "a failed task's handle still gives its error"
+        );
+    });
+}
+
+#[test]
+#[should_panic(expected = "Task polled after its result was taken")]
+fn awaiting_a_task_whose_value_a_gather_took_panics() {
+    Runtime::new().unwrap().block_on(async {
+        let mut a = spawn(async { 1 });
+        gather([&mut a]).await.unwrap();
+        let _ = a.await;
     });
 }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use super::members::Members;
+use super::members::{AsTask, Members};
 use crate::task::cancel::{take_cancel, take_cancel_if};
 use crate::task::Cancelled;
 use crate::task::{Task, TaskError};
@@ -26,6 +26,9 @@ use crate::task::{Task, TaskError};
 /// itself, the values of tasks that finished anyway are dropped, and the cancellation is never
 /// swallowed. Letting that error escape ends the awaiting task as cancelled.
 ///
+/// The tasks are given as handles ([`Task`]) or borrowed (`&mut Task`, see [`AsTask`]) to look at
+/// them afterwards.
+///
 /// ```
 /// use ringloop_runtime::{gather, spawn};
 ///
@@ -34,7 +37,7 @@ use crate::task::{Task, TaskError};
 ///     assert_eq!(gather(tasks).await.unwrap(), vec![10, 20, 30]);
 /// });
 /// ```
-pub fn gather<T>(tasks: impl IntoIterator<Item = Task<T>>) -> Gather<T> {
+pub fn gather<H: AsTask>(tasks: impl IntoIterator<Item = H>) -> Gather<H::Output, H> {
     let members = Members::new(tasks);
     let n = members.tasks.len();
     Gather {
@@ -46,8 +49,8 @@ pub fn gather<T>(tasks: impl IntoIterator<Item = Task<T>>) -> Gather<T> {
 
 /// The future of [`gather`].
 #[must_use = "futures do nothing unless awaited"]
-pub struct Gather<T> {
-    members: Members<T>,
+pub struct Gather<T, H = Task<T>> {
+    members: Members<H>,
     results: Vec<Option<T>>,
     /// The awaiting task was cancelled (and the tasks with it): what the gather returns.
     cancelled: Option<Cancelled>,
@@ -65,9 +68,9 @@ fn take_outer_cancel(was_armed: bool, already: bool) -> Option<Cancelled> {
     }
 }
 
-impl<T> Unpin for Gather<T> {}
+impl<T, H> Unpin for Gather<T, H> {}
 
-impl<T> Future for Gather<T> {
+impl<T, H: AsTask<Output = T>> Future for Gather<T, H> {
     type Output = Result<Vec<T>, TaskError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -77,7 +80,11 @@ impl<T> Future for Gather<T> {
             match this.members.poll_done(cx) {
                 Poll::Ready(Some(i)) => {
                     let mut task = this.members.take(i).expect("done task is present");
-                    match task.try_result().expect("done task has a result") {
+                    match task
+                        .task_mut()
+                        .try_result()
+                        .expect("done task has a result")
+                    {
                         Ok(v) => this.results[i] = Some(v),
                         Err(e) => {
                             this.members.cancel_all(None);
@@ -129,7 +136,9 @@ impl<T> Future for Gather<T> {
 ///     assert!(results[1].as_ref().unwrap_err().is_panic());
 /// });
 /// ```
-pub fn gather_settled<T>(tasks: impl IntoIterator<Item = Task<T>>) -> GatherSettled<T> {
+pub fn gather_settled<H: AsTask>(
+    tasks: impl IntoIterator<Item = H>,
+) -> GatherSettled<H::Output, H> {
     let members = Members::new(tasks);
     let n = members.tasks.len();
     GatherSettled {
@@ -141,15 +150,15 @@ pub fn gather_settled<T>(tasks: impl IntoIterator<Item = Task<T>>) -> GatherSett
 
 /// The future of [`gather_settled`].
 #[must_use = "futures do nothing unless awaited"]
-pub struct GatherSettled<T> {
-    members: Members<T>,
+pub struct GatherSettled<T, H = Task<T>> {
+    members: Members<H>,
     results: Vec<Option<Result<T, TaskError>>>,
     cancelled: Option<Cancelled>,
 }
 
-impl<T> Unpin for GatherSettled<T> {}
+impl<T, H> Unpin for GatherSettled<T, H> {}
 
-impl<T> Future for GatherSettled<T> {
+impl<T, H: AsTask<Output = T>> Future for GatherSettled<T, H> {
     type Output = Result<Vec<Result<T, TaskError>>, Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -159,7 +168,7 @@ impl<T> Future for GatherSettled<T> {
             match this.members.poll_done(cx) {
                 Poll::Ready(Some(i)) => {
                     let mut task = this.members.take(i).expect("done task is present");
-                    this.results[i] = task.try_result();
+                    this.results[i] = task.task_mut().try_result();
                 }
                 Poll::Ready(None) => {
                     if let Some(c) = this.cancelled.take() {
@@ -236,17 +245,20 @@ impl<E: fmt::Debug + fmt::Display> std::error::Error for GatherError<E> {}
 /// use std::time::Duration;
 ///
 /// ringloop_runtime::Runtime::new().unwrap().block_on(async {
-///     let slow = spawn(async { sleep(Duration::from_secs(60)).await.map_err(|_| "cancelled") });
-///     let bad = spawn(async { Err::<(), _>("bad input") });
-///     let slow_ref = slow.as_ref().clone();
-///     match try_gather([slow, bad]).await {
+///     let mut slow = spawn(async { sleep(Duration::from_secs(60)).await.map_err(|_| "cancelled") });
+///     let mut bad = spawn(async { Err::<(), _>("bad input") });
+///     // Borrowed, so both handles can be looked at afterwards.
+///     match try_gather([&mut slow, &mut bad]).await {
 ///         Err(GatherError::Failed(e)) => assert_eq!(e, "bad input"),
 ///         _ => unreachable!(),
 ///     }
-///     assert_eq!(slow_ref.cancelling(), 1, "the slow task was cancelled");
+///     assert!(bad.is_done());
+///     assert_eq!(slow.as_ref().cancelling(), 1, "the slow task was cancelled");
 /// });
 /// ```
-pub fn try_gather<T, E>(tasks: impl IntoIterator<Item = Task<Result<T, E>>>) -> TryGather<T, E> {
+pub fn try_gather<T, E, H: AsTask<Output = Result<T, E>>>(
+    tasks: impl IntoIterator<Item = H>,
+) -> TryGather<T, E, H> {
     TryGather {
         inner: gather(tasks),
     }
@@ -254,11 +266,11 @@ pub fn try_gather<T, E>(tasks: impl IntoIterator<Item = Task<Result<T, E>>>) -> 
 
 /// The future of [`try_gather`].
 #[must_use = "futures do nothing unless awaited"]
-pub struct TryGather<T, E> {
-    inner: Gather<Result<T, E>>,
+pub struct TryGather<T, E, H = Task<Result<T, E>>> {
+    inner: Gather<Result<T, E>, H>,
 }
 
-impl<T, E> Future for TryGather<T, E> {
+impl<T, E, H: AsTask<Output = Result<T, E>>> Future for TryGather<T, E, H> {
     type Output = Result<Vec<T>, GatherError<E>>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -268,7 +280,11 @@ impl<T, E> Future for TryGather<T, E> {
             match this.members.poll_done(cx) {
                 Poll::Ready(Some(i)) => {
                     let mut task = this.members.take(i).expect("done task is present");
-                    match task.try_result().expect("done task has a result") {
+                    match task
+                        .task_mut()
+                        .try_result()
+                        .expect("done task has a result")
+                    {
                         Ok(Ok(v)) => this.results[i] = Some(Ok(v)),
                         Ok(Err(e)) => {
                             this.members.cancel_all(None);
@@ -314,4 +330,4 @@ impl<T, E> Future for TryGather<T, E> {
     }
 }
 
-impl<T, E> Unpin for TryGather<T, E> {}
+impl<T, E, H> Unpin for TryGather<T, E, H> {}

@@ -35,15 +35,64 @@ impl Wake for MemberWaker {
     }
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A task handle that [`gather`](crate::gather), [`gather_settled`](crate::gather_settled) and
+/// [`try_gather`](crate::try_gather) accept: a [`Task`] they take over, or a `&mut Task` that the
+/// caller keeps, to look at the task after the gather is done (which one failed, which were
+/// cancelled), as asyncio's task objects allow.
+///
+/// A borrowed task's result moves into the gather's output, as an owned one's does: afterwards
+/// the handle still answers [`is_done`](Task::is_done), [`is_cancelled`](Task::is_cancelled),
+/// [`state`](Task::state) and [`try_result`](Task::try_result) (which then gives the error of a
+/// task that failed, and `None` for one whose value was taken), but awaiting it panics, as it
+/// does for any task whose result was taken. *This differs from asyncio*, where a task can be
+/// awaited again for the same result: a ringloop task's output is moved out, not shared.
+///
+/// Sealed: implemented for `Task<T>` and `&mut Task<T>` only.
+pub trait AsTask: sealed::Sealed {
+    /// The task's output.
+    type Output;
+    #[doc(hidden)]
+    fn task(&self) -> &Task<Self::Output>;
+    #[doc(hidden)]
+    fn task_mut(&mut self) -> &mut Task<Self::Output>;
+}
+
+impl<T> sealed::Sealed for Task<T> {}
+impl<T> sealed::Sealed for &mut Task<T> {}
+
+impl<T> AsTask for Task<T> {
+    type Output = T;
+    fn task(&self) -> &Task<T> {
+        self
+    }
+    fn task_mut(&mut self) -> &mut Task<T> {
+        self
+    }
+}
+
+impl<T> AsTask for &mut Task<T> {
+    type Output = T;
+    fn task(&self) -> &Task<T> {
+        self
+    }
+    fn task_mut(&mut self) -> &mut Task<T> {
+        self
+    }
+}
+
 /// A set of tasks watched together. Tasks are taken out by index once done.
-pub(crate) struct Members<T> {
-    pub(crate) tasks: Vec<Option<Task<T>>>,
+pub(crate) struct Members<H> {
+    pub(crate) tasks: Vec<Option<H>>,
     notify: Arc<Mutex<Notify>>,
     armed: bool,
 }
 
-impl<T> Members<T> {
-    pub(crate) fn new(tasks: impl IntoIterator<Item = Task<T>>) -> Self {
+impl<H: AsTask> Members<H> {
+    pub(crate) fn new(tasks: impl IntoIterator<Item = H>) -> Self {
         Members {
             tasks: tasks.into_iter().map(Some).collect(),
             notify: Arc::default(),
@@ -68,6 +117,7 @@ impl<T> Members<T> {
             let mut already = Vec::new();
             for (i, t) in self.tasks.iter().enumerate() {
                 let Some(t) = t else { continue };
+                let t = t.task();
                 if t.is_done() {
                     already.push(i);
                 } else {
@@ -86,7 +136,7 @@ impl<T> Members<T> {
         }
         let mut n = self.notify.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(i) = n.done.pop_front() {
-            if self.tasks[i].as_ref().is_some_and(|t| t.is_done()) {
+            if self.tasks[i].as_ref().is_some_and(|t| t.task().is_done()) {
                 return Poll::Ready(Some(i));
             }
         }
@@ -101,7 +151,7 @@ impl<T> Members<T> {
     }
 
     /// Takes a task out.
-    pub(crate) fn take(&mut self, i: usize) -> Option<Task<T>> {
+    pub(crate) fn take(&mut self, i: usize) -> Option<H> {
         self.tasks[i].take()
     }
 
@@ -110,7 +160,7 @@ impl<T> Members<T> {
         self.tasks
             .iter()
             .flatten()
-            .filter(|t| t.as_ref().cancel_inner(message.clone()))
+            .filter(|t| t.task().as_ref().cancel_inner(message.clone()))
             .count()
     }
 }

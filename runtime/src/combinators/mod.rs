@@ -28,6 +28,7 @@ pub use gather::{
     gather, gather_settled, try_gather, Gather, GatherError, GatherSettled, TryGather,
 };
 pub use group::{GroupError, GroupFailure, TaskGroup};
+pub use members::AsTask;
 pub(crate) use shield::shield_task;
 pub use shield::{shield, Shielded};
 pub use wait::{as_completed, wait, AsCompleted, Next, ReturnWhen, Wait};

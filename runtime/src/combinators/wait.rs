@@ -67,7 +67,7 @@ pub fn wait<T>(
 /// The future of [`wait`].
 #[must_use = "futures do nothing unless awaited"]
 pub struct Wait<T> {
-    members: Members<T>,
+    members: Members<Task<T>>,
     done: Vec<bool>,
     return_when: ReturnWhen,
     deadline: Option<Instant>,
@@ -161,7 +161,7 @@ pub fn as_completed<T>(tasks: impl IntoIterator<Item = Task<T>>) -> AsCompleted<
 
 /// The stream of [`as_completed`]: call [`next`](Self::next) until it yields `None`.
 pub struct AsCompleted<T> {
-    members: Members<T>,
+    members: Members<Task<T>>,
 }
 
 impl<T> AsCompleted<T> {
