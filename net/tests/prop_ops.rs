@@ -36,8 +36,9 @@
 //!   dropped exactly once and no descriptor is left open; no task panicked.
 //!
 //! Before the final checks the cancelled tasks must end and then nothing may be in flight;
-//! the peers keep reading meanwhile, so a write blocked on a full socket can finish (see
-//! `a_cancel_that_misses_is_sent_again` at the end of this file for why that matters today).
+//! the peers keep reading meanwhile, so a write blocked on a full socket can finish even if its
+//! cancel never reached it (see `a_cancel_that_misses_is_sent_again` at the end of this file
+//! for the case that used to need it).
 //!
 //! 64 cases per backend from a fixed seed (`PROPTEST_CASES` and `PROPTEST_RNG_SEED` override
 //! both); no failure persistence: a failure prints its shrunk input. Every wait is bounded
@@ -1274,8 +1275,8 @@ impl Case {
             self.model.borrow_mut().abandon(k.op, started);
         }
         // Cancelled tasks end, and then nothing is in flight. The peers keep reading
-        // meanwhile: a write blocked on a full socket whose cancel missed (see
-        // `a_cancel_that_misses_is_sent_again`) then completes when the peer reads.
+        // meanwhile: a write blocked on a full socket whose cancel never reached it (see
+        // `a_cancel_that_misses_is_sent_again`) would then complete when the peer reads.
         self.rt();
         for t in &self.tasks {
             t.task.cancel();
@@ -1456,18 +1457,17 @@ fn random_op_sequences_keep_data_buffers_and_descriptors() {
 ///    submitted.
 /// 3. The task is cancelled (or, second half, the write's future is dropped in flight).
 ///
-/// On io_uring (Linux 6.18, `single_issuer+defer_taskrun`) the one `ASYNC_CANCEL` the op sends
-/// finds nothing (`cancels_missed` goes to 1) while the send stays in the kernel, and nothing
-/// sends another: `Op::poll_uring` (runtime/src/driver/op.rs) sends one cancel per cancellation
-/// (`if cancel.is_none() { d.uring_cancel(key) }`), `Uring::orphan` one per orphan, and the reap
-/// (runtime/src/driver/uring.rs, the `CANCEL_BIT` arm) only clears `cancel_queued` on a miss;
-/// only `Uring::shutdown` resends. So the task never ends and the orphan's buffer and socket
-/// are held until the peer reads or closes (or the runtime is dropped, whose shutdown resends
-/// and succeeds at the second try). DESIGN.md: "a cancel that found nothing is counted
-/// (`cancels_missed`) and can be sent again."
+/// Our socket then reports `EPOLLRDHUP`, which the kernel's internal poll for a request always
+/// waits for, so the send's poll fires at once at every arm: the kernel retries the send from
+/// task work, gets EAGAIN, re-arms, up to 128 times (`APOLL_MAX_RETRY`), then hands it to
+/// io-wq where it blocks. Between tries it sits in the task-work list, where `ASYNC_CANCEL`
+/// does not look (ENOENT); with `single_issuer+defer_taskrun` the tries run only inside our
+/// `io_uring_enter` calls, one or two per call that does not wait. The runtime used to give up
+/// after 16 resends, and the send then blocked until the peer read. It now resends until the
+/// op reaches io-wq (about 64 resends here), where the cancel finds it queued (ECANCELED) or
+/// running (EALREADY: the worker is interrupted, the send ends with EINTR, which the op table
+/// reads as cancelled), so the task ends at once and the write reports `Cancelled`.
 #[test]
-#[ignore = "open: the kernel answers ENOENT to every ASYNC_CANCEL of this send (16 resends), \
-            so a cancelled send on a full socket whose peer shut its side waits for the peer"]
 fn a_cancel_that_misses_is_sent_again() {
     if !common::runs_on(Backend::IoUring) {
         return;
@@ -1484,8 +1484,11 @@ fn a_cancel_that_misses_is_sent_again() {
                 data: vec![7u8; 300 * 1024],
                 _count: CountedBuf::empty(0, &drops),
             };
+            let outcome = Rc::new(Cell::new(None));
+            let seen = outcome.clone();
             let mut write = Box::pin(async move {
-                let _ = stream.write_all(buf).await;
+                let (r, _) = stream.write_all(buf).await;
+                seen.set(Some(r.map_err(|e| is_cancelled(&e.error))));
             });
             let mut poll_twice = || {
                 rt.run_until_complete(async {
@@ -1534,6 +1537,14 @@ fn a_cancel_that_misses_is_sent_again() {
                     r.is_ok() && task.is_done()
                 })
             };
+            if ended && !drop_future && outcome.get() != Some(Err(true)) {
+                failures.push(format!(
+                    "shut {} the send was submitted, task cancelled: the write returned {:?}, \
+                     not Err(Cancelled)",
+                    if shut_after_submit { "after" } else { "before" },
+                    outcome.get()
+                ));
+            }
             if !ended {
                 failures.push(format!(
                     "shut {} the send was submitted, {}: not done after 2 s; {:?}",

@@ -40,7 +40,10 @@ pub(crate) const WAKE_TAG: u64 = u64::MAX;
 /// completion says whether the cancel found the op.
 pub(crate) const CANCEL_BIT: u64 = 1 << 31;
 /// Cancels sent again, per op, after one found the op nowhere while the kernel still held it.
-const MAX_CANCEL_RESENDS: u8 = 16;
+/// The case that needs them (see `complete`) hides an op from cancels for up to 128 of the
+/// kernel's retries (`APOLL_MAX_RETRY`, io_uring/poll.c), and each resend's kernel entry runs
+/// at least one: 255 outlast it. Each resend costs one entry that returns at once.
+const MAX_CANCEL_RESENDS: u8 = u8::MAX;
 /// Slot indices stay below this, so no op's `user_data` has `CANCEL_BIT` or is `WAKE_TAG`.
 const MAX_SLOTS: usize = CANCEL_BIT as usize;
 
@@ -461,14 +464,20 @@ impl OpTable {
             ..
         } = self;
         if ud & CANCEL_BIT != 0 {
-            // 0: the op was cancelled; EALREADY: it is running and will complete;
-            // ENOENT: the kernel did not find it where cancels look. Either its completion
-            // is on the way (then the slot is gone or done by now, or will be by the time a
-            // second cancel is answered), or it was between two states: a send whose socket
-            // woke it waits in the task-work list to be retried, and re-arms its poll right
-            // after (seen with `DEFER_TASKRUN` after the peer shut its side down). So a miss
-            // on an op the kernel still holds is sent again, at the next kernel entry, a
-            // bounded number of times; past that only the runtime's shutdown retries.
+            // 0: the op was cancelled; EALREADY: it is running in io-wq, and the worker is
+            // interrupted (the op ends with EINTR, or with what it did so far); ENOENT: the
+            // kernel did not find it where cancels look (io-wq, the poll table, timeouts).
+            // Either its completion is on the way (then the slot is gone or done by now, or
+            // will be by the time a second cancel is answered), or it is in the kernel's
+            // async-poll retry loop: a send on a full socket whose peer shut its write side
+            // down finds `EPOLLRDHUP` (which the kernel's internal poll always waits for) at
+            // every arm, so it is retried from task work, fails with EAGAIN, re-arms, and
+            // sits in the task-work list between tries, where no cancel looks. After 128
+            // tries the kernel hands it to io-wq, where a cancel reaches it. With
+            // `DEFER_TASKRUN` the tries run only inside our kernel entries, one or two per
+            // entry that does not wait. So a miss on an op the kernel still holds is sent
+            // again at the next entry, up to `MAX_CANCEL_RESENDS` times; past that only the
+            // runtime's shutdown retries.
             if result < 0 && result != -libc::EALREADY {
                 stats.cancels_missed += 1;
                 let target = ud & !CANCEL_BIT;
@@ -573,6 +582,13 @@ impl OpTable {
             }
             return;
         }
+        // An op a cancel interrupted in io-wq (its worker is signalled) ends with EINTR when
+        // it had done nothing: that is the cancel taking effect.
+        let result = if result == -libc::EINTR && slot.cancel_queued {
+            -libc::ECANCELED
+        } else {
+            result
+        };
         let next = if more {
             SlotState::AwaitingNotif {
                 waker: None,
@@ -937,8 +953,13 @@ mod tests {
             [key.0],
             "sent again"
         );
-        // A bounded number of times.
-        for _ in 0..100 {
+        // A bounded number of times: more than the kernel's 128 async-poll retries.
+        for i in 0..130 {
+            assert_eq!(t.cancels.len(), 1, "resend {i} goes");
+            t.cancels.clear();
+            t.complete(key.0 | CANCEL_BIT, -libc::ENOENT, 0);
+        }
+        for _ in 0..200 {
             t.cancels.clear();
             t.complete(key.0 | CANCEL_BIT, -libc::ENOENT, 0);
         }
@@ -955,6 +976,29 @@ mod tests {
         t.complete(key.0 | CANCEL_BIT, -libc::ENOENT, 0);
         assert!(t.cancels.is_empty());
         assert_eq!(t.live_keys(), []);
+    }
+
+    #[test]
+    fn an_op_a_cancel_interrupted_reads_as_cancelled() {
+        let mut t = table();
+        let (_count, waker) = counting_waker();
+        // Found running in io-wq (EALREADY); the interrupted worker ends the op with EINTR.
+        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        t.cancel(key);
+        t.cancels.clear();
+        t.complete(key.0 | CANCEL_BIT, -libc::EALREADY, 0);
+        assert!(t.cancels.is_empty(), "found: not sent again");
+        t.complete(key.0, -libc::EINTR, 0);
+        assert_eq!(t.take(key, &waker), Some((-libc::ECANCELED, 0)));
+        // What it did before the cancel is its result.
+        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        t.cancel(key);
+        t.complete(key.0, 100, 0);
+        assert_eq!(t.take(key, &waker), Some((100, 0)));
+        // Without a cancel, EINTR stays EINTR.
+        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        t.complete(key.0, -libc::EINTR, 0);
+        assert_eq!(t.take(key, &waker), Some((-libc::EINTR, 0)));
     }
 
     #[test]
