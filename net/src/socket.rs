@@ -238,6 +238,19 @@ pub async fn sock_sendall_vectored<B: IoBuf>(
                 return (Err(SendAllError { sent, error }), bufs);
             }
             Ok(n) => sent += n,
+            // io_uring: a `sendmsg` the kernel ended up running on a worker answers `EAGAIN`
+            // for a non-blocking socket (`____sys_sendmsg` adds `MSG_DONTWAIT` for
+            // `O_NONBLOCK`), where a plain send would wait. That happens when the peer shut its
+            // write side: the socket then reports `EPOLLRDHUP`, which io_uring's internal poll
+            // always fires on, so the send is retried at once until the kernel gives up and
+            // hands it to a worker. `POLL_ADD` checks only the events asked for, so it waits
+            // for real room; then the rest is sent. (On epoll the op waits by itself and never
+            // ends with `EAGAIN`.)
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                if let Err(error) = Op::new(ops::PollWritable::new(fd.clone())).await {
+                    return (Err(SendAllError { sent, error }), bufs);
+                }
+            }
             Err(error) => return (Err(SendAllError { sent, error }), bufs),
         }
     }

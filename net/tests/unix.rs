@@ -490,3 +490,42 @@ both_backends! {
         echoer.await.unwrap();
     }
 }
+
+both_backends! {
+    /// A gather write to a peer that shut its write side and reads late still waits for room:
+    /// the peer's half-close makes the socket report `EPOLLRDHUP`, which io_uring's internal
+    /// poll of a waiting `sendmsg` fires on at once, so after its retries the kernel runs the
+    /// send on a worker, where a non-blocking socket's `sendmsg` answers `EAGAIN`. That is a
+    /// wait, not an error.
+    async fn a_gather_write_to_a_half_closed_peer_that_reads_late_waits_for_room() {
+        let (a, b) = UnixStream::pair().unwrap();
+        b.shutdown(Shutdown::Write).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..64u32).map(|i| vec![i as u8; 64 * 1024]).collect();
+        let total: usize = chunks.iter().map(Vec::len).sum();
+        let writer = spawn(async move {
+            let (r, _) = a.write_all_vectored(chunks).await;
+            r.map_err(|e| e.to_string())
+        });
+        for _ in 0..20 {
+            sleep(Duration::from_millis(1)).await.unwrap();
+        }
+        let mut got = 0usize;
+        let mut expect = 0u8;
+        let mut seen = 0usize;
+        while got < total {
+            let (n, buf) = b.read(Vec::with_capacity(256 * 1024)).await;
+            let n = n.unwrap();
+            assert!(n > 0, "early end of stream after {got} bytes");
+            for &byte in &buf {
+                assert_eq!(byte, expect, "byte {}", got + seen);
+                seen += 1;
+                if seen == 64 * 1024 {
+                    seen = 0;
+                    expect = expect.wrapping_add(1);
+                }
+            }
+            got += n;
+        }
+        assert_eq!(writer.await.unwrap(), Ok(()));
+    }
+}
