@@ -34,7 +34,8 @@ use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
 use crate::task::{panic_message, Task, TaskId, TaskPtr, TaskRef, TaskTree};
-use crate::time::heap::{TimerAction, TimerHeap, TimerKey};
+use crate::time::heap::TimerAction;
+use crate::time::Timers;
 
 /// What the ready queue holds.
 pub(crate) enum Runnable {
@@ -100,7 +101,7 @@ fn bump(c: &Cell<u64>) {
 pub(crate) struct Core {
     shared: Arc<Shared>,
     ready: RefCell<VecDeque<Runnable>>,
-    timers: RefCell<TimerHeap>,
+    timers: Timers,
     /// Every task that has not ended, by registry key.
     tasks: RefCell<Slab<TaskPtr>>,
     /// Ended tasks, kept for post-mortem dumps when the builder asks.
@@ -230,29 +231,14 @@ impl Core {
 
     pub(crate) fn call_at(&self, deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle {
         let cb = new_callback(f);
-        let key = self
-            .timers
-            .borrow_mut()
-            .insert(deadline, TimerAction::Callback(cb.clone()));
+        let key = self.timers.add(deadline, TimerAction::Callback(cb.clone()));
         cb.set_timer(key);
         CallbackHandle::new(cb)
     }
 
-    pub(crate) fn add_timer(&self, deadline: Instant, waker: &std::task::Waker) -> TimerKey {
-        self.timers
-            .borrow_mut()
-            .insert(deadline, TimerAction::Wake(waker.clone()))
-    }
-
-    /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
-    /// another runtime's).
-    pub(crate) fn update_timer(&self, key: TimerKey, waker: &std::task::Waker) -> bool {
-        self.timers.borrow_mut().update_waker(key, waker)
-    }
-
-    pub(crate) fn cancel_timer(&self, key: TimerKey) {
-        let action = self.timers.borrow_mut().cancel(key);
-        drop(action); // outside the borrow: dropping a waker or callback runs foreign code
+    /// The loop's timers.
+    pub(crate) fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     pub(crate) fn all_tasks(&self) -> Vec<TaskRef> {
@@ -306,7 +292,7 @@ impl Core {
             tasks_panicked: c.tasks_panicked.get(),
             polls: c.polls.get(),
             callbacks_run: c.callbacks_run.get(),
-            timers_pending: self.timers.borrow().len() as u64,
+            timers_pending: self.timers.len() as u64,
             loop_iterations: c.loop_iterations.get(),
             parks: c.parks.get(),
             remote_wakes: c.remote_wakes.get(),
@@ -352,7 +338,6 @@ impl Core {
         } else {
             let timeout = self
                 .timers
-                .borrow_mut()
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             // Announce the park before the last look at the injector, so a remote wake either
@@ -388,11 +373,9 @@ impl Core {
         }
 
         // 4. Timers (the clock is read only when one is armed).
-        if self.timers.borrow().len() > 0 {
+        if self.timers.len() > 0 {
             let mut expired = self.expired.borrow_mut();
-            self.timers
-                .borrow_mut()
-                .expire(Instant::now(), &mut expired);
+            self.timers.expire(Instant::now(), &mut expired);
             for action in expired.drain(..) {
                 match action {
                     TimerAction::Wake(w) => w.wake(),
@@ -793,7 +776,7 @@ impl Drop for Runtime {
         drop(core.shared.take_injected());
         let ready = std::mem::take(&mut *core.ready.borrow_mut());
         drop(ready);
-        let timers = core.timers.borrow_mut().drain();
+        let timers = core.timers.drain();
         drop(timers);
     }
 }

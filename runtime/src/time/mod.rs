@@ -5,17 +5,70 @@
 
 pub(crate) mod heap;
 
+use std::cell::RefCell;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::context;
 use crate::task::cancel::take_cancel_if;
 use crate::task::{Cancelled, TaskId};
-use heap::TimerKey;
+use heap::{TimerAction, TimerHeap, TimerKey};
+
+/// One loop's timers: its heap behind a `RefCell` that is borrowed only inside these methods,
+/// never while a waker or a callback runs (foreign code may arm or cancel timers of its own).
+/// The loop owns one; [`TimerEntry`] and [`cancel_timer`] reach the running loop's.
+pub(crate) struct Timers {
+    heap: RefCell<TimerHeap>,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Self {
+        Timers {
+            heap: RefCell::new(TimerHeap::new()),
+        }
+    }
+
+    /// Arms a timer that runs `action` at `deadline`.
+    pub(crate) fn add(&self, deadline: Instant, action: TimerAction) -> TimerKey {
+        self.heap.borrow_mut().insert(deadline, action)
+    }
+
+    /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
+    /// another runtime's).
+    pub(crate) fn update_waker(&self, key: TimerKey, waker: &Waker) -> bool {
+        self.heap.borrow_mut().update_waker(key, waker)
+    }
+
+    /// Disarms a timer, if it is still armed here.
+    pub(crate) fn cancel(&self, key: TimerKey) {
+        let action = self.heap.borrow_mut().cancel(key);
+        drop(action); // outside the borrow: dropping a waker or callback runs foreign code
+    }
+
+    /// How many timers are armed.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.borrow().len()
+    }
+
+    /// The earliest deadline, if any timer is armed.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.heap.borrow_mut().next_deadline()
+    }
+
+    /// Moves every timer due at `now` into `out`, in deadline order (ties in arming order).
+    pub(crate) fn expire(&self, now: Instant, out: &mut Vec<TimerAction>) {
+        self.heap.borrow_mut().expire(now, out);
+    }
+
+    /// Disarms everything (runtime shutdown); the caller drops the actions.
+    pub(crate) fn drain(&self) -> Vec<TimerAction> {
+        self.heap.borrow_mut().drain()
+    }
+}
 
 /// A registration on the timer heap that wakes the polling task at `deadline`.
 #[derive(Debug, Default)]
@@ -28,7 +81,8 @@ impl TimerEntry {
     pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
         if !self.refresh(cx) {
             self.key = Some(context::with_core(|core| {
-                core.add_timer(deadline, cx.waker())
+                core.timers()
+                    .add(deadline, TimerAction::Wake(cx.waker().clone()))
             }));
         }
     }
@@ -37,14 +91,15 @@ impl TimerEntry {
     /// points it at `cx`'s task and returns true.
     pub(crate) fn refresh(&mut self, cx: &Context<'_>) -> bool {
         self.key.is_some_and(|key| {
-            context::try_with_core(|core| core.update_timer(key, cx.waker())).unwrap_or(false)
+            context::try_with_core(|core| core.timers().update_waker(key, cx.waker()))
+                .unwrap_or(false)
         })
     }
 
     /// Disarms the timer, if armed.
     pub(crate) fn disarm(&mut self) {
         if let Some(key) = self.key.take() {
-            context::try_with_core(|core| core.cancel_timer(key));
+            cancel_timer(key);
         }
     }
 }
@@ -53,6 +108,12 @@ impl Drop for TimerEntry {
     fn drop(&mut self) {
         self.disarm();
     }
+}
+
+/// Disarms `key` on the running loop's heap; nothing outside a runtime, or if the key is
+/// another heap's (see [`TimerKey`]).
+pub(crate) fn cancel_timer(key: TimerKey) {
+    context::try_with_core(|core| core.timers().cancel(key));
 }
 
 /// Waits until `duration` has passed (asyncio's `sleep`); a cancellation point.
