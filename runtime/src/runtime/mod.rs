@@ -33,14 +33,18 @@ use crate::driver::{Backend, BufPool, DriverHandle};
 use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
-use crate::task::{panic_message, Task, TaskId, TaskPtr, TaskRef, TaskTree};
+use crate::task::{panic_message, Schedule, Task, TaskId, TaskPtr, TaskRef, TaskTree};
 use crate::time::heap::TimerAction;
 use crate::time::Timers;
 
 /// What the ready queue holds.
 pub(crate) enum Runnable {
     Task(TaskPtr),
+    /// A callback that can be cancelled (`call_soon`, an expired `call_at`).
     Callback(CallbackPtr),
+    /// A callback nobody holds a handle to (a task's done callback): run as it is, without a
+    /// cell of its own.
+    Once(Box<dyn FnOnce()>),
 }
 
 /// Details of an unhandled error, for the exception handler (asyncio's exception context).
@@ -130,18 +134,41 @@ pub(crate) struct Core {
     expired: RefCell<Vec<TimerAction>>,
 }
 
-impl Core {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+/// The loop as a task sees it: nothing but these calls (see `task/sched.rs`).
+impl Schedule for Core {
+    #[inline]
+    fn schedule(&self, task: TaskPtr) -> Result<(), TaskPtr> {
+        // Data pointers only: the same `Shared` seen through two vtables is still one loop.
+        if std::ptr::addr_eq(Arc::as_ptr(&task.header().home), Arc::as_ptr(&self.shared)) {
+            self.push_task(task);
+            Ok(())
+        } else {
+            Err(task)
+        }
+    }
+
+    fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
+        Core::task_finished(self, task, outcome);
+    }
+
+    fn report_panic(&self, task: Option<&TaskPtr>, message: &str, payload: &(dyn Any + Send)) {
+        Core::report_panic(self, task, message, payload);
+    }
+
+    fn call_soon(&self, f: Box<dyn FnOnce()>) {
+        self.ready.borrow_mut().push_back(Runnable::Once(f));
     }
 
     #[inline]
-    pub(crate) fn push_task(&self, task: TaskPtr) {
-        self.ready.borrow_mut().push_back(Runnable::Task(task));
-    }
-
-    pub(crate) fn count_poll(&self) {
+    fn count_poll(&self) {
         bump(&self.counters.polls);
+    }
+}
+
+impl Core {
+    #[inline]
+    fn push_task(&self, task: TaskPtr) {
+        self.ready.borrow_mut().push_back(Runnable::Task(task));
     }
 
     pub(crate) fn spawn<F>(&self, future: F, name: Option<String>) -> Task<F::Output>
@@ -176,7 +203,7 @@ impl Core {
     }
 
     /// Bookkeeping when a task ends: leave the registry, count it, remember it if asked.
-    pub(crate) fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
+    fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
         let h = task.header();
         let removed = {
             let mut tasks = self.tasks.borrow_mut();
@@ -204,12 +231,7 @@ impl Core {
         drop(removed);
     }
 
-    pub(crate) fn report_panic(
-        &self,
-        task: Option<&TaskPtr>,
-        message: &str,
-        payload: &(dyn Any + Send),
-    ) {
+    fn report_panic(&self, task: Option<&TaskPtr>, message: &str, payload: &(dyn Any + Send)) {
         let handler = self.exception_handler.borrow().clone();
         let ctx = ExceptionContext {
             message,
@@ -400,6 +422,12 @@ impl Core {
                     }
                     bump(&self.counters.callbacks_run);
                     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| cb.run())) {
+                        self.report_panic(None, "a callback panicked", &*payload);
+                    }
+                }
+                Runnable::Once(f) => {
+                    bump(&self.counters.callbacks_run);
+                    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
                         self.report_panic(None, "a callback panicked", &*payload);
                     }
                 }
@@ -698,11 +726,6 @@ impl Runtime {
         Handle {
             shared: self.core.shared.clone(),
         }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn shared_for_tests(&self) -> Arc<Shared> {
-        self.core.shared.clone()
     }
 
     /// The I/O backend this runtime runs on (never `Auto`).

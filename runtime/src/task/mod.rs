@@ -49,6 +49,7 @@
 
 pub(crate) mod cancel;
 pub(crate) mod cell;
+pub(crate) mod sched;
 pub(crate) mod tree;
 
 use std::any::Any;
@@ -63,6 +64,7 @@ use std::task::{Context, Poll};
 pub use cancel::Cancelled;
 pub(crate) use cell::TaskPtr;
 use cell::{Outcome, TaskJoin};
+pub(crate) use sched::{Remote, Schedule};
 pub use tree::{TaskNode, TaskTree};
 
 use crate::context;
