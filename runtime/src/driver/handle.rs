@@ -91,7 +91,7 @@ impl DriverHandle {
 
     /// The driver of the runtime running on this thread, if any.
     pub(crate) fn current() -> Option<DriverHandle> {
-        crate::context::try_with_core(|core| core.driver().clone())
+        crate::context::current_driver()
     }
 
     /// This driver's identity (process-wide, never reused).

@@ -42,8 +42,8 @@ pub(crate) enum Runnable {
     Task(TaskPtr),
     /// A callback that can be cancelled (`call_soon`, an expired `call_at`).
     Callback(CallbackPtr),
-    /// A callback nobody holds a handle to (a task's done callback): run as it is, without a
-    /// cell of its own.
+    /// A callback nobody holds a handle to (a task's or a promise's done callback): run as
+    /// it is, without a cell of its own.
     Once(Box<dyn FnOnce()>),
 }
 
@@ -134,6 +134,22 @@ pub(crate) struct Core {
     expired: RefCell<Vec<TimerAction>>,
 }
 
+/// Runs `f` with this thread's running core, or returns `None` outside one.
+#[inline]
+pub(crate) fn try_with_core<R>(f: impl FnOnce(&Core) -> R) -> Option<R> {
+    context::try_with_owner(f)
+}
+
+/// Runs `f` with this thread's running core; panics with a clear message outside one.
+#[inline]
+#[track_caller]
+pub(crate) fn with_core<R>(f: impl FnOnce(&Core) -> R) -> R {
+    match try_with_core(f) {
+        Some(r) => r,
+        None => panic!("{}", context::NO_RUNTIME),
+    }
+}
+
 /// The loop as a task sees it: nothing but these calls (see `task/sched.rs`).
 impl Schedule for Core {
     #[inline]
@@ -166,6 +182,11 @@ impl Schedule for Core {
 }
 
 impl Core {
+    /// What this loop lends the layers below it while it is entered (see `context`).
+    fn lent(&self) -> context::Lent<'_> {
+        context::Lent::new(self, self, &self.timers, &self.driver)
+    }
+
     #[inline]
     fn push_task(&self, task: TaskPtr) {
         self.ready.borrow_mut().push_back(Runnable::Task(task));
@@ -256,11 +277,6 @@ impl Core {
         let key = self.timers.add(deadline, TimerAction::Callback(cb.clone()));
         cb.set_timer(key);
         CallbackHandle::new(cb)
-    }
-
-    /// The loop's timers.
-    pub(crate) fn timers(&self) -> &Timers {
-        &self.timers
     }
 
     pub(crate) fn all_tasks(&self) -> Vec<TaskRef> {
@@ -461,11 +477,6 @@ impl Core {
         self.backend
     }
 
-    /// The driver, for resources to capture when they are created.
-    pub(crate) fn driver(&self) -> &DriverHandle {
-        &self.driver
-    }
-
     /// The runtime's receive-buffer pool.
     pub(crate) fn buf_pool(&self) -> Rc<BufPool> {
         self.pool.clone()
@@ -528,8 +539,8 @@ impl Runtime {
     }
 
     #[track_caller]
-    fn enter(&self) -> context::Entered {
-        context::enter(&self.core).unwrap_or_else(|| {
+    fn enter(&self) -> context::Entered<'_> {
+        context::enter(self.core.lent()).unwrap_or_else(|| {
             panic!(
                 "cannot start a ringloop runtime from within a running one on the same thread \
                  (nested block_on/run_forever would starve the outer loop): await the future \
@@ -779,7 +790,7 @@ impl Drop for Runtime {
         // This runtime is the current one while its tasks are dropped, even if another is
         // running on the thread (a runtime dropped inside a task of another): their
         // destructors must not reach the other runtime's timers or tasks.
-        let _teardown = context::enter_teardown(core);
+        let _teardown = context::enter_teardown(core.lent());
         // The ring is drained last, whatever happens before it: a panicking destructor below
         // still unwinds through this guard, so no memory the kernel writes is freed first.
         let _shutdown = ShutdownGuard {
@@ -841,7 +852,7 @@ impl fmt::Debug for Runtime {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn call_soon(f: impl FnOnce() + 'static) -> CallbackHandle {
-    context::with_core(|core| core.call_soon(f))
+    with_core(|core| core.call_soon(f))
 }
 
 /// Schedules `f` to run once `delay` has passed (asyncio's `call_later`); never early. Equal
@@ -852,7 +863,7 @@ pub fn call_soon(f: impl FnOnce() + 'static) -> CallbackHandle {
 #[track_caller]
 pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallbackHandle {
     let deadline = Instant::now() + delay;
-    context::with_core(|core| core.call_at(deadline, f))
+    with_core(|core| core.call_at(deadline, f))
 }
 
 /// Schedules `f` to run at `deadline` on the loop's clock (asyncio's `call_at`); never early.
@@ -861,7 +872,7 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallbackHandle
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn call_at(deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle {
-    context::with_core(|core| core.call_at(deadline, f))
+    with_core(|core| core.call_at(deadline, f))
 }
 
 /// Stops the running loop after the current iteration (asyncio's `loop.stop()`):
@@ -872,7 +883,7 @@ pub fn call_at(deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle 
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn stop() {
-    context::with_core(|core| core.stop_requested.set(true));
+    with_core(|core| core.stop_requested.set(true));
 }
 
 /// The loop's monotonic clock (asyncio's `loop.time()`): deadlines for [`call_at`] and
@@ -887,7 +898,7 @@ pub fn time() -> Instant {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn current_backend() -> Backend {
-    context::with_core(|core| core.backend())
+    with_core(|core| core.backend())
 }
 
 /// A snapshot of the running runtime's counters, from inside one of its tasks (what
@@ -907,25 +918,25 @@ pub fn current_backend() -> Backend {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn current_stats() -> RuntimeStats {
-    context::with_core(|core| core.stats())
+    with_core(|core| core.stats())
 }
 
 /// Whether sends use io_uring's zero-copy `SEND_ZC` on the running runtime (see
 /// [`Builder::zero_copy_send`]); false on epoll and outside a runtime.
 pub fn zero_copy_send() -> bool {
-    context::try_with_core(|core| core.zero_copy_send).unwrap_or(false)
+    try_with_core(|core| core.zero_copy_send).unwrap_or(false)
 }
 
 /// Whether sockets on the running runtime sit in io_uring's registered file table (see
 /// [`Builder::registered_fds`]); false on epoll, on kernels before 6.15, and outside a runtime.
 pub fn registered_fds() -> bool {
-    context::try_with_core(|core| core.registered_fds).unwrap_or(false)
+    try_with_core(|core| core.registered_fds).unwrap_or(false)
 }
 
 /// Whether pooled receives on the running runtime may use io_uring's receive bundles (see
 /// [`Builder::recv_bundles`]); false on epoll and outside a runtime.
 pub fn recv_bundles() -> bool {
-    context::try_with_core(|core| core.recv_bundles).unwrap_or(false)
+    try_with_core(|core| core.recv_bundles).unwrap_or(false)
 }
 
 /// Whether pooled receives on the running runtime use io_uring's multishot receive: on a
@@ -940,7 +951,53 @@ pub fn recv_bundles() -> bool {
 /// receive takes one buffer and stops, so there the cap holds exactly, at the price of one
 /// submission a chunk (still batched into the loop's one kernel entry).
 pub fn multishot_recv() -> bool {
-    context::try_with_core(|core| core.multishot_recv).unwrap_or(false)
+    try_with_core(|core| core.multishot_recv).unwrap_or(false)
+}
+
+/// Spawns `future` as a task on the running runtime (asyncio's `create_task`), named `Task-<id>`.
+///
+/// The future need not be `Send`: it is polled and dropped only on this thread. The task's
+/// parent in [`task_tree`] is the task that spawned it.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    with_core(|core| core.spawn(future, None))
+}
+
+/// Like [`spawn`], with a name for [`task_tree`], [`TaskRef::name`] and panic reports.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn spawn_named<F>(name: impl Into<String>, future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    let name = name.into();
+    with_core(|core| core.spawn(future, Some(name)))
+}
+
+/// Every task of the running runtime that has not ended (asyncio's `all_tasks`), in spawn order.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn all_tasks() -> Vec<TaskRef> {
+    with_core(|core| core.all_tasks())
+}
+
+/// The running runtime's tasks as a parent/child hierarchy; see [`TaskTree`].
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn task_tree() -> TaskTree {
+    with_core(|core| core.task_tree())
 }
 
 /// Takes the current task's pending cancel request, if any: the building block for
@@ -957,7 +1014,7 @@ pub fn take_cancel_request() -> Option<crate::Cancelled> {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
-    context::with_core(|core| core.buf_pool())
+    with_core(|core| core.buf_pool())
 }
 
 /// Replaces the running runtime's exception handler; see [`Builder::exception_handler`].
@@ -966,5 +1023,5 @@ pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn set_exception_handler(f: impl Fn(&ExceptionContext<'_>) + 'static) {
-    context::with_core(|core| *core.exception_handler.borrow_mut() = Rc::new(f));
+    with_core(|core| *core.exception_handler.borrow_mut() = Rc::new(f));
 }

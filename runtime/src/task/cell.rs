@@ -511,9 +511,9 @@ pub(crate) fn schedule_ptr(task: TaskPtr) {
     // The reference moves into the ready queue (no clone and drop: two atomic operations per
     // wake on the hot path).
     let mut task = Some(task);
-    context::try_with_core(|core| {
+    context::try_with_scheduler(|sched| {
         if let Some(t) = task.take() {
-            task = Schedule::schedule(core, t).err();
+            task = sched.schedule(t).err();
         }
     });
     if let Some(task) = task {

@@ -4,7 +4,7 @@
 //! `task/` knows the loop only through these two traits; the runtime's `Core` implements
 //! `Schedule`, and the injector that `Handle`s share implements `Remote`. The loop hands itself
 //! to [`TaskDyn::run`](super::cell::TaskDyn::run) as a `&dyn Schedule`, and a waker finds the
-//! loop running on its thread through `context`.
+//! loop running on its thread through `context::try_with_scheduler`.
 //!
 //! Why trait objects rather than a type parameter: a task is already type-erased
 //! (`Arc<dyn TaskDyn>`, one vtable per future type), so a generic scheduler would have to be a

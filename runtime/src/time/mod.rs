@@ -80,9 +80,8 @@ impl TimerEntry {
     /// Arms (or re-aims) the timer so `cx`'s task is woken at `deadline`.
     pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
         if !self.refresh(cx) {
-            self.key = Some(context::with_core(|core| {
-                core.timers()
-                    .add(deadline, TimerAction::Wake(cx.waker().clone()))
+            self.key = Some(context::with_timers(|timers| {
+                timers.add(deadline, TimerAction::Wake(cx.waker().clone()))
             }));
         }
     }
@@ -91,8 +90,7 @@ impl TimerEntry {
     /// points it at `cx`'s task and returns true.
     pub(crate) fn refresh(&mut self, cx: &Context<'_>) -> bool {
         self.key.is_some_and(|key| {
-            context::try_with_core(|core| core.timers().update_waker(key, cx.waker()))
-                .unwrap_or(false)
+            context::try_with_timers(|timers| timers.update_waker(key, cx.waker())).unwrap_or(false)
         })
     }
 
@@ -113,7 +111,7 @@ impl Drop for TimerEntry {
 /// Disarms `key` on the running loop's heap; nothing outside a runtime, or if the key is
 /// another heap's (see [`TimerKey`]).
 pub(crate) fn cancel_timer(key: TimerKey) {
-    context::try_with_core(|core| core.timers().cancel(key));
+    context::try_with_timers(|timers| timers.cancel(key));
 }
 
 /// Waits until `duration` has passed (asyncio's `sleep`); a cancellation point.
@@ -192,7 +190,7 @@ impl Future for Sleep {
             // reaches the heap, so check for a runtime here: outside one, a
             // `sleep(Duration::ZERO)` must panic like every other sleep (see `# Panics`), not
             // quietly complete under a foreign executor.
-            context::with_core(|_| ());
+            context::expect_entered();
             self.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
