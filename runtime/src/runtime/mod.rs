@@ -1000,14 +1000,6 @@ pub fn task_tree() -> TaskTree {
     with_core(|core| core.task_tree())
 }
 
-/// Takes the current task's pending cancel request, if any: the building block for
-/// cancellation-aware futures of your own. Call it when your future would return `Pending`
-/// (after checking that its result is not ready, so nothing is lost) and resolve to the
-/// returned [`Cancelled`](crate::Cancelled) if there is one. Returns `None` outside a task.
-pub fn take_cancel_request() -> Option<crate::Cancelled> {
-    crate::task::cancel::take_cancel()
-}
-
 /// The running runtime's receive-buffer pool (see [`BufPool`](crate::BufPool)).
 ///
 /// # Panics
