@@ -691,4 +691,125 @@ mod tests {
     impl Remote for NoLoop {
         fn inject(&self, _task: TaskPtr) {}
     }
+
+    /// A loop that only records what a task asks of it: the cell is driven here without a
+    /// runtime, through nothing but the `Schedule` interface.
+    #[derive(Default)]
+    struct Recorder {
+        events: std::cell::RefCell<Vec<String>>,
+        queued: std::cell::RefCell<Vec<Box<dyn FnOnce()>>>,
+        polls: Cell<u32>,
+    }
+
+    impl Recorder {
+        fn events(&self) -> Vec<String> {
+            self.events.borrow().clone()
+        }
+
+        fn log(&self, event: String) {
+            self.events.borrow_mut().push(event);
+        }
+
+        /// Runs the queued callbacks, as the loop's next pass would.
+        fn run_queued(&self) {
+            let queued = std::mem::take(&mut *self.queued.borrow_mut());
+            for f in queued {
+                f();
+            }
+        }
+    }
+
+    impl Schedule for Recorder {
+        fn schedule(&self, task: TaskPtr) -> Result<(), TaskPtr> {
+            self.log(format!("schedule {}", task.header().id));
+            Ok(())
+        }
+
+        fn task_finished(&self, _task: &TaskPtr, outcome: Outcome) {
+            self.log(format!("finished {outcome:?}"));
+        }
+
+        fn report_panic(&self, _task: Option<&TaskPtr>, message: &str, _: &(dyn Any + Send)) {
+            self.log(format!("report {message}"));
+        }
+
+        fn call_soon(&self, f: Box<dyn FnOnce()>) {
+            self.log("call_soon".to_owned());
+            self.queued.borrow_mut().push(f);
+        }
+
+        fn count_poll(&self) {
+            self.polls.set(self.polls.get() + 1);
+        }
+    }
+
+    fn spawn_here<F: Future + 'static>(future: F) -> (Arc<TaskCell<F>>, TaskPtr) {
+        let cell = new_task(future, None, Arc::new(NoLoop));
+        let ptr: TaskPtr = cell.clone();
+        (cell, ptr)
+    }
+
+    #[test]
+    fn a_ready_future_is_polled_once_and_finishes_once_before_its_done_callback() {
+        let rec = Recorder::default();
+        let (cell, ptr) = spawn_here(async { 7 });
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        ptr.header().add_done_callback(Box::new(move |t: &TaskRef| {
+            assert!(t.is_done());
+            s.fetch_add(1, Ordering::Relaxed);
+        }));
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 1);
+        assert_eq!(rec.events(), ["finished Finished", "call_soon"]);
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            0,
+            "done callbacks never run inline"
+        );
+        rec.run_queued();
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
+        assert_eq!(cell.take_output(), Some(7));
+        // A stray run after the end (a wake that raced the finish) does nothing.
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 1);
+        assert_eq!(rec.events().len(), 2);
+    }
+
+    #[test]
+    fn a_panic_is_reported_to_the_loop_and_ends_the_task_panicked() {
+        let rec = Recorder::default();
+        let (cell, ptr) = spawn_here(async { panic!("boom") });
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 1);
+        assert_eq!(
+            rec.events(),
+            ["report a task panicked", "finished Panicked"]
+        );
+        assert_eq!(ptr.header().outcome(), Outcome::Panicked);
+        assert!(ptr.header().take_panic().is_some());
+    }
+
+    #[test]
+    fn a_task_cancelled_before_its_first_poll_is_dropped_unpolled() {
+        struct CountDrop(Arc<AtomicUsize>);
+        impl Drop for CountDrop {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let rec = Recorder::default();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let guard = CountDrop(drops.clone());
+        let (cell, ptr) = spawn_here(async move {
+            let _guard = guard;
+            unreachable!("never polled");
+        });
+        assert!(ptr.header().request_cancel(None));
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 0, "nothing was polled");
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        assert_eq!(rec.events(), ["finished Cancelled"]);
+        assert!(!cell.cancel_now(&ptr, &rec), "already done");
+    }
 }
