@@ -5,7 +5,6 @@ use std::cell::Cell;
 use std::fmt;
 use std::rc::Rc;
 
-use crate::context;
 use crate::time::heap::TimerKey;
 
 /// A scheduled callback as the ready queue and the timer heap see it.
@@ -117,7 +116,7 @@ impl CallbackHandle {
             return false;
         }
         if let Some(key) = self.cell.take_timer() {
-            context::try_with_core(|core| core.cancel_timer(key));
+            crate::time::cancel_timer(key);
         }
         true
     }

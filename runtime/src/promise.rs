@@ -237,7 +237,7 @@ impl<T: 'static> Promise<T> {
         waiters.wake_all();
         for cb in callbacks {
             let me = self.clone();
-            context::with_core(|core| core.call_soon(move || cb(&me)));
+            context::with_scheduler(|sched| sched.call_soon(Box::new(move || cb(&me))));
         }
         Ok(())
     }
@@ -305,7 +305,7 @@ impl<T: 'static> Promise<T> {
         } else {
             drop(inner);
             let me = self.clone();
-            context::with_core(|core| core.call_soon(move || f(&me)));
+            context::with_scheduler(|sched| sched.call_soon(Box::new(move || f(&me))));
         }
     }
 

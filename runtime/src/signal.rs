@@ -203,7 +203,7 @@ impl Signal {
     /// * An error when awaited outside a running ringloop runtime, and any error of the
     ///   driver.
     pub async fn recv(&mut self) -> io::Result<()> {
-        if context::try_with_core(|_| ()).is_none() {
+        if !context::is_entered() {
             return Err(io::Error::other(context::NO_RUNTIME));
         }
         loop {

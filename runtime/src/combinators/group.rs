@@ -9,8 +9,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use crate::context;
-use crate::task::cancel::{take_cancel, take_cancel_if};
+use crate::task::cancel::{self, take_cancel, take_cancel_if};
 use crate::task::{panic_message, Cancelled, TaskRef};
 
 /// One failure collected by a [`TaskGroup`].
@@ -181,12 +180,6 @@ impl<T, E> Drop for ChildGuard<T, E> {
     }
 }
 
-/// Whether a `Cancelled` delivered to the current task is alive right now (it is inside the
-/// value just returned: the child or body ended by letting its cancellation escape).
-fn cancellation_escaping() -> bool {
-    context::with_current(|t| t.is_some_and(|t| t.header().escaped()))
-}
-
 impl<T: 'static, E: 'static> TaskGroup<T, E> {
     /// Runs `body` with a new group and waits for it and every child; see the [type
     /// docs](Self).
@@ -228,7 +221,7 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
         let value = match body_result {
             Ok(v) => Some(v),
             Err(e) => {
-                if cancellation_escaping() {
+                if cancel::escaping() {
                     // The body let a cancellation escape: the group's own (after a child
                     // failed) or one from outside; the counts below tell which.
                     drop(e);
@@ -324,7 +317,7 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
             match CatchUnwind(future).await {
                 Ok(Ok(v)) => group.state.borrow_mut().results[index] = Some(v),
                 Ok(Err(e)) => {
-                    if cancellation_escaping() {
+                    if cancel::escaping() {
                         // The child let a cancellation escape: return it, so the child ends
                         // cancelled (not finished) as a plain task would.
                         return Some(e);

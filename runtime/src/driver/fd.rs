@@ -64,7 +64,7 @@ impl SharedFd {
     pub fn target(&self) -> FdTarget {
         if self.inner.slot != NO_SLOT {
             if let Some(own) = &self.inner.driver {
-                let current = context::try_with_core(|core| core.driver().id());
+                let current = context::try_with_driver(DriverHandle::id);
                 if current == Some(own.id()) {
                     return FdTarget::Fixed(self.inner.slot);
                 }

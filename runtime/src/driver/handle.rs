@@ -96,7 +96,7 @@ impl DriverHandle {
 
     /// The driver of the runtime running on this thread, if any.
     pub(crate) fn current() -> Option<DriverHandle> {
-        crate::context::try_with_core(|core| core.driver().clone())
+        crate::context::current_driver()
     }
 
     /// Boxes an op's data (at the address it keeps until its completion), reusing the memory

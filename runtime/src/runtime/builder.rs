@@ -17,7 +17,7 @@ use super::{
 use crate::driver::Backend;
 use crate::driver::{Driver, DriverHandle, WakeFd};
 use crate::handshake::ParkState;
-use crate::time::heap::TimerHeap;
+use crate::time::Timers;
 
 /// Slots of the registered file table when `Builder::registered_fds` is on: 32 768, or the
 /// open-file limit if lower (the kernel refuses a larger table with `EMFILE`).
@@ -237,7 +237,7 @@ impl Builder {
         let core = Core {
             shared,
             ready: RefCell::new(VecDeque::with_capacity(256)),
-            timers: RefCell::new(TimerHeap::new()),
+            timers: Timers::new(),
             tasks: RefCell::new(Slab::new()),
             finished: RefCell::new(self.keep_finished_tasks.then(Vec::new)),
             driver: DriverHandle::new(driver),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::driver::WakeFd;
 use crate::handshake::ParkState;
-use crate::task::TaskPtr;
+use crate::task::{Remote, TaskPtr};
 
 /// A task woken from another thread. Only the pointer travels; the task is polled and dropped
 /// on its own thread.
@@ -35,11 +35,14 @@ pub(crate) struct Shared {
     pub(super) wake: WakeFd,
 }
 
-impl Shared {
-    pub(crate) fn inject_task(&self, task: TaskPtr) {
-        self.inject(|inj| inj.tasks.push(RemoteTask(task)));
+/// What a task's waker on another thread sees of its loop.
+impl Remote for Shared {
+    fn inject(&self, task: TaskPtr) {
+        Shared::inject(self, |inj| inj.tasks.push(RemoteTask(task)));
     }
+}
 
+impl Shared {
     pub(super) fn inject(&self, push: impl FnOnce(&mut Injected)) {
         {
             let mut inj = self.injected.lock().unwrap_or_else(|e| e.into_inner());

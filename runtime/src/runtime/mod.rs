@@ -33,13 +33,18 @@ use crate::driver::{Backend, BufPool, DriverHandle};
 use crate::stats::RuntimeStats;
 use crate::task::cell::{new_task, Outcome, TaskCell, TaskDyn, SCHEDULED};
 use crate::task::tree::FlatTask;
-use crate::task::{panic_message, Task, TaskId, TaskPtr, TaskRef, TaskTree};
-use crate::time::heap::{TimerAction, TimerHeap, TimerKey};
+use crate::task::{panic_message, Schedule, Task, TaskId, TaskPtr, TaskRef, TaskTree};
+use crate::time::heap::TimerAction;
+use crate::time::Timers;
 
 /// What the ready queue holds.
 pub(crate) enum Runnable {
     Task(TaskPtr),
+    /// A callback that can be cancelled (`call_soon`, an expired `call_at`).
     Callback(CallbackPtr),
+    /// A callback nobody holds a handle to (a task's or a promise's done callback): run as
+    /// it is, without a cell of its own.
+    Once(Box<dyn FnOnce()>),
 }
 
 /// Details of an unhandled error, for the exception handler (asyncio's exception context).
@@ -100,7 +105,7 @@ fn bump(c: &Cell<u64>) {
 pub(crate) struct Core {
     shared: Arc<Shared>,
     ready: RefCell<VecDeque<Runnable>>,
-    timers: RefCell<TimerHeap>,
+    timers: Timers,
     /// Every task that has not ended, by registry key.
     tasks: RefCell<Slab<TaskPtr>>,
     /// Ended tasks, kept for post-mortem dumps when the builder asks.
@@ -129,18 +134,62 @@ pub(crate) struct Core {
     expired: RefCell<Vec<TimerAction>>,
 }
 
-impl Core {
-    pub(crate) fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+/// Runs `f` with this thread's running core, or returns `None` outside one.
+#[inline]
+pub(crate) fn try_with_core<R>(f: impl FnOnce(&Core) -> R) -> Option<R> {
+    context::try_with_owner(f)
+}
+
+/// Runs `f` with this thread's running core; panics with a clear message outside one.
+#[inline]
+#[track_caller]
+pub(crate) fn with_core<R>(f: impl FnOnce(&Core) -> R) -> R {
+    match try_with_core(f) {
+        Some(r) => r,
+        None => panic!("{}", context::NO_RUNTIME),
+    }
+}
+
+/// The loop as a task sees it: nothing but these calls (see `task/sched.rs`).
+impl Schedule for Core {
+    #[inline]
+    fn schedule(&self, task: TaskPtr) -> Result<(), TaskPtr> {
+        // Data pointers only: the same `Shared` seen through two vtables is still one loop.
+        if std::ptr::addr_eq(Arc::as_ptr(&task.header().home), Arc::as_ptr(&self.shared)) {
+            self.push_task(task);
+            Ok(())
+        } else {
+            Err(task)
+        }
+    }
+
+    fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
+        Core::task_finished(self, task, outcome);
+    }
+
+    fn report_panic(&self, task: Option<&TaskPtr>, message: &str, payload: &(dyn Any + Send)) {
+        Core::report_panic(self, task, message, payload);
+    }
+
+    fn call_soon(&self, f: Box<dyn FnOnce()>) {
+        self.ready.borrow_mut().push_back(Runnable::Once(f));
     }
 
     #[inline]
-    pub(crate) fn push_task(&self, task: TaskPtr) {
-        self.ready.borrow_mut().push_back(Runnable::Task(task));
+    fn count_poll(&self) {
+        bump(&self.counters.polls);
+    }
+}
+
+impl Core {
+    /// What this loop lends the layers below it while it is entered (see `context`).
+    fn lent(&self) -> context::Lent<'_> {
+        context::Lent::new(self, self, &self.timers, &self.driver)
     }
 
-    pub(crate) fn count_poll(&self) {
-        bump(&self.counters.polls);
+    #[inline]
+    fn push_task(&self, task: TaskPtr) {
+        self.ready.borrow_mut().push_back(Runnable::Task(task));
     }
 
     pub(crate) fn spawn<F>(&self, future: F, name: Option<String>) -> Task<F::Output>
@@ -175,7 +224,7 @@ impl Core {
     }
 
     /// Bookkeeping when a task ends: leave the registry, count it, remember it if asked.
-    pub(crate) fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
+    fn task_finished(&self, task: &TaskPtr, outcome: Outcome) {
         let h = task.header();
         let removed = {
             let mut tasks = self.tasks.borrow_mut();
@@ -203,12 +252,7 @@ impl Core {
         drop(removed);
     }
 
-    pub(crate) fn report_panic(
-        &self,
-        task: Option<&TaskPtr>,
-        message: &str,
-        payload: &(dyn Any + Send),
-    ) {
+    fn report_panic(&self, task: Option<&TaskPtr>, message: &str, payload: &(dyn Any + Send)) {
         let handler = self.exception_handler.borrow().clone();
         let ctx = ExceptionContext {
             message,
@@ -230,29 +274,9 @@ impl Core {
 
     pub(crate) fn call_at(&self, deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle {
         let cb = new_callback(f);
-        let key = self
-            .timers
-            .borrow_mut()
-            .insert(deadline, TimerAction::Callback(cb.clone()));
+        let key = self.timers.add(deadline, TimerAction::Callback(cb.clone()));
         cb.set_timer(key);
         CallbackHandle::new(cb)
-    }
-
-    pub(crate) fn add_timer(&self, deadline: Instant, waker: &std::task::Waker) -> TimerKey {
-        self.timers
-            .borrow_mut()
-            .insert(deadline, TimerAction::Wake(waker.clone()))
-    }
-
-    /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
-    /// another runtime's).
-    pub(crate) fn update_timer(&self, key: TimerKey, waker: &std::task::Waker) -> bool {
-        self.timers.borrow_mut().update_waker(key, waker)
-    }
-
-    pub(crate) fn cancel_timer(&self, key: TimerKey) {
-        let action = self.timers.borrow_mut().cancel(key);
-        drop(action); // outside the borrow: dropping a waker or callback runs foreign code
     }
 
     pub(crate) fn all_tasks(&self) -> Vec<TaskRef> {
@@ -306,7 +330,7 @@ impl Core {
             tasks_panicked: c.tasks_panicked.get(),
             polls: c.polls.get(),
             callbacks_run: c.callbacks_run.get(),
-            timers_pending: self.timers.borrow().len() as u64,
+            timers_pending: self.timers.len() as u64,
             loop_iterations: c.loop_iterations.get(),
             parks: c.parks.get(),
             remote_wakes: c.remote_wakes.get(),
@@ -352,7 +376,6 @@ impl Core {
         } else {
             let timeout = self
                 .timers
-                .borrow_mut()
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             // Announce the park before the last look at the injector, so a remote wake either
@@ -388,11 +411,9 @@ impl Core {
         }
 
         // 4. Timers (the clock is read only when one is armed).
-        if self.timers.borrow().len() > 0 {
+        if self.timers.len() > 0 {
             let mut expired = self.expired.borrow_mut();
-            self.timers
-                .borrow_mut()
-                .expire(Instant::now(), &mut expired);
+            self.timers.expire(Instant::now(), &mut expired);
             for action in expired.drain(..) {
                 match action {
                     TimerAction::Wake(w) => w.wake(),
@@ -417,6 +438,12 @@ impl Core {
                     }
                     bump(&self.counters.callbacks_run);
                     if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| cb.run())) {
+                        self.report_panic(None, "a callback panicked", &*payload);
+                    }
+                }
+                Runnable::Once(f) => {
+                    bump(&self.counters.callbacks_run);
+                    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(f)) {
                         self.report_panic(None, "a callback panicked", &*payload);
                     }
                 }
@@ -448,11 +475,6 @@ impl Core {
 
     pub(crate) fn backend(&self) -> Backend {
         self.backend
-    }
-
-    /// The driver, for resources to capture when they are created.
-    pub(crate) fn driver(&self) -> &DriverHandle {
-        &self.driver
     }
 
     /// The runtime's receive-buffer pool.
@@ -517,8 +539,8 @@ impl Runtime {
     }
 
     #[track_caller]
-    fn enter(&self) -> context::Entered {
-        context::enter(&self.core).unwrap_or_else(|| {
+    fn enter(&self) -> context::Entered<'_> {
+        context::enter(self.core.lent()).unwrap_or_else(|| {
             panic!(
                 "cannot start a ringloop runtime from within a running one on the same thread \
                  (nested block_on/run_forever would starve the outer loop): await the future \
@@ -717,11 +739,6 @@ impl Runtime {
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn shared_for_tests(&self) -> Arc<Shared> {
-        self.core.shared.clone()
-    }
-
     /// The I/O backend this runtime runs on (never `Auto`).
     pub fn backend(&self) -> Backend {
         self.core.backend
@@ -773,7 +790,7 @@ impl Drop for Runtime {
         // This runtime is the current one while its tasks are dropped, even if another is
         // running on the thread (a runtime dropped inside a task of another): their
         // destructors must not reach the other runtime's timers or tasks.
-        let _teardown = context::enter_teardown(core);
+        let _teardown = context::enter_teardown(core.lent());
         // The ring is drained last, whatever happens before it: a panicking destructor below
         // still unwinds through this guard, so no memory the kernel writes is freed first.
         let _shutdown = ShutdownGuard {
@@ -793,7 +810,7 @@ impl Drop for Runtime {
         drop(core.shared.take_injected());
         let ready = std::mem::take(&mut *core.ready.borrow_mut());
         drop(ready);
-        let timers = core.timers.borrow_mut().drain();
+        let timers = core.timers.drain();
         drop(timers);
     }
 }
@@ -835,7 +852,7 @@ impl fmt::Debug for Runtime {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn call_soon(f: impl FnOnce() + 'static) -> CallbackHandle {
-    context::with_core(|core| core.call_soon(f))
+    with_core(|core| core.call_soon(f))
 }
 
 /// Schedules `f` to run once `delay` has passed (asyncio's `call_later`); never early. Equal
@@ -846,7 +863,7 @@ pub fn call_soon(f: impl FnOnce() + 'static) -> CallbackHandle {
 #[track_caller]
 pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallbackHandle {
     let deadline = Instant::now() + delay;
-    context::with_core(|core| core.call_at(deadline, f))
+    with_core(|core| core.call_at(deadline, f))
 }
 
 /// Schedules `f` to run at `deadline` on the loop's clock (asyncio's `call_at`); never early.
@@ -855,7 +872,7 @@ pub fn call_later(delay: Duration, f: impl FnOnce() + 'static) -> CallbackHandle
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn call_at(deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle {
-    context::with_core(|core| core.call_at(deadline, f))
+    with_core(|core| core.call_at(deadline, f))
 }
 
 /// Stops the running loop after the current iteration (asyncio's `loop.stop()`):
@@ -866,7 +883,7 @@ pub fn call_at(deadline: Instant, f: impl FnOnce() + 'static) -> CallbackHandle 
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn stop() {
-    context::with_core(|core| core.stop_requested.set(true));
+    with_core(|core| core.stop_requested.set(true));
 }
 
 /// The loop's monotonic clock (asyncio's `loop.time()`): deadlines for [`call_at`] and
@@ -881,7 +898,7 @@ pub fn time() -> Instant {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn current_backend() -> Backend {
-    context::with_core(|core| core.backend())
+    with_core(|core| core.backend())
 }
 
 /// A snapshot of the running runtime's counters, from inside one of its tasks (what
@@ -901,25 +918,25 @@ pub fn current_backend() -> Backend {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn current_stats() -> RuntimeStats {
-    context::with_core(|core| core.stats())
+    with_core(|core| core.stats())
 }
 
 /// Whether sends use io_uring's zero-copy `SEND_ZC` on the running runtime (see
 /// [`Builder::zero_copy_send`]); false on epoll and outside a runtime.
 pub fn zero_copy_send() -> bool {
-    context::try_with_core(|core| core.zero_copy_send).unwrap_or(false)
+    try_with_core(|core| core.zero_copy_send).unwrap_or(false)
 }
 
 /// Whether sockets on the running runtime sit in io_uring's registered file table (see
 /// [`Builder::registered_fds`]); false on epoll, on kernels before 6.15, and outside a runtime.
 pub fn registered_fds() -> bool {
-    context::try_with_core(|core| core.registered_fds).unwrap_or(false)
+    try_with_core(|core| core.registered_fds).unwrap_or(false)
 }
 
 /// Whether pooled receives on the running runtime may use io_uring's receive bundles (see
 /// [`Builder::recv_bundles`]); false on epoll and outside a runtime.
 pub fn recv_bundles() -> bool {
-    context::try_with_core(|core| core.recv_bundles).unwrap_or(false)
+    try_with_core(|core| core.recv_bundles).unwrap_or(false)
 }
 
 /// Whether pooled receives on the running runtime use io_uring's multishot receive: on a
@@ -934,15 +951,53 @@ pub fn recv_bundles() -> bool {
 /// receive takes one buffer and stops, so there the cap holds exactly, at the price of one
 /// submission a chunk (still batched into the loop's one kernel entry).
 pub fn multishot_recv() -> bool {
-    context::try_with_core(|core| core.multishot_recv).unwrap_or(false)
+    try_with_core(|core| core.multishot_recv).unwrap_or(false)
 }
 
-/// Takes the current task's pending cancel request, if any: the building block for
-/// cancellation-aware futures of your own. Call it when your future would return `Pending`
-/// (after checking that its result is not ready, so nothing is lost) and resolve to the
-/// returned [`Cancelled`](crate::Cancelled) if there is one. Returns `None` outside a task.
-pub fn take_cancel_request() -> Option<crate::Cancelled> {
-    crate::task::cancel::take_cancel()
+/// Spawns `future` as a task on the running runtime (asyncio's `create_task`), named `Task-<id>`.
+///
+/// The future need not be `Send`: it is polled and dropped only on this thread. The task's
+/// parent in [`task_tree`] is the task that spawned it.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn spawn<F>(future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    with_core(|core| core.spawn(future, None))
+}
+
+/// Like [`spawn`], with a name for [`task_tree`], [`TaskRef::name`] and panic reports.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn spawn_named<F>(name: impl Into<String>, future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    let name = name.into();
+    with_core(|core| core.spawn(future, Some(name)))
+}
+
+/// Every task of the running runtime that has not ended (asyncio's `all_tasks`), in spawn order.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn all_tasks() -> Vec<TaskRef> {
+    with_core(|core| core.all_tasks())
+}
+
+/// The running runtime's tasks as a parent/child hierarchy; see [`TaskTree`].
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn task_tree() -> TaskTree {
+    with_core(|core| core.task_tree())
 }
 
 /// The running runtime's receive-buffer pool (see [`BufPool`](crate::BufPool)).
@@ -951,7 +1006,7 @@ pub fn take_cancel_request() -> Option<crate::Cancelled> {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
-    context::with_core(|core| core.buf_pool())
+    with_core(|core| core.buf_pool())
 }
 
 /// Replaces the running runtime's exception handler; see [`Builder::exception_handler`].
@@ -960,5 +1015,5 @@ pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn set_exception_handler(f: impl Fn(&ExceptionContext<'_>) + 'static) {
-    context::with_core(|core| *core.exception_handler.borrow_mut() = Rc::new(f));
+    with_core(|core| *core.exception_handler.borrow_mut() = Rc::new(f));
 }

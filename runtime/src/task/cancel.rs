@@ -1,4 +1,5 @@
-//! The `Cancelled` error and how the runtime tells whether a task let it escape.
+//! The `Cancelled` error, how the runtime tells whether a task let it escape, and the helpers
+//! that runtime futures use to take, scope and check the current task's cancel requests.
 
 use std::error::Error;
 use std::fmt;
@@ -7,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::context;
+use crate::task::TaskId;
 
 /// The error a runtime await resolves to when the task awaiting it is cancelled: ringloop's
 /// `asyncio.CancelledError`.
@@ -140,6 +142,14 @@ impl From<Cancelled> for io::Error {
     }
 }
 
+/// Takes the current task's pending cancel request, if any: the building block for
+/// cancellation-aware futures of your own. Call it when your future would return `Pending`
+/// (after checking that its result is not ready, so nothing is lost) and resolve to the
+/// returned [`Cancelled`](crate::Cancelled) if there is one. Returns `None` outside a task.
+pub fn take_cancel_request() -> Option<Cancelled> {
+    take_cancel()
+}
+
 /// Takes the current task's pending cancel request, if there is one: for a runtime future that
 /// starts waiting now (it has not registered anywhere yet).
 pub(crate) fn take_cancel() -> Option<Cancelled> {
@@ -160,5 +170,95 @@ pub(crate) fn take_cancel_if(waiting: bool) -> Option<Cancelled> {
         take_cancel_waiting()
     } else {
         take_cancel()
+    }
+}
+
+/// Whether a `Cancelled` delivered to the current task is alive right now (it is inside the
+/// value just returned: the code that returned it let its cancellation escape).
+pub(crate) fn escaping() -> bool {
+    context::with_current(|t| t.is_some_and(|t| t.header().escaped()))
+}
+
+/// Whether the current task has a cancel request that nothing took in the poll just made: the
+/// code polled is suspended on a future that cannot see it (a foreign future).
+pub(crate) fn unobserved() -> bool {
+    context::with_current(|t| t.is_some_and(|t| t.header().cancel_pending()))
+}
+
+/// A cancel request scoped to part of the current task: asyncio 3.11's device for `timeout`.
+/// [`request`](Self::request) cancels the whole task and remembers what it looked like before;
+/// the inner code unwinds; [`end`](Self::end) withdraws the request (`uncancel()`), re-posting
+/// one if the task was also cancelled from outside meanwhile.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CancelScope {
+    /// The task the request was made on (a scope ends only on that task).
+    task: TaskId,
+    /// `cancelling()` before our request: more left at the end means an outside cancel came in.
+    requests_before: u32,
+    /// Delivered `Cancelled` values alive before our request. Why not just `escaped()`: the task
+    /// may already hold one from an earlier cancellation it caught (a cleanup path that keeps it
+    /// to return later), and that one must not be taken for the inner code letting ours escape.
+    live_before: usize,
+    /// Whether a request had been delivered earlier in the poll our request was made in; put
+    /// back once the inner future has seen our request, so that it does not reach the futures
+    /// beside the scope (concurrent branches of the same task).
+    delivered_before: bool,
+    /// Whether a request from outside was already pending (undelivered) when ours was made: it
+    /// is not ours to withdraw.
+    pending_before: bool,
+}
+
+impl CancelScope {
+    /// Requests a cancel of the current task, scoped to the caller; `None` outside a task.
+    pub(crate) fn request() -> Option<CancelScope> {
+        context::with_current(|t| {
+            t.map(|t| {
+                let h = t.header();
+                let scope = CancelScope {
+                    task: h.id,
+                    requests_before: h.cancelling(),
+                    live_before: h.live_cancels(),
+                    delivered_before: h.delivered_this_poll(),
+                    pending_before: h.cancel_pending(),
+                };
+                h.request_cancel(None);
+                scope
+            })
+        })
+    }
+
+    /// Puts back the delivered-this-poll mark the task had before our request (see
+    /// [`CancelScope::delivered_before`]); call it once the inner future was polled with it.
+    pub(crate) fn restore_delivered(&self) {
+        context::with_current(|t| {
+            if let Some(t) = t.filter(|t| t.header().id == self.task) {
+                t.header().set_delivered_this_poll(self.delivered_before);
+            }
+        });
+    }
+
+    /// Whether the inner code let a cancellation escape: the task holds more live delivered
+    /// `Cancelled` values than before our request (they sit in the value it just returned).
+    pub(crate) fn escaped(&self) -> bool {
+        context::with_current(|t| t.is_some_and(|t| t.header().live_cancels() > self.live_before))
+    }
+
+    /// Withdraws the scoped request; re-posts a request if the task was also cancelled from
+    /// outside, and otherwise drops our own if it was never delivered. Does nothing unless the
+    /// scope's task is the current one (a scope is only ever ended on it).
+    pub(crate) fn end(&self) {
+        context::with_current(|t| {
+            let Some(t) = t else { return };
+            let h = t.header();
+            if h.id != self.task {
+                return;
+            }
+            let left = h.uncancel();
+            if left > self.requests_before {
+                h.repost_cancel();
+            } else if !self.pending_before {
+                h.withdraw_pending();
+            }
+        });
     }
 }

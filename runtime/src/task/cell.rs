@@ -16,7 +16,8 @@
 //! `Waker` may be cloned to another thread and woken there. Everything else, the stage included,
 //! is touched only on the runtime's own thread. That is what makes a `!Send` future sound here:
 //!
-//! * the future is polled only by [`TaskDyn::run`], called only by the owning `Core`;
+//! * the future is polled only by [`TaskDyn::run`], called only by the owning loop (its
+//!   [`Schedule`]);
 //! * the future and the output are dropped only on the owner thread: the runtime's registry
 //!   holds a reference while the future is alive and drops the future before releasing it, and
 //!   the output lives only while the `Task` handle (which is `!Send`) does;
@@ -35,7 +36,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::context;
-use crate::runtime::{Core, Shared};
+use crate::task::sched::{Remote, Schedule};
 use crate::task::{Cancelled, TaskError, TaskId, TaskRef, TaskState};
 
 /// A type-erased, reference-counted task: what the ready queue, the injector and the registry
@@ -109,14 +110,15 @@ pub(crate) struct Header {
     registry_key: Cell<u32>,
     pub(crate) id: TaskId,
     pub(crate) parent: Option<TaskId>,
-    /// The runtime this task belongs to: a wake from another thread goes to its injector.
-    pub(crate) shared: Arc<Shared>,
+    /// The loop this task belongs to: a wake from another thread goes to its injector, and
+    /// its address tells the home loop from another one on the same thread.
+    pub(crate) home: Arc<dyn Remote>,
     join_waker: Cell<Option<Waker>>,
     extras: Cell<Option<Box<Extras>>>,
 }
 
 impl Header {
-    fn new(id: TaskId, parent: Option<TaskId>, shared: Arc<Shared>) -> Self {
+    fn new(id: TaskId, parent: Option<TaskId>, home: Arc<dyn Remote>) -> Self {
         Header {
             state: AtomicU32::new(0),
             flags: Cell::new(0),
@@ -125,7 +127,7 @@ impl Header {
             registry_key: Cell::new(0),
             id,
             parent,
-            shared,
+            home,
             join_waker: Cell::new(None),
             extras: Cell::new(None),
         }
@@ -358,10 +360,10 @@ impl Header {
 pub(crate) trait TaskDyn {
     fn header(&self) -> &Header;
     /// Polls the task once (or drops it if an abort or an unobserved cancel says so).
-    fn run(&self, me: &TaskPtr, core: &Core);
+    fn run(&self, me: &TaskPtr, sched: &dyn Schedule);
     /// Drops the future now and ends the task as cancelled (shutdown, or `abort` outside a
     /// poll). Refused (false) while the future is being polled or once done.
-    fn cancel_now(&self, me: &TaskPtr, core: &Core) -> bool;
+    fn cancel_now(&self, me: &TaskPtr, sched: &dyn Schedule) -> bool;
     /// Drops the output if nobody will take it (the handle is gone).
     fn drop_output(&self);
 }
@@ -388,7 +390,7 @@ static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
 pub(crate) fn new_task<F>(
     future: F,
     parent: Option<TaskId>,
-    shared: Arc<Shared>,
+    home: Arc<dyn Remote>,
 ) -> Arc<TaskCell<F>>
 where
     F: Future + 'static,
@@ -396,7 +398,7 @@ where
     let raw = NEXT_TASK_ID.fetch_add(1, Ordering::Relaxed);
     let id = TaskId(NonZeroU64::new(raw).expect("task id counter wrapped"));
     Arc::new(TaskCell {
-        header: Header::new(id, parent, shared),
+        header: Header::new(id, parent, home),
         stage: UnsafeCell::new(Stage::Running(future)),
     })
 }
@@ -449,7 +451,7 @@ impl<F: Future + 'static> TaskCell<F> {
 
     /// Replaces the stage, dropping what it held on this thread with panics caught: a
     /// destructor that panics is reported, never allowed to unwind through the loop.
-    fn set_stage(&self, core: &Core, me: &TaskPtr, new: Stage<F>) {
+    fn set_stage(&self, sched: &dyn Schedule, me: &TaskPtr, new: Stage<F>) {
         // SAFETY: owner thread only, and never while the future is being polled (callers check
         // RUNNING or are the poll itself, after it returned); no reference into the stage
         // outlives this call.
@@ -465,31 +467,31 @@ impl<F: Future + 'static> TaskCell<F> {
         // SAFETY: as above.
         unsafe { std::ptr::write(stage, new) };
         if let Err(payload) = dropped {
-            core.report_panic(Some(me), "a task's destructor panicked", &*payload);
+            sched.report_panic(Some(me), "a task's destructor panicked", &*payload);
         }
     }
 
-    fn finish(&self, me: &TaskPtr, core: &Core, outcome: Outcome) {
+    fn finish(&self, me: &TaskPtr, sched: &dyn Schedule, outcome: Outcome) {
         let h = &self.header;
         h.outcome.set(outcome);
         h.state.fetch_or(DONE, Ordering::Release);
         if h.has(DETACHED) {
             self.drop_output();
         }
-        core.task_finished(me, outcome);
+        sched.task_finished(me, outcome);
         if let Some(w) = h.join_waker.take() {
             w.wake();
         }
         let callbacks = h.peek_extras(|e| e.map(|e| std::mem::take(&mut e.done_callbacks)));
         for cb in callbacks.into_iter().flatten() {
             let task = TaskRef::new(me.clone());
-            core.call_soon(move || cb(&task));
+            sched.call_soon(Box::new(move || cb(&task)));
         }
     }
 
-    fn end_cancelled(&self, me: &TaskPtr, core: &Core) {
-        self.set_stage(core, me, Stage::Consumed);
-        self.finish(me, core, Outcome::Cancelled);
+    fn end_cancelled(&self, me: &TaskPtr, sched: &dyn Schedule) {
+        self.set_stage(sched, me, Stage::Consumed);
+        self.finish(me, sched, Outcome::Cancelled);
     }
 }
 
@@ -509,14 +511,14 @@ pub(crate) fn schedule_ptr(task: TaskPtr) {
     // The reference moves into the ready queue (no clone and drop: two atomic operations per
     // wake on the hot path).
     let mut task = Some(task);
-    context::try_with_core(|core| {
-        if let Some(t) = task.take_if(|t| Arc::ptr_eq(core.shared(), &t.header().shared)) {
-            core.push_task(t);
+    context::try_with_scheduler(|sched| {
+        if let Some(t) = task.take() {
+            task = sched.schedule(t).err();
         }
     });
     if let Some(task) = task {
-        let shared = task.header().shared.clone();
-        shared.inject_task(task);
+        let home = task.header().home.clone();
+        home.inject(task);
     }
 }
 
@@ -533,7 +535,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
         &self.header
     }
 
-    fn run(&self, me: &TaskPtr, core: &Core) {
+    fn run(&self, me: &TaskPtr, sched: &dyn Schedule) {
         let h = &self.header;
         h.state.fetch_and(!SCHEDULED, Ordering::AcqRel);
         if h.is_done() {
@@ -543,7 +545,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
         let cancel_at_start = flags & CANCEL_PENDING != 0;
         if flags & MAIN == 0 && (flags & ABORT != 0 || (flags & STARTED == 0 && cancel_at_start)) {
             let _current = context::set_current(me);
-            self.end_cancelled(me, core);
+            self.end_cancelled(me, sched);
             return;
         }
         h.set(STARTED | RUNNING);
@@ -567,45 +569,45 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
             }
         }));
         h.clear(RUNNING | DELIVERED);
-        core.count_poll();
+        sched.count_poll();
         match result {
             Ok(Poll::Ready(output)) => {
-                self.set_stage(core, me, Stage::Finished(output));
+                self.set_stage(sched, me, Stage::Finished(output));
                 if h.has(MAIN) || !h.escaped() {
-                    self.finish(me, core, Outcome::Finished);
+                    self.finish(me, sched, Outcome::Finished);
                 } else {
                     // The task let a delivered `Cancelled` escape in its output: asyncio's
                     // "CancelledError propagated out of the coroutine".
-                    self.set_stage(core, me, Stage::Consumed);
-                    self.finish(me, core, Outcome::Cancelled);
+                    self.set_stage(sched, me, Stage::Consumed);
+                    self.finish(me, sched, Outcome::Cancelled);
                 }
             }
             Ok(Poll::Pending) => {
                 if cancel_at_start && h.has(CANCEL_PENDING) && !h.has(MAIN) {
                     // Nothing in the await chain could observe the request (a foreign future):
                     // fall back to Rust's cancel, dropping the future.
-                    self.end_cancelled(me, core);
+                    self.end_cancelled(me, sched);
                 }
             }
             Err(payload) => {
-                self.set_stage(core, me, Stage::Consumed);
+                self.set_stage(sched, me, Stage::Consumed);
                 // The main future's panic is resumed by `block_on` itself: reporting it to the
                 // exception handler as well would show it twice.
                 if !h.has(MAIN) {
-                    core.report_panic(Some(me), "a task panicked", &*payload);
+                    sched.report_panic(Some(me), "a task panicked", &*payload);
                 }
                 h.with_extras(|e| e.panic = Some(payload));
-                self.finish(me, core, Outcome::Panicked);
+                self.finish(me, sched, Outcome::Panicked);
             }
         }
     }
 
-    fn cancel_now(&self, me: &TaskPtr, core: &Core) -> bool {
+    fn cancel_now(&self, me: &TaskPtr, sched: &dyn Schedule) -> bool {
         if self.header.is_done() || self.header.has(RUNNING) {
             return false;
         }
         let _current = context::set_current(me);
-        self.end_cancelled(me, core);
+        self.end_cancelled(me, sched);
         true
     }
 
@@ -667,7 +669,7 @@ mod tests {
     fn per_task_overhead_is_at_most_128_bytes() {
         let future = async {};
         let future_size = std::mem::size_of_val(&future);
-        let cell_size = std::mem::size_of_val(&*new_task(future, None, test_shared()));
+        let cell_size = std::mem::size_of_val(&*new_task(future, None, Arc::new(NoLoop)));
         let arc_counts = 2 * std::mem::size_of::<usize>();
         let registry_entry = std::mem::size_of::<TaskPtr>() + std::mem::size_of::<usize>();
         let overhead = arc_counts + cell_size + registry_entry - future_size;
@@ -683,7 +685,131 @@ mod tests {
         );
     }
 
-    fn test_shared() -> Arc<Shared> {
-        crate::runtime::Runtime::new().unwrap().shared_for_tests()
+    /// A home that drops what it is sent: these tests never wake a task from another thread.
+    struct NoLoop;
+
+    impl Remote for NoLoop {
+        fn inject(&self, _task: TaskPtr) {}
+    }
+
+    /// A loop that only records what a task asks of it: the cell is driven here without a
+    /// runtime, through nothing but the `Schedule` interface.
+    #[derive(Default)]
+    struct Recorder {
+        events: std::cell::RefCell<Vec<String>>,
+        queued: std::cell::RefCell<Vec<Box<dyn FnOnce()>>>,
+        polls: Cell<u32>,
+    }
+
+    impl Recorder {
+        fn events(&self) -> Vec<String> {
+            self.events.borrow().clone()
+        }
+
+        fn log(&self, event: String) {
+            self.events.borrow_mut().push(event);
+        }
+
+        /// Runs the queued callbacks, as the loop's next pass would.
+        fn run_queued(&self) {
+            let queued = std::mem::take(&mut *self.queued.borrow_mut());
+            for f in queued {
+                f();
+            }
+        }
+    }
+
+    impl Schedule for Recorder {
+        fn schedule(&self, task: TaskPtr) -> Result<(), TaskPtr> {
+            self.log(format!("schedule {}", task.header().id));
+            Ok(())
+        }
+
+        fn task_finished(&self, _task: &TaskPtr, outcome: Outcome) {
+            self.log(format!("finished {outcome:?}"));
+        }
+
+        fn report_panic(&self, _task: Option<&TaskPtr>, message: &str, _: &(dyn Any + Send)) {
+            self.log(format!("report {message}"));
+        }
+
+        fn call_soon(&self, f: Box<dyn FnOnce()>) {
+            self.log("call_soon".to_owned());
+            self.queued.borrow_mut().push(f);
+        }
+
+        fn count_poll(&self) {
+            self.polls.set(self.polls.get() + 1);
+        }
+    }
+
+    fn spawn_here<F: Future + 'static>(future: F) -> (Arc<TaskCell<F>>, TaskPtr) {
+        let cell = new_task(future, None, Arc::new(NoLoop));
+        let ptr: TaskPtr = cell.clone();
+        (cell, ptr)
+    }
+
+    #[test]
+    fn a_ready_future_is_polled_once_and_finishes_once_before_its_done_callback() {
+        let rec = Recorder::default();
+        let (cell, ptr) = spawn_here(async { 7 });
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = seen.clone();
+        ptr.header().add_done_callback(Box::new(move |t: &TaskRef| {
+            assert!(t.is_done());
+            s.fetch_add(1, Ordering::Relaxed);
+        }));
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 1);
+        assert_eq!(rec.events(), ["finished Finished", "call_soon"]);
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            0,
+            "done callbacks never run inline"
+        );
+        rec.run_queued();
+        assert_eq!(seen.load(Ordering::Relaxed), 1);
+        assert_eq!(cell.take_output(), Some(7));
+        // A stray run after the end (a wake that raced the finish) does nothing.
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 1);
+        assert_eq!(rec.events().len(), 2);
+    }
+
+    #[test]
+    fn a_panic_is_reported_to_the_loop_and_ends_the_task_panicked() {
+        let rec = Recorder::default();
+        let (cell, ptr) = spawn_here(async { panic!("boom") });
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 1);
+        assert_eq!(
+            rec.events(),
+            ["report a task panicked", "finished Panicked"]
+        );
+        assert_eq!(ptr.header().outcome(), Outcome::Panicked);
+        assert!(ptr.header().take_panic().is_some());
+    }
+
+    #[test]
+    fn a_task_cancelled_before_its_first_poll_is_dropped_unpolled() {
+        struct CountDrop(Arc<AtomicUsize>);
+        impl Drop for CountDrop {
+            fn drop(&mut self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let rec = Recorder::default();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let guard = CountDrop(drops.clone());
+        let (cell, ptr) = spawn_here(async move {
+            let _guard = guard;
+            unreachable!("never polled");
+        });
+        assert!(ptr.header().request_cancel(None));
+        cell.run(&ptr, &rec);
+        assert_eq!(rec.polls.get(), 0, "nothing was polled");
+        assert_eq!(drops.load(Ordering::Relaxed), 1);
+        assert_eq!(rec.events(), ["finished Cancelled"]);
+        assert!(!cell.cancel_now(&ptr, &rec), "already done");
     }
 }

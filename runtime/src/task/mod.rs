@@ -49,6 +49,7 @@
 
 pub(crate) mod cancel;
 pub(crate) mod cell;
+pub(crate) mod sched;
 pub(crate) mod tree;
 
 use std::any::Any;
@@ -61,8 +62,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 pub use cancel::Cancelled;
+// Spawning and listing tasks are the running loop's business (its registry); their public
+// paths stay here, beside `Task`.
+pub use crate::runtime::{all_tasks, spawn, spawn_named, task_tree};
 pub(crate) use cell::TaskPtr;
 use cell::{Outcome, TaskJoin};
+pub(crate) use sched::{Remote, Schedule};
 pub use tree::{TaskNode, TaskTree};
 
 use crate::context;
@@ -339,7 +344,7 @@ impl TaskRef {
     pub fn add_done_callback(&self, f: impl FnOnce(&TaskRef) + 'static) {
         if self.is_done() {
             let task = self.clone();
-            context::with_core(|core| core.call_soon(move || f(&task)));
+            context::with_scheduler(|sched| sched.call_soon(Box::new(move || f(&task))));
         } else {
             self.ptr.header().add_done_callback(Box::new(f));
         }
@@ -538,34 +543,6 @@ impl<T> fmt::Debug for Task<T> {
     }
 }
 
-/// Spawns `future` as a task on the running runtime (asyncio's `create_task`), named `Task-<id>`.
-///
-/// The future need not be `Send`: it is polled and dropped only on this thread. The task's
-/// parent in [`task_tree`] is the task that spawned it.
-///
-/// # Panics
-/// Outside a running ringloop runtime.
-#[track_caller]
-pub fn spawn<F>(future: F) -> Task<F::Output>
-where
-    F: Future + 'static,
-{
-    context::with_core(|core| core.spawn(future, None))
-}
-
-/// Like [`spawn`], with a name for [`task_tree`], [`TaskRef::name`] and panic reports.
-///
-/// # Panics
-/// Outside a running ringloop runtime.
-#[track_caller]
-pub fn spawn_named<F>(name: impl Into<String>, future: F) -> Task<F::Output>
-where
-    F: Future + 'static,
-{
-    let name = name.into();
-    context::with_core(|core| core.spawn(future, Some(name)))
-}
-
 /// Like [`take_cancel_request`](crate::take_cancel_request), for a custom future that is
 /// already waiting (it returned `Pending` before and has not resolved since): it also resolves
 /// to `Cancelled` when the request was delivered to another future earlier in this task poll,
@@ -582,24 +559,6 @@ pub fn take_cancel_request_waiting() -> Option<Cancelled> {
 /// Outside a running ringloop runtime.
 #[track_caller]
 pub fn current_task() -> Option<TaskRef> {
-    context::with_core(|_| ());
+    context::expect_entered();
     context::with_current(|t| t.map(|t| TaskRef::new(t.clone())))
-}
-
-/// Every task of the running runtime that has not ended (asyncio's `all_tasks`), in spawn order.
-///
-/// # Panics
-/// Outside a running ringloop runtime.
-#[track_caller]
-pub fn all_tasks() -> Vec<TaskRef> {
-    context::with_core(|core| core.all_tasks())
-}
-
-/// The running runtime's tasks as a parent/child hierarchy; see [`TaskTree`].
-///
-/// # Panics
-/// Outside a running ringloop runtime.
-#[track_caller]
-pub fn task_tree() -> TaskTree {
-    context::with_core(|core| core.task_tree())
 }

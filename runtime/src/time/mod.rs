@@ -5,17 +5,70 @@
 
 pub(crate) mod heap;
 
+use std::cell::RefCell;
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::context;
-use crate::task::cancel::take_cancel_if;
-use crate::task::{Cancelled, TaskId};
-use heap::TimerKey;
+use crate::task::cancel::{self, take_cancel_if, CancelScope};
+use crate::task::Cancelled;
+use heap::{TimerAction, TimerHeap, TimerKey};
+
+/// One loop's timers: its heap behind a `RefCell` that is borrowed only inside these methods,
+/// never while a waker or a callback runs (foreign code may arm or cancel timers of its own).
+/// The loop owns one; [`TimerEntry`] and [`cancel_timer`] reach the running loop's.
+pub(crate) struct Timers {
+    heap: RefCell<TimerHeap>,
+}
+
+impl Timers {
+    pub(crate) fn new() -> Self {
+        Timers {
+            heap: RefCell::new(TimerHeap::new()),
+        }
+    }
+
+    /// Arms a timer that runs `action` at `deadline`.
+    pub(crate) fn add(&self, deadline: Instant, action: TimerAction) -> TimerKey {
+        self.heap.borrow_mut().insert(deadline, action)
+    }
+
+    /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
+    /// another runtime's).
+    pub(crate) fn update_waker(&self, key: TimerKey, waker: &Waker) -> bool {
+        self.heap.borrow_mut().update_waker(key, waker)
+    }
+
+    /// Disarms a timer, if it is still armed here.
+    pub(crate) fn cancel(&self, key: TimerKey) {
+        let action = self.heap.borrow_mut().cancel(key);
+        drop(action); // outside the borrow: dropping a waker or callback runs foreign code
+    }
+
+    /// How many timers are armed.
+    pub(crate) fn len(&self) -> usize {
+        self.heap.borrow().len()
+    }
+
+    /// The earliest deadline, if any timer is armed.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.heap.borrow_mut().next_deadline()
+    }
+
+    /// Moves every timer due at `now` into `out`, in deadline order (ties in arming order).
+    pub(crate) fn expire(&self, now: Instant, out: &mut Vec<TimerAction>) {
+        self.heap.borrow_mut().expire(now, out);
+    }
+
+    /// Disarms everything (runtime shutdown); the caller drops the actions.
+    pub(crate) fn drain(&self) -> Vec<TimerAction> {
+        self.heap.borrow_mut().drain()
+    }
+}
 
 /// A registration on the timer heap that wakes the polling task at `deadline`.
 #[derive(Debug, Default)]
@@ -27,8 +80,8 @@ impl TimerEntry {
     /// Arms (or re-aims) the timer so `cx`'s task is woken at `deadline`.
     pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
         if !self.refresh(cx) {
-            self.key = Some(context::with_core(|core| {
-                core.add_timer(deadline, cx.waker())
+            self.key = Some(context::with_timers(|timers| {
+                timers.add(deadline, TimerAction::Wake(cx.waker().clone()))
             }));
         }
     }
@@ -37,14 +90,14 @@ impl TimerEntry {
     /// points it at `cx`'s task and returns true.
     pub(crate) fn refresh(&mut self, cx: &Context<'_>) -> bool {
         self.key.is_some_and(|key| {
-            context::try_with_core(|core| core.update_timer(key, cx.waker())).unwrap_or(false)
+            context::try_with_timers(|timers| timers.update_waker(key, cx.waker())).unwrap_or(false)
         })
     }
 
     /// Disarms the timer, if armed.
     pub(crate) fn disarm(&mut self) {
         if let Some(key) = self.key.take() {
-            context::try_with_core(|core| core.cancel_timer(key));
+            cancel_timer(key);
         }
     }
 }
@@ -53,6 +106,12 @@ impl Drop for TimerEntry {
     fn drop(&mut self) {
         self.disarm();
     }
+}
+
+/// Disarms `key` on the running loop's heap; nothing outside a runtime, or if the key is
+/// another heap's (see [`TimerKey`]).
+pub(crate) fn cancel_timer(key: TimerKey) {
+    context::try_with_timers(|timers| timers.cancel(key));
 }
 
 /// Waits until `duration` has passed (asyncio's `sleep`); a cancellation point.
@@ -131,7 +190,7 @@ impl Future for Sleep {
             // reaches the heap, so check for a runtime here: outside one, a
             // `sleep(Duration::ZERO)` must panic like every other sleep (see `# Panics`), not
             // quietly complete under a foreign executor.
-            context::with_core(|_| ());
+            context::expect_entered();
             self.yielded = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -322,7 +381,7 @@ enum Phase {
     /// The deadline passed and the scoped cancel was delivered; the inner future is unwinding.
     /// `scope` holds what the task looked like before our own request.
     Unwinding {
-        scope: Scope,
+        scope: CancelScope,
     },
     Done,
 }
@@ -362,75 +421,24 @@ impl<F> Drop for Timeout<F> {
         // Dropped while the inner future unwinds from our scoped cancel: undo the scope once
         // (the phase is left `Done`), as `settle_after_timeout` would have.
         if let Phase::Unwinding { scope } = std::mem::replace(&mut self.phase, Phase::Done) {
-            end_scope(&scope);
+            scope.end();
         }
     }
-}
-
-/// The task's state when a timeout delivered its scoped request.
-#[derive(Clone, Copy, Debug)]
-struct Scope {
-    /// The task the request was made on (a scope ends only on that task).
-    task: TaskId,
-    /// `cancelling()` before our request: more left at the end means an outside cancel came in.
-    requests_before: u32,
-    /// Delivered `Cancelled` values alive before our request. Why not just `escaped()`: the task
-    /// may already hold one from an earlier cancellation it caught (a cleanup path that keeps it
-    /// to return later), and that one must not turn the inner work's value into `TimedOut`.
-    live_before: usize,
-    /// Whether a request had been delivered earlier in the poll our request was made in; put
-    /// back once the inner future has seen our request, so that it does not reach the futures
-    /// beside this timeout (concurrent branches of the same task).
-    delivered_before: bool,
-    /// Whether a request from outside was already pending (undelivered) when ours was made: it
-    /// is not ours to withdraw.
-    pending_before: bool,
 }
 
 /// The inner future finished after the deadline passed. As asyncio's `timeout()` decides: if it
 /// let the cancellation escape (its output holds a delivered `Cancelled`), that is the timeout,
 /// and the output is dropped; if it caught the cancellation and returned a value anyway, the value
 /// is kept, so an item taken from a queue in that race is never lost.
-fn settle_after_timeout<T>(output: T, scope: &Scope) -> Result<T, TimedOut> {
-    let escaped =
-        context::with_current(|t| t.is_some_and(|t| t.header().live_cancels() > scope.live_before));
-    let result = if escaped {
+fn settle_after_timeout<T>(output: T, scope: &CancelScope) -> Result<T, TimedOut> {
+    let result = if scope.escaped() {
         drop(output);
         Err(TimedOut)
     } else {
         Ok(output)
     };
-    end_scope(scope);
+    scope.end();
     result
-}
-
-/// Withdraws the scoped request; re-posts a request if the task was also cancelled from
-/// outside, and otherwise drops our own if it was never delivered. Does nothing unless the
-/// scope's task is the current one (a scope is only ever ended on it).
-fn end_scope(scope: &Scope) {
-    context::with_current(|t| {
-        let Some(t) = t else { return };
-        let h = t.header();
-        if h.id != scope.task {
-            return;
-        }
-        let left = h.uncancel();
-        if left > scope.requests_before {
-            h.repost_cancel();
-        } else if !scope.pending_before {
-            h.withdraw_pending();
-        }
-    });
-}
-
-/// Puts back the delivered-this-poll mark the task had before our scoped request (see
-/// [`Scope::delivered_before`]).
-fn restore_delivered(scope: &Scope) {
-    context::with_current(|t| {
-        if let Some(t) = t.filter(|t| t.header().id == scope.task) {
-            t.header().set_delivered_this_poll(scope.delivered_before);
-        }
-    });
 }
 
 impl<F: Future> Future for Timeout<F> {
@@ -461,36 +469,21 @@ impl<F: Future> Future for Timeout<F> {
         }
         timer.disarm();
         // Deliver a cancel scoped to this call and let the inner future react to it now.
-        let scoped = context::with_current(|t| {
-            t.map(|t| {
-                let h = t.header();
-                let scope = Scope {
-                    task: h.id,
-                    requests_before: h.cancelling(),
-                    live_before: h.live_cancels(),
-                    delivered_before: h.delivered_this_poll(),
-                    pending_before: h.cancel_pending(),
-                };
-                h.request_cancel(None);
-                scope
-            })
-        });
-        let Some(scope) = scoped else {
+        let Some(scope) = CancelScope::request() else {
             *phase = Phase::Done;
             return Poll::Ready(Err(TimedOut));
         };
         let polled = future.as_mut().poll(cx);
-        restore_delivered(&scope);
+        scope.restore_delivered();
         if let Poll::Ready(v) = polled {
             *phase = Phase::Done;
             return Poll::Ready(settle_after_timeout(v, &scope));
         }
-        let unobserved = context::with_current(|t| t.is_some_and(|t| t.header().cancel_pending()));
-        if unobserved {
+        if cancel::unobserved() {
             // The inner future could not see the request (a foreign future): it is dropped
             // with `self`.
             *phase = Phase::Done;
-            end_scope(&scope);
+            scope.end();
             return Poll::Ready(Err(TimedOut));
         }
         *phase = Phase::Unwinding { scope };
