@@ -105,9 +105,9 @@ impl DriverHandle {
     #[inline]
     pub(crate) fn boxed_here<T>(value: T) -> Box<T> {
         let mut value = Some(value);
-        let boxed = crate::context::try_with_core(|core| {
+        let boxed = crate::context::try_with_driver(|driver| {
             let value = value.take().expect("taken once");
-            core.driver().inner.memory.borrow_mut().boxed(value)
+            driver.inner.memory.borrow_mut().boxed(value)
         });
         match boxed {
             Some(b) => b,
