@@ -108,8 +108,8 @@ use io_uring::opcode;
 use ringloop_runtime::signal::{signal, Signal, SignalKind};
 use ringloop_runtime::sync::{Event, EventWait};
 use ringloop_runtime::{
-    current_backend, is_cancelled, sleep, spawn, take_cancel_request_waiting, timeout_at,
-    yield_now, Backend, Cancelled, Multishot, MultishotKind, SharedFd, TaskRef,
+    current_backend, is_cancelled, sleep, spawn, take_cancel_request, take_cancel_request_waiting,
+    timeout_at, yield_now, Backend, Cancelled, Multishot, MultishotKind, SharedFd, TaskRef,
 };
 use slab::Slab;
 
@@ -168,6 +168,7 @@ where
 {
     let path = path.as_ref();
     let listener = UnixListener::bind(path)?;
+    let handler = Rc::new(handler);
     let file = std::fs::metadata(path).map(|m| SocketFile {
         path: path.to_path_buf(),
         dev: m.dev(),
@@ -180,7 +181,8 @@ where
         Box::new(move |inner: &Rc<Inner>, fd: OwnedFd| {
             let stream = UnixStream::from_owned(fd);
             let shared = stream.as_shared_fd().clone();
-            inner.start_connection(shared, Family::Unix, |signal| handler(stream, signal));
+            let handler = handler.clone();
+            inner.start_connection(shared, Family::Unix, move |signal| handler(stream, signal));
         }),
     ))
 }
@@ -206,6 +208,7 @@ impl Server {
         H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
         Fut: Future + 'static,
     {
+        let handler = Rc::new(handler);
         Server::start(
             Family::Tcp,
             listener.as_shared_fd().clone(),
@@ -213,7 +216,8 @@ impl Server {
             Box::new(move |inner: &Rc<Inner>, fd: OwnedFd| {
                 let stream = TcpStream::from_owned(fd);
                 let shared = stream.as_shared_fd().clone();
-                inner.start_connection(shared, Family::Tcp, |signal| handler(stream, signal));
+                let handler = handler.clone();
+                inner.start_connection(shared, Family::Tcp, move |signal| handler(stream, signal));
             }),
         )
     }
@@ -228,6 +232,7 @@ impl Server {
         H: Fn(UnixStream, ShutdownSignal) -> Fut + 'static,
         Fut: Future + 'static,
     {
+        let handler = Rc::new(handler);
         Server::start(
             Family::Unix,
             listener.as_shared_fd().clone(),
@@ -235,7 +240,8 @@ impl Server {
             Box::new(move |inner: &Rc<Inner>, fd: OwnedFd| {
                 let stream = UnixStream::from_owned(fd);
                 let shared = stream.as_shared_fd().clone();
-                inner.start_connection(shared, Family::Unix, |signal| handler(stream, signal));
+                let handler = handler.clone();
+                inner.start_connection(shared, Family::Unix, move |signal| handler(stream, signal));
             }),
         )
     }
@@ -866,12 +872,14 @@ impl Inner {
         (self.serve)(self, fd);
     }
 
-    /// Registers a connection and spawns its handler.
+    /// Registers a connection and spawns its handler. The handler is called inside the
+    /// connection's task, so a handler that panics before it returns its future ends that
+    /// connection only (the runtime reports the panic), never the accept task.
     fn start_connection<Fut: Future + 'static>(
         self: &Rc<Self>,
         fd: SharedFd,
         family: Family,
-        handler: impl FnOnce(ShutdownSignal) -> Fut,
+        handler: impl FnOnce(ShutdownSignal) -> Fut + 'static,
     ) {
         self.accepted.set(self.accepted.get() + 1);
         if self.forced.get() {
@@ -890,11 +898,10 @@ impl Inner {
             inner: self.clone(),
             key,
         };
-        // User code: no borrow is held.
-        let fut = handler(self.signal.clone());
+        let signal = self.signal.clone();
         let task = spawn(async move {
             let _guard = guard;
-            fut.await
+            handler(signal).await
         });
         if let Some(conn) = self.conns.borrow_mut().get_mut(key) {
             conn.task = Some(task.as_ref().clone());
@@ -1090,7 +1097,7 @@ impl Acceptor {
                 // open until the op's last completion) and no memory.
                 unsafe { multishot.arm(sqe, &self.fd)? };
             }
-            match next_completion(multishot).await? {
+            match next_completion(multishot, true).await? {
                 // Ended (after an error, or our cap): re-arm.
                 None => continue,
                 // SAFETY: a successful accept's result is a new descriptor nobody owns.
@@ -1109,8 +1116,11 @@ impl Acceptor {
             return;
         };
         multishot.cancel();
+        let mut waiting = false;
         loop {
-            match next_completion(multishot).await {
+            let next = next_completion(multishot, waiting).await;
+            waiting = true;
+            match next {
                 // SAFETY: a successful accept's result is a new descriptor nobody owns.
                 Ok(Some(res)) if res >= 0 => serve(unsafe { OwnedFd::from_raw_fd(res) }),
                 Ok(Some(_error)) => continue,
@@ -1123,13 +1133,28 @@ impl Acceptor {
 }
 
 /// The next completion of a multishot op, `None` once it ended; a cancellation point.
-async fn next_completion(multishot: &mut Multishot) -> Result<Option<i32>, Cancelled> {
+/// `waiting`: the caller was already waiting on the op (an armed accept stream), so a
+/// cancellation delivered to another future earlier in this task poll reaches it too; a first
+/// wait takes only a request still pending (see "Concurrent branches" in the runtime's `task`
+/// docs).
+async fn next_completion(
+    multishot: &mut Multishot,
+    waiting: bool,
+) -> Result<Option<i32>, Cancelled> {
+    let mut polled = false;
     poll_fn(|cx| match multishot.poll_next(cx) {
-        // The op is armed (or ended): this await was already waiting.
-        Poll::Pending => match take_cancel_request_waiting() {
-            Some(c) => Poll::Ready(Err(c)),
-            None => Poll::Pending,
-        },
+        Poll::Pending => {
+            let request = if waiting || polled {
+                take_cancel_request_waiting()
+            } else {
+                take_cancel_request()
+            };
+            polled = true;
+            match request {
+                Some(c) => Poll::Ready(Err(c)),
+                None => Poll::Pending,
+            }
+        }
         Poll::Ready(r) => Poll::Ready(Ok(r.map(|(res, _flags)| res))),
     })
     .await

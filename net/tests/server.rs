@@ -545,6 +545,34 @@ both_backends! {
 }
 
 both_backends! {
+    async fn a_handler_that_panics_before_returning_its_future_ends_only_its_connection() {
+        let calls = Rc::new(Cell::new(0usize));
+        let server = start_server(localhost(), {
+            let calls = calls.clone();
+            move |stream: TcpStream, s: ShutdownSignal| {
+                calls.set(calls.get() + 1);
+                if calls.get() == 1 {
+                    panic!("the handler function itself panicked");
+                }
+                echo(stream, s)
+            }
+        })
+        .unwrap();
+        let addr = server.sockets()[0].as_tcp().unwrap();
+        let first = TcpStream::connect(addr).await.unwrap();
+        // Its task ended with the panic; the socket went with it.
+        assert_eq!(read_to_end(&first).await, b"");
+        assert!(server.is_serving());
+        let second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(b"still serving".as_slice()).await.0.unwrap();
+        second.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&second).await, b"still serving");
+        assert_eq!(server.accepted_total(), 2);
+        server.shutdown(NEVER).await.unwrap();
+    }
+}
+
+both_backends! {
     async fn a_server_leaks_no_descriptor() {
         let before = common::open_fds();
         {
