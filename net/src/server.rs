@@ -366,7 +366,10 @@ impl Server {
     ///    left; a handler suspended on a foreign future is dropped by the runtime at once.
     ///    After `cancel_grace`, the handlers that still run (those that ignored the
     ///    cancellation) are dropped. Every cancelled handler runs at least once with its
-    ///    cancellation before that, however short `cancel_grace` is.
+    ///    cancellation before that, however short `cancel_grace` is, except one whose task
+    ///    had not started yet: it is dropped without running, as asyncio never starts a
+    ///    coroutine cancelled before its first step (only a connection accepted at the very
+    ///    end of the grace can be in that state).
     ///
     /// Returns once every handler has ended, with how each ended. asyncio has no such call;
     /// it is what `close()`, a wait with a timeout and a cancellation of the remaining tasks

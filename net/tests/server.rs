@@ -161,12 +161,16 @@ both_backends! {
         for _ in 0..20 {
             yield_now().await.unwrap();
         }
-        // 2. The shutdown begins while the clients are sending; they stop at the signal, end
-        //    their side, and read until the server's end of stream.
+        // 2. The shutdown begins while every client is sending. Once it has (the handlers'
+        //    signal is set), the clients stop, end their side, and read until the server's
+        //    end of stream. (Stopping them first could let some handlers see their end of
+        //    stream and finish before the shutdown began.)
         let shutdown = spawn({
             let server = server.clone();
             async move { server.shutdown(NEVER).await }
         });
+        assert!(until(|| server.shutdown_signal().is_set()).await);
+        assert_eq!(server.connections(), CLIENTS);
         stop.set(true);
         let outcomes = gather(clients).await.unwrap();
         let report = shutdown.await.unwrap().unwrap();
@@ -224,18 +228,25 @@ both_backends! {
 
 both_backends! {
     async fn a_cancelled_handler_answers_before_it_goes() {
-        let server = start_server(localhost(), |stream: TcpStream, _: ShutdownSignal| async move {
+        let started = Rc::new(Cell::new(0usize));
+        let server = start_server(localhost(), {
+            let started = started.clone();
+            move |stream: TcpStream, _: ShutdownSignal| {
+            let started = started.clone();
+            async move {
+            started.set(started.get() + 1);
             // Never looks at the signal: the end of the grace cancels it in this sleep.
             let err = sleep(NEVER).await.unwrap_err();
             let answer = format!("cancelled: {}", err.message().unwrap_or(""));
             let _ = stream.write_all(answer.into_bytes()).await;
             let _ = stream.shutdown(Shutdown::Write);
             let _ = read_to_end_lossy(&stream).await;
-        })
+        }}})
         .unwrap();
         let addr = server.sockets()[0].as_tcp().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
-        assert!(until(|| server.connections() == 1).await);
+        // Started: a task cancelled before it ever ran would be dropped unpolled.
+        assert!(until(|| started.get() == 1).await);
         let shutdown = spawn({
             let server = server.clone();
             async move { server.shutdown_with(Duration::from_millis(1), NEVER).await }
@@ -249,8 +260,19 @@ both_backends! {
     }
 }
 
-/// Counts drops: a handler holds one, so a test sees when (and that) it was dropped.
+/// Counts drops: a handler holds one, so a test sees when (and that) it was dropped. The
+/// handler makes it when it starts (`DropCount::started`), so a test can also wait until the
+/// handler has run: a task cancelled before it ever ran is dropped unpolled, as asyncio never
+/// starts a coroutine cancelled before its first step.
 struct DropCount(Rc<Cell<usize>>);
+
+impl DropCount {
+    /// Made when the handler starts: counts the start in `started`.
+    fn started(drops: Rc<Cell<usize>>, started: &Cell<usize>) -> DropCount {
+        started.set(started.get() + 1);
+        DropCount(drops)
+    }
+}
 
 impl Drop for DropCount {
     fn drop(&mut self) {
@@ -262,12 +284,13 @@ both_backends! {
     async fn a_handler_that_ignores_its_cancel_is_dropped_after_the_cancel_grace() {
         let cancels = Rc::new(Cell::new(0usize));
         let drops = Rc::new(Cell::new(0usize));
+        let started = Rc::new(Cell::new(0usize));
         let server = start_server(localhost(), {
-            let (cancels, drops) = (cancels.clone(), drops.clone());
+            let (cancels, drops, started) = (cancels.clone(), drops.clone(), started.clone());
             move |_stream: TcpStream, _: ShutdownSignal| {
-                let (cancels, drops) = (cancels.clone(), drops.clone());
+                let (cancels, drops, started) = (cancels.clone(), drops.clone(), started.clone());
                 async move {
-                    let _alive = DropCount(drops);
+                    let _alive = DropCount::started(drops, &started);
                     loop {
                         // Catches every cancellation and carries on.
                         if sleep(NEVER).await.is_err() {
@@ -280,7 +303,7 @@ both_backends! {
         .unwrap();
         let addr = server.sockets()[0].as_tcp().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
-        assert!(until(|| server.connections() == 1).await);
+        assert!(until(|| started.get() == 1).await);
         let report = server
             .shutdown_with(Duration::from_millis(1), Duration::from_millis(1))
             .await
@@ -298,12 +321,13 @@ both_backends! {
 both_backends! {
     async fn a_handler_stuck_in_a_foreign_future_still_ends_at_the_cancel() {
         let drops = Rc::new(Cell::new(0usize));
+        let started = Rc::new(Cell::new(0usize));
         let server = start_server(localhost(), {
-            let drops = drops.clone();
+            let (drops, started) = (drops.clone(), started.clone());
             move |_stream: TcpStream, _: ShutdownSignal| {
-                let drops = drops.clone();
+                let (drops, started) = (drops.clone(), started.clone());
                 async move {
-                    let _alive = DropCount(drops);
+                    let _alive = DropCount::started(drops, &started);
                     // Knows nothing of ringloop's cancellation.
                     pending::<()>().await;
                 }
@@ -312,7 +336,7 @@ both_backends! {
         .unwrap();
         let addr = server.sockets()[0].as_tcp().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
-        assert!(until(|| server.connections() == 1).await);
+        assert!(until(|| started.get() == 1).await);
         // The cancel grace is never reached: the runtime drops a task whose cancellation
         // nothing can observe.
         let report = server
@@ -327,12 +351,13 @@ both_backends! {
 both_backends! {
     async fn a_cancelled_shutdown_turns_immediate_and_hands_the_cancel_back() {
         let drops = Rc::new(Cell::new(0usize));
+        let started = Rc::new(Cell::new(0usize));
         let server = start_server(localhost(), {
-            let drops = drops.clone();
+            let (drops, started) = (drops.clone(), started.clone());
             move |_stream: TcpStream, _: ShutdownSignal| {
-                let drops = drops.clone();
+                let (drops, started) = (drops.clone(), started.clone());
                 async move {
-                    let _alive = DropCount(drops);
+                    let _alive = DropCount::started(drops, &started);
                     let _ = sleep(NEVER).await;
                     let _ = sleep(NEVER).await;
                 }
@@ -341,7 +366,7 @@ both_backends! {
         .unwrap();
         let addr = server.sockets()[0].as_tcp().unwrap();
         let _client = TcpStream::connect(addr).await.unwrap();
-        assert!(until(|| server.connections() == 1).await);
+        assert!(until(|| started.get() == 1).await);
         let shutdown = spawn({
             let server = server.clone();
             async move { server.shutdown(NEVER).await.map(|_| ()) }
