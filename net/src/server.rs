@@ -280,7 +280,8 @@ impl Server {
     }
 
     /// Stops accepting (asyncio's `close()`): the listening sockets refuse new connections
-    /// from now on (`ECONNREFUSED`); the open connections run on. Connections the kernel had
+    /// from now on (`ECONNREFUSED`; `ENOENT` for [`start_unix_server`]'s, whose socket file
+    /// is removed); the open connections run on. Connections the kernel had
     /// already accepted are still served (see the [module docs](self)); so are those a
     /// multishot accept had taken, which the accept tasks hand over before they end. Closing
     /// twice does nothing.
