@@ -192,6 +192,11 @@ where
 ///
 /// Made by [`start_server`], [`start_unix_server`], [`Server::tcp`] and [`Server::unix`]; it
 /// starts accepting at once. See the [module docs](self) for shutting it down.
+///
+/// The server holds a handle on each connection's socket while its handler runs (for
+/// [`close_clients`](Self::close_clients) and [`abort_clients`](Self::abort_clients)), and lets
+/// go of it when the handler ends, so it never keeps a socket open past its handler; but
+/// while it holds one, the stream's `into_std` gives the stream back instead of a std socket.
 #[derive(Clone)]
 #[must_use = "a server runs on when its handle is dropped; keep it to close it"]
 pub struct Server {
