@@ -20,6 +20,14 @@
 //! With `--pipeline P` each connection keeps P messages in flight instead of one (see
 //! [`pipelined`]); each message's round trip is still timed from its own send.
 //!
+//! After the matrix comes the shutdown check, for the ringloop servers (io_uring and epoll):
+//! 1 000 connections under load (200 with `--smoke`), then SIGTERM to the server. The clients
+//! stop sending at the signal, end their side once the server has stopped accepting, and read
+//! until the server's end of stream; the check passes if every byte each client sent before the signal came back, every connection
+//! ended with a FIN (no reset), and the server exited 0 within its grace (`--shutdown-grace`,
+//! passed to `echo_server --grace`). It prints one line per server, and a failure makes the
+//! run exit non-zero, in every mode (see [`shutdown_check`]).
+//!
 //! A ringloop server prints its counters to stderr when it is stopped (a `final stats
 //! key=value ...` line); c10k reads `kernel_enters`, `buffer_exhaustions` and `cq_overflows`
 //! from it into the JSON. Each
@@ -98,6 +106,16 @@ struct Args {
     /// Don't pin the server to CPU 0 and the client to CPU 1.
     #[arg(long)]
     no_pin: bool,
+    /// Connections of the shutdown check (SIGTERM under load) [default: 1000; 200 with
+    /// --smoke].
+    #[arg(long)]
+    shutdown_connections: Option<usize>,
+    /// The grace the servers get in the shutdown check, in seconds (`echo_server --grace`).
+    #[arg(long, default_value_t = 5.0)]
+    shutdown_grace: f64,
+    /// Skip the shutdown check.
+    #[arg(long)]
+    no_shutdown_check: bool,
 }
 
 /// The matrix after presets (`--quick`, `--smoke`) and explicit flags are merged.
@@ -111,6 +129,10 @@ struct Plan {
     ramp: usize,
     /// Messages in flight per connection (1: ping-pong).
     pipeline: usize,
+    /// Connections of the shutdown check; `None` when it is skipped.
+    shutdown_connections: Option<usize>,
+    /// The servers' grace in the shutdown check, in seconds.
+    shutdown_grace: f64,
 }
 
 impl Plan {
@@ -130,6 +152,11 @@ impl Plan {
             reps: a.reps.unwrap_or(reps).max(1),
             ramp: a.ramp.max(1),
             pipeline: a.pipeline as usize,
+            shutdown_connections: (!a.no_shutdown_check).then(|| {
+                a.shutdown_connections
+                    .unwrap_or(if a.smoke { 200 } else { 1000 })
+            }),
+            shutdown_grace: a.shutdown_grace.max(0.0),
         }
     }
 }
@@ -142,6 +169,9 @@ struct ServerSpec {
     /// The server is ringloop's `echo_server`, which prints a `stats ...` line on SIGUSR1:
     /// its counters are then read at the start and the end of the measured window.
     window_stats: bool,
+    /// A built-in ringloop server (uring, epoll): it takes `--grace` and gets the shutdown
+    /// check.
+    graceful: bool,
 }
 
 impl ServerSpec {
@@ -153,6 +183,7 @@ impl ServerSpec {
             name,
             argv,
             window_stats,
+            graceful: false,
         }
     }
 }
@@ -285,6 +316,7 @@ struct Report<'a> {
     samples: &'a [Sample],
     summary: &'a [Summary],
     failed_backends: &'a [String],
+    shutdown_checks: &'a [ShutdownCheck],
 }
 
 fn main() -> ExitCode {
@@ -311,7 +343,13 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     if pin {
         pin_self_to_cpu(1);
     }
-    let max_conns = plan.connections.iter().copied().max().unwrap_or(0);
+    let max_conns = plan
+        .connections
+        .iter()
+        .copied()
+        .chain(plan.shutdown_connections)
+        .max()
+        .unwrap_or(0);
     check_limits(max_conns);
 
     let cells: Vec<(usize, usize)> = plan
@@ -387,12 +425,24 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         println!("backend {f} FAILED to start or run (see above)");
     }
 
+    let mut shutdown_checks = Vec::new();
+    if let Some(conns) = plan.shutdown_connections {
+        let size = plan.sizes.iter().copied().min().unwrap_or(64);
+        for spec in servers.iter().filter(|s| s.graceful) {
+            let check = shutdown_check(spec, conns, size, &plan, pin);
+            println!("{}", check.line());
+            shutdown_checks.push(check);
+        }
+    }
+    let shutdown_ok = shutdown_checks.iter().all(|c| c.passed);
+
     let report = Report {
         plan: &plan,
         cpus,
         samples: &samples,
         summary: &summary,
         failed_backends: &failed,
+        shutdown_checks: &shutdown_checks,
     };
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
@@ -411,6 +461,10 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let ok = failed.is_empty() && errors == 0;
     if args.smoke && !ok {
         eprintln!("smoke FAILED: {errors} error(s), failed backends: {failed:?}");
+        return Ok(false);
+    }
+    if !shutdown_ok {
+        eprintln!("shutdown check FAILED (see the shutdown lines above)");
         return Ok(false);
     }
     Ok(true)
@@ -462,7 +516,9 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
                 .into())
             }
         };
-        specs.push(ServerSpec::new(b.clone(), argv));
+        let mut spec = ServerSpec::new(b.clone(), argv);
+        spec.graceful = b == "uring" || b == "epoll";
+        specs.push(spec);
     }
     for s in &args.servers {
         let (name, cmd) = s
@@ -660,6 +716,29 @@ impl Server {
         self.stderr
             .recv_timeout(Duration::from_secs(1))
             .unwrap_or_default()
+    }
+
+    /// Sends SIGTERM once, without waiting (the shutdown check).
+    fn signal_terminate(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if !self.reaped {
+            let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+        }
+    }
+
+    /// The exit status once the server has exited (reaping it), `None` while it runs.
+    fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        if self.reaped {
+            return None;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.reaped = true;
+                Some(status)
+            }
+            _ => None,
+        }
     }
 
     /// Asks a ringloop `echo_server` for a `stats ...` line (SIGUSR1).
@@ -1629,4 +1708,377 @@ fn draw_chart(
     }
     root.present()?;
     Ok(())
+}
+
+// ---- the shutdown check: SIGTERM under load ----
+
+/// What one shutdown check found (one per ringloop server; in the JSON as `shutdown_checks`).
+#[derive(Debug, Clone, Serialize)]
+struct ShutdownCheck {
+    backend: String,
+    connections: usize,
+    connected: usize,
+    /// The server's grace, in seconds.
+    grace_s: f64,
+    /// Bytes the clients sent before the signal (every write began before it; none after).
+    bytes_sent: u64,
+    /// Bytes that came back, verified.
+    bytes_echoed: u64,
+    /// Bytes sent that never came back, summed over the connections.
+    bytes_lost: u64,
+    /// Connections that ended with a reset (`ECONNRESET`).
+    resets: u64,
+    /// Connections that ended with the server's FIN after their last echo.
+    fins: u64,
+    /// Connections still open (no end of stream from the server yet) when the server was seen
+    /// refusing new connections, i.e. when its shutdown had begun.
+    open_at_close: usize,
+    /// Connect errors, other I/O errors, wrong bytes, and connections that had not ended
+    /// `grace + 10 s` after the signal.
+    errors: u64,
+    /// The server's exit code (`None`: killed by a signal, or still running at the deadline).
+    exit_code: Option<i32>,
+    /// Seconds from the signal to the server's exit, as seen by polling (every 2 ms).
+    exit_after_s: Option<f64>,
+    /// The server's own account (`shutdown finished=N cancelled=N aborted=N ...`).
+    server_report: Option<String>,
+    /// Why the check could not run (the server did not start, say).
+    failure: Option<String>,
+    passed: bool,
+}
+
+impl ShutdownCheck {
+    fn failed(spec: &ServerSpec, connections: usize, grace_s: f64, why: String) -> ShutdownCheck {
+        ShutdownCheck {
+            backend: spec.name.clone(),
+            connections,
+            connected: 0,
+            grace_s,
+            bytes_sent: 0,
+            bytes_echoed: 0,
+            bytes_lost: 0,
+            resets: 0,
+            fins: 0,
+            open_at_close: 0,
+            errors: 0,
+            exit_code: None,
+            exit_after_s: None,
+            server_report: None,
+            failure: Some(why),
+            passed: false,
+        }
+    }
+
+    /// The line the job prints.
+    fn line(&self) -> String {
+        if let Some(why) = &self.failure {
+            return format!("shutdown {}: FAILED: {why}", self.backend);
+        }
+        let exit = match (self.exit_code, self.exit_after_s) {
+            (Some(code), Some(t)) => format!("exited {code} after {t:.2} s"),
+            (None, Some(t)) => format!("was killed by a signal after {t:.2} s"),
+            _ => "did not exit in time".to_string(),
+        };
+        format!(
+            "shutdown {}: SIGTERM under load at {}/{} connections ({} open when it stopped \
+             accepting): {} bytes sent before the signal, {} echoed ({} lost), {} \
+             connection(s) reset, {} closed with a FIN, {} error(s); server {exit} (grace {} \
+             s){}: {}",
+            self.backend,
+            self.connected,
+            self.connections,
+            self.open_at_close,
+            self.bytes_sent,
+            self.bytes_echoed,
+            self.bytes_lost,
+            self.resets,
+            self.fins,
+            self.errors,
+            self.grace_s,
+            self.server_report
+                .as_deref()
+                .map_or(String::new(), |r| format!(" [{r}]")),
+            if self.passed { "OK" } else { "FAILED" }
+        )
+    }
+}
+
+/// How one client connection of the shutdown check ended.
+#[derive(Debug, Default)]
+struct ConnEnd {
+    sent: u64,
+    echoed: u64,
+    fin: bool,
+    reset: bool,
+    error: bool,
+}
+
+/// Shared by the connections of one shutdown check.
+#[derive(Default)]
+struct ShutdownLoad {
+    /// Set at the signal: no write begins after it.
+    stop: Cell<bool>,
+    /// Set once the server refuses new connections: the clients end their side.
+    end_side: ringloop::sync::Event,
+    /// Connections that have seen the server's end of stream (or failed).
+    ended: Cell<usize>,
+    /// Connections open or failed to open.
+    settled: Cell<usize>,
+    connected: Cell<usize>,
+    /// Connections that have had at least one echo back.
+    warmed: Cell<usize>,
+    connect_errors: Cell<u64>,
+    ends: RefCell<Vec<ConnEnd>>,
+}
+
+/// The byte at offset `pos` of connection `id`'s stream in the shutdown check: a pattern per
+/// connection, so a shifted, repeated or foreign byte is caught.
+fn check_byte(id: usize, pos: u64) -> u8 {
+    (pos.wrapping_mul(31).wrapping_add(id as u64 * 7) % 251) as u8
+}
+
+/// The shutdown check for one ringloop server: `conns` connections under load (each keeps four
+/// `size`-byte messages in flight), then SIGTERM. At the signal every client stops sending
+/// (no write begins after it) and goes on reading its echoes. Once a probe connect is refused
+/// (the server has stopped accepting, so its shutdown began with every connection open),
+/// every client ends its side (`shutdown(Write)`) and reads until the server's end of stream,
+/// verifying every byte. It passes if every connection got back every byte it sent and then a
+/// FIN (no reset, no error), and the server exited 0 within its grace.
+///
+/// The server keeps echoing during its grace and closes each connection once its client has
+/// ended its side, so a server that works exits long before the grace is over; the grace is
+/// the only time bound checked. (Were the clients to end their side at the signal itself, the
+/// server could see every end of stream before its signal and shut down with no connection
+/// open.)
+fn shutdown_check(
+    spec: &ServerSpec,
+    conns: usize,
+    size: usize,
+    plan: &Plan,
+    pin: bool,
+) -> ShutdownCheck {
+    let grace = plan.shutdown_grace;
+    let mut graceful_spec = spec.clone();
+    graceful_spec
+        .argv
+        .extend(["--grace".to_string(), grace.to_string()]);
+    let (mut server, addr) = match Server::start(&graceful_spec, pin) {
+        Ok(started) => started,
+        Err(e) => return ShutdownCheck::failed(spec, conns, grace, e),
+    };
+    let rt = match Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return ShutdownCheck::failed(spec, conns, grace, e.to_string()),
+    };
+    let st = Rc::new(ShutdownLoad::default());
+    let ramp = Rc::new(Semaphore::new(plan.ramp));
+    let warmup = Duration::from_secs_f64(plan.warmup);
+    let mut open_at_close = 0;
+    let exit = rt.block_on(async {
+        let tasks: Vec<_> = (0..conns)
+            .map(|id| spawn(shutdown_client(id, addr, size, st.clone(), ramp.clone())))
+            .collect();
+        // Every connection open and echoing, then the load runs a while.
+        let ramp_deadline = Instant::now() + Duration::from_secs(60);
+        while (st.settled.get() < conns || st.warmed.get() < st.connected.get())
+            && Instant::now() < ramp_deadline
+        {
+            let _ = sleep(Duration::from_millis(5)).await;
+        }
+        let _ = sleep(warmup).await;
+        // The signal: no client begins a write after this point.
+        st.stop.set(true);
+        let signalled = Instant::now();
+        server.signal_terminate();
+        // Wait (up to the grace) until the server refuses a connection, then let the clients
+        // end their side. A probe that is accepted is closed at once; the server serves it
+        // like any other connection.
+        let refused_deadline = signalled + Duration::from_secs_f64(grace);
+        while Instant::now() < refused_deadline {
+            match TcpStream::connect(addr).await {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                _ => {
+                    let _ = sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+        open_at_close = st.connected.get() - st.ended.get();
+        st.end_side.set();
+        let mut exit = None;
+        let deadline = signalled + Duration::from_secs_f64(grace + 10.0);
+        while Instant::now() < deadline {
+            if exit.is_none() {
+                exit = server
+                    .try_exit()
+                    .map(|status| (status, signalled.elapsed()));
+            }
+            if exit.is_some() && tasks.iter().all(|t| t.is_done()) {
+                break;
+            }
+            let _ = sleep(Duration::from_millis(2)).await;
+        }
+        for t in &tasks {
+            t.cancel();
+        }
+        let _ = gather_settled(tasks).await;
+        exit
+    });
+    drop(rt);
+    let server_report = match exit {
+        Some(_) => server
+            .stderr()
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("shutdown ").map(str::to_string)),
+        None => None,
+    };
+    drop(server); // still running: SIGTERM again, then SIGKILL
+
+    let ends = st.ends.take();
+    let connected = st.connected.get();
+    let unfinished = connected.saturating_sub(ends.len()) as u64;
+    let bytes_sent: u64 = ends.iter().map(|e| e.sent).sum();
+    let bytes_echoed: u64 = ends.iter().map(|e| e.echoed).sum();
+    let bytes_lost: u64 = ends.iter().map(|e| e.sent.saturating_sub(e.echoed)).sum();
+    let resets = ends.iter().filter(|e| e.reset).count() as u64;
+    let fins = ends.iter().filter(|e| e.fin).count() as u64;
+    let errors =
+        ends.iter().filter(|e| e.error).count() as u64 + st.connect_errors.get() + unfinished;
+    let exit_code = exit.and_then(|(status, _)| status.code());
+    let exit_after = exit.map(|(_, after)| after.as_secs_f64());
+    let passed = connected == conns
+        && errors == 0
+        && resets == 0
+        && bytes_lost == 0
+        && bytes_echoed == bytes_sent
+        && fins == conns as u64
+        && exit_code == Some(0)
+        && exit_after.is_some_and(|t| t <= grace);
+    ShutdownCheck {
+        backend: spec.name.clone(),
+        connections: conns,
+        connected,
+        grace_s: grace,
+        bytes_sent,
+        bytes_echoed,
+        bytes_lost,
+        resets,
+        fins,
+        open_at_close,
+        errors,
+        exit_code,
+        exit_after_s: exit_after,
+        server_report,
+        failure: None,
+        passed,
+    }
+}
+
+/// One client of the shutdown check: connects under the ramp, then a writer keeps four
+/// `size`-byte messages in flight until the signal, and ends its side when told to, while this
+/// task reads and verifies the echoes until the server's end of stream.
+async fn shutdown_client(
+    id: usize,
+    addr: SocketAddr,
+    size: usize,
+    st: Rc<ShutdownLoad>,
+    ramp: Rc<Semaphore>,
+) {
+    const IN_FLIGHT: usize = 4;
+    let stream = {
+        let _permit = ramp.acquire().await;
+        let r = TcpStream::connect(addr).await;
+        st.settled.set(st.settled.get() + 1);
+        match r {
+            Ok(s) => s,
+            Err(_) => {
+                st.connect_errors.set(st.connect_errors.get() + 1);
+                return;
+            }
+        }
+    };
+    st.connected.set(st.connected.get() + 1);
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let window = Rc::new(Semaphore::new(IN_FLIGHT));
+    let sent = Rc::new(Cell::new(0u64));
+    let write_failed = Rc::new(Cell::new(false));
+    let writer = spawn({
+        let (window, sent, write_failed, st) = (
+            window.clone(),
+            sent.clone(),
+            write_failed.clone(),
+            st.clone(),
+        );
+        async move {
+            let mut msg = vec![0u8; size];
+            loop {
+                match window.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+                if st.stop.get() {
+                    // Dropping `wr` ends our side: the server sees the end of the stream.
+                    let _ = st.end_side.wait().await;
+                    return;
+                }
+                let base = sent.get();
+                for (i, b) in msg.iter_mut().enumerate() {
+                    *b = check_byte(id, base + i as u64);
+                }
+                let (r, m) = wr.write_all(msg).await;
+                msg = m;
+                match r {
+                    Ok(()) => sent.set(base + size as u64),
+                    Err(e) => {
+                        sent.set(base + e.sent as u64);
+                        write_failed.set(true);
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut end = ConnEnd::default();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut warmed = false;
+    loop {
+        let (n, b) = rd.read(buf).await;
+        buf = b;
+        match n {
+            Ok(0) => {
+                end.fin = true;
+                break;
+            }
+            Ok(n) => {
+                if (0..n).any(|i| buf[i] != check_byte(id, end.echoed + i as u64)) {
+                    end.error = true;
+                    break;
+                }
+                let before = end.echoed / size as u64;
+                end.echoed += n as u64;
+                window.add_permits((end.echoed / size as u64 - before) as usize);
+                if !warmed && end.echoed >= size as u64 {
+                    warmed = true;
+                    st.warmed.set(st.warmed.get() + 1);
+                }
+            }
+            Err(e) => {
+                if e.kind() == io::ErrorKind::ConnectionReset {
+                    end.reset = true;
+                } else {
+                    end.error = true;
+                }
+                break;
+            }
+        }
+    }
+    st.ended.set(st.ended.get() + 1);
+    // The writer has ended (the FIN came after our own end of stream), or it waits for a
+    // window that will not open: it is done either way.
+    writer.cancel();
+    let _ = writer.await;
+    end.sent = sent.get();
+    end.error |= write_failed.get();
+    st.ends.borrow_mut().push(end);
 }

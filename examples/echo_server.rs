@@ -6,18 +6,29 @@
 //!   the write waits, the connection's receive stops at its cap of queued chunks, and TCP
 //!   stops the client. Nothing is buffered without bound.
 //! * A client that vanishes mid-message frees its descriptor and buffers at once.
+//! * SIGTERM or SIGINT shuts it down gracefully ([`Server::shutdown_on_signals`]): it stops
+//!   accepting, and each connection goes on echoing until its client ends its side, then
+//!   closes with a FIN; every byte a client sent comes back. Connections still open after
+//!   `--grace` seconds are cancelled: each finishes the write it was in, shuts down its write
+//!   side (the client sees the end of the stream after its last echo), and reads what is left.
+//!   A second signal stops it at once.
 //!
 //! ```text
 //! cargo run --release --example echo_server -- --backend uring --addr 127.0.0.1:7000
 //! ```
-//! Send SIGINT or SIGTERM to stop it; it prints its stats. SIGUSR1 prints a one-line snapshot
-//! of its counters to stderr and goes on.
+//! It prints its stats and a `shutdown finished=N cancelled=N aborted=N immediate=B` line to
+//! stderr when it stops, and exits 0 (1 if a second signal cut the shutdown short). SIGUSR1
+//! prints a one-line snapshot of its counters to stderr and goes on.
 
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use ringloop::net::{PooledBuf, PooledReceiver, TcpListener, TcpStream};
-use ringloop::{signal, spawn, Backend, Runtime, RuntimeStats, SignalKind};
+use ringloop::net::{
+    PooledBuf, PooledReceiver, SendAllError, Server, ShutdownSignal, TcpListener, TcpStream,
+};
+use ringloop::{is_cancelled, signal, spawn, Backend, Runtime, RuntimeStats, SignalKind};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
@@ -61,15 +72,34 @@ struct Args {
     /// Print "listening on ADDR" and the backend, then serve (for scripts that wait for it).
     #[arg(long, default_value_t = true)]
     announce: bool,
+    /// Seconds the open connections get to finish after SIGTERM or SIGINT, before they are
+    /// cancelled.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
 }
 
-fn main() -> std::io::Result<()> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    match serve(Args::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("echo_server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serves until a signal stops the server; whether the shutdown ran its course (no second
+/// signal cut it short).
+fn serve(args: Args) -> std::io::Result<bool> {
     let backend = match args.backend {
         BackendArg::Auto => Backend::Auto,
         BackendArg::Uring => Backend::IoUring,
         BackendArg::Epoll => Backend::Epoll,
     };
+    let grace = Duration::try_from_secs_f64(args.grace).map_err(|e| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--grace: {e}"))
+    })?;
     raise_nofile_limit();
     let rt = Runtime::builder()
         .backend(backend)
@@ -79,37 +109,30 @@ fn main() -> std::io::Result<()> {
         .recv_bundles(!args.no_recv_bundles)
         .multishot_recv(!args.no_multishot_recv)
         .build()?;
-    stop_on_signal(&rt)?;
-    report_on_sigusr1(&rt)?;
-    let listener = TcpListener::builder(args.addr)
-        .backlog(args.backlog)
-        .bind()?;
-    if args.announce {
-        println!(
-            "listening on {} ({})",
-            listener.local_addr()?,
-            rt.backend_description()
-        );
-    }
-    rt.spawn(async move {
-        let mut incoming = listener.incoming();
-        loop {
-            let (stream, _peer) = match incoming.next().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    eprintln!("accept failed: {e}");
-                    return;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            spawn(echo(stream));
+    let description = rt.backend_description();
+    let report = rt.block_on(async {
+        report_on_sigusr1()?;
+        let listener = TcpListener::builder(args.addr)
+            .backlog(args.backlog)
+            .bind()?;
+        let addr = listener.local_addr()?;
+        let server = Server::tcp(listener, echo);
+        // Listening for the signals before saying so: a SIGTERM sent as soon as the line is
+        // read is not missed.
+        let stopped = server.shutdown_on_signals(grace)?;
+        if args.announce {
+            println!("listening on {addr} ({description})");
         }
-    });
-    rt.run_forever()?;
+        stopped.await
+    })?;
     let stats = rt.stats();
     eprintln!("{stats:#?}");
     eprintln!("final stats {}", counters(&stats));
-    Ok(())
+    eprintln!(
+        "shutdown finished={} cancelled={} aborted={} immediate={}",
+        report.finished, report.cancelled, report.aborted, report.immediate
+    );
+    Ok(!report.immediate)
 }
 
 /// Chunks written back in one gather write, at most.
@@ -119,38 +142,81 @@ const MAX_BATCH: usize = 64;
 /// write (one `sendmsg`), so a bulk stream costs one write per batch, not one per 2 KiB chunk;
 /// a ping-pong has one chunk at a time and writes it alone. Any error (a reset peer, say)
 /// ends this connection only.
-async fn echo(stream: TcpStream) {
+///
+/// A shutdown changes nothing until the grace ends: the client is echoed until it ends its
+/// side, and then every chunk it sent has gone back, so closing sends a FIN. Cancelled at the
+/// end of the grace, the handler finishes the write it was in and closes gracefully
+/// ([`close_after_cancel`]).
+async fn echo(stream: TcpStream, _shutdown: ShutdownSignal) {
+    let _ = stream.set_nodelay(true);
     let mut rx = stream.pooled_receiver();
-    loop {
+    let unsent = loop {
         let first = match rx.recv().await {
             Ok(Some(chunk)) => chunk,
+            Err(e) if is_cancelled(&e) => break Vec::new(),
+            // The end of the stream (all echoed), or an error.
             _ => return,
         };
-        let go_on = match rx.try_recv() {
-            None => stream.write_all(first).await.0.is_ok(),
+        let next = match rx.try_recv() {
+            None => step(stream.write_all(first).await),
             // Bulk: the batch's state lives in its own boxed future, so the state of the
             // 10 000 ping-pong connections' futures stays small.
             Some(Ok(Some(second))) => Box::pin(echo_batch(&stream, &mut rx, first, second)).await,
             // End of stream or an error: send back what came before it, then stop.
-            Some(_) => {
-                let _ = stream.write_all(first).await;
-                false
-            }
+            Some(_) => match step(stream.write_all(first).await) {
+                Step::Go => Step::Stop,
+                other => other,
+            },
         };
-        if !go_on {
-            return;
+        match next {
+            Step::Go => {}
+            Step::Stop => return,
+            Step::Cancelled(unsent) => break unsent,
         }
+    };
+    Box::pin(close_after_cancel(&stream, rx, unsent)).await;
+}
+
+/// What an echo write leaves the connection to do.
+enum Step {
+    Go,
+    Stop,
+    /// Cancelled (the grace is over): these bytes of the chunks being written had not gone out.
+    Cancelled(Vec<PooledBuf>),
+}
+
+/// The step after writing one chunk.
+fn step((r, mut chunk): (Result<(), SendAllError>, PooledBuf)) -> Step {
+    match r {
+        Ok(()) => Step::Go,
+        Err(e) if is_cancelled(&e.error) => {
+            chunk.advance(e.sent);
+            Step::Cancelled(vec![chunk])
+        }
+        Err(_) => Step::Stop,
     }
 }
 
+/// Cancelled at the end of the grace: sends the rest of the write that was cut short, shuts
+/// down the write side (the client reads its last echo, then the end of the stream), and
+/// reads what the client still sends until it ends its side, so that closing never finds
+/// unread data (which would send a reset instead of the FIN).
+async fn close_after_cancel(stream: &TcpStream, mut rx: PooledReceiver, unsent: Vec<PooledBuf>) {
+    if !unsent.is_empty() && stream.write_all_vectored(unsent).await.0.is_err() {
+        return;
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    while let Ok(Some(_)) = rx.recv().await {}
+}
+
 /// Writes `first`, `second` and whatever else is queued (up to [`MAX_BATCH`] chunks) with one
-/// gather write; whether the connection goes on.
+/// gather write; the step after it.
 async fn echo_batch(
     stream: &TcpStream,
     rx: &mut PooledReceiver,
     first: PooledBuf,
     second: PooledBuf,
-) -> bool {
+) -> Step {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     batch.extend([first, second]);
     let mut open = true;
@@ -164,8 +230,23 @@ async fn echo_batch(
             }
         }
     }
-    let (r, _batch) = stream.write_all_vectored(batch).await;
-    r.is_ok() && open
+    let (r, mut batch) = stream.write_all_vectored(batch).await;
+    match r {
+        Ok(()) if open => Step::Go,
+        Ok(()) => Step::Stop,
+        Err(e) if is_cancelled(&e.error) => {
+            // Drop what went out; the first chunk left may have gone out in part.
+            let mut sent = e.sent;
+            batch.retain_mut(|chunk| {
+                let skip = sent.min(chunk.len());
+                sent -= skip;
+                chunk.advance(skip);
+                !chunk.is_empty()
+            });
+            Step::Cancelled(batch)
+        }
+        Err(_) => Step::Stop,
+    }
 }
 
 /// Raises the soft descriptor limit to the hard limit, for 10 000+ connections.
@@ -178,9 +259,9 @@ fn raise_nofile_limit() {
 
 /// On SIGUSR1, prints one line of counters to stderr (`stats kernel_enters=N ...`), so a load
 /// generator can take the difference over its measured window (`c10k` does).
-fn report_on_sigusr1(rt: &Runtime) -> std::io::Result<()> {
+fn report_on_sigusr1() -> std::io::Result<()> {
     let mut listener = signal(SignalKind::user_defined1())?;
-    rt.spawn(async move {
+    spawn(async move {
         while listener.recv().await.is_ok() {
             eprintln!("stats {}", counters(&ringloop::current_stats()));
         }
@@ -202,18 +283,4 @@ fn counters(s: &RuntimeStats) -> String {
         s.recv_bundles,
         s.ops_cancelled
     )
-}
-
-/// Stops the loop on SIGINT or SIGTERM (asyncio's `add_signal_handler(SIGTERM, loop.stop)`).
-/// The listeners are registered now, before serving, so an early signal is not missed.
-fn stop_on_signal(rt: &Runtime) -> std::io::Result<()> {
-    for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
-        let mut listener = signal(kind)?;
-        rt.spawn(async move {
-            if listener.recv().await.is_ok() {
-                ringloop::stop();
-            }
-        });
-    }
-    Ok(())
 }

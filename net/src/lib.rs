@@ -1,6 +1,7 @@
 //! Sockets for ringloop: asyncio's `sock_accept` / `sock_recv` / `sock_sendall` /
 //! `sock_connect` primitives, and TCP, UDP and Unix sockets on top of them, with buffers owned
-//! by the operation while the kernel holds them. Re-exported as `ringloop::net`.
+//! by the operation while the kernel holds them, and [`Server`] (asyncio's `start_server`):
+//! a task per connection and a graceful shutdown. Re-exported as `ringloop::net`.
 //!
 //! Every socket works the same on the io_uring and the epoll backend.
 //!
@@ -150,6 +151,7 @@ macro_rules! split_halves {
 pub mod buf;
 mod ops;
 pub mod pooled;
+pub mod server;
 pub mod socket;
 pub mod tcp;
 pub mod udp;
@@ -158,6 +160,10 @@ pub mod unix;
 pub use buf::{IoBuf, IoBufMut, Slice};
 pub use pooled::{recv_budget, PooledReceiver, PooledRecv, DEFAULT_RECV_CAP, POOL_SHARE};
 pub use ringloop_runtime::PooledBuf;
+pub use server::{
+    start_server, start_unix_server, ListenAddr, Server, ShutdownReport, ShutdownSignal,
+    SignalShutdown, DEFAULT_CANCEL_GRACE, GRACE_OVER,
+};
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
     sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAll, SendAllError,

@@ -78,7 +78,7 @@ fn to_std_addr(addr: &SockAddr) -> io::Result<SocketAddr> {
     Err(io::Error::other("not a unix socket address"))
 }
 
-fn local_addr(fd: &SharedFd) -> io::Result<SocketAddr> {
+pub(crate) fn local_addr(fd: &SharedFd) -> io::Result<SocketAddr> {
     to_std_addr(&with_socket(fd, |s| s.local_addr())?)
 }
 
@@ -176,6 +176,13 @@ pub struct UnixStream {
 }
 
 impl UnixStream {
+    pub(crate) fn from_owned(fd: OwnedFd) -> UnixStream {
+        UnixStream {
+            fd: SharedFd::new(fd),
+            rx: Default::default(),
+        }
+    }
+
     /// Connects to the listener at `path`.
     ///
     /// A Unix connect never waits for a handshake: it succeeds or fails at once, except when
