@@ -45,7 +45,9 @@ pub mod combinators;
 mod context;
 pub mod driver;
 mod handshake;
+mod loop_thread;
 mod promise;
+mod remote;
 mod runtime;
 pub mod signal;
 mod stats;
@@ -65,7 +67,9 @@ pub use driver::{
     is_cancelled, Backend, BufPool, BufWait, FdTarget, Interest, Multishot, MultishotKind, Op,
     OpKind, PooledBuf, SharedFd,
 };
+pub use loop_thread::LoopThread;
 pub use promise::{Promise, PromiseError, SetError};
+pub use remote::{RemoteError, RemoteTask};
 pub use runtime::{
     buffer_pool, call_at, call_later, call_soon, current_backend, current_stats, multishot_recv,
     recv_bundles, registered_fds, set_exception_handler, stop, time, zero_copy_send, Builder,

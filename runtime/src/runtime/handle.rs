@@ -108,6 +108,11 @@ impl Handle {
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
+
+    /// The part of the runtime other threads may touch (for `Handle::spawn` in `remote.rs`).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
 }
 
 impl fmt::Debug for Handle {
