@@ -286,8 +286,8 @@ where
     let future = match panic::catch_unwind(AssertUnwindSafe(make)) {
         Ok(future) => future,
         Err(payload) => {
-            context::with_core(|core| {
-                core.report_panic(None, "the closure of a remote spawn panicked", &*payload)
+            context::try_with_scheduler(|s| {
+                s.report_panic(None, "the closure of a remote spawn panicked", &*payload)
             });
             unrun.disarm().deliver(Err(RemoteError::Panicked(payload)));
             return;
@@ -526,7 +526,7 @@ impl<T> RemoteTask<T> {
         let Some(runtime) = self.runtime.upgrade() else {
             return false;
         };
-        context::try_with_core(|core| Arc::ptr_eq(core.shared(), &runtime)).unwrap_or(false)
+        crate::runtime::try_with_core(|core| Arc::ptr_eq(core.shared(), &runtime)).unwrap_or(false)
     }
 }
 

@@ -182,6 +182,10 @@ impl Schedule for Core {
 }
 
 impl Core {
+    /// The loop's cross-thread side.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
     /// What this loop lends the layers below it while it is entered (see `context`).
     fn lent(&self) -> context::Lent<'_> {
         context::Lent::new(self, self, &self.timers, &self.driver)
