@@ -49,6 +49,7 @@ mod loop_thread;
 mod promise;
 mod remote;
 mod runtime;
+mod shards;
 pub mod signal;
 mod stats;
 pub mod sync;
@@ -75,6 +76,7 @@ pub use runtime::{
     recv_bundles, registered_fds, set_exception_handler, stop, time, zero_copy_send, Builder,
     ExceptionContext, Handle, Runtime,
 };
+pub use shards::{Placement, Shard, ShardError, ShardStats, Shards, ShardsBuilder, Stopper};
 pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
 pub use task::cancel::take_cancel_request;

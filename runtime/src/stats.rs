@@ -65,3 +65,34 @@ pub struct RuntimeStats {
     /// [`free`](crate::BufPool::free) tells those apart from free ones.
     pub pooled_buffers_out: u64,
 }
+
+impl RuntimeStats {
+    /// Adds `other`'s counters (and gauges) to these: the total of several runtimes (see
+    /// [`Shards::stats`](crate::Shards::stats)).
+    pub fn add(&mut self, other: &RuntimeStats) {
+        self.tasks_alive += other.tasks_alive;
+        self.tasks_spawned += other.tasks_spawned;
+        self.tasks_completed += other.tasks_completed;
+        self.tasks_cancelled += other.tasks_cancelled;
+        self.tasks_panicked += other.tasks_panicked;
+        self.polls += other.polls;
+        self.callbacks_run += other.callbacks_run;
+        self.timers_pending += other.timers_pending;
+        self.loop_iterations += other.loop_iterations;
+        self.parks += other.parks;
+        self.remote_wakes += other.remote_wakes;
+        self.kernel_enters += other.kernel_enters;
+        self.driver_syscalls += other.driver_syscalls;
+        self.ops_submitted += other.ops_submitted;
+        self.ops_completed += other.ops_completed;
+        self.ops_cancelled += other.ops_cancelled;
+        self.ops_in_flight += other.ops_in_flight;
+        self.zero_copy_notifications += other.zero_copy_notifications;
+        self.recv_bundles += other.recv_bundles;
+        self.cq_overflows += other.cq_overflows;
+        self.cq_dropped += other.cq_dropped;
+        self.cancels_missed += other.cancels_missed;
+        self.buffer_exhaustions += other.buffer_exhaustions;
+        self.pooled_buffers_out += other.pooled_buffers_out;
+    }
+}
