@@ -420,3 +420,14 @@ fn errors_convert_to_io_errors() {
 async fn yield_or_cancelled() -> Result<(), ringloop_runtime::Cancelled> {
     ringloop_runtime::sleep(Duration::ZERO).await
 }
+
+/// The queue, and the futures of its async side, may be shared with and moved to other threads
+/// when the items are `Send`.
+#[test]
+fn the_queue_is_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<BridgeQueue<String>>();
+    send::<ringloop_runtime::sync::bridge::PutFuture<'static, String>>();
+    send::<ringloop_runtime::sync::bridge::GetFuture<'static, String>>();
+}
