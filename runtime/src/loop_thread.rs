@@ -62,11 +62,11 @@ const THREAD_NAME: &str = "ringloop-loop";
 /// [`RemoteError::Closed`](crate::RemoteError::Closed) for a spawn that came too late.
 ///
 /// Joining a thread blocks: call [`stop`](Self::stop) and [`join`](Self::join) from plain
-/// threads, not from a task of another runtime (that loop would stall meanwhile). Called on the
-/// loop thread itself (the `LoopThread` moved into one of its own tasks), they stop the loop
-/// but cannot join it and return an error of kind
+/// threads, not from a task of another runtime (that loop would stall meanwhile). On the loop
+/// thread itself (the `LoopThread` moved into one of its own tasks) the thread cannot be
+/// joined: `stop` stops the loop and `join` does nothing, and both return an error of kind
 /// [`Deadlock`](io::ErrorKind::Deadlock); dropping it there stops the loop and detaches the
-/// thread.
+/// thread, which ends by itself.
 #[derive(Debug)]
 pub struct LoopThread {
     handle: Handle,

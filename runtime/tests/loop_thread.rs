@@ -518,3 +518,16 @@ fn a_remote_task_error_converts_for_question_mark() {
     let err: RemoteError = TaskError::Panicked(Box::new("boom")).into();
     assert_eq!(err.panic_message(), Some("boom"));
 }
+
+/// What other threads may hold: a `RemoteTask` of a `Send` output and a `LoopThread` are
+/// `Send + Sync`, like a `Handle`.
+#[test]
+fn remote_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<RemoteTask<String>>();
+    send_sync::<LoopThread>();
+    send_sync::<ringloop_runtime::Handle>();
+    // A panic payload is `Send` only, as in `TaskError` and `std::thread::Result`.
+    fn send<T: Send>() {}
+    send::<RemoteError>();
+}

@@ -14,7 +14,8 @@
 //!
 //! [`Event`], [`Lock`], [`Semaphore`], [`Condition`] and [`Queue`] are single-threaded, like
 //! asyncio's: share them between the tasks of one runtime with `Rc`. The channels are
-//! thread-safe.
+//! thread-safe, and [`BridgeQueue`] is a queue with a blocking side for threads and an async
+//! side for tasks (Python's `janus`).
 //!
 //! ```
 //! use ringloop_runtime::{Runtime, spawn, sync::{Lock, Queue}};
@@ -48,6 +49,7 @@
 //! });
 //! ```
 
+pub mod bridge;
 mod chan_error;
 mod condition;
 mod event;
@@ -58,6 +60,7 @@ mod queue;
 mod semaphore;
 mod waiters;
 
+pub use bridge::BridgeQueue;
 pub use condition::{Condition, ConditionWait, WaitCancelled};
 pub use event::{Event, EventWait};
 pub use lock::{Lock, LockAcquire, LockGuard};
