@@ -67,9 +67,9 @@ pub use driver::{
 };
 pub use promise::{Promise, PromiseError, SetError};
 pub use runtime::{
-    buffer_pool, call_at, call_later, call_soon, current_backend, current_stats, multishot_recv,
-    recv_bundles, registered_fds, set_exception_handler, stop, take_cancel_request, time,
-    zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
+    buffer_pool, call_at, call_exception_handler, call_later, call_soon, current_backend,
+    current_stats, multishot_recv, recv_bundles, registered_fds, set_exception_handler, stop,
+    take_cancel_request, time, zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
 };
 pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
