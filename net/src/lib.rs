@@ -150,6 +150,7 @@ macro_rules! split_halves {
 pub mod buf;
 mod ops;
 pub mod pooled;
+pub mod protocol;
 pub mod socket;
 pub mod tcp;
 pub mod udp;
@@ -157,6 +158,10 @@ pub mod unix;
 
 pub use buf::{IoBuf, IoBufMut, Slice};
 pub use pooled::{recv_budget, PooledReceiver, PooledRecv, DEFAULT_RECV_CAP, POOL_SHARE};
+pub use protocol::{
+    create_connection, create_server, create_server_on, ExtraInfo, Protocol, ProtocolServer,
+    Transport, WriteBuf,
+};
 pub use ringloop_runtime::PooledBuf;
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
