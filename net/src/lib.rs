@@ -4,6 +4,10 @@
 //!
 //! Every socket works the same on the io_uring and the epoll backend.
 //!
+//! [`protocol`] is asyncio's lower layer under its streams: [`create_server`] and
+//! [`create_connection`] serve a connection with a [`Protocol`]'s callbacks, writing through a
+//! [`Transport`], without a task per connection.
+//!
 //! ```no_run
 //! use ringloop_net::{TcpListener, TcpStream};
 //!
