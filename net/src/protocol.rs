@@ -86,9 +86,11 @@
 //!   TCP instead of emptying the shared pool. Below that, data keeps coming, as in asyncio.
 //! * **The dispatcher is a task.** Cancelling it (a runtime's `block_on` does, when its main
 //!   future is done) aborts every protocol connection of the runtime, each getting
-//!   `connection_lost` with an error for which
-//!   [`is_cancelled`](ringloop_runtime::is_cancelled) is true. A later `create_server` or
-//!   `create_connection` starts a new dispatcher.
+//!   `connection_lost` with an error of kind `ConnectionAborted` for which [`is_cancelled`] is
+//!   true; a runtime dropped with connections open (after `run_until_complete`) ends them the
+//!   same way, the error saying the dispatcher was dropped. A later `create_server` or
+//!   `create_connection` starts a new dispatcher. (asyncio calls nothing when its loop closes
+//!   with transports open.)
 //! * [`create_connection`] returns the transport only; the protocol lives inside it (share
 //!   state through an `Rc` if the caller needs it).
 
