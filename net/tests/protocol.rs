@@ -377,6 +377,141 @@ both_backends! {
     }
 }
 
+both_backends! {
+    /// asyncio calls `pause_writing` from inside the `write` that crosses the high-water mark.
+    /// Inside one of the protocol's own callbacks that would lend its `&mut self` twice, so it
+    /// comes as soon as that callback returns, before any other callback; `is_writing_paused`
+    /// tells at once.
+    async fn pause_writing_comes_after_the_callback_that_crossed_the_mark() {
+        let log = Rc::new(Log::default());
+        let server = serve(&log, |log| {
+            let log2 = log.clone();
+            Probe::new(log, move |t, _| {
+                t.set_write_buffer_limits(Some(10), Some(0)).unwrap();
+                t.write(vec![0u8; 100]);
+                assert!(t.is_writing_paused(), "paused from the crossing write on");
+                assert_eq!(log2.pauses.get(), 0, "not from inside the callback");
+            })
+        });
+        let c = TcpStream::connect(server.local_addr()).await.unwrap();
+        c.write_all(b"go".as_slice()).await.0.unwrap();
+        assert!(until(|| log.pauses.get() == 1).await);
+        assert_eq!(log.nested.get(), 0);
+        let (r, _) = c.read_exact(vec![0u8; 100]).await;
+        r.unwrap();
+        assert!(until(|| log.resumes.get() == 1).await, "resumed once drained");
+    }
+}
+
+/// A transport kept where a buffer's destructor can find it (a `Bytes` owner must be `Send`,
+/// a transport is not).
+mod reentry {
+    use super::*;
+
+    thread_local! {
+        pub static TRANSPORT: RefCell<Option<Transport>> = const { RefCell::new(None) };
+    }
+
+    /// Bytes whose destructor writes to the transport: it runs when the loop drops the sent
+    /// buffer, which must happen outside the transport's own borrows.
+    pub struct Owner(pub Vec<u8>);
+
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            TRANSPORT.with(|t| {
+                if let Some(t) = t.borrow().as_ref() {
+                    let _ = t.get_write_buffer_size();
+                    t.write(b"!");
+                }
+            });
+        }
+    }
+}
+
+both_backends! {
+    /// A sent buffer's destructor that writes to the same transport: the loop drops buffers
+    /// outside its own borrows, so this is just one more write.
+    async fn a_buffer_destructor_may_write_to_its_transport() {
+        let log = Rc::new(Log::default());
+        let server = serve(&log, |log| {
+            let mut p = Probe::new(log, |t, _| {
+                t.write(bytes::Bytes::from_owner(reentry::Owner(b"data".to_vec())));
+            });
+            p.on_made = Some(Box::new(|t| {
+                reentry::TRANSPORT.with(|slot| *slot.borrow_mut() = Some(t.clone()));
+            }));
+            p
+        });
+        let c = TcpStream::connect(server.local_addr()).await.unwrap();
+        c.write_all(b"go".as_slice()).await.0.unwrap();
+        let (r, got) = c.read_exact(vec![0u8; 5]).await;
+        r.unwrap();
+        assert_eq!(got, b"data!");
+        reentry::TRANSPORT.with(|slot| slot.borrow_mut().take());
+        drop(c);
+        until_lost(&log, 1).await;
+        assert_eq!(*log.lost.borrow(), vec![None]);
+    }
+}
+
+both_backends! {
+    /// An echo that ignores `pause_writing`, to a peer that sends and never reads: the write
+    /// queue grows past the high-water mark, but once it holds the connection's receive budget
+    /// of pool buffers no more data is taken, so the connection never holds more than about
+    /// twice its budget of the shared pool (what it queued to write, and what its receive
+    /// holds) and TCP stops the peer.
+    async fn a_peer_that_never_reads_holds_a_bounded_share_of_the_pool() {
+        let log = Rc::new(Log::default());
+        let server = serve(&log, |log| {
+            let mut p = Probe::echo(log);
+            p.on_made = Some(Box::new(|t| {
+                if let Some(ExtraInfo::Socket(fd)) = t.get_extra_info("socket") {
+                    set_buf(fd, libc::SO_SNDBUF, 4096);
+                }
+            }));
+            p
+        });
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        socket.connect(&server.local_addr().into()).unwrap();
+        let client = Rc::new(TcpStream::from_std(socket.into()).unwrap());
+        let writer = {
+            let client = client.clone();
+            spawn(async move {
+                // Chunks of up to a pool buffer each; far more than the buffers can hold.
+                for i in 0..2048usize {
+                    if client.write_all(pattern(i, 2000)).await.0.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let budget = ringloop_net::recv_budget(ringloop_net::DEFAULT_RECV_CAP, buffer_pool().count());
+        let mut most = 0;
+        for _ in 0..300 {
+            tick().await;
+            most = most.max(buffer_pool().out());
+        }
+        sleep(Duration::from_millis(20)).await.unwrap();
+        most = most.max(buffer_pool().out());
+        assert!(!writer.is_done(), "the peer was stopped by TCP");
+        assert!(log.chunks.get() > 0);
+        assert!(most <= 2 * budget + 1, "{most} pool buffers held, budget {budget}");
+        writer.abort();
+        client.set_linger(Some(Duration::ZERO)).unwrap();
+        drop(client);
+        until_lost(&log, 1).await;
+        assert!(until(|| buffer_pool().out() == 0).await, "{} out", buffer_pool().out());
+    }
+}
+
 // ---- pause_reading -------------------------------------------------------------------------
 
 both_backends! {
