@@ -523,6 +523,9 @@ struct Dispatcher {
     batch: RefCell<Vec<u32>>,
     /// Batches driven so far: a connection listed twice in one batch is driven once.
     epoch: Cell<u64>,
+    /// A vectored send's buffer vector, kept to reuse its allocation (one for all the
+    /// connections: a connection's send gives it back when it completes).
+    spare: Cell<Vec<WriteBuf>>,
     /// A cancellation of the dispatcher task that an op of a connection took (the runtime
     /// hands a task's cancel request to whichever of its futures checks first).
     cancelled: RefCell<Option<Cancelled>>,
@@ -560,6 +563,7 @@ impl Dispatcher {
             alive: Cell::new(true),
             batch: RefCell::new(Vec::new()),
             epoch: Cell::new(0),
+            spare: Cell::new(Vec::new()),
             cancelled: RefCell::new(None),
         });
         // Detached: it ends when cancelled (a runtime's shutdown does it).
@@ -602,13 +606,12 @@ impl Dispatcher {
                 st: RefCell::new(State {
                     stream: Some(stream),
                     rx: Some(rx),
-                    queue: VecDeque::new(),
+                    queue: WriteQueue::default(),
                     skip: 0,
                     buffered: 0,
                     pooled: 0,
                     flight: Flight::Idle,
                     flight_skip: 0,
-                    spare: Vec::new(),
                     high: DEFAULT_HIGH_WATER,
                     low: DEFAULT_HIGH_WATER / 4,
                     reading: true,
@@ -778,6 +781,45 @@ enum Flight {
     Many(Op<ops::SendVectored<WriteBuf>>),
 }
 
+/// The buffers waiting to be sent, in order. The first is kept inline: a connection that has
+/// one write at a time (a request/response protocol) never allocates for its queue, where a
+/// `VecDeque` kept a 160-byte allocation per connection from its first write on.
+#[derive(Default)]
+struct WriteQueue {
+    first: Option<WriteBuf>,
+    rest: VecDeque<WriteBuf>,
+}
+
+impl WriteQueue {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none()
+    }
+
+    fn push_back(&mut self, buf: WriteBuf) {
+        if self.first.is_none() {
+            self.first = Some(buf);
+        } else {
+            self.rest.push_back(buf);
+        }
+    }
+
+    fn push_front(&mut self, buf: WriteBuf) {
+        if let Some(old) = self.first.replace(buf) {
+            self.rest.push_front(old);
+        }
+    }
+
+    fn pop_front(&mut self) -> Option<WriteBuf> {
+        let buf = self.first.take()?;
+        self.first = self.rest.pop_front();
+        Some(buf)
+    }
+}
+
 /// A connection's mutable state; borrowed briefly, never across a callback.
 struct State {
     /// `None` once the connection is lost (the socket is closed then).
@@ -785,7 +827,7 @@ struct State {
     /// `None` once reading has ended for good (end of stream, close, error).
     rx: Option<PooledReceiver>,
     /// Buffers waiting to be sent, after the send in flight.
-    queue: VecDeque<WriteBuf>,
+    queue: WriteQueue,
     /// Bytes of `queue`'s first buffer already sent.
     skip: usize,
     /// Bytes not yet sent: the queue's and the send in flight's (asyncio's write buffer size).
@@ -795,8 +837,6 @@ struct State {
     flight: Flight,
     /// Bytes of the vectored send's first buffer already sent before it.
     flight_skip: usize,
-    /// The vectored send's buffer vector, kept to reuse its allocation.
-    spare: Vec<WriteBuf>,
     high: usize,
     low: usize,
     /// Not paused by `pause_reading`.
@@ -833,7 +873,7 @@ impl State {
 /// What [`State::take_io`] took; dropped outside the state's borrow.
 struct TakenIo {
     _rx: Option<PooledReceiver>,
-    _queue: VecDeque<WriteBuf>,
+    _queue: WriteQueue,
     _flight: Flight,
 }
 
@@ -1068,9 +1108,13 @@ impl Conn {
                     Poll::Ready(r) => Sent::One(r),
                 }
             } else {
-                let mut bufs = std::mem::take(&mut st.spare);
-                let n = st.queue.len().min(MAX_IOVECS);
-                bufs.extend(st.queue.drain(..n));
+                let mut bufs = d.spare.take();
+                while bufs.len() < MAX_IOVECS {
+                    match st.queue.pop_front() {
+                        Some(b) => bufs.push(b),
+                        None => break,
+                    }
+                }
                 let skip = std::mem::take(&mut st.skip);
                 st.flight_skip = skip;
                 let mut op = Op::new(ops::SendVectored::new(fd, bufs, skip));
@@ -1143,10 +1187,7 @@ impl Conn {
                     st.pooled = st.pooled.saturating_sub(pooled);
                 }
                 bufs.clear(); // outside the borrow
-                let mut st = self.st.borrow_mut();
-                if st.spare.capacity() < bufs.capacity() {
-                    st.spare = bufs;
-                }
+                d.spare.set(bufs);
             }
         }
     }
