@@ -882,6 +882,8 @@ both_backends! {
         assert_eq!(*clog.lost.borrow(), vec![None]);
         assert_eq!(*slog.lost.borrow(), vec![None]);
         assert_eq!(t.get_extra_info("socket"), None, "gone with the connection");
+        assert_eq!(t.local_addr(), None, "asked of the socket, which is closed");
+        assert_eq!(t.peer_addr(), server.local_addr(), "kept");
     }
 }
 
