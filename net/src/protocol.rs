@@ -630,9 +630,10 @@ impl Dispatcher {
             conn
         };
         let transport = Transport { conn };
-        transport
-            .conn
-            .invoke(|p| p.connection_made(&transport), "connection_made");
+        transport.conn.invoke(
+            |p| p.connection_made(&transport),
+            "the protocol's connection_made",
+        );
         transport.conn.touch();
         transport
     }
@@ -728,13 +729,15 @@ impl Future for DispatchTask {
                     continue; // listed twice: once per batch is enough
                 }
                 // Every callback's panic is caught where it is called; this catches what
-                // foreign code could still do from inside a drive (a waker of another
-                // executor, woken by a buffer returned to the pool, that calls back into
-                // this transport): that connection fails, the others go on.
+                // other foreign code could do inside a drive (a written buffer's destructor,
+                // a waker of another executor woken by a buffer returned to the pool): that
+                // connection fails, the others go on.
                 let drive = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(&d)));
                 if let Err(payload) = drive {
                     conn.driving.set(false);
-                    conn.callback_panicked("transport (re-entered from foreign code)", payload);
+                    let what = "foreign code run by the protocol transport (a buffer's \
+                                destructor, another executor's waker)";
+                    conn.callback_panicked(what, payload);
                 }
             }
             if d.cancelled.borrow().is_some() {
@@ -933,8 +936,10 @@ impl Conn {
         }
     }
 
+    /// `what` panicked (with `payload`): reported, and the connection fails with an error
+    /// that says so.
     fn callback_panicked(&self, what: &str, payload: Box<dyn std::any::Any + Send>) {
-        call_exception_handler("a protocol callback panicked", &*payload);
+        call_exception_handler(&format!("{what} panicked"), &*payload);
         let msg = match (
             payload.downcast_ref::<&str>(),
             payload.downcast_ref::<String>(),
@@ -946,9 +951,7 @@ impl Conn {
         // The payload goes here, after the error is built: its destructor is foreign code.
         let dropped = panic::catch_unwind(AssertUnwindSafe(|| drop(payload)));
         drop(dropped);
-        self.fail(io::Error::other(format!(
-            "the protocol's {what} panicked: {msg}"
-        )));
+        self.fail(io::Error::other(format!("{what} panicked: {msg}")));
     }
 
     /// Tells the protocol `pause_writing` / `resume_writing` when the buffer crossed a water
@@ -986,9 +989,9 @@ impl Conn {
             self.protocol.set(Some(p));
             if let Err(payload) = r {
                 let what = if pause {
-                    "pause_writing"
+                    "the protocol's pause_writing"
                 } else {
-                    "resume_writing"
+                    "the protocol's resume_writing"
                 };
                 self.callback_panicked(what, payload);
                 return;
@@ -1008,7 +1011,7 @@ impl Conn {
             st.lost = Lost::Pending(Some(error));
             st.take_io()
         };
-        drop(taken);
+        drop_reporting("a dropped write buffer's destructor panicked", taken);
         self.touch();
     }
 
@@ -1223,12 +1226,13 @@ impl Conn {
                 Poll::Pending => break,
                 Poll::Ready(Ok(Some(chunk))) => {
                     n += 1;
-                    self.invoke(|p| p.data_received(chunk), "data_received");
+                    self.invoke(|p| p.data_received(chunk), "the protocol's data_received");
                 }
                 Poll::Ready(Ok(None)) => {
                     let rx = self.st.borrow_mut().rx.take();
                     drop(rx);
-                    let keep_open = self.invoke(|p| p.eof_received(), "eof_received");
+                    let keep_open =
+                        self.invoke(|p| p.eof_received(), "the protocol's eof_received");
                     if keep_open == Some(false) {
                         self.close();
                     }
@@ -1292,24 +1296,30 @@ impl Conn {
             st.closing = true;
             (error, st.take_io(), st.stream.take())
         };
-        drop(taken);
+        drop_reporting("a dropped write buffer's destructor panicked", taken);
         if let Some(mut p) = self.protocol.take() {
             let r = panic::catch_unwind(AssertUnwindSafe(|| p.connection_lost(error)));
             if let Err(payload) = r {
-                call_exception_handler("a protocol callback panicked", &*payload);
-                let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(payload)));
+                call_exception_handler("the protocol's connection_lost panicked", &*payload);
+                drop_reporting("a panic payload's destructor panicked", payload);
             }
             // The protocol goes now, and with it a transport it kept (the reference cycle).
-            if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| drop(p))) {
-                call_exception_handler("a protocol's destructor panicked", &*payload);
-                let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(payload)));
-            }
+            drop_reporting("a protocol's destructor panicked", p);
         }
         // asyncio closes the socket after connection_lost.
         drop(stream);
         if let Some(d) = d {
             d.remove(self);
         }
+    }
+}
+
+/// Drops `x` (foreign code: a buffer's or a protocol's destructor) with a panic caught and
+/// reported as `what`, so a teardown always runs to its end.
+fn drop_reporting<T>(what: &str, x: T) {
+    if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| drop(x))) {
+        call_exception_handler(what, &*payload);
+        let _ = panic::catch_unwind(AssertUnwindSafe(|| drop(payload)));
     }
 }
 
@@ -1438,7 +1448,7 @@ impl Transport {
             st.lost = Lost::Pending(None);
             st.take_io()
         };
-        drop(taken);
+        drop_reporting("a dropped write buffer's destructor panicked", taken);
         self.conn.touch();
     }
 

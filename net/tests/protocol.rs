@@ -460,6 +460,50 @@ both_backends! {
     }
 }
 
+/// Bytes whose destructor panics (a foreign destructor the loop runs once they are sent).
+struct PanickyOwner(Vec<u8>);
+
+impl AsRef<[u8]> for PanickyOwner {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for PanickyOwner {
+    fn drop(&mut self) {
+        panic!("buffer destructor failed");
+    }
+}
+
+both_backends! {
+    /// A written buffer whose destructor panics once it has been sent: reported, that
+    /// connection aborted and told why, the server goes on.
+    async fn a_panicking_buffer_destructor_is_isolated() {
+        let reports = count_exceptions();
+        let log = Rc::new(Log::default());
+        let server = serve(&log, |log| {
+            Probe::new(log, |t, data| {
+                if data.starts_with(b"bad") {
+                    t.write(bytes::Bytes::from_owner(PanickyOwner(b"sent".to_vec())));
+                } else {
+                    t.write(data);
+                }
+            })
+        });
+        let bad = TcpStream::connect(server.local_addr()).await.unwrap();
+        bad.write_all(b"bad".as_slice()).await.0.unwrap();
+        until_lost(&log, 1).await;
+        assert_eq!(reports.get(), 1);
+        let lost = log.lost.borrow()[0].clone().expect("an error");
+        assert!(lost.1.contains("buffer destructor failed"), "{lost:?}");
+        let good = TcpStream::connect(server.local_addr()).await.unwrap();
+        good.write_all(b"fine".as_slice()).await.0.unwrap();
+        let (r, got) = good.read_exact(vec![0u8; 4]).await;
+        r.unwrap();
+        assert_eq!(got, b"fine");
+    }
+}
+
 both_backends! {
     /// An echo that ignores `pause_writing`, to a peer that sends and never reads: the write
     /// queue grows past the high-water mark, but once it holds the connection's share of the
