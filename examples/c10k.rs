@@ -75,8 +75,13 @@ struct Args {
     /// Repetitions of the whole matrix [default: 3].
     #[arg(long)]
     reps: Option<usize>,
-    /// Built-in backends to compare, comma-separated (uring, epoll, tokio).
-    #[arg(long, value_delimiter = ',', default_value = "uring,epoll,tokio")]
+    /// Built-in backends to compare, comma-separated (uring, epoll, tokio, protocol: the
+    /// io_uring echo server as a protocol, without a task per connection).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "uring,epoll,tokio,protocol"
+    )]
     backends: Vec<String>,
     /// Messages in flight per connection: 1 is a ping-pong; P > 1 sends P back to back, then
     /// sends one more for each echo that comes back.
@@ -166,7 +171,7 @@ impl Plan {
 struct ServerSpec {
     name: String,
     argv: Vec<String>,
-    /// The server is ringloop's `echo_server`, which prints a `stats ...` line on SIGUSR1:
+    /// The server is ringloop's `echo_server` or `echo_protocol`, which print a `stats ...` line on SIGUSR1:
     /// its counters are then read at the start and the end of the measured window.
     window_stats: bool,
     /// A built-in ringloop server (uring, epoll): it takes `--grace` and gets the shutdown
@@ -176,9 +181,11 @@ struct ServerSpec {
 
 impl ServerSpec {
     fn new(name: String, argv: Vec<String>) -> ServerSpec {
-        let window_stats = argv
-            .iter()
-            .any(|a| Path::new(a).file_name().is_some_and(|f| f == "echo_server"));
+        let window_stats = argv.iter().any(|a| {
+            Path::new(a)
+                .file_name()
+                .is_some_and(|f| f == "echo_server" || f == "echo_protocol")
+        });
         ServerSpec {
             name,
             argv,
@@ -508,10 +515,17 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
                 "{addr}".into(),
             ],
             "tokio" => vec![bin("tokio_echo_server")?, "--addr".into(), "{addr}".into()],
+            "protocol" => vec![
+                bin("echo_protocol")?,
+                "--backend".into(),
+                "uring".into(),
+                "--addr".into(),
+                "{addr}".into(),
+            ],
             "" => continue,
             other => {
                 return Err(format!(
-                    "unknown backend {other:?} (built-ins: uring, epoll, tokio; use --server NAME=CMD for others)"
+                    "unknown backend {other:?} (built-ins: uring, epoll, tokio, protocol; use --server NAME=CMD for others)"
                 )
                 .into())
             }

@@ -5,6 +5,10 @@
 //!
 //! Every socket works the same on the io_uring and the epoll backend.
 //!
+//! [`protocol`] is asyncio's lower layer under its streams: [`create_server`] and
+//! [`create_connection`] serve a connection with a [`Protocol`]'s callbacks, writing through a
+//! [`Transport`], without a task per connection.
+//!
 //! ```no_run
 //! use ringloop_net::{TcpListener, TcpStream};
 //!
@@ -151,6 +155,7 @@ macro_rules! split_halves {
 pub mod buf;
 mod ops;
 pub mod pooled;
+pub mod protocol;
 pub mod server;
 pub mod socket;
 pub mod tcp;
@@ -159,6 +164,10 @@ pub mod unix;
 
 pub use buf::{IoBuf, IoBufMut, Slice};
 pub use pooled::{recv_budget, PooledReceiver, PooledRecv, DEFAULT_RECV_CAP, POOL_SHARE};
+pub use protocol::{
+    create_connection, create_server, create_server_on, ExtraInfo, Protocol, ProtocolServer,
+    Transport, WriteBuf,
+};
 pub use ringloop_runtime::PooledBuf;
 pub use server::{
     start_server, start_unix_server, ListenAddr, Server, ShutdownReport, ShutdownSignal,

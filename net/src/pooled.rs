@@ -255,7 +255,7 @@ pub(crate) async fn read_leftover<B: IoBufMut>(
             return Poll::Ready(Ok(None));
         };
         match left.poll_next(&pool, cx) {
-            Poll::Pending => pending_or_cancelled(true).map(|r| r.map(|()| None)),
+            Poll::Pending => pending_or_cancelled(Mode::Task).map(|r| r.map(|()| None)),
             Poll::Ready(None) => Poll::Ready(Ok(None)),
             Poll::Ready(Some(r)) => Poll::Ready(r.map(Some)),
         }
@@ -389,9 +389,25 @@ impl PooledReceiver {
             return None; // the common case, without touching the waker the receive holds
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_uring(&mut cx, false) {
+        match self.poll_uring(&mut cx, Mode::Try) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
+        }
+    }
+
+    /// What [`recv`](Self::recv) would do, as a poll, for a driver that is not a future (the
+    /// protocol transport): it queues for a buffer when the pool is dry and keeps its place
+    /// across polls, but is not a cancellation point. Polled with the connection's own waker.
+    pub(crate) fn poll_recv_quiet(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<PooledBuf>>> {
+        if let Some(ready) = self.ready_now() {
+            return Poll::Ready(ready);
+        }
+        match self.backend {
+            Backend::IoUring => self.poll_uring(cx, Mode::Quiet),
+            _ => self.poll_epoll(cx, Mode::Quiet),
         }
     }
 
@@ -519,13 +535,12 @@ impl PooledReceiver {
         unsafe { self.multishot.arm(sqe, &self.fd) }
     }
 
-    /// `waiting`: a real wait, where a pending cancellation is delivered; false for
-    /// [`try_recv`](Self::try_recv), which is no suspension point and leaves it alone (and
-    /// does not queue for a buffer).
+    /// `mode` says whether a dry pool makes it queue for a buffer and whether a pending
+    /// cancellation is delivered (see [`Mode`]).
     fn poll_uring(
         &mut self,
         cx: &mut Context<'_>,
-        waiting: bool,
+        mode: Mode,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
         loop {
             if self.eof {
@@ -534,10 +549,10 @@ impl PooledReceiver {
             if !self.multishot.is_armed() {
                 // The pool ran dry (or is about to): queue, first come first served.
                 if !self.wait.may_take() {
-                    if waiting {
+                    if mode != Mode::Try {
                         self.wait.wait(cx.waker());
                     }
-                    return pending_or_cancelled(waiting);
+                    return pending_or_cancelled(mode);
                 }
                 if let Err(e) = self.arm() {
                     self.wait.release();
@@ -596,19 +611,25 @@ impl PooledReceiver {
                 }
                 // Ended with its last completion read: re-arm.
                 Poll::Ready(None) => continue,
-                Poll::Pending => return pending_or_cancelled(waiting),
+                Poll::Pending => return pending_or_cancelled(mode),
             }
         }
     }
 
-    fn poll_epoll(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<PooledBuf>>> {
+    /// `mode` is [`Mode::Task`] or [`Mode::Quiet`] (whether a pending cancellation is
+    /// delivered while queued for a buffer; the receive op itself delivers one either way).
+    fn poll_epoll(
+        &mut self,
+        cx: &mut Context<'_>,
+        mode: Mode,
+    ) -> Poll<io::Result<Option<PooledBuf>>> {
         if self.eof {
             return Poll::Ready(Ok(None));
         }
         if self.pending.is_none() && !self.wait.may_take() {
             // Others queued for a buffer first.
             self.wait.wait(cx.waker());
-            return pending_or_cancelled(true);
+            return pending_or_cancelled(mode);
         }
         let op = self.pending.get_or_insert_with(|| {
             Op::new(RecvPooled {
@@ -645,7 +666,7 @@ impl PooledReceiver {
                 // try again (the data waits in the socket).
                 self.wait.lost_race();
                 self.wait.wait(cx.waker());
-                return pending_or_cancelled(true);
+                return pending_or_cancelled(mode);
             }
             (Err(e), _) => {
                 self.wait.release();
@@ -700,9 +721,22 @@ const RECVSEND_BUNDLE: u16 = 1 << 4;
 /// kernel, so of the whole process.
 static BUNDLE_LIMIT_REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// `Pending`, or the task's cancellation if one is pending and `waiting` (a real wait).
-fn pending_or_cancelled<T>(waiting: bool) -> Poll<io::Result<T>> {
-    if !waiting {
+/// How a receive waits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// A task's `recv`: queues for a buffer when the pool is dry, and is a cancellation point.
+    Task,
+    /// [`PooledReceiver::try_recv`]: neither queues nor delivers a cancellation.
+    Try,
+    /// A protocol transport's receive ([`PooledReceiver::poll_recv_quiet`]): queues for a
+    /// buffer, but leaves the polling task's cancellation alone (the transport is driven by
+    /// the protocol dispatcher, whose own cancellation is its business).
+    Quiet,
+}
+
+/// `Pending`, or the task's cancellation if one is pending and `mode` delivers it.
+fn pending_or_cancelled<T>(mode: Mode) -> Poll<io::Result<T>> {
+    if mode != Mode::Task {
         return Poll::Pending;
     }
     match ringloop_runtime::take_cancel_request() {
@@ -726,8 +760,8 @@ impl Future for PooledRecv<'_> {
             return Poll::Ready(ready);
         }
         match rx.backend {
-            Backend::IoUring => rx.poll_uring(cx, true),
-            _ => rx.poll_epoll(cx),
+            Backend::IoUring => rx.poll_uring(cx, Mode::Task),
+            _ => rx.poll_epoll(cx, Mode::Task),
         }
     }
 }

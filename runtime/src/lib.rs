@@ -72,9 +72,9 @@ pub use loop_thread::LoopThread;
 pub use promise::{Promise, PromiseError, SetError};
 pub use remote::{RemoteError, RemoteTask};
 pub use runtime::{
-    buffer_pool, call_at, call_later, call_soon, current_backend, current_stats, multishot_recv,
-    recv_bundles, registered_fds, set_exception_handler, stop, time, zero_copy_send, Builder,
-    ExceptionContext, Handle, Runtime,
+    buffer_pool, call_at, call_exception_handler, call_later, call_soon, current_backend,
+    current_stats, multishot_recv, recv_bundles, registered_fds, set_exception_handler, stop, time,
+    zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
 };
 pub use shards::{Placement, Shard, ShardError, ShardStats, Shards, ShardsBuilder, Stopper};
 pub use signal::{ctrl_c, signal, Signal, SignalKind};

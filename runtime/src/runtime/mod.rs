@@ -1021,3 +1021,34 @@ pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
 pub fn set_exception_handler(f: impl Fn(&ExceptionContext<'_>) + 'static) {
     with_core(|core| *core.exception_handler.borrow_mut() = Rc::new(f));
 }
+
+/// Hands an error that nothing else will see to the running runtime's exception handler
+/// (asyncio's `loop.call_exception_handler`), e.g. a panic caught in a callback that a library
+/// runs for the loop. The context names no task. Outside a runtime it is printed to stderr.
+///
+/// ```
+/// use std::{cell::Cell, rc::Rc};
+///
+/// let rt = ringloop_runtime::Runtime::new().unwrap();
+/// let seen = Rc::new(Cell::new(false));
+/// rt.block_on({
+///     let seen = seen.clone();
+///     async move {
+///         ringloop_runtime::set_exception_handler(move |ctx| {
+///             seen.set(ctx.message == "a protocol callback panicked");
+///         });
+///         let payload = std::panic::catch_unwind(|| panic!("boom")).unwrap_err();
+///         ringloop_runtime::call_exception_handler("a protocol callback panicked", &*payload);
+///     }
+/// });
+/// assert!(seen.get());
+/// ```
+pub fn call_exception_handler(message: &str, payload: &(dyn Any + Send)) {
+    let reported = try_with_core(|core| core.report_panic(None, message, payload));
+    if reported.is_none() {
+        match panic_message(payload) {
+            Some(m) => eprintln!("ringloop: {message}: {m}"),
+            None => eprintln!("ringloop: {message}"),
+        }
+    }
+}
