@@ -1,10 +1,14 @@
 //! Sharded listening: one TCP port served by every shard of a
 //! [`Shards`](ringloop_runtime::Shards) set, each shard with its own [`Server`].
 //!
-//! [`ShardListeners`]: a listener per shard, all bound to the same address with
-//! `SO_REUSEPORT`; the kernel spreads the connections over them. The default for a sharded
-//! server: nothing is shared between shards, not even the accept queue. Optionally a
-//! [`Steering`] program hands each connection to the shard on the CPU that received it.
+//! * [`ShardListeners`]: a listener per shard, all bound to the same address with
+//!   `SO_REUSEPORT`; the kernel spreads the connections over them. The default for a sharded
+//!   server: nothing is shared between shards, not even the accept queue. Optionally a
+//!   [`Steering`] program hands each connection to the shard on the CPU that received it.
+//! * [`ShardAcceptor`]: one listener; shard 0 accepts and hands each connection to a shard
+//!   ([`Distribution::RoundRobin`] or [`Distribution::LeastConnections`]). For servers whose
+//!   connections are few, long and uneven, where the kernel's hash can leave one shard with
+//!   most of the work.
 //!
 //! ```
 //! use ringloop_net::{ShardListeners, ShutdownSignal, TcpStream};
@@ -72,13 +76,42 @@
 //! which are the binding order while every listener is open; when one closes, the kernel moves
 //! the last listener into its place, so during a shutdown steering is approximate (connections
 //! are still served, by some shard).
+//!
+//! # One acceptor
+//!
+//! [`ShardAcceptor`] has one listening socket. Every shard calls
+//! [`serve`](ShardAcceptor::serve): on shard 0 that accepts, and hands each connection to a
+//! shard (itself included) by the [`Distribution`]; on the others it serves what is handed
+//! over. A handed-over connection is a descriptor in the receiving shard's *inbox*, a
+//! queue behind a mutex with the waker of that shard's feed task, which turns each descriptor
+//! into a [`TcpStream`] on its own runtime and serves it like an accepted one (the shard's
+//! [`Server`] tracks it, so the shard's shutdown waits for it). A burst of hand-overs costs the
+//! receiving shard one wake-up.
+//!
+//! # No descriptor is lost
+//!
+//! A handed-over descriptor always has exactly one owner: the acceptor's accept task, an
+//! inbox, or the receiving shard's server. An inbox is open while its shard's server takes
+//! connections; closing it (the server closes, or its feed task ends in any way: shutdown,
+//! cancellation, abort, the runtime dropped) and pushing into it happen under the same lock,
+//! so a push either lands in an open inbox, whose owner will serve or close what it holds,
+//! or is refused and the descriptor comes back to the acceptor, which gives it to another
+//! shard, and serves it itself when every other shard has stopped taking connections. An
+//! inbox that closes serves what it holds when its server is closing, and closes it when its
+//! task is dropped. So every connection the acceptor accepts is served by one shard, or
+//! closed, never leaked, even when the receiving shard stops in the middle of a hand-over.
+//! The per-shard connection counts of [`Distribution::LeastConnections`] travel with the
+//! descriptor and go down when its handler ends (or it is closed unserved).
 
+use std::collections::VecDeque;
 use std::fmt;
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Poll, Waker};
 
 use ringloop_runtime::Shard;
 use socket2::Socket;
@@ -384,6 +417,390 @@ fn attach_reuseport_cbpf(socket: &Socket, program: &[libc::sock_filter]) -> io::
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// One acceptor
+// ---------------------------------------------------------------------------------------------
+
+/// How a [`ShardAcceptor`] picks the shard for each connection. The accepting shard is a
+/// candidate like the others; shards that do not take connections (not serving yet, or
+/// closed) are skipped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Distribution {
+    /// Each shard in turn.
+    #[default]
+    RoundRobin,
+    /// The shard with the fewest open connections from this acceptor (handed over and not
+    /// yet ended); among equals, the next in turn.
+    LeastConnections,
+}
+
+/// The shard that accepts.
+const ACCEPTOR: usize = 0;
+
+/// One listening socket whose connections shard 0 accepts and hands to the shards: see
+/// [one acceptor](self#one-acceptor). `Send + Sync`, and cheap to clone (every clone is a
+/// handle on the same group).
+///
+/// ```
+/// use ringloop_net::{Distribution, ShardAcceptor, ShutdownSignal, TcpStream};
+/// use ringloop_runtime::{Placement, Shards};
+/// use std::io::Read;
+/// use std::time::Duration;
+///
+/// let acceptor = ShardAcceptor::bind("127.0.0.1:0".parse().unwrap(), 2, Distribution::LeastConnections)?;
+/// let addr = acceptor.local_addr();
+/// let shards = Shards::builder()
+///     .count(2)
+///     .placement(Placement::Unpinned)
+///     .start({
+///         let acceptor = acceptor.clone();
+///         move |shard| {
+///             let acceptor = acceptor.clone();
+///             async move {
+///                 let index = shard.index();
+///                 let server = acceptor.serve(&shard, move |stream: TcpStream, _: ShutdownSignal| async move {
+///                     let _ = stream.write_all(vec![index as u8]).await;
+///                 })?;
+///                 let _stopped = server.wait_closed().await;
+///                 Ok::<_, std::io::Error>(server.shutdown(Duration::from_secs(5)).await?)
+///             }
+///         }
+///     })?;
+///
+/// let mut served_by = Vec::new();
+/// std::net::TcpStream::connect(addr)?.read_to_end(&mut served_by)?;
+/// assert_eq!(served_by.len(), 1); // one shard served it
+///
+/// shards.stop();
+/// shards.join().unwrap();
+/// assert_eq!(acceptor.assigned_total().iter().sum::<u64>(), 1);
+/// # Ok::<_, std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ShardAcceptor {
+    shared: Arc<AcceptorShared>,
+}
+
+struct AcceptorShared {
+    addr: SocketAddr,
+    distribution: Distribution,
+    /// Until shard 0 serves.
+    listener: Mutex<Option<std::net::TcpListener>>,
+    /// By shard index.
+    slots: Box<[Slot]>,
+    /// Where the next pick starts looking (round robin's turn, least connections' tie-break).
+    /// Only the accepting shard moves it.
+    cursor: AtomicUsize,
+}
+
+/// What the acceptor knows of one shard.
+struct Slot {
+    /// Where connections for this shard wait for it (unused for the accepting shard).
+    inbox: Arc<Inbox>,
+    /// Connections assigned to this shard whose handler has not ended.
+    live: Arc<AtomicUsize>,
+    /// Connections ever assigned to this shard.
+    total: AtomicU64,
+}
+
+impl fmt::Debug for ShardAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShardAcceptor")
+            .field("addr", &self.shared.addr)
+            .field("distribution", &self.shared.distribution)
+            .field("connections", &self.connections())
+            .field("assigned_total", &self.assigned_total())
+            .finish()
+    }
+}
+
+impl ShardAcceptor {
+    /// Binds `addr` (backlog 1024, `SO_REUSEADDR`) for `count` shards.
+    ///
+    /// # Errors
+    /// `InvalidInput` for no shard; the real errno of the bind (`EADDRINUSE`, `EACCES`, ...).
+    pub fn bind(
+        addr: SocketAddr,
+        count: usize,
+        distribution: Distribution,
+    ) -> io::Result<ShardAcceptor> {
+        if count == 0 {
+            return Err(invalid("an acceptor needs at least one shard"));
+        }
+        let socket = TcpListener::builder(addr).bind_socket()?;
+        Self::from_std(socket.into(), count, distribution)
+    }
+
+    /// Accepts on `listener` (a listening socket made elsewhere; made non-blocking here) for
+    /// `count` shards.
+    ///
+    /// # Errors
+    /// `InvalidInput` for no shard; if the socket cannot be made non-blocking or has no IP
+    /// address, the real errno.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        count: usize,
+        distribution: Distribution,
+    ) -> io::Result<ShardAcceptor> {
+        if count == 0 {
+            return Err(invalid("an acceptor needs at least one shard"));
+        }
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let slots = (0..count)
+            .map(|_| Slot {
+                inbox: Arc::new(Inbox::default()),
+                live: Arc::new(AtomicUsize::new(0)),
+                total: AtomicU64::new(0),
+            })
+            .collect();
+        Ok(ShardAcceptor {
+            shared: Arc::new(AcceptorShared {
+                addr,
+                distribution,
+                listener: Mutex::new(Some(listener)),
+                slots,
+                cursor: AtomicUsize::new(0),
+            }),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// How many shards it hands connections to.
+    pub fn count(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// How it picks a shard.
+    pub fn distribution(&self) -> Distribution {
+        self.shared.distribution
+    }
+
+    /// Serves this shard's share with `handler`, a task per connection, and on shard 0 accepts
+    /// for every shard. Call it on every shard: a shard takes connections from when it
+    /// serves until its server closes. The returned [`Server`] is this shard's: its shutdown
+    /// waits for the connections handed to it, and its `accepted_total` counts them (on shard
+    /// 0, those it serves itself).
+    ///
+    /// Closing shard 0's server stops accepting for all; the others serve on until their own
+    /// servers close. A connection shard 0 accepts while no other shard takes connections is
+    /// served on shard 0.
+    ///
+    /// # Errors
+    /// `InvalidInput` if the set has another number of shards than the acceptor, or this
+    /// shard already serves.
+    ///
+    /// # Panics
+    /// Outside a running ringloop runtime.
+    pub fn serve<H, Fut>(&self, shard: &Shard, handler: H) -> io::Result<Server>
+    where
+        H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
+        Fut: Future + 'static,
+    {
+        let count = self.count();
+        if shard.count() != count {
+            return Err(invalid(format!(
+                "{} shards for an acceptor of {count}",
+                shard.count()
+            )));
+        }
+        let index = shard.index();
+        if index == ACCEPTOR {
+            let listener = lock(&self.shared.listener)
+                .take()
+                .ok_or_else(|| invalid("shard 0 already serves this acceptor"))?;
+            let listener = TcpListener::from_std(listener)?;
+            let shared = self.shared.clone();
+            let route = Box::new(move |fd| shared.route(fd));
+            Ok(Server::tcp_sharded(handler, Some((listener, route)), None))
+        } else {
+            let inbox = &self.shared.slots[index].inbox;
+            if !inbox.open() {
+                return Err(invalid(format!(
+                    "shard {index} already serves this acceptor"
+                )));
+            }
+            Ok(Server::tcp_sharded(handler, None, Some(inbox.clone())))
+        }
+    }
+
+    /// Open connections per shard, by index: assigned to it and not yet ended (those waiting
+    /// in a shard's inbox count).
+    pub fn connections(&self) -> Vec<usize> {
+        self.shared
+            .slots
+            .iter()
+            .map(|s| s.live.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// Connections ever assigned to each shard, by index.
+    pub fn assigned_total(&self) -> Vec<u64> {
+        self.shared
+            .slots
+            .iter()
+            .map(|s| s.total.load(Ordering::Acquire))
+            .collect()
+    }
+}
+
+impl AcceptorShared {
+    /// Gives an accepted connection to a shard: into another shard's inbox (`None`), or back
+    /// to the accepting shard to serve (with its place in that shard's count).
+    fn route(&self, mut fd: OwnedFd) -> Option<(OwnedFd, Assigned)> {
+        // Each refusal means an inbox closed, and a closed inbox is not picked again, so this
+        // ends within one round; the bound is for an inbox that reopens meanwhile.
+        for _ in 0..self.slots.len() {
+            let index = self.pick();
+            let slot = &self.slots[index];
+            // Counted before the push: once pushed, the connection may be served (and its
+            // client answered) before this thread runs again.
+            let assigned = Assigned::new(&slot.live);
+            slot.total.fetch_add(1, Ordering::AcqRel);
+            self.cursor.store(index + 1, Ordering::Relaxed);
+            if index == ACCEPTOR {
+                return Some((fd, assigned));
+            }
+            match slot.inbox.push(fd, assigned) {
+                Ok(()) => return None,
+                // That shard stopped taking connections just now: another one.
+                Err((back, _unassigned)) => {
+                    slot.total.fetch_sub(1, Ordering::AcqRel);
+                    fd = back;
+                }
+            }
+        }
+        let slot = &self.slots[ACCEPTOR];
+        slot.total.fetch_add(1, Ordering::AcqRel);
+        Some((fd, Assigned::new(&slot.live)))
+    }
+
+    /// The shard for the next connection.
+    fn pick(&self) -> usize {
+        let n = self.slots.len();
+        let start = self.cursor.load(Ordering::Relaxed) % n;
+        let mut candidates = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|&i| i == ACCEPTOR || self.slots[i].inbox.is_open());
+        match self.distribution {
+            Distribution::RoundRobin => candidates.next(),
+            // The first of the least loaded, counting from the turn.
+            Distribution::LeastConnections => {
+                candidates.min_by_key(|&i| self.slots[i].live.load(Ordering::Acquire))
+            }
+        }
+        .unwrap_or(ACCEPTOR)
+    }
+}
+
+/// A connection's place in its shard's count of open connections ([`ShardAcceptor`]):
+/// counted while this lives. It travels with the descriptor and is kept by the server with
+/// the connection until the handler ends.
+#[derive(Debug)]
+pub(crate) struct Assigned {
+    live: Arc<AtomicUsize>,
+}
+
+impl Assigned {
+    fn new(live: &Arc<AtomicUsize>) -> Assigned {
+        live.fetch_add(1, Ordering::AcqRel);
+        Assigned { live: live.clone() }
+    }
+}
+
+impl Drop for Assigned {
+    fn drop(&mut self) {
+        self.live.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Where the accepting shard leaves connections for another shard: see
+/// [no descriptor is lost](self#no-descriptor-is-lost).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    /// Mirrors `state.open`, for the acceptor's picks without the lock (a pick that reads it
+    /// stale is corrected by `push`, which reads the real one).
+    open: AtomicBool,
+    state: Mutex<InboxState>,
+}
+
+#[derive(Default)]
+struct InboxState {
+    /// A server takes what is pushed.
+    open: bool,
+    queue: VecDeque<(OwnedFd, Assigned)>,
+    /// The feed task, while it waits for the queue to fill.
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    /// Opens it for a server; false if it is open already.
+    fn open(&self) -> bool {
+        let mut st = lock(&self.state);
+        if st.open {
+            return false;
+        }
+        st.open = true;
+        self.open.store(true, Ordering::Release);
+        true
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Leaves a connection for the shard and wakes its feed task; gives it back if the inbox
+    /// is closed.
+    fn push(&self, fd: OwnedFd, assigned: Assigned) -> Result<(), (OwnedFd, Assigned)> {
+        let waker = {
+            let mut st = lock(&self.state);
+            if !st.open {
+                return Err((fd, assigned));
+            }
+            st.queue.push_back((fd, assigned));
+            st.waker.take()
+        };
+        // Outside the lock: a ringloop waker on another thread goes through that runtime's
+        // injector, and one wake covers everything queued until the feed task runs.
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// Everything queued, once there is something.
+    pub(crate) fn recv(&self) -> impl Future<Output = VecDeque<(OwnedFd, Assigned)>> + '_ {
+        poll_fn(|cx| {
+            let mut st = lock(&self.state);
+            if !st.queue.is_empty() {
+                return Poll::Ready(std::mem::take(&mut st.queue));
+            }
+            match &st.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => st.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+
+    /// Refuses every later push, and gives back what is queued (to serve, or to drop, which
+    /// closes the descriptors).
+    pub(crate) fn close(&self) -> VecDeque<(OwnedFd, Assigned)> {
+        let (queue, waker) = {
+            let mut st = lock(&self.state);
+            st.open = false;
+            self.open.store(false, Ordering::Release);
+            (std::mem::take(&mut st.queue), st.waker.take())
+        };
+        drop(waker);
+        queue
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,5 +847,62 @@ mod tests {
         let too_many: Vec<usize> = (0..=max).collect();
         let e = cpu_steering_program(&too_many).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn an_inbox_refuses_pushes_once_closed_and_gives_back_what_it_held() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox::default();
+        // Not open yet: refused, and the count goes back down with the refused one.
+        let (_fd, a) = inbox.push(fd(), Assigned::new(&live)).unwrap_err();
+        drop(a);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        assert!(inbox.open());
+        assert!(!inbox.open(), "opened twice");
+        inbox.push(fd(), Assigned::new(&live)).unwrap();
+        inbox.push(fd(), Assigned::new(&live)).unwrap();
+        assert_eq!(live.load(Ordering::SeqCst), 2);
+        let held = inbox.close();
+        assert_eq!(held.len(), 2);
+        assert!(inbox.push(fd(), Assigned::new(&live)).is_err());
+        drop(held);
+        assert_eq!(live.load(Ordering::SeqCst), 0);
+        assert!(!inbox.is_open());
+    }
+
+    #[test]
+    fn an_inbox_is_closed_with_its_runtime_even_if_its_server_never_ran() {
+        for backend in [
+            ringloop_runtime::Backend::IoUring,
+            ringloop_runtime::Backend::Epoll,
+        ] {
+            let Ok(rt) = ringloop_runtime::Runtime::builder()
+                .backend(backend)
+                .build()
+            else {
+                continue; // no io_uring here: the epoll half still runs
+            };
+            let live = Arc::new(AtomicUsize::new(0));
+            let inbox = Arc::new(Inbox::default());
+            assert!(inbox.open());
+            inbox.push(fd(), Assigned::new(&live)).unwrap();
+            // The feed task is spawned, and the runtime goes before it ever runs.
+            rt.run_until_complete(async {
+                let noop = |_: TcpStream, _: ShutdownSignal| async {};
+                let _server = Server::tcp_sharded(noop, None, Some(inbox.clone()));
+            });
+            drop(rt);
+            assert!(!inbox.is_open(), "{backend}");
+            assert_eq!(
+                live.load(Ordering::SeqCst),
+                0,
+                "{backend}: the descriptor is closed"
+            );
+            assert!(inbox.push(fd(), Assigned::new(&live)).is_err());
+        }
     }
 }
