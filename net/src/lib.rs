@@ -1,7 +1,8 @@
 //! Sockets for ringloop: asyncio's `sock_accept` / `sock_recv` / `sock_sendall` /
 //! `sock_connect` primitives, and TCP, UDP and Unix sockets on top of them, with buffers owned
 //! by the operation while the kernel holds them, and [`Server`] (asyncio's `start_server`):
-//! a task per connection and a graceful shutdown. Re-exported as `ringloop::net`.
+//! a task per connection and a graceful shutdown; [`shard`] serves one port from every shard
+//! of a thread-per-core set. Re-exported as `ringloop::net`.
 //!
 //! Every socket works the same on the io_uring and the epoll backend.
 //!
@@ -157,6 +158,7 @@ mod ops;
 pub mod pooled;
 pub mod protocol;
 pub mod server;
+pub mod shard;
 pub mod socket;
 pub mod tcp;
 pub mod udp;
@@ -173,6 +175,7 @@ pub use server::{
     start_server, start_unix_server, ListenAddr, Server, ShutdownReport, ShutdownSignal,
     SignalShutdown, DEFAULT_CANCEL_GRACE, GRACE_OVER,
 };
+pub use shard::{Distribution, ShardAcceptor, ShardListeners, ShardListenersBuilder, Steering};
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
     sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAll, SendAllError,

@@ -101,6 +101,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::pin::{pin, Pin};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -113,6 +114,7 @@ use ringloop_runtime::{
 };
 use slab::Slab;
 
+use crate::shard::{Assigned, Inbox};
 use crate::socket::{self, AsSharedFd};
 use crate::tcp::{is_transient_accept_error, with_socket, TcpListener, TcpStream};
 use crate::unix::{UnixListener, UnixStream};
@@ -168,30 +170,23 @@ where
 {
     let path = path.as_ref();
     let listener = UnixListener::bind(path)?;
-    let handler = Rc::new(handler);
     let file = std::fs::metadata(path).map(|m| SocketFile {
         path: path.to_path_buf(),
         dev: m.dev(),
         ino: m.ino(),
     });
-    Ok(Server::start(
-        Family::Unix,
-        listener.as_shared_fd().clone(),
-        file.ok(),
-        Box::new(move |inner: &Rc<Inner>, fd: OwnedFd| {
-            let stream = UnixStream::from_owned(fd);
-            let shared = stream.as_shared_fd().clone();
-            let handler = handler.clone();
-            inner.start_connection(shared, Family::Unix, move |signal| handler(stream, signal));
-        }),
-    ))
+    let server = Server::new(Box::new(serve_unix(handler)));
+    server.listen(Family::Unix, listener.as_shared_fd().clone(), file.ok());
+    Ok(server)
 }
 
 /// A running server: its listening sockets and the connections they accepted (asyncio's
 /// `Server`). Cheap to clone: every clone is a handle on the same server.
 ///
-/// Made by [`start_server`], [`start_unix_server`], [`Server::tcp`] and [`Server::unix`]; it
-/// starts accepting at once. See the [module docs](self) for shutting it down.
+/// Made by [`start_server`], [`start_unix_server`], [`Server::tcp`] and [`Server::unix`]; on
+/// each shard of a thread-per-core set, by [`ShardListeners::serve`](crate::ShardListeners::serve)
+/// and [`ShardAcceptor::serve`](crate::ShardAcceptor::serve). It starts accepting at once. See
+/// the [module docs](self) for shutting it down.
 ///
 /// The server holds a handle on each connection's socket while its handler runs (for
 /// [`close_clients`](Self::close_clients) and [`abort_clients`](Self::abort_clients)), and lets
@@ -213,18 +208,9 @@ impl Server {
         H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
         Fut: Future + 'static,
     {
-        let handler = Rc::new(handler);
-        Server::start(
-            Family::Tcp,
-            listener.as_shared_fd().clone(),
-            None,
-            Box::new(move |inner: &Rc<Inner>, fd: OwnedFd| {
-                let stream = TcpStream::from_owned(fd);
-                let shared = stream.as_shared_fd().clone();
-                let handler = handler.clone();
-                inner.start_connection(shared, Family::Tcp, move |signal| handler(stream, signal));
-            }),
-        )
+        let server = Server::new(Box::new(serve_tcp(handler)));
+        server.listen(Family::Tcp, listener.as_shared_fd().clone(), None);
+        server
     }
 
     /// Serves each connection `listener` accepts with `handler`, a task per connection. The
@@ -237,29 +223,58 @@ impl Server {
         H: Fn(UnixStream, ShutdownSignal) -> Fut + 'static,
         Fut: Future + 'static,
     {
-        let handler = Rc::new(handler);
-        Server::start(
-            Family::Unix,
-            listener.as_shared_fd().clone(),
-            None,
-            Box::new(move |inner: &Rc<Inner>, fd: OwnedFd| {
-                let stream = UnixStream::from_owned(fd);
-                let shared = stream.as_shared_fd().clone();
-                let handler = handler.clone();
-                inner.start_connection(shared, Family::Unix, move |signal| handler(stream, signal));
-            }),
-        )
+        let server = Server::new(Box::new(serve_unix(handler)));
+        server.listen(Family::Unix, listener.as_shared_fd().clone(), None);
+        server
     }
 
-    fn start(
-        family: Family,
-        fd: SharedFd,
-        file: Option<SocketFile>,
-        serve: Box<ServeFn>,
-    ) -> Server {
+    /// A TCP server for one shard of a [`ShardAcceptor`](crate::ShardAcceptor): it serves
+    /// what `inbox` hands over (the other shards), or accepts on `listener` and hands each
+    /// connection to `route`, which gives back those this shard serves itself (the
+    /// accepting shard).
+    pub(crate) fn tcp_sharded<H, Fut>(
+        handler: H,
+        listener: Option<(TcpListener, Box<Route>)>,
+        inbox: Option<Arc<Inbox>>,
+    ) -> Server
+    where
+        H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
+        Fut: Future + 'static,
+    {
+        let serve = serve_tcp(handler);
+        let Some((listener, route)) = listener else {
+            let server = Server::new(Box::new(serve));
+            if let Some(inbox) = inbox {
+                server.feed(inbox);
+            }
+            return server;
+        };
+        let server = Server::new(Box::new(
+            move |inner: &Rc<Inner>, fd: OwnedFd, assigned: Option<Assigned>| {
+                let local = match assigned {
+                    Some(a) => Some((fd, Some(a))),
+                    // After `shutdown_now`: `start_connection` closes it unserved, here.
+                    None if inner.forced.get() => Some((fd, None)),
+                    None => route(fd).map(|(fd, a)| (fd, Some(a))),
+                };
+                if let Some((fd, assigned)) = local {
+                    serve(inner, fd, assigned);
+                }
+            },
+        ));
+        server.listen(Family::Tcp, listener.as_shared_fd().clone(), None);
+        if let Some(inbox) = inbox {
+            server.feed(inbox);
+        }
+        server
+    }
+
+    /// A server with no source of connections yet.
+    fn new(serve: Box<ServeFn>) -> Server {
         let inner = Rc::new(Inner {
             state: Cell::new(State::Serving),
             listeners: RefCell::new(Vec::new()),
+            feeds: RefCell::new(Vec::new()),
             conns: RefCell::new(Slab::new()),
             serve,
             signal: ShutdownSignal::new(),
@@ -270,6 +285,12 @@ impl Server {
             forced: Cell::new(false),
             error: RefCell::new(None),
         });
+        Server { inner }
+    }
+
+    /// Adds a listening socket and starts its accept task.
+    fn listen(&self, family: Family, fd: SharedFd, file: Option<SocketFile>) {
+        let inner = &self.inner;
         let listening = Rc::new(Listening {
             fd,
             family,
@@ -281,7 +302,24 @@ impl Server {
         inner.listeners.borrow_mut().push(listening.clone());
         let task = spawn(accept_loop(inner.clone(), listening.clone()));
         *listening.task.borrow_mut() = Some(task.as_ref().clone());
-        Server { inner }
+    }
+
+    /// Adds an inbox of connections handed over by another shard and starts its feed task.
+    fn feed(&self, inbox: Arc<Inbox>) {
+        let inner = &self.inner;
+        let feeding = Rc::new(Feeding {
+            inbox,
+            task: RefCell::new(None),
+        });
+        inner.feeds.borrow_mut().push(feeding.clone());
+        // The guard is the task's from the start: a task dropped before it first runs (its
+        // runtime ending) still closes its inbox.
+        let guard = FeedGuard {
+            inner: inner.clone(),
+            feeding: feeding.clone(),
+        };
+        let task = spawn(feed_loop(guard));
+        *feeding.task.borrow_mut() = Some(task.as_ref().clone());
     }
 
     /// Stops accepting (asyncio's `close()`): the listening sockets refuse new connections
@@ -295,10 +333,13 @@ impl Server {
     }
 
     /// Whether the server still accepts connections (asyncio's `is_serving()`): not closed,
-    /// and some listening socket has not failed (see [`take_error`](Self::take_error)).
+    /// and some listening socket has not failed (see [`take_error`](Self::take_error)), or,
+    /// on a shard of a [`ShardAcceptor`](crate::ShardAcceptor), it takes connections handed
+    /// over.
     pub fn is_serving(&self) -> bool {
         self.inner.state.get() == State::Serving
-            && self.inner.listeners.borrow().iter().any(|l| l.open.get())
+            && (self.inner.listeners.borrow().iter().any(|l| l.open.get())
+                || !self.inner.feeds.borrow().is_empty())
     }
 
     /// The addresses of the sockets it listens on (asyncio's `sockets`); empty once closed.
@@ -736,8 +777,47 @@ enum State {
     Closed,
 }
 
-/// Wraps an accepted descriptor into the listener's stream type and starts its handler.
-type ServeFn = dyn Fn(&Rc<Inner>, OwnedFd);
+/// Wraps an accepted descriptor into the listener's stream type and starts its handler. The
+/// [`Assigned`] of a connection handed over between shards is kept as long as its handler runs.
+type ServeFn = dyn Fn(&Rc<Inner>, OwnedFd, Option<Assigned>);
+
+/// Where the accepting shard of a [`ShardAcceptor`](crate::ShardAcceptor) sends a connection:
+/// to another shard (`None`), or back to this one, to serve here.
+pub(crate) type Route = dyn Fn(OwnedFd) -> Option<(OwnedFd, Assigned)>;
+
+/// The [`ServeFn`] of a TCP server.
+fn serve_tcp<H, Fut>(handler: H) -> impl Fn(&Rc<Inner>, OwnedFd, Option<Assigned>)
+where
+    H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
+    Fut: Future + 'static,
+{
+    let handler = Rc::new(handler);
+    move |inner: &Rc<Inner>, fd: OwnedFd, assigned: Option<Assigned>| {
+        let stream = TcpStream::from_owned(fd);
+        let shared = stream.as_shared_fd().clone();
+        let handler = handler.clone();
+        inner.start_connection(shared, Family::Tcp, assigned, move |signal| {
+            handler(stream, signal)
+        });
+    }
+}
+
+/// The [`ServeFn`] of a Unix server.
+fn serve_unix<H, Fut>(handler: H) -> impl Fn(&Rc<Inner>, OwnedFd, Option<Assigned>)
+where
+    H: Fn(UnixStream, ShutdownSignal) -> Fut + 'static,
+    Fut: Future + 'static,
+{
+    let handler = Rc::new(handler);
+    move |inner: &Rc<Inner>, fd: OwnedFd, assigned: Option<Assigned>| {
+        let stream = UnixStream::from_owned(fd);
+        let shared = stream.as_shared_fd().clone();
+        let handler = handler.clone();
+        inner.start_connection(shared, Family::Unix, assigned, move |signal| {
+            handler(stream, signal)
+        });
+    }
+}
 
 /// The socket file [`start_unix_server`] created, removed at close if it is still that file.
 struct SocketFile {
@@ -823,6 +903,13 @@ impl Listening {
     }
 }
 
+/// An inbox of connections that another shard's acceptor hands over, and its feed task.
+struct Feeding {
+    inbox: Arc<Inbox>,
+    /// The feed task (for [`Inner::abort_all`]).
+    task: RefCell<Option<TaskRef>>,
+}
+
 /// One open connection.
 struct Conn {
     /// The connection's socket, for `close_clients` and `abort_clients`. Dropped with the
@@ -834,16 +921,21 @@ struct Conn {
     cancelled: bool,
     /// Dropped by `abort_all`.
     aborted: bool,
+    /// A connection handed over by a [`ShardAcceptor`](crate::ShardAcceptor): counted as
+    /// live on this shard until the entry goes with its handler.
+    _assigned: Option<Assigned>,
 }
 
 struct Inner {
     state: Cell<State>,
     /// The listening sockets whose accept task has not ended.
     listeners: RefCell<Vec<Rc<Listening>>>,
+    /// The inboxes whose feed task has not ended.
+    feeds: RefCell<Vec<Rc<Feeding>>>,
     conns: RefCell<Slab<Conn>>,
     serve: Box<ServeFn>,
     signal: ShutdownSignal,
-    /// Set by `close`: wakes the accept tasks.
+    /// Set by `close`: wakes the accept and feed tasks.
     closing: Event,
     /// Set once closed with no accept task and no connection left.
     done: Event,
@@ -871,14 +963,15 @@ impl Inner {
     fn check_done(&self) {
         if self.state.get() == State::Closed
             && self.listeners.borrow().is_empty()
+            && self.feeds.borrow().is_empty()
             && self.conns.borrow().is_empty()
         {
             self.done.set();
         }
     }
 
-    fn serve_fd(self: &Rc<Self>, fd: OwnedFd) {
-        (self.serve)(self, fd);
+    fn serve_fd(self: &Rc<Self>, fd: OwnedFd, assigned: Option<Assigned>) {
+        (self.serve)(self, fd, assigned);
     }
 
     /// Registers a connection and spawns its handler. The handler is called inside the
@@ -888,6 +981,7 @@ impl Inner {
         self: &Rc<Self>,
         fd: SharedFd,
         family: Family,
+        assigned: Option<Assigned>,
         handler: impl FnOnce(ShutdownSignal) -> Fut + 'static,
     ) {
         self.accepted.set(self.accepted.get() + 1);
@@ -902,6 +996,7 @@ impl Inner {
             task: None,
             cancelled: false,
             aborted: false,
+            _assigned: assigned,
         });
         let guard = ConnGuard {
             inner: self.clone(),
@@ -955,7 +1050,8 @@ impl Inner {
         }
     }
 
-    /// Drops every handler and accept task at the next scheduling point; how many handlers.
+    /// Drops every handler, accept task and feed task at the next scheduling point; how many
+    /// handlers.
     fn abort_all(&self) -> usize {
         let tasks: Vec<TaskRef> = self
             .conns
@@ -972,6 +1068,12 @@ impl Inner {
             .borrow()
             .iter()
             .filter_map(|l| l.task.borrow().clone())
+            .chain(
+                self.feeds
+                    .borrow()
+                    .iter()
+                    .filter_map(|f| f.task.borrow().clone()),
+            )
             .collect();
         let n = tasks.len();
         for t in tasks.into_iter().chain(accepting) {
@@ -1036,7 +1138,7 @@ async fn accept_loop(inner: Rc<Inner>, listening: Rc<Listening>) {
         match next {
             First::Left(Ok(fd)) => {
                 backoff = MIN_BACKOFF;
-                inner.serve_fd(fd);
+                inner.serve_fd(fd, None);
             }
             // Woken by our own close (`EINVAL` from a listener shut down).
             First::Left(Err(_)) if !listening.open.get() => break,
@@ -1072,9 +1174,56 @@ async fn accept_loop(inner: Rc<Inner>, listening: Rc<Listening>) {
         }
     }
     for fd in listening.take_pending() {
-        inner.serve_fd(fd);
+        inner.serve_fd(fd, None);
     }
-    acceptor.drain(|fd| inner.serve_fd(fd)).await;
+    acceptor.drain(|fd| inner.serve_fd(fd, None)).await;
+}
+
+/// Takes its inbox out of the server when the feed task ends, however it ends. The inbox is
+/// closed first: what another shard hands over from then on is refused (and given to another
+/// shard), and whatever is still queued is closed here, so no descriptor is left behind in it.
+struct FeedGuard {
+    inner: Rc<Inner>,
+    feeding: Rc<Feeding>,
+}
+
+impl Drop for FeedGuard {
+    fn drop(&mut self) {
+        drop(self.feeding.inbox.close());
+        self.feeding.task.borrow_mut().take();
+        self.inner
+            .feeds
+            .borrow_mut()
+            .retain(|f| !Rc::ptr_eq(f, &self.feeding));
+        self.inner.check_done();
+    }
+}
+
+/// The feed task of one inbox: serves what another shard hands over until the server is
+/// closed, then closes the inbox (new hand-overs are refused, so the acceptor gives them to
+/// another shard) and serves what was already handed over, as an accept task serves the
+/// connections the kernel had already accepted.
+async fn feed_loop(guard: FeedGuard) {
+    let inner = &guard.inner;
+    let inbox = &guard.feeding.inbox;
+    while inner.state.get() == State::Serving {
+        match first(inbox.recv(), inner.closing.wait()).await {
+            First::Left(batch) => {
+                for (fd, assigned) in batch {
+                    inner.serve_fd(fd, Some(assigned));
+                }
+            }
+            First::Right(Ok(())) => break,
+            First::Right(Err(_cancelled)) => {
+                // The feed task itself was cancelled (the runtime is ending): close.
+                inner.close();
+                break;
+            }
+        }
+    }
+    for (fd, assigned) in inbox.close() {
+        inner.serve_fd(fd, Some(assigned));
+    }
 }
 
 /// Accepts on one listening socket: one multishot accept on io_uring, an accept op at a time

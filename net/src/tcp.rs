@@ -62,6 +62,14 @@ impl TcpListenerBuilder {
     /// # Errors
     /// The real errno: `EADDRINUSE`, `EACCES`, `EMFILE`, ...
     pub fn bind(self) -> io::Result<TcpListener> {
+        let socket = self.bind_socket()?;
+        Ok(TcpListener {
+            fd: SharedFd::new(socket.into()),
+        })
+    }
+
+    /// Creates, binds and listens, outside any runtime (the socket can cross threads).
+    pub(crate) fn bind_socket(&self) -> io::Result<Socket> {
         let socket = new_socket(self.addr)?;
         socket.set_reuse_address(self.reuse_address)?;
         if self.reuse_port {
@@ -69,9 +77,7 @@ impl TcpListenerBuilder {
         }
         socket.bind(&SockAddr::from(self.addr))?;
         socket.listen(self.backlog)?;
-        Ok(TcpListener {
-            fd: SharedFd::new(socket.into()),
-        })
+        Ok(socket)
     }
 }
 

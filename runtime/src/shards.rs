@@ -74,6 +74,42 @@ pub enum Placement {
     Unpinned,
 }
 
+impl Placement {
+    /// The CPU each of `count` shards is pinned to under this placement, by shard index, as
+    /// [`ShardsBuilder::start`] pins them; `None` for [`Placement::Unpinned`]. Known before the
+    /// shards start, so a listener group can steer each connection to the shard on the CPU
+    /// that received it.
+    ///
+    /// ```
+    /// use ringloop_runtime::Placement;
+    ///
+    /// let cpus = Placement::Cpus(vec![2, 3]).shard_cpus(4).unwrap();
+    /// assert_eq!(cpus, Some(vec![2, 3, 2, 3]));
+    /// assert_eq!(Placement::Unpinned.shard_cpus(4).unwrap(), None);
+    /// ```
+    ///
+    /// # Errors
+    /// As [`ShardsBuilder::start`]: `Cpus` with no CPU, or the affinity mask cannot be read.
+    pub fn shard_cpus(&self, count: usize) -> io::Result<Option<Vec<usize>>> {
+        Ok(self
+            .cpu_list()?
+            .map(|cpus| (0..count).map(|i| place(&cpus, i, count)).collect()))
+    }
+
+    /// The CPUs to place on, in order; `None` for unpinned shards.
+    fn cpu_list(&self) -> io::Result<Option<Vec<usize>>> {
+        match self {
+            Placement::Unpinned => Ok(None),
+            Placement::Cpus(cpus) if cpus.is_empty() => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Placement::Cpus needs at least one CPU",
+            )),
+            Placement::Cpus(cpus) => Ok(Some(cpus.clone())),
+            Placement::Spread => allowed_cpus().map(Some),
+        }
+    }
+}
+
 /// A builder for a set of [`Shards`]: how many, where they run, their thread names and each
 /// shard's runtime options.
 pub struct ShardsBuilder {
@@ -158,7 +194,7 @@ impl ShardsBuilder {
         Fut: Future + 'static,
         Fut::Output: Send + 'static,
     {
-        let cpus = self.cpus()?;
+        let cpus = self.placement.cpu_list()?;
         let count = match (self.count, &cpus) {
             (Some(0), _) => {
                 return Err(io::Error::new(
@@ -243,19 +279,6 @@ impl ShardsBuilder {
             handles,
             stopper,
         })
-    }
-
-    /// The CPUs to pin to, in shard order; `None` for unpinned shards.
-    fn cpus(&self) -> io::Result<Option<Vec<usize>>> {
-        match &self.placement {
-            Placement::Unpinned => Ok(None),
-            Placement::Cpus(cpus) if cpus.is_empty() => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "Placement::Cpus needs at least one CPU",
-            )),
-            Placement::Cpus(cpus) => Ok(Some(cpus.clone())),
-            Placement::Spread => allowed_cpus().map(Some),
-        }
     }
 }
 

@@ -321,6 +321,9 @@ fn placement_pins_each_shard_to_its_cpu() {
         .unwrap();
     let placed = shards.join().unwrap();
     assert_eq!(placed.len(), cpus.len());
+    // `shard_cpus` says where they go before they start.
+    let told = Placement::Spread.shard_cpus(cpus.len()).unwrap();
+    assert_eq!(told, Some(placed.iter().map(|(c, _)| c.unwrap()).collect()));
     for ((cpu, allowed), expected) in placed.into_iter().zip(&cpus) {
         assert_eq!(cpu, Some(*expected));
         assert_eq!(allowed, vec![*expected]);
