@@ -19,6 +19,12 @@
 //! It prints its stats and a `shutdown finished=N cancelled=N aborted=N immediate=B` line to
 //! stderr when it stops, and exits 0 (1 if a second signal cut the shutdown short). SIGUSR1
 //! prints a one-line snapshot of its counters to stderr and goes on.
+//!
+//! `--threads N` serves with N shards ([`Shards`]: a runtime per thread, pinned one per CPU, or
+//! to the CPUs of `--cpus`), each accepting on its own `SO_REUSEPORT` listener of the same
+//! address ([`ShardListeners`]) and shutting down the same way; it prints a `shard I
+//! accepted=N ...` line per shard when it stops, and the counters summed over the shards.
+//! `--threads 1` (the default) is the single-runtime server.
 
 use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
@@ -26,9 +32,13 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use ringloop::net::{
-    PooledBuf, PooledReceiver, SendAllError, Server, ShutdownSignal, TcpListener, TcpStream,
+    PooledBuf, PooledReceiver, SendAllError, Server, ShardListeners, ShutdownSignal, TcpListener,
+    TcpStream,
 };
-use ringloop::{is_cancelled, signal, spawn, Backend, Runtime, RuntimeStats, SignalKind};
+use ringloop::{
+    is_cancelled, signal, spawn, Backend, Handle, Placement, Runtime, RuntimeStats, Shards,
+    SignalKind,
+};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
@@ -76,6 +86,13 @@ struct Args {
     /// cancelled.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+    /// Shards: runtimes on their own threads, each on its own `SO_REUSEPORT` listener.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// CPUs to pin the shards to, comma-separated (shard i on the i-th, round robin); default:
+    /// one per CPU this process may use, spread evenly.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
 }
 
 fn main() -> ExitCode {
@@ -101,14 +118,16 @@ fn serve(args: Args) -> std::io::Result<bool> {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--grace: {e}"))
     })?;
     raise_nofile_limit();
-    let rt = Runtime::builder()
-        .backend(backend)
-        .buffer_pool(args.pool_buffers, args.pool_buf_size)
-        .zero_copy_send(args.zero_copy)
-        .registered_fds(args.registered_fds)
-        .recv_bundles(!args.no_recv_bundles)
-        .multishot_recv(!args.no_multishot_recv)
-        .build()?;
+    if args.threads == 0 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "--threads: at least 1",
+        ));
+    }
+    if args.threads > 1 || args.cpus.is_some() {
+        return serve_sharded(args, backend, grace);
+    }
+    let rt = runtime_builder(&args, backend).build()?;
     let description = rt.backend_description();
     let report = rt.block_on(async {
         report_on_sigusr1()?;
@@ -133,6 +152,133 @@ fn serve(args: Args) -> std::io::Result<bool> {
         report.finished, report.cancelled, report.aborted, report.immediate
     );
     Ok(!report.immediate)
+}
+
+/// The runtime as the flags ask for it.
+fn runtime_builder(args: &Args, backend: Backend) -> ringloop::Builder {
+    Runtime::builder()
+        .backend(backend)
+        .buffer_pool(args.pool_buffers, args.pool_buf_size)
+        .zero_copy_send(args.zero_copy)
+        .registered_fds(args.registered_fds)
+        .recv_bundles(!args.no_recv_bundles)
+        .multishot_recv(!args.no_multishot_recv)
+}
+
+/// What one shard ends with.
+struct ShardEnd {
+    report: ringloop::net::ShutdownReport,
+    accepted: u64,
+    stats: RuntimeStats,
+}
+
+/// Serves with `--threads` shards, each a runtime on its own thread with its own listener on
+/// the same address; each shuts down on SIGTERM or SIGINT as the single-runtime server does.
+fn serve_sharded(args: Args, backend: Backend, grace: Duration) -> std::io::Result<bool> {
+    let threads = args.threads;
+    let listeners = ShardListeners::builder(args.addr, threads)
+        .backlog(args.backlog)
+        .bind()?;
+    let addr = listeners.local_addr();
+    let placement = match &args.cpus {
+        Some(cpus) => Placement::Cpus(cpus.clone()),
+        None => Placement::Spread,
+    };
+    let announce = args.announce;
+    let args = std::sync::Arc::new(args);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Backend>();
+    let shards = Shards::builder()
+        .count(threads)
+        .placement(placement)
+        .thread_name("echo-shard")
+        .runtime({
+            let args = args.clone();
+            move |_| runtime_builder(&args, backend)
+        })
+        .start(move |shard| {
+            let listeners = listeners.clone();
+            let ready = ready_tx.clone();
+            async move {
+                if shard.index() == 0 {
+                    report_on_sigusr1_sharded(shard.handles().to_vec())?;
+                }
+                let server = listeners.serve(&shard, echo)?;
+                let stopped = server.shutdown_on_signals(grace)?;
+                let _ = ready.send(ringloop::current_backend());
+                drop(ready);
+                let report = stopped.await?;
+                Ok::<_, std::io::Error>(ShardEnd {
+                    report,
+                    accepted: server.accepted_total(),
+                    stats: ringloop::current_stats(),
+                })
+            }
+        })?;
+    // Every shard listens for the signals before the line is printed.
+    let mut started = 0;
+    let mut chosen = None;
+    while started < threads {
+        match ready_rx.recv() {
+            Ok(b) => {
+                chosen = Some(b);
+                started += 1;
+            }
+            // Every shard's sender is gone: one failed before it was ready.
+            Err(_) => break,
+        }
+    }
+    if started == threads && announce {
+        println!(
+            "listening on {addr} ({:?}, {threads} shards)",
+            chosen.unwrap_or(backend)
+        );
+    }
+    let mut total = RuntimeStats::default();
+    let mut graceful = started == threads;
+    for (i, end) in shards.join_all().into_iter().enumerate() {
+        match end {
+            Ok(Ok(end)) => {
+                total.add(&end.stats);
+                let r = &end.report;
+                eprintln!(
+                    "shard {i} accepted={} finished={} cancelled={} aborted={} immediate={}",
+                    end.accepted, r.finished, r.cancelled, r.aborted, r.immediate
+                );
+                graceful &= !r.immediate;
+            }
+            Ok(Err(e)) => {
+                eprintln!("shard {i}: {e}");
+                graceful = false;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                graceful = false;
+            }
+        }
+    }
+    eprintln!("final stats {}", counters(&total));
+    Ok(graceful)
+}
+
+/// On SIGUSR1 (listened for on shard 0), prints one line of counters summed over every shard.
+fn report_on_sigusr1_sharded(handles: Vec<Handle>) -> std::io::Result<()> {
+    let mut listener = signal(SignalKind::user_defined1())?;
+    spawn(async move {
+        while listener.recv().await.is_ok() {
+            let asks: Vec<_> = handles
+                .iter()
+                .map(|h| h.spawn(|| async { ringloop::current_stats() }))
+                .collect();
+            let mut total = RuntimeStats::default();
+            for ask in asks {
+                if let Ok(s) = ask.await {
+                    total.add(&s);
+                }
+            }
+            eprintln!("stats {}", counters(&total));
+        }
+    });
+    Ok(())
 }
 
 /// Chunks written back in one gather write, at most.
