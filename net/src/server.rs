@@ -65,7 +65,8 @@
 //!   handlers like any other, then makes the listening socket refuse new ones
 //!   (`ECONNREFUSED`). One window remains on TCP, and Linux offers no way to close it: a
 //!   handshake that completes in the microseconds between the last accept and the close is
-//!   reset. Connections the kernel queued while the process was out of descriptors (`EMFILE`)
+//!   reset (or, completing on another CPU during the close, dropped without a reset: that
+//!   client sees the reset when it first sends). Connections the kernel queued while the process was out of descriptors (`EMFILE`)
 //!   cannot be taken and are reset as well.
 //! * [`close_clients`](Server::close_clients) shuts down the write side of each connection
 //!   (the client reads what was sent, then end of stream); the handlers go on and can still
