@@ -447,7 +447,10 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         plan.seconds,
         per_run * total_runs as f64,
         plan.pipeline,
-        match (pin, plan.threads.iter().any(|&t| t > 1)) {
+        match (
+            pin && plan.threads.contains(&1),
+            plan.threads.iter().any(|&t| t > 1),
+        ) {
             (false, _) => "no",
             (true, false) => "yes",
             (true, true) => "at 1 server thread",
