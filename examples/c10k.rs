@@ -10,7 +10,19 @@
 //!
 //! Each server runs as a child process (found next to this executable), pinned to CPU 0 with
 //! `taskset`; the load generator runs in this process on its own ringloop runtime, pinned to
-//! CPU 1 when there are two. For every cell of the matrix (connections × message size) and
+//! CPU 1 when there are two.
+//!
+//! `--threads LIST` adds server threads as a dimension (default `1`). At N > 1 the ringloop
+//! servers run `echo_server --threads N --no-pin` (N shards, each on its own `SO_REUSEPORT`
+//! listener), tokio runs as two backends, `tokio-mt` (its multi-thread runtime with N workers on
+//! one listener) and `tokio-rp` (N current-thread runtimes on `SO_REUSEPORT` listeners), and
+//! `protocol` is skipped (it serves on one thread). Nothing is pinned then: the server's
+//! threads and the client share every CPU, and the ratios compare against `tokio-mt`. The
+//! server's CPU time is the whole process's (`/proc/PID/stat` sums every thread), and a sharded
+//! server's `shard I accepted=N` lines at exit give the connections per shard, reported so an
+//! uneven spread shows.
+//!
+//! For every cell of the matrix (connections × message size) and
 //! every backend, the generator opens N connections with a bounded ramp, lets them ping-pong
 //! S-byte messages through a warm-up, then measures for D seconds: messages/s, round-trip
 //! latency percentiles (hdrhistogram), the server's CPU time per message (utime + stime from
@@ -20,13 +32,14 @@
 //! With `--pipeline P` each connection keeps P messages in flight instead of one (see
 //! [`pipelined`]); each message's round trip is still timed from its own send.
 //!
-//! After the matrix comes the shutdown check, for the ringloop servers (io_uring and epoll):
-//! 1 000 connections under load (200 with `--smoke`), then SIGTERM to the server. The clients
-//! stop sending at the signal, end their side once the server has stopped accepting, and read
-//! until the server's end of stream; the check passes if every byte each client sent before the signal came back, every connection
-//! ended with a FIN (no reset), and the server exited 0 within its grace (`--shutdown-grace`,
-//! passed to `echo_server --grace`). It prints one line per server, and a failure makes the
-//! run exit non-zero, in every mode (see [`shutdown_check`]).
+//! After the matrix comes the shutdown check, for the ringloop servers (io_uring and epoll, at
+//! every thread count): 1 000 connections under load (200 with `--smoke`), then SIGTERM to the
+//! server. The clients stop sending at the signal, end their side once the server has stopped
+//! accepting, and read until the server's end of stream; the check passes if every byte each
+//! client sent before the signal came back, every connection ended with a FIN (no reset), and
+//! the server exited 0 within its grace (`--shutdown-grace`, passed to `echo_server --grace`).
+//! It prints one line per server, and a failure makes the run exit non-zero, in every mode (see
+//! [`shutdown_check`]).
 //!
 //! A ringloop server prints its counters to stderr when it is stopped (a `final stats
 //! key=value ...` line); c10k reads `kernel_enters`, `buffer_exhaustions` and `cq_overflows`
@@ -83,6 +96,12 @@ struct Args {
         default_value = "uring,epoll,tokio,protocol"
     )]
     backends: Vec<String>,
+    /// Server threads, comma-separated [default: 1; 1,2 with --smoke]. At N > 1: the ringloop
+    /// servers with N unpinned shards, tokio as `tokio-mt` (multi-thread, N workers) and
+    /// `tokio-rp` (N current-thread runtimes on SO_REUSEPORT listeners), no `protocol`, and
+    /// neither server nor client pinned.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<Vec<u16>>,
     /// Messages in flight per connection: 1 is a ping-pong; P > 1 sends P back to back, then
     /// sends one more for each echo that comes back.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
@@ -90,7 +109,8 @@ struct Args {
     /// Another echo server to compare, as NAME=CMD; `{addr}` in CMD is replaced by the address
     /// to listen on, and the server must print a line containing "listening on" to stdout.
     /// CMD is split into words as a POSIX shell would (quotes and backslashes work; variables
-    /// and globs are not expanded).
+    /// and globs are not expanded). It runs at every `--threads` count if CMD contains
+    /// `{threads}` (replaced by the count), else at 1 thread only.
     #[arg(long = "server", value_name = "NAME=CMD")]
     servers: Vec<String>,
     /// Connects in flight at once while opening connections (the ramp).
@@ -99,7 +119,8 @@ struct Args {
     /// About 30 seconds: 100,1000 connections × 64 B, 2 s, 1 rep.
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
-    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep; exits non-zero on any error.
+    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep, and io_uring with 2 shards besides;
+    /// exits non-zero on any error.
     #[arg(long)]
     smoke: bool,
     /// Write every sample and the summary as JSON here.
@@ -108,7 +129,8 @@ struct Args {
     /// Write the chart (messages/s and p99 by connection count per backend) here.
     #[arg(long, default_value = "target/c10k/chart.svg")]
     svg: PathBuf,
-    /// Don't pin the server to CPU 0 and the client to CPU 1.
+    /// Don't pin the server to CPU 0 and the client to CPU 1 (at 1 server thread; at more,
+    /// nothing is pinned anyway).
     #[arg(long)]
     no_pin: bool,
     /// Connections of the shutdown check (SIGTERM under load) [default: 1000; 200 with
@@ -132,6 +154,8 @@ struct Plan {
     warmup: f64,
     reps: usize,
     ramp: usize,
+    /// Server thread counts (1: the single-threaded servers, pinned unless `--no-pin`).
+    threads: Vec<usize>,
     /// Messages in flight per connection (1: ping-pong).
     pipeline: usize,
     /// Connections of the shutdown check; `None` when it is skipped.
@@ -156,6 +180,16 @@ impl Plan {
             warmup: a.warmup.unwrap_or(warm),
             reps: a.reps.unwrap_or(reps).max(1),
             ramp: a.ramp.max(1),
+            threads: {
+                let default: &[u16] = if a.smoke { &[1, 2] } else { &[1] };
+                let mut threads: Vec<usize> = Vec::new();
+                for &t in a.threads.as_deref().unwrap_or(default) {
+                    if !threads.contains(&usize::from(t)) {
+                        threads.push(usize::from(t));
+                    }
+                }
+                threads
+            },
             pipeline: a.pipeline as usize,
             shutdown_connections: (!a.no_shutdown_check).then(|| {
                 a.shutdown_connections
@@ -177,10 +211,12 @@ struct ServerSpec {
     /// A built-in ringloop server (uring, epoll): it takes `--grace` and gets the shutdown
     /// check.
     graceful: bool,
+    /// The server's threads: 1 runs pinned (unless `--no-pin`), more run unpinned.
+    threads: usize,
 }
 
 impl ServerSpec {
-    fn new(name: String, argv: Vec<String>) -> ServerSpec {
+    fn new(name: String, argv: Vec<String>, threads: usize) -> ServerSpec {
         let window_stats = argv.iter().any(|a| {
             Path::new(a)
                 .file_name()
@@ -191,7 +227,32 @@ impl ServerSpec {
             argv,
             window_stats,
             graceful: false,
+            threads,
         }
+    }
+
+    /// The name, with the thread count when it is above 1 (for the chart and messages).
+    fn label(&self) -> String {
+        if self.threads > 1 {
+            format!("{} ×{}", self.name, self.threads)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// Whether this server and the client are pinned (server on CPU 0, client on CPU 1).
+    fn pinned(&self, pin: bool) -> bool {
+        pin && self.threads == 1
+    }
+}
+
+/// The ratios' baseline at `threads` server threads: tokio's current-thread server alone, its
+/// multi-thread runtime with as many workers beside the sharded servers.
+fn baseline(threads: usize) -> &'static str {
+    if threads > 1 {
+        "tokio-mt"
+    } else {
+        "tokio"
     }
 }
 
@@ -199,6 +260,10 @@ impl ServerSpec {
 #[derive(Debug, Clone, Serialize)]
 struct Sample {
     backend: String,
+    /// The server's threads.
+    threads: usize,
+    /// Whether the server ran on CPU 0 and the client on CPU 1 (else neither was pinned).
+    pinned: bool,
     connections: usize,
     size: usize,
     rep: usize,
@@ -254,6 +319,9 @@ struct Sample {
     /// is charged to whatever runs there: when the client falls behind, every server's CPU
     /// per message rises with it.
     tcp_delayed_acks_per_msg: Option<f64>,
+    /// Connections each shard accepted, in shard order, from the `shard I accepted=N` lines a
+    /// sharded server prints at exit; `None` for a server that prints none.
+    shard_accepted: Option<Vec<u64>>,
 }
 
 /// Median and range of one metric over the repetitions.
@@ -288,6 +356,7 @@ impl Stat {
 #[derive(Debug, Clone, Serialize)]
 struct Summary {
     backend: String,
+    threads: usize,
     connections: usize,
     size: usize,
     reps: usize,
@@ -312,6 +381,9 @@ struct Summary {
     tcp_rto_timeouts: Option<u64>,
     /// Per echoed message, over the measured windows (see [`Sample`]).
     tcp_delayed_acks_per_msg: Option<Stat>,
+    /// Connections accepted per shard, one list per repetition (see [`Sample`]); empty for a
+    /// server that prints no shard lines.
+    shard_accepted: Vec<Vec<u64>>,
     connect_errors: u64,
     io_errors: u64,
 }
@@ -341,15 +413,13 @@ fn main() -> ExitCode {
 /// Runs the whole comparison; `Ok(false)` when `--smoke` saw an error.
 fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let plan = Plan::from_args(args);
-    let servers = server_specs(args)?;
+    let servers = server_specs(args, &plan.threads)?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = !args.no_pin && cpus >= 2;
     if pin && which("taskset").is_none() {
         eprintln!("note: `taskset` not found; the servers run unpinned");
     }
-    if pin {
-        pin_self_to_cpu(1);
-    }
+    let client_cpus = ClientCpus::new();
     let max_conns = plan
         .connections
         .iter()
@@ -377,8 +447,27 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         plan.seconds,
         per_run * total_runs as f64,
         plan.pipeline,
-        if pin { "yes" } else { "no" }
+        match (
+            pin && plan.threads.contains(&1),
+            plan.threads.iter().any(|&t| t > 1),
+        ) {
+            (false, _) => "no",
+            (true, false) => "yes",
+            (true, true) => "at 1 server thread",
+        }
     );
+    if plan.threads.iter().any(|&t| t > 1) {
+        println!(
+            "server threads: {}; above 1 neither the server nor the client is pinned (they \
+             share this machine's {cpus} CPU(s)), the server's CPU is the sum over its threads, \
+             and ×tokio compares with tokio-mt (tokio's multi-thread runtime, as many workers)",
+            plan.threads
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
 
     let pb = ProgressBar::new(total_runs as u64);
     pb.set_style(
@@ -398,25 +487,28 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
                 pb.set_message(format!(
                     "rep {} · {conns} conns × {size} B · {}",
                     rep + 1,
-                    spec.name
+                    spec.label()
                 ));
-                match measure(spec, conns, size, rep, &plan, pin) {
+                client_cpus.place(spec.pinned(pin));
+                match measure(spec, conns, size, rep, &plan, spec.pinned(pin)) {
                     Ok(s) => {
                         if s.connect_errors + s.io_errors > 0 {
                             say(
                                 &pb,
                                 format!(
                                     "{} {conns}×{size}B: {} connect error(s), {} I/O error(s)",
-                                    spec.name, s.connect_errors, s.io_errors
+                                    spec.label(),
+                                    s.connect_errors,
+                                    s.io_errors
                                 ),
                             );
                         }
                         samples.push(s);
                     }
                     Err(e) => {
-                        say(&pb, format!("{}: {e}", spec.name));
-                        if !failed.contains(&spec.name) {
-                            failed.push(spec.name.clone());
+                        say(&pb, format!("{}: {e}", spec.label()));
+                        if !failed.contains(&spec.label()) {
+                            failed.push(spec.label());
                         }
                     }
                 }
@@ -436,7 +528,8 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     if let Some(conns) = plan.shutdown_connections {
         let size = plan.sizes.iter().copied().min().unwrap_or(64);
         for spec in servers.iter().filter(|s| s.graceful) {
-            let check = shutdown_check(spec, conns, size, &plan, pin);
+            client_cpus.place(spec.pinned(pin));
+            let check = shutdown_check(spec, conns, size, &plan, spec.pinned(pin));
             println!("{}", check.line());
             shutdown_checks.push(check);
         }
@@ -487,8 +580,12 @@ fn say(pb: &ProgressBar, line: String) {
     }
 }
 
-/// The built-in servers asked for with `--backends`, then every `--server NAME=CMD`.
-fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Error>> {
+/// The built-in servers asked for with `--backends` at every thread count of `threads`, then
+/// every `--server NAME=CMD`. Says which backends a thread count skips.
+fn server_specs(
+    args: &Args,
+    threads: &[usize],
+) -> Result<Vec<ServerSpec>, Box<dyn std::error::Error>> {
     let dir = std::env::current_exe()?
         .parent()
         .map(Path::to_path_buf)
@@ -505,34 +602,86 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
         Ok(p.to_string_lossy().into_owned())
     };
     let mut specs = Vec::new();
-    for b in &args.backends {
-        let argv = match b.as_str() {
-            "uring" | "epoll" => vec![
-                bin("echo_server")?,
-                "--backend".into(),
-                b.clone(),
-                "--addr".into(),
-                "{addr}".into(),
-            ],
-            "tokio" => vec![bin("tokio_echo_server")?, "--addr".into(), "{addr}".into()],
-            "protocol" => vec![
-                bin("echo_protocol")?,
-                "--backend".into(),
-                "uring".into(),
-                "--addr".into(),
-                "{addr}".into(),
-            ],
-            "" => continue,
-            other => {
-                return Err(format!(
-                    "unknown backend {other:?} (built-ins: uring, epoll, tokio, protocol; use --server NAME=CMD for others)"
-                )
-                .into())
-            }
-        };
-        let mut spec = ServerSpec::new(b.clone(), argv);
-        spec.graceful = b == "uring" || b == "epoll";
-        specs.push(spec);
+    for &t in threads {
+        // --smoke adds one sharded cell, io_uring's, unless --threads asks for more.
+        let smoke_extra = args.smoke && args.threads.is_none() && t > 1;
+        for b in &args.backends {
+            let n = t.to_string();
+            let (name, argv): (&str, Vec<String>) = match b.as_str() {
+                "uring" | "epoll" if t == 1 => (
+                    b,
+                    vec![
+                        bin("echo_server")?,
+                        "--backend".into(),
+                        b.clone(),
+                        "--addr".into(),
+                        "{addr}".into(),
+                    ],
+                ),
+                "uring" | "epoll" if smoke_extra && b != "uring" => continue,
+                "uring" | "epoll" => (
+                    b,
+                    vec![
+                        bin("echo_server")?,
+                        "--backend".into(),
+                        b.clone(),
+                        "--addr".into(),
+                        "{addr}".into(),
+                        "--threads".into(),
+                        n,
+                        "--no-pin".into(),
+                    ],
+                ),
+                "tokio" if t == 1 => (
+                    "tokio",
+                    vec![bin("tokio_echo_server")?, "--addr".into(), "{addr}".into()],
+                ),
+                "tokio" if smoke_extra => continue,
+                "tokio" => {
+                    for (name, flavor) in [("tokio-mt", "multi"), ("tokio-rp", "reuseport")] {
+                        let argv = vec![
+                            bin("tokio_echo_server")?,
+                            "--addr".into(),
+                            "{addr}".into(),
+                            "--threads".into(),
+                            n.clone(),
+                            "--flavor".into(),
+                            flavor.into(),
+                        ];
+                        specs.push(ServerSpec::new(name.into(), argv, t));
+                    }
+                    continue;
+                }
+                "protocol" if t == 1 => (
+                    "protocol",
+                    vec![
+                        bin("echo_protocol")?,
+                        "--backend".into(),
+                        "uring".into(),
+                        "--addr".into(),
+                        "{addr}".into(),
+                    ],
+                ),
+                "protocol" => {
+                    if !smoke_extra {
+                        println!(
+                            "note: protocol serves on one thread: not run at {t} server threads"
+                        );
+                    }
+                    continue;
+                }
+                "" => continue,
+                other => {
+                    return Err(format!(
+                        "unknown backend {other:?} (built-ins: uring, epoll, tokio, protocol; use --server NAME=CMD for others)"
+                    )
+                    .into())
+                }
+            };
+            let mut spec = ServerSpec::new(name.to_string(), argv, t);
+            spec.graceful = name == "uring" || name == "epoll";
+            specs.push(spec);
+        }
     }
     for s in &args.servers {
         let (name, cmd) = s
@@ -548,7 +697,22 @@ fn server_specs(args: &Args) -> Result<Vec<ServerSpec>, Box<dyn std::error::Erro
         if argv.is_empty() || !argv.iter().any(|a| a.contains("{addr}")) {
             return Err(format!("--server {s:?}: CMD must contain {{addr}}").into());
         }
-        specs.push(ServerSpec::new(name.to_string(), argv));
+        if argv.iter().any(|a| a.contains("{threads}")) {
+            for &t in threads {
+                let argv = argv
+                    .iter()
+                    .map(|a| a.replace("{threads}", &t.to_string()))
+                    .collect();
+                specs.push(ServerSpec::new(name.to_string(), argv, t));
+            }
+        } else if threads.contains(&1) {
+            specs.push(ServerSpec::new(name.to_string(), argv, 1));
+        } else {
+            println!(
+                "note: {name}'s command has no {{threads}}, so it runs at 1 thread only, which \
+                 --threads leaves out: not run"
+            );
+        }
     }
     if specs.is_empty() {
         return Err("no backends to compare".into());
@@ -603,13 +767,39 @@ fn which(cmd: &str) -> Option<PathBuf> {
     })
 }
 
-fn pin_self_to_cpu(cpu: usize) {
-    use nix::sched::{sched_setaffinity, CpuSet};
-    use nix::unistd::Pid;
-    let mut set = CpuSet::new();
-    if set.set(cpu).is_ok() {
+/// Where the client (the thread that runs the load) may run: CPU 1 beside a server pinned to
+/// CPU 0, or every CPU it was started with beside an unpinned server.
+struct ClientCpus {
+    /// The affinity mask this thread started with.
+    all: Option<nix::sched::CpuSet>,
+}
+
+impl ClientCpus {
+    fn new() -> ClientCpus {
+        ClientCpus {
+            all: nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).ok(),
+        }
+    }
+
+    /// Pins the client to CPU 1 (`pinned`), or lets it run on every CPU of [`Self::all`].
+    /// Threads started after this (the server's pipe readers) inherit the mask.
+    fn place(&self, pinned: bool) {
+        use nix::sched::{sched_setaffinity, CpuSet};
+        use nix::unistd::Pid;
+        let set = if pinned {
+            let mut one = CpuSet::new();
+            if one.set(1).is_err() {
+                return;
+            }
+            one
+        } else {
+            match self.all {
+                Some(all) => all,
+                None => return,
+            }
+        };
         if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
-            eprintln!("note: could not pin the client to CPU {cpu}: {e}");
+            eprintln!("note: could not set the client's CPUs (pinned to CPU 1: {pinned}): {e}");
         }
     }
 }
@@ -850,6 +1040,43 @@ impl WindowStats {
     }
 }
 
+/// The connections each shard accepted, in shard order, from the `shard I accepted=N ...`
+/// lines a sharded server prints at exit (`echo_server --threads N`, `tokio_echo_server
+/// --flavor reuseport`); a shard without a line counts 0. `None` when there is no such line.
+fn shard_accepted(stderr: &str) -> Option<Vec<u64>> {
+    let mut shards = BTreeMap::new();
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix("shard ") else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let Some(index) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
+            continue;
+        };
+        if let Some(n) = words
+            .find_map(|w| w.strip_prefix("accepted="))
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            shards.insert(index, n);
+        }
+    }
+    let count = shards.keys().next_back()? + 1;
+    Some(
+        (0..count)
+            .map(|i| shards.get(&i).copied().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// A per-shard split as `501/499`.
+fn fmt_split(split: &[u64]) -> String {
+    split
+        .iter()
+        .map(u64::to_string)
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 fn free_port() -> std::io::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     l.local_addr()
@@ -926,6 +1153,8 @@ fn measure(
     };
     Ok(Sample {
         backend: spec.name.clone(),
+        threads: spec.threads,
+        pinned: pin,
         connections: conns,
         size,
         rep,
@@ -961,6 +1190,7 @@ fn measure(
         tcp_delayed_acks_per_msg: NetCounters::delta(&net_start, &net_end, |n| n.delayed_acks)
             .filter(|_| out.messages > 0)
             .map(|n| n as f64 / out.messages as f64),
+        shard_accepted: shard_accepted(&stderr),
     })
 }
 
@@ -1373,13 +1603,19 @@ fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)
         for spec in servers {
             let v: Vec<&Sample> = samples
                 .iter()
-                .filter(|x| x.backend == spec.name && x.connections == c && x.size == s)
+                .filter(|x| {
+                    x.backend == spec.name
+                        && x.threads == spec.threads
+                        && x.connections == c
+                        && x.size == s
+                })
                 .collect();
             let Some(msgs) = Stat::of(v.iter().map(|x| x.msgs_per_s).collect()) else {
                 continue;
             };
             out.push(Summary {
                 backend: spec.name.clone(),
+                threads: spec.threads,
                 connections: c,
                 size: s,
                 reps: v.len(),
@@ -1430,6 +1666,7 @@ fn summarize(samples: &[Sample], servers: &[ServerSpec], cells: &[(usize, usize)
                         .filter_map(|x| x.tcp_delayed_acks_per_msg)
                         .collect(),
                 ),
+                shard_accepted: v.iter().filter_map(|x| x.shard_accepted.clone()).collect(),
                 connect_errors: v.iter().map(|x| x.connect_errors).sum(),
                 io_errors: v.iter().map(|x| x.io_errors).sum(),
             });
@@ -1454,13 +1691,21 @@ fn fmt_rate(x: f64) -> String {
 const DELAYED_ACK_STATE_GAP: f64 = 0.25;
 
 fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
-    let baseline = servers.iter().any(|s| s.name == "tokio");
     let bw = servers.iter().map(|s| s.name.len()).fold(8, usize::max);
+    let baseline_of = |r: &Summary| {
+        summary.iter().find(|t| {
+            t.backend == baseline(r.threads)
+                && t.threads == r.threads
+                && t.connections == r.connections
+                && t.size == r.size
+        })
+    };
     println!();
     println!(
-        "{:>6} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9} {:>10}  {:>7}",
+        "{:>6} {:>6} {:>3}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9} {:>10}  {:>7}",
         "conns",
         "size",
+        "thr",
         "backend",
         "msgs/s median [min–max]",
         "×tokio",
@@ -1472,22 +1717,26 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
         "enters/msg",
         "errors"
     );
-    let mut by_cell: BTreeMap<(usize, usize), Vec<&Summary>> = BTreeMap::new();
+    let mut by_cell: BTreeMap<(usize, usize, usize), Vec<&Summary>> = BTreeMap::new();
     for s in summary {
-        by_cell.entry((s.connections, s.size)).or_default().push(s);
+        by_cell
+            .entry((s.connections, s.size, s.threads))
+            .or_default()
+            .push(s);
     }
-    for ((c, size), rows) in by_cell {
-        let tokio = rows.iter().find(|r| r.backend == "tokio");
+    for ((c, size, threads), rows) in by_cell {
         for r in &rows {
+            let tokio = baseline_of(r);
             let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                (Some(a), Some(b)) if baseline && b > 0.0 => format!("{:.2}", a / b),
+                (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
                 _ => "-".into(),
             };
             let cpu = r.server_cpu_us_per_msg.map(|s| s.median);
             println!(
-                "{:>6} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9} {:>10}  {:>7}",
+                "{:>6} {:>6} {:>3}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>22} {:>9} {:>10}  {:>7}",
                 c,
                 size,
+                threads,
                 r.backend,
                 format!(
                     "{} [{}–{}]",
@@ -1530,45 +1779,83 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
          message over the measured window (ringloop's echo_server, read on SIGUSR1); with \
          \"*\": over its whole run (ramp, warm-up, window, drain); \"-\": it prints no stats"
     );
+    if summary.iter().any(|r| r.threads > 1) {
+        println!(
+            "thr: server threads; above 1, ×tokio is against tokio-mt (tokio's multi-thread \
+             runtime, as many workers; tokio-rp: as many current-thread runtimes on \
+             SO_REUSEPORT listeners), nothing is pinned, and CPU µs/msg and srv CPU (in % of \
+             one CPU) sum every thread of the server"
+        );
+    }
     let mut delayed_acks_noted = false;
     for r in summary {
+        let who = if r.threads > 1 {
+            format!(
+                "{} threads={} {}×{}B",
+                r.backend, r.threads, r.connections, r.size
+            )
+        } else {
+            format!("{} {}×{}B", r.backend, r.connections, r.size)
+        };
+        if !r.shard_accepted.is_empty() {
+            println!(
+                "note: {who}: connections accepted per shard {}{}",
+                r.shard_accepted
+                    .iter()
+                    .map(|split| fmt_split(split))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if r.shard_accepted.len() > 1 {
+                    " (one split per repetition)"
+                } else {
+                    ""
+                }
+            );
+        }
         let drops = r.kernel_packet_drops.unwrap_or(0);
         let rtos = r.tcp_rto_timeouts.unwrap_or(0);
         if rtos > 0 {
             println!(
-                "note: {} {}×{}B: {rtos} TCP retransmission timeout(s) fired in the measured \
+                "note: {who}: {rtos} TCP retransmission timeout(s) fired in the measured \
                  windows ({drops} packet(s) dropped at a full CPU backlog, \
                  net.core.netdev_max_backlog): each stalls a connection for 200 ms or more, so \
                  a p99 that high measures the kernel's loopback queue, not the server",
-                r.backend, r.connections, r.size
             );
         } else if drops > 0 {
             println!(
-                "note: {} {}×{}B: {drops} packet(s) dropped at a full CPU backlog \
+                "note: {who}: {drops} packet(s) dropped at a full CPU backlog \
                  (net.core.netdev_max_backlog), all recovered without a retransmission timeout",
-                r.backend, r.connections, r.size
             );
         }
         if let Some(acks) = r.tcp_delayed_acks_per_msg.filter(|a| a.median >= 0.1) {
             println!(
-                "note: {} {}×{}B: {:.2} delayed ACK(s) per message (median, both ends)",
-                r.backend, r.connections, r.size, acks.median
+                "note: {who}: {:.2} delayed ACK(s) per message (median, both ends)",
+                acks.median
             );
             delayed_acks_noted = true;
         }
         let tokio_acks = summary
             .iter()
-            .find(|t| t.backend == "tokio" && t.connections == r.connections && t.size == r.size)
+            .find(|t| {
+                t.backend == baseline(r.threads)
+                    && t.threads == r.threads
+                    && t.connections == r.connections
+                    && t.size == r.size
+            })
             .and_then(|t| t.tcp_delayed_acks_per_msg);
-        if let (Some(acks), Some(t), true) =
-            (r.tcp_delayed_acks_per_msg, tokio_acks, r.backend != "tokio")
-        {
+        if let (Some(acks), Some(t), true) = (
+            r.tcp_delayed_acks_per_msg,
+            tokio_acks,
+            r.backend != baseline(r.threads),
+        ) {
             if (t.median - acks.median).abs() >= DELAYED_ACK_STATE_GAP {
                 println!(
-                    "note: {} {}×{}B: tokio's cell ran at {:.2} delayed ACK(s) per message \
+                    "note: {who}: {}'s cell ran at {:.2} delayed ACK(s) per message \
                      against its {:.2}, so its ×tokio ratios compare two loopback states, not \
                      two servers",
-                    r.backend, r.connections, r.size, t.median, acks.median
+                    baseline(r.threads),
+                    t.median,
+                    acks.median
                 );
             }
         }
@@ -1576,9 +1863,8 @@ fn print_table(summary: &[Summary], servers: &[ServerSpec]) {
         let overflows = r.server_cq_overflows.unwrap_or(0);
         if exhausted + overflows > 0 {
             println!(
-                "note: {} {}×{}B: {exhausted} buffer pool exhaustion(s), {overflows} CQ \
+                "note: {who}: {exhausted} buffer pool exhaustion(s), {overflows} CQ \
                  overflow(s) in the server",
-                r.backend, r.connections, r.size
             );
         }
     }
@@ -1675,7 +1961,9 @@ fn draw_chart(
             for (si, &size) in sizes.iter().enumerate() {
                 let mut pts: Vec<(f64, f64)> = summary
                     .iter()
-                    .filter(|s| s.backend == spec.name && s.size == size)
+                    .filter(|s| {
+                        s.backend == spec.name && s.threads == spec.threads && s.size == size
+                    })
                     .map(|s| (s.connections as f64, metric(s)))
                     .collect();
                 if pts.is_empty() {
@@ -1692,7 +1980,7 @@ fn draw_chart(
                 // cross, in turn), in the legend too: two sizes of one backend would otherwise
                 // look the same there. One macro arm per shape, as each shape is its own type
                 // and a plotters series (or legend entry) takes one type.
-                let label = format!("{} {} B", spec.name, size);
+                let label = format!("{} {} B", spec.label(), size);
                 macro_rules! series {
                     ($marker:expr) => {{
                         chart
@@ -1730,6 +2018,8 @@ fn draw_chart(
 #[derive(Debug, Clone, Serialize)]
 struct ShutdownCheck {
     backend: String,
+    /// The server's threads (shards).
+    threads: usize,
     connections: usize,
     connected: usize,
     /// The server's grace, in seconds.
@@ -1754,7 +2044,8 @@ struct ShutdownCheck {
     exit_code: Option<i32>,
     /// Seconds from the signal to the server's exit, as seen by polling (every 2 ms).
     exit_after_s: Option<f64>,
-    /// The server's own account (`shutdown finished=N cancelled=N aborted=N ...`).
+    /// The server's own account (`shutdown finished=N cancelled=N aborted=N ...`; a sharded
+    /// server's `shard I accepted=N finished=N ...` lines, joined with `; `).
     server_report: Option<String>,
     /// Why the check could not run (the server did not start, say).
     failure: Option<String>,
@@ -1765,6 +2056,7 @@ impl ShutdownCheck {
     fn failed(spec: &ServerSpec, connections: usize, grace_s: f64, why: String) -> ShutdownCheck {
         ShutdownCheck {
             backend: spec.name.clone(),
+            threads: spec.threads,
             connections,
             connected: 0,
             grace_s,
@@ -1785,8 +2077,13 @@ impl ShutdownCheck {
 
     /// The line the job prints.
     fn line(&self) -> String {
+        let who = if self.threads > 1 {
+            format!("{} ({} threads)", self.backend, self.threads)
+        } else {
+            self.backend.clone()
+        };
         if let Some(why) = &self.failure {
-            return format!("shutdown {}: FAILED: {why}", self.backend);
+            return format!("shutdown {who}: FAILED: {why}");
         }
         let exit = match (self.exit_code, self.exit_after_s) {
             (Some(code), Some(t)) => format!("exited {code} after {t:.2} s"),
@@ -1794,11 +2091,10 @@ impl ShutdownCheck {
             _ => "did not exit in time".to_string(),
         };
         format!(
-            "shutdown {}: SIGTERM under load at {}/{} connections ({} open when it stopped \
+            "shutdown {who}: SIGTERM under load at {}/{} connections ({} open when it stopped \
              accepting): {} bytes sent before the signal, {} echoed ({} lost), {} \
              connection(s) reset, {} closed with a FIN, {} error(s); server {exit} (grace {} \
              s){}: {}",
-            self.backend,
             self.connected,
             self.connections,
             self.open_at_close,
@@ -1939,11 +2235,21 @@ fn shutdown_check(
     });
     drop(rt);
     let server_report = match exit {
-        Some(_) => server
-            .stderr()
-            .lines()
-            .rev()
-            .find_map(|l| l.strip_prefix("shutdown ").map(str::to_string)),
+        Some(_) => {
+            let stderr = server.stderr();
+            let shards: Vec<&str> = stderr
+                .lines()
+                .filter(|l| l.starts_with("shard ") && l.contains(" accepted="))
+                .collect();
+            if shards.is_empty() {
+                stderr
+                    .lines()
+                    .rev()
+                    .find_map(|l| l.strip_prefix("shutdown ").map(str::to_string))
+            } else {
+                Some(shards.join("; "))
+            }
+        }
         None => None,
     };
     drop(server); // still running: SIGTERM again, then SIGKILL
@@ -1970,6 +2276,7 @@ fn shutdown_check(
         && exit_after.is_some_and(|t| t <= grace);
     ShutdownCheck {
         backend: spec.name.clone(),
+        threads: spec.threads,
         connections: conns,
         connected,
         grace_s: grace,

@@ -21,9 +21,10 @@
 //! prints a one-line snapshot of its counters to stderr and goes on.
 //!
 //! `--threads N` serves with N shards ([`Shards`]: a runtime per thread, pinned one per CPU, or
-//! to the CPUs of `--cpus`), each accepting on its own `SO_REUSEPORT` listener of the same
-//! address ([`ShardListeners`]) and shutting down the same way; it prints a `shard I
-//! accepted=N ...` line per shard when it stops, and the counters summed over the shards.
+//! to the CPUs of `--cpus`, or left to the scheduler with `--no-pin`), each accepting on its own
+//! `SO_REUSEPORT` listener of the same address ([`ShardListeners`]) and shutting down the same
+//! way; it prints a `shard I accepted=N ...` line per shard when it stops, and the counters
+//! summed over the shards.
 //! `--threads 1` (the default) is the single-runtime server.
 
 use std::net::{Shutdown, SocketAddr};
@@ -93,6 +94,9 @@ struct Args {
     /// one per CPU this process may use, spread evenly.
     #[arg(long, value_delimiter = ',')]
     cpus: Option<Vec<usize>>,
+    /// Don't pin the shards to CPUs: the scheduler places their threads.
+    #[arg(long, conflicts_with = "cpus")]
+    no_pin: bool,
 }
 
 fn main() -> ExitCode {
@@ -182,6 +186,7 @@ fn serve_sharded(args: Args, backend: Backend, grace: Duration) -> std::io::Resu
     let addr = listeners.local_addr();
     let placement = match &args.cpus {
         Some(cpus) => Placement::Cpus(cpus.clone()),
+        None if args.no_pin => Placement::Unpinned,
         None => Placement::Spread,
     };
     let announce = args.announce;
