@@ -500,6 +500,9 @@ impl<T> RemoteTask<T> {
                 Outcome::Taken => return Err(RemoteError::Taken),
                 Outcome::Pending => st.outcome = Outcome::Pending,
             }
+            // Called from a loop's thread (a task of another loop): the wakes that loop queued
+            // for its next kernel entry go now, since that entry waits for this call.
+            crate::runtime::flush_wakes();
             st = match deadline {
                 None => self
                     .link
