@@ -7,8 +7,9 @@
 //!   pushing; then [`must_unpark`](ParkState::must_unpark) after releasing it): mark work
 //!   pending, then unpark the loop only if it said it is parking (and clear that, so a burst of
 //!   wakes costs one unpark). The unpark is an eventfd write, or a `MSG_RING` that the waking
-//!   loop sends with its next kernel entry; either stays pending until the parked loop sees it
-//!   (a readable eventfd, a completion in its CQ), so one sent before the park still ends it.
+//!   loop submits a little later (when the poll that woke ends); either stays pending until
+//!   the parked loop sees it (a readable eventfd, a completion in its CQ), so one sent before
+//!   the park still ends it.
 //! * **loop side** ([`prepare_park`](ParkState::prepare_park) before it blocks,
 //!   [`end_park`](ParkState::end_park) after, [`take_announced`](ParkState::take_announced)
 //!   before it drains the injector): announce the park, then look at the pending flag one last
@@ -240,9 +241,9 @@ mod tests {
     }
 
     /// A wake through the ring (`MSG_RING`) is deferred: the waking loop takes the unpark when
-    /// it wakes (`must_unpark`), goes on with its iteration (here: another wake), and sends the
-    /// message with its next kernel entry. A second waker in between finds the unpark taken
-    /// and sends nothing, so the first one's late message must end the park for both.
+    /// it wakes (`must_unpark`), goes on with its poll (here: another wake), and submits the
+    /// message after. A second waker in between finds the unpark taken and sends nothing, so
+    /// the first one's late message must end the park for both.
     #[test]
     fn loom_a_wake_sent_at_the_waking_loop_s_next_entry_covers_the_wakes_behind_it() {
         loom::model(|| {

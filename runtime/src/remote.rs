@@ -501,7 +501,7 @@ impl<T> RemoteTask<T> {
                 Outcome::Pending => st.outcome = Outcome::Pending,
             }
             // Called from a loop's thread (a task of another loop): the wakes that loop queued
-            // for its next kernel entry go now, since that entry waits for this call.
+            // on its ring go now; the end of the poll, which would send them, waits for this.
             crate::runtime::flush_wakes();
             st = match deadline {
                 None => self

@@ -262,8 +262,8 @@ impl Driver {
         }
     }
 
-    /// Wakes the parked io_uring loop `target` with a `MSG_RING` on this ring, sent at this
-    /// ring's next kernel entry (see `Uring::send_wake`); false if this driver cannot (epoll,
+    /// Wakes the parked io_uring loop `target` with a `MSG_RING` queued on this ring (see
+    /// `Uring::send_wake`); false if this driver cannot (epoll,
     /// no `MSG_RING`, the target has no ring), and the caller writes the target's eventfd.
     pub(crate) fn send_wake(&mut self, target: &Arc<WakeTarget>) -> bool {
         match self {

@@ -309,14 +309,14 @@ impl Uring {
     /// Wakes the parked loop `target` with an `IORING_OP_MSG_RING` on this ring, instead of a
     /// `write(2)` to its eventfd; false if that cannot be done (the caller writes the eventfd).
     ///
-    /// The SQE goes to the kernel at this ring's next `io_uring_enter`: the loop's park at the
-    /// end of this iteration, or [`flush_wakes`](Self::flush_wakes) when the loop is left or a
-    /// blocking call is about to wait. It posts a completion tagged `MSG_TAG` on the target's
-    /// ring, which ends the target's wait like any completion (a target that is not waiting
-    /// keeps it, and its next park returns at once, as an eventfd stays readable). It posts
-    /// nothing here unless it fails (`IOSQE_CQE_SKIP_SUCCESS`), so the park that submits it
-    /// still sleeps. A wake then costs no system call of its own on this side, and no eventfd
-    /// read on the target's.
+    /// The SQE goes to the kernel with [`flush_wakes`](Self::flush_wakes), which the loop
+    /// calls at the end of the task poll that queued it (so the wakes of one poll cost one
+    /// entry), when it is left, and before a blocking call waits; or with the loop's next park,
+    /// whichever comes first. It posts a completion tagged `MSG_TAG` on the target's ring,
+    /// which ends the target's wait like any completion (a target that is not waiting keeps
+    /// it, and its next park returns at once, as an eventfd stays readable). It posts nothing
+    /// here unless it fails (`IOSQE_CQE_SKIP_SUCCESS`), so a park that submits it still
+    /// sleeps. The target reads no eventfd.
     ///
     /// The SQE names the target's ring by descriptor number, and the number must not go to
     /// another file before the kernel reads the SQE: a [`RingPin`] keeps the target's
@@ -349,10 +349,9 @@ impl Uring {
         true
     }
 
-    /// Hands `MSG_RING` wakes still in the submission queue to the kernel now: the loop is
-    /// left (its next entry may be far off), or its thread is about to block. Without them,
-    /// the loops they wake would sleep on. Completions are reaped (the wakers they collect are
-    /// woken by the loop's next iteration), so a message that failed is seen.
+    /// Hands the `MSG_RING` wakes in the submission queue to the kernel now (with whatever
+    /// else is queued there). Completions are reaped (the wakers they collect are woken by the
+    /// loop's next iteration), so a message that failed at once is seen.
     pub(crate) fn flush_wakes(&mut self) {
         if self.msgs.pending.is_empty() || self.ring.submission().is_empty() {
             return;

@@ -63,9 +63,9 @@ impl Shared {
     ///
     /// The wake goes through the ring when it can: if this thread is running an io_uring loop
     /// with `MSG_RING`, and this loop is an io_uring loop too, the calling loop queues a
-    /// `MSG_RING` to this loop's ring on its own ring, sent with its next kernel entry (see
-    /// `Uring::send_wake`). Otherwise (a plain thread, an epoll loop on either side, no
-    /// `MSG_RING`, the calling driver busy) it writes this loop's eventfd.
+    /// `MSG_RING` to this loop's ring on its own ring, submitted when the calling task's poll
+    /// ends (see `Core::send_wake`). Otherwise (a plain thread, an epoll loop on either side,
+    /// no `MSG_RING`, the calling driver busy) it writes this loop's eventfd.
     pub(super) fn unpark(&self) {
         if self.park.must_unpark() {
             self.unparks.fetch_add(1, Ordering::Relaxed);

@@ -1,7 +1,7 @@
 //! How remote wakes reach a parked loop: how many unparks a burst costs, which transport it
 //! takes (the eventfd, or a `MSG_RING` from the waking loop's ring), and that a wake queued on
-//! a ring for its next kernel entry is sent even when that entry does not come (the loop is
-//! left, its thread blocks, its runtime is dropped).
+//! a ring is sent whatever the waking loop does next (it is left, its thread blocks in the
+//! same poll, its runtime is dropped).
 //!
 //! These tests need to know that the receiving loop is parked before they wake it, which only
 //! the crate can see (`ParkState::is_parked`); the receiver runs no timer, so once parked it
@@ -209,10 +209,11 @@ fn one_waiter(receiver: Backend) -> (LoopThread, oneshot::Sender<u32>, Arc<Atomi
     (lt, tx, done)
 }
 
-/// 1. A task wakes a parked io_uring loop from an io_uring loop: a `MSG_RING` is queued for
-///    the waking loop's next kernel entry.
+/// 1. A task wakes a parked io_uring loop from an io_uring loop: a `MSG_RING` is queued on
+///    the waking loop's ring.
 /// 2. That loop is left right after (`Runtime::run_once` returns) and never runs again.
-/// 3. The woken loop still wakes: leaving the loop sent the message.
+/// 3. The woken loop still wakes: the message went when the task's poll ended (or, at the
+///    latest, when the loop was left).
 #[test]
 fn a_wake_queued_on_the_ring_goes_when_the_loop_is_left() {
     for backend in backends() {

@@ -95,7 +95,7 @@ fn block_on_thread<F: Future>(future: F) -> F::Output {
             return v;
         }
         // A wake between the poll and here leaves the token set: park returns at once. Wakes
-        // queued for a loop's next kernel entry go first, if this is a loop's thread.
+        // queued on a loop's ring go first, if this is a loop's thread.
         crate::runtime::flush_wakes();
         thread::park();
     }
