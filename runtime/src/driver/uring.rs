@@ -104,11 +104,10 @@ impl MsgWakes {
     /// holds its own reference to each target ring from the moment it read the SQE) and
     /// counts them.
     ///
-    /// A message is delivered inline, in the kernel entry that submits it, on every kernel
-    /// since 6.11; from 6.2 to 6.10 one to a `DEFER_TASKRUN` ring completes later, from the
-    /// target's task. Its failure then comes after this release (the target thread exiting, or
-    /// the kernel out of memory) and finds no entry: no fallback, where none is needed but for
-    /// the memory case.
+    /// Current kernels complete a message inline, in the entry that submits it. Older ones
+    /// (since 6.2) complete one to a `DEFER_TASKRUN` ring later, from the target's thread; its
+    /// failure then comes after this release (the target thread exiting, or the kernel out of
+    /// memory) and finds no entry: no fallback, where none is needed but in the memory case.
     fn released(&mut self, stats: &mut super::DriverStats) {
         if self.pending.is_empty() {
             return;
