@@ -49,7 +49,7 @@ mod loop_thread;
 mod promise;
 mod remote;
 mod runtime;
-mod shards;
+pub mod shards;
 pub mod signal;
 mod stats;
 pub mod sync;
