@@ -165,7 +165,7 @@ mod tests {
         }
 
         /// `Shared::inject` then `Shared::unpark` through a ring: the unpark is owed now and
-        /// sent later, at the waking loop's next kernel entry (returns whether it is owed).
+        /// sent later, when the waking poll ends (returns whether it is owed).
         fn inject_deferred(&self, item: u32) -> bool {
             {
                 let mut q = self.injected.lock().unwrap();
@@ -245,14 +245,14 @@ mod tests {
     /// message after. A second waker in between finds the unpark taken and sends nothing, so
     /// the first one's late message must end the park for both.
     #[test]
-    fn loom_a_wake_sent_at_the_waking_loop_s_next_entry_covers_the_wakes_behind_it() {
+    fn loom_a_wake_the_waking_loop_sends_later_covers_the_wakes_behind_it() {
         loom::model(|| {
             let lp = Loop::new();
             let (a, b) = (lp.clone(), lp.clone());
             let ta = thread::spawn(move || {
                 let mut owed = a.inject_deferred(1);
                 owed |= a.inject_deferred(3);
-                // The waking loop's next `io_uring_enter`.
+                // The end of the waking poll: the `MSG_RING` is submitted.
                 if owed {
                     a.eventfd.notify();
                 }

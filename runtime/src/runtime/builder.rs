@@ -192,9 +192,10 @@ impl Builder {
     /// [`RuntimeStats::unparks`](crate::RuntimeStats::unparks)).
     ///
     /// What it changes, measured between two shards on a 2-core VM (docs/measurements.md): a
-    /// stream of messages through a bounded channel took about a quarter less time, since the
-    /// woken loop reads no eventfd and the wakes of one poll go together; a bare ping-pong,
-    /// where every message wakes a sleeping loop, about a tenth more, since the kernel hands a
+    /// stream of messages through a bounded channel took about a quarter less time (the woken
+    /// loop reads no eventfd, and wakes to a fuller channel, since the wake leaves when the
+    /// sending poll ends rather than at its first send); a bare ping-pong,
+    /// where every message wakes a sleeping loop, 10–15 % more, since the kernel hands a
     /// message to a `DEFER_TASKRUN` ring through its thread's task work.
     ///
     /// A wake leaves when the poll that made it ends. A task that sends and then computes for
