@@ -1,5 +1,6 @@
-//! Hand-offs between plain threads and a loop: ringloop's `BridgeQueue` and `LoopThread` side by
-//! side with what a tokio user writes for the same job.
+//! Hand-offs between plain threads and a loop, and between loops on two threads (shards):
+//! ringloop's `BridgeQueue`, `LoopThread`, `Handle::spawn` and `sync::mpsc` side by side with what
+//! a tokio user writes for the same job.
 //!
 //! ```text
 //! cargo bench --bench cross_thread                  # everything, about a minute
@@ -23,6 +24,23 @@
 //!   `blocking_recv` (tokio's futures must be `Send` here; ringloop's closure builds a
 //!   possibly `!Send` one on the loop).
 //!
+//! * `shard_spawn`: a task on one shard runs a trivial future on another and awaits its value,
+//!   `SPAWNS` times one after the other. ringloop: two `Shards`, `Handle::spawn(..).await`
+//!   (`RemoteTask`). tokio: two `current_thread` runtimes, each kept running by `block_on` on
+//!   its own thread, `Handle::spawn(..).await` (`JoinHandle`).
+//! * `shard_channel`: a task on one shard sends `ITEMS` integers through a bounded channel
+//!   (capacity `CAPACITY`) to a task on the other. ringloop: `sync::mpsc`; tokio: `mpsc`.
+//! * `shard_ping_pong`: a task on one shard sends an integer to a task on the other, which
+//!   sends it back, over two channels of capacity 1, `SPAWNS` times: every message wakes a
+//!   loop that is parked, so this is the wake's latency.
+//!
+//! The shard groups run ringloop on io_uring with wakes between the loops through their rings
+//! (`ringloop_uring`, `IORING_OP_MSG_RING`, sent with the waking loop's next kernel entry),
+//! on io_uring with eventfd wakes (`ringloop_uring_eventfd`, `Builder::msg_ring_wakes(false)`),
+//! and on epoll (`ringloop_epoll`, eventfd wakes). Each iteration is started from the bench
+//! thread by one more round trip to the first shard (a `RemoteTask` or a tokio `JoinHandle`
+//! waited on), the same for both runtimes and small next to the work of the iteration.
+//!
 //! One iteration moves all `ITEMS` items (or makes all `SPAWNS` round trips), and the
 //! throughput is set per item, so criterion also reports items per second. The producer or
 //! consumer thread of the queue groups is a scoped thread started in each iteration (the same
@@ -39,8 +57,8 @@ use std::thread;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use ringloop::sync::BridgeQueue;
-use ringloop::{Backend, LoopThread, Runtime};
+use ringloop::sync::{mpsc, BridgeQueue};
+use ringloop::{Backend, Handle, LoopThread, Placement, Runtime, Shards};
 
 /// Items moved per iteration of the queue groups.
 const ITEMS: u64 = 10_000;
@@ -211,5 +229,254 @@ fn remote_spawn_wait(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, thread_to_task, task_to_thread, remote_spawn_wait);
+/// Two ringloop shards on `backend` (wakes between them through the rings or not), idle until
+/// the bench hands them work.
+struct RingloopPair {
+    shards: Shards<()>,
+}
+
+impl RingloopPair {
+    fn start(backend: Backend, msg_ring: bool) -> RingloopPair {
+        let shards = Shards::builder()
+            .count(2)
+            .placement(Placement::Unpinned)
+            .runtime(move |_| Runtime::builder().backend(backend).msg_ring_wakes(msg_ring))
+            .start(|_| std::future::pending::<()>())
+            .expect("two shards");
+        RingloopPair { shards }
+    }
+
+    fn handle(&self, i: usize) -> Handle {
+        self.shards.handle(i).clone()
+    }
+
+    fn stop(self) {
+        self.shards.stop();
+        for r in self.shards.join_all() {
+            // The main tasks never end by themselves: a stop ends them.
+            assert!(r.is_err_and(|e| e.is_stopped()), "a shard ended otherwise");
+        }
+    }
+}
+
+/// The ringloop variants of the shard groups: io_uring with and without `MSG_RING` wakes where
+/// this kernel has io_uring, and epoll.
+fn pair_variants() -> Vec<(&'static str, Backend, bool)> {
+    let mut v = Vec::new();
+    for (name, backend) in backends() {
+        match backend {
+            Backend::IoUring => {
+                v.push((name, backend, true));
+                v.push(("ringloop_uring_eventfd", backend, false));
+            }
+            _ => v.push((name, backend, true)),
+        }
+    }
+    v
+}
+
+/// Two tokio `current_thread` runtimes, each kept running by `block_on` on its own thread.
+struct TokioPair {
+    handles: [tokio::runtime::Handle; 2],
+    stops: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl TokioPair {
+    fn start() -> TokioPair {
+        let mut handles = Vec::new();
+        let mut stops = Vec::new();
+        let mut threads = Vec::new();
+        for _ in 0..2 {
+            let rt = tokio_rt();
+            handles.push(rt.handle().clone());
+            let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+            stops.push(stop_tx);
+            threads.push(thread::spawn(move || {
+                rt.block_on(async {
+                    let _ = stop_rx.await;
+                })
+            }));
+        }
+        TokioPair {
+            handles: handles.try_into().expect("two runtimes"),
+            stops,
+            threads,
+        }
+    }
+
+    /// Runs `fut` on the first runtime and blocks the bench thread until it is done.
+    fn run_on_first<F>(&self, fut: F) -> F::Output
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.handles[0].spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.blocking_recv().expect("the task ran")
+    }
+
+    fn stop(self) {
+        for s in self.stops {
+            let _ = s.send(());
+        }
+        for t in self.threads {
+            t.join().expect("tokio runtime thread");
+        }
+    }
+}
+
+fn shard_spawn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shard_spawn");
+    configure(&mut g, SPAWNS);
+    for (name, backend, msg_ring) in pair_variants() {
+        let pair = RingloopPair::start(backend, msg_ring);
+        let (first, second) = (pair.handle(0), pair.handle(1));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let second = second.clone();
+                first
+                    .spawn(move || async move {
+                        for i in 0..SPAWNS {
+                            let v = second.spawn(move || async move { black_box(i) }).await;
+                            black_box(v.unwrap());
+                        }
+                    })
+                    .wait()
+                    .unwrap();
+            })
+        });
+        pair.stop();
+    }
+    let pair = TokioPair::start();
+    let second = pair.handles[1].clone();
+    g.bench_function("tokio", |b| {
+        b.iter(|| {
+            let second = second.clone();
+            pair.run_on_first(async move {
+                for i in 0..SPAWNS {
+                    let v = second.spawn(async move { black_box(i) }).await;
+                    black_box(v.unwrap());
+                }
+            });
+        })
+    });
+    pair.stop();
+    g.finish();
+}
+
+fn shard_channel(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shard_channel");
+    configure(&mut g, ITEMS);
+    for (name, backend, msg_ring) in pair_variants() {
+        let pair = RingloopPair::start(backend, msg_ring);
+        let (first, second) = (pair.handle(0), pair.handle(1));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (tx, mut rx) = mpsc::channel::<u64>(CAPACITY);
+                let consumer = second.spawn(move || async move {
+                    for _ in 0..ITEMS {
+                        black_box(rx.recv().await.unwrap());
+                    }
+                });
+                first
+                    .spawn(move || async move {
+                        for i in 0..ITEMS {
+                            tx.send(i).await.unwrap();
+                        }
+                    })
+                    .wait()
+                    .unwrap();
+                consumer.wait().unwrap();
+            })
+        });
+        pair.stop();
+    }
+    let pair = TokioPair::start();
+    let second = pair.handles[1].clone();
+    g.bench_function("tokio", |b| {
+        b.iter(|| {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<u64>(CAPACITY);
+            let consumer = second.spawn(async move {
+                for _ in 0..ITEMS {
+                    black_box(rx.recv().await.unwrap());
+                }
+            });
+            pair.run_on_first(async move {
+                for i in 0..ITEMS {
+                    tx.send(i).await.unwrap();
+                }
+                consumer.await.unwrap();
+            });
+        })
+    });
+    pair.stop();
+    g.finish();
+}
+
+fn shard_ping_pong(c: &mut Criterion) {
+    let mut g = c.benchmark_group("shard_ping_pong");
+    configure(&mut g, SPAWNS);
+    for (name, backend, msg_ring) in pair_variants() {
+        let pair = RingloopPair::start(backend, msg_ring);
+        let (first, second) = (pair.handle(0), pair.handle(1));
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (ping_tx, mut ping_rx) = mpsc::channel::<u64>(1);
+                let (pong_tx, mut pong_rx) = mpsc::channel::<u64>(1);
+                let echo = second.spawn(move || async move {
+                    while let Ok(v) = ping_rx.recv().await {
+                        pong_tx.send(v).await.unwrap();
+                    }
+                });
+                first
+                    .spawn(move || async move {
+                        for i in 0..SPAWNS {
+                            ping_tx.send(i).await.unwrap();
+                            black_box(pong_rx.recv().await.unwrap());
+                        }
+                    })
+                    .wait()
+                    .unwrap();
+                echo.wait().unwrap();
+            })
+        });
+        pair.stop();
+    }
+    let pair = TokioPair::start();
+    let second = pair.handles[1].clone();
+    g.bench_function("tokio", |b| {
+        b.iter(|| {
+            let (ping_tx, mut ping_rx) = tokio::sync::mpsc::channel::<u64>(1);
+            let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<u64>(1);
+            let echo = second.spawn(async move {
+                while let Some(v) = ping_rx.recv().await {
+                    pong_tx.send(v).await.unwrap();
+                }
+            });
+            pair.run_on_first(async move {
+                for i in 0..SPAWNS {
+                    ping_tx.send(i).await.unwrap();
+                    black_box(pong_rx.recv().await.unwrap());
+                }
+                drop(ping_tx);
+                echo.await.unwrap();
+            });
+        })
+    });
+    pair.stop();
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    thread_to_task,
+    task_to_thread,
+    remote_spawn_wait,
+    shard_spawn,
+    shard_channel,
+    shard_ping_pong
+);
 criterion_main!(benches);

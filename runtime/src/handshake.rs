@@ -5,8 +5,11 @@
 //!
 //! * **remote side** ([`announce`](ParkState::announce), with the injector's lock held after
 //!   pushing; then [`must_unpark`](ParkState::must_unpark) after releasing it): mark work
-//!   pending, then write the eventfd only if the loop said it is parking (and clear that, so a
-//!   burst of wakes costs one write).
+//!   pending, then unpark the loop only if it said it is parking (and clear that, so a burst of
+//!   wakes costs one unpark). The unpark is an eventfd write, or a `MSG_RING` that the waking
+//!   loop submits a little later (when the poll that woke ends); either stays pending until
+//!   the parked loop sees it (a readable eventfd, a completion in its CQ), so one sent before
+//!   the park still ends it.
 //! * **loop side** ([`prepare_park`](ParkState::prepare_park) before it blocks,
 //!   [`end_park`](ParkState::end_park) after, [`take_announced`](ParkState::take_announced)
 //!   before it drains the injector): announce the park, then look at the pending flag one last
@@ -76,6 +79,13 @@ impl ParkState {
     /// Loop side, after the park.
     pub(crate) fn end_park(&self) {
         self.parked.swap(false, Ordering::AcqRel);
+    }
+
+    /// Whether the loop has announced a park that no waker has ended yet (for tests that must
+    /// act on a parked loop).
+    #[cfg(test)]
+    pub(crate) fn is_parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
     }
 
     /// Loop side: whether work was announced (cheap, no lock).
@@ -154,6 +164,17 @@ mod tests {
             }
         }
 
+        /// `Shared::inject` then `Shared::unpark` through a ring: the unpark is owed now and
+        /// sent later, when the waking poll ends (returns whether it is owed).
+        fn inject_deferred(&self, item: u32) -> bool {
+            {
+                let mut q = self.injected.lock().unwrap();
+                q.push(item);
+                self.state.announce();
+            }
+            self.state.must_unpark()
+        }
+
         /// One iteration of `Core::run_once` with nothing ready locally and no timer: park
         /// (blocking unless work is announced), then drain the injector.
         fn run_once(&self, got: &mut Vec<u32>) {
@@ -216,6 +237,35 @@ mod tests {
             }
             t.join().unwrap();
             assert_eq!(got, [7]);
+        });
+    }
+
+    /// A wake through the ring (`MSG_RING`) is deferred: the waking loop takes the unpark when
+    /// it wakes (`must_unpark`), goes on with its poll (here: another wake), and submits the
+    /// message after. A second waker in between finds the unpark taken and sends nothing, so
+    /// the first one's late message must end the park for both.
+    #[test]
+    fn loom_a_wake_the_waking_loop_sends_later_covers_the_wakes_behind_it() {
+        loom::model(|| {
+            let lp = Loop::new();
+            let (a, b) = (lp.clone(), lp.clone());
+            let ta = thread::spawn(move || {
+                let mut owed = a.inject_deferred(1);
+                owed |= a.inject_deferred(3);
+                // The end of the waking poll: the `MSG_RING` is submitted.
+                if owed {
+                    a.eventfd.notify();
+                }
+            });
+            let tb = thread::spawn(move || b.inject(2));
+            let mut got = Vec::new();
+            while got.len() < 3 {
+                lp.run_once(&mut got);
+            }
+            ta.join().unwrap();
+            tb.join().unwrap();
+            got.sort_unstable();
+            assert_eq!(got, [1, 2, 3]);
         });
     }
 

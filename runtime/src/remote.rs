@@ -500,6 +500,9 @@ impl<T> RemoteTask<T> {
                 Outcome::Taken => return Err(RemoteError::Taken),
                 Outcome::Pending => st.outcome = Outcome::Pending,
             }
+            // Called from a loop's thread (a task of another loop): the wakes that loop queued
+            // on its ring go now; the end of the poll, which would send them, waits for this.
+            crate::runtime::flush_wakes();
             st = match deadline {
                 None => self
                     .link

@@ -45,6 +45,50 @@
 //! [`Shards::handle`] outside. [`Handle::spawn`] runs a `Send` closure's future on that shard
 //! and gives back a [`RemoteTask`](crate::RemoteTask) to await from another shard or wait on
 //! from a plain thread.
+//!
+//! Streams of messages between shards go through a [`sync::mpsc`](crate::sync::mpsc) channel:
+//! bounded, any number of `Clone` senders on any shards or threads, one receiver. Each sender's
+//! messages arrive in order, nothing is lost on a cancelled `recv` or `send`, and the channel
+//! closes for the receiver when every sender is gone. A send that wakes a receiver parked on
+//! another io_uring shard does so through the rings (an `IORING_OP_MSG_RING` from the sending
+//! shard's ring, submitted when the sending task's poll ends; see
+//! [`Builder::msg_ring_wakes`](crate::Builder::msg_ring_wakes)), and a burst of sends to a
+//! parked shard wakes it once ([`RuntimeStats::unparks`]).
+//!
+//! ```
+//! use ringloop_runtime::sync::mpsc;
+//! use ringloop_runtime::{Placement, Shards};
+//! use std::sync::{Arc, Mutex};
+//!
+//! // Shard 0 sums what shards 1 and 2 send it. Each shard takes its end by its index: the
+//! // receiver, or a sender of its own (none is kept here, so once the two senders are done,
+//! // the channel closes).
+//! let (tx, rx) = mpsc::channel::<u64>(64);
+//! let ends = vec![(None, Some(rx)), (Some(tx.clone()), None), (Some(tx), None)];
+//! let ends = Arc::new(Mutex::new(ends));
+//! let shards = Shards::builder()
+//!     .count(3)
+//!     .placement(Placement::Unpinned)
+//!     .start(move |shard| {
+//!         let (tx, rx) = std::mem::take(&mut ends.lock().unwrap()[shard.index()]);
+//!         async move {
+//!             if let Some(tx) = tx {
+//!                 for n in 1..=100 {
+//!                     tx.send(n).await.unwrap();
+//!                 }
+//!                 return 0;
+//!             }
+//!             let mut rx = rx.unwrap();
+//!             let mut sum = 0;
+//!             while let Ok(n) = rx.recv().await {
+//!                 sum += n;
+//!             }
+//!             sum // every sender is gone
+//!         }
+//!     })
+//!     .unwrap();
+//! assert_eq!(shards.join().unwrap(), vec![10_100, 0, 0]);
+//! ```
 
 use std::any::Any;
 use std::fmt;

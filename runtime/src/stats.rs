@@ -29,6 +29,15 @@ pub struct RuntimeStats {
     pub parks: u64,
     /// Wakes that came from other threads through the injector.
     pub remote_wakes: u64,
+    /// Times another thread (or a [`Handle::stop`](crate::Handle::stop)) woke this loop out
+    /// of a park, or out of one it was about to make: one eventfd write or one `MSG_RING` each
+    /// (see [`Builder::msg_ring_wakes`](crate::Builder::msg_ring_wakes)). A burst of remote
+    /// wakes while the loop is parked costs one, so this is at most one per park, and usually
+    /// far below [`remote_wakes`](Self::remote_wakes).
+    pub unparks: u64,
+    /// Wakes this loop sent to other io_uring loops through its own ring, as
+    /// `IORING_OP_MSG_RING`s that landed (instead of writes to their eventfds).
+    pub msg_ring_wakes: u64,
     /// Kernel entries of the driver: `io_uring_enter` or `epoll_wait` calls.
     pub kernel_enters: u64,
     /// Every syscall the driver and its ops made: kernel entries, plus on epoll `epoll_ctl`
@@ -81,6 +90,8 @@ impl RuntimeStats {
         self.loop_iterations += other.loop_iterations;
         self.parks += other.parks;
         self.remote_wakes += other.remote_wakes;
+        self.unparks += other.unparks;
+        self.msg_ring_wakes += other.msg_ring_wakes;
         self.kernel_enters += other.kernel_enters;
         self.driver_syscalls += other.driver_syscalls;
         self.ops_submitted += other.ops_submitted;

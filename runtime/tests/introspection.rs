@@ -420,6 +420,8 @@ fn stats_serialise_to_json_with_every_counter() {
         "loop_iterations",
         "parks",
         "remote_wakes",
+        "unparks",
+        "msg_ring_wakes",
     ] {
         assert!(json[key].is_u64(), "{key} missing in {json}");
     }

@@ -29,9 +29,11 @@ mod wake;
 
 use std::fmt;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::Duration;
 
@@ -41,7 +43,7 @@ pub(crate) use handle::DriverHandle;
 pub use multishot::{Multishot, MultishotKind};
 pub(crate) use op::Orphan;
 pub use op::{is_cancelled, Interest, Op, OpKind};
-pub(crate) use wake::WakeFd;
+pub(crate) use wake::{WakeFd, WakeTarget};
 
 use epoll::Epoll;
 use uring::Uring;
@@ -117,6 +119,9 @@ pub(crate) struct DriverStats {
     pub(crate) zero_copy_notifs: u64,
     /// Receive completions that filled more than one pool buffer (io_uring bundles).
     pub(crate) recv_bundles: u64,
+    /// Wakes this ring delivered to other io_uring loops as `MSG_RING`s (completed without
+    /// error).
+    pub(crate) msg_ring_wakes: u64,
     pub(crate) enter_errors: u64,
 }
 
@@ -254,6 +259,39 @@ impl Driver {
         match self {
             Driver::Uring(u) => u.park(timeout),
             Driver::Epoll(e) => e.park(timeout, wake),
+        }
+    }
+
+    /// Wakes the parked io_uring loop `target` with a `MSG_RING` queued on this ring (see
+    /// `Uring::send_wake`); false if this driver cannot (epoll,
+    /// no `MSG_RING`, the target has no ring), and the caller writes the target's eventfd.
+    pub(crate) fn send_wake(&mut self, target: &Arc<WakeTarget>) -> bool {
+        match self {
+            Driver::Uring(u) => u.send_wake(target),
+            Driver::Epoll(_) => false,
+        }
+    }
+
+    /// Submits the `MSG_RING` wakes still queued (the loop is left, or its thread will block).
+    pub(crate) fn flush_wakes(&mut self) {
+        if let Driver::Uring(u) = self {
+            u.flush_wakes();
+        }
+    }
+
+    /// A duplicate of the ring's descriptor for other rings' `MSG_RING` wakes (io_uring with
+    /// `MSG_RING` only).
+    pub(crate) fn wake_ring_fd(&self) -> Option<OwnedFd> {
+        match self {
+            Driver::Uring(u) => u.wake_ring_fd(),
+            Driver::Epoll(_) => None,
+        }
+    }
+
+    /// Turns `MSG_RING` wakes off (`Builder::msg_ring_wakes(false)`).
+    pub(crate) fn disable_msg_ring(&mut self) {
+        if let Driver::Uring(u) = self {
+            u.disable_msg_ring();
         }
     }
 

@@ -4,8 +4,12 @@
 //! op's memory is released.
 //!
 //! `user_data` is the slot index in the low 32 bits and the slot's generation in the high 32,
-//! so a completion for a slot that was freed and reused can never wake the wrong op. The wake
-//! poll uses `WAKE_TAG`; a cancel's `user_data` is its target's with `CANCEL_BIT` set.
+//! so a completion for a slot that was freed and reused can never wake the wrong op. Slot
+//! indices stay below 2^30, which leaves two bits of the low half free: a cancel's `user_data`
+//! is its target's with `CANCEL_BIT` (bit 31) set, and the ring's own wake traffic uses bit 30
+//! (`MSG_SENT_BIT`, a `MSG_RING` this ring sent) or one of two fixed tags (`WAKE_TAG`, the
+//! eventfd poll; `MSG_TAG`, a `MSG_RING` another ring sent here). None of these reaches the
+//! table.
 //!
 //! ```text
 //!  insert ──▶ Armed{waker} ──CQE──▶ Done{res,flags} ──future takes it──▶ (freed)
@@ -36,16 +40,22 @@ use super::{DriverStats, MultishotKind, OpKey, SharedFd};
 
 /// `user_data` of the multishot poll on the wake eventfd.
 pub(crate) const WAKE_TAG: u64 = u64::MAX;
+/// `user_data` of the completion another ring's `MSG_RING` posts on this ring: a wake.
+pub(crate) const MSG_TAG: u64 = u64::MAX - 1;
 /// Set in the `user_data` of an `ASYNC_CANCEL` SQE, whose other bits are its target's key: its
 /// completion says whether the cancel found the op.
 pub(crate) const CANCEL_BIT: u64 = 1 << 31;
+/// Set (without `CANCEL_BIT`, with a zero high half) in the `user_data` of a `MSG_RING` this
+/// ring sends to wake another; the low bits index the driver's table of such messages.
+pub(crate) const MSG_SENT_BIT: u64 = 1 << 30;
 /// Cancels sent again, per op, after one found the op nowhere while the kernel still held it.
 /// The case that needs them (see `complete`) hides an op from cancels for up to 128 of the
 /// kernel's retries (`APOLL_MAX_RETRY`, io_uring/poll.c), and each resend's kernel entry runs
 /// at least one: 255 outlast it. Each resend costs one entry that returns at once.
 const MAX_CANCEL_RESENDS: u8 = u8::MAX;
-/// Slot indices stay below this, so no op's `user_data` has `CANCEL_BIT` or is `WAKE_TAG`.
-const MAX_SLOTS: usize = CANCEL_BIT as usize;
+/// Slot indices stay below this, so no op's `user_data` has `CANCEL_BIT` or `MSG_SENT_BIT`,
+/// and none is `WAKE_TAG` or `MSG_TAG` (whose low halves have both bits set).
+const MAX_SLOTS: usize = MSG_SENT_BIT as usize;
 
 /// What a slot holds; see the module docs for the transitions.
 pub(crate) enum SlotState {

@@ -1,24 +1,29 @@
 //! The io_uring backend: ops in a slab, one `io_uring_enter` per loop iteration that submits and
 //! reaps together, timers through the wait timeout (EXT_ARG), cross-thread wakes through a
-//! multishot poll on the eventfd.
+//! multishot poll on the eventfd, or as a completion another ring posts here with
+//! `IORING_OP_MSG_RING` (see [`Uring::send_wake`]).
 //!
 //! The op table and the life cycle of a slot are in [`slots`](super::slots): a pure state
 //! machine over completions. This file is the kernel side: the ring, pushing SQEs, entering,
 //! and feeding each completion to the table.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use io_uring::types::{SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue, types, EnterFlags, IoUring, Probe};
+use slab::Slab;
 
 use std::rc::Rc;
 
 use super::bufpool::{BufPool, POOL_GROUP};
 use super::errno::is_transient;
 use super::op::Orphan;
-use super::slots::{OpTable, SlotState, CANCEL_BIT, WAKE_TAG};
+use super::slots::{OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG};
+use super::wake::{RingPin, WakeTarget};
 use super::{MultishotKind, OpKey, SharedFd, WakeFd};
 
 /// At most this many multishot ops armed and the ring can still be [`Uring::nearly_idle`].
@@ -28,6 +33,10 @@ const LONE_MULTISHOTS: usize = 2;
 /// completion in one loop iteration, and overflowing the CQ makes the kernel keep the rest in
 /// a slower backlog.
 const MIN_CQ_ENTRIES: u32 = 32 * 1024;
+/// At most this many `MSG_RING` wakes in flight; past it a wake takes the eventfd. Each targets
+/// a loop that was parked, and a loop is unparked at most once per park, so this is a bound on
+/// the loops one iteration wakes, not a limit anyone meets.
+const MAX_MSGS: usize = 4096;
 
 pub(crate) struct Uring {
     ring: IoUring,
@@ -45,8 +54,68 @@ pub(crate) struct Uring {
     pub(crate) recv_bundle: bool,
     /// Free slots of the registered file table (empty when the table is not in use).
     free_file_slots: Vec<u32>,
+    /// The `MSG_RING` wakes this ring sends to other rings.
+    msgs: MsgWakes,
     /// How the ring was set up, for `Runtime::backend_info`.
     pub(crate) setup: &'static str,
+}
+
+/// The `MSG_RING` wakes a ring sends to other rings (see [`Uring::send_wake`]).
+struct MsgWakes {
+    /// Wakes are sent this way: the kernel has the opcode (and `IOSQE_CQE_SKIP_SUCCESS`), the
+    /// runtime did not turn them off, and no message has failed for good.
+    on: bool,
+    /// Messages pushed since the submission queue was last seen empty after a kernel entry,
+    /// by the index in their `user_data`: each pins its target's ring descriptor until the
+    /// kernel has taken its SQE, and names the target for a fallback if it fails.
+    pending: Slab<RingPin>,
+    /// Tells a message's `user_data` from an earlier one's with the same index (high half).
+    generation: u32,
+}
+
+impl MsgWakes {
+    fn user_data(&self, index: usize) -> u64 {
+        MSG_SENT_BIT | index as u64 | (u64::from(self.generation) << 32)
+    }
+
+    /// The completion of a message this ring sent, which only a failure posts
+    /// (`IOSQE_CQE_SKIP_SUCCESS`): wake its target through its eventfd instead.
+    fn failed(&mut self, ud: u64, result: i32) {
+        let index = (ud & 0xffff_ffff & !MSG_SENT_BIT) as usize;
+        if (ud >> 32) as u32 != self.generation || !self.pending.contains(index) {
+            // Posted after its message was released: see `released`.
+            return;
+        }
+        let pin = self.pending.remove(index);
+        pin.target().wake_eventfd();
+        // EOWNERDEAD: the target's thread is gone; EOVERFLOW, ENOMEM, EAGAIN: its queue was
+        // full, or the kernel short of memory, for a moment. Anything else (a kernel that
+        // refuses the message, say) would fail every time: stop sending them.
+        if !matches!(
+            -result,
+            libc::EOWNERDEAD | libc::EOVERFLOW | libc::ENOMEM | libc::EAGAIN | libc::EINTR
+        ) {
+            self.on = false;
+        }
+    }
+
+    /// The kernel has taken every SQE pushed so far, and the completions of those that failed
+    /// at once have been reaped: the rest were delivered. Unpins their targets (the kernel
+    /// holds its own reference to each target ring from the moment it read the SQE) and
+    /// counts them.
+    ///
+    /// Current kernels complete a message inline, in the entry that submits it. Older ones
+    /// (since 6.2) complete one to a `DEFER_TASKRUN` ring later, from the target's thread; its
+    /// failure then comes after this release (the target thread exiting, or the kernel out of
+    /// memory) and finds no entry: no fallback, where none is needed but in the memory case.
+    fn released(&mut self, stats: &mut super::DriverStats) {
+        if self.pending.is_empty() {
+            return;
+        }
+        stats.msg_ring_wakes += self.pending.len() as u64;
+        self.pending.clear();
+        self.generation = self.generation.wrapping_add(1);
+    }
 }
 
 /// Opcodes the runtime needs; a kernel missing one gets the epoll backend instead.
@@ -139,6 +208,8 @@ impl Uring {
             _ => e,
         })?;
         let recv_bundle = ring.params().is_feature_recvsend_bundle();
+        let msg_ring = probe.is_supported(opcode::MsgRingData::CODE)
+            && ring.params().is_feature_skip_cqe_on_success();
         let mut uring = Uring {
             ring,
             dropped_seen: 0,
@@ -147,6 +218,11 @@ impl Uring {
             send_zc: probe.is_supported(opcode::SendZc::CODE),
             recv_bundle,
             free_file_slots: Vec::new(),
+            msgs: MsgWakes {
+                on: msg_ring,
+                pending: Slab::new(),
+                generation: 0,
+            },
             table: OpTable::new(pool),
             setup,
         };
@@ -203,6 +279,93 @@ impl Uring {
                     self.table.stats.enter_errors += 1;
                     return Err(e);
                 }
+            }
+        }
+    }
+
+    /// A duplicate of this ring's descriptor, for other rings to send `MSG_RING` wakes to (see
+    /// [`WakeTarget`]); `None` if the kernel lacks `MSG_RING` (before 5.18), or wakes through
+    /// the ring are off.
+    pub(crate) fn wake_ring_fd(&self) -> Option<OwnedFd> {
+        if !self.msgs.on {
+            return None;
+        }
+        // SAFETY: `fcntl(F_DUPFD_CLOEXEC)` takes no pointer; the ring's descriptor is open
+        // while `self` lives. A negative return is an error, else a new descriptor we own.
+        let fd = unsafe { libc::fcntl(self.ring.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: `fd` is fresh and nobody else's.
+        Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Turns wakes through the ring off for this driver: it sends no `MSG_RING`.
+    pub(crate) fn disable_msg_ring(&mut self) {
+        self.msgs.on = false;
+    }
+
+    /// Wakes the parked loop `target` with an `IORING_OP_MSG_RING` on this ring, instead of a
+    /// `write(2)` to its eventfd; false if that cannot be done (the caller writes the eventfd).
+    ///
+    /// The SQE goes to the kernel with [`flush_wakes`](Self::flush_wakes), which the loop
+    /// calls at the end of the task poll that queued it (so the wakes of one poll cost one
+    /// entry), when it is left, and before a blocking call waits; or with the loop's next park,
+    /// whichever comes first. It posts a completion tagged `MSG_TAG` on the target's ring,
+    /// which ends the target's wait like any completion (a target that is not waiting keeps
+    /// it, and its next park returns at once, as an eventfd stays readable). It posts nothing
+    /// here unless it fails (`IOSQE_CQE_SKIP_SUCCESS`), so a park that submits it still
+    /// sleeps. The target reads no eventfd.
+    ///
+    /// The SQE names the target's ring by descriptor number, and the number must not go to
+    /// another file before the kernel reads the SQE: a [`RingPin`] keeps the target's
+    /// duplicate descriptor open until a kernel entry has taken every SQE queued (see
+    /// `MsgWakes::released`). A message that fails at once (the target's thread is gone, its
+    /// CQ overflowed) posts its error, reaped right after that entry: the target is woken
+    /// through its eventfd then.
+    pub(crate) fn send_wake(&mut self, target: &Arc<WakeTarget>) -> bool {
+        if !self.msgs.on || self.msgs.pending.len() >= MAX_MSGS {
+            return false;
+        }
+        let Some(pin) = target.pin_ring() else {
+            return false;
+        };
+        let fd = pin.fd();
+        let index = self.msgs.pending.insert(pin);
+        let sqe = opcode::MsgRingData::new(types::Fd(fd), 0, MSG_TAG, None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(self.msgs.user_data(index));
+        // SAFETY: the SQE points to no memory; its one descriptor is the target's ring, which
+        // the pin just stored in `msgs` keeps open (the same file, so the number cannot be
+        // reused) until the kernel has read the SQE, or until this ring is dropped (then it
+        // never will).
+        if unsafe { self.push(&sqe) }.is_err() {
+            // Never reached the ring.
+            drop(self.msgs.pending.try_remove(index));
+            return false;
+        }
+        true
+    }
+
+    /// Hands the `MSG_RING` wakes in the submission queue to the kernel now (with whatever
+    /// else is queued there). Completions are reaped (the wakers they collect are woken by the
+    /// loop's next iteration), so a message that failed at once is seen.
+    pub(crate) fn flush_wakes(&mut self) {
+        if self.msgs.pending.is_empty() || self.ring.submission().is_empty() {
+            return;
+        }
+        self.table.stats.kernel_enters += 1;
+        self.table.stats.syscalls += 1;
+        let submitted = self.ring.submit();
+        self.reap();
+        if submitted.is_ok() && self.ring.submission().is_empty() {
+            self.msgs.released(&mut self.table.stats);
+        } else {
+            // Not submitted now: wake the targets the slow way (a later submission only adds a
+            // spurious wake).
+            for (_, pin) in &self.msgs.pending {
+                pin.target().wake_eventfd();
             }
         }
     }
@@ -427,6 +590,11 @@ impl Uring {
             guard += 1;
         }
         self.check_dropped();
+        if self.ring.submission().is_empty() {
+            // Every `MSG_RING` queued went with this entry, and those that failed at once were
+            // just reaped.
+            self.msgs.released(&mut self.table.stats);
+        }
         entered
     }
 
@@ -507,6 +675,10 @@ impl Uring {
                 if !cqueue::more(flags) {
                     self.wake_armed = false;
                 }
+            } else if ud == MSG_TAG {
+                // Another ring's wake: it has ended the wait, nothing more to do.
+            } else if ud & (MSG_SENT_BIT | CANCEL_BIT) == MSG_SENT_BIT {
+                self.msgs.failed(ud, result);
             } else {
                 self.table.complete(ud, result, flags);
             }
@@ -531,7 +703,9 @@ impl Uring {
         let deadline = Instant::now() + bound;
         loop {
             let live = self.table.live_keys();
-            if live.is_empty() || Instant::now() >= deadline {
+            // Wakes this ring sent to other loops go out too, and come back, before the ring
+            // goes (a teardown drops tasks, whose channel ends wake their peers).
+            if (live.is_empty() && self.msgs.pending.is_empty()) || Instant::now() >= deadline {
                 break;
             }
             for key in live {
@@ -550,6 +724,13 @@ impl Drop for Uring {
     /// or that a panic cut short), their memory is leaked rather than freed under the kernel.
     fn drop(&mut self) {
         self.table.leak_in_flight();
+        // `MSG_RING` wakes not seen submitted: maybe still in the submission queue, which
+        // nobody will submit now. Wake those loops through their eventfds (a spurious wake if
+        // the message did go); unpinning is safe, because the kernel either holds its own
+        // reference to the target's ring already or will never read the SQE.
+        for pin in self.msgs.pending.drain() {
+            pin.target().wake_eventfd();
+        }
     }
 }
 
@@ -557,4 +738,107 @@ fn drain_eventfd(fd: i32) {
     let mut buf = 0u64;
     // SAFETY: reads 8 bytes into a live local from the runtime's own non-blocking eventfd.
     let _ = unsafe { libc::read(fd, &mut buf as *mut u64 as *mut libc::c_void, 8) };
+}
+
+#[cfg(all(test, not(ringloop_loom)))]
+mod tests {
+    //! The bookkeeping of `MSG_RING` wakes, fed fake completions (no ring needed): a failure
+    //! wakes the target's eventfd and unpins it, a release counts and unpins the rest, a
+    //! failure posted after its release changes nothing, and only a lasting error turns the
+    //! transport off.
+
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::sync::Arc;
+
+    use slab::Slab;
+
+    use super::MsgWakes;
+    use crate::driver::wake::WakeTarget;
+    use crate::driver::{DriverStats, WakeFd};
+
+    /// A target whose "ring" is a descriptor of our own (never used as a ring here).
+    fn target() -> Arc<WakeTarget> {
+        // SAFETY: eventfd takes no pointers; the result is checked and owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: fresh and ours.
+        let ring = unsafe { OwnedFd::from_raw_fd(fd) };
+        Arc::new(WakeTarget::new(WakeFd::new().unwrap(), Some(ring)))
+    }
+
+    /// Whether the target's eventfd was written (and resets it).
+    fn woken(t: &WakeTarget) -> bool {
+        let mut buf = 0u64;
+        // SAFETY: reads 8 bytes into a live local from a non-blocking eventfd of ours.
+        let n = unsafe {
+            libc::read(
+                t.eventfd().raw(),
+                &mut buf as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+        n == 8
+    }
+
+    fn msgs() -> MsgWakes {
+        MsgWakes {
+            on: true,
+            pending: Slab::new(),
+            generation: 0,
+        }
+    }
+
+    #[test]
+    fn a_failed_message_wakes_its_target_through_the_eventfd_and_unpins_it() {
+        let (a, b) = (target(), target());
+        let mut m = msgs();
+        let ia = m.pending.insert(a.pin_ring().unwrap());
+        let ib = m.pending.insert(b.pin_ring().unwrap());
+        m.failed(m.user_data(ia), -libc::EOWNERDEAD);
+        assert!(woken(&a));
+        assert!(!woken(&b));
+        assert!(
+            m.on,
+            "a target whose thread is gone says nothing about the kernel"
+        );
+        // `a` is unpinned: once retired, its descriptor goes at once.
+        a.retire_ring();
+        assert!(a.pin_ring().is_none());
+        let mut stats = DriverStats::default();
+        m.released(&mut stats);
+        assert_eq!(stats.msg_ring_wakes, 1, "only b's message was delivered");
+        assert!(m.pending.is_empty());
+        // A failure posted after its message was released finds nothing.
+        m.failed(m.user_data(ib) - (1 << 32), -libc::EOVERFLOW);
+        assert!(!woken(&b));
+        drop(b.pin_ring().expect("b was never retired"));
+    }
+
+    #[test]
+    fn a_lasting_error_turns_the_transport_off() {
+        let t = target();
+        let mut m = msgs();
+        let i = m.pending.insert(t.pin_ring().unwrap());
+        m.failed(m.user_data(i), -libc::EINVAL);
+        assert!(woken(&t));
+        assert!(!m.on);
+    }
+
+    #[test]
+    fn a_retired_ring_is_closed_once_its_last_pin_goes() {
+        let t = target();
+        let pin = t.pin_ring().unwrap();
+        let fd = pin.fd();
+        t.retire_ring();
+        assert!(t.pin_ring().is_none(), "no new pin once retired");
+        // SAFETY: F_GETFD reads the descriptor's flags; no pointer.
+        assert!(
+            unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0,
+            "open while pinned"
+        );
+        drop(pin);
+        // Closed now (the number may already be another test's descriptor, so it is not
+        // probed); the target still hands out none.
+        assert!(t.pin_ring().is_none());
+    }
 }

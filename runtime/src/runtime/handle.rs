@@ -1,10 +1,10 @@
 //! [`Handle`]: what other threads may hold of a runtime, and the injector behind it.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::driver::WakeFd;
+use crate::driver::WakeTarget;
 use crate::handshake::ParkState;
 use crate::task::{Remote, TaskPtr};
 
@@ -23,7 +23,7 @@ pub(super) struct Injected {
     pub(super) callbacks: Vec<Box<dyn FnOnce() + Send>>,
 }
 
-/// The part of a runtime other threads may touch: the injector and the wake fd.
+/// The part of a runtime other threads may touch: the injector and what wakes the loop.
 pub(crate) struct Shared {
     pub(super) injected: Mutex<Injected>,
     /// Whether something is in `injected`, and whether the loop is parking: the wake handshake
@@ -32,7 +32,10 @@ pub(crate) struct Shared {
     pub(super) stop_requested: AtomicBool,
     /// The runtime is gone: remote wakes are dropped instead of queued.
     pub(super) closed: AtomicBool,
-    pub(super) wake: WakeFd,
+    /// The loop's eventfd, and its ring's descriptor for `MSG_RING` wakes (io_uring).
+    pub(super) wake: Arc<WakeTarget>,
+    /// Unparks sent to this loop (eventfd writes and `MSG_RING`s), for `RuntimeStats::unparks`.
+    pub(super) unparks: AtomicU64,
 }
 
 /// What a task's waker on another thread sees of its loop.
@@ -55,10 +58,27 @@ impl Shared {
         self.unpark();
     }
 
+    /// Wakes the loop if it announced a park and no other waker has woken it since (the
+    /// handshake makes a burst of wakes cost one).
+    ///
+    /// The wake goes through the ring when it can: if this thread is running an io_uring loop
+    /// with `MSG_RING`, and this loop is an io_uring loop too, the calling loop queues a
+    /// `MSG_RING` to this loop's ring on its own ring, submitted when the calling task's poll
+    /// ends (see `Core::send_wake`). Otherwise (a plain thread, an epoll loop on either side,
+    /// no `MSG_RING`, the calling driver busy) it writes this loop's eventfd.
     pub(super) fn unpark(&self) {
         if self.park.must_unpark() {
-            self.wake.wake();
+            self.unparks.fetch_add(1, Ordering::Relaxed);
+            if !self.unpark_through_ring() {
+                self.wake.wake_eventfd();
+            }
         }
+    }
+
+    /// Queues this loop's unpark as a `MSG_RING` on the calling thread's loop; false if that
+    /// cannot be done.
+    fn unpark_through_ring(&self) -> bool {
+        self.wake.has_ring() && super::try_with_core(|core| core.send_wake(self)).unwrap_or(false)
     }
 
     pub(super) fn take_injected(&self) -> Injected {

@@ -464,6 +464,9 @@ fn is_past(deadline: Option<Instant>) -> bool {
 
 /// Parks this thread until it is unparked (or spuriously woken), or until `deadline`.
 fn park_until(deadline: Option<Instant>) {
+    // On a loop's thread (which these calls should not block, but may): the wakes it queued
+    // on its ring go now; the end of the poll, which would send them, waits for this call.
+    crate::runtime::flush_wakes();
     match deadline {
         None => thread::park(),
         Some(d) => {

@@ -94,7 +94,9 @@ fn block_on_thread<F: Future>(future: F) -> F::Output {
         if let Poll::Ready(v) = future.as_mut().poll(&mut cx) {
             return v;
         }
-        // A wake between the poll and here leaves the token set: park returns at once.
+        // A wake between the poll and here leaves the token set: park returns at once. Wakes
+        // queued on a loop's ring go first, if this is a loop's thread.
+        crate::runtime::flush_wakes();
         thread::park();
     }
 }
