@@ -33,8 +33,10 @@
 //! task left and completes every op still in flight before its ring goes (see
 //! [`Runtime`](crate::Runtime)'s drop and [`Builder::shutdown_timeout`]).
 //!
-//! A main task that has not started when the stop comes never runs (a task cancelled before it
-//! starts never does, as in asyncio); [`Shards::join`] reports it as stopped.
+//! [`ShardsBuilder::start`] returns once every main task has started (been polled once), so a
+//! stop always finds them at an await. Only a shard that fails while the others start can stop
+//! a main task that has not run yet; such a task never runs (a task cancelled before it starts
+//! never does, as in asyncio) and [`Shards::join`] reports it as stopped.
 //!
 //! A shard whose main task panics, or that fails to start, stops the others the same way; its
 //! [`ShardError`] names its index.
@@ -226,7 +228,7 @@ impl ShardsBuilder {
 
     /// Starts the shards: on each thread, builds the runtime, then (once every shard is ready)
     /// calls `factory` with the shard's [`Shard`] and runs the future it returns as the shard's
-    /// main task. Returns once every shard is running.
+    /// main task. Returns once every main task has started (been polled once).
     ///
     /// # Errors
     /// If there are no CPUs to place on, a thread cannot be started or pinned, or a runtime
@@ -257,6 +259,7 @@ impl ShardsBuilder {
         let mut threads = Vec::with_capacity(count);
         let mut handles = Vec::with_capacity(count);
         let mut go = Vec::with_capacity(count);
+        let (started_tx, started_rx) = mpsc::channel::<()>();
         let mut failure = None;
         for index in 0..count {
             let cpu = cpus.as_ref().map(|c| place(c, index, count));
@@ -269,6 +272,7 @@ impl ShardsBuilder {
                 runtime: self.runtime.clone(),
                 factory: factory.clone(),
                 stopper: stopper.clone(),
+                started: started_tx.clone(),
             };
             let spawned = thread::Builder::new()
                 .name(format!("{}-{index}", self.name))
@@ -317,6 +321,15 @@ impl ShardsBuilder {
         let handles: Arc<[Handle]> = handles.into();
         for tx in go {
             let _ = tx.send(Some(handles.clone()));
+        }
+        // Every main task has been polled once before this returns, so a stop from here on
+        // reaches each of them at an await (a task cancelled before it starts never runs). A
+        // shard that ends first drops its sender instead.
+        drop(started_tx);
+        for _ in 0..count {
+            if started_rx.recv().is_err() {
+                break;
+            }
         }
         Ok(Shards {
             threads,
@@ -387,6 +400,8 @@ struct ShardStart<F> {
     runtime: Arc<dyn Fn(usize) -> Builder + Send + Sync>,
     factory: F,
     stopper: Stopper,
+    /// Told when the main task is first polled.
+    started: mpsc::Sender<()>,
 }
 
 impl<F, Fut> ShardStart<F>
@@ -434,9 +449,15 @@ where
         };
         let stop = &self.stopper.stops[index];
         let factory = self.factory;
+        let started = self.started;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| {
             rt.block_on(async move {
-                let main = spawn(factory(shard));
+                let future = factory(shard);
+                let main = spawn(async move {
+                    let _ = started.send(());
+                    drop(started);
+                    future.await
+                });
                 MainTask {
                     main,
                     stop,

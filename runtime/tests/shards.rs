@@ -119,6 +119,20 @@ fn stop_from_another_thread_cancels_every_main_task_which_may_answer() {
 }
 
 #[test]
+fn a_stop_right_after_start_reaches_every_main_task_at_an_await() {
+    let _serial = serial();
+    for backend in common::backends() {
+        for _ in 0..20 {
+            let shards = builder(backend, 2)
+                .start(|_| async { sleep(HOUR).await.is_err() })
+                .unwrap();
+            shards.stop();
+            assert_eq!(shards.join().unwrap(), vec![true, true], "{backend:?}");
+        }
+    }
+}
+
+#[test]
 fn a_main_task_that_lets_its_cancel_escape_ends_stopped() {
     let _serial = serial();
     for backend in common::backends() {
