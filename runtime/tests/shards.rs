@@ -268,17 +268,28 @@ fn spawning_on_shards_from_many_threads_at_once() {
 fn shards_spawn_on_each_other_and_await_the_result() {
     let _serial = serial();
     for backend in common::backends() {
+        // A shard that ends drops its runtime, and the tasks others spawned on it with it:
+        // each main task stays until both have their answer.
+        let answered = Arc::new(AtomicUsize::new(0));
         let shards = builder(backend, 2)
-            .start(|shard| async move {
-                let other = shard.handle((shard.index() + 1) % shard.count()).clone();
-                let me = shard.index();
-                // Await, from this shard's task, a task running on the other shard.
-                other
+            .start(move |shard| {
+                let answered = answered.clone();
+                async move {
+                    let other = shard.handle((shard.index() + 1) % shard.count()).clone();
+                    let me = shard.index();
+                    // Await, from this shard's task, a task running on the other shard.
+                    let r = other
                         .spawn(move || async move {
                             (me, std::thread::current().name().map(str::to_owned))
                         })
                         .await
-                        .unwrap()
+                        .unwrap();
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    while answered.load(Ordering::SeqCst) < 2 {
+                        sleep(Duration::from_millis(1)).await.unwrap();
+                    }
+                    r
+                }
             })
             .unwrap();
         let r = shards.join().unwrap();
