@@ -6,53 +6,14 @@
 //! loop, the server and the client all run on that thread.
 
 mod common;
+#[path = "../../runtime/tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use counting_alloc::{start_counting, stop_counting};
 
 use common::localhost;
 use ringloop_net::{TcpListener, TcpStream};
 use ringloop_runtime::spawn;
-
-struct Counting;
-
-thread_local! {
-    /// Allocations on this thread while counting is on; `None` when off.
-    static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-fn bump() {
-    // `try_with`: the allocator may run while the thread's locals are being torn down.
-    let _ = COUNT.try_with(|c| {
-        if let Some(n) = c.get() {
-            c.set(Some(n + 1));
-        }
-    });
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the counter is a thread-local
-// `Cell` that never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
 
 const WARM_UP: usize = 200;
 const COUNTED: usize = 1000;
@@ -75,7 +36,7 @@ both_backends! {
         let mut allocations = 0;
         for round in 0..WARM_UP + COUNTED {
             if round == WARM_UP {
-                COUNT.with(|c| c.set(Some(0)));
+                start_counting();
             }
             msg.fill(round as u8);
             let (r, m) = client.write_all(msg).await;
@@ -87,7 +48,7 @@ both_backends! {
             assert_eq!(got, msg, "round {round}");
             reply = got;
         }
-        allocations += COUNT.with(|c| c.replace(None)).unwrap_or(0);
+        allocations += stop_counting();
         drop(client);
         server.await.unwrap();
         assert!(

@@ -4,64 +4,16 @@
 //! Counted with a global allocator that counts the allocations of the thread that asks.
 
 mod common;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use counting_alloc::{start_counting, stop_counting};
+
 use std::io;
 use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue};
 use ringloop_runtime::{Interest, Op, OpKind, Runtime};
-
-struct Counting;
-
-thread_local! {
-    /// Allocations on this thread while counting is on; `None` when off.
-    static COUNT: Cell<Option<usize>> = const { Cell::new(None) };
-}
-
-fn bump() {
-    // `try_with`: the allocator may run while the thread's locals are being torn down.
-    let _ = COUNT.try_with(|c| {
-        if let Some(n) = c.get() {
-            c.set(Some(n + 1));
-        }
-    });
-}
-
-// SAFETY: forwards every call to the system allocator unchanged; the counter is a thread-local
-// `Cell` that never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded from the caller.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOC: Counting = Counting;
-
-/// Starts counting this thread's allocations (the loop's included: it runs on this thread).
-fn start_counting() {
-    COUNT.with(|c| c.set(Some(0)));
-}
-
-/// Stops counting; the allocations since [`start_counting`].
-fn stop_counting() -> usize {
-    COUNT.with(|c| c.replace(None)).unwrap_or(0)
-}
 
 /// A no-op with some data, like a send holding its buffer and descriptor.
 struct Nop {
