@@ -859,6 +859,7 @@ fn callback_handle_of_another_runtime_never_cancels_this_runtimes_timer() {
 fn a_sleep_dropped_under_another_threads_runtime_never_cancels_that_runtimes_timer() {
     let a = Runtime::new().unwrap();
     let deadline = Instant::now() + Duration::from_millis(5);
+    #[allow(clippy::async_yields_async)] // the sleep is carried out, to another thread
     let armed_on_a = a.block_on(async move {
         let mut s = Box::pin(ringloop_runtime::sleep_until(deadline));
         std::future::poll_fn(|cx| {
@@ -882,7 +883,11 @@ fn a_sleep_dropped_under_another_threads_runtime_never_cancels_that_runtimes_tim
     })
     .join()
     .unwrap();
-    assert_eq!(a.stats().timers_pending, 1, "still armed on A, out of reach");
+    assert_eq!(
+        a.stats().timers_pending,
+        1,
+        "still armed on A, out of reach"
+    );
     a.block_on(async move {
         ringloop_runtime::sleep_until(deadline + Duration::from_millis(1))
             .await
