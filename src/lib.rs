@@ -57,6 +57,11 @@ pub use ringloop_runtime::*;
 
 pub use ringloop_runtime::{combinators, sync, task, time};
 
+/// Other crates' runtime traits on ringloop: hyper's executor and timer as
+/// `compat::hyper::{HyperExecutor, HyperTimer}` (feature `hyper`).
+#[cfg(feature = "hyper")]
+pub use ringloop_runtime::compat;
+
 /// Sockets: asyncio's `sock_*` primitives and TCP, UDP and Unix sockets with owned buffers
 /// (the crate `ringloop-net`).
 pub use ringloop_net as net;

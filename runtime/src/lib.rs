@@ -42,6 +42,8 @@
 pub mod blocking;
 mod callback;
 pub mod combinators;
+#[cfg(feature = "hyper")]
+pub mod compat;
 mod context;
 pub mod driver;
 mod handshake;

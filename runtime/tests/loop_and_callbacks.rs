@@ -852,6 +852,50 @@ fn callback_handle_of_another_runtime_never_cancels_this_runtimes_timer() {
     assert_eq!(a.stats().timers_pending, 0);
 }
 
+/// `Sleep` is `Send`: armed on runtime A, moved to another thread and dropped there under
+/// runtime B, it must not disarm B's timer that has the same slot and sequence number; A
+/// keeps the abandoned timer until it fires, then drops it.
+#[test]
+fn a_sleep_dropped_under_another_threads_runtime_never_cancels_that_runtimes_timer() {
+    let a = Runtime::new().unwrap();
+    let deadline = Instant::now() + Duration::from_millis(5);
+    #[allow(clippy::async_yields_async)] // the sleep is carried out, to another thread
+    let armed_on_a = a.block_on(async move {
+        let mut s = Box::pin(ringloop_runtime::sleep_until(deadline));
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(s.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+        s
+    });
+    std::thread::spawn(move || {
+        let b = Runtime::new().unwrap();
+        b.block_on(async move {
+            let fired = Rc::new(Cell::new(false));
+            let f = fired.clone();
+            call_later(Duration::from_millis(1), move || f.set(true));
+            drop(armed_on_a);
+            assert_eq!(ringloop_runtime::current_stats().timers_pending, 1);
+            sleep(Duration::from_millis(2)).await.unwrap();
+            assert!(fired.get(), "B's timer was disarmed by A's sleep");
+        });
+    })
+    .join()
+    .unwrap();
+    assert_eq!(
+        a.stats().timers_pending,
+        1,
+        "still armed on A, out of reach"
+    );
+    a.block_on(async move {
+        ringloop_runtime::sleep_until(deadline + Duration::from_millis(1))
+            .await
+            .unwrap();
+    });
+    assert_eq!(a.stats().timers_pending, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // One iteration runs only what was ready at its start
 // ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ use handle::RemoteTask;
 pub(crate) use handle::Shared;
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
@@ -236,7 +237,7 @@ impl Core {
         self.ready.borrow_mut().push_back(Runnable::Task(task));
     }
 
-    pub(crate) fn spawn<F>(&self, future: F, name: Option<String>) -> Task<F::Output>
+    pub(crate) fn spawn<F>(&self, future: F, name: Option<Cow<'static, str>>) -> Task<F::Output>
     where
         F: Future + 'static,
     {
@@ -248,7 +249,7 @@ impl Core {
     fn spawn_cell<F>(
         &self,
         future: F,
-        name: Option<String>,
+        name: Option<Cow<'static, str>>,
         parent: Option<TaskId>,
     ) -> (Task<F::Output>, Arc<TaskCell<F>>)
     where
@@ -661,7 +662,7 @@ impl Runtime {
         // SAFETY: so the erased lifetime is never observed past the real one.
         let erased: Pin<&'static mut (dyn Future<Output = ()> + 'static)> =
             unsafe { std::mem::transmute(borrowed) };
-        let (task, cell) = core.spawn_cell(erased, Some("main".to_owned()), None);
+        let (task, cell) = core.spawn_cell(erased, Some(Cow::Borrowed("main")), None);
         cell.mark_main();
         struct MainGuard<'a> {
             core: &'a Core,
@@ -1061,8 +1062,19 @@ pub fn spawn_named<F>(name: impl Into<String>, future: F) -> Task<F::Output>
 where
     F: Future + 'static,
 {
-    let name = name.into();
+    let name = Cow::Owned(name.into());
     with_core(|core| core.spawn(future, Some(name)))
+}
+
+/// Like [`spawn_named`] with a name known at compile time, which costs no allocation: for
+/// spawners that name every task they make (the hyper executor's `hyper.h2-stream`).
+#[cfg(feature = "hyper")]
+#[track_caller]
+pub(crate) fn spawn_static_named<F>(name: &'static str, future: F) -> Task<F::Output>
+where
+    F: Future + 'static,
+{
+    with_core(|core| core.spawn(future, Some(Cow::Borrowed(name))))
 }
 
 /// Every task of the running runtime that has not ended (asyncio's `all_tasks`), in spawn order.

@@ -25,6 +25,7 @@
 //!   no future, no output and no done callbacks: only `Send` data (a name, a waker, an `Arc`).
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::cell::{Cell, UnsafeCell};
 use std::future::Future;
 use std::mem::ManuallyDrop;
@@ -89,7 +90,9 @@ pub(crate) type DoneCallback = Box<dyn FnOnce(&TaskRef)>;
 /// Rarely needed per-task data, boxed so that a plain task pays 8 bytes for all of it.
 #[derive(Default)]
 pub(crate) struct Extras {
-    pub(crate) name: Option<Box<str>>,
+    /// A `Cow` so that a name known at compile time (`"main"`, the hyper executor's) costs no
+    /// allocation of its own.
+    pub(crate) name: Option<Cow<'static, str>>,
     /// The message of the latest cancel request.
     pub(crate) cancel_message: Option<Arc<str>>,
     pub(crate) done_callbacks: Vec<DoneCallback>,
@@ -179,8 +182,8 @@ impl Header {
             .unwrap_or_else(|| format!("Task-{}", self.id))
     }
 
-    pub(crate) fn set_name(&self, name: String) {
-        self.with_extras(|e| e.name = Some(name.into_boxed_str()));
+    pub(crate) fn set_name(&self, name: Cow<'static, str>) {
+        self.with_extras(|e| e.name = Some(name));
     }
 
     pub(crate) fn state(&self) -> TaskState {

@@ -280,7 +280,7 @@ impl TaskRef {
 
     /// Renames the task (asyncio's `set_name`).
     pub fn set_name(&self, name: impl Into<String>) {
-        self.ptr.header().set_name(name.into());
+        self.ptr.header().set_name(name.into().into());
     }
 
     /// Where the task is in its life.

@@ -91,17 +91,40 @@ impl TimerHeap {
 
     /// Replaces the waker of an armed `Wake` timer (a task polled with a new waker). Returns
     /// whether the timer is still armed here (false once fired or cancelled, or for another
-    /// heap's key), so callers learn both with one lookup.
-    pub(crate) fn update_waker(&mut self, key: TimerKey, waker: &Waker) -> bool {
+    /// heap's key), so callers learn both with one lookup, and the waker replaced, for the
+    /// caller to drop once it no longer borrows the heap (a waker's drop is foreign code).
+    pub(crate) fn update_waker(&mut self, key: TimerKey, waker: &Waker) -> (bool, Option<Waker>) {
         if !self.owns(key) {
-            return false;
+            return (false, None);
         }
-        if let TimerAction::Wake(w) = &mut self.entries[key.slot].action {
-            if !w.will_wake(waker) {
-                w.clone_from(waker);
+        match &mut self.entries[key.slot].action {
+            TimerAction::Wake(w) if !w.will_wake(waker) => {
+                (true, Some(std::mem::replace(w, waker.clone())))
             }
+            _ => (true, None),
         }
-        true
+    }
+
+    /// Moves an armed timer to `deadline`, keeping its slot and its action (no allocation but
+    /// the heap node). Returns the timer's new key, or `None` if `key` is not armed here.
+    ///
+    /// The timer takes a new sequence number, so among equal deadlines it fires after the
+    /// timers armed before the move, as if it had been armed anew; its old heap node goes
+    /// stale.
+    #[cfg_attr(not(any(test, feature = "hyper")), allow(dead_code))] // used by `compat::hyper`
+    pub(crate) fn reschedule(&mut self, key: TimerKey, deadline: Instant) -> Option<TimerKey> {
+        if !self.owns(key) {
+            return None;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries[key.slot].seq = seq;
+        self.heap.push(Reverse((deadline, seq, key.slot)));
+        self.stale += 1;
+        if self.stale > 64 && self.stale > self.entries.len() {
+            self.compact();
+        }
+        Some(TimerKey { seq, ..key })
     }
 
     /// Disarms a timer; returns its action if it was still armed.
@@ -228,6 +251,40 @@ mod tests {
     }
 
     #[test]
+    fn a_rescheduled_timer_fires_once_at_its_new_deadline_and_its_old_key_is_dead() {
+        let mut heap = TimerHeap::new();
+        let t0 = Instant::now();
+        let early = t0 + Duration::from_millis(1);
+        let late = t0 + Duration::from_millis(9);
+        let a = heap.insert(early, noop());
+        let b = heap.insert(late, noop());
+        let moved = heap.reschedule(a, late).expect("armed");
+        assert_eq!(moved.slot, a.slot, "the slot is kept");
+        assert!(heap.reschedule(a, early).is_none(), "the old key is stale");
+        assert!(heap.cancel(a).is_none());
+        assert_eq!(heap.next_deadline(), Some(late));
+        let mut out = Vec::new();
+        heap.expire(early, &mut out);
+        assert!(out.is_empty(), "nothing fires at the old deadline");
+        heap.expire(late, &mut out);
+        assert_eq!(out.len(), 2, "both fire once, at the new deadline");
+        assert_eq!(heap.len(), 0);
+        assert!(heap.reschedule(moved, late).is_none() && heap.cancel(b).is_none());
+    }
+
+    #[test]
+    fn rescheduling_many_times_keeps_the_heap_small() {
+        let mut heap = TimerHeap::new();
+        let t0 = Instant::now();
+        let mut key = heap.insert(t0, noop());
+        for i in 1..10_000u64 {
+            key = heap.reschedule(key, t0 + Duration::from_nanos(i)).unwrap();
+        }
+        assert!(heap.heap.len() < 200, "heap kept {} nodes", heap.heap.len());
+        assert_eq!(heap.len(), 1);
+    }
+
+    #[test]
     fn a_key_from_another_heap_never_matches() {
         let mut a = TimerHeap::new();
         let mut b = TimerHeap::new();
@@ -240,6 +297,7 @@ mod tests {
             "same slot and sequence"
         );
         assert!(a.cancel(kb).is_none());
+        assert!(a.reschedule(kb, d).is_none());
         assert_eq!(a.len(), 1);
         assert!(b.cancel(kb).is_some());
     }

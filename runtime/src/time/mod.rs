@@ -40,7 +40,15 @@ impl Timers {
     /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
     /// another runtime's).
     pub(crate) fn update_waker(&self, key: TimerKey, waker: &Waker) -> bool {
-        self.heap.borrow_mut().update_waker(key, waker)
+        let (armed, old) = self.heap.borrow_mut().update_waker(key, waker);
+        drop(old); // outside the borrow, as in `cancel`
+        armed
+    }
+
+    /// Moves an armed timer to `deadline`; its new key, or `None` if it is not armed here.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))] // used by `compat::hyper`
+    pub(crate) fn reschedule(&self, key: TimerKey, deadline: Instant) -> Option<TimerKey> {
+        self.heap.borrow_mut().reschedule(key, deadline)
     }
 
     /// Disarms a timer, if it is still armed here.
@@ -71,6 +79,12 @@ impl Timers {
 }
 
 /// A registration on the timer heap that wakes the polling task at `deadline`.
+///
+/// It holds only a [`TimerKey`] (plain data, so the entry is `Send` and `Sync`), and reaches
+/// the heap through the thread's *running* loop. The key names its heap, so an entry polled,
+/// re-aimed or dropped where another loop runs, or none, never touches that loop's timers: it
+/// does nothing there, and its timer stays armed on its own heap until it fires (then it wakes
+/// a waker that nobody waits on any more, which is harmless).
 #[derive(Debug, Default)]
 pub(crate) struct TimerEntry {
     key: Option<TimerKey>,
@@ -92,6 +106,20 @@ impl TimerEntry {
         self.key.is_some_and(|key| {
             context::try_with_timers(|timers| timers.update_waker(key, cx.waker())).unwrap_or(false)
         })
+    }
+
+    /// If the timer still waits on the running loop's heap, moves it to `deadline` in place
+    /// (same slot, same waker) and returns true.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))] // used by `compat::hyper`
+    pub(crate) fn reaim(&mut self, deadline: Instant) -> bool {
+        let Some(key) = self.key else { return false };
+        match context::try_with_timers(|timers| timers.reschedule(key, deadline)).flatten() {
+            Some(moved) => {
+                self.key = Some(moved);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Disarms the timer, if armed.
@@ -133,17 +161,15 @@ pub(crate) fn cancel_timer(key: TimerKey) {
 /// When polled outside a running ringloop runtime.
 pub fn sleep(duration: Duration) -> Sleep {
     Sleep {
+        wait: DeadlineWait::new(Instant::now() + duration),
         yield_only: duration.is_zero(),
-        ..sleep_until(Instant::now() + duration)
     }
 }
 
 /// Waits until `deadline` on the loop's clock; see [`sleep`].
 pub fn sleep_until(deadline: Instant) -> Sleep {
     Sleep {
-        deadline,
-        timer: TimerEntry::default(),
-        yielded: false,
+        wait: DeadlineWait::new(deadline),
         yield_only: false,
     }
 }
@@ -152,9 +178,7 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
 #[derive(Debug)]
 #[must_use = "futures do nothing unless awaited"]
 pub struct Sleep {
-    deadline: Instant,
-    timer: TimerEntry,
-    yielded: bool,
+    wait: DeadlineWait,
     /// `sleep(Duration::ZERO)`: a plain yield, which never touches the timer heap.
     yield_only: bool,
 }
@@ -162,7 +186,7 @@ pub struct Sleep {
 impl Sleep {
     /// When the sleep ends.
     pub fn deadline(&self) -> Instant {
-        self.deadline
+        self.wait.deadline()
     }
 }
 
@@ -170,35 +194,137 @@ impl Future for Sleep {
     type Output = Result<(), Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // Done once its timer has fired, not merely once the clock says so: a task polled for
-        // another reason after the deadline would otherwise finish ahead of timers that are
-        // due earlier and not yet run. One heap lookup tells, and refreshes the waker if not.
-        let waiting = self.yielded && self.timer.refresh(cx);
-        if self.yielded && !waiting && Instant::now() >= self.deadline {
-            self.timer.disarm();
-            return Poll::Ready(Ok(()));
-        }
+        let waiting = match self.wait.check(cx) {
+            Check::Fired => return Poll::Ready(Ok(())),
+            Check::Waiting => true,
+            Check::Unarmed => false,
+        };
         if let Some(c) = take_cancel_if(waiting) {
-            self.timer.disarm();
+            self.wait.disarm();
             return Poll::Ready(Err(c));
         }
         if waiting {
             return Poll::Pending;
         }
-        if !self.yielded && self.yield_only {
+        if self.yield_only {
             // asyncio's sleep(0): yield once instead of touching the heap. This path never
             // reaches the heap, so check for a runtime here: outside one, a
             // `sleep(Duration::ZERO)` must panic like every other sleep (see `# Panics`), not
-            // quietly complete under a foreign executor.
+            // quietly complete under a foreign executor. Marked armed: the next poll finds no
+            // timer and a deadline already past, so it ends.
             context::expect_entered();
-            self.yielded = true;
+            self.wait.armed = true;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        self.yielded = true;
-        let deadline = self.deadline;
-        self.timer.arm(deadline, cx);
+        self.wait.arm(cx);
         Poll::Pending
+    }
+}
+
+/// What [`DeadlineWait::check`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// The timer fired (or, armed on a heap out of reach, its deadline has passed): done.
+    Fired,
+    /// The timer waits on the running loop's heap, and now wakes `cx`'s task.
+    Waiting,
+    /// Not armed on any heap since the deadline was last set, or armed on one out of reach
+    /// with its deadline still ahead: [`arm`](DeadlineWait::arm) it.
+    Unarmed,
+}
+
+/// A wait for a deadline on the loop's timer heap that knows nothing of cancellation: the
+/// timer part of [`Sleep`], and the whole of `compat::hyper`'s sleep, which must leave a cancel
+/// request for a cancellation point that can report it.
+///
+/// The wait ends when its timer leaves the heap, not when a poll finds the clock past the
+/// deadline (see [`sleep`]): one heap lookup per poll tells, and refreshes the waker if not.
+/// Plain data, `Send` and `Sync` (see [`TimerEntry`] for what that means across loops).
+#[derive(Debug)]
+pub(crate) struct DeadlineWait {
+    deadline: Instant,
+    timer: TimerEntry,
+    /// Armed on some heap since `deadline` was last set.
+    armed: bool,
+}
+
+impl DeadlineWait {
+    pub(crate) fn new(deadline: Instant) -> Self {
+        DeadlineWait {
+            deadline,
+            timer: TimerEntry::default(),
+            armed: false,
+        }
+    }
+
+    pub(crate) fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Whether the wait is over, still waiting (woken with `cx` now), or needs arming.
+    pub(crate) fn check(&mut self, cx: &Context<'_>) -> Check {
+        if !self.armed {
+            return Check::Unarmed;
+        }
+        if self.timer.refresh(cx) {
+            return Check::Waiting;
+        }
+        // Not armed on this loop's heap: it fired there, or it waits on another loop's (the
+        // future moved). Fired means the deadline passed, since the heap expires timers by
+        // the same clock; a deadline still ahead means another heap, so arm it here.
+        if Instant::now() >= self.deadline {
+            self.timer.disarm();
+            Check::Fired
+        } else {
+            Check::Unarmed
+        }
+    }
+
+    /// Arms the timer on the running loop's heap, to wake `cx`'s task at the deadline (even a
+    /// deadline already past goes through the heap, so waits end in deadline order).
+    ///
+    /// # Panics
+    /// Outside a running ringloop runtime.
+    #[track_caller]
+    pub(crate) fn arm(&mut self, cx: &Context<'_>) {
+        self.armed = true;
+        self.timer.arm(self.deadline, cx);
+    }
+
+    /// [`check`](Self::check), arming the timer if it is not armed: `Ready` once it fired.
+    ///
+    /// # Panics
+    /// When it has to arm outside a running ringloop runtime.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))] // used by `compat::hyper`
+    #[track_caller]
+    pub(crate) fn poll_wait(&mut self, cx: &Context<'_>) -> Poll<()> {
+        match self.check(cx) {
+            Check::Fired => Poll::Ready(()),
+            Check::Waiting => Poll::Pending,
+            Check::Unarmed => {
+                self.arm(cx);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Moves the deadline. An armed timer on the running loop's heap is re-aimed in place,
+    /// keeping its waker; otherwise the timer is disarmed (where it can be reached) and the
+    /// next poll arms it anew. A wait that had ended waits again.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))] // used by `compat::hyper`
+    pub(crate) fn reset(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if self.armed && self.timer.reaim(deadline) {
+            return;
+        }
+        self.timer.disarm();
+        self.armed = false;
+    }
+
+    /// Disarms the timer, if it is armed on the running loop's heap.
+    pub(crate) fn disarm(&mut self) {
+        self.timer.disarm();
     }
 }
 
