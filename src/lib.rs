@@ -61,6 +61,11 @@ pub use ringloop_runtime::{combinators, sync, task, time};
 /// (the crate `ringloop-net`).
 pub use ringloop_net as net;
 
+/// tokio's and hyper's borrowed-buffer I/O traits on ringloop's streams (features `tokio-io`
+/// and `hyper`): [`compat::Io`]. The same module as `ringloop::net::compat`.
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+pub use ringloop_net::compat;
+
 // The README's Rust examples run as doctests of this crate, so they cannot drift from the API.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
