@@ -57,14 +57,24 @@ pub use ringloop_runtime::*;
 
 pub use ringloop_runtime::{combinators, sync, task, time};
 
-/// Other crates' runtime traits on ringloop: hyper's executor and timer as
-/// `compat::hyper::{HyperExecutor, HyperTimer}` (feature `hyper`).
-#[cfg(feature = "hyper")]
-pub use ringloop_runtime::compat;
-
 /// Sockets: asyncio's `sock_*` primitives and TCP, UDP and Unix sockets with owned buffers
 /// (the crate `ringloop-net`).
 pub use ringloop_net as net;
+
+/// ringloop under other crates' traits, each behind its cargo feature:
+///
+/// * [`compat::Io`] (features `tokio-io` and `hyper`): tokio's `AsyncRead`/`AsyncWrite` and
+///   hyper's `rt::Read`/`rt::Write` on ringloop's streams (the same type as
+///   `ringloop::net::compat::Io`);
+/// * [`compat::hyper`] (feature `hyper`): hyper's executor and timer, `HyperExecutor` and
+///   `HyperTimer`, so hyper's servers and clients run on ringloop unmodified.
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+pub mod compat {
+    pub use ringloop_net::compat::*;
+
+    #[cfg(feature = "hyper")]
+    pub use ringloop_runtime::compat::hyper;
+}
 
 // The README's Rust examples run as doctests of this crate, so they cannot drift from the API.
 #[doc = include_str!("../README.md")]

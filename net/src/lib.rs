@@ -154,6 +154,8 @@ macro_rules! split_halves {
 }
 
 pub mod buf;
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+pub mod compat;
 mod ops;
 pub mod pooled;
 pub mod protocol;

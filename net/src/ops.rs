@@ -563,7 +563,7 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
 /// internal poll and, once the socket is writable, re-issues the request with the same,
 /// already consumed iterator: the kernel sends an *empty* datagram and the CQE reports 0 bytes
 /// (seen on Linux 6.18). `MSG_DONTWAIT` in the SQE makes `EAGAIN` final (the kernel sets
-/// `REQ_F_NOWAIT`), so it reaches us and the caller waits for writability ([`PollWritable`])
+/// `REQ_F_NOWAIT`), so it reaches us and the caller waits for writability ([`PollReady`])
 /// and sends again from a fresh `msghdr`. The epoll backend is unaffected: every attempt
 /// builds a fresh `msghdr` and `EAGAIN` means "wait for readiness" there.
 pub(crate) struct SendDatagram<B> {
@@ -603,34 +603,80 @@ unsafe impl<B: IoBuf> OpKind for SendDatagram<B> {
     }
 }
 
-/// Waits until a socket is writable (`POLLOUT`, or an error or hang-up): a single-shot
-/// `IORING_OP_POLL_ADD` on io_uring, a readiness wait on epoll.
-pub(crate) struct PollWritable {
+/// Waits until a socket is readable (`POLLIN`) or writable (`POLLOUT`), or has an error or a
+/// hang-up: a single-shot `IORING_OP_POLL_ADD` on io_uring, a readiness wait on epoll.
+pub(crate) struct PollReady {
     fd: SharedFd,
+    interest: Interest,
+    /// The caller has just seen `EAGAIN` from the socket (or knows it is drained): on epoll the
+    /// first attempt waits without asking the kernel (the `EAGAIN` guarantees the next edge),
+    /// and a later one, made after a readiness event, reports ready without asking either
+    /// (the caller retries its system call, which is the real test).
+    after_eagain: bool,
+    /// epoll: an attempt was made (the next one follows a readiness event).
+    attempted: bool,
 }
 
-impl PollWritable {
-    pub(crate) fn new(fd: SharedFd) -> Self {
-        PollWritable { fd }
+impl PollReady {
+    /// Waits for writability.
+    pub(crate) fn writable(fd: SharedFd) -> Self {
+        PollReady {
+            fd,
+            interest: Interest::Write,
+            after_eagain: false,
+            attempted: false,
+        }
+    }
+
+    /// Waits for readability (data, end of stream, an error).
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    pub(crate) fn readable(fd: SharedFd) -> Self {
+        PollReady {
+            interest: Interest::Read,
+            ..PollReady::writable(fd)
+        }
+    }
+
+    /// The caller has just seen `EAGAIN`: skip the epoll backend's first readiness check (a
+    /// `poll(2)` system call that would only repeat it).
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    pub(crate) fn after_eagain(mut self) -> Self {
+        self.after_eagain = true;
+        self
+    }
+
+    fn events(&self) -> i16 {
+        match self.interest {
+            Interest::Read => libc::POLLIN,
+            Interest::Write => libc::POLLOUT,
+        }
     }
 }
 
 // SAFETY: the SQE carries no pointer; it names `self.fd`, which the op keeps open.
-unsafe impl OpKind for PollWritable {
+unsafe impl OpKind for PollReady {
     type Output = io::Result<()>;
 
     fn sqe(&mut self) -> squeue::Entry {
-        with_target!(self.fd, t => opcode::PollAdd::new(t, libc::POLLOUT as u32).build())
+        let events = self.events() as u32;
+        with_target!(self.fd, t => opcode::PollAdd::new(t, events).build())
     }
 
     fn readiness(&self) -> (RawFd, Interest) {
-        (self.fd.raw(), Interest::Write)
+        (self.fd.raw(), self.interest)
     }
 
     fn attempt(&mut self) -> io::Result<u32> {
+        if self.after_eagain {
+            return if std::mem::replace(&mut self.attempted, true) {
+                Ok(0)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            };
+        }
         let mut pfd = libc::pollfd {
             fd: self.fd.raw(),
-            events: libc::POLLOUT,
+            events: self.events(),
             revents: 0,
         };
         // SAFETY: one live `pollfd`, zero timeout.

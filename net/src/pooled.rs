@@ -242,54 +242,93 @@ pub(crate) async fn read_leftover<B: IoBufMut>(
     slot: &RecvSlot,
     mut buf: B,
 ) -> Result<(io::Result<usize>, B), B> {
-    let Some(shared) = slot.shared.get() else {
-        return Err(buf);
-    };
-    if shared.active.get() || shared.left.borrow().as_ref().is_none_or(|l| l.is_empty()) {
+    if !slot.has_leftover() {
         return Err(buf);
     }
-    let pool = buffer_pool();
-    let next = poll_fn(|cx| {
-        let mut left = shared.left.borrow_mut();
-        let Some(left) = left.as_mut() else {
-            return Poll::Ready(Ok(None));
+    let read = poll_fn(|cx| {
+        let cap = buf.bytes_total();
+        let copy = |src: &[u8]| {
+            let n = src.len().min(cap);
+            // SAFETY: `n` fits both the chunk and the buffer's capacity; the two cannot
+            // overlap (a pool buffer is lent to one owner, the caller's buffer is its own).
+            unsafe {
+                std::ptr::copy_nonoverlapping(src.as_ptr(), buf.stable_mut_ptr(), n);
+                buf.set_init(n);
+            }
+            n
         };
-        match left.poll_next(&pool, cx) {
-            Poll::Pending => pending_or_cancelled(Mode::Task).map(|r| r.map(|()| None)),
-            Poll::Ready(None) => Poll::Ready(Ok(None)),
-            Poll::Ready(Some(r)) => Poll::Ready(r.map(Some)),
+        match poll_read_leftover(slot, cx, copy) {
+            None => Poll::Ready(None),
+            Some(p) => p.map(Some),
         }
     })
     .await;
-    match next {
-        Ok(None) => Err(buf),
+    match read {
+        None => Err(buf),
+        Some(r) => Ok((r, buf)),
+    }
+}
+
+impl RecvSlot {
+    /// Whether a dropped receiver left something to read (and no receiver is live).
+    pub(crate) fn has_leftover(&self) -> bool {
+        let Some(shared) = self.shared.get() else {
+            return false;
+        };
+        !shared.active.get() && shared.left.borrow().as_ref().is_some_and(|l| !l.is_empty())
+    }
+}
+
+/// Reads the next thing a dropped [`PooledReceiver`] of this stream left, through `copy`
+/// (which takes a prefix of a chunk and says how long; the rest stays for the next read):
+/// `None` if nothing is left (or a receiver is live), and the caller receives as usual. The
+/// end of stream reads as `Ok(0)`, here and at every later call. A cancellation point (while
+/// it waits for what the dropped receiver's receive still brings).
+pub(crate) fn poll_read_leftover(
+    slot: &RecvSlot,
+    cx: &mut Context<'_>,
+    copy: impl FnOnce(&[u8]) -> usize,
+) -> Option<Poll<io::Result<usize>>> {
+    if !slot.has_leftover() {
+        return None;
+    }
+    let shared = slot.shared.get()?;
+    let pool = buffer_pool();
+    let next = {
+        let mut left = shared.left.borrow_mut();
+        let left = left.as_mut()?;
+        match left.poll_next(&pool, cx) {
+            Poll::Pending => match pending_or_cancelled::<()>(Mode::Task) {
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                _ => return Some(Poll::Pending),
+            },
+            Poll::Ready(None) => return None,
+            Poll::Ready(Some(r)) => r,
+        }
+    };
+    Some(Poll::Ready(match next {
         // The end of stream, seen by the receive: a plain receive would say the same.
-        Ok(Some(None)) => {
+        Ok(None) => {
             shared
                 .left
                 .borrow_mut()
                 .get_or_insert_with(Box::default)
                 .eof = true;
-            Ok((Ok(0), buf))
+            Ok(0)
         }
-        Ok(Some(Some(mut chunk))) => {
-            let n = chunk.len().min(buf.bytes_total());
-            // SAFETY: `n` fits both the chunk and the buffer's capacity; the two cannot
-            // overlap (a pool buffer is lent to one owner, the caller's buffer is its own).
-            unsafe {
-                std::ptr::copy_nonoverlapping(chunk.as_ptr(), buf.stable_mut_ptr(), n);
-                buf.set_init(n);
-            }
+        Ok(Some(mut chunk)) => {
+            // Outside any borrow: `copy` is the caller's code.
+            let n = copy(&chunk);
             chunk.advance(n);
             if !chunk.is_empty() {
                 (shared.left.borrow_mut().get_or_insert_with(Box::default))
                     .chunks
                     .push_front(chunk);
             }
-            Ok((Ok(n), buf))
+            Ok(n)
         }
-        Err(e) => Ok((Err(e), buf)),
-    }
+        Err(e) => Err(e),
+    }))
 }
 
 /// Receives a connection's data into pool buffers; see the [module docs](self).
@@ -393,6 +432,33 @@ impl PooledReceiver {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         }
+    }
+
+    /// What [`recv`](Self::recv) does, as a poll, for an owner that keeps the receiver across
+    /// polls instead of a future (the borrowed-buffer adapters): a cancellation point that
+    /// queues for a buffer when the pool is dry and keeps its place across polls. The owner
+    /// leaves the queue by dropping the receiver (or by a later poll that gets a buffer).
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    pub(crate) fn poll_recv(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<Option<PooledBuf>>> {
+        if let Some(ready) = self.ready_now() {
+            return Poll::Ready(ready);
+        }
+        match self.backend {
+            Backend::IoUring => self.poll_uring(cx, Mode::Task),
+            _ => self.poll_epoll(cx, Mode::Task),
+        }
+    }
+
+    /// Puts a chunk this receiver handed out back at the front of its queue (the part of it
+    /// that was not read): the next receive returns it first, and a dropped receiver hands it
+    /// back to the stream with the rest.
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    pub(crate) fn unread(&mut self, mut chunk: PooledBuf) {
+        self.wait.adopt(&mut chunk);
+        self.stash.push_front(chunk);
     }
 
     /// What [`recv`](Self::recv) would do, as a poll, for a driver that is not a future (the

@@ -247,7 +247,7 @@ pub async fn sock_sendall_vectored<B: IoBuf>(
             // for real room; then the rest is sent. (On epoll the op waits by itself and never
             // ends with `EAGAIN`.)
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                if let Err(error) = Op::new(ops::PollWritable::new(fd.clone())).await {
+                if let Err(error) = Op::new(ops::PollReady::writable(fd.clone())).await {
                     return (Err(SendAllError { sent, error }), bufs);
                 }
             }

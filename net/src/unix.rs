@@ -531,7 +531,7 @@ async fn send_datagram<B: IoBuf>(
         buf = b;
         match r {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                if let Err(e) = Op::new(ops::PollWritable::new(fd.clone())).await {
+                if let Err(e) = Op::new(ops::PollReady::writable(fd.clone())).await {
                     return (Err(e), buf);
                 }
                 if !backoff.is_zero() {

@@ -1,0 +1,637 @@
+//! tokio's and hyper's borrowed-buffer I/O traits on ringloop's byte streams.
+//!
+//! Libraries written for [`tokio::io::AsyncRead`]/[`AsyncWrite`](tokio::io::AsyncWrite) (the
+//! `tokio-io` feature) or [`hyper::rt::Read`]/[`Write`](hyper::rt::Write) (the `hyper`
+//! feature) lend the stream a buffer for the length of one poll. A completion-based op has to
+//! own its buffer until the kernel is done with it, so these traits cannot be implemented by
+//! handing the lent buffer to an op. [`Io`] wraps a [`TcpStream`], a [`UnixStream`] or one of
+//! their owned halves and bridges the two, in one of two ways ([`Mechanism`]):
+//!
+//! * [`Mechanism::Readiness`] (the default): a non-blocking `recv`/`send`/`sendmsg` straight
+//!   into or out of the lent buffer, and on `EAGAIN` a single-shot poll op through the ring
+//!   (`IORING_OP_POLL_ADD`), then the call again: what the epoll backend does for every op.
+//! * [`Mechanism::Pooled`]: reads copy out of the connection's
+//!   [`PooledReceiver`] (a multishot receive into the runtime's
+//!   buffer pool on io_uring), keeping the rest of a partly read chunk for the next read;
+//!   writes are the same as with `Readiness`.
+//!
+//! Both work on both backends, with the same semantics. The default was chosen by measurement
+//! (`net/DESIGN.md`, "Borrowed-buffer traits"): on one connection the two are level for 64-byte
+//! messages and readiness is much faster for 16 KiB ones (no copy through 2 KiB pool
+//! buffers); the pooled reads save about a tenth of the CPU per message only with many
+//! connections exchanging small messages on io_uring.
+//!
+//! ```
+//! # #[cfg(feature = "tokio-io")] {
+//! use ringloop_net::compat::Io;
+//! use ringloop_net::{TcpListener, TcpStream};
+//! use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//!
+//! ringloop_runtime::Runtime::new().unwrap().block_on(async {
+//!     let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())?;
+//!     let addr = listener.local_addr()?;
+//!     let mut client = Io::new(TcpStream::connect(addr).await?);
+//!     let mut server = Io::new(listener.accept().await?.0);
+//!
+//!     client.write_all(b"ping").await?;
+//!     let mut buf = [0u8; 4];
+//!     server.read_exact(&mut buf).await?;
+//!     assert_eq!(&buf, b"ping");
+//!     Ok::<_, std::io::Error>(())
+//! }).unwrap();
+//! # }
+//! ```
+//!
+//! # Semantics, and where they differ from tokio's `TcpStream`
+//!
+//! * **Writes** go straight to the socket, as tokio's do: `Ready(n)` means `n` bytes are in
+//!   the kernel's send buffer, an error (`EPIPE`, `ECONNRESET`, ...) comes back from the
+//!   `poll_write` that met it (a connection reset after a write was accepted shows at a later
+//!   one), `poll_flush` has nothing to do, and `poll_shutdown` half-closes (`shutdown(2)` of
+//!   the write direction: the peer reads the end of the stream, this side can still read). A
+//!   vectored write is one `sendmsg`.
+//! * **Cancellation** (ringloop's, which tokio does not have): a ringloop task cancelled while
+//!   suspended in a read or a write gets the cancellation from that poll as an
+//!   [`io::Error`] of kind [`Other`](io::ErrorKind::Other) that carries
+//!   [`Cancelled`](ringloop_runtime::Cancelled)
+//!   ([`is_cancelled`](ringloop_runtime::is_cancelled) tells it apart); nothing was read or
+//!   written by that poll, so nothing is lost. A ringloop `timeout` around a read or a write
+//!   ends it the same way. Code written for tokio treats it as an I/O error and unwinds (hyper
+//!   ends the connection); a task that returns the error ends *cancelled*.
+//! * **Dropping a read or write future** (a `select`, tokio's `timeout` style) loses nothing: a
+//!   read either copied bytes and returned them, or took none.
+//! * **One reader.** While an `Io` reads a stream, do not read the stream by other means (its
+//!   own `read`, a pooled receiver of yours): the pooled mechanism's multishot receive takes
+//!   the stream's incoming bytes. [`into_inner`](Io::into_inner) hands every unread byte back.
+//! * An `Io` belongs to the ringloop runtime that first polled it (its ops and its receiver
+//!   are that runtime's); polling it outside a ringloop runtime panics.
+//!
+//! # Why a wrapper
+//!
+//! The traits take `Pin<&mut Self>` and need state between polls: the poll op in flight, the
+//! connection's receiver, the rest of a chunk. Keeping that in [`TcpStream`] itself would grow
+//! every stream (and make the owned-buffer API pay for it); tokio-util's `Compat` and
+//! hyper-util's `TokioIo` are wrappers for the same reason. [`Io`] is `Unpin`, so it goes
+//! straight into hyper's `serve_connection`/`handshake` and into tokio-rustls, and
+//! `Io::new(stream)` is all it takes.
+//!
+//! [`TcpStream`]: crate::TcpStream
+//! [`UnixStream`]: crate::UnixStream
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::mem::{self, MaybeUninit};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use ringloop_runtime::{current_backend, Backend, Op, PooledBuf, SharedFd};
+
+use crate::ops::PollReady;
+use crate::pooled::{self, RecvSlot};
+use crate::{tcp, unix, AsSharedFd, PooledReceiver, TcpStream, UnixStream};
+
+#[cfg(feature = "hyper")]
+mod hyper_impls;
+#[cfg(feature = "tokio-io")]
+mod tokio_impls;
+
+/// Linux accepts at most this many iovecs per call (`UIO_MAXIOV`); a vectored write of more
+/// slices writes the first 1024.
+const MAX_IOVECS: usize = 1024;
+
+/// How an [`Io`] moves bytes between the kernel and the buffers tokio and hyper lend it
+/// (the writes are the same for both: a non-blocking `send` straight from the lent buffer).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Mechanism {
+    /// A non-blocking `recv` straight into the lent buffer, and on `EAGAIN` a single-shot poll
+    /// op through the ring (`IORING_OP_POLL_ADD`; a readiness wait on epoll), then the call
+    /// again. No copy and no pool buffer. The default: as fast as the pooled reads for small
+    /// messages on one connection, much faster for large ones.
+    #[default]
+    Readiness,
+    /// Reads copy out of the connection's [`PooledReceiver`] (a multishot receive into the
+    /// runtime's buffer pool on io_uring, a receive into a pool buffer on epoll), keeping the
+    /// rest of a partly read chunk for the next read. No system call per read on io_uring:
+    /// for servers with many connections exchanging small messages there (about a tenth less
+    /// CPU per message measured at 100 connections and 64 bytes); slower for large messages,
+    /// which are copied through the pool's 2 KiB buffers. Holds pool buffers while data waits
+    /// unread (at most the receiver's budget, see [`pooled`]).
+    Pooled,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A byte-stream socket an [`Io`] can wrap: [`TcpStream`], [`UnixStream`] and their owned
+/// read and write halves. Sealed.
+pub trait Stream: sealed::Sealed + AsSharedFd + Unpin {}
+
+/// A [`Stream`] that can be read: the streams and their read halves ([`Io`] implements the
+/// read traits for these).
+pub trait ReadStream: Stream {}
+
+/// A [`Stream`] that can be written: the streams and their write halves ([`Io`] implements the
+/// write traits for these).
+pub trait WriteStream: Stream {}
+
+macro_rules! streams {
+    (both: $($both:ty),*; read: $($read:ty),*; write: $($write:ty),*) => {
+        $(
+            impl sealed::Sealed for $both {}
+            impl Stream for $both {}
+            impl ReadStream for $both {}
+            impl WriteStream for $both {}
+        )*
+        $(
+            impl sealed::Sealed for $read {}
+            impl Stream for $read {}
+            impl ReadStream for $read {}
+        )*
+        $(
+            impl sealed::Sealed for $write {}
+            impl Stream for $write {}
+            impl WriteStream for $write {}
+        )*
+    };
+}
+
+streams! {
+    both: TcpStream, UnixStream;
+    read: tcp::OwnedReadHalf, unix::OwnedReadHalf;
+    write: tcp::OwnedWriteHalf, unix::OwnedWriteHalf
+}
+
+/// A ringloop byte stream (or one of its halves) with tokio's `AsyncRead`/`AsyncWrite` (feature
+/// `tokio-io`) and hyper's `rt::Read`/`rt::Write` (feature `hyper`); see the
+/// [module docs](self) for the mechanisms and where the semantics differ from tokio's.
+///
+/// `Io` is `Unpin`. A stream's `Io` splits into an `Io` per half with
+/// [`into_split`](Io::into_split); tokio's `io::split` works too (the halves then share the
+/// `Io` behind a lock).
+///
+#[cfg_attr(feature = "hyper", doc = "```")]
+#[cfg_attr(not(feature = "hyper"), doc = "```ignore")]
+/// // An HTTP/1 server on ringloop, with hyper.
+/// use std::convert::Infallible;
+/// use ringloop_net::{compat::Io, TcpListener};
+///
+/// async fn hello(
+///     _req: hyper::Request<hyper::body::Incoming>,
+/// ) -> Result<hyper::Response<String>, Infallible> {
+///     Ok(hyper::Response::new("hello\n".to_owned()))
+/// }
+///
+/// # fn main() {}
+/// # #[allow(dead_code)]
+/// async fn serve(listener: TcpListener) -> std::io::Result<()> {
+///     loop {
+///         let (stream, _peer) = listener.accept().await?;
+///         ringloop_runtime::spawn(async move {
+///             let service = hyper::service::service_fn(hello);
+///             let conn = hyper::server::conn::http1::Builder::new()
+///                 .serve_connection(Io::new(stream), service);
+///             if let Err(e) = conn.await {
+///                 eprintln!("connection: {e}");
+///             }
+///         });
+///     }
+/// }
+/// ```
+pub struct Io<S> {
+    read: ReadState,
+    write: WriteState,
+    mechanism: Mechanism,
+    stream: S,
+}
+
+// Every field is `Unpin`: the trait impls rely on it (they take `Pin<&mut Self>` apart).
+const _: () = {
+    const fn unpin<T: Unpin>() {}
+    unpin::<Io<TcpStream>>();
+    unpin::<Io<UnixStream>>();
+    unpin::<Io<tcp::OwnedReadHalf>>();
+    unpin::<Io<unix::OwnedWriteHalf>>();
+};
+
+impl<S: Stream> Io<S> {
+    /// Wraps `stream` with the default [`Mechanism`] ([`Readiness`](Mechanism::Readiness)).
+    pub fn new(stream: S) -> Io<S> {
+        Io::with_mechanism(stream, Mechanism::default())
+    }
+
+    /// Wraps `stream` with the given [`Mechanism`].
+    ///
+    /// ```
+    /// # #[cfg(feature = "tokio-io")]
+    /// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+    /// use ringloop_net::compat::{Io, Mechanism};
+    /// use ringloop_net::UnixStream;
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    ///
+    /// let (a, b) = UnixStream::pair()?;
+    /// let mut a = Io::with_mechanism(a, Mechanism::Pooled);
+    /// let mut b = Io::with_mechanism(b, Mechanism::Pooled);
+    /// a.write_all(b"through the pool").await?;
+    /// let mut got = vec![0u8; 16];
+    /// b.read_exact(&mut got).await?; // copied out of a pool buffer
+    /// assert_eq!(got, b"through the pool");
+    /// # Ok::<_, std::io::Error>(()) }).unwrap();
+    /// ```
+    pub fn with_mechanism(stream: S, mechanism: Mechanism) -> Io<S> {
+        Io {
+            read: ReadState::default(),
+            write: WriteState::default(),
+            mechanism,
+            stream,
+        }
+    }
+
+    /// The mechanism this `Io` uses.
+    pub fn mechanism(&self) -> Mechanism {
+        self.mechanism
+    }
+
+    /// The wrapped stream (for its options and addresses; reading or writing it directly while
+    /// the `Io` is in use interleaves bytes unpredictably).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    /// Gives the stream back. Every byte received and not yet read goes back with it (the
+    /// stream's next read, or its next pooled receiver, returns them first).
+    pub fn into_inner(self) -> S {
+        let Io {
+            mut read, stream, ..
+        } = self;
+        read.give_back();
+        stream
+    }
+}
+
+impl Io<TcpStream> {
+    /// Splits into a read half and a write half, each its own `Io`, usable from two tasks; the
+    /// reading state goes with the read half. Dropping the write half shuts down the write
+    /// direction.
+    pub fn into_split(self) -> (Io<tcp::OwnedReadHalf>, Io<tcp::OwnedWriteHalf>) {
+        let (r, w) = self.stream.into_split();
+        split(self.read, self.write, self.mechanism, r, w)
+    }
+}
+
+impl Io<UnixStream> {
+    /// Splits into a read half and a write half; see [`Io::<TcpStream>::into_split`].
+    pub fn into_split(self) -> (Io<unix::OwnedReadHalf>, Io<unix::OwnedWriteHalf>) {
+        let (r, w) = self.stream.into_split();
+        split(self.read, self.write, self.mechanism, r, w)
+    }
+}
+
+fn split<R, W>(
+    read: ReadState,
+    write: WriteState,
+    mechanism: Mechanism,
+    r: R,
+    w: W,
+) -> (Io<R>, Io<W>) {
+    (
+        Io {
+            read,
+            write: WriteState::default(),
+            mechanism,
+            stream: r,
+        },
+        Io {
+            read: ReadState::default(),
+            write,
+            mechanism,
+            stream: w,
+        },
+    )
+}
+
+impl<S: Stream> From<S> for Io<S> {
+    /// [`Io::new`].
+    fn from(stream: S) -> Io<S> {
+        Io::new(stream)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Io<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Io")
+            .field("stream", &self.stream)
+            .field("mechanism", &self.mechanism)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: AsRawFd> AsRawFd for Io<S> {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.stream.as_raw_fd()
+    }
+}
+
+// The operations the trait impls (`tokio_impls`, `hyper_impls`) call. Each keeps the trait's
+// contract: a read writes only initialised bytes into `dst` and returns how many it wrote at
+// its start; a write returns how many of the caller's bytes it took.
+impl<S: Stream> Io<S> {
+    /// Reads into `dst`; `Ok(n)`: the first `n` elements of `dst` are initialised with the
+    /// stream's next bytes. `Ok(0)` for an empty `dst` and at the end of the stream (again
+    /// at every later read).
+    pub(crate) fn poll_read_uninit(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut [MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        if dst.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let fd = self.stream.as_shared_fd();
+        let Some(slot) = self.stream.recv_slot() else {
+            return Poll::Ready(Err(io::Error::other("a write half cannot be read")));
+        };
+        match self.mechanism {
+            Mechanism::Readiness => self.read.poll_readiness(fd, slot, cx, dst),
+            Mechanism::Pooled => self.read.poll_pooled(fd, slot, cx, dst),
+        }
+    }
+
+    /// Writes some of `bufs` (in order, as one stream): one `send`, or one `sendmsg` for
+    /// several slices; `Ok(0)` only if they are all empty.
+    pub(crate) fn poll_write_vectored_inner(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let fd = self.stream.as_shared_fd();
+        self.write.poll_write(fd, cx, bufs)
+    }
+
+    /// Shuts down the write direction, once (the peer reads the end of the stream; reading
+    /// goes on). Nothing is buffered, so there is nothing to flush first.
+    pub(crate) fn poll_shutdown_inner(&mut self) -> Poll<io::Result<()>> {
+        if !self.write.shut_down {
+            tcp::with_socket(self.stream.as_shared_fd(), |s| {
+                s.shutdown(std::net::Shutdown::Write)
+            })?;
+            self.write.shut_down = true;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The cap of the pooled mechanism's receiver: a 16 KiB message (hyper's usual read size)
+/// is 8 pool buffers, and a receive bundle takes at most half the receiver's room, so with the
+/// sockets' default cap of 16 every such message stopped the multishot receive at its cap and
+/// cost a re-arm (2 loop iterations and 2 ops per round trip instead of 1 and 0, measured).
+/// The pool's share (`POOL_SHARE`) still bounds what one connection holds.
+const POOLED_RECV_CAP: usize = 32;
+
+/// Copies as much of `src` as fits into `dst`; returns how much.
+fn copy_into(dst: &mut [MaybeUninit<u8>], src: &[u8]) -> usize {
+    let n = src.len().min(dst.len());
+    // A plain element-wise write (the compiler makes it a `memcpy`): no unsafe needed.
+    for (d, s) in dst[..n].iter_mut().zip(&src[..n]) {
+        d.write(*s);
+    }
+    n
+}
+
+/// The reading side's state between polls.
+#[derive(Default)]
+struct ReadState {
+    /// Pooled: the receiver and what a read left, made at the first read (boxed: the
+    /// receiver is large, and an `Io` with the default mechanism does not need it).
+    pooled: Option<Box<Pooled>>,
+    /// Readiness: the wait for readability in flight.
+    poll: Option<Op<PollReady>>,
+    /// Readiness, io_uring: the last receive came back shorter than asked (the socket was
+    /// drained then), so the next read submits its poll before it tries (as tokio clears its
+    /// readiness): one `EAGAIN` saved per message. `POLL_ADD` looks at the socket when the
+    /// kernel takes it, so data that came meanwhile completes it at once. Not on epoll: the
+    /// driver keeps no readiness for a descriptor nobody waits on, so an event that came
+    /// between the short read and the wait would be missed; only an `EAGAIN` right before
+    /// the wait guarantees the next edge.
+    drained: bool,
+    /// Whether the runtime is on io_uring (looked up at the first receive).
+    uring: Option<bool>,
+}
+
+/// The pooled mechanism's reading state.
+struct Pooled {
+    /// The connection's receiver.
+    rx: PooledReceiver,
+    /// The rest of a chunk that a read took only part of.
+    chunk: Option<PooledBuf>,
+    /// An error met after a read had already copied bytes, for the next read.
+    error: Option<io::Error>,
+}
+
+impl Pooled {
+    /// Copies from `chunk` into `dst`; keeps what is left of it for the next read.
+    fn take_from(&mut self, mut chunk: PooledBuf, dst: &mut [MaybeUninit<u8>]) -> usize {
+        let n = copy_into(dst, &chunk);
+        chunk.advance(n);
+        if !chunk.is_empty() {
+            self.chunk = Some(chunk);
+        }
+        n
+    }
+
+    fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut [MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        let mut filled = 0;
+        if let Some(chunk) = self.chunk.take() {
+            filled = self.take_from(chunk, dst);
+        } else if let Some(e) = self.error.take() {
+            return Poll::Ready(Err(e));
+        }
+        if filled == 0 {
+            // Nothing kept from before: wait for the next chunk. Only this poll waits, so only
+            // it is a cancellation point; whatever arrives meanwhile stays in the receiver.
+            match ready!(self.rx.poll_recv(cx)) {
+                Ok(Some(chunk)) => filled = self.take_from(chunk, dst),
+                // The end of the stream (the receiver says so again at every later read).
+                Ok(None) => return Poll::Ready(Ok(0)),
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        // Fill the rest of `dst` with what has already arrived, without waiting (io_uring:
+        // the receiver's queue, no system call).
+        while filled < dst.len() && self.chunk.is_none() {
+            match self.rx.try_recv() {
+                Some(Ok(Some(chunk))) => filled += self.take_from(chunk, &mut dst[filled..]),
+                // Nothing more yet, or the end of the stream (the receiver remembers it).
+                Some(Ok(None)) | None => break,
+                Some(Err(e)) => {
+                    self.error = Some(e);
+                    break;
+                }
+            }
+        }
+        Poll::Ready(Ok(filled))
+    }
+}
+
+impl ReadState {
+    fn poll_pooled(
+        &mut self,
+        fd: &SharedFd,
+        slot: &RecvSlot,
+        cx: &mut Context<'_>,
+        dst: &mut [MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        let pooled = self.pooled.get_or_insert_with(|| {
+            Box::new(Pooled {
+                rx: slot.receiver(fd, POOLED_RECV_CAP),
+                chunk: None,
+                error: None,
+            })
+        });
+        pooled.poll_read(cx, dst)
+    }
+
+    fn poll_readiness(
+        &mut self,
+        fd: &SharedFd,
+        slot: &RecvSlot,
+        cx: &mut Context<'_>,
+        dst: &mut [MaybeUninit<u8>],
+    ) -> Poll<io::Result<usize>> {
+        // What a dropped pooled receiver of this stream received comes first.
+        if let Some(done) = pooled::poll_read_leftover(slot, cx, |src| copy_into(dst, src)) {
+            return done;
+        }
+        loop {
+            if let Some(op) = &mut self.poll {
+                let ready = ready!(Pin::new(op).poll(cx));
+                self.poll = None;
+                // A cancellation (or the poll's own error): nothing was read.
+                ready?;
+                self.drained = false;
+            }
+            if !self.drained {
+                // SAFETY: `dst` is valid for writes of `dst.len()` bytes (`MaybeUninit`
+                // needs no initialisation to be written); `recv` writes at most that many
+                // and says how many, and only those are reported initialised.
+                let r = unsafe {
+                    libc::recv(
+                        fd.raw(),
+                        dst.as_mut_ptr().cast::<libc::c_void>(),
+                        dst.len(),
+                        libc::MSG_DONTWAIT,
+                    )
+                };
+                if r >= 0 {
+                    let n = r as usize;
+                    let uring = *self
+                        .uring
+                        .get_or_insert_with(|| current_backend() == Backend::IoUring);
+                    self.drained = uring && n > 0 && n < dst.len();
+                    return Poll::Ready(Ok(n));
+                }
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::Interrupted => continue,
+                    io::ErrorKind::WouldBlock => {}
+                    _ => return Poll::Ready(Err(e)),
+                }
+            }
+            self.poll = Some(Op::new(PollReady::readable(fd.clone()).after_eagain()));
+        }
+    }
+
+    /// Hands every unread byte back to the stream: the rest of a chunk goes back into the
+    /// receiver, which gives its queue to the stream when it is dropped.
+    fn give_back(&mut self) {
+        if let Some(pooled) = self.pooled.as_mut() {
+            if let Some(chunk) = pooled.chunk.take() {
+                pooled.rx.unread(chunk);
+            }
+        }
+    }
+}
+
+/// The writing side's state between polls.
+#[derive(Default)]
+struct WriteState {
+    /// The wait for writability in flight.
+    poll: Option<Op<PollReady>>,
+    /// `poll_shutdown` shut the write direction down.
+    shut_down: bool,
+}
+
+impl WriteState {
+    fn poll_write(
+        &mut self,
+        fd: &SharedFd,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            if let Some(op) = &mut self.poll {
+                let ready = ready!(Pin::new(op).poll(cx));
+                self.poll = None;
+                // A cancellation (or the poll's own error): nothing was written.
+                ready?;
+            }
+            match send_now(fd, bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Wait for room; the `EAGAIN` just seen guarantees the wake (see `PollReady`).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.poll = Some(Op::new(PollReady::writable(fd.clone()).after_eagain()));
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+/// One non-blocking `send` (one slice) or `sendmsg` (several) of `bufs`, `MSG_NOSIGNAL`: a
+/// closed peer is `EPIPE`, never a signal.
+fn send_now(fd: &SharedFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+    let r = if let [one] = bufs {
+        // SAFETY: `one` is a live slice of `one.len()` initialised bytes.
+        unsafe { libc::send(fd.raw(), one.as_ptr().cast(), one.len(), flags) }
+    } else {
+        let iovs = &bufs[..bufs.len().min(MAX_IOVECS)];
+        // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths).
+        let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+        // `IoSlice` is guaranteed ABI-compatible with `iovec` on Unix; the kernel only reads
+        // through the pointer, during the call.
+        msg.msg_iov = iovs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = iovs.len();
+        // SAFETY: `msg` points at `iovs.len()` live iovecs, each over a live slice.
+        unsafe { libc::sendmsg(fd.raw(), &msg, flags) }
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `Io` is per connection: the stream and two op slots (the read's and the write's
+    /// poll), with the pooled receiver boxed (it was 336 bytes inline).
+    #[test]
+    fn io_stays_small() {
+        let size = std::mem::size_of::<Io<TcpStream>>();
+        assert!(size <= 128, "Io<TcpStream> is {size} bytes");
+    }
+}
