@@ -1,0 +1,307 @@
+//! An HTTP/1.1 and HTTP/2 server on hyper, served by ringloop: hyper's own connection code runs
+//! unmodified on ringloop's sockets (`net::compat::Io`), its executor and its timer
+//! (`compat::hyper`), on io_uring or epoll.
+//!
+//! It serves the routes of [`common/http_routes.rs`](http_routes): `GET /` answers
+//! `Hello, World!` (`text/plain`), `GET /64k` a fixed 64 KiB body, and `POST /echo` streams the
+//! request's body back as it arrives.
+//!
+//! ```text
+//! cargo run --release --example http_server -- --backend uring --addr 127.0.0.1:8080
+//! curl http://127.0.0.1:8080/
+//! curl --http2-prior-knowledge http://127.0.0.1:8080/
+//! curl --data-binary @file http://127.0.0.1:8080/echo
+//! cargo run --release --example http_server -- --tls --addr 127.0.0.1:8443
+//! curl -k https://127.0.0.1:8443/
+//! ```
+//!
+//! * Each connection is a task (`net::Server`); hyper-util's auto builder speaks HTTP/1.1, or
+//!   HTTP/2 when the connection opens with HTTP/2's preface (or negotiates `h2` over TLS).
+//! * `--tls` serves HTTPS through `tokio-rustls` on the tokio-trait side of the same adapter,
+//!   with a self-signed certificate for `localhost` made at start (`rcgen`); ALPN offers `h2`
+//!   and `http/1.1`.
+//! * `--threads N` serves with N shards (a runtime per thread, each on its own `SO_REUSEPORT`
+//!   listener of the same address), pinned one per CPU unless `--no-pin`.
+//! * SIGTERM or SIGINT shuts it down gracefully: it stops accepting, and every connection
+//!   finishes the requests it is serving (hyper's graceful shutdown: an idle keep-alive
+//!   connection closes at once, a busy one after its response); connections still open after
+//!   `--grace` seconds are cancelled. A second signal stops it at once. It then prints
+//!   `shutdown finished=N cancelled=N aborted=N` to stderr and exits 0.
+//! * A client that opens a connection and sends no complete request head within
+//!   `--header-timeout` seconds is disconnected (hyper's `header_read_timeout` on ringloop's
+//!   timer).
+//!
+//! It prints `listening on ADDR (...)` on stdout once it accepts.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::conn::auto;
+use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
+use ringloop::net::compat::Io;
+use ringloop::net::{
+    Server, ShardListeners, ShutdownReport, ShutdownSignal, TcpListener, TcpStream,
+};
+use ringloop::{Backend, Placement, Runtime, Shards};
+
+#[path = "common/http_routes.rs"]
+mod http_routes;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// HTTP/1.1, or HTTP/2 when a connection opens with HTTP/2's preface.
+    Auto,
+    /// HTTP/1.1 only.
+    Http1,
+}
+
+#[derive(Parser, Debug)]
+#[command(about = "HTTP/1.1 + HTTP/2 server: hyper on ringloop")]
+struct Args {
+    /// I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Print "listening on ADDR" once listening (always done; accepted for scripts).
+    #[arg(long, default_value_t = true)]
+    announce: bool,
+    /// Listen backlog.
+    #[arg(long, default_value_t = 4096)]
+    backlog: i32,
+    /// The HTTP versions served.
+    #[arg(long, value_enum, default_value = "auto")]
+    protocol: Protocol,
+    /// Serve HTTPS with a self-signed certificate for `localhost` made at start.
+    #[arg(long)]
+    tls: bool,
+    /// Shards: runtimes on their own threads, each on its own `SO_REUSEPORT` listener.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: u16,
+    /// Pin the shards to these CPUs (comma-separated) instead of one per CPU.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// Leave the shards to the scheduler.
+    #[arg(long)]
+    no_pin: bool,
+    /// Seconds the open connections get to finish after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 5.0)]
+    grace: f64,
+    /// Seconds a connection gets to send a complete request head.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout: f64,
+}
+
+/// What every connection of a runtime shares.
+struct Config {
+    protocol: Protocol,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    header_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("http_server: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> std::io::Result<bool> {
+    let backend = match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Uring => Backend::IoUring,
+        BackendArg::Epoll => Backend::Epoll,
+    };
+    let tls = if args.tls {
+        Some(tls_acceptor()?)
+    } else {
+        None
+    };
+    let grace = Duration::from_secs_f64(args.grace);
+    let config = move || Config {
+        protocol: args.protocol,
+        tls: tls.clone(),
+        header_timeout: Duration::from_secs_f64(args.header_timeout),
+    };
+    let scheme = if args.tls { "https" } else { "http" };
+
+    if args.threads == 1 {
+        let listener = TcpListener::builder(args.addr)
+            .backlog(args.backlog)
+            .bind()?;
+        let addr = listener.local_addr()?;
+        let rt = Runtime::builder().backend(backend).build()?;
+        let report = rt.block_on(async move {
+            let server = serve(listener, Rc::new(config()));
+            let stopped = server.shutdown_on_signals(grace)?;
+            println!(
+                "listening on {addr} ({scheme}, {:?})",
+                ringloop::current_backend()
+            );
+            stopped.await
+        })?;
+        print_report(None, &report);
+        return Ok(!report.immediate);
+    }
+
+    let threads = args.threads as usize;
+    let listeners = ShardListeners::builder(args.addr, threads)
+        .backlog(args.backlog)
+        .bind()?;
+    let addr = listeners.local_addr();
+    let placement = match args.cpus {
+        Some(cpus) => Placement::Cpus(cpus),
+        None if args.no_pin => Placement::Unpinned,
+        None => Placement::Spread,
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+    let shards = Shards::builder()
+        .count(threads)
+        .placement(placement)
+        .thread_name("http-shard")
+        .runtime(move |_| Runtime::builder().backend(backend))
+        .start(move |shard| {
+            let listeners = listeners.clone();
+            let ready = ready_tx.clone();
+            let config = config.clone();
+            async move {
+                let config = Rc::new(config());
+                let server = listeners.serve(&shard, move |stream, shutdown| {
+                    connection(stream, shutdown, config.clone())
+                })?;
+                let stopped = server.shutdown_on_signals(grace)?;
+                let _ = ready.send(());
+                drop(ready);
+                stopped.await
+            }
+        })?;
+    let started = ready_rx.iter().take(threads).count();
+    if started == threads {
+        println!("listening on {addr} ({scheme}, {threads} shards)");
+    }
+    let mut graceful = started == threads;
+    for (i, end) in shards.join_all().into_iter().enumerate() {
+        match end {
+            Ok(Ok(report)) => {
+                print_report(Some(i), &report);
+                graceful &= !report.immediate;
+            }
+            Ok(Err(e)) => {
+                eprintln!("shard {i}: {e}");
+                graceful = false;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                graceful = false;
+            }
+        }
+    }
+    Ok(graceful)
+}
+
+fn print_report(shard: Option<usize>, r: &ShutdownReport) {
+    let prefix = shard.map(|i| format!("shard {i} ")).unwrap_or_default();
+    eprintln!(
+        "{prefix}shutdown finished={} cancelled={} aborted={} immediate={}",
+        r.finished, r.cancelled, r.aborted, r.immediate
+    );
+}
+
+/// A server on `listener` whose connections are served by [`connection`].
+fn serve(listener: TcpListener, config: Rc<Config>) -> Server {
+    Server::tcp(listener, move |stream, shutdown| {
+        connection(stream, shutdown, config.clone())
+    })
+}
+
+/// Serves one connection: TLS first if configured, then HTTP until the client is done or the
+/// server shuts down.
+async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Config>) {
+    let _ = stream.set_nodelay(true);
+    let io = Io::new(stream);
+    match &config.tls {
+        None => http(io, shutdown, &config).await,
+        Some(acceptor) => {
+            // A client gets the header timeout for its handshake too.
+            let handshake = ringloop::timeout(config.header_timeout, acceptor.accept(io)).await;
+            if let Ok(Ok(tls)) = handshake {
+                http(TokioIo::new(tls), shutdown, &config).await;
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/1 + HTTP/2 connection on `io`, shut down gracefully when `shutdown` is set.
+async fn http<I>(io: I, shutdown: ShutdownSignal, config: &Config)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    let mut builder = auto::Builder::new(HyperExecutor);
+    builder
+        .http1()
+        .timer(HyperTimer)
+        .header_read_timeout(config.header_timeout);
+    builder.http2().timer(HyperTimer);
+    if config.protocol == Protocol::Http1 {
+        builder = builder.http1_only();
+    }
+    let service = service_fn(|req| async move { Ok::<_, Infallible>(http_routes::respond(req)) });
+    let mut conn = pin!(builder.serve_connection(io, service));
+    let mut stop = pin!(shutdown.wait());
+    let mut stopping = false;
+    let _ = poll_fn(|cx| {
+        // Once the server shuts down: finish the request in progress, then close (an idle
+        // keep-alive connection closes at once). A cancel (the grace is over) ends the wait
+        // with an error; the connection is then dropped, which closes it.
+        if !stopping {
+            if let Poll::Ready(r) = stop.as_mut().poll(cx) {
+                if r.is_err() {
+                    return Poll::Ready(Ok(()));
+                }
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await;
+}
+
+/// A TLS acceptor with a self-signed certificate for `localhost`, offering `h2` and
+/// `http/1.1`.
+fn tls_acceptor() -> std::io::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .map_err(std::io::Error::other)?;
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.signing_key.serialize_der()));
+    // The crypto provider is the one crate feature selects (ring).
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .map_err(std::io::Error::other)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
