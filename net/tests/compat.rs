@@ -517,6 +517,34 @@ both_backends! {
 }
 
 both_backends! {
+    /// Unix streams and their halves: 2 MiB one way in random pieces, the answer back after the
+    /// half-close, byte-exact.
+    async fn unix_streams_and_halves() {
+        for (i, mechanism) in MECHANISMS.into_iter().enumerate() {
+            let (a, b) = UnixStream::pair().unwrap();
+            let (mut ar, mut aw) = Io::with_mechanism(a, mechanism).into_split();
+            let mut b = Io::with_mechanism(b, mechanism);
+            let data = random_bytes(700 + i as u64, 2 * 1024 * 1024 + 5);
+            let sent = data.clone();
+            let writer = spawn(async move {
+                write_in_pieces(&mut aw, &sent, 13).await;
+                aw
+            });
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            assert!(got == data, "{mechanism:?}: {} of {} bytes", got.len(), data.len());
+            b.write_all(b"bye").await.unwrap();
+            b.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            ar.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"bye", "{mechanism:?}");
+            drop(writer.await.unwrap());
+        }
+        assert_pool_settled("unix").await;
+    }
+}
+
+both_backends! {
     /// `into_inner` hands unread bytes back: the rest of a partly read chunk and what the
     /// receiver had queued come back from the stream's own `read`.
     async fn into_inner_keeps_unread_bytes() {
