@@ -61,21 +61,6 @@ pub use ringloop_runtime::{combinators, sync, task, time};
 /// (the crate `ringloop-net`).
 pub use ringloop_net as net;
 
-/// ringloop under other crates' traits, each behind its cargo feature:
-///
-/// * [`compat::Io`] (features `tokio-io` and `hyper`): tokio's `AsyncRead`/`AsyncWrite` and
-///   hyper's `rt::Read`/`rt::Write` on ringloop's streams (the same type as
-///   `ringloop::net::compat::Io`);
-/// * [`compat::hyper`] (feature `hyper`): hyper's executor and timer, `HyperExecutor` and
-///   `HyperTimer`, so hyper's servers and clients run on ringloop unmodified.
-#[cfg(any(feature = "tokio-io", feature = "hyper"))]
-pub mod compat {
-    pub use ringloop_net::compat::*;
-
-    #[cfg(feature = "hyper")]
-    pub use ringloop_runtime::compat::hyper;
-}
-
 // The README's Rust examples run as doctests of this crate, so they cannot drift from the API.
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
