@@ -26,12 +26,18 @@
 //! way; it prints a `shard I accepted=N ...` line per shard when it stops, and the counters
 //! summed over the shards.
 //! `--threads 1` (the default) is the single-runtime server.
+//!
+//! `--io tokio` serves each connection through tokio's `AsyncRead`/`AsyncWrite` instead
+//! (`net::compat::Io`, a read into a 4 KiB buffer then a write back, as code written for tokio
+//! does it), to measure what the adapter costs against the owned-buffer path; `--io
+//! tokio-pooled` uses the adapter's pooled reads.
 
 use std::net::{Shutdown, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{
     PooledBuf, PooledReceiver, SendAllError, Server, ShardListeners, ShutdownSignal, TcpListener,
     TcpStream,
@@ -97,6 +103,19 @@ struct Args {
     /// Don't pin the shards to CPUs: the scheduler places their threads.
     #[arg(long, conflicts_with = "cpus")]
     no_pin: bool,
+    /// How a connection is read and written: ringloop's own owned-buffer API (`native`), or
+    /// tokio's `AsyncRead`/`AsyncWrite` through `net::compat::Io`, the way code written for
+    /// tokio does it (a 4 KiB buffer of the connection's own, read then write back), with the
+    /// adapter's readiness reads (`tokio`) or its pooled reads (`tokio-pooled`).
+    #[arg(long, value_enum, default_value = "native")]
+    io: IoArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum IoArg {
+    Native,
+    Tokio,
+    TokioPooled,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +158,10 @@ fn serve(args: Args) -> std::io::Result<bool> {
             .backlog(args.backlog)
             .bind()?;
         let addr = listener.local_addr()?;
-        let server = Server::tcp(listener, echo);
+        let io = args.io;
+        let server = Server::tcp(listener, move |stream, shutdown| {
+            handler(io, stream, shutdown)
+        });
         // Listening for the signals before saying so: a SIGTERM sent as soon as the line is
         // read is not missed.
         let stopped = server.shutdown_on_signals(grace)?;
@@ -190,6 +212,7 @@ fn serve_sharded(args: Args, backend: Backend, grace: Duration) -> std::io::Resu
         None => Placement::Spread,
     };
     let announce = args.announce;
+    let io = args.io;
     let args = std::sync::Arc::new(args);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Backend>();
     let shards = Shards::builder()
@@ -207,7 +230,9 @@ fn serve_sharded(args: Args, backend: Backend, grace: Duration) -> std::io::Resu
                 if shard.index() == 0 {
                     report_on_sigusr1_sharded(shard.handles().to_vec())?;
                 }
-                let server = listeners.serve(&shard, echo)?;
+                let server = listeners.serve(&shard, move |stream, shutdown| {
+                    handler(io, stream, shutdown)
+                })?;
                 let stopped = server.shutdown_on_signals(grace)?;
                 let _ = ready.send(ringloop::current_backend());
                 drop(ready);
@@ -288,6 +313,35 @@ fn report_on_sigusr1_sharded(handles: Vec<Handle>) -> std::io::Result<()> {
 
 /// Chunks written back in one gather write, at most.
 const MAX_BATCH: usize = 64;
+
+/// The connection handler `--io` asks for.
+async fn handler(io: IoArg, stream: TcpStream, shutdown: ShutdownSignal) {
+    match io {
+        IoArg::Native => echo(stream, shutdown).await,
+        IoArg::Tokio => Box::pin(echo_tokio(stream, Mechanism::Readiness)).await,
+        IoArg::TokioPooled => Box::pin(echo_tokio(stream, Mechanism::Pooled)).await,
+    }
+}
+
+/// The echo as code written for tokio's traits does it, on ringloop through `net::compat::Io`:
+/// read into the connection's own buffer, write it back (`tokio_echo_server`'s loop). Cancelled
+/// at the end of the grace, it stops where it is.
+async fn echo_tokio(stream: TcpStream, mechanism: Mechanism) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.set_nodelay(true);
+    let mut io = Io::with_mechanism(stream, mechanism);
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match io.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
 
 /// Echoes one connection. Every chunk already queued when one arrives goes back in the same
 /// write (one `sendmsg`), so a bulk stream costs one write per batch, not one per 2 KiB chunk;
