@@ -1,0 +1,470 @@
+//! HTTP end to end: the server of `examples/http_server.rs` (hyper-util's auto builder over
+//! `compat::Io`, `HyperExecutor`, `HyperTimer`, a `net::Server`, the example's routes), run in
+//! the test's own runtime, against hyper's client (on the same runtime) and raw HTTP/1.1
+//! clients on std sockets (on `spawn_blocking` threads): keep-alive, pipelining, a large echo,
+//! clients that vanish or read slowly.
+//!
+//! Every test runs on both backends. Each checks, once it is done, that every task it started
+//! has ended and every descriptor it opened is closed (`common::run_http`). Nothing here
+//! asserts a duration: the time limits only turn a hang into a failure.
+
+mod common;
+
+#[path = "../examples/common/http_routes.rs"]
+mod http_routes;
+
+use std::convert::Infallible;
+use std::error::Error as StdError;
+use std::net::{Shutdown, SocketAddr};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::raw::{self, RawResponse};
+use common::server::{self, Config};
+use common::until;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::{Request, Response, StatusCode};
+use ringloop::net::compat::{Io, Mechanism};
+use ringloop::net::{Server, TcpStream};
+use ringloop::{spawn, spawn_blocking, Task};
+
+use http_routes::{BIG_BODY, BIG_PATH, ECHO_PATH, HELLO, HELLO_PATH};
+
+/// Both ways `compat::Io` reads; the server of most tests uses the default, as the example.
+const MECHANISMS: [Mechanism; 2] = [Mechanism::Readiness, Mechanism::Pooled];
+
+/// A grace no test should reach: a graceful shutdown that needs it is a failure.
+const GRACE: Duration = Duration::from_secs(30);
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A hyper HTTP/1.1 client connection to `addr`; its connection future runs as a task.
+async fn h1_client<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http1::SendRequest<B>,
+    Task<hyper::Result<()>>,
+)
+where
+    B: Body + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(Io::new(stream))
+        .await
+        .unwrap();
+    (sender, spawn(conn))
+}
+
+fn get(path: &str) -> Request<Full<Bytes>> {
+    Request::get(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+fn post(path: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post(path)
+        .header(hyper::header::HOST, "localhost")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// The status and the whole body of `res`.
+async fn read(res: Response<Incoming>) -> (StatusCode, Bytes) {
+    let status = res.status();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+/// `len` bytes that differ with `seed` and with their position: an echo that is cut, shifted
+/// or mixed up with another request's body does not compare equal.
+fn payload(seed: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(31) ^ seed.wrapping_mul(131)) as u8)
+        .collect()
+}
+
+/// Shuts `server` down and checks it went gracefully: every connection ended on its own.
+async fn stop(server: &Server) {
+    let report = server.shutdown(GRACE).await.unwrap();
+    assert!(report.is_graceful(), "{report:?}");
+    assert_eq!(server.connections(), 0);
+}
+
+/// Checks a response of the routes: `GET /` or `GET /64k`.
+fn check_fixed(path: &str, res: &RawResponse) {
+    assert_eq!(res.status, 200, "{path}: {res:?}");
+    let body: &[u8] = if path == BIG_PATH { &BIG_BODY } else { HELLO };
+    assert!(
+        res.body == body,
+        "{path}: wrong body ({} bytes)",
+        res.body.len()
+    );
+}
+
+http_test! {
+    /// 500 requests one after another on one HTTP/1.1 connection through hyper's client:
+    /// `GET /`, `GET /64k` and `POST /echo` with bodies from 0 to 5 KB in turn, each status and
+    /// body checked; the server accepted one connection for all of them, and it ends when the
+    /// client closes it.
+    async fn many_requests_on_one_keep_alive_connection() {
+        let (server, addr) = server::start(Config::routes());
+        let (mut sender, conn) = h1_client(addr).await;
+        for i in 0..500 {
+            sender.ready().await.unwrap();
+            match i % 3 {
+                0 => {
+                    let res = sender.send_request(get(HELLO_PATH)).await.unwrap();
+                    let (status, body) = read(res).await;
+                    assert_eq!((status, &body[..]), (StatusCode::OK, HELLO), "request {i}");
+                }
+                1 => {
+                    let res = sender.send_request(get(BIG_PATH)).await.unwrap();
+                    let (status, body) = read(res).await;
+                    assert_eq!(status, StatusCode::OK, "request {i}");
+                    assert!(body == BIG_BODY[..], "request {i}: {} bytes", body.len());
+                }
+                _ => {
+                    let sent = payload(i, i * 37 % 5000);
+                    let res = sender.send_request(post(ECHO_PATH, sent.clone())).await.unwrap();
+                    let (status, body) = read(res).await;
+                    assert_eq!(status, StatusCode::OK, "request {i}");
+                    assert!(body == sent, "request {i}: {} of {} bytes", body.len(), sent.len());
+                }
+            }
+        }
+        assert_eq!(server.accepted_total(), 1);
+        drop(sender);
+        conn.await.unwrap().unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+/// Writes 64 requests at once on a new connection to `addr` and checks the 64 responses, in
+/// order, then one more request (blocking: run it off the loop).
+fn pipeline(addr: SocketAddr) {
+    const N: usize = 64;
+    let echo_body = |i: usize| format!("pipelined request {i}").repeat(i);
+    let mut stream = raw::connect(addr);
+    let mut requests = Vec::new();
+    for i in 0..N {
+        match i % 4 {
+            0 => requests.extend(raw::request_head("GET", HELLO_PATH, 0).bytes()),
+            1 => requests.extend(raw::request_head("GET", BIG_PATH, 0).bytes()),
+            2 => {
+                let body = echo_body(i);
+                requests.extend(raw::request_head("POST", ECHO_PATH, body.len()).bytes());
+                requests.extend(body.bytes());
+            }
+            _ => requests.extend(raw::request_head("GET", "/nowhere", 0).bytes()),
+        }
+    }
+    raw::send(&mut stream, &requests);
+    let mut buf = Vec::new();
+    for i in 0..N {
+        let res = raw::read_response(&mut stream, &mut buf, 64 * 1024);
+        match i % 4 {
+            0 => check_fixed(HELLO_PATH, &res),
+            1 => check_fixed(BIG_PATH, &res),
+            2 => {
+                assert_eq!(res.status, 200, "response {i}: {res:?}");
+                assert_eq!(
+                    String::from_utf8_lossy(&res.body),
+                    echo_body(i),
+                    "response {i}"
+                );
+            }
+            _ => assert_eq!(res.status, 404, "response {i}: {res:?}"),
+        }
+    }
+    assert!(buf.is_empty(), "bytes after the last response: {buf:?}");
+    // The connection is still good for another request.
+    raw::send(
+        &mut stream,
+        raw::request_head("GET", HELLO_PATH, 0).as_bytes(),
+    );
+    check_fixed(HELLO_PATH, &raw::read_response(&mut stream, &mut buf, 4096));
+}
+
+http_test! {
+    /// 64 HTTP/1.1 requests written at once, in one write, on a raw socket (hyper's client does
+    /// not pipeline): `GET /`, `GET /64k`, `POST /echo` with a body naming the request, and a
+    /// 404, in turn. The 64 responses come back complete and in order, and the connection then
+    /// still serves a request; it ends when the client does. With both of `compat::Io`'s
+    /// mechanisms on the server (several requests arrive in one read).
+    async fn pipelined_requests_are_answered_in_order() {
+        for mechanism in MECHANISMS {
+            let (server, addr) = server::start(Config { mechanism, ..Config::routes() });
+            spawn_blocking(move || pipeline(addr)).await.unwrap();
+            assert_eq!(server.accepted_total(), 1, "{mechanism:?}");
+            assert!(until(|| server.connections() == 0).await, "{mechanism:?}");
+            stop(&server).await;
+        }
+    }
+}
+
+/// The period of the upload's pattern: a prime, so a piece of the echo that is lost, repeated
+/// or shifted by any whole number of the sender's chunks does not compare equal.
+const PERIOD: usize = 65_521;
+/// The largest piece the upload sends or compares at once.
+const MAX_PIECE: usize = 256 * 1024;
+
+/// What the upload sends: [`PERIOD`] pseudo-random bytes over and over. It holds one period
+/// and then [`MAX_PIECE`] more, so the bytes at any offset, up to [`MAX_PIECE`] of them, are
+/// one slice of it: the sender hands out slices without copying and the receiver compares
+/// against them, so neither builds the stream.
+#[derive(Clone)]
+struct Pattern(Bytes);
+
+impl Pattern {
+    fn new() -> Pattern {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let period: Vec<u8> = (0..PERIOD)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let bytes: Vec<u8> = period
+            .iter()
+            .copied()
+            .cycle()
+            .take(PERIOD + MAX_PIECE)
+            .collect();
+        Pattern(Bytes::from(bytes))
+    }
+
+    /// The `len` (at most [`MAX_PIECE`]) bytes of the stream at `offset`.
+    fn at(&self, offset: u64, len: usize) -> Bytes {
+        let start = (offset % PERIOD as u64) as usize;
+        self.0.slice(start..start + len)
+    }
+}
+
+/// A request body of `total` bytes of the [`Pattern`], in pieces of changing sizes, with its
+/// exact length (so it goes out with a `content-length`).
+struct PatternBody {
+    pattern: Pattern,
+    sent: u64,
+    total: u64,
+    pieces: usize,
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        const SIZES: [usize; 4] = [MAX_PIECE, 1, 65_536 + 7, 100_000];
+        let left = self.total - self.sent;
+        if left == 0 {
+            return Poll::Ready(None);
+        }
+        let len = (SIZES[self.pieces % SIZES.len()] as u64).min(left) as usize;
+        let piece = self.pattern.at(self.sent, len);
+        self.sent += len as u64;
+        self.pieces += 1;
+        Poll::Ready(Some(Ok(Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent == self.total
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.total - self.sent)
+    }
+}
+
+/// The upload's size. It takes a fraction of a second even in a debug build: the body's pieces
+/// are slices of the pattern and the echo is compared with `memcmp`, so no code of the test or
+/// of hyper runs per byte.
+const UPLOAD: u64 = 100_000_000;
+
+/// Sends a 100 MB `POST /echo` to `addr` through hyper's client and checks the echo as it
+/// arrives.
+async fn upload(addr: SocketAddr, pattern: &Pattern) {
+    let (mut sender, conn) = h1_client::<PatternBody>(addr).await;
+    let body = PatternBody {
+        pattern: pattern.clone(),
+        sent: 0,
+        total: UPLOAD,
+        pieces: 0,
+    };
+    let req = Request::post(ECHO_PATH)
+        .header(hyper::header::HOST, "localhost")
+        .body(body)
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let length = res.headers().get(hyper::header::CONTENT_LENGTH).unwrap();
+    assert_eq!(length.to_str().unwrap(), UPLOAD.to_string());
+    let mut body = res.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        let data = frame.unwrap().into_data().unwrap();
+        for piece in data.chunks(MAX_PIECE) {
+            assert!(
+                piece == pattern.at(received, piece.len()),
+                "the echo differs within bytes {received}..{}",
+                received + piece.len() as u64
+            );
+            received += piece.len() as u64;
+        }
+    }
+    assert_eq!(received, UPLOAD);
+    drop(sender);
+    conn.await.unwrap().unwrap();
+}
+
+http_test! {
+    /// A 100 MB `POST /echo` through hyper's client: the body is generated as it is sent and
+    /// the echo compared as it arrives, piece by piece, neither ever held whole. Every byte
+    /// comes back in order, with the request's length. With both of `compat::Io`'s mechanisms
+    /// on the server.
+    async fn a_large_upload_is_echoed_byte_for_byte() {
+        let pattern = Pattern::new();
+        for mechanism in MECHANISMS {
+            let (server, addr) = server::start(Config { mechanism, ..Config::routes() });
+            upload(addr, &pattern).await;
+            stop(&server).await;
+        }
+    }
+}
+
+/// How a raw client leaves in the middle of a request body.
+#[derive(Clone, Copy, Debug)]
+enum Leave {
+    /// `close` as soon as its part of the body is sent: a FIN (a reset if the echo had
+    /// already arrived, unread).
+    Close,
+    /// Once the echo has begun, `SO_LINGER` 0 and `close`: a reset.
+    Reset,
+    /// Once the echo has begun, `shutdown(Write)`, then reads until the server closes: the
+    /// server sees the end of the stream where it expects more body.
+    HalfClose,
+}
+
+/// Sends a `POST /echo` head declaring 10 MB and 1 MiB of the body to `addr`, then leaves as
+/// `leave` says (blocking: run it off the loop).
+fn leave_mid_body(addr: SocketAddr, leave: Leave) {
+    const DECLARED: usize = 10_000_000;
+    const SENT: usize = 1 << 20;
+    let mut stream = raw::connect(addr);
+    raw::send(
+        &mut stream,
+        raw::request_head("POST", ECHO_PATH, DECLARED).as_bytes(),
+    );
+    raw::send(&mut stream, &payload(1, SENT));
+    if let Leave::Close = leave {
+        return;
+    }
+    // The server is inside the request: its echo has begun.
+    let mut head = [0u8; 12];
+    std::io::Read::read_exact(&mut stream, &mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "{leave:?}");
+    if let Leave::Reset = leave {
+        socket2::SockRef::from(&stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        return;
+    }
+    stream.shutdown(Shutdown::Write).unwrap();
+    // The server ends the connection: it cannot finish the response. (How, a FIN or a
+    // reset, is hyper's business.)
+    let _ = raw::read_until_closed(&mut stream);
+}
+
+http_test! {
+    /// Clients that send a `POST /echo` head with `content-length: 10 MB` and 1 MiB of the
+    /// body and leave (closing, resetting, half-closing; see [`Leave`]): each time the
+    /// connection's task ends, no descriptor is left open, and a new connection is answered.
+    /// With both of `compat::Io`'s mechanisms on the server.
+    async fn a_client_that_leaves_mid_body_costs_the_server_nothing() {
+        for mechanism in MECHANISMS {
+            let (server, addr) = server::start(Config { mechanism, ..Config::routes() });
+            for leave in [Leave::Close, Leave::Reset, Leave::HalfClose] {
+                let fds_before = common::open_fds();
+                spawn_blocking(move || leave_mid_body(addr, leave)).await.unwrap();
+                assert!(
+                    until(|| server.connections() == 0).await,
+                    "{mechanism:?} {leave:?}: the connection lives on"
+                );
+                assert!(
+                    until(|| common::leaked_fds(&fds_before).is_empty()).await,
+                    "{mechanism:?} {leave:?}: leaked {:?}",
+                    common::leaked_fds(&fds_before)
+                );
+                // The server is as good as new.
+                let (mut sender, conn) = h1_client(addr).await;
+                let res = sender.send_request(get(HELLO_PATH)).await.unwrap();
+                let (status, body) = read(res).await;
+                assert_eq!((status, &body[..]), (StatusCode::OK, HELLO), "after {leave:?}");
+                drop(sender);
+                conn.await.unwrap().unwrap();
+            }
+            assert_eq!(server.accepted_total(), 6);
+            stop(&server).await;
+        }
+    }
+}
+
+http_test! {
+    /// A client with a small receive buffer that reads `GET /64k`'s response one byte per
+    /// read, pausing now and then, from a server with a small send buffer, so the server's
+    /// writes wait for room again and again: every byte arrives, in order; twice on the
+    /// connection, and a `GET /` after.
+    async fn a_slow_reader_gets_every_byte() {
+        let config = Config { send_buffer: Some(4096), ..Config::routes() };
+        let (server, addr) = server::start(config);
+        spawn_blocking(move || {
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            socket.connect(&addr.into()).unwrap();
+            let mut stream: std::net::TcpStream = socket.into();
+            raw::limit(&stream);
+            let mut buf = Vec::new();
+            for round in 0..2 {
+                raw::send(&mut stream, raw::request_head("GET", BIG_PATH, 0).as_bytes());
+                let mut slow = SlowReader { stream: &mut stream, read: 0 };
+                let res = raw::read_response(&mut slow, &mut buf, 1);
+                assert!(slow.read > BIG_BODY.len(), "round {round}: {} reads", slow.read);
+                check_fixed(BIG_PATH, &res);
+            }
+            raw::send(&mut stream, raw::request_head("GET", HELLO_PATH, 0).as_bytes());
+            check_fixed(HELLO_PATH, &raw::read_response(&mut stream, &mut buf, 4096));
+        })
+        .await
+        .unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+/// Reads through to a stream, counting reads, and sleeps a millisecond every 4096 of them.
+struct SlowReader<'a> {
+    stream: &'a mut std::net::TcpStream,
+    read: usize,
+}
+
+impl std::io::Read for SlowReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.read += 1;
+        if self.read % 4096 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.stream.read(buf)
+    }
+}
