@@ -2,7 +2,8 @@
 //! `compat::Io`, `HyperExecutor`, `HyperTimer`, a `net::Server`, the example's routes), run in
 //! the test's own runtime, against hyper's client (on the same runtime) and raw HTTP/1.1
 //! clients on std sockets (on `spawn_blocking` threads): keep-alive, pipelining, a large echo,
-//! clients that vanish or read slowly.
+//! clients that vanish, stall or read slowly, HTTP/2 streams, TLS, graceful shutdown, the
+//! header timeout, and an axum application.
 //!
 //! Every test runs on both backends. Each checks, once it is done, that every task it started
 //! has ended and every descriptor it opened is closed (`common::run_http`). Nothing here
@@ -22,14 +23,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::raw::{self, RawResponse};
-use common::server::{self, Config};
+use common::server::{self, App, Config};
 use common::until;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response, StatusCode, Version};
+use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
 use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{Server, TcpStream};
-use ringloop::{spawn, spawn_blocking, Task};
+use ringloop::{gather, spawn, spawn_blocking, sync::mpsc, Task};
 
 use http_routes::{BIG_BODY, BIG_PATH, ECHO_PATH, HELLO, HELLO_PATH};
 
@@ -56,6 +58,29 @@ where
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(Io::new(stream))
+        .await
+        .unwrap();
+    (sender, spawn(conn))
+}
+
+/// A hyper HTTP/2 client connection to `addr` (prior knowledge, on `HyperExecutor`); its
+/// connection future runs as a task.
+async fn h2_client<B>(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    Task<hyper::Result<()>>,
+)
+where
+    B: Body + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(HyperExecutor)
+        .timer(HyperTimer)
+        .handshake(Io::new(stream))
         .await
         .unwrap();
     (sender, spawn(conn))
@@ -466,5 +491,353 @@ impl std::io::Read for SlowReader<'_> {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.stream.read(buf)
+    }
+}
+
+/// A request body whose pieces come from a channel, until its sender is dropped.
+type ChannelBody =
+    StreamBody<Pin<Box<dyn futures_util::Stream<Item = Result<Frame<Bytes>, Infallible>>>>>;
+
+/// A [`ChannelBody`] and the sender that feeds it.
+fn channel_body() -> (mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = mpsc::channel(1);
+    let pieces = futures_util::stream::unfold(rx, |mut rx| async move {
+        let piece = rx.recv().await.ok()?;
+        Some((Ok(Frame::data(piece)), rx))
+    });
+    (tx, StreamBody::new(Box::pin(pieces)))
+}
+
+http_test! {
+    /// 200 requests at once over one HTTP/2 connection (hyper's client on `HyperExecutor`,
+    /// each request a task, all sent before any answer is read): `GET /`, `POST /echo` with a
+    /// body of its own (up to 40 KB) and `GET /64k`, in turn. Each gets its own answer, over
+    /// HTTP/2, on the one connection.
+    async fn many_concurrent_http2_streams() {
+        const N: usize = 200;
+        let (server, addr) = server::start(Config::routes());
+        let (sender, conn) = h2_client::<Full<Bytes>>(addr).await;
+        let requests: Vec<Task<()>> = (0..N)
+            .map(|i| {
+                let mut sender = sender.clone();
+                spawn(async move {
+                    let (req, expected): (_, Bytes) = match i % 3 {
+                        0 => (get(HELLO_PATH), Bytes::from_static(HELLO)),
+                        1 => {
+                            let body = Bytes::from(payload(i, i * 200));
+                            (post(ECHO_PATH, body.clone()), body)
+                        }
+                        _ => (get(BIG_PATH), Bytes::from_static(&BIG_BODY)),
+                    };
+                    let res = sender.send_request(req).await.unwrap();
+                    assert_eq!(res.version(), Version::HTTP_2, "request {i}");
+                    let (status, body) = read(res).await;
+                    assert_eq!(status, StatusCode::OK, "request {i}");
+                    assert!(body == expected, "request {i}: {} bytes", body.len());
+                })
+            })
+            .collect();
+        gather(requests).await.unwrap();
+        assert_eq!(server.accepted_total(), 1);
+        drop(sender);
+        conn.await.unwrap().unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+/// A TLS client connection to `addr` that trusts only `root`, offering `alpn`.
+async fn tls_connect(
+    addr: SocketAddr,
+    root: &rustls::pki_types::CertificateDer<'static>,
+    alpn: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<Io<TcpStream>>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, Io::new(stream)).await
+}
+
+http_test! {
+    /// HTTPS: a server with a rustls acceptor (a self-signed certificate made by rcgen), and
+    /// a client through tokio-rustls over `compat::Io` that trusts only that certificate,
+    /// then hyper's client over `TokioIo`. Offering ALPN `h2` the connection speaks HTTP/2,
+    /// offering `http/1.1` HTTP/1.1; either way `GET /`, a 300 KB `POST /echo` (many TLS
+    /// records) and `GET /64k` are answered. A client that trusts another certificate fails
+    /// its handshake, and the server's connection ends.
+    async fn tls_handshake_and_requests_over_h2_and_http1() {
+        let (acceptor, cert) = server::tls_acceptor();
+        let mut config = Config::routes();
+        config.tls = Some(acceptor);
+        let (server, addr) = server::start(config);
+        let echo = Bytes::from(payload(7, 300_000));
+        for alpn in [&b"h2"[..], b"http/1.1"] {
+            let tls = tls_connect(addr, &cert, alpn).await.unwrap();
+            assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+            let io = hyper_util::rt::TokioIo::new(tls);
+            let requests = [get(HELLO_PATH), post(ECHO_PATH, echo.clone()), get(BIG_PATH)];
+            let expected = [Bytes::from_static(HELLO), echo.clone(), Bytes::from_static(&BIG_BODY)];
+            if alpn == b"h2" {
+                let (mut sender, conn) = hyper::client::conn::http2::Builder::new(HyperExecutor)
+                    .timer(HyperTimer)
+                    .handshake(io)
+                    .await
+                    .unwrap();
+                let conn = spawn(conn);
+                for (req, expected) in requests.into_iter().zip(&expected) {
+                    let res = sender.send_request(req).await.unwrap();
+                    assert_eq!(res.version(), Version::HTTP_2);
+                    let (status, body) = read(res).await;
+                    assert_eq!(status, StatusCode::OK);
+                    assert!(body == expected, "h2: {} bytes", body.len());
+                }
+                drop(sender);
+                conn.await.unwrap().unwrap();
+            } else {
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                let conn = spawn(conn);
+                for (req, expected) in requests.into_iter().zip(&expected) {
+                    sender.ready().await.unwrap();
+                    let res = sender.send_request(req).await.unwrap();
+                    assert_eq!(res.version(), Version::HTTP_11);
+                    let (status, body) = read(res).await;
+                    assert_eq!(status, StatusCode::OK);
+                    assert!(body == expected, "http/1.1: {} bytes", body.len());
+                }
+                drop(sender);
+                conn.await.unwrap().unwrap();
+            }
+        }
+        // A client that does not trust the server's certificate.
+        let (_, other) = server::tls_acceptor();
+        let refused = tls_connect(addr, &other, b"h2").await.unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::InvalidData, "{refused}");
+        assert!(until(|| server.connections() == 0).await);
+        assert_eq!(server.accepted_total(), 3);
+        stop(&server).await;
+    }
+}
+
+http_test! {
+    /// `shutdown(grace)` while a `POST /echo` is in flight (its echo begun, its body still
+    /// being sent), an HTTP/1.1 connection sits idle between requests, and another has sent
+    /// nothing yet: new connections are refused at once, the idle connections are closed by
+    /// the server, and the request in flight completes, every byte echoed, before its
+    /// connection closes. Every connection ends on its own, well within the grace.
+    async fn graceful_shutdown_finishes_the_request_in_flight() {
+        const PIECES: usize = 20;
+        let (server, addr) = server::start(Config::routes());
+
+        // 1. An idle keep-alive connection: one request answered, the connection kept.
+        let (mut idle, idle_conn) = h1_client(addr).await;
+        let (status, _) = read(idle.send_request(get(HELLO_PATH)).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        // A connection that has sent nothing yet.
+        let silent = TcpStream::connect(addr).await.unwrap();
+
+        // 2. A request in flight: its first piece is sent and echoed back.
+        let (mut busy, busy_conn) = h1_client::<ChannelBody>(addr).await;
+        let (tx, body) = channel_body();
+        let piece = |i: usize| Bytes::from(payload(i, 10_000));
+        tx.send(piece(0)).await.unwrap();
+        let req = Request::post(ECHO_PATH)
+            .header(hyper::header::HOST, "localhost")
+            .body(body)
+            .unwrap();
+        let res = busy.send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut echo = res.into_body();
+        let mut echoed = Vec::new();
+        while echoed.len() < 10_000 {
+            let frame = echo.frame().await.unwrap().unwrap();
+            echoed.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert!(until(|| server.connections() == 3).await);
+
+        // 3. The shutdown begins.
+        let shutdown = spawn({
+            let server = server.clone();
+            async move { server.shutdown(GRACE).await }
+        });
+        assert!(until(|| server.shutdown_signal().is_set()).await);
+
+        // 4. New connections are refused.
+        let refused = TcpStream::connect(addr).await.unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ECONNREFUSED));
+
+        // 5. The idle connections are closed by the server (the client kept its side open).
+        idle_conn.await.unwrap().unwrap();
+        assert!(idle.is_closed());
+        let (n, _) = silent.read(vec![0u8; 16]).await;
+        assert_eq!(n.unwrap(), 0, "the silent connection was not closed");
+        drop(silent);
+
+        // 6. The request in flight goes on: the rest of its body, all echoed.
+        for i in 1..PIECES {
+            tx.send(piece(i)).await.unwrap();
+        }
+        drop(tx);
+        while let Some(frame) = echo.frame().await {
+            echoed.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        let sent: Vec<u8> = (0..PIECES).flat_map(|i| piece(i).to_vec()).collect();
+        assert!(echoed == sent, "{} of {} bytes echoed", echoed.len(), sent.len());
+        // Then the server closes that connection too.
+        busy_conn.await.unwrap().unwrap();
+        assert!(busy.is_closed());
+
+        let report = shutdown.await.unwrap().unwrap();
+        assert!(report.is_graceful(), "{report:?}");
+        assert_eq!(report.finished, 3, "{report:?}");
+        assert_eq!(server.connections(), 0);
+    }
+}
+
+/// Sends `before` to `addr`, reads a response for each request in it, then sends half a
+/// request head and waits until the server disconnects; checks how it did (blocking: run it
+/// off the loop).
+fn stall_in_head(addr: SocketAddr, before: usize) {
+    let mut stream = raw::connect(addr);
+    let mut buf = Vec::new();
+    for _ in 0..before {
+        raw::send(
+            &mut stream,
+            raw::request_head("GET", HELLO_PATH, 0).as_bytes(),
+        );
+        check_fixed(HELLO_PATH, &raw::read_response(&mut stream, &mut buf, 4096));
+    }
+    raw::send(&mut stream, b"GET / HTTP/1.1\r\nhost: loc");
+    // A clean end of the stream or a reset (hyper sends no response; a 408 would do too).
+    match raw::read_until_closed(&mut stream) {
+        Ok(got) => assert!(
+            got.is_empty() || got.starts_with(b"HTTP/1.1 408"),
+            "after {before} requests: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "after {before} requests: {e}"
+        ),
+    }
+}
+
+http_test! {
+    /// A server with a 200 ms header-read timeout disconnects a client that sends half a
+    /// request head and then nothing, as its first request and after two answered ones on a
+    /// keep-alive connection (hyper re-aims its `HyperTimer` sleep for each request), and
+    /// the connection's task ends. A client that sends its heads in time is answered.
+    async fn a_stalled_request_head_is_disconnected() {
+        let config = Config { header_timeout: Duration::from_millis(200), ..Config::routes() };
+        let (server, addr) = server::start(config);
+        for before in [0, 2] {
+            spawn_blocking(move || stall_in_head(addr, before)).await.unwrap();
+            assert!(until(|| server.connections() == 0).await, "after {before} requests");
+        }
+        spawn_blocking(move || {
+            let mut stream = raw::connect(addr);
+            let mut buf = Vec::new();
+            for _ in 0..3 {
+                raw::send(&mut stream, raw::request_head("GET", HELLO_PATH, 0).as_bytes());
+                check_fixed(HELLO_PATH, &raw::read_response(&mut stream, &mut buf, 4096));
+            }
+        })
+        .await
+        .unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+/// The axum application of the test: a route with a path parameter and a JSON POST.
+fn axum_app() -> axum::Router {
+    use axum::extract::Path;
+    use axum::routing::{get, post};
+    use axum::Json;
+
+    #[derive(serde::Deserialize, serde::Serialize)]
+    struct Note {
+        text: String,
+    }
+
+    axum::Router::new()
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<u64>| async move {
+                Json(serde_json::json!({ "id": id, "name": format!("user {id}") }))
+            }),
+        )
+        .route(
+            "/notes",
+            post(|Json(note): Json<Note>| async move {
+                let len = note.text.len();
+                (
+                    StatusCode::CREATED,
+                    Json(serde_json::json!({ "note": note, "len": len })),
+                )
+            }),
+        )
+}
+
+http_test! {
+    /// An axum `Router` served the same way (through `TowerToHyperService`), over HTTP/1.1
+    /// and HTTP/2: a path parameter is extracted, a JSON body parsed and answered with JSON
+    /// and 201; a malformed body gets axum's 400, a wrong path 404.
+    async fn an_axum_router_answers() {
+        let config = Config { app: App::Axum(axum_app()), ..Config::routes() };
+        let (server, addr) = server::start(config);
+        let json_post = |body: &str| {
+            Request::post("/notes")
+                .header(hyper::header::HOST, "localhost")
+                .header(hyper::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from(body.to_owned())))
+                .unwrap()
+        };
+        let json = |body: &Bytes| serde_json::from_slice::<serde_json::Value>(body).unwrap();
+        for http2 in [false, true] {
+            let mut answers = Vec::new();
+            let requests = [
+                get("/users/7"),
+                json_post(r#"{"text":"hello axum"}"#),
+                json_post(r#"{"text":"#),
+                get("/nowhere"),
+            ];
+            if http2 {
+                let (mut sender, conn) = h2_client(addr).await;
+                for req in requests {
+                    let res = sender.send_request(req).await.unwrap();
+                    assert_eq!(res.version(), Version::HTTP_2);
+                    answers.push(read(res).await);
+                }
+                drop(sender);
+                conn.await.unwrap().unwrap();
+            } else {
+                let (mut sender, conn) = h1_client(addr).await;
+                for req in requests {
+                    sender.ready().await.unwrap();
+                    answers.push(read(sender.send_request(req).await.unwrap()).await);
+                }
+                drop(sender);
+                conn.await.unwrap().unwrap();
+            }
+            let [user, note, malformed, missing] = &answers[..] else { unreachable!() };
+            assert_eq!(user.0, StatusCode::OK, "http2={http2}");
+            assert_eq!(json(&user.1), serde_json::json!({ "id": 7, "name": "user 7" }));
+            assert_eq!(note.0, StatusCode::CREATED, "http2={http2}");
+            assert_eq!(
+                json(&note.1),
+                serde_json::json!({ "note": { "text": "hello axum" }, "len": 10 })
+            );
+            assert_eq!(malformed.0, StatusCode::BAD_REQUEST, "http2={http2}");
+            assert_eq!(missing.0, StatusCode::NOT_FOUND, "http2={http2}");
+        }
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
     }
 }
