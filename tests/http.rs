@@ -2,8 +2,8 @@
 //! `compat::Io`, `HyperExecutor`, `HyperTimer`, a `net::Server`, the example's routes), run in
 //! the test's own runtime, against hyper's client (on the same runtime) and raw HTTP/1.1
 //! clients on std sockets (on `spawn_blocking` threads): keep-alive, pipelining, a large echo,
-//! clients that vanish, stall or read slowly, HTTP/2 streams, TLS, graceful shutdown, the
-//! header timeout, and an axum application.
+//! clients that vanish, stall or read slowly, HTTP/2 streams, TLS, graceful shutdown (and
+//! what the end of its grace cancels), the header timeout, and an axum application.
 //!
 //! Every test runs on both backends. Each checks, once it is done, that every task it started
 //! has ended and every descriptor it opened is closed (`common::run_http`). Nothing here
@@ -624,14 +624,91 @@ http_test! {
     }
 }
 
+/// A `POST /echo` in flight: its body is fed through `tx`, and what has come back of its
+/// echo so far is in `echoed`.
+struct EchoInFlight {
+    tx: mpsc::Sender<Bytes>,
+    echo: Incoming,
+    echoed: Vec<u8>,
+}
+
+impl EchoInFlight {
+    /// Sends a `POST /echo` through `send_request` with `first` as the first piece of its body,
+    /// and reads the echo of that piece: the server is then inside the request, waiting for
+    /// the rest of the body.
+    async fn start<F, Fut>(send_request: F, first: Bytes) -> EchoInFlight
+    where
+        F: FnOnce(Request<ChannelBody>) -> Fut,
+        Fut: std::future::Future<Output = hyper::Result<Response<Incoming>>>,
+    {
+        let (tx, body) = channel_body();
+        tx.send(first.clone()).await.unwrap();
+        let req = Request::post(ECHO_PATH)
+            .header(hyper::header::HOST, "localhost")
+            .body(body)
+            .unwrap();
+        let res = send_request(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut echo = EchoInFlight {
+            tx,
+            echo: res.into_body(),
+            echoed: Vec::new(),
+        };
+        while echo.echoed.len() < first.len() {
+            let frame = echo.echo.frame().await.unwrap().unwrap();
+            echo.echoed.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert!(echo.echoed == first);
+        echo
+    }
+
+    /// Sends `rest` and ends the body; checks that the whole body comes back.
+    async fn finish(mut self, first: Bytes, rest: Vec<Bytes>) {
+        let mut sent = first.to_vec();
+        for piece in rest {
+            sent.extend_from_slice(&piece);
+            self.tx.send(piece).await.unwrap();
+        }
+        drop(self.tx);
+        while let Some(frame) = self.echo.frame().await {
+            let frame = frame.unwrap();
+            self.echoed.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert!(
+            self.echoed == sent,
+            "{} of {} bytes echoed",
+            self.echoed.len(),
+            sent.len()
+        );
+    }
+}
+
+/// The pieces of the bodies the shutdown tests send: 10 KB each.
+fn piece(i: usize) -> Bytes {
+    Bytes::from(payload(i, 10_000))
+}
+
+/// Starts `server.shutdown(grace)` as a task, and waits until it has begun.
+async fn begin_shutdown(
+    server: &Server,
+    grace: Duration,
+) -> Task<Result<ringloop::net::ShutdownReport, ringloop::Cancelled>> {
+    let shutdown = spawn({
+        let server = server.clone();
+        async move { server.shutdown(grace).await }
+    });
+    assert!(until(|| server.shutdown_signal().is_set()).await);
+    shutdown
+}
+
 http_test! {
-    /// `shutdown(grace)` while a `POST /echo` is in flight (its echo begun, its body still
-    /// being sent), an HTTP/1.1 connection sits idle between requests, and another has sent
-    /// nothing yet: new connections are refused at once, the idle connections are closed by
-    /// the server, and the request in flight completes, every byte echoed, before its
-    /// connection closes. Every connection ends on its own, well within the grace.
+    /// `shutdown(grace)` while a `POST /echo` is in flight on HTTP/1.1 (its echo begun, its
+    /// body still being sent), another HTTP/1.1 connection sits idle between requests, and a
+    /// third has sent nothing yet: new connections are refused at once, the idle connections
+    /// are closed by the server while the request is still in flight, and the request then
+    /// completes, every byte echoed, before its connection closes. Every connection ends on
+    /// its own, well within the grace.
     async fn graceful_shutdown_finishes_the_request_in_flight() {
-        const PIECES: usize = 20;
         let (server, addr) = server::start(Config::routes());
 
         // 1. An idle keep-alive connection: one request answered, the connection kept.
@@ -640,55 +717,27 @@ http_test! {
         assert_eq!(status, StatusCode::OK);
         // A connection that has sent nothing yet.
         let silent = TcpStream::connect(addr).await.unwrap();
-
-        // 2. A request in flight: its first piece is sent and echoed back.
-        let (mut busy, busy_conn) = h1_client::<ChannelBody>(addr).await;
-        let (tx, body) = channel_body();
-        let piece = |i: usize| Bytes::from(payload(i, 10_000));
-        tx.send(piece(0)).await.unwrap();
-        let req = Request::post(ECHO_PATH)
-            .header(hyper::header::HOST, "localhost")
-            .body(body)
-            .unwrap();
-        let res = busy.send_request(req).await.unwrap();
-        assert_eq!(res.status(), StatusCode::OK);
-        let mut echo = res.into_body();
-        let mut echoed = Vec::new();
-        while echoed.len() < 10_000 {
-            let frame = echo.frame().await.unwrap().unwrap();
-            echoed.extend_from_slice(&frame.into_data().unwrap());
-        }
+        // A request in flight.
+        let (mut busy, busy_conn) = h1_client(addr).await;
+        let in_flight = EchoInFlight::start(|req| busy.send_request(req), piece(0)).await;
         assert!(until(|| server.connections() == 3).await);
 
-        // 3. The shutdown begins.
-        let shutdown = spawn({
-            let server = server.clone();
-            async move { server.shutdown(GRACE).await }
-        });
-        assert!(until(|| server.shutdown_signal().is_set()).await);
-
-        // 4. New connections are refused.
+        // 2. The shutdown begins. New connections are refused.
+        let shutdown = begin_shutdown(&server, GRACE).await;
         let refused = TcpStream::connect(addr).await.unwrap_err();
         assert_eq!(refused.raw_os_error(), Some(libc::ECONNREFUSED));
 
-        // 5. The idle connections are closed by the server (the client kept its side open).
+        // 3. The idle connections are closed by the server (the clients kept their side
+        //    open).
         idle_conn.await.unwrap().unwrap();
         assert!(idle.is_closed());
         let (n, _) = silent.read(vec![0u8; 16]).await;
         assert_eq!(n.unwrap(), 0, "the silent connection was not closed");
         drop(silent);
 
-        // 6. The request in flight goes on: the rest of its body, all echoed.
-        for i in 1..PIECES {
-            tx.send(piece(i)).await.unwrap();
-        }
-        drop(tx);
-        while let Some(frame) = echo.frame().await {
-            echoed.extend_from_slice(&frame.unwrap().into_data().unwrap());
-        }
-        let sent: Vec<u8> = (0..PIECES).flat_map(|i| piece(i).to_vec()).collect();
-        assert!(echoed == sent, "{} of {} bytes echoed", echoed.len(), sent.len());
-        // Then the server closes that connection too.
+        // 4. The request in flight goes on: the rest of its body, all echoed. Then the server
+        //    closes that connection too.
+        in_flight.finish(piece(0), (1..20).map(piece).collect()).await;
         busy_conn.await.unwrap().unwrap();
         assert!(busy.is_closed());
 
@@ -696,6 +745,60 @@ http_test! {
         assert!(report.is_graceful(), "{report:?}");
         assert_eq!(report.finished, 3, "{report:?}");
         assert_eq!(server.connections(), 0);
+    }
+}
+
+http_test! {
+    /// The same over HTTP/2: `shutdown(grace)` while a stream of one connection is in flight
+    /// (a `POST /echo` whose body is still being sent) and another connection is idle. The
+    /// idle connection ends at once (hyper's `GOAWAY`), the stream completes, every byte
+    /// echoed, and its connection then ends; both on their own.
+    async fn graceful_shutdown_lets_http2_streams_finish() {
+        let (server, addr) = server::start(Config::routes());
+        let (mut idle, idle_conn) = h2_client::<Full<Bytes>>(addr).await;
+        let (status, _) = read(idle.send_request(get(HELLO_PATH)).await.unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+        let (mut busy, busy_conn) = h2_client(addr).await;
+        let in_flight = EchoInFlight::start(|req| busy.send_request(req), piece(0)).await;
+
+        let shutdown = begin_shutdown(&server, GRACE).await;
+        idle_conn.await.unwrap().unwrap();
+        in_flight.finish(piece(0), (1..20).map(piece).collect()).await;
+        busy_conn.await.unwrap().unwrap();
+        drop((idle, busy));
+
+        let report = shutdown.await.unwrap().unwrap();
+        assert!(report.is_graceful(), "{report:?}");
+        assert_eq!(report.finished, 2, "{report:?}");
+        assert_eq!(server.connections(), 0);
+    }
+}
+
+http_test! {
+    /// Requests that outlast the grace: a `POST /echo` on HTTP/1.1 and one on HTTP/2, whose
+    /// bodies stop coming, when `shutdown` has a 100 ms grace. Both connections are cancelled
+    /// at its end (none has to be dropped unanswered), each client sees its echo end in an
+    /// error rather than a clean end, its connection ends, and every task of the server (its
+    /// HTTP/2 stream tasks too) ends with them.
+    async fn requests_that_outlast_the_grace_are_cancelled() {
+        let (server, addr) = server::start(Config::routes());
+        let (mut h1, h1_conn) = h1_client(addr).await;
+        let h1_echo = EchoInFlight::start(|req| h1.send_request(req), piece(1)).await;
+        let (mut h2, h2_conn) = h2_client(addr).await;
+        let h2_echo = EchoInFlight::start(|req| h2.send_request(req), piece(2)).await;
+
+        let report = server.shutdown(Duration::from_millis(100)).await.unwrap();
+        assert_eq!((report.finished, report.cancelled, report.aborted), (0, 2, 0), "{report:?}");
+        assert_eq!(server.connections(), 0);
+        for (version, mut in_flight) in [("HTTP/1.1", h1_echo), ("HTTP/2", h2_echo)] {
+            let end = in_flight.echo.frame().await;
+            assert!(matches!(end, Some(Err(_))), "{version}: the echo ended with {end:?}");
+        }
+        // How hyper's client reports the end of the connection is its business; that it
+        // ends is the server's.
+        let _ = h1_conn.await.unwrap();
+        let _ = h2_conn.await.unwrap();
+        drop((h1, h2));
     }
 }
 
