@@ -872,6 +872,35 @@ http_test! {
     }
 }
 
+http_test! {
+    /// With TLS, the same timeout bounds the handshake (the example's `ringloop::timeout`
+    /// around tokio-rustls's `accept` over `compat::Io`): a client that sends the first bytes
+    /// of a TLS record and then nothing is disconnected, and its connection's task ends.
+    async fn a_stalled_tls_handshake_is_disconnected() {
+        let (acceptor, _) = server::tls_acceptor();
+        let config = Config {
+            tls: Some(acceptor),
+            header_timeout: Duration::from_millis(200),
+            ..Config::routes()
+        };
+        let (server, addr) = server::start(config);
+        let ended = spawn_blocking(move || {
+            let mut stream = raw::connect(addr);
+            // A handshake record's header, cut short.
+            raw::send(&mut stream, &[0x16, 0x03, 0x01]);
+            raw::read_until_closed(&mut stream)
+        })
+        .await
+        .unwrap();
+        match ended {
+            Ok(got) => assert!(got.is_empty(), "{got:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
 /// The axum application of the test: a route with a path parameter and a JSON POST.
 fn axum_app() -> axum::Router {
     use axum::extract::Path;
