@@ -13,10 +13,12 @@
 //! SIGTERM or SIGINT shuts it down gracefully, as `axum::serve(..).with_graceful_shutdown(..)`
 //! does: no new connections, requests in progress finish (within `--grace` seconds).
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::pin::pin;
+use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -26,6 +28,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
+use hyper::service::Service;
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
@@ -43,6 +46,9 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
 }
+
+/// The time a client gets to send a request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Serialize)]
 struct User {
@@ -121,13 +127,27 @@ async fn serve(stream: TcpStream, shutdown: ShutdownSignal, app: Router) {
     builder
         .http1()
         .timer(HyperTimer)
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(HEADER_TIMEOUT);
     builder.http2().timer(HyperTimer);
-    let conn = builder.serve_connection(Io::new(stream), TowerToHyperService::new(app));
-    let mut conn = pin!(conn);
+    let asked = Rc::new(Cell::new(false));
+    let service = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(|req| {
+        asked.set(true);
+        service.call(req)
+    });
+    let mut conn = pin!(builder.serve_connection(Io::new(stream), service));
     let mut stop = pin!(shutdown.wait());
     let mut stopping = false;
+    // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
+    // reads them without a timer to tell HTTP/1 from HTTP/2): a client that connects and
+    // sends nothing, or too little, gets the same time for its first request head.
+    let mut first = Some(Box::pin(ringloop::sleep(HEADER_TIMEOUT)));
     let _ = poll_fn(|cx| {
+        if asked.get() {
+            first = None;
+        } else if let Some(Poll::Ready(_)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
+            return Poll::Ready(Ok(()));
+        }
         if !stopping {
             if let Poll::Ready(r) = stop.as_mut().poll(cx) {
                 if r.is_err() {

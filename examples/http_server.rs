@@ -33,6 +33,7 @@
 //!
 //! It prints `listening on ADDR (...)` on stdout once it accepts.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
@@ -268,11 +269,24 @@ where
     if config.protocol == Protocol::Http1 {
         builder = builder.http1_only();
     }
-    let service = service_fn(|req| async move { Ok::<_, Infallible>(http_routes::respond(req)) });
+    let asked = Rc::new(Cell::new(false));
+    let service = service_fn(|req| {
+        asked.set(true);
+        async move { Ok::<_, Infallible>(http_routes::respond(req)) }
+    });
     let mut conn = pin!(builder.serve_connection(io, service));
     let mut stop = pin!(shutdown.wait());
     let mut stopping = false;
+    // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
+    // reads them without a timer to tell HTTP/1 from HTTP/2): a client that connects and
+    // sends nothing, or too little, gets the same time for its first request head.
+    let mut first = Some(Box::pin(ringloop::sleep(config.header_timeout)));
     let _ = poll_fn(|cx| {
+        if asked.get() {
+            first = None;
+        } else if let Some(Poll::Ready(_)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
+            return Poll::Ready(Ok(()));
+        }
         // Once the server shuts down: finish the request in progress, then close (an idle
         // keep-alive connection closes at once). A cancel (the grace is over) ends the wait
         // with an error; the connection is then dropped, which closes it.

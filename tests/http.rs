@@ -816,10 +816,10 @@ http_test! {
     }
 }
 
-/// Sends `before` to `addr`, reads a response for each request in it, then sends half a
-/// request head and waits until the server disconnects; checks how it did (blocking: run it
-/// off the loop).
-fn stall_in_head(addr: SocketAddr, before: usize) {
+/// Sends `before` requests to `addr`, reads a response for each, then sends `partial` (the
+/// start of a request head, or nothing) and waits until the server disconnects; checks how it
+/// did (blocking: run it off the loop).
+fn stall_in_head(addr: SocketAddr, before: usize, partial: &[u8]) {
     let mut stream = raw::connect(addr);
     let mut buf = Vec::new();
     for _ in 0..before {
@@ -829,7 +829,9 @@ fn stall_in_head(addr: SocketAddr, before: usize) {
         );
         check_fixed(HELLO_PATH, &raw::read_response(&mut stream, &mut buf, 4096));
     }
-    raw::send(&mut stream, b"GET / HTTP/1.1\r\nhost: loc");
+    if !partial.is_empty() {
+        raw::send(&mut stream, partial);
+    }
     // A clean end of the stream or a reset (hyper sends no response; a 408 would do too).
     match raw::read_until_closed(&mut stream) {
         Ok(got) => assert!(
@@ -848,14 +850,26 @@ fn stall_in_head(addr: SocketAddr, before: usize) {
 http_test! {
     /// A server with a 200 ms header-read timeout disconnects a client that sends half a
     /// request head and then nothing, as its first request and after two answered ones on a
-    /// keep-alive connection (hyper re-aims its `HyperTimer` sleep for each request), and
-    /// the connection's task ends. A client that sends its heads in time is answered.
+    /// keep-alive connection (hyper re-aims its `HyperTimer` sleep for each request), a
+    /// client that connects and sends nothing at all, and one that stops inside HTTP/2's
+    /// preface (the last two before hyper's own timer starts: the server's first-request
+    /// deadline covers them); each connection's task ends. A client that sends its heads in
+    /// time is answered.
     async fn a_stalled_request_head_is_disconnected() {
         let config = Config { header_timeout: Duration::from_millis(200), ..Config::routes() };
         let (server, addr) = server::start(config);
-        for before in [0, 2] {
-            spawn_blocking(move || stall_in_head(addr, before)).await.unwrap();
-            assert!(until(|| server.connections() == 0).await, "after {before} requests");
+        let cases: [(usize, &'static [u8]); 4] = [
+            (0, b"GET / HTTP/1.1\r\nhost: loc"),
+            (2, b"GET / HTTP/1.1\r\nhost: loc"),
+            (0, b""),
+            (0, b"PRI * HTTP/2.0\r\n"),
+        ];
+        for (before, partial) in cases {
+            spawn_blocking(move || stall_in_head(addr, before, partial)).await.unwrap();
+            assert!(
+                until(|| server.connections() == 0).await,
+                "after {before} requests and {partial:?}"
+            );
         }
         spawn_blocking(move || {
             let mut stream = raw::connect(addr);

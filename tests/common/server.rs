@@ -3,6 +3,7 @@
 //! connection a task of a `net::Server`, TLS through tokio-rustls, hyper's graceful shutdown on
 //! the server's signal), serving the example's routes or an axum `Router`.
 
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::{poll_fn, Future};
@@ -140,10 +141,27 @@ where
         .timer(HyperTimer)
         .header_read_timeout(config.header_timeout);
     builder.http2().timer(HyperTimer);
+    let asked = Rc::new(Cell::new(false));
+    let service = {
+        let asked = asked.clone();
+        hyper::service::service_fn(move |req| {
+            asked.set(true);
+            service.call(req)
+        })
+    };
     let mut conn = pin!(builder.serve_connection(io, service));
     let mut stop = pin!(shutdown.wait());
     let mut stopping = false;
+    // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
+    // reads them without a timer to tell HTTP/1 from HTTP/2): a client that connects and
+    // sends nothing, or too little, gets the same time for its first request head.
+    let mut first = Some(Box::pin(ringloop::sleep(config.header_timeout)));
     let _ = poll_fn(|cx| {
+        if asked.get() {
+            first = None;
+        } else if let Some(Poll::Ready(_)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
+            return Poll::Ready(Ok(()));
+        }
         // Once the server shuts down: finish the request in progress, then close (an idle
         // keep-alive connection closes at once). A cancel (the grace is over) ends the wait
         // with an error; the connection is then dropped, which closes it.
