@@ -113,9 +113,33 @@ struct Args {
 
 /// What every connection of a runtime shares.
 struct Config {
-    protocol: Protocol,
+    /// hyper's connection settings, built once per runtime (a connection borrows them, so
+    /// they take no room in every connection's future).
+    http: auto::Builder<HyperExecutor>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
+}
+
+impl Config {
+    fn new(
+        protocol: Protocol,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        header_timeout: Duration,
+    ) -> Config {
+        let mut http = auto::Builder::new(HyperExecutor);
+        http.http1()
+            .timer(HyperTimer)
+            .header_read_timeout(header_timeout);
+        http.http2().timer(HyperTimer);
+        if protocol == Protocol::Http1 {
+            http = http.http1_only();
+        }
+        Config {
+            http,
+            tls,
+            header_timeout,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -142,11 +166,9 @@ fn run(args: Args) -> std::io::Result<bool> {
         None
     };
     let grace = Duration::from_secs_f64(args.grace);
-    let config = move || Config {
-        protocol: args.protocol,
-        tls: tls.clone(),
-        header_timeout: Duration::from_secs_f64(args.header_timeout),
-    };
+    let protocol = args.protocol;
+    let header_timeout = Duration::from_secs_f64(args.header_timeout);
+    let config = move || Config::new(protocol, tls.clone(), header_timeout);
     let scheme = if args.tls { "https" } else { "http" };
 
     if args.threads == 1 {
@@ -245,13 +267,21 @@ async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Conf
     let io = Io::new(stream);
     match &config.tls {
         None => http(io, shutdown, &config).await,
-        Some(acceptor) => {
-            // A client gets the header timeout for its handshake too.
-            let handshake = ringloop::timeout(config.header_timeout, acceptor.accept(io)).await;
-            if let Ok(Ok(tls)) = handshake {
-                http(TokioIo::new(tls), shutdown, &config).await;
-            }
-        }
+        // Boxed: a TLS session is large, and the plain connections' futures should not be.
+        Some(acceptor) => Box::pin(https(acceptor, io, shutdown, &config)).await,
+    }
+}
+
+/// The TLS handshake (within the header timeout), then HTTP over the TLS stream.
+async fn https(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: Io<TcpStream>,
+    shutdown: ShutdownSignal,
+    config: &Config,
+) {
+    let handshake = ringloop::timeout(config.header_timeout, acceptor.accept(io)).await;
+    if let Ok(Ok(tls)) = handshake {
+        http(TokioIo::new(tls), shutdown, config).await;
     }
 }
 
@@ -260,21 +290,12 @@ async fn http<I>(io: I, shutdown: ShutdownSignal, config: &Config)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
-    let mut builder = auto::Builder::new(HyperExecutor);
-    builder
-        .http1()
-        .timer(HyperTimer)
-        .header_read_timeout(config.header_timeout);
-    builder.http2().timer(HyperTimer);
-    if config.protocol == Protocol::Http1 {
-        builder = builder.http1_only();
-    }
     let asked = Rc::new(Cell::new(false));
     let service = service_fn(|req| {
         asked.set(true);
         async move { Ok::<_, Infallible>(http_routes::respond(req)) }
     });
-    let mut conn = pin!(builder.serve_connection(io, service));
+    let mut conn = pin!(config.http.serve_connection(io, service));
     let mut stop = pin!(shutdown.wait());
     let mut stopping = false;
     // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
