@@ -1290,7 +1290,26 @@ struct LoadState {
 /// waits until all are open, warms up, then measures round trips for `duration`.
 /// `on_phase` is called at each phase change, from inside the loop (to sample the server's CPU
 /// time exactly at the window's edges).
-fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Result<LoadOutcome> {
+fn run_load(cfg: &LoadConfig, on_phase: impl FnMut(Phase)) -> std::io::Result<LoadOutcome> {
+    let (addr, size, pipeline) = (cfg.addr, cfg.size, cfg.pipeline);
+    drive_load(cfg, on_phase, move |id, state, ramp| async move {
+        connection(id, addr, size, pipeline, &state, &ramp).await;
+    })
+}
+
+/// The run every load shares, echo or HTTP: spawns `cfg.connections` tasks of `connection(id,
+/// state, ramp)` (each takes a `ramp` permit to connect, counts itself in `state.settled`, and
+/// records its exchanges with [`LoadState::record`] until the phase is
+/// [`Phase::Stopped`]), waits for the ramp, warms up, measures for `cfg.duration`, then drains.
+fn drive_load<F, Fut>(
+    cfg: &LoadConfig,
+    mut on_phase: impl FnMut(Phase),
+    connection: F,
+) -> std::io::Result<LoadOutcome>
+where
+    F: Fn(usize, Rc<LoadState>, Rc<Semaphore>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let rt = Runtime::new()?;
     let state = Rc::new(LoadState {
         phase: Cell::new(Phase::Warmup),
@@ -1309,10 +1328,10 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
     let seconds = rt.block_on(async {
         let mut tasks = Vec::with_capacity(cfg.connections);
         for id in 0..cfg.connections {
-            let (state, ramp) = (state.clone(), ramp.clone());
-            let (addr, size, pipeline) = (cfg.addr, cfg.size, cfg.pipeline);
+            let state = state.clone();
+            let exchange = connection(id, state.clone(), ramp.clone());
             tasks.push(spawn(async move {
-                connection(id, addr, size, pipeline, &state, &ramp).await;
+                exchange.await;
                 state.finished.set(state.finished.get() + 1);
             }));
         }
@@ -1391,6 +1410,23 @@ async fn connection(
     st: &Rc<LoadState>,
     ramp: &Semaphore,
 ) {
+    let Some(stream) = connect_under_ramp(addr, st, ramp).await else {
+        return;
+    };
+    if pipeline <= 1 {
+        ping_pong(&stream, id, size, st).await;
+    } else {
+        pipelined(stream, id, size, pipeline, st).await;
+    }
+}
+
+/// Connects to `addr` under a permit of the ramp, with `TCP_NODELAY`; counts the connection in
+/// `st` (settled, and connected or a connect error). `None` if the connect failed.
+async fn connect_under_ramp(
+    addr: SocketAddr,
+    st: &LoadState,
+    ramp: &Semaphore,
+) -> Option<TcpStream> {
     let stream = {
         let _permit = ramp.acquire().await;
         let r = TcpStream::connect(addr).await;
@@ -1399,17 +1435,13 @@ async fn connection(
             Ok(s) => s,
             Err(_) => {
                 st.connect_errors.set(st.connect_errors.get() + 1);
-                return;
+                return None;
             }
         }
     };
     st.connected.set(st.connected.get() + 1);
     let _ = stream.set_nodelay(true);
-    if pipeline <= 1 {
-        ping_pong(&stream, id, size, st).await;
-    } else {
-        pipelined(stream, id, size, pipeline, st).await;
-    }
+    Some(stream)
 }
 
 /// The bytes of connection `id`'s messages: a per-connection pattern, over which [`stamp`]
@@ -1887,63 +1919,115 @@ fn draw_chart(
     servers: &[ServerSpec],
     pipeline: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    if summary.is_empty() {
-        return Err("no results".into());
-    }
-    let cmin = summary.iter().map(|s| s.connections).min().unwrap_or(1) as f64;
-    let cmax = summary.iter().map(|s| s.connections).max().unwrap_or(1) as f64;
-    let (xlo, xhi) = (cmin / 1.5, cmax * 1.5);
     let mut sizes: Vec<usize> = summary.iter().map(|s| s.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    // Ticks at the measured connection counts: plotters' own log-scale ticks sit on powers of
-    // ten only, so a range that holds none (one count, 200 say) would get no x labels at all.
-    let mut conn_ticks: Vec<f64> = summary.iter().map(|s| s.connections as f64).collect();
-    conn_ticks.sort_by(f64::total_cmp);
-    conn_ticks.dedup();
-
-    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 2));
-    type Metric = fn(&Summary) -> f64;
-    // The legend goes where the lines seldom are: under the throughput lines (the y axis starts
-    // at 0), and above the latency lines at the smallest connection count.
-    // The p99 spans three orders of magnitude from 100 to 10 000 connections: it is drawn
-    // as log10 on a linear axis (labelled in µs), so the small counts stay readable.
-    let metrics: [(&str, Metric, SeriesLabelPosition, bool); 2] = [
-        (
-            "messages/s (median)",
-            |s| s.msgs_per_s.median,
-            SeriesLabelPosition::LowerLeft,
-            false,
-        ),
-        (
-            "p99 round trip, µs (median, log scale)",
-            |s| s.p99_us.median.max(1.0).log10(),
-            SeriesLabelPosition::UpperLeft,
-            true,
-        ),
-    ];
+    let mut lines = Vec::new();
+    for (bi, spec) in servers.iter().enumerate() {
+        for (si, &size) in sizes.iter().enumerate() {
+            let points: Vec<ChartPoint> = summary
+                .iter()
+                .filter(|s| s.backend == spec.name && s.threads == spec.threads && s.size == size)
+                .map(|s| ChartPoint {
+                    connections: s.connections as f64,
+                    rate: s.msgs_per_s.median,
+                    p99_us: s.p99_us.median,
+                })
+                .collect();
+            if !points.is_empty() {
+                lines.push(ChartLine {
+                    label: format!("{} {} B", spec.label(), size),
+                    color: bi,
+                    marker: si,
+                    points,
+                });
+            }
+        }
+    }
     // A pipelined run's numbers are not comparable with a ping-pong's: say so on the chart.
     let depth = if pipeline > 1 {
         format!(", {pipeline} in flight per connection")
     } else {
         String::new()
     };
+    draw_lines(
+        path,
+        &lines,
+        &format!("messages/s (median){depth}"),
+        &format!("p99 round trip, µs (median, log scale){depth}"),
+        // Under the throughput lines: the y axis starts at 0.
+        plotters::chart::SeriesLabelPosition::LowerLeft,
+    )
+}
+
+/// One cell of a chart line.
+struct ChartPoint {
+    connections: f64,
+    /// Messages or requests per second.
+    rate: f64,
+    p99_us: f64,
+}
+
+/// One line of a chart: a server at a message size (echo) or route (HTTP).
+struct ChartLine {
+    label: String,
+    /// Picks the colour: one per server.
+    color: usize,
+    /// Picks the marker: one per message size or route.
+    marker: usize,
+    points: Vec<ChartPoint>,
+}
+
+/// Two panels, the rate and the p99 against the connection count (log scale), one line each
+/// in `lines`, titled `rate_title` and `p99_title`; the rate panel's legend at `rate_legend`.
+fn draw_lines(
+    path: &Path,
+    lines: &[ChartLine],
+    rate_title: &str,
+    p99_title: &str,
+    rate_legend: plotters::chart::SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let all = || lines.iter().flat_map(|l| &l.points);
+    if all().next().is_none() {
+        return Err("no results".into());
+    }
+    let cmin = all().map(|p| p.connections).fold(f64::INFINITY, f64::min);
+    let cmax = all().map(|p| p.connections).fold(1.0, f64::max);
+    let (xlo, xhi) = (cmin / 1.5, cmax * 1.5);
+    // Ticks at the measured connection counts: plotters' own log-scale ticks sit on powers of
+    // ten only, so a range that holds none (one count, 200 say) would get no x labels at all.
+    let mut conn_ticks: Vec<f64> = all().map(|p| p.connections).collect();
+    conn_ticks.sort_by(f64::total_cmp);
+    conn_ticks.dedup();
+
+    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    type Metric = fn(&ChartPoint) -> f64;
+    // The legend goes where the lines seldom are: `rate_legend` on the throughput panel, and
+    // above the latency lines at the smallest connection count.
+    // The p99 spans three orders of magnitude from 100 to 10 000 connections: it is drawn
+    // as log10 on a linear axis (labelled in µs), so the small counts stay readable.
+    let metrics: [(&str, Metric, SeriesLabelPosition, bool); 2] = [
+        (rate_title, |p| p.rate, rate_legend, false),
+        (
+            p99_title,
+            |p| p.p99_us.max(1.0).log10(),
+            SeriesLabelPosition::UpperLeft,
+            true,
+        ),
+    ];
     for (panel, (title, metric, legend_at, log)) in panels.iter().zip(metrics) {
         let (ylo, yhi) = if log {
-            let lo = summary.iter().map(metric).fold(f64::INFINITY, f64::min);
-            let hi = summary.iter().map(metric).fold(0.0, f64::max);
+            let lo = all().map(metric).fold(f64::INFINITY, f64::min);
+            let hi = all().map(metric).fold(0.0, f64::max);
             ((lo - 0.2).floor().max(0.0), hi + 0.3)
         } else {
-            (
-                0.0,
-                summary.iter().map(metric).fold(0.0, f64::max) * 1.1 + 1.0,
-            )
+            (0.0, all().map(metric).fold(0.0, f64::max) * 1.1 + 1.0)
         };
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{title}{depth}"), ("sans-serif", 20))
+            .caption(title, ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(70)
@@ -1957,48 +2041,41 @@ fn draw_chart(
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| fmt_rate(if log { 10f64.powf(*y) } else { *y }))
             .draw()?;
-        for (bi, spec) in servers.iter().enumerate() {
-            for (si, &size) in sizes.iter().enumerate() {
-                let mut pts: Vec<(f64, f64)> = summary
-                    .iter()
-                    .filter(|s| {
-                        s.backend == spec.name && s.threads == spec.threads && s.size == size
-                    })
-                    .map(|s| (s.connections as f64, metric(s)))
-                    .collect();
-                if pts.is_empty() {
-                    continue;
-                }
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let color = Palette99::pick(bi).to_rgba();
-                let style = ShapeStyle {
-                    color,
-                    filled: true,
-                    stroke_width: if si == 0 { 2 } else { 1 },
-                };
-                // Colour tells the backend, the marker the message size (a disc, a triangle, a
-                // cross, in turn), in the legend too: two sizes of one backend would otherwise
-                // look the same there. One macro arm per shape, as each shape is its own type
-                // and a plotters series (or legend entry) takes one type.
-                let label = format!("{} {} B", spec.label(), size);
-                macro_rules! series {
-                    ($marker:expr) => {{
-                        chart
-                            .draw_series(LineSeries::new(pts.clone(), style))?
-                            .label(label)
-                            .legend(move |(x, y)| {
-                                EmptyElement::at((x, y))
-                                    + PathElement::new(vec![(0, 0), (20, 0)], style)
-                                    + $marker((10, 0))
-                            });
-                        chart.draw_series(pts.iter().map(|&p| $marker(p)))?;
-                    }};
-                }
-                match si % 3 {
-                    0 => series!(|p| Circle::new(p, 3, color.filled())),
-                    1 => series!(|p| TriangleMarker::new(p, 4, color.filled())),
-                    _ => series!(|p| Cross::new(p, 3, color.stroke_width(2))),
-                }
+        for line in lines {
+            let mut pts: Vec<(f64, f64)> = line
+                .points
+                .iter()
+                .map(|p| (p.connections, metric(p)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let color = Palette99::pick(line.color).to_rgba();
+            let style = ShapeStyle {
+                color,
+                filled: true,
+                stroke_width: if line.marker == 0 { 2 } else { 1 },
+            };
+            // Colour tells the server, the marker the message size or route (a disc, a
+            // triangle, a cross, in turn), in the legend too: two lines of one server would
+            // otherwise look the same there. One macro arm per shape, as each shape is its own
+            // type and a plotters series (or legend entry) takes one type.
+            let label = line.label.clone();
+            macro_rules! series {
+                ($marker:expr) => {{
+                    chart
+                        .draw_series(LineSeries::new(pts.clone(), style))?
+                        .label(label)
+                        .legend(move |(x, y)| {
+                            EmptyElement::at((x, y))
+                                + PathElement::new(vec![(0, 0), (20, 0)], style)
+                                + $marker((10, 0))
+                        });
+                    chart.draw_series(pts.iter().map(|&p| $marker(p)))?;
+                }};
+            }
+            match line.marker % 3 {
+                0 => series!(|p| Circle::new(p, 3, color.filled())),
+                1 => series!(|p| TriangleMarker::new(p, 4, color.filled())),
+                _ => series!(|p| Cross::new(p, 3, color.stroke_width(2))),
             }
         }
         chart
