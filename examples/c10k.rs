@@ -1,10 +1,11 @@
 //! The C10k comparison: ringloop's echo server on io_uring and on epoll against a tokio
-//! `current_thread` echo server, under the same load, on the same machine, in one command.
+//! `current_thread` echo server, under the same load, on the same machine, in one command;
+//! then the same for HTTP (hyper on ringloop against hyper on tokio, see [`http`]).
 //!
 //! ```text
 //! cargo build --release --examples
 //! ./target/release/examples/c10k            # the full matrix (a few minutes)
-//! ./target/release/examples/c10k --quick    # about 30 seconds
+//! ./target/release/examples/c10k --quick    # about a minute
 //! ./target/release/examples/c10k --smoke    # CI: fails on any wrong byte or error
 //! ```
 //!
@@ -47,6 +48,13 @@
 //! sample starts its own server, so those counters cover that one server run (ramp, warm-up,
 //! measured window and drain), not the measured window alone.
 //!
+//! Then come the HTTP cells (unless `--no-http`; `--http-only` runs nothing else): plaintext
+//! `GET /` at 100 / 1 000 / 10 000 keep-alive connections and `GET /64k` at 100, against
+//! `http_server --backend uring|epoll` and `tokio_http_server`, each pinned and measured the
+//! way the echo cells are, with every response checked by the project's own HTTP/1.1 load
+//! generator. Any wrong response, or an HTTP server that does not start, fails the run in
+//! every mode. See [`http`].
+//!
 //! Why interleaved: machine drift (thermal, other tenants, page cache) during a long run would
 //! otherwise favour whichever backend ran first, so each repetition walks the cells and, inside
 //! a cell, rotates the order of the backends.
@@ -70,8 +78,14 @@ use ringloop::sync::{OwnedSemaphorePermit, Semaphore};
 use ringloop::{gather_settled, is_cancelled, sleep, spawn, Runtime, TaskGroup};
 use serde::Serialize;
 
+#[path = "common/http_routes.rs"]
+mod http_routes;
+
+#[path = "c10k/http.rs"]
+mod http;
+
 #[derive(Parser, Debug)]
-#[command(about = "C10k echo comparison: ringloop io_uring / ringloop epoll / tokio")]
+#[command(about = "C10k echo and HTTP comparison: ringloop io_uring / ringloop epoll / tokio")]
 struct Args {
     /// Connection counts, comma-separated [default: 100,1000,10000].
     #[arg(long, value_delimiter = ',')]
@@ -116,11 +130,12 @@ struct Args {
     /// Connects in flight at once while opening connections (the ramp).
     #[arg(long, default_value_t = 256)]
     ramp: usize,
-    /// About 30 seconds: 100,1000 connections × 64 B, 2 s, 1 rep.
+    /// About a minute: 100,1000 connections × 64 B, 2 s, 1 rep; HTTP plaintext at 100,1000
+    /// and 64 KiB at 100 connections.
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
-    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep, and io_uring with 2 shards besides;
-    /// exits non-zero on any error.
+    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep, and io_uring with 2 shards besides; HTTP
+    /// plaintext at 200, 64 KiB and echo at 20 connections; exits non-zero on any error.
     #[arg(long)]
     smoke: bool,
     /// Write every sample and the summary as JSON here.
@@ -143,6 +158,43 @@ struct Args {
     /// Skip the shutdown check.
     #[arg(long)]
     no_shutdown_check: bool,
+    /// Run the HTTP cells after the echo cells (the default; undoes an earlier --no-http).
+    #[arg(long, overrides_with = "no_http")]
+    http: bool,
+    /// Skip the HTTP cells.
+    #[arg(long, overrides_with = "http")]
+    no_http: bool,
+    /// Run only the HTTP cells: no echo cells, no shutdown check.
+    #[arg(long, conflicts_with = "no_http")]
+    http_only: bool,
+    /// Built-in HTTP servers, comma-separated: uring and epoll (ringloop's `http_server`),
+    /// tokio (`tokio_http_server`, hyper on tokio's current-thread runtime).
+    #[arg(long, value_delimiter = ',', default_value = "uring,epoll,tokio")]
+    http_backends: Vec<String>,
+    /// Another HTTP server, as NAME=CMD, as with --server (`{addr}` is the address; it must
+    /// print a line containing "listening on"); a NAME of a built-in (uring, epoll, tokio)
+    /// replaces that built-in.
+    #[arg(long = "http-server", value_name = "NAME=CMD")]
+    http_servers: Vec<String>,
+    /// Connection counts of the plaintext cells (`GET /`, `Hello, World!`), comma-separated,
+    /// 0 for none [default: 100,1000,10000; 100,1000 with --quick; 200 with --smoke].
+    #[arg(long, value_delimiter = ',')]
+    http_connections: Option<Vec<usize>>,
+    /// Connection counts of the 64 KiB cells (`GET /64k`), 0 for none [default: 100; 20 with
+    /// --smoke].
+    #[arg(long = "http-64k-connections", value_delimiter = ',')]
+    http_64k_connections: Option<Vec<usize>>,
+    /// Connection counts of the echo cells (`POST /echo`, a 1 KiB body streamed back), 0 for
+    /// none [default: none; 20 with --smoke].
+    #[arg(long, value_delimiter = ',')]
+    http_echo_connections: Option<Vec<usize>>,
+    /// HTTP requests per batch on a connection: 1 is one at a time; P > 1 writes P requests in
+    /// one write, then reads their P responses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    http_pipeline: u32,
+    /// Write the HTTP chart (requests/s and p99 by connection count) here.
+    #[arg(long, default_value = "target/c10k/http-chart.svg")]
+    http_svg: PathBuf,
 }
 
 /// The matrix after presets (`--quick`, `--smoke`) and explicit flags are merged.
@@ -162,6 +214,10 @@ struct Plan {
     shutdown_connections: Option<usize>,
     /// The servers' grace in the shutdown check, in seconds.
     shutdown_grace: f64,
+    /// Whether the echo cells run (not with `--http-only`).
+    echo: bool,
+    /// The HTTP cells; `None` with `--no-http`.
+    http: Option<http::HttpPlan>,
 }
 
 impl Plan {
@@ -191,11 +247,13 @@ impl Plan {
                 threads
             },
             pipeline: a.pipeline as usize,
-            shutdown_connections: (!a.no_shutdown_check).then(|| {
+            shutdown_connections: (!a.no_shutdown_check && !a.http_only).then(|| {
                 a.shutdown_connections
                     .unwrap_or(if a.smoke { 200 } else { 1000 })
             }),
             shutdown_grace: a.shutdown_grace.max(0.0),
+            echo: !a.http_only,
+            http: http::HttpPlan::from_args(a),
         }
     }
 }
@@ -396,6 +454,8 @@ struct Report<'a> {
     summary: &'a [Summary],
     failed_backends: &'a [String],
     shutdown_checks: &'a [ShutdownCheck],
+    /// The HTTP cells (`None` with `--no-http`).
+    http: Option<&'a http::HttpReport>,
 }
 
 fn main() -> ExitCode {
@@ -413,7 +473,15 @@ fn main() -> ExitCode {
 /// Runs the whole comparison; `Ok(false)` when `--smoke` saw an error.
 fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let plan = Plan::from_args(args);
-    let servers = server_specs(args, &plan.threads)?;
+    let servers = if plan.echo {
+        server_specs(args, &plan.threads)?
+    } else {
+        Vec::new()
+    };
+    let http_servers = match &plan.http {
+        Some(_) => Some(http::http_servers(args)?),
+        None => None,
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = !args.no_pin && cpus >= 2;
     if pin && which("taskset").is_none() {
@@ -424,7 +492,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .connections
         .iter()
         .copied()
+        .filter(|_| plan.echo)
         .chain(plan.shutdown_connections)
+        .chain(plan.http.as_ref().map(http::HttpPlan::max_connections))
         .max()
         .unwrap_or(0);
     check_limits(max_conns);
@@ -432,31 +502,34 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let cells: Vec<(usize, usize)> = plan
         .connections
         .iter()
+        .filter(|_| plan.echo)
         .flat_map(|&c| plan.sizes.iter().map(move |&s| (c, s)))
         .collect();
     let per_run = plan.warmup + plan.seconds + 1.0;
     let total_runs = plan.reps * cells.len() * servers.len();
-    println!(
-        "c10k: {} backend(s) × {} cell(s) × {} rep(s), {:.1} s warm-up + {:.1} s each \
+    if plan.echo {
+        println!(
+            "c10k: {} backend(s) × {} cell(s) × {} rep(s), {:.1} s warm-up + {:.1} s each \
          (about {:.0} s); {} message(s) in flight per connection; \
          server on CPU 0, client on CPU 1: {}",
-        servers.len(),
-        cells.len(),
-        plan.reps,
-        plan.warmup,
-        plan.seconds,
-        per_run * total_runs as f64,
-        plan.pipeline,
-        match (
-            pin && plan.threads.contains(&1),
-            plan.threads.iter().any(|&t| t > 1),
-        ) {
-            (false, _) => "no",
-            (true, false) => "yes",
-            (true, true) => "at 1 server thread",
-        }
-    );
-    if plan.threads.iter().any(|&t| t > 1) {
+            servers.len(),
+            cells.len(),
+            plan.reps,
+            plan.warmup,
+            plan.seconds,
+            per_run * total_runs as f64,
+            plan.pipeline,
+            match (
+                pin && plan.threads.contains(&1),
+                plan.threads.iter().any(|&t| t > 1),
+            ) {
+                (false, _) => "no",
+                (true, false) => "yes",
+                (true, true) => "at 1 server thread",
+            }
+        );
+    }
+    if plan.echo && plan.threads.iter().any(|&t| t > 1) {
         println!(
             "server threads: {}; above 1 neither the server nor the client is pinned (they \
              share this machine's {cpus} CPU(s)), the server's CPU is the sum over its threads, \
@@ -519,10 +592,25 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     pb.finish_and_clear();
 
     let summary = summarize(&samples, &servers, &cells);
-    print_table(&summary, &servers);
+    if plan.echo {
+        print_table(&summary, &servers);
+    }
     for f in &failed {
         println!("backend {f} FAILED to start or run (see above)");
     }
+
+    let http_report = match (&plan.http, http_servers) {
+        (Some(h), Some(http_servers)) => Some(http::run_http(
+            http_servers,
+            args.smoke,
+            &plan,
+            h,
+            pin,
+            &client_cpus,
+            &args.http_svg,
+        )?),
+        _ => None,
+    };
 
     let mut shutdown_checks = Vec::new();
     if let Some(conns) = plan.shutdown_connections {
@@ -543,18 +631,21 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         summary: &summary,
         failed_backends: &failed,
         shutdown_checks: &shutdown_checks,
+        http: http_report.as_ref(),
     };
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("results: {}", args.json.display());
-    if let Some(dir) = args.svg.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match draw_chart(&args.svg, &summary, &servers, plan.pipeline) {
-        Ok(()) => println!("chart:   {}", args.svg.display()),
-        Err(e) => eprintln!("chart not written: {e}"),
+    if plan.echo {
+        if let Some(dir) = args.svg.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match draw_chart(&args.svg, &summary, &servers, plan.pipeline) {
+            Ok(()) => println!("chart:   {}", args.svg.display()),
+            Err(e) => eprintln!("chart not written: {e}"),
+        }
     }
 
     let errors: u64 = samples.iter().map(|s| s.connect_errors + s.io_errors).sum();
@@ -565,6 +656,15 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     if !shutdown_ok {
         eprintln!("shutdown check FAILED (see the shutdown lines above)");
+        return Ok(false);
+    }
+    // Every HTTP response is checked, and one that is wrong fails the run, in every mode.
+    if let Some(h) = http_report.as_ref().filter(|h| !h.passed()) {
+        eprintln!(
+            "HTTP FAILED: {} error(s), failed backends: {:?}",
+            h.errors(),
+            h.failed_backends()
+        );
         return Ok(false);
     }
     Ok(true)
@@ -1268,6 +1368,8 @@ struct LoadOutcome {
     connected: usize,
     connect_errors: u64,
     io_errors: u64,
+    /// The first error's description, when the load gave one.
+    first_error: Option<String>,
 }
 
 /// Shared by the connection tasks of one run (all on one thread).
@@ -1284,6 +1386,8 @@ struct LoadState {
     finished: Cell<usize>,
     connect_errors: Cell<u64>,
     io_errors: Cell<u64>,
+    /// What went wrong first, when a connection says (the HTTP load does).
+    first_error: RefCell<Option<String>>,
 }
 
 /// The load generator: opens `connections` connections (at most `ramp` connects in flight),
@@ -1323,6 +1427,7 @@ where
         finished: Cell::new(0),
         connect_errors: Cell::new(0),
         io_errors: Cell::new(0),
+        first_error: RefCell::new(None),
     });
     let ramp = Rc::new(Semaphore::new(cfg.ramp));
     let seconds = rt.block_on(async {
@@ -1359,6 +1464,9 @@ where
         if stuck > 0 {
             eprintln!("{stuck} connection(s) got no reply within 5 s after the run");
             state.io_errors.set(state.io_errors.get() + stuck as u64);
+            state.first_error.borrow_mut().get_or_insert_with(|| {
+                format!("{stuck} connection(s) got no reply within 5 s after the run")
+            });
             for t in &tasks {
                 t.cancel();
             }
@@ -1378,6 +1486,7 @@ where
         connected: state.connected.get(),
         connect_errors: state.connect_errors.get(),
         io_errors: state.io_errors.get(),
+        first_error: state.first_error.take(),
     })
 }
 
@@ -1397,6 +1506,15 @@ impl LoadState {
 
     fn count_io_error(&self) {
         self.io_errors.set(self.io_errors.get() + 1);
+    }
+
+    /// Counts one I/O error and keeps the first one's description (`why` runs only for it).
+    fn fail(&self, why: impl FnOnce() -> String) {
+        self.count_io_error();
+        let mut first = self.first_error.borrow_mut();
+        if first.is_none() {
+            *first = Some(why());
+        }
     }
 }
 
