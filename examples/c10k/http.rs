@@ -263,6 +263,9 @@ pub struct HttpSample {
     server_cpu_us_per_req: Option<f64>,
     /// Server CPU use over the measured window, in % of one CPU.
     server_cpu_pct: Option<f64>,
+    /// The load generator's CPU use over the measured window, in % of one CPU (its thread's
+    /// `getrusage`): near 100, the generator, not the server, set the pace.
+    client_cpu_pct: Option<f64>,
     server_peak_rss_kib: Option<u64>,
     /// Kernel entries per verified response over the server's whole run, for a server that
     /// prints ringloop's `final stats` line.
@@ -285,6 +288,7 @@ pub struct HttpSummary {
     p999_us: Stat,
     server_cpu_us_per_req: Option<Stat>,
     server_cpu_pct: Option<Stat>,
+    client_cpu_pct: Option<Stat>,
     server_peak_rss_kib: Option<Stat>,
     server_kernel_enters_per_req: Option<Stat>,
     connect_errors: u64,
@@ -300,7 +304,7 @@ pub struct HttpReport {
     summary: Vec<HttpSummary>,
     /// `NAME: why` for each server that failed to start or run.
     failed_backends: Vec<String>,
-    /// `NAME: why` for each server left out (`--smoke` only, for a binary not built yet).
+    /// `NAME: why` for each built-in server left out because its binary is missing.
     skipped_backends: Vec<String>,
 }
 
@@ -327,10 +331,12 @@ impl HttpReport {
 }
 
 /// Runs the HTTP cells: every repetition walks the cells, and inside a cell rotates the order
-/// of the servers (as the echo cells do). Prints the table and writes the chart to `svg`.
+/// of the servers (as the echo cells do). Prints the table and writes the chart to `svg`. A
+/// built-in server whose binary is missing fails the run, or with `skip_missing` is left out
+/// with a note.
 pub fn run_http(
     servers: HttpServers,
-    smoke: bool,
+    skip_missing: bool,
     plan: &Plan,
     http: &HttpPlan,
     pin: bool,
@@ -341,14 +347,8 @@ pub fn run_http(
     let mut failed_backends = Vec::new();
     let mut skipped_backends = Vec::new();
     for m in missing {
-        if smoke {
-            // TEMPORARY, until examples/http_server.rs is merged: the smoke run leaves out a
-            // ringloop HTTP server that is not built yet instead of failing. Remove this branch
-            // (keep the `else`) once http_server exists.
-            println!(
-                "note: HTTP backend {} skipped in the smoke run: {}",
-                m.name, m.why
-            );
+        if skip_missing {
+            println!("note: HTTP backend {} skipped: {}", m.name, m.why);
             skipped_backends.push(format!("{}: {}", m.name, m.why));
         } else {
             println!("HTTP backend {} FAILED: {}", m.name, m.why);
@@ -406,10 +406,10 @@ pub fn run_http(
                     }
                     Err(e) => {
                         say(&pb, format!("{what}: {e}"));
-                        if !failed_backends.iter().any(|f: &String| {
-                            f.split_once(':').is_some_and(|(n, _)| n == spec.name)
-                        }) {
-                            failed_backends.push(format!("{}: {e}", spec.name));
+                        // Listed once, with its first failure.
+                        let entry = format!("{}: ", spec.name);
+                        if !failed_backends.iter().any(|f| f.starts_with(&entry)) {
+                            failed_backends.push(format!("{entry}{e}"));
                         }
                     }
                 }
@@ -462,6 +462,8 @@ fn measure_http(
     };
     let mut cpu_start = None;
     let mut cpu_end = None;
+    let mut client_start = None;
+    let mut client_end = None;
     let mut net_start = None;
     let mut net_end = None;
     let route = cell.route;
@@ -472,10 +474,12 @@ fn measure_http(
         |phase| match phase {
             Phase::Measuring => {
                 cpu_start = server.cpu_ticks();
+                client_start = thread_cpu();
                 net_start = Some(NetCounters::read());
             }
             Phase::Stopped => {
                 cpu_end = server.cpu_ticks();
+                client_end = thread_cpu();
                 net_end = Some(NetCounters::read());
             }
             Phase::Warmup => {}
@@ -527,6 +531,9 @@ fn measure_http(
             .filter(|_| out.messages > 0)
             .map(|us| us / out.messages as f64),
         server_cpu_pct: cpu_us.map(|us| us / (out.seconds * 1e6) * 100.0),
+        client_cpu_pct: client_start
+            .zip(client_end)
+            .map(|(a, b)| (b - a).as_secs_f64() / out.seconds * 100.0),
         server_peak_rss_kib: rss,
         server_kernel_enters_per_req: stats
             .kernel_enters
@@ -535,6 +542,16 @@ fn measure_http(
         kernel_packet_drops: NetCounters::delta(&net_start, &net_end, |n| n.packet_drops),
         tcp_rto_timeouts: NetCounters::delta(&net_start, &net_end, |n| n.rto_timeouts),
     })
+}
+
+/// The CPU time (user + system) this thread has used: the load runs on it alone.
+fn thread_cpu() -> Option<Duration> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
+    let time = |t: nix::sys::time::TimeVal| {
+        Duration::new(t.tv_sec().max(0) as u64, t.tv_usec().max(0) as u32 * 1000)
+    };
+    Some(time(usage.user_time()) + time(usage.system_time()))
 }
 
 /// One client connection: connects under the ramp, then, until the stop, writes `batch`
@@ -923,6 +940,7 @@ fn summarize_http(
                 p999_us: stat(|s| Some(s.p999_us as f64)).expect("non-empty"),
                 server_cpu_us_per_req: stat(|s| s.server_cpu_us_per_req),
                 server_cpu_pct: stat(|s| s.server_cpu_pct),
+                client_cpu_pct: stat(|s| s.client_cpu_pct),
                 server_peak_rss_kib: stat(|s| s.server_peak_rss_kib.map(|k| k as f64)),
                 server_kernel_enters_per_req: stat(|s| s.server_kernel_enters_per_req),
                 connect_errors: v.iter().map(|s| s.connect_errors).sum(),
@@ -942,7 +960,7 @@ fn print_http_table(summary: &[HttpSummary], specs: &[ServerSpec], pipeline: usi
          framing, every body byte)"
     );
     println!(
-        "{:<9} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>8} {:>8} {:>9} {:>8}  {:>7}",
+        "{:<9} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8} {:>8}  {:>8} {:>8} {:>9} {:>8}  {:>7}",
         "route",
         "conns",
         "backend",
@@ -951,6 +969,7 @@ fn print_http_table(summary: &[HttpSummary], specs: &[ServerSpec], pipeline: usi
         "CPU µs/req",
         "×tokio",
         "srv CPU",
+        "cli CPU",
         "p50 µs",
         "p99 µs",
         "p99.9 µs",
@@ -970,7 +989,7 @@ fn print_http_table(summary: &[HttpSummary], specs: &[ServerSpec], pipeline: usi
         for r in rows {
             let cpu = r.server_cpu_us_per_req.map(|s| s.median);
             println!(
-                "{:<9} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8}  {:>8.0} {:>8.0} {:>9.0} {:>8}  {:>7}",
+                "{:<9} {:>6}  {:<bw$} {:>26} {:>7}  {:>11} {:>7} {:>8} {:>8}  {:>8.0} {:>8.0} {:>9.0} {:>8}  {:>7}",
                 route.name(),
                 conns,
                 r.backend,
@@ -991,6 +1010,8 @@ fn print_http_table(summary: &[HttpSummary], specs: &[ServerSpec], pipeline: usi
                 ),
                 r.server_cpu_pct
                     .map_or("-".into(), |p| format!("{:.0}%", p.median)),
+                r.client_cpu_pct
+                    .map_or("-".into(), |p| format!("{:.0}%", p.median)),
                 r.p50_us.median,
                 r.p99_us.median,
                 r.p999_us.median,
@@ -1001,6 +1022,10 @@ fn print_http_table(summary: &[HttpSummary], specs: &[ServerSpec], pipeline: usi
         }
     }
     println!();
+    println!(
+        "srv CPU / cli CPU: the server's and the load generator's CPU use in the window, in % of \
+         one CPU; the one near 100 % set the pace (neither: something else had the CPUs)"
+    );
     for r in summary {
         if let Some(first) = &r.first_error {
             println!(
