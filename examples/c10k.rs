@@ -1,10 +1,11 @@
 //! The C10k comparison: ringloop's echo server on io_uring and on epoll against a tokio
-//! `current_thread` echo server, under the same load, on the same machine, in one command.
+//! `current_thread` echo server, under the same load, on the same machine, in one command;
+//! then the same for HTTP (hyper on ringloop against hyper on tokio, see [`http`]).
 //!
 //! ```text
 //! cargo build --release --examples
 //! ./target/release/examples/c10k            # the full matrix (a few minutes)
-//! ./target/release/examples/c10k --quick    # about 30 seconds
+//! ./target/release/examples/c10k --quick    # about a minute
 //! ./target/release/examples/c10k --smoke    # CI: fails on any wrong byte or error
 //! ```
 //!
@@ -47,6 +48,13 @@
 //! sample starts its own server, so those counters cover that one server run (ramp, warm-up,
 //! measured window and drain), not the measured window alone.
 //!
+//! Then come the HTTP cells (unless `--no-http`; `--http-only` runs nothing else): plaintext
+//! `GET /` at 100 / 1 000 / 10 000 keep-alive connections and `GET /64k` at 100, against
+//! `http_server --backend uring|epoll` and `tokio_http_server`, each pinned and measured the
+//! way the echo cells are, with every response checked by the project's own HTTP/1.1 load
+//! generator. Any wrong response, or an HTTP server that does not start, fails the run in
+//! every mode. See [`http`].
+//!
 //! Why interleaved: machine drift (thermal, other tenants, page cache) during a long run would
 //! otherwise favour whichever backend ran first, so each repetition walks the cells and, inside
 //! a cell, rotates the order of the backends.
@@ -70,8 +78,14 @@ use ringloop::sync::{OwnedSemaphorePermit, Semaphore};
 use ringloop::{gather_settled, is_cancelled, sleep, spawn, Runtime, TaskGroup};
 use serde::Serialize;
 
+#[path = "common/http_routes.rs"]
+mod http_routes;
+
+#[path = "c10k/http.rs"]
+mod http;
+
 #[derive(Parser, Debug)]
-#[command(about = "C10k echo comparison: ringloop io_uring / ringloop epoll / tokio")]
+#[command(about = "C10k echo and HTTP comparison: ringloop io_uring / ringloop epoll / tokio")]
 struct Args {
     /// Connection counts, comma-separated [default: 100,1000,10000].
     #[arg(long, value_delimiter = ',')]
@@ -116,11 +130,12 @@ struct Args {
     /// Connects in flight at once while opening connections (the ramp).
     #[arg(long, default_value_t = 256)]
     ramp: usize,
-    /// About 30 seconds: 100,1000 connections × 64 B, 2 s, 1 rep.
+    /// About a minute: 100,1000 connections × 64 B, 2 s, 1 rep; HTTP plaintext at 100,1000
+    /// and 64 KiB at 100 connections.
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
-    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep, and io_uring with 2 shards besides;
-    /// exits non-zero on any error.
+    /// CI smoke: 200 connections × 64 B, 2 s, 1 rep, and io_uring with 2 shards besides; HTTP
+    /// plaintext at 200, 64 KiB and echo at 20 connections; exits non-zero on any error.
     #[arg(long)]
     smoke: bool,
     /// Write every sample and the summary as JSON here.
@@ -143,6 +158,43 @@ struct Args {
     /// Skip the shutdown check.
     #[arg(long)]
     no_shutdown_check: bool,
+    /// Run the HTTP cells after the echo cells (the default; undoes an earlier --no-http).
+    #[arg(long, overrides_with = "no_http")]
+    http: bool,
+    /// Skip the HTTP cells.
+    #[arg(long, overrides_with = "http")]
+    no_http: bool,
+    /// Run only the HTTP cells: no echo cells, no shutdown check.
+    #[arg(long, conflicts_with = "no_http")]
+    http_only: bool,
+    /// Built-in HTTP servers, comma-separated: uring and epoll (ringloop's `http_server`),
+    /// tokio (`tokio_http_server`, hyper on tokio's current-thread runtime).
+    #[arg(long, value_delimiter = ',', default_value = "uring,epoll,tokio")]
+    http_backends: Vec<String>,
+    /// Another HTTP server, as NAME=CMD, as with --server (`{addr}` is the address; it must
+    /// print a line containing "listening on"); a NAME of a built-in (uring, epoll, tokio)
+    /// replaces that built-in.
+    #[arg(long = "http-server", value_name = "NAME=CMD")]
+    http_servers: Vec<String>,
+    /// Connection counts of the plaintext cells (`GET /`, `Hello, World!`), comma-separated,
+    /// 0 for none [default: 100,1000,10000; 100,1000 with --quick; 200 with --smoke].
+    #[arg(long, value_delimiter = ',')]
+    http_connections: Option<Vec<usize>>,
+    /// Connection counts of the 64 KiB cells (`GET /64k`), 0 for none [default: 100; 20 with
+    /// --smoke].
+    #[arg(long = "http-64k-connections", value_delimiter = ',')]
+    http_64k_connections: Option<Vec<usize>>,
+    /// Connection counts of the echo cells (`POST /echo`, a 1 KiB body streamed back), 0 for
+    /// none [default: none; 20 with --smoke].
+    #[arg(long, value_delimiter = ',')]
+    http_echo_connections: Option<Vec<usize>>,
+    /// HTTP requests per batch on a connection: 1 is one at a time; P > 1 writes P requests in
+    /// one write, then reads their P responses.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    http_pipeline: u32,
+    /// Write the HTTP chart (requests/s and p99 by connection count) here.
+    #[arg(long, default_value = "target/c10k/http-chart.svg")]
+    http_svg: PathBuf,
 }
 
 /// The matrix after presets (`--quick`, `--smoke`) and explicit flags are merged.
@@ -162,6 +214,10 @@ struct Plan {
     shutdown_connections: Option<usize>,
     /// The servers' grace in the shutdown check, in seconds.
     shutdown_grace: f64,
+    /// Whether the echo cells run (not with `--http-only`).
+    echo: bool,
+    /// The HTTP cells; `None` with `--no-http`.
+    http: Option<http::HttpPlan>,
 }
 
 impl Plan {
@@ -191,11 +247,13 @@ impl Plan {
                 threads
             },
             pipeline: a.pipeline as usize,
-            shutdown_connections: (!a.no_shutdown_check).then(|| {
+            shutdown_connections: (!a.no_shutdown_check && !a.http_only).then(|| {
                 a.shutdown_connections
                     .unwrap_or(if a.smoke { 200 } else { 1000 })
             }),
             shutdown_grace: a.shutdown_grace.max(0.0),
+            echo: !a.http_only,
+            http: http::HttpPlan::from_args(a),
         }
     }
 }
@@ -396,6 +454,8 @@ struct Report<'a> {
     summary: &'a [Summary],
     failed_backends: &'a [String],
     shutdown_checks: &'a [ShutdownCheck],
+    /// The HTTP cells (`None` with `--no-http`).
+    http: Option<&'a http::HttpReport>,
 }
 
 fn main() -> ExitCode {
@@ -413,7 +473,15 @@ fn main() -> ExitCode {
 /// Runs the whole comparison; `Ok(false)` when `--smoke` saw an error.
 fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let plan = Plan::from_args(args);
-    let servers = server_specs(args, &plan.threads)?;
+    let servers = if plan.echo {
+        server_specs(args, &plan.threads)?
+    } else {
+        Vec::new()
+    };
+    let http_servers = match &plan.http {
+        Some(_) => Some(http::http_servers(args)?),
+        None => None,
+    };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pin = !args.no_pin && cpus >= 2;
     if pin && which("taskset").is_none() {
@@ -424,7 +492,9 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         .connections
         .iter()
         .copied()
+        .filter(|_| plan.echo)
         .chain(plan.shutdown_connections)
+        .chain(plan.http.as_ref().map(http::HttpPlan::max_connections))
         .max()
         .unwrap_or(0);
     check_limits(max_conns);
@@ -432,31 +502,34 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let cells: Vec<(usize, usize)> = plan
         .connections
         .iter()
+        .filter(|_| plan.echo)
         .flat_map(|&c| plan.sizes.iter().map(move |&s| (c, s)))
         .collect();
     let per_run = plan.warmup + plan.seconds + 1.0;
     let total_runs = plan.reps * cells.len() * servers.len();
-    println!(
-        "c10k: {} backend(s) × {} cell(s) × {} rep(s), {:.1} s warm-up + {:.1} s each \
+    if plan.echo {
+        println!(
+            "c10k: {} backend(s) × {} cell(s) × {} rep(s), {:.1} s warm-up + {:.1} s each \
          (about {:.0} s); {} message(s) in flight per connection; \
          server on CPU 0, client on CPU 1: {}",
-        servers.len(),
-        cells.len(),
-        plan.reps,
-        plan.warmup,
-        plan.seconds,
-        per_run * total_runs as f64,
-        plan.pipeline,
-        match (
-            pin && plan.threads.contains(&1),
-            plan.threads.iter().any(|&t| t > 1),
-        ) {
-            (false, _) => "no",
-            (true, false) => "yes",
-            (true, true) => "at 1 server thread",
-        }
-    );
-    if plan.threads.iter().any(|&t| t > 1) {
+            servers.len(),
+            cells.len(),
+            plan.reps,
+            plan.warmup,
+            plan.seconds,
+            per_run * total_runs as f64,
+            plan.pipeline,
+            match (
+                pin && plan.threads.contains(&1),
+                plan.threads.iter().any(|&t| t > 1),
+            ) {
+                (false, _) => "no",
+                (true, false) => "yes",
+                (true, true) => "at 1 server thread",
+            }
+        );
+    }
+    if plan.echo && plan.threads.iter().any(|&t| t > 1) {
         println!(
             "server threads: {}; above 1 neither the server nor the client is pinned (they \
              share this machine's {cpus} CPU(s)), the server's CPU is the sum over its threads, \
@@ -519,10 +592,28 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     pb.finish_and_clear();
 
     let summary = summarize(&samples, &servers, &cells);
-    print_table(&summary, &servers);
+    if plan.echo {
+        print_table(&summary, &servers);
+    }
     for f in &failed {
         println!("backend {f} FAILED to start or run (see above)");
     }
+
+    let http_report = match (&plan.http, http_servers) {
+        (Some(h), Some(http_servers)) => Some(http::run_http(
+            http_servers,
+            // TEMPORARY, until examples/http_server.rs is merged: the smoke run leaves out the
+            // ringloop HTTP servers when http_server is not built, instead of failing. Once it
+            // exists, pass `false` here (a missing server then fails every run).
+            args.smoke,
+            &plan,
+            h,
+            pin,
+            &client_cpus,
+            &args.http_svg,
+        )?),
+        _ => None,
+    };
 
     let mut shutdown_checks = Vec::new();
     if let Some(conns) = plan.shutdown_connections {
@@ -543,18 +634,21 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
         summary: &summary,
         failed_backends: &failed,
         shutdown_checks: &shutdown_checks,
+        http: http_report.as_ref(),
     };
     if let Some(dir) = args.json.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
     println!("results: {}", args.json.display());
-    if let Some(dir) = args.svg.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match draw_chart(&args.svg, &summary, &servers, plan.pipeline) {
-        Ok(()) => println!("chart:   {}", args.svg.display()),
-        Err(e) => eprintln!("chart not written: {e}"),
+    if plan.echo {
+        if let Some(dir) = args.svg.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        match draw_chart(&args.svg, &summary, &servers, plan.pipeline) {
+            Ok(()) => println!("chart:   {}", args.svg.display()),
+            Err(e) => eprintln!("chart not written: {e}"),
+        }
     }
 
     let errors: u64 = samples.iter().map(|s| s.connect_errors + s.io_errors).sum();
@@ -565,6 +659,15 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     }
     if !shutdown_ok {
         eprintln!("shutdown check FAILED (see the shutdown lines above)");
+        return Ok(false);
+    }
+    // Every HTTP response is checked, and one that is wrong fails the run, in every mode.
+    if let Some(h) = http_report.as_ref().filter(|h| !h.passed()) {
+        eprintln!(
+            "HTTP FAILED: {} error(s), failed backends: {:?}",
+            h.errors(),
+            h.failed_backends()
+        );
         return Ok(false);
     }
     Ok(true)
@@ -1268,6 +1371,8 @@ struct LoadOutcome {
     connected: usize,
     connect_errors: u64,
     io_errors: u64,
+    /// The first error's description, when the load gave one.
+    first_error: Option<String>,
 }
 
 /// Shared by the connection tasks of one run (all on one thread).
@@ -1284,13 +1389,34 @@ struct LoadState {
     finished: Cell<usize>,
     connect_errors: Cell<u64>,
     io_errors: Cell<u64>,
+    /// What went wrong first, when a connection says (the HTTP load does).
+    first_error: RefCell<Option<String>>,
 }
 
 /// The load generator: opens `connections` connections (at most `ramp` connects in flight),
 /// waits until all are open, warms up, then measures round trips for `duration`.
 /// `on_phase` is called at each phase change, from inside the loop (to sample the server's CPU
 /// time exactly at the window's edges).
-fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Result<LoadOutcome> {
+fn run_load(cfg: &LoadConfig, on_phase: impl FnMut(Phase)) -> std::io::Result<LoadOutcome> {
+    let (addr, size, pipeline) = (cfg.addr, cfg.size, cfg.pipeline);
+    drive_load(cfg, on_phase, move |id, state, ramp| async move {
+        connection(id, addr, size, pipeline, &state, &ramp).await;
+    })
+}
+
+/// The run every load shares, echo or HTTP: spawns `cfg.connections` tasks of `connection(id,
+/// state, ramp)` (each takes a `ramp` permit to connect, counts itself in `state.settled`, and
+/// records its exchanges with [`LoadState::record`] until the phase is
+/// [`Phase::Stopped`]), waits for the ramp, warms up, measures for `cfg.duration`, then drains.
+fn drive_load<F, Fut>(
+    cfg: &LoadConfig,
+    mut on_phase: impl FnMut(Phase),
+    connection: F,
+) -> std::io::Result<LoadOutcome>
+where
+    F: Fn(usize, Rc<LoadState>, Rc<Semaphore>) -> Fut,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
     let rt = Runtime::new()?;
     let state = Rc::new(LoadState {
         phase: Cell::new(Phase::Warmup),
@@ -1304,15 +1430,16 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
         finished: Cell::new(0),
         connect_errors: Cell::new(0),
         io_errors: Cell::new(0),
+        first_error: RefCell::new(None),
     });
     let ramp = Rc::new(Semaphore::new(cfg.ramp));
     let seconds = rt.block_on(async {
         let mut tasks = Vec::with_capacity(cfg.connections);
         for id in 0..cfg.connections {
-            let (state, ramp) = (state.clone(), ramp.clone());
-            let (addr, size, pipeline) = (cfg.addr, cfg.size, cfg.pipeline);
+            let state = state.clone();
+            let exchange = connection(id, state.clone(), ramp.clone());
             tasks.push(spawn(async move {
-                connection(id, addr, size, pipeline, &state, &ramp).await;
+                exchange.await;
                 state.finished.set(state.finished.get() + 1);
             }));
         }
@@ -1340,6 +1467,9 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
         if stuck > 0 {
             eprintln!("{stuck} connection(s) got no reply within 5 s after the run");
             state.io_errors.set(state.io_errors.get() + stuck as u64);
+            state.first_error.borrow_mut().get_or_insert_with(|| {
+                format!("{stuck} connection(s) got no reply within 5 s after the run")
+            });
             for t in &tasks {
                 t.cancel();
             }
@@ -1359,6 +1489,7 @@ fn run_load(cfg: &LoadConfig, mut on_phase: impl FnMut(Phase)) -> std::io::Resul
         connected: state.connected.get(),
         connect_errors: state.connect_errors.get(),
         io_errors: state.io_errors.get(),
+        first_error: state.first_error.take(),
     })
 }
 
@@ -1379,6 +1510,15 @@ impl LoadState {
     fn count_io_error(&self) {
         self.io_errors.set(self.io_errors.get() + 1);
     }
+
+    /// Counts one I/O error and keeps the first one's description (`why` runs only for it).
+    fn fail(&self, why: impl FnOnce() -> String) {
+        self.count_io_error();
+        let mut first = self.first_error.borrow_mut();
+        if first.is_none() {
+            *first = Some(why());
+        }
+    }
 }
 
 /// One client connection: connect under the ramp's permit, then exchange messages until
@@ -1391,6 +1531,23 @@ async fn connection(
     st: &Rc<LoadState>,
     ramp: &Semaphore,
 ) {
+    let Some(stream) = connect_under_ramp(addr, st, ramp).await else {
+        return;
+    };
+    if pipeline <= 1 {
+        ping_pong(&stream, id, size, st).await;
+    } else {
+        pipelined(stream, id, size, pipeline, st).await;
+    }
+}
+
+/// Connects to `addr` under a permit of the ramp, with `TCP_NODELAY`; counts the connection in
+/// `st` (settled, and connected or a connect error). `None` if the connect failed.
+async fn connect_under_ramp(
+    addr: SocketAddr,
+    st: &LoadState,
+    ramp: &Semaphore,
+) -> Option<TcpStream> {
     let stream = {
         let _permit = ramp.acquire().await;
         let r = TcpStream::connect(addr).await;
@@ -1399,17 +1556,13 @@ async fn connection(
             Ok(s) => s,
             Err(_) => {
                 st.connect_errors.set(st.connect_errors.get() + 1);
-                return;
+                return None;
             }
         }
     };
     st.connected.set(st.connected.get() + 1);
     let _ = stream.set_nodelay(true);
-    if pipeline <= 1 {
-        ping_pong(&stream, id, size, st).await;
-    } else {
-        pipelined(stream, id, size, pipeline, st).await;
-    }
+    Some(stream)
 }
 
 /// The bytes of connection `id`'s messages: a per-connection pattern, over which [`stamp`]
@@ -1887,63 +2040,115 @@ fn draw_chart(
     servers: &[ServerSpec],
     pipeline: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    use plotters::prelude::*;
-    if summary.is_empty() {
-        return Err("no results".into());
-    }
-    let cmin = summary.iter().map(|s| s.connections).min().unwrap_or(1) as f64;
-    let cmax = summary.iter().map(|s| s.connections).max().unwrap_or(1) as f64;
-    let (xlo, xhi) = (cmin / 1.5, cmax * 1.5);
     let mut sizes: Vec<usize> = summary.iter().map(|s| s.size).collect();
     sizes.sort_unstable();
     sizes.dedup();
-    // Ticks at the measured connection counts: plotters' own log-scale ticks sit on powers of
-    // ten only, so a range that holds none (one count, 200 say) would get no x labels at all.
-    let mut conn_ticks: Vec<f64> = summary.iter().map(|s| s.connections as f64).collect();
-    conn_ticks.sort_by(f64::total_cmp);
-    conn_ticks.dedup();
-
-    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let panels = root.split_evenly((1, 2));
-    type Metric = fn(&Summary) -> f64;
-    // The legend goes where the lines seldom are: under the throughput lines (the y axis starts
-    // at 0), and above the latency lines at the smallest connection count.
-    // The p99 spans three orders of magnitude from 100 to 10 000 connections: it is drawn
-    // as log10 on a linear axis (labelled in µs), so the small counts stay readable.
-    let metrics: [(&str, Metric, SeriesLabelPosition, bool); 2] = [
-        (
-            "messages/s (median)",
-            |s| s.msgs_per_s.median,
-            SeriesLabelPosition::LowerLeft,
-            false,
-        ),
-        (
-            "p99 round trip, µs (median, log scale)",
-            |s| s.p99_us.median.max(1.0).log10(),
-            SeriesLabelPosition::UpperLeft,
-            true,
-        ),
-    ];
+    let mut lines = Vec::new();
+    for (bi, spec) in servers.iter().enumerate() {
+        for (si, &size) in sizes.iter().enumerate() {
+            let points: Vec<ChartPoint> = summary
+                .iter()
+                .filter(|s| s.backend == spec.name && s.threads == spec.threads && s.size == size)
+                .map(|s| ChartPoint {
+                    connections: s.connections as f64,
+                    rate: s.msgs_per_s.median,
+                    p99_us: s.p99_us.median,
+                })
+                .collect();
+            if !points.is_empty() {
+                lines.push(ChartLine {
+                    label: format!("{} {} B", spec.label(), size),
+                    color: bi,
+                    marker: si,
+                    points,
+                });
+            }
+        }
+    }
     // A pipelined run's numbers are not comparable with a ping-pong's: say so on the chart.
     let depth = if pipeline > 1 {
         format!(", {pipeline} in flight per connection")
     } else {
         String::new()
     };
+    draw_lines(
+        path,
+        &lines,
+        &format!("messages/s (median){depth}"),
+        &format!("p99 round trip, µs (median, log scale){depth}"),
+        // Under the throughput lines: the y axis starts at 0.
+        plotters::chart::SeriesLabelPosition::LowerLeft,
+    )
+}
+
+/// One cell of a chart line.
+struct ChartPoint {
+    connections: f64,
+    /// Messages or requests per second.
+    rate: f64,
+    p99_us: f64,
+}
+
+/// One line of a chart: a server at a message size (echo) or route (HTTP).
+struct ChartLine {
+    label: String,
+    /// Picks the colour: one per server.
+    color: usize,
+    /// Picks the marker: one per message size or route.
+    marker: usize,
+    points: Vec<ChartPoint>,
+}
+
+/// Two panels, the rate and the p99 against the connection count (log scale), one line each
+/// in `lines`, titled `rate_title` and `p99_title`; the rate panel's legend at `rate_legend`.
+fn draw_lines(
+    path: &Path,
+    lines: &[ChartLine],
+    rate_title: &str,
+    p99_title: &str,
+    rate_legend: plotters::chart::SeriesLabelPosition,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let all = || lines.iter().flat_map(|l| &l.points);
+    if all().next().is_none() {
+        return Err("no results".into());
+    }
+    let cmin = all().map(|p| p.connections).fold(f64::INFINITY, f64::min);
+    let cmax = all().map(|p| p.connections).fold(1.0, f64::max);
+    let (xlo, xhi) = (cmin / 1.5, cmax * 1.5);
+    // Ticks at the measured connection counts: plotters' own log-scale ticks sit on powers of
+    // ten only, so a range that holds none (one count, 200 say) would get no x labels at all.
+    let mut conn_ticks: Vec<f64> = all().map(|p| p.connections).collect();
+    conn_ticks.sort_by(f64::total_cmp);
+    conn_ticks.dedup();
+
+    let root = SVGBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let panels = root.split_evenly((1, 2));
+    type Metric = fn(&ChartPoint) -> f64;
+    // The legend goes where the lines seldom are: `rate_legend` on the throughput panel, and
+    // above the latency lines at the smallest connection count.
+    // The p99 spans three orders of magnitude from 100 to 10 000 connections: it is drawn
+    // as log10 on a linear axis (labelled in µs), so the small counts stay readable.
+    let metrics: [(&str, Metric, SeriesLabelPosition, bool); 2] = [
+        (rate_title, |p| p.rate, rate_legend, false),
+        (
+            p99_title,
+            |p| p.p99_us.max(1.0).log10(),
+            SeriesLabelPosition::UpperLeft,
+            true,
+        ),
+    ];
     for (panel, (title, metric, legend_at, log)) in panels.iter().zip(metrics) {
         let (ylo, yhi) = if log {
-            let lo = summary.iter().map(metric).fold(f64::INFINITY, f64::min);
-            let hi = summary.iter().map(metric).fold(0.0, f64::max);
+            let lo = all().map(metric).fold(f64::INFINITY, f64::min);
+            let hi = all().map(metric).fold(0.0, f64::max);
             ((lo - 0.2).floor().max(0.0), hi + 0.3)
         } else {
-            (
-                0.0,
-                summary.iter().map(metric).fold(0.0, f64::max) * 1.1 + 1.0,
-            )
+            (0.0, all().map(metric).fold(0.0, f64::max) * 1.1 + 1.0)
         };
         let mut chart = ChartBuilder::on(panel)
-            .caption(format!("{title}{depth}"), ("sans-serif", 20))
+            .caption(title, ("sans-serif", 20))
             .margin(15)
             .x_label_area_size(35)
             .y_label_area_size(70)
@@ -1957,48 +2162,41 @@ fn draw_chart(
             .x_label_formatter(&|x| format!("{x:.0}"))
             .y_label_formatter(&|y| fmt_rate(if log { 10f64.powf(*y) } else { *y }))
             .draw()?;
-        for (bi, spec) in servers.iter().enumerate() {
-            for (si, &size) in sizes.iter().enumerate() {
-                let mut pts: Vec<(f64, f64)> = summary
-                    .iter()
-                    .filter(|s| {
-                        s.backend == spec.name && s.threads == spec.threads && s.size == size
-                    })
-                    .map(|s| (s.connections as f64, metric(s)))
-                    .collect();
-                if pts.is_empty() {
-                    continue;
-                }
-                pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-                let color = Palette99::pick(bi).to_rgba();
-                let style = ShapeStyle {
-                    color,
-                    filled: true,
-                    stroke_width: if si == 0 { 2 } else { 1 },
-                };
-                // Colour tells the backend, the marker the message size (a disc, a triangle, a
-                // cross, in turn), in the legend too: two sizes of one backend would otherwise
-                // look the same there. One macro arm per shape, as each shape is its own type
-                // and a plotters series (or legend entry) takes one type.
-                let label = format!("{} {} B", spec.label(), size);
-                macro_rules! series {
-                    ($marker:expr) => {{
-                        chart
-                            .draw_series(LineSeries::new(pts.clone(), style))?
-                            .label(label)
-                            .legend(move |(x, y)| {
-                                EmptyElement::at((x, y))
-                                    + PathElement::new(vec![(0, 0), (20, 0)], style)
-                                    + $marker((10, 0))
-                            });
-                        chart.draw_series(pts.iter().map(|&p| $marker(p)))?;
-                    }};
-                }
-                match si % 3 {
-                    0 => series!(|p| Circle::new(p, 3, color.filled())),
-                    1 => series!(|p| TriangleMarker::new(p, 4, color.filled())),
-                    _ => series!(|p| Cross::new(p, 3, color.stroke_width(2))),
-                }
+        for line in lines {
+            let mut pts: Vec<(f64, f64)> = line
+                .points
+                .iter()
+                .map(|p| (p.connections, metric(p)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let color = Palette99::pick(line.color).to_rgba();
+            let style = ShapeStyle {
+                color,
+                filled: true,
+                stroke_width: if line.marker == 0 { 2 } else { 1 },
+            };
+            // Colour tells the server, the marker the message size or route (a disc, a
+            // triangle, a cross, in turn), in the legend too: two lines of one server would
+            // otherwise look the same there. One macro arm per shape, as each shape is its own
+            // type and a plotters series (or legend entry) takes one type.
+            let label = line.label.clone();
+            macro_rules! series {
+                ($marker:expr) => {{
+                    chart
+                        .draw_series(LineSeries::new(pts.clone(), style))?
+                        .label(label)
+                        .legend(move |(x, y)| {
+                            EmptyElement::at((x, y))
+                                + PathElement::new(vec![(0, 0), (20, 0)], style)
+                                + $marker((10, 0))
+                        });
+                    chart.draw_series(pts.iter().map(|&p| $marker(p)))?;
+                }};
+            }
+            match line.marker % 3 {
+                0 => series!(|p| Circle::new(p, 3, color.filled())),
+                1 => series!(|p| TriangleMarker::new(p, 4, color.filled())),
+                _ => series!(|p| Cross::new(p, 3, color.stroke_width(2))),
             }
         }
         chart
