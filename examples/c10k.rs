@@ -602,10 +602,7 @@ fn run(args: &Args) -> Result<bool, Box<dyn std::error::Error>> {
     let http_report = match (&plan.http, http_servers) {
         (Some(h), Some(http_servers)) => Some(http::run_http(
             http_servers,
-            // TEMPORARY, until examples/http_server.rs is merged: the smoke run leaves out the
-            // ringloop HTTP servers when http_server is not built, instead of failing. Once it
-            // exists, pass `false` here (a missing server then fails every run).
-            args.smoke,
+            false,
             &plan,
             h,
             pin,

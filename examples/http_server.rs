@@ -49,7 +49,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
-use ringloop::net::compat::Io;
+use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{
     Server, ShardListeners, ShutdownReport, ShutdownSignal, TcpListener, TcpStream,
 };
@@ -71,6 +71,12 @@ enum Protocol {
     Auto,
     /// HTTP/1.1 only.
     Http1,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Reads {
+    Readiness,
+    Pooled,
 }
 
 #[derive(Parser, Debug)]
@@ -106,6 +112,11 @@ struct Args {
     /// Seconds the open connections get to finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+    /// How the connections' reads reach hyper's buffers (`net::compat::Mechanism`): a
+    /// non-blocking read when the ring says the socket is readable (`readiness`), or a copy
+    /// out of the connection's multishot receive into the runtime's buffer pool (`pooled`).
+    #[arg(long, value_enum, default_value = "readiness")]
+    reads: Reads,
     /// Seconds a connection gets to send a complete request head.
     #[arg(long, default_value_t = 30.0)]
     header_timeout: f64,
@@ -118,6 +129,7 @@ struct Config {
     http: auto::Builder<HyperExecutor>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
+    mechanism: Mechanism,
 }
 
 impl Config {
@@ -125,6 +137,7 @@ impl Config {
         protocol: Protocol,
         tls: Option<tokio_rustls::TlsAcceptor>,
         header_timeout: Duration,
+        mechanism: Mechanism,
     ) -> Config {
         let mut http = auto::Builder::new(HyperExecutor);
         http.http1()
@@ -138,6 +151,7 @@ impl Config {
             http,
             tls,
             header_timeout,
+            mechanism,
         }
     }
 }
@@ -168,7 +182,11 @@ fn run(args: Args) -> std::io::Result<bool> {
     let grace = Duration::from_secs_f64(args.grace);
     let protocol = args.protocol;
     let header_timeout = Duration::from_secs_f64(args.header_timeout);
-    let config = move || Config::new(protocol, tls.clone(), header_timeout);
+    let mechanism = match args.reads {
+        Reads::Readiness => Mechanism::Readiness,
+        Reads::Pooled => Mechanism::Pooled,
+    };
+    let config = move || Config::new(protocol, tls.clone(), header_timeout, mechanism);
     let scheme = if args.tls { "https" } else { "http" };
 
     if args.threads == 1 {
@@ -264,7 +282,7 @@ fn serve(listener: TcpListener, config: Rc<Config>) -> Server {
 /// server shuts down.
 async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Config>) {
     let _ = stream.set_nodelay(true);
-    let io = Io::new(stream);
+    let io = Io::with_mechanism(stream, config.mechanism);
     match &config.tls {
         None => http(io, shutdown, &config).await,
         // Boxed: a TLS session is large, and the plain connections' futures should not be.
