@@ -1207,6 +1207,7 @@ fn measure(
         duration: Duration::from_secs_f64(plan.seconds),
         ramp: plan.ramp,
         pipeline: plan.pipeline,
+        client_pool: None,
     };
     let mut cpu_start = None;
     let mut cpu_end = None;
@@ -1351,6 +1352,9 @@ struct LoadConfig {
     ramp: usize,
     /// Messages in flight per connection.
     pipeline: usize,
+    /// The client runtime's receive-buffer pool, as (buffers, bytes each); `None`: the
+    /// runtime's default.
+    client_pool: Option<(u16, usize)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -1414,7 +1418,10 @@ where
     F: Fn(usize, Rc<LoadState>, Rc<Semaphore>) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
-    let rt = Runtime::new()?;
+    let rt = match cfg.client_pool {
+        Some((buffers, size)) => Runtime::builder().buffer_pool(buffers, size).build()?,
+        None => Runtime::new()?,
+    };
     let state = Rc::new(LoadState {
         phase: Cell::new(Phase::Warmup),
         hist: RefCell::new(

@@ -1,9 +1,8 @@
 //! The HTTP cells of the main job: hyper on ringloop (io_uring and epoll) against hyper on
 //! tokio's current-thread runtime, loaded by the project's own HTTP/1.1 generator.
 //!
-//! The servers are `http_server --backend uring|epoll` and `tokio_http_server`; all three
-//! answer from [`http_routes`], so they send the same bytes. A cell is a route and a connection
-//! count:
+//! The three servers answer from [`http_routes`], so they send the same bytes. A cell is a
+//! route and a connection count:
 //!
 //! * `plaintext`: `GET /`, answered `Hello, World!` (the TechEmpower plaintext shape, without
 //!   pipelining unless `--http-pipeline`);
@@ -20,6 +19,14 @@
 //! Keep-alive throughout: a connection sends its next request when the last response is in.
 //! With `--http-pipeline P` a connection writes P requests in one write and reads their P
 //! responses before the next batch; each response's latency runs from its batch's write.
+//!
+//! What c10k asks of an HTTP server: it is started as `http_server --backend uring|epoll --addr
+//! ADDR --announce` or `tokio_http_server --addr ADDR --announce` (or as the CMD of
+//! `--http-server NAME=CMD`, `{addr}` replaced), prints a line containing `listening on` to
+//! stdout once it accepts, answers the routes of [`http_routes`] over HTTP/1.1 with
+//! keep-alive, and exits on SIGTERM (c10k sends SIGKILL 3 s later). A server that prints
+//! ringloop's `final stats kernel_enters=N ...` line to stderr at exit gets its kernel entries
+//! per request in the JSON.
 //!
 //! The measurement is the echo cells' ([`drive_load`]): a ramp, a warm-up, a measured window
 //! with the server's CPU time (utime + stime of all its threads, `/proc/PID/stat`) read at its
@@ -82,6 +89,22 @@ impl HttpRoute {
             HttpRoute::Echo => (0..ECHO_BODY_LEN)
                 .map(|i| (i * 7 + id * 13) as u8)
                 .collect(),
+        }
+    }
+
+    /// The generator's receive-buffer pool for this route; `None`: the runtime's default (512
+    /// buffers of 2 KiB), as the echo cells use.
+    ///
+    /// A 64 KiB body would take 32 default buffers, twice a connection's budget of 16 (see
+    /// `ringloop::net::PooledReceiver`), so its receive stops and is re-armed within every
+    /// response: that nearly doubled the generator's CPU per response (29 µs against 16 µs
+    /// with 16 KiB buffers, at 100 connections), and the generator, not the server, set the
+    /// pace. 1 024 buffers of 16 KiB (16 MiB) did best among the sizes tried (2 to 64 KiB,
+    /// 256 to 4 096 buffers).
+    fn client_pool(self) -> Option<(u16, usize)> {
+        match self {
+            HttpRoute::Big => Some((1024, 16 * 1024)),
+            HttpRoute::Plaintext | HttpRoute::Echo => None,
         }
     }
 
@@ -459,6 +482,7 @@ fn measure_http(
         duration: Duration::from_secs_f64(plan.seconds),
         ramp: plan.ramp,
         pipeline,
+        client_pool: cell.route.client_pool(),
     };
     let mut cpu_start = None;
     let mut cpu_end = None;
