@@ -1,6 +1,7 @@
 //! The baseline of the HTTP benchmarks: hyper 1 on tokio, written the usual way (a task per
 //! connection, `hyper_util::rt::TokioIo`, hyper-util's auto HTTP/1 + HTTP/2 builder with its
-//! defaults: keep-alive on, no pipeline flush). It serves the routes of
+//! defaults: keep-alive on, no pipeline flush; hyper's header-read timeout on `TokioTimer`, 30 s
+//! as in ringloop's `http_server`). It serves the routes of
 //! [`common/http_routes.rs`](http_routes): `GET /` (`Hello, World!`), `GET /64k` and
 //! `POST /echo`.
 //!
@@ -33,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use nix::sys::signal::{SigSet, Signal};
@@ -82,6 +83,10 @@ struct Args {
     /// Seconds the open connections get to finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+    /// Seconds a connection gets to send a complete request head (hyper's
+    /// `header_read_timeout`, on `TokioTimer`), as in ringloop's `http_server`.
+    #[arg(long, default_value_t = 30.0)]
+    header_timeout: f64,
 }
 
 /// Listen backlog.
@@ -129,6 +134,13 @@ fn serve(args: Args) -> std::io::Result<()> {
     stop_signals.thread_block().map_err(std::io::Error::from)?;
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The same header timeout as ringloop's http_server, on tokio's timer (without a timer
+    // hyper arms no timeout at all, and the two servers would not do the same work).
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs_f64(args.header_timeout));
+    builder.http2().timer(TokioTimer::new());
     if args.protocol == Protocol::Http1 {
         builder = builder.http1_only();
     }
