@@ -1,5 +1,5 @@
 //! Loopback TCP ping-pong through tokio's `AsyncReadExt`/`AsyncWriteExt`, to choose how
-//! `ringloop::compat::Io` bridges borrowed buffers to the ring (`compat_echo` group).
+//! `ringloop::net::compat::Io` bridges borrowed buffers to the ring (`compat_echo` group).
 //!
 //! ```text
 //! cargo bench --features tokio-io --bench compat                 # every variant, about a minute
@@ -41,7 +41,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
-use ringloop::compat::{Io, Mechanism};
+use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{TcpListener, TcpStream};
 use ringloop::{Backend, Handle, Runtime};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
