@@ -329,6 +329,9 @@ pub struct PooledReceiver {
     /// Another receiver of the same stream was live when this one was made: every receive
     /// fails.
     busy: bool,
+    /// io_uring, [`Mode::Quiet`]: false when the chunk just returned was the last one queued
+    /// and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
+    more: bool,
 }
 
 impl PooledReceiver {
@@ -348,6 +351,7 @@ impl PooledReceiver {
             eof: false,
             drained: false,
             busy: false,
+            more: true,
         }
     }
 
@@ -402,6 +406,7 @@ impl PooledReceiver {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
+        self.more = true;
         if let Some(ready) = self.ready_now() {
             return Poll::Ready(ready);
         }
@@ -409,6 +414,14 @@ impl PooledReceiver {
             Backend::IoUring => self.poll_uring(cx, Mode::Quiet),
             _ => self.poll_epoll(cx, Mode::Quiet),
         }
+    }
+
+    /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet): whether another may be
+    /// ready at once. False only when nothing else was queued (io_uring) and the receive
+    /// already holds the waker of that poll, so a caller that reads until nothing is left can
+    /// stop without the poll that would only find that out.
+    pub(crate) fn may_have_more(&self) -> bool {
+        self.more
     }
 
     /// What is ready without any receive: an inherited chunk, the end of stream, an error.
@@ -562,10 +575,16 @@ impl PooledReceiver {
                 // now, so this connection holds none while it is idle.
                 self.wait.armed();
             }
-            match self.multishot.poll_next(cx) {
-                Poll::Ready(Some((res, flags))) => {
+            let next = if mode == Mode::Quiet {
+                self.multishot.poll_next_draining(cx)
+            } else {
+                self.multishot.poll_next(cx).map(|c| c.map(|c| (c, true)))
+            };
+            match next {
+                Poll::Ready(Some(((res, flags), more))) => {
                     let bid = cqueue::buffer_select(flags);
                     if res > 0 {
+                        self.more = more;
                         let Some(bid) = bid else {
                             self.wait.release();
                             return Poll::Ready(Err(io::Error::other(

@@ -46,6 +46,7 @@ pub use op::{is_cancelled, Interest, Op, OpKind};
 pub(crate) use wake::{WakeFd, WakeTarget};
 
 use epoll::Epoll;
+use slots::MultishotNext;
 use uring::Uring;
 
 /// Which I/O backend a runtime uses.
@@ -363,9 +364,10 @@ impl Driver {
         &mut self,
         key: OpKey,
         waker: &Waker,
-    ) -> Result<Option<(i32, u32)>, ()> {
+        draining: bool,
+    ) -> MultishotNext {
         match self {
-            Driver::Uring(u) => u.multishot_next(key, waker),
+            Driver::Uring(u) => u.multishot_next(key, waker, draining),
             Driver::Epoll(_) => Ok(None),
         }
     }

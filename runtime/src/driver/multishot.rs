@@ -97,11 +97,23 @@ impl Multishot {
     /// The next completion `(result, flags)`, or `None` once the op has ended (its last
     /// completion was read; arm it again to go on).
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(i32, u32)>> {
+        self.poll(cx, false).map(|next| next.map(|(c, _)| c))
+    }
+
+    /// As [`poll_next`](Self::poll_next), for an owner that reads until nothing is left: with
+    /// each completion, whether more may follow now. `false` means it was the last one queued
+    /// and the op goes on, and `cx`'s waker is then already registered, as the poll that
+    /// would find nothing would have done: the owner can stop reading without that poll.
+    pub fn poll_next_draining(&mut self, cx: &mut Context<'_>) -> Poll<Option<((i32, u32), bool)>> {
+        self.poll(cx, true)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, draining: bool) -> Poll<Option<((i32, u32), bool)>> {
         let Some((key, driver)) = &self.armed else {
             return Poll::Ready(None);
         };
         let key = *key;
-        match driver.try_with(|d| d.multishot_next(key, cx.waker())) {
+        match driver.try_with(|d| d.multishot_next(key, cx.waker(), draining)) {
             Some(Ok(Some(c))) => Poll::Ready(Some(c)),
             Some(Ok(None)) => {
                 self.armed = None;

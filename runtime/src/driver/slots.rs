@@ -95,6 +95,11 @@ pub(crate) enum SlotState {
     OrphanedMultishot(MultishotKind),
 }
 
+/// What [`OpTable::multishot_next_draining`] finds: the next completion `(result, flags)` and
+/// whether more may follow now; `Ok(None)` once the op has ended and its last completion was
+/// read; `Err(())` when none is queued yet (the waker is stored).
+pub(crate) type MultishotNext = Result<Option<((i32, u32), bool)>, ()>;
+
 /// A multishot op's unread completions, oldest first. A ping-pong connection has at most one
 /// waiting at a time, so the first lives inline and only a backlog allocates: at 10 000
 /// connections that is 10 000 allocations fewer.
@@ -121,6 +126,10 @@ impl CompletionQueue {
 
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
     }
 }
 
@@ -332,11 +341,26 @@ impl OpTable {
 
     /// The next completion of a multishot op; `Ok(None)` once the last one was read (the slot
     /// is freed); `Err(())` (pending) after storing the waker.
+    #[cfg(test)]
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
         waker: &Waker,
     ) -> Result<Option<(i32, u32)>, ()> {
+        self.multishot_next_draining(key, waker, false)
+            .map(|next| next.map(|(c, _)| c))
+    }
+
+    /// As [`multishot_next`](Self::multishot_next), with whether more completions may follow
+    /// now. With `draining`, a completion that was the last one queued (the op going on) also
+    /// stores `waker`, as the poll that would find the queue empty next would, and is reported
+    /// with `false`; otherwise (and without `draining`) the flag is `true`.
+    pub(crate) fn multishot_next_draining(
+        &mut self,
+        key: OpKey,
+        waker: &Waker,
+        draining: bool,
+    ) -> MultishotNext {
         let Some(slot) = self.slot_mut(key) else {
             return Ok(None);
         };
@@ -350,7 +374,14 @@ impl OpTable {
             return Ok(None);
         };
         if let Some(c) = queue.pop_front() {
-            return Ok(Some(c));
+            if draining && !*ended && queue.is_empty() {
+                match w {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => *w = Some(waker.clone()),
+                }
+                return Ok(Some((c, false)));
+            }
+            return Ok(Some((c, true)));
         }
         if *ended {
             let (index, _) = split_user_data(key.0);
@@ -922,6 +953,54 @@ mod tests {
         assert_eq!(t.multishot_next(key, &waker), Ok(None));
         assert!(fd.is_unique(), "and released with the slot");
         assert_eq!((t.len(), t.multishots()), (0, 0));
+    }
+
+    #[test]
+    fn a_draining_read_of_the_last_queued_completion_stores_the_waker() {
+        let mut t = table();
+        let fd = some_fd();
+        let key = t
+            .insert(OpTable::multishot(MultishotKind::Accept, 8), Some(fd))
+            .unwrap();
+        let (count, waker) = counting_waker();
+        t.complete(key.0, 1, F_MORE);
+        t.complete(key.0, 2, F_MORE);
+        t.take_woken(&mut Vec::new()); // no waker was stored yet
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((1, F_MORE), true))),
+            "another one is queued"
+        );
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((2, F_MORE), false))),
+            "the last one queued"
+        );
+        // No poll in between: the next completion wakes the owner all the same.
+        t.complete(key.0, 3, F_MORE);
+        let mut woken = Vec::new();
+        t.take_woken(&mut woken);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        assert_eq!(count.wakes(), 1);
+        // Without `draining` nothing is stored with a completion.
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, false),
+            Ok(Some(((3, F_MORE), true)))
+        );
+        t.complete(key.0, 4, F_MORE);
+        t.take_woken(&mut woken);
+        assert!(woken.is_empty());
+        // An ended op is never reported drained: the owner reads once more and sees the end.
+        t.complete(key.0, -libc::ECANCELED, 0);
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((4, F_MORE), true)))
+        );
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((-libc::ECANCELED, 0), true)))
+        );
+        assert_eq!(t.multishot_next_draining(key, &waker, true), Ok(None));
     }
 
     #[test]

@@ -22,7 +22,9 @@ use std::rc::Rc;
 use super::bufpool::{BufPool, POOL_GROUP};
 use super::errno::is_transient;
 use super::op::Orphan;
-use super::slots::{OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG};
+use super::slots::{
+    MultishotNext, OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG,
+};
 use super::wake::{RingPin, WakeTarget};
 use super::{MultishotKind, OpKey, SharedFd, WakeFd};
 
@@ -436,13 +438,14 @@ impl Uring {
         self.table.take(key, waker)
     }
 
-    /// See [`OpTable::multishot_next`].
+    /// See [`OpTable::multishot_next_draining`].
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
         waker: &Waker,
-    ) -> Result<Option<(i32, u32)>, ()> {
-        self.table.multishot_next(key, waker)
+        draining: bool,
+    ) -> MultishotNext {
+        self.table.multishot_next_draining(key, waker, draining)
     }
 
     /// Completions queued for a multishot op and not yet read.
