@@ -42,11 +42,11 @@ pub use fd::{FdTarget, SharedFd};
 pub(crate) use handle::DriverHandle;
 pub use multishot::{Multishot, MultishotKind};
 pub(crate) use op::Orphan;
-pub use op::{is_cancelled, Interest, Op, OpKind};
+pub use op::{is_cancelled, start_detached, Detached, DetachedOp, Interest, Op, OpKind};
 pub(crate) use wake::{WakeFd, WakeTarget};
 
 use epoll::Epoll;
-use slots::MultishotNext;
+use slots::{FinishedOrphans, MultishotNext};
 use uring::Uring;
 
 /// Which I/O backend a runtime uses.
@@ -385,10 +385,19 @@ impl Driver {
         }
     }
 
-    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
+    pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
+        if let Driver::Uring(u) = self {
+            u.take_finished_orphans(out)
+        }
+    }
+
+    /// An op just submitted, that nobody awaits: see `OpTable::detach`.
+    pub(crate) fn uring_detach(&mut self, key: OpKey, data: Box<dyn Orphan>) {
         match self {
-            Driver::Uring(u) => u.take_finished_orphans(),
-            Driver::Epoll(_) => Vec::new(),
+            Driver::Uring(u) => u.detach(key, data),
+            // Cannot happen (no key without io_uring): leak rather than free what a kernel
+            // might use.
+            Driver::Epoll(_) => std::mem::forget(data),
         }
     }
 
@@ -402,6 +411,21 @@ impl Driver {
         match self {
             // SAFETY: forwarded from the caller.
             Driver::Uring(u) => unsafe { u.submit(sqe, waker) },
+            Driver::Epoll(_) => Err(wrong_backend()),
+        }
+    }
+
+    /// An op nobody waits on yet (one about to be detached: see `uring_detach`).
+    ///
+    /// # Safety
+    /// As [`uring_submit`](Self::uring_submit).
+    pub(crate) unsafe fn uring_submit_unwatched(
+        &mut self,
+        sqe: io_uring::squeue::Entry,
+    ) -> io::Result<OpKey> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Uring(u) => unsafe { u.submit_unwatched(sqe) },
             Driver::Epoll(_) => Err(wrong_backend()),
         }
     }

@@ -100,6 +100,9 @@ pub(crate) enum SlotState {
 /// read; `Err(())` when none is queued yet (the waker is stored).
 pub(crate) type MultishotNext = Result<Option<((i32, u32), bool)>, ()>;
 
+/// Orphans whose completion arrived, with its result and flags, waiting to be finished.
+pub(crate) type FinishedOrphans = Vec<(Box<dyn Orphan>, i32, u32)>;
+
 /// A multishot op's unread completions, oldest first. A ping-pong connection has at most one
 /// waiting at a time, so the first lives inline and only a backlog allocates: at 10 000
 /// connections that is 10 000 allocations fewer.
@@ -176,7 +179,7 @@ pub(crate) struct OpTable {
     pub(crate) cancels: VecDeque<u64>,
     /// Orphans whose completion arrived; finished outside the driver's borrow because
     /// finishing one runs its `complete` (which may close sockets, and so call back in).
-    finished_orphans: Vec<(Box<dyn Orphan>, i32, u32)>,
+    finished_orphans: FinishedOrphans,
     /// Wakers collected while reaping, woken by the loop after the driver's borrow ends (a
     /// waker is foreign code, which may drop ops).
     woken: Vec<Waker>,
@@ -485,9 +488,27 @@ impl OpTable {
         }
     }
 
-    /// Orphans whose completion arrived, to be finished by the caller outside the borrow.
-    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
-        std::mem::take(&mut self.finished_orphans)
+    /// Orphans whose completion arrived, moved into `out` (which should be empty), to be
+    /// finished by the caller outside the borrow.
+    pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
+        std::mem::swap(&mut self.finished_orphans, out);
+    }
+
+    /// An op nobody awaits (started detached): its data stays in the slot, as an orphan's
+    /// does, and its completion finishes it; unlike an orphan's, no cancel is sent.
+    pub(crate) fn detach(&mut self, key: OpKey, data: Box<dyn Orphan>) {
+        match self.slot_mut(key) {
+            Some(slot) if matches!(slot.state, SlotState::Armed(None)) => {
+                // `Armed(None)` holds nothing: nothing to drop.
+                std::mem::forget(std::mem::replace(
+                    &mut slot.state,
+                    SlotState::Orphaned(data),
+                ));
+            }
+            // Cannot happen (the caller has just submitted it): leak rather than free memory
+            // the kernel might write.
+            _ => std::mem::forget(data),
+        }
     }
 
     /// Records one completion (not the wake poll's): the op's result, a multishot's queued
@@ -740,7 +761,7 @@ mod tests {
 
     use io_uring::squeue;
 
-    use super::{CompletionQueue, OpTable, CANCEL_BIT};
+    use super::{CompletionQueue, OpTable, SlotState, CANCEL_BIT};
     use crate::driver::bufpool::BufPool;
     use crate::driver::{Interest, MultishotKind, OpKey, OpKind, SharedFd};
     use crate::test_wakers::counting_waker;
@@ -793,10 +814,12 @@ mod tests {
 
     /// Finishes what the table handed over, as the loop does outside the driver's borrow.
     fn finish_orphans(t: &mut OpTable) -> usize {
-        let orphans = t.take_finished_orphans();
+        let mut orphans = Vec::new();
+        t.take_finished_orphans(&mut orphans);
         let n = orphans.len();
+        let memory = std::cell::RefCell::new(crate::driver::opmem::OpMemory::default());
         for (o, res, flags) in orphans {
-            o.finish(res, flags);
+            o.finish(res, flags, &memory);
         }
         n
     }
@@ -845,6 +868,24 @@ mod tests {
         assert_eq!(finish_orphans(&mut t), 1);
         assert_eq!(Rc::strong_count(&alive), 1, "and the data right after");
         assert_eq!(finished.get(), Some(-libc::ECANCELED));
+    }
+
+    #[test]
+    fn a_detached_ops_data_lives_until_its_completion_and_no_cancel_is_sent() {
+        let mut t = table();
+        let key = t.insert(SlotState::Armed(None), None).unwrap();
+        let (data, alive, finished) = held();
+        t.detach(key, data);
+        assert!(t.cancels.is_empty(), "nobody asked to stop it");
+        assert_eq!(Rc::strong_count(&alive), 2, "the table keeps its data");
+        assert_eq!(finish_orphans(&mut t), 0);
+        t.complete(key.0, 9, 0);
+        assert_eq!(t.len(), 0, "the slot is freed by the completion");
+        let mut woken = Vec::new();
+        t.take_woken(&mut woken);
+        assert!(woken.is_empty(), "nobody to wake");
+        assert_eq!(finish_orphans(&mut t), 1);
+        assert_eq!((Rc::strong_count(&alive), finished.get()), (1, Some(9)));
     }
 
     #[test]

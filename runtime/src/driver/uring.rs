@@ -23,7 +23,7 @@ use super::bufpool::{BufPool, POOL_GROUP};
 use super::errno::is_transient;
 use super::op::Orphan;
 use super::slots::{
-    MultishotNext, OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG,
+    FinishedOrphans, MultishotNext, OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG,
 };
 use super::wake::{RingPin, WakeTarget};
 use super::{MultishotKind, OpKey, SharedFd, WakeFd};
@@ -395,6 +395,15 @@ impl Uring {
         unsafe { self.insert(sqe, OpTable::armed(waker), None) }
     }
 
+    /// Arms an op with no waker (one about to be detached: see [`OpTable::detach`]).
+    ///
+    /// # Safety
+    /// As [`push`](Self::push).
+    pub(crate) unsafe fn submit_unwatched(&mut self, sqe: squeue::Entry) -> io::Result<OpKey> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.insert(sqe, SlotState::Armed(None), None) }
+    }
+
     /// Arms a multishot op owned by a connection.
     ///
     /// # Safety
@@ -468,9 +477,15 @@ impl Uring {
         self.table.orphan(key, data)
     }
 
-    /// Orphans whose completion arrived, to be finished by the caller outside the borrow.
-    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
-        self.table.take_finished_orphans()
+    /// Orphans whose completion arrived, moved into `out`, to be finished by the caller
+    /// outside the borrow.
+    pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
+        self.table.take_finished_orphans(out)
+    }
+
+    /// See [`OpTable::detach`].
+    pub(crate) fn detach(&mut self, key: OpKey, data: Box<dyn Orphan>) {
+        self.table.detach(key, data)
     }
 
     /// Registers a sparse file table of `slots` entries, so sockets can be named by slot
