@@ -114,9 +114,11 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
+use io_uring::squeue;
 use ringloop_runtime::{
-    buffer_pool, call_exception_handler, is_cancelled, spawn_named, take_cancel_request, BufPool,
-    Cancelled, Op, PooledBuf, Task,
+    buffer_pool, call_exception_handler, current_backend, is_cancelled, spawn_named,
+    start_detached, take_cancel_request, Backend, BufPool, Cancelled, Detached, DetachedOp,
+    Interest, Op, OpKind, PooledBuf, Task,
 };
 use slab::Slab;
 
@@ -631,6 +633,8 @@ struct Dispatcher {
     batch: RefCell<Vec<u32>>,
     /// The dispatcher's copy of `ready`'s tag block pointers (read without its lock).
     blocks: RefCell<Vec<BlockPtr>>,
+    /// The runtime runs io_uring: sends are started detached (see [`Conn::flush`]).
+    uring: bool,
     /// A vectored send's buffer vector, kept to reuse its allocation (one for all the
     /// connections: a connection's send gives it back when it completes).
     spare: Cell<Vec<WriteBuf>>,
@@ -673,6 +677,7 @@ impl Dispatcher {
             alive: Cell::new(true),
             batch: RefCell::new(Vec::new()),
             blocks: RefCell::new(Vec::new()),
+            uring: current_backend() == Backend::IoUring,
             spare: Cell::new(Vec::new()),
             cancelled: RefCell::new(None),
         });
@@ -893,6 +898,77 @@ enum Flight {
     Idle,
     One(Op<ops::Send<Slice<WriteBuf>>>),
     Many(Op<ops::SendVectored<WriteBuf>>),
+    /// io_uring: a [`ConnSend`], whose completion settles the connection.
+    Detached(DetachedOp),
+}
+
+/// A send of a connection's queue: one buffer, or a vectored send of several.
+enum SendKind {
+    One(ops::Send<Slice<WriteBuf>>),
+    Many(ops::SendVectored<WriteBuf>),
+}
+
+/// The two sends of [`SendKind`], for code that handles either.
+trait QueueSend: OpKind + Sized {
+    fn sent(output: Self::Output) -> Sent;
+    fn flight(op: Op<Self>) -> Flight;
+}
+
+impl QueueSend for ops::Send<Slice<WriteBuf>> {
+    fn sent(output: Self::Output) -> Sent {
+        Sent::One(output)
+    }
+    fn flight(op: Op<Self>) -> Flight {
+        Flight::One(op)
+    }
+}
+
+impl QueueSend for ops::SendVectored<WriteBuf> {
+    fn sent(output: Self::Output) -> Sent {
+        Sent::Many(output)
+    }
+    fn flight(op: Op<Self>) -> Flight {
+        Flight::Many(op)
+    }
+}
+
+/// A connection's send started detached (io_uring, see [`start_detached`]): its completion
+/// settles the connection ([`Conn::detached_sent`]) without a wake and a drive, unless
+/// something is left to do. Generic rather than over [`SendKind`], so a plain send does not
+/// carry (and move) the room of a vectored one.
+struct ConnSend<K> {
+    conn: Rc<Conn>,
+    d: Rc<Dispatcher>,
+    send: K,
+}
+
+// SAFETY: the entry is the inner send's, built by its own `sqe` with `self` (and so the send,
+// a field of it) at its final address: every pointer in it points into memory the send owns
+// and every descriptor in it is one the send keeps open, as the inner op kind's own contract
+// says.
+unsafe impl<K: QueueSend> OpKind for ConnSend<K> {
+    type Output = ();
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.send.sqe()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        self.send.readiness()
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.send.attempt()
+    }
+
+    fn try_first(&self) -> bool {
+        self.send.try_first()
+    }
+
+    fn complete(self, result: io::Result<u32>, flags: u32) {
+        let done = K::sent(self.send.complete(result, flags));
+        self.conn.detached_sent(&self.d, done);
+    }
 }
 
 /// The buffers waiting to be sent, in order. The first is kept inline: a connection that has
@@ -984,6 +1060,9 @@ impl State {
     /// Everything the connection holds for I/O, taken out to be dropped after the borrow ends
     /// (a buffer may run foreign code when dropped).
     fn take_io(&mut self) -> TakenIo {
+        if let Flight::Detached(op) = &self.flight {
+            op.cancel(); // its completion finds the connection lost and drops the buffers
+        }
         self.buffered = 0;
         self.pooled = 0;
         TakenIo {
@@ -1161,7 +1240,7 @@ impl Conn {
     /// (each to `data_received`), the writes those queued (one send), closing. `woke` says
     /// what woke it: the receiver is polled only when it did, or when reading had stopped for
     /// want of pool share, and the send only when it completed.
-    fn drive(self: &Rc<Self>, d: &Dispatcher, mut woke: Woke) {
+    fn drive(self: &Rc<Self>, d: &Rc<Dispatcher>, mut woke: Woke) {
         struct Driving<'a>(&'a Cell<bool>);
         impl Drop for Driving<'_> {
             fn drop(&mut self) {
@@ -1215,7 +1294,8 @@ impl Conn {
         let done = {
             let mut st = self.st.borrow_mut();
             match &mut st.flight {
-                Flight::Idle => return,
+                // A detached send settles the connection from its completion.
+                Flight::Idle | Flight::Detached(_) => return,
                 // Our own op kinds: polling them runs no foreign code but a wake of our waker.
                 Flight::One(op) => match Pin::new(op).poll(cx) {
                     Poll::Pending => return,
@@ -1238,10 +1318,13 @@ impl Conn {
 
     /// Starts a send of everything queued, if none is in flight; whether it completed at once
     /// (then what is queued since, or a close, needs another pass).
-    fn flush(&self, d: &Dispatcher) -> bool {
-        let waker = self.waker_of(&WAKE_SEND_VTABLE);
-        let cx = &mut Context::from_waker(&waker);
-        let done = {
+    ///
+    /// On io_uring the send is started detached: its completion settles the connection
+    /// itself ([`detached_sent`](Self::detached_sent)), with no wake of the connection and no
+    /// drive unless something is left to do. On epoll it is an [`Op`] the drive polls (a send
+    /// there usually completes at once).
+    fn flush(self: &Rc<Self>, d: &Rc<Dispatcher>) -> bool {
+        let send = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             if !matches!(st.flight, Flight::Idle) || st.queue.is_empty() || !st.is_open() {
@@ -1254,15 +1337,11 @@ impl Conn {
             if st.queue.len() == 1 {
                 let buf = st.queue.pop_front().expect("one buffer queued");
                 let skip = std::mem::take(&mut st.skip);
-                let send = ops::Send::with_zero_copy(fd, buf.slice(skip..), self.zero_copy);
-                let mut op = Op::new(send);
-                match Pin::new(&mut op).poll(cx) {
-                    Poll::Pending => {
-                        st.flight = Flight::One(op);
-                        return false;
-                    }
-                    Poll::Ready(r) => Sent::One(r),
-                }
+                SendKind::One(ops::Send::with_zero_copy(
+                    fd,
+                    buf.slice(skip..),
+                    self.zero_copy,
+                ))
             } else {
                 let mut bufs = d.spare.take();
                 while bufs.len() < MAX_IOVECS {
@@ -1273,18 +1352,96 @@ impl Conn {
                 }
                 let skip = std::mem::take(&mut st.skip);
                 st.flight_skip = skip;
-                let mut op = Op::new(ops::SendVectored::new(fd, bufs, skip));
-                match Pin::new(&mut op).poll(cx) {
-                    Poll::Pending => {
-                        st.flight = Flight::Many(op);
-                        return false;
-                    }
-                    Poll::Ready(r) => Sent::Many(r),
-                }
+                SendKind::Many(ops::SendVectored::new(fd, bufs, skip))
             }
         };
-        self.sent(done, d);
-        true
+        match send {
+            SendKind::One(send) => self.start_send(d, send),
+            SendKind::Many(send) => self.start_send(d, send),
+        }
+    }
+
+    /// Starts `send`, taken out of the queue by [`flush`](Self::flush), detached on io_uring
+    /// or as an [`Op`]; whether it completed at once.
+    fn start_send<K: QueueSend>(self: &Rc<Self>, d: &Rc<Dispatcher>, send: K) -> bool {
+        // Between the borrow in `flush` and the one below the flight looks idle: only our own
+        // op kinds' code runs there, which never reaches this connection.
+        let send = if d.uring {
+            let kind = ConnSend {
+                conn: self.clone(),
+                d: d.clone(),
+                send,
+            };
+            match start_detached(kind) {
+                Ok(Detached::Running(op)) => {
+                    self.st.borrow_mut().flight = Flight::Detached(op);
+                    return false;
+                }
+                // Done at once, and its completion has settled it (and marked this drive
+                // dirty if anything is left to do).
+                Ok(Detached::Done(())) => return true,
+                Err(kind) => kind.send,
+            }
+        } else {
+            send
+        };
+        let waker = self.waker_of(&WAKE_SEND_VTABLE);
+        let cx = &mut Context::from_waker(&waker);
+        // Our own op kinds: polling them runs no foreign code but a wake of our waker.
+        let mut op = Op::new(send);
+        match Pin::new(&mut op).poll(cx) {
+            Poll::Pending => {
+                self.st.borrow_mut().flight = K::flight(op);
+                false
+            }
+            Poll::Ready(r) => {
+                self.sent(K::sent(r), d);
+                true
+            }
+        }
+    }
+
+    /// The completion of a send started detached (io_uring), run by the loop outside any
+    /// drive (or inside this connection's, when the send did not have to wait): settles the
+    /// write buffer as the drive would, and lists the connection only if something is left
+    /// to do (more to send, a water mark crossed, a close to finish, reading held back by the
+    /// pool share).
+    fn detached_sent(&self, d: &Dispatcher, done: Sent) {
+        let open = {
+            let mut st = self.st.borrow_mut();
+            if matches!(st.flight, Flight::Detached(_)) {
+                st.flight = Flight::Idle;
+            }
+            st.is_open()
+        };
+        if !open {
+            // Aborted or lost meanwhile: its buffers were already counted out.
+            drop_reporting("a dropped write buffer's destructor panicked", done);
+            return;
+        }
+        // As in a drive: foreign code run here (a buffer's destructor, a waker woken by a
+        // buffer returned to the pool) that panics fails this connection only.
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| self.sent(done, d))) {
+            let what = "foreign code run by the protocol transport (a buffer's destructor, \
+                        another executor's waker)";
+            self.callback_panicked(what, payload);
+            return;
+        }
+        let more = {
+            let st = self.st.borrow();
+            !matches!(st.lost, Lost::No)
+                || !st.queue.is_empty()
+                || st.crossed_a_mark()
+                || st.closing
+                || (st.eof_requested && !st.eof_done)
+        };
+        if more || self.starved.get() {
+            if self.driving.get() {
+                self.dirty.set(true);
+            } else {
+                self.waker_of(&WAKE_SEND_VTABLE).wake_by_ref();
+            }
+        }
     }
 
     /// A send completed: drops what went out, puts back what did not, reports an error.
@@ -1536,17 +1693,18 @@ impl Transport {
     /// After [`write_eof`](Self::write_eof) (asyncio raises `RuntimeError`).
     pub fn write(&self, data: impl Into<WriteBuf>) {
         let data = data.into();
+        let len = data.len();
         let c = &self.conn;
         let ignored = {
             let mut st = c.st.borrow_mut();
-            if st.closing || !st.is_open() || data.is_empty() {
+            if st.closing || !st.is_open() || len == 0 {
                 Some(data)
             } else if st.eof_requested {
                 drop(st);
                 drop(data);
                 panic!("Transport::write after write_eof");
             } else {
-                st.buffered += data.len();
+                st.buffered += len;
                 st.pooled += usize::from(data.is_pooled());
                 st.queue.push_back(data);
                 None
