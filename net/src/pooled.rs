@@ -594,8 +594,8 @@ impl PooledReceiver {
                         self.wait.took_buffer();
                         // SAFETY: the completion is ours (our own multishot's), and this is
                         // the only call for the buffer it names.
-                        let buf = unsafe { self.wait.pool().take_filled(bid, res as usize) };
-                        return Poll::Ready(Ok(Some(self.lend(buf))));
+                        let buf = unsafe { self.wait.take_filled(bid, res as usize) };
+                        return Poll::Ready(Ok(Some(buf)));
                     }
                     if let Some(bid) = bid {
                         // SAFETY: as above.

@@ -651,36 +651,45 @@ impl OpTable {
         } else {
             result
         };
-        let next = if more {
-            SlotState::AwaitingNotif {
-                waker: None,
-                result,
-                flags,
+        if !more {
+            // The common case, a single-shot op's one completion, without moving the slot's
+            // state around more than it needs.
+            match &mut slot.state {
+                SlotState::Armed(w) => {
+                    woken.extend(w.take());
+                    // `Armed(None)` holds nothing: nothing to drop.
+                    std::mem::forget(std::mem::replace(
+                        &mut slot.state,
+                        SlotState::Done { result, flags },
+                    ));
+                }
+                SlotState::Orphaned(_) => {
+                    if let SlotState::Orphaned(data) = ops.remove(index).state {
+                        finished_orphans.push((data, result, flags));
+                    }
+                }
+                _ => {}
             }
-        } else {
-            SlotState::Done { result, flags }
+            return;
+        }
+        // A zero-copy send's result: held back until its notification.
+        let next = SlotState::AwaitingNotif {
+            waker: None,
+            result,
+            flags,
         };
         match std::mem::replace(&mut slot.state, next) {
             SlotState::Armed(w) => {
-                if more {
-                    if let SlotState::AwaitingNotif { waker, .. } = &mut slot.state {
-                        *waker = w;
-                    }
-                } else {
-                    woken.extend(w);
+                if let SlotState::AwaitingNotif { waker, .. } = &mut slot.state {
+                    *waker = w;
                 }
             }
             SlotState::Orphaned(data) => {
-                if more {
-                    slot.state = SlotState::OrphanAwaitingNotif {
-                        data,
-                        result,
-                        flags,
-                    };
-                } else {
-                    ops.remove(index);
-                    finished_orphans.push((data, result, flags));
-                }
+                slot.state = SlotState::OrphanAwaitingNotif {
+                    data,
+                    result,
+                    flags,
+                };
             }
             other => slot.state = other,
         }
