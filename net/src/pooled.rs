@@ -75,8 +75,8 @@ use std::task::{Context, Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue};
 use ringloop_runtime::{
-    buffer_pool, Backend, BufPool, BufWait, Interest, Multishot, MultishotKind, Op, OpKind,
-    PooledBuf, SharedFd,
+    buffer_pool, Backend, BufPool, BufWait, CompletionList, Interest, Multishot, MultishotKind, Op,
+    OpKind, PooledBuf, SharedFd,
 };
 
 use crate::buf::{IoBuf, IoBufMut};
@@ -332,6 +332,9 @@ pub struct PooledReceiver {
     /// io_uring, [`Mode::Quiet`]: false when the chunk just returned was the last one queued
     /// and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
     more: bool,
+    /// io_uring: the receives this receiver arms post this token on this list when they have
+    /// something, instead of waking a waker (see [`post_to`](Self::post_to)).
+    post: Option<(CompletionList, u64)>,
 }
 
 impl PooledReceiver {
@@ -352,6 +355,7 @@ impl PooledReceiver {
             drained: false,
             busy: false,
             more: true,
+            post: None,
         }
     }
 
@@ -414,6 +418,15 @@ impl PooledReceiver {
             Backend::IoUring => self.poll_uring(cx, Mode::Quiet),
             _ => self.poll_epoll(cx, Mode::Quiet),
         }
+    }
+
+    /// From its next arming on, the receive tells that it has something by posting `token` on
+    /// `list` (see [`CompletionList`]) rather than by waking the waker of
+    /// [`poll_recv_quiet`](Self::poll_recv_quiet) (which is still used for a buffer's turn
+    /// when the pool runs dry). For the protocol dispatcher, which reads its connections in
+    /// batches; io_uring only.
+    pub(crate) fn post_to(&mut self, list: &CompletionList, token: u64) {
+        self.post = Some((list.clone(), token));
     }
 
     /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet): whether another may be
@@ -545,7 +558,12 @@ impl PooledReceiver {
         // SAFETY: the SQE names only our descriptor (which the driver keeps open until the
         // op's last completion) and the pool's buffer group, whose memory the driver keeps;
         // its buffer pointer is null (the kernel picks).
-        unsafe { self.multishot.arm(sqe, &self.fd) }
+        unsafe {
+            match &self.post {
+                Some((list, token)) => self.multishot.arm_posting(sqe, &self.fd, list, *token),
+                None => self.multishot.arm(sqe, &self.fd),
+            }
+        }
     }
 
     /// `mode` says whether a dry pool makes it queue for a buffer and whether a pending
@@ -715,6 +733,10 @@ impl Drop for PooledReceiver {
         let left = left.get_or_insert_with(Box::default);
         if self.multishot.is_armed() {
             self.multishot.cancel();
+            if self.post.is_some() {
+                // Its next reader wakes by waker, as usual.
+                self.multishot.stop_posting();
+            }
             left.multishot = Some(std::mem::replace(
                 &mut self.multishot,
                 Multishot::new(MultishotKind::Recv, 1),

@@ -117,8 +117,8 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 use io_uring::squeue;
 use ringloop_runtime::{
     buffer_pool, call_exception_handler, current_backend, is_cancelled, spawn_named,
-    start_detached, take_cancel_request, Backend, BufPool, Cancelled, Detached, DetachedOp,
-    Interest, Op, OpKind, PooledBuf, Task,
+    start_detached, take_cancel_request, Backend, BufPool, Cancelled, CompletionList, Detached,
+    DetachedOp, Interest, Op, OpKind, PooledBuf, Task,
 };
 use slab::Slab;
 
@@ -492,6 +492,14 @@ impl Ready {
         }
     }
 
+    /// Marks connection `key` woken by `kind` as a wake would, without listing it: whether
+    /// it was not listed (then the caller drives it). `block` is the key's block.
+    fn mark_woke(block: BlockPtr, key: usize, kind: Woke) -> bool {
+        // SAFETY: as in `take_woke`.
+        let block = unsafe { block.0.as_ref() };
+        block.pending[key % TAGS_PER_BLOCK].fetch_or(kind, Ordering::AcqRel) == 0
+    }
+
     /// Takes what woke connection `key` (zero if nothing did), so its next wake lists it
     /// again. `block` is the key's block.
     fn take_woke(block: BlockPtr, key: usize) -> Woke {
@@ -633,8 +641,14 @@ struct Dispatcher {
     batch: RefCell<Vec<u32>>,
     /// The dispatcher's copy of `ready`'s tag block pointers (read without its lock).
     blocks: RefCell<Vec<BlockPtr>>,
-    /// The runtime runs io_uring: sends are started detached (see [`Conn::flush`]).
+    /// The runtime runs io_uring: sends are started detached (see [`Conn::flush`]), and
+    /// receives post to `received`.
     uring: bool,
+    /// Where the connections' receives post their keys when they have something (io_uring):
+    /// read with the ready list, without a wake per connection.
+    received: CompletionList,
+    /// The keys taken from `received` (kept to reuse its allocation).
+    received_keys: RefCell<Vec<u64>>,
     /// A vectored send's buffer vector, kept to reuse its allocation (one for all the
     /// connections: a connection's send gives it back when it completes).
     spare: Cell<Vec<WriteBuf>>,
@@ -678,6 +692,8 @@ impl Dispatcher {
             batch: RefCell::new(Vec::new()),
             blocks: RefCell::new(Vec::new()),
             uring: current_backend() == Backend::IoUring,
+            received: CompletionList::new(),
+            received_keys: RefCell::new(Vec::new()),
             spare: Cell::new(Vec::new()),
             cancelled: RefCell::new(None),
         });
@@ -701,11 +717,14 @@ impl Dispatcher {
     ) -> Transport {
         // asyncio sets TCP_NODELAY on every TCP transport.
         let _ = stream.set_nodelay(true);
-        let rx = stream.pooled_receiver();
+        let mut rx = stream.pooled_receiver();
         let zero_copy = ops::zero_copy_for(stream.as_shared_fd());
         let conn = {
             let mut conns = self.conns.borrow_mut();
             let entry = conns.vacant_entry();
+            if self.uring {
+                rx.post_to(&self.received, entry.key() as u64);
+            }
             let conn = Rc::new(Conn {
                 waker: self.ready.waker(
                     entry.key(),
@@ -783,6 +802,7 @@ impl Dispatcher {
             list.waker.take()
         };
         drop(old);
+        self.received.clear();
         let conns: Vec<Rc<Conn>> = self.conns.borrow_mut().drain().collect();
         conns
     }
@@ -832,6 +852,22 @@ impl Future for DispatchTask {
             }
         };
         drop(old);
+        // The receives that have something, posted by the driver: listed as a wake of the
+        // receiver would list them (a connection already listed is not listed twice).
+        let mut received = std::mem::take(&mut *d.received_keys.borrow_mut());
+        d.received.take(cx, &mut received);
+        {
+            let blocks = d.blocks.borrow();
+            for key in received.drain(..) {
+                let key = key as usize;
+                if let Some(&block) = blocks.get(key / TAGS_PER_BLOCK) {
+                    if Ready::mark_woke(block, key, WOKE_RECV) {
+                        batch.push(key as u32);
+                    }
+                }
+            }
+        }
+        *d.received_keys.borrow_mut() = received;
         for &key in &batch {
             let key = key as usize;
             let Some(&block) = d.blocks.borrow().get(key / TAGS_PER_BLOCK) else {

@@ -366,7 +366,18 @@ impl BufPool {
     }
 
     /// Publishes deferred buffers, oldest first, while the ring's tail entry is free.
+    #[inline]
     fn publish_deferred(&self) {
+        // Checked inline: after every completion that names a buffer, and almost always
+        // nothing waits.
+        if !self.deferred.borrow().is_empty() {
+            self.publish_deferred_now();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn publish_deferred_now(&self) {
         let mut published = false;
         loop {
             let Some(&bid) = self.deferred.borrow().front() else {
@@ -653,6 +664,7 @@ impl BufWait {
     }
 
     /// Whether the receiver may try to take a buffer now.
+    #[inline]
     pub fn may_take(&self) -> bool {
         if self.holds_turn() {
             return true;
@@ -692,6 +704,7 @@ impl BufWait {
     }
 
     /// The receiver got a buffer: its turn (if it held one) is used up.
+    #[inline]
     pub fn took_buffer(&mut self) {
         self.lost_race = false;
         self.turn_used = false;
@@ -752,6 +765,7 @@ impl BufWait {
     /// # Panics
     /// As [`BufPool::take_filled`].
     #[doc(hidden)]
+    #[inline]
     pub unsafe fn take_filled(&self, bid: u16, len: usize) -> PooledBuf {
         // SAFETY: forwarded from the caller.
         let mut buf = unsafe { self.pool.take_filled(bid, len) };

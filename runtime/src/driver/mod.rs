@@ -40,7 +40,8 @@ use std::time::Duration;
 pub use bufpool::{BufPool, BufWait, PooledBuf};
 pub use fd::{FdTarget, SharedFd};
 pub(crate) use handle::DriverHandle;
-pub use multishot::{Multishot, MultishotKind};
+use multishot::ListShared;
+pub use multishot::{CompletionList, Multishot, MultishotKind};
 pub(crate) use op::Orphan;
 pub use op::{is_cancelled, start_detached, Detached, DetachedOp, Interest, Op, OpKind};
 pub(crate) use wake::{WakeFd, WakeTarget};
@@ -360,6 +361,7 @@ impl Driver {
         }
     }
 
+    #[inline]
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
@@ -369,6 +371,12 @@ impl Driver {
         match self {
             Driver::Uring(u) => u.multishot_next(key, waker, draining),
             Driver::Epoll(_) => Ok(None),
+        }
+    }
+
+    pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u64)>) {
+        if let Driver::Uring(u) = self {
+            u.table.multishot_post_to(key, post)
         }
     }
 

@@ -35,6 +35,7 @@ use io_uring::cqueue;
 use slab::Slab;
 
 use super::bufpool::BufPool;
+use super::multishot::ListShared;
 use super::op::Orphan;
 use super::{DriverStats, MultishotKind, OpKey, SharedFd};
 
@@ -87,12 +88,56 @@ pub(crate) enum SlotState {
         /// (the data waits in the socket) instead of filling the pool.
         cap: u32,
         queue: CompletionQueue,
-        waker: Option<Waker>,
+        notify: Notify,
         ended: bool,
     },
     /// A multishot op whose owner is gone: completions are disposed of (buffers recycled,
     /// accepted sockets closed) until the last one frees the slot.
     OrphanedMultishot(MultishotKind),
+}
+
+/// How a multishot op tells its owner that it has something to read.
+pub(crate) enum Notify {
+    /// By waking the waker of the owner's last read that found nothing (taken when woken).
+    Waker(Option<Waker>),
+    /// By posting `token` on a [`CompletionList`](super::CompletionList): once, until the
+    /// owner finds the queue empty again (`posted` is cleared then).
+    Post {
+        list: Rc<ListShared>,
+        token: u64,
+        posted: bool,
+    },
+}
+
+impl Notify {
+    /// Something came: tell the owner (wakers are collected in `woken`, not woken).
+    fn fire(&mut self, woken: &mut Vec<Waker>) {
+        match self {
+            Notify::Waker(w) => woken.extend(w.take()),
+            Notify::Post {
+                list,
+                token,
+                posted,
+            } => {
+                if !*posted {
+                    *posted = true;
+                    list.post(*token, woken);
+                }
+            }
+        }
+    }
+
+    /// The owner found nothing more to read: the next completion tells it (with `waker`, if
+    /// it is told by waker).
+    fn wait(&mut self, waker: &Waker) {
+        match self {
+            Notify::Waker(w) => match w {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            },
+            Notify::Post { posted, .. } => *posted = false,
+        }
+    }
 }
 
 /// What [`OpTable::multishot_next_draining`] finds: the next completion `(result, flags)` and
@@ -251,8 +296,25 @@ impl OpTable {
             kind,
             cap: u32::try_from(cap).unwrap_or(u32::MAX).max(1),
             queue: CompletionQueue::default(),
-            waker: None,
+            notify: Notify::Waker(None),
             ended: false,
+        }
+    }
+
+    /// From now on the multishot op `key` tells its owner by posting `token` on `list`
+    /// (`Some`), or by waking a waker again (`None`).
+    pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u64)>) {
+        if let Some(SlotState::Multishot { notify, .. }) = self.slot_mut(key).map(|s| &mut s.state)
+        {
+            *notify = match post {
+                // The next completion posts (one already queued is the owner's to read).
+                Some((list, token)) => Notify::Post {
+                    list,
+                    token,
+                    posted: false,
+                },
+                None => Notify::Waker(None),
+            };
         }
     }
 
@@ -369,7 +431,7 @@ impl OpTable {
         };
         let SlotState::Multishot {
             queue,
-            waker: w,
+            notify,
             ended,
             ..
         } = &mut slot.state
@@ -378,10 +440,7 @@ impl OpTable {
         };
         if let Some(c) = queue.pop_front() {
             if draining && !*ended && queue.is_empty() {
-                match w {
-                    Some(w) if w.will_wake(waker) => {}
-                    _ => *w = Some(waker.clone()),
-                }
+                notify.wait(waker);
                 return Ok(Some((c, false)));
             }
             return Ok(Some((c, true)));
@@ -392,10 +451,7 @@ impl OpTable {
             self.multishots -= 1;
             return Ok(None);
         }
-        match w {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *w = Some(waker.clone()),
-        }
+        notify.wait(waker);
         Err(())
     }
 
@@ -569,7 +625,7 @@ impl OpTable {
         match &mut slot.state {
             SlotState::Multishot {
                 queue,
-                waker,
+                notify,
                 ended,
                 cap,
                 ..
@@ -599,7 +655,7 @@ impl OpTable {
                 if result == -libc::ENOBUFS {
                     pool.exhaustions.set(pool.exhaustions.get() + 1);
                 }
-                woken.extend(waker.take());
+                notify.fire(woken);
                 return;
             }
             SlotState::OrphanedMultishot(kind) => {
@@ -1051,6 +1107,70 @@ mod tests {
             Ok(Some(((-libc::ECANCELED, 0), true)))
         );
         assert_eq!(t.multishot_next_draining(key, &waker, true), Ok(None));
+    }
+
+    #[test]
+    fn a_posting_multishot_posts_its_token_once_until_its_owner_drains_it() {
+        let mut t = table();
+        let key = t
+            .insert(
+                OpTable::multishot(MultishotKind::Accept, 8),
+                Some(some_fd()),
+            )
+            .unwrap();
+        let list = crate::driver::CompletionList::new();
+        t.multishot_post_to(key, Some((list.shared(), 7)));
+        let (count, reader) = counting_waker();
+        let mut tokens = Vec::new();
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert!(tokens.is_empty());
+        // 1. Two completions: one post, and the reader's waker is collected once.
+        t.complete(key.0, 1, F_MORE);
+        t.complete(key.0, 2, F_MORE);
+        let mut woken = Vec::new();
+        t.take_woken(&mut woken);
+        assert_eq!(woken.len(), 1);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        assert_eq!(count.wakes(), 1);
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert_eq!(tokens, [7]);
+        tokens.clear();
+        // 2. The owner reads one, not all: a new completion posts nothing.
+        let (owner_count, owner) = counting_waker();
+        assert_eq!(
+            t.multishot_next_draining(key, &owner, true),
+            Ok(Some(((1, F_MORE), true)))
+        );
+        t.complete(key.0, 3, F_MORE);
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert!(
+            tokens.is_empty(),
+            "the owner has not found its queue empty yet"
+        );
+        // 3. It reads the rest: the next completion posts again; the owner's waker is never
+        //    kept.
+        assert!(matches!(
+            t.multishot_next_draining(key, &owner, true),
+            Ok(Some((_, true)))
+        ));
+        assert_eq!(
+            t.multishot_next_draining(key, &owner, true),
+            Ok(Some(((3, F_MORE), false)))
+        );
+        t.complete(key.0, 4, F_MORE);
+        t.take_woken(&mut woken);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert_eq!(tokens, [7]);
+        assert_eq!((owner_count.wakes(), count.wakes()), (0, 2));
+        // 4. Back to a waker: the owner's next empty read leaves it, and a completion wakes it.
+        t.multishot_post_to(key, None);
+        assert!(t.multishot_next_draining(key, &owner, true).is_ok());
+        assert_eq!(t.multishot_next_draining(key, &owner, true), Err(()));
+        t.complete(key.0, 5, F_MORE);
+        t.take_woken(&mut woken);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        assert_eq!(owner_count.wakes(), 1);
     }
 
     #[test]

@@ -448,6 +448,7 @@ impl Uring {
     }
 
     /// See [`OpTable::multishot_next_draining`].
+    #[inline]
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
