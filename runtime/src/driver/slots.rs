@@ -80,20 +80,25 @@ pub(crate) enum SlotState {
     },
     /// The future was dropped; the op's data stays here until the completion arrives.
     Orphaned(Box<dyn Orphan>),
-    /// A multishot op owned by a connection: completions queue here until read. `ended`:
-    /// the last completion (without `F_MORE`) is in the queue.
-    Multishot {
-        kind: MultishotKind,
-        /// At this many unread completions the op is cancelled: the peer is back-pressured
-        /// (the data waits in the socket) instead of filling the pool.
-        cap: u32,
-        queue: CompletionQueue,
-        notify: Notify,
-        ended: bool,
-    },
+    /// A multishot op owned by a connection: completions queue here until read. Boxed: a
+    /// multishot is armed once per connection, and every single-shot op's slot (a send per
+    /// message) would otherwise move its room around.
+    Multishot(Box<MultishotSlot>),
     /// A multishot op whose owner is gone: completions are disposed of (buffers recycled,
     /// accepted sockets closed) until the last one frees the slot.
     OrphanedMultishot(MultishotKind),
+}
+
+/// A multishot op's state in its slot (see [`SlotState::Multishot`]).
+pub(crate) struct MultishotSlot {
+    kind: MultishotKind,
+    /// At this many unread completions the op is cancelled: the peer is back-pressured
+    /// (the data waits in the socket) instead of filling the pool.
+    cap: u32,
+    queue: CompletionQueue,
+    notify: Notify,
+    /// The last completion (without `F_MORE`) is in the queue.
+    ended: bool,
 }
 
 /// How a multishot op tells its owner that it has something to read.
@@ -111,6 +116,7 @@ pub(crate) enum Notify {
 
 impl Notify {
     /// Something came: tell the owner (wakers are collected in `woken`, not woken).
+    #[inline]
     fn fire(&mut self, woken: &mut Vec<Waker>) {
         match self {
             Notify::Waker(w) => woken.extend(w.take()),
@@ -129,6 +135,7 @@ impl Notify {
 
     /// The owner found nothing more to read: the next completion tells it (with `waker`, if
     /// it is told by waker).
+    #[inline]
     fn wait(&mut self, waker: &Waker) {
         match self {
             Notify::Waker(w) => match w {
@@ -259,7 +266,7 @@ impl OpTable {
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        if matches!(state, SlotState::Multishot { .. }) {
+        if matches!(state, SlotState::Multishot(_)) {
             self.multishots += 1;
         }
         let index = self.ops.insert(Slot {
@@ -277,7 +284,7 @@ impl OpTable {
     pub(crate) fn remove_unsubmitted(&mut self, key: OpKey) {
         let (index, _) = split_user_data(key.0);
         if self.slot_mut(key).is_some() {
-            if matches!(self.ops[index].state, SlotState::Multishot { .. }) {
+            if matches!(self.ops[index].state, SlotState::Multishot(_)) {
                 self.multishots -= 1;
             }
             self.ops.remove(index);
@@ -292,21 +299,20 @@ impl OpTable {
 
     /// A multishot op's slot state.
     pub(crate) fn multishot(kind: MultishotKind, cap: usize) -> SlotState {
-        SlotState::Multishot {
+        SlotState::Multishot(Box::new(MultishotSlot {
             kind,
             cap: u32::try_from(cap).unwrap_or(u32::MAX).max(1),
             queue: CompletionQueue::default(),
             notify: Notify::Waker(None),
             ended: false,
-        }
+        }))
     }
 
     /// From now on the multishot op `key` tells its owner by posting `token` on `list`
     /// (`Some`), or by waking a waker again (`None`).
     pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u64)>) {
-        if let Some(SlotState::Multishot { notify, .. }) = self.slot_mut(key).map(|s| &mut s.state)
-        {
-            *notify = match post {
+        if let Some(SlotState::Multishot(m)) = self.slot_mut(key).map(|s| &mut s.state) {
+            m.notify = match post {
                 // The next completion posts (one already queued is the owner's to read).
                 Some((list, token)) => Notify::Post {
                     list,
@@ -341,7 +347,7 @@ impl OpTable {
                 .iter()
                 .filter(|(_, s)| matches!(
                     s.state,
-                    SlotState::Multishot { .. } | SlotState::OrphanedMultishot(_)
+                    SlotState::Multishot(_) | SlotState::OrphanedMultishot(_)
                 ))
                 .count(),
             "the multishot count drifted from the op table"
@@ -399,7 +405,7 @@ impl OpTable {
             }
             SlotState::Orphaned(_)
             | SlotState::OrphanAwaitingNotif { .. }
-            | SlotState::Multishot { .. }
+            | SlotState::Multishot(_)
             | SlotState::OrphanedMultishot(_) => None,
         }
     }
@@ -429,15 +435,15 @@ impl OpTable {
         let Some(slot) = self.slot_mut(key) else {
             return Ok(None);
         };
-        let SlotState::Multishot {
+        let SlotState::Multishot(m) = &mut slot.state else {
+            return Ok(None);
+        };
+        let MultishotSlot {
             queue,
             notify,
             ended,
             ..
-        } = &mut slot.state
-        else {
-            return Ok(None);
-        };
+        } = &mut **m;
         if let Some(c) = queue.pop_front() {
             if draining && !*ended && queue.is_empty() {
                 notify.wait(waker);
@@ -458,7 +464,7 @@ impl OpTable {
     /// Completions queued for a multishot op and not yet read.
     pub(crate) fn multishot_queued(&mut self, key: OpKey) -> usize {
         match self.slot_mut(key).map(|s| &s.state) {
-            Some(SlotState::Multishot { queue, .. }) => queue.len(),
+            Some(SlotState::Multishot(m)) => m.queue.len(),
             _ => 0,
         }
     }
@@ -475,13 +481,13 @@ impl OpTable {
                 flags: 0,
             },
         );
-        let SlotState::Multishot {
-            kind, queue, ended, ..
-        } = state
-        else {
+        let SlotState::Multishot(m) = state else {
             slot.state = state;
             return;
         };
+        let MultishotSlot {
+            kind, queue, ended, ..
+        } = *m;
         for (result, flags) in queue {
             dispose(&self.pool, kind, result, flags);
         }
@@ -623,13 +629,14 @@ impl OpTable {
         stats.ops_completed += 1;
         let more = cqueue::more(flags);
         match &mut slot.state {
-            SlotState::Multishot {
-                queue,
-                notify,
-                ended,
-                cap,
-                ..
-            } => {
+            SlotState::Multishot(m) => {
+                let MultishotSlot {
+                    queue,
+                    notify,
+                    ended,
+                    cap,
+                    ..
+                } = &mut **m;
                 match cqueue::buffer_select(flags) {
                     // A bundle becomes one completion per buffer, so the owner
                     // and the queue cap see buffers, as without bundles.
@@ -765,7 +772,7 @@ impl OpTable {
             let slot = self.ops.remove(i);
             if matches!(
                 slot.state,
-                SlotState::Multishot { .. } | SlotState::OrphanedMultishot(_)
+                SlotState::Multishot(_) | SlotState::OrphanedMultishot(_)
             ) {
                 self.multishots -= 1;
             }
@@ -790,7 +797,7 @@ impl OpTable {
 fn kernel_holds(state: &SlotState) -> bool {
     match state {
         SlotState::Done { .. } => false,
-        SlotState::Multishot { ended, .. } => !ended,
+        SlotState::Multishot(m) => !m.ended,
         _ => true,
     }
 }
