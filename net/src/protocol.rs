@@ -998,7 +998,9 @@ unsafe impl<K: QueueSend> OpKind for ConnSend<K> {
     }
 
     fn try_first(&self) -> bool {
-        self.send.try_first()
+        // With more than two connections the ring is never "nearly idle" (each has its
+        // receive armed), so the runtime's look at it is skipped.
+        self.send.try_first() && self.d.conns.borrow().len() <= 2
     }
 
     fn complete(self, result: io::Result<u32>, flags: u32) {
@@ -1081,6 +1083,15 @@ struct State {
 impl State {
     fn is_open(&self) -> bool {
         matches!(self.lost, Lost::No)
+    }
+
+    /// Whether [`Conn::finish_writes`] has something to do: everything queued has gone out
+    /// and a `write_eof` or a close waits for that.
+    fn wants_finish(&self) -> bool {
+        (self.closing || (self.eof_requested && !self.eof_done))
+            && self.is_open()
+            && matches!(self.flight, Flight::Idle)
+            && self.queue.is_empty()
     }
 
     /// Whether the write buffer crossed a water mark the protocol has not been told about.
@@ -1304,6 +1315,13 @@ impl Conn {
             // writes need no other pass, so what marks the drive dirty from here on is new.
             self.dirty.set(false);
             let mut again = self.flush(d);
+            let quiet = {
+                let st = self.st.borrow();
+                !st.crossed_a_mark() && !st.wants_finish() && matches!(st.lost, Lost::No)
+            };
+            if quiet && !again && !self.dirty.get() {
+                break; // the usual end: nothing below has anything to do
+            }
             // What went out may have drained the buffer to the low-water mark.
             self.sync_writing();
             again |= self.finish_writes();
@@ -1442,6 +1460,7 @@ impl Conn {
     /// write buffer as the drive would, and lists the connection only if something is left
     /// to do (more to send, a water mark crossed, a close to finish, reading held back by the
     /// pool share).
+    #[inline]
     fn detached_sent(&self, d: &Dispatcher, done: Sent) {
         let open = {
             let mut st = self.st.borrow_mut();
