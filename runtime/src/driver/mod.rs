@@ -399,18 +399,6 @@ impl Driver {
         }
     }
 
-    /// An op just submitted, that nobody awaits: see `OpTable::detach`.
-    pub(crate) fn uring_detach(&mut self, key: OpKey, data: Box<dyn Orphan>) {
-        match self {
-            Driver::Uring(u) => u.detach(key, data),
-            // Cannot happen (no key without io_uring): leak rather than free what a kernel
-            // might use.
-            Driver::Epoll(_) => std::mem::forget(data),
-        }
-    }
-
-    /// # Safety
-    /// The SQE's memory must outlive the op's completion (see [`OpKind`]).
     pub(crate) unsafe fn uring_submit(
         &mut self,
         sqe: io_uring::squeue::Entry,
@@ -423,18 +411,20 @@ impl Driver {
         }
     }
 
-    /// An op nobody waits on yet (one about to be detached: see `uring_detach`).
+    /// An op nobody awaits, its data in the op table from the start (`Uring::submit_detached`);
+    /// on an error the data comes back.
     ///
     /// # Safety
-    /// As [`uring_submit`](Self::uring_submit).
-    pub(crate) unsafe fn uring_submit_unwatched(
+    /// As [`uring_submit`](Self::uring_submit); `data` owns what the entry points to.
+    pub(crate) unsafe fn uring_submit_detached(
         &mut self,
         sqe: io_uring::squeue::Entry,
-    ) -> io::Result<OpKey> {
+        data: Box<dyn Orphan>,
+    ) -> Result<OpKey, (io::Error, Box<dyn Orphan>)> {
         match self {
             // SAFETY: forwarded from the caller.
-            Driver::Uring(u) => unsafe { u.submit_unwatched(sqe) },
-            Driver::Epoll(_) => Err(wrong_backend()),
+            Driver::Uring(u) => unsafe { u.submit_detached(sqe, data) },
+            Driver::Epoll(_) => Err((wrong_backend(), data)),
         }
     }
 

@@ -20,6 +20,7 @@
 //! state an op allocates nothing. The box keeps every op future one pointer wide, which a
 //! server pays per connection.
 
+use std::any::Any;
 use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
@@ -104,9 +105,16 @@ pub fn is_cancelled(e: &io::Error) -> bool {
 pub(crate) trait Orphan {
     /// Runs the op's `complete` and drops its output; the box goes back to `memory`.
     fn finish(self: Box<Self>, result: i32, flags: u32, memory: &RefCell<OpMemory>);
+
+    /// The data as itself again (a detached op the kernel refused).
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
 
 impl<T: OpKind> Orphan for T {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+
     fn finish(self: Box<Self>, result: i32, flags: u32, memory: &RefCell<OpMemory>) {
         // Running `complete` and dropping its output releases whatever the op produced (an
         // accepted socket is closed, a buffer freed), or is the op's whole effect (a detached
@@ -525,27 +533,28 @@ pub fn start_detached<T: OpKind>(kind: T) -> Result<Detached<T::Output>, T> {
     // Built outside the borrow: `sqe` is the op kind's code (which cannot leave the driver
     // borrowed: the submission below finds it free).
     let sqe = data.sqe();
-    let mut data = Some(data);
+    let mut data: Option<Box<dyn Orphan>> = Some(data);
     let submitted = driver.try_with(|d| {
+        let data = data.take().expect("the op's data, once");
         // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned by
-        // `data`, which is boxed (never moves) and, as soon as the entry is in the ring, moves
-        // into this driver's op table, which keeps it until the op's completion (or leaks it,
-        // if the kernel may still hold the op when the ring goes).
-        let key = unsafe { d.uring_submit_unwatched(sqe) }?;
-        d.uring_detach(key, data.take().expect("the op's data, once"));
-        Ok::<_, io::Error>(key)
+        // `data`, which is boxed (never moves) and goes into this driver's op table with the
+        // entry, which keeps it until the op's completion (or leaks it, if the kernel may
+        // still hold the op when the ring goes).
+        unsafe { d.uring_submit_detached(sqe, data) }
     });
-    match submitted {
-        Some(Ok(key)) => Ok(Detached::Running(DetachedOp { key, driver })),
-        failed => {
-            // Not in the ring: the data is still ours.
-            let e = match failed {
-                Some(Err(e)) => e,
-                // Cannot happen (checked above).
-                _ => io::Error::from(io::ErrorKind::ResourceBusy),
-            };
-            let data = data.take().expect("not submitted");
-            Ok(Detached::Done(driver.unboxed(data).complete(Err(e), 0)))
-        }
-    }
+    let (e, data) = match submitted {
+        Some(Ok(key)) => return Ok(Detached::Running(DetachedOp { key, driver })),
+        Some(Err(failed)) => failed,
+        // Cannot happen (checked above): the closure did not run.
+        None => (
+            io::Error::from(io::ErrorKind::ResourceBusy),
+            data.take().expect("not submitted"),
+        ),
+    };
+    // Not in the ring: the data is ours again.
+    let data = data
+        .into_any()
+        .downcast::<T>()
+        .unwrap_or_else(|_| unreachable!("the op's own data comes back"));
+    Ok(Detached::Done(driver.unboxed(data).complete(Err(e), 0)))
 }

@@ -261,8 +261,18 @@ impl OpTable {
         state: SlotState,
         keep: Option<SharedFd>,
     ) -> std::io::Result<OpKey> {
+        self.try_insert(state, keep)
+            .map_err(|_| std::io::Error::other("too many io_uring ops in flight"))
+    }
+
+    /// As [`insert`](Self::insert); a full table gives `state` back.
+    pub(crate) fn try_insert(
+        &mut self,
+        state: SlotState,
+        keep: Option<SharedFd>,
+    ) -> Result<OpKey, SlotState> {
         if self.ops.vacant_key() >= MAX_SLOTS {
-            return Err(std::io::Error::other("too many io_uring ops in flight"));
+            return Err(state);
         }
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
@@ -281,15 +291,15 @@ impl OpTable {
     }
 
     /// Frees a slot whose SQE never reached the ring (the push failed).
-    pub(crate) fn remove_unsubmitted(&mut self, key: OpKey) {
+    /// Its state is returned (an op's data in it was never the kernel's).
+    pub(crate) fn remove_unsubmitted(&mut self, key: OpKey) -> Option<SlotState> {
         let (index, _) = split_user_data(key.0);
-        if self.slot_mut(key).is_some() {
-            if matches!(self.ops[index].state, SlotState::Multishot(_)) {
-                self.multishots -= 1;
-            }
-            self.ops.remove(index);
-            self.stats.ops_submitted -= 1;
+        self.slot_mut(key)?;
+        if matches!(self.ops[index].state, SlotState::Multishot(_)) {
+            self.multishots -= 1;
         }
+        self.stats.ops_submitted -= 1;
+        Some(self.ops.remove(index).state)
     }
 
     /// A single-shot op's slot state, armed with `waker`.
@@ -554,23 +564,6 @@ impl OpTable {
     /// finished by the caller outside the borrow.
     pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
         std::mem::swap(&mut self.finished_orphans, out);
-    }
-
-    /// An op nobody awaits (started detached): its data stays in the slot, as an orphan's
-    /// does, and its completion finishes it; unlike an orphan's, no cancel is sent.
-    pub(crate) fn detach(&mut self, key: OpKey, data: Box<dyn Orphan>) {
-        match self.slot_mut(key) {
-            Some(slot) if matches!(slot.state, SlotState::Armed(None)) => {
-                // `Armed(None)` holds nothing: nothing to drop.
-                std::mem::forget(std::mem::replace(
-                    &mut slot.state,
-                    SlotState::Orphaned(data),
-                ));
-            }
-            // Cannot happen (the caller has just submitted it): leak rather than free memory
-            // the kernel might write.
-            _ => std::mem::forget(data),
-        }
     }
 
     /// Records one completion (not the wake poll's): the op's result, a multishot's queued
@@ -945,9 +938,8 @@ mod tests {
     #[test]
     fn a_detached_ops_data_lives_until_its_completion_and_no_cancel_is_sent() {
         let mut t = table();
-        let key = t.insert(SlotState::Armed(None), None).unwrap();
         let (data, alive, finished) = held();
-        t.detach(key, data);
+        let key = t.insert(SlotState::Orphaned(data), None).unwrap();
         assert!(t.cancels.is_empty(), "nobody asked to stop it");
         assert_eq!(Rc::strong_count(&alive), 2, "the table keeps its data");
         assert_eq!(finish_orphans(&mut t), 0);
@@ -1274,7 +1266,7 @@ mod tests {
         let key = t
             .insert(OpTable::multishot(MultishotKind::Recv, 4), Some(fd.clone()))
             .unwrap();
-        t.remove_unsubmitted(key);
+        assert!(t.remove_unsubmitted(key).is_some());
         assert_eq!((t.len(), t.multishots()), (0, 0));
         assert!(fd.is_unique());
         assert_eq!(t.stats.ops_submitted, 0);

@@ -395,15 +395,6 @@ impl Uring {
         unsafe { self.insert(sqe, OpTable::armed(waker), None) }
     }
 
-    /// Arms an op with no waker (one about to be detached: see [`OpTable::detach`]).
-    ///
-    /// # Safety
-    /// As [`push`](Self::push).
-    pub(crate) unsafe fn submit_unwatched(&mut self, sqe: squeue::Entry) -> io::Result<OpKey> {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.insert(sqe, SlotState::Armed(None), None) }
-    }
-
     /// Arms a multishot op owned by a connection.
     ///
     /// # Safety
@@ -436,8 +427,38 @@ impl Uring {
         // SAFETY: forwarded from the caller.
         if let Err(e) = unsafe { self.push(&sqe.user_data(key.0)) } {
             // Never reached the ring: nobody else knows the slot.
-            self.table.remove_unsubmitted(key);
+            drop(self.table.remove_unsubmitted(key));
             return Err(e);
+        }
+        Ok(key)
+    }
+
+    /// Arms an op nobody awaits: its data goes into the slot at once, as an orphan's, and
+    /// its completion finishes it (no cancel is sent). On an error the entry is not in the
+    /// ring and the data comes back.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push); `data` owns what the entry points to.
+    pub(crate) unsafe fn submit_detached(
+        &mut self,
+        sqe: squeue::Entry,
+        data: Box<dyn Orphan>,
+    ) -> Result<OpKey, (io::Error, Box<dyn Orphan>)> {
+        self.flush_cancels();
+        let key = match self.table.try_insert(SlotState::Orphaned(data), None) {
+            Ok(key) => key,
+            Err(SlotState::Orphaned(data)) => {
+                return Err((io::Error::other("too many io_uring ops in flight"), data))
+            }
+            Err(_) => unreachable!("the state given back is the one given"),
+        };
+        // SAFETY: forwarded from the caller.
+        if let Err(e) = unsafe { self.push(&sqe.user_data(key.0)) } {
+            // Never reached the ring: the data is the caller's again.
+            return match self.table.remove_unsubmitted(key) {
+                Some(SlotState::Orphaned(data)) => Err((e, data)),
+                _ => unreachable!("the slot was just made with the data"),
+            };
         }
         Ok(key)
     }
@@ -482,11 +503,6 @@ impl Uring {
     /// outside the borrow.
     pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
         self.table.take_finished_orphans(out)
-    }
-
-    /// See [`OpTable::detach`].
-    pub(crate) fn detach(&mut self, key: OpKey, data: Box<dyn Orphan>) {
-        self.table.detach(key, data)
     }
 
     /// Registers a sparse file table of `slots` entries, so sockets can be named by slot
