@@ -50,13 +50,15 @@
 //! Every connection of a runtime is driven by one internal task, the *dispatcher*
 //! (`ringloop.protocols`). A connection is a small state object: its pooled receiver (one
 //! multishot receive into the buffer pool on io_uring), its write queue, the send in flight,
-//! and a [`Waker`] of its own. The connection polls its receiver and its send with that waker;
-//! when the driver completes one of them, the waker puts the connection on the dispatcher's
-//! ready list and wakes the dispatcher once for the whole list. The dispatcher then drives
-//! each listed connection: it finishes the send that completed, hands every queued chunk to
-//! `data_received`, and sends what those callbacks wrote in one send. So a message costs a
-//! callback and a list entry rather than a task wake and a task poll, and the task polls
-//! of a loop iteration are one, however many connections had something to do.
+//! and [`Waker`]s of its own. On io_uring its receive posts the connection's key on the
+//! dispatcher's list when data comes (no waker is woken), and its send is started detached:
+//! the send's completion gives the buffers back and settles the write buffer by itself. The
+//! dispatcher wakes once for the whole list and drives each listed connection: it hands every
+//! queued chunk to `data_received` and sends what those callbacks wrote in one send. So a
+//! message costs a callback, a key on a list and a send, rather than two task wakes and two
+//! task polls, and the task polls of a loop iteration are one, however many connections had
+//! something to do. (Anything else that concerns a connection, and everything on epoll, wakes
+//! its own wakers, which list it the same way.)
 //!
 //! # Where this differs from asyncio
 //!

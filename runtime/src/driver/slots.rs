@@ -16,10 +16,17 @@
 //!               │    └─CQE with F_MORE (zero-copy)─▶ AwaitingNotif ──notif──▶ Done
 //!               └─future dropped──▶ Orphaned{op data} + ASYNC_CANCEL ──CQE──▶ (freed, data finished)
 //!
-//!  insert ──▶ Multishot{queue} ──CQE with F_MORE──▶ queued, owner woken (cap reached: cancel)
+//!  insert (detached) ──▶ Orphaned{op data} ──CQE──▶ (freed, data finished: its `complete` runs)
+//!
+//!  insert ──▶ Multishot{queue} ──CQE with F_MORE──▶ queued, owner told (cap reached: cancel)
 //!               │                 └─CQE without F_MORE──▶ ended; freed when the owner reads it
 //!               └─owner dropped──▶ OrphanedMultishot (queue disposed) ──last CQE──▶ (freed)
 //! ```
+//!
+//! A multishot's owner is told by its waker (taken when woken, stored again by the read that
+//! finds the queue empty) or, for an op armed to post, by its token on a completion list (once,
+//! until the owner finds the queue empty again): see `Notify`. A detached op is an orphan from
+//! its submission: nobody awaits it, and no cancel is sent unless someone asks for one.
 //!
 //! A zero-copy send completes twice: its result (with `F_MORE`), then a notification once the
 //! kernel no longer reads the buffer. The slot holds the result back (`AwaitingNotif`) until
