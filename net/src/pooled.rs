@@ -332,9 +332,6 @@ pub struct PooledReceiver {
     /// io_uring, [`Mode::Quiet`]: false when the chunk just returned was the last one queued
     /// and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
     more: bool,
-    /// io_uring: the receives this receiver arms post this token on this list when they have
-    /// something, instead of waking a waker (see [`post_to`](Self::post_to)).
-    post: Option<(CompletionList, u64)>,
 }
 
 impl PooledReceiver {
@@ -355,7 +352,6 @@ impl PooledReceiver {
             drained: false,
             busy: false,
             more: true,
-            post: None,
         }
     }
 
@@ -397,7 +393,7 @@ impl PooledReceiver {
             return None; // the common case, without touching the waker the receive holds
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_uring(&mut cx, Mode::Try) {
+        match self.poll_uring(&mut cx, Mode::Try, None) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         }
@@ -406,27 +402,24 @@ impl PooledReceiver {
     /// What [`recv`](Self::recv) would do, as a poll, for a driver that is not a future (the
     /// protocol transport): it queues for a buffer when the pool is dry and keeps its place
     /// across polls, but is not a cancellation point. Polled with the connection's own waker.
+    ///
+    /// With `post` (io_uring), a receive this poll arms tells that it has something by posting
+    /// the token on the list (see [`CompletionList`]) rather than by waking `cx`'s waker
+    /// (which is still woken for a buffer's turn when the pool runs dry): for the protocol
+    /// dispatcher, which reads its connections in batches.
     pub(crate) fn poll_recv_quiet(
         &mut self,
         cx: &mut Context<'_>,
+        post: Option<(&CompletionList, u32)>,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
         self.more = true;
         if let Some(ready) = self.ready_now() {
             return Poll::Ready(ready);
         }
         match self.backend {
-            Backend::IoUring => self.poll_uring(cx, Mode::Quiet),
+            Backend::IoUring => self.poll_uring(cx, Mode::Quiet, post),
             _ => self.poll_epoll(cx, Mode::Quiet),
         }
-    }
-
-    /// From its next arming on, the receive tells that it has something by posting `token` on
-    /// `list` (see [`CompletionList`]) rather than by waking the waker of
-    /// [`poll_recv_quiet`](Self::poll_recv_quiet) (which is still used for a buffer's turn
-    /// when the pool runs dry). For the protocol dispatcher, which reads its connections in
-    /// batches; io_uring only.
-    pub(crate) fn post_to(&mut self, list: &CompletionList, token: u64) {
-        self.post = Some((list.clone(), token));
     }
 
     /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet): whether another may be
@@ -519,7 +512,7 @@ impl PooledReceiver {
 
     /// Arms the receive (io_uring), with a cap and a bundle length that keep what the kernel
     /// can take for this connection within its budget (see the module docs).
-    fn arm(&mut self) -> io::Result<()> {
+    fn arm(&mut self, post: Option<(&CompletionList, u32)>) -> io::Result<()> {
         let pool = self.wait.pool().clone();
         let room = self.budget().saturating_sub(self.wait.held()).max(1);
         let refused = BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
@@ -559,8 +552,8 @@ impl PooledReceiver {
         // op's last completion) and the pool's buffer group, whose memory the driver keeps;
         // its buffer pointer is null (the kernel picks).
         unsafe {
-            match &self.post {
-                Some((list, token)) => self.multishot.arm_posting(sqe, &self.fd, list, *token),
+            match post {
+                Some((list, token)) => self.multishot.arm_posting(sqe, &self.fd, list, token),
                 None => self.multishot.arm(sqe, &self.fd),
             }
         }
@@ -568,10 +561,12 @@ impl PooledReceiver {
 
     /// `mode` says whether a dry pool makes it queue for a buffer and whether a pending
     /// cancellation is delivered (see [`Mode`]).
+    /// `post`: see [`poll_recv_quiet`](Self::poll_recv_quiet).
     fn poll_uring(
         &mut self,
         cx: &mut Context<'_>,
         mode: Mode,
+        post: Option<(&CompletionList, u32)>,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
         loop {
             if self.eof {
@@ -585,7 +580,7 @@ impl PooledReceiver {
                     }
                     return pending_or_cancelled(mode);
                 }
-                if let Err(e) = self.arm() {
+                if let Err(e) = self.arm(post) {
                     self.wait.release();
                     return Poll::Ready(Err(e));
                 }
@@ -733,10 +728,8 @@ impl Drop for PooledReceiver {
         let left = left.get_or_insert_with(Box::default);
         if self.multishot.is_armed() {
             self.multishot.cancel();
-            if self.post.is_some() {
-                // Its next reader wakes by waker, as usual.
-                self.multishot.stop_posting();
-            }
+            // Its next reader is told by waker, as usual (if it posted).
+            self.multishot.stop_posting();
             left.multishot = Some(std::mem::replace(
                 &mut self.multishot,
                 Multishot::new(MultishotKind::Recv, 1),
@@ -801,7 +794,7 @@ impl Future for PooledRecv<'_> {
             return Poll::Ready(ready);
         }
         match rx.backend {
-            Backend::IoUring => rx.poll_uring(cx, Mode::Task),
+            Backend::IoUring => rx.poll_uring(cx, Mode::Task, None),
             _ => rx.poll_epoll(cx, Mode::Task),
         }
     }

@@ -650,7 +650,7 @@ struct Dispatcher {
     /// read with the ready list, without a wake per connection.
     received: CompletionList,
     /// The keys taken from `received` (kept to reuse its allocation).
-    received_keys: RefCell<Vec<u64>>,
+    received_keys: RefCell<Vec<u32>>,
     /// A vectored send's buffer vector, kept to reuse its allocation (one for all the
     /// connections: a connection's send gives it back when it completes).
     spare: Cell<Vec<WriteBuf>>,
@@ -719,14 +719,11 @@ impl Dispatcher {
     ) -> Transport {
         // asyncio sets TCP_NODELAY on every TCP transport.
         let _ = stream.set_nodelay(true);
-        let mut rx = stream.pooled_receiver();
+        let rx = stream.pooled_receiver();
         let zero_copy = ops::zero_copy_for(stream.as_shared_fd());
         let conn = {
             let mut conns = self.conns.borrow_mut();
             let entry = conns.vacant_entry();
-            if self.uring {
-                rx.post_to(&self.received, entry.key() as u64);
-            }
             let conn = Rc::new(Conn {
                 waker: self.ready.waker(
                     entry.key(),
@@ -1502,6 +1499,7 @@ impl Conn {
     }
 
     /// A send completed: drops what went out, puts back what did not, reports an error.
+    #[inline]
     fn sent(&self, done: Sent, d: &Dispatcher) {
         match done {
             Sent::One((r, slice)) => {
@@ -1594,7 +1592,9 @@ impl Conn {
                 let Some(rx) = st.rx.as_mut() else {
                     break;
                 };
-                let polled = rx.poll_recv_quiet(cx);
+                // io_uring: the receive posts the key when it has something (see `received`).
+                let post = d.uring.then_some((&d.received, self.key as u32));
+                let polled = rx.poll_recv_quiet(cx, post);
                 (polled, rx.may_have_more())
             };
             match polled {

@@ -374,7 +374,7 @@ impl Driver {
         }
     }
 
-    pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u64)>) {
+    pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u32)>) {
         if let Driver::Uring(u) = self {
             u.table.multishot_post_to(key, post)
         }

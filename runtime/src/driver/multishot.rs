@@ -47,13 +47,14 @@ pub struct CompletionList {
 /// A [`CompletionList`]'s state, shared with the slots of the ops that post to it.
 #[derive(Default)]
 pub(crate) struct ListShared {
-    tokens: RefCell<Vec<u64>>,
+    tokens: RefCell<Vec<u32>>,
     waker: RefCell<Option<Waker>>,
 }
 
 impl ListShared {
     /// Posts `token`; the reader's waker is collected in `woken` if the list was empty.
-    pub(crate) fn post(&self, token: u64, woken: &mut Vec<Waker>) {
+    #[inline]
+    pub(crate) fn post(&self, token: u32, woken: &mut Vec<Waker>) {
         let mut tokens = self.tokens.borrow_mut();
         if tokens.is_empty() {
             woken.extend(self.waker.borrow_mut().take());
@@ -76,7 +77,7 @@ impl CompletionList {
     /// Moves the tokens posted since the last call into `out` (which should be empty), oldest
     /// first; `cx`'s waker is woken at the next post (the first one after the list was
     /// emptied).
-    pub fn take(&self, cx: &mut Context<'_>, out: &mut Vec<u64>) {
+    pub fn take(&self, cx: &mut Context<'_>, out: &mut Vec<u32>) {
         {
             let mut waker = self.shared.waker.borrow_mut();
             match &*waker {
@@ -192,7 +193,7 @@ impl Multishot {
         sqe: squeue::Entry,
         fd: &SharedFd,
         list: &CompletionList,
-        token: u64,
+        token: u32,
     ) -> io::Result<()> {
         // SAFETY: forwarded from the caller.
         unsafe { self.arm(sqe, fd)? };
@@ -206,7 +207,7 @@ impl Multishot {
         self.set_post(None);
     }
 
-    fn set_post(&self, post: Option<(Rc<ListShared>, u64)>) {
+    fn set_post(&self, post: Option<(Rc<ListShared>, u32)>) {
         if let Some((key, driver)) = &self.armed {
             let key = *key;
             // Never busy here (an owner's call, not a drop path): were it so, the op would

@@ -392,7 +392,7 @@ impl Uring {
     /// As [`push`](Self::push).
     pub(crate) unsafe fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> io::Result<OpKey> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.insert(sqe, OpTable::armed(waker), None) }
+        unsafe { self.insert(sqe, OpTable::armed(waker)) }
     }
 
     /// Arms a multishot op owned by a connection.
@@ -406,24 +406,33 @@ impl Uring {
         cap: usize,
         keep: SharedFd,
     ) -> io::Result<OpKey> {
-        // SAFETY: forwarded from the caller; `keep` holds the descriptor open until the slot
-        // is freed by the last completion.
-        unsafe { self.insert(sqe, OpTable::multishot(kind, cap), Some(keep)) }
+        self.flush_cancels();
+        // `keep` holds the descriptor open until the slot is freed by the last completion.
+        let key = self
+            .table
+            .insert_multishot(OpTable::multishot(kind, cap), keep)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_or_free(sqe, key) }
     }
 
-    /// Takes a slot for `state` and pushes `sqe` tagged with its key. On error nothing is in
-    /// the ring and the slot is freed again.
+    /// Takes a slot for the single-shot `state` and pushes `sqe` tagged with its key. On
+    /// error nothing is in the ring and the slot is freed again.
     ///
     /// # Safety
     /// As [`push`](Self::push).
-    unsafe fn insert(
-        &mut self,
-        sqe: squeue::Entry,
-        state: SlotState,
-        keep: Option<SharedFd>,
-    ) -> io::Result<OpKey> {
+    unsafe fn insert(&mut self, sqe: squeue::Entry, state: SlotState) -> io::Result<OpKey> {
         self.flush_cancels();
-        let key = self.table.insert(state, keep)?;
+        let key = self.table.insert(state)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_or_free(sqe, key) }
+    }
+
+    /// Pushes `sqe` tagged with `key`, a slot just taken; if that fails, nothing is in the
+    /// ring and the slot is freed again.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push).
+    unsafe fn push_or_free(&mut self, sqe: squeue::Entry, key: OpKey) -> io::Result<OpKey> {
         // SAFETY: forwarded from the caller.
         if let Err(e) = unsafe { self.push(&sqe.user_data(key.0)) } {
             // Never reached the ring: nobody else knows the slot.
@@ -445,7 +454,7 @@ impl Uring {
         data: Box<dyn Orphan>,
     ) -> Result<OpKey, (io::Error, Box<dyn Orphan>)> {
         self.flush_cancels();
-        let key = match self.table.try_insert(SlotState::Orphaned(data), None) {
+        let key = match self.table.try_insert(SlotState::Orphaned(data)) {
             Ok(key) => key,
             Err(SlotState::Orphaned(data)) => {
                 return Err((io::Error::other("too many io_uring ops in flight"), data))
