@@ -255,11 +255,22 @@ pub(crate) struct Send<B> {
 
 impl<B: IoBuf> Send<B> {
     pub(crate) fn new(fd: SharedFd, buf: B) -> Self {
-        // The kernel does zero-copy sends for TCP and UDP only (a Unix socket answers
-        // `EOPNOTSUPP`): ask the socket its family, only when the option is on.
-        let zero_copy = ringloop_runtime::zero_copy_send() && is_inet(&fd);
+        let zero_copy = zero_copy_for(&fd);
         Send { fd, buf, zero_copy }
     }
+
+    /// As [`new`](Self::new), with [`zero_copy_for`] of `fd` already known (a connection
+    /// that sends many times asks once).
+    pub(crate) fn with_zero_copy(fd: SharedFd, buf: B, zero_copy: bool) -> Self {
+        Send { fd, buf, zero_copy }
+    }
+}
+
+/// Whether sends on `fd` use `SEND_ZC` on the running runtime: the runtime's option is on, and
+/// the socket is TCP or UDP (a Unix socket answers `EOPNOTSUPP`; its family is asked only when
+/// the option is on).
+pub(crate) fn zero_copy_for(fd: &SharedFd) -> bool {
+    ringloop_runtime::zero_copy_send() && is_inet(fd)
 }
 
 /// Whether `fd` is an IPv4 or IPv6 socket (`SO_DOMAIN`), where zero-copy sends work.

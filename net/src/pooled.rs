@@ -75,8 +75,8 @@ use std::task::{Context, Poll, Waker};
 
 use io_uring::{cqueue, opcode, squeue};
 use ringloop_runtime::{
-    buffer_pool, Backend, BufPool, BufWait, Interest, Multishot, MultishotKind, Op, OpKind,
-    PooledBuf, SharedFd,
+    buffer_pool, Backend, BufPool, BufWait, CompletionList, Interest, Multishot, MultishotKind, Op,
+    OpKind, PooledBuf, SharedFd,
 };
 
 use crate::buf::{IoBuf, IoBufMut};
@@ -368,6 +368,9 @@ pub struct PooledReceiver {
     /// Another receiver of the same stream was live when this one was made: every receive
     /// fails.
     busy: bool,
+    /// io_uring, [`Mode::Quiet`]: false when the chunk just returned was the last one queued
+    /// and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
+    more: bool,
 }
 
 impl PooledReceiver {
@@ -387,6 +390,7 @@ impl PooledReceiver {
             eof: false,
             drained: false,
             busy: false,
+            more: true,
         }
     }
 
@@ -428,7 +432,7 @@ impl PooledReceiver {
             return None; // the common case, without touching the waker the receive holds
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_uring(&mut cx, Mode::Try) {
+        match self.poll_uring(&mut cx, Mode::Try, None) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         }
@@ -464,17 +468,32 @@ impl PooledReceiver {
     /// What [`recv`](Self::recv) would do, as a poll, for a driver that is not a future (the
     /// protocol transport): it queues for a buffer when the pool is dry and keeps its place
     /// across polls, but is not a cancellation point. Polled with the connection's own waker.
+    ///
+    /// With `post` (io_uring), a receive this poll arms tells that it has something by posting
+    /// the token on the list (see [`CompletionList`]) rather than by waking `cx`'s waker
+    /// (which is still woken for a buffer's turn when the pool runs dry): for the protocol
+    /// dispatcher, which reads its connections in batches.
     pub(crate) fn poll_recv_quiet(
         &mut self,
         cx: &mut Context<'_>,
+        post: Option<(&CompletionList, u32)>,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
+        self.more = true;
         if let Some(ready) = self.ready_now() {
             return Poll::Ready(ready);
         }
         match self.backend {
-            Backend::IoUring => self.poll_uring(cx, Mode::Quiet),
+            Backend::IoUring => self.poll_uring(cx, Mode::Quiet, post),
             _ => self.poll_epoll(cx, Mode::Quiet),
         }
+    }
+
+    /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet): whether another may be
+    /// ready at once. False only when nothing else was queued (io_uring) and the receive
+    /// already holds the waker of that poll, so a caller that reads until nothing is left can
+    /// stop without the poll that would only find that out.
+    pub(crate) fn may_have_more(&self) -> bool {
+        self.more
     }
 
     /// What is ready without any receive: an inherited chunk, the end of stream, an error.
@@ -559,7 +578,7 @@ impl PooledReceiver {
 
     /// Arms the receive (io_uring), with a cap and a bundle length that keep what the kernel
     /// can take for this connection within its budget (see the module docs).
-    fn arm(&mut self) -> io::Result<()> {
+    fn arm(&mut self, post: Option<(&CompletionList, u32)>) -> io::Result<()> {
         let pool = self.wait.pool().clone();
         let room = self.budget().saturating_sub(self.wait.held()).max(1);
         let refused = BUNDLE_LIMIT_REFUSED.load(Ordering::Relaxed);
@@ -598,15 +617,22 @@ impl PooledReceiver {
         // SAFETY: the SQE names only our descriptor (which the driver keeps open until the
         // op's last completion) and the pool's buffer group, whose memory the driver keeps;
         // its buffer pointer is null (the kernel picks).
-        unsafe { self.multishot.arm(sqe, &self.fd) }
+        unsafe {
+            match post {
+                Some((list, token)) => self.multishot.arm_posting(sqe, &self.fd, list, token),
+                None => self.multishot.arm(sqe, &self.fd),
+            }
+        }
     }
 
     /// `mode` says whether a dry pool makes it queue for a buffer and whether a pending
     /// cancellation is delivered (see [`Mode`]).
+    /// `post`: see [`poll_recv_quiet`](Self::poll_recv_quiet).
     fn poll_uring(
         &mut self,
         cx: &mut Context<'_>,
         mode: Mode,
+        post: Option<(&CompletionList, u32)>,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
         loop {
             if self.eof {
@@ -620,7 +646,7 @@ impl PooledReceiver {
                     }
                     return pending_or_cancelled(mode);
                 }
-                if let Err(e) = self.arm() {
+                if let Err(e) = self.arm(post) {
                     self.wait.release();
                     return Poll::Ready(Err(e));
                 }
@@ -628,10 +654,16 @@ impl PooledReceiver {
                 // now, so this connection holds none while it is idle.
                 self.wait.armed();
             }
-            match self.multishot.poll_next(cx) {
-                Poll::Ready(Some((res, flags))) => {
+            let next = if mode == Mode::Quiet {
+                self.multishot.poll_next_draining(cx)
+            } else {
+                self.multishot.poll_next(cx).map(|c| c.map(|c| (c, true)))
+            };
+            match next {
+                Poll::Ready(Some(((res, flags), more))) => {
                     let bid = cqueue::buffer_select(flags);
                     if res > 0 {
+                        self.more = more;
                         let Some(bid) = bid else {
                             self.wait.release();
                             return Poll::Ready(Err(io::Error::other(
@@ -641,8 +673,8 @@ impl PooledReceiver {
                         self.wait.took_buffer();
                         // SAFETY: the completion is ours (our own multishot's), and this is
                         // the only call for the buffer it names.
-                        let buf = unsafe { self.wait.pool().take_filled(bid, res as usize) };
-                        return Poll::Ready(Ok(Some(self.lend(buf))));
+                        let buf = unsafe { self.wait.take_filled(bid, res as usize) };
+                        return Poll::Ready(Ok(Some(buf)));
                     }
                     if let Some(bid) = bid {
                         // SAFETY: as above.
@@ -762,6 +794,8 @@ impl Drop for PooledReceiver {
         let left = left.get_or_insert_with(Box::default);
         if self.multishot.is_armed() {
             self.multishot.cancel();
+            // Its next reader is told by waker, as usual (if it posted).
+            self.multishot.stop_posting();
             left.multishot = Some(std::mem::replace(
                 &mut self.multishot,
                 Multishot::new(MultishotKind::Recv, 1),
@@ -826,7 +860,7 @@ impl Future for PooledRecv<'_> {
             return Poll::Ready(ready);
         }
         match rx.backend {
-            Backend::IoUring => rx.poll_uring(cx, Mode::Task),
+            Backend::IoUring => rx.poll_uring(cx, Mode::Task, None),
             _ => rx.poll_epoll(cx, Mode::Task),
         }
     }

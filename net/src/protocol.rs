@@ -50,13 +50,15 @@
 //! Every connection of a runtime is driven by one internal task, the *dispatcher*
 //! (`ringloop.protocols`). A connection is a small state object: its pooled receiver (one
 //! multishot receive into the buffer pool on io_uring), its write queue, the send in flight,
-//! and a [`Waker`] of its own. The connection polls its receiver and its send with that waker;
-//! when the driver completes one of them, the waker puts the connection on the dispatcher's
-//! ready list and wakes the dispatcher once for the whole list. The dispatcher then drives
-//! each listed connection: it finishes the send that completed, hands every queued chunk to
-//! `data_received`, and sends what those callbacks wrote in one send. So a message costs a
-//! callback and a list entry rather than a task wake and a task poll, and the task polls
-//! of a loop iteration are one, however many connections had something to do.
+//! and [`Waker`]s of its own. On io_uring its receive posts the connection's key on the
+//! dispatcher's list when data comes (no waker is woken), and its send is started detached:
+//! the send's completion gives the buffers back and settles the write buffer by itself. The
+//! dispatcher wakes once for the whole list and drives each listed connection: it hands every
+//! queued chunk to `data_received` and sends what those callbacks wrote in one send. So a
+//! message costs a callback, a key on a list and a send, rather than two task wakes and two
+//! task polls, and the task polls of a loop iteration are one, however many connections had
+//! something to do. (Anything else that concerns a connection, and everything on epoll, wakes
+//! its own wakers, which list it the same way.)
 //!
 //! # Where this differs from asyncio
 //!
@@ -103,17 +105,22 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::mem::ManuallyDrop;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{self, AssertUnwindSafe};
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
+use io_uring::squeue;
 use ringloop_runtime::{
-    buffer_pool, call_exception_handler, is_cancelled, spawn_named, take_cancel_request, BufPool,
-    Cancelled, Op, PooledBuf, Task,
+    buffer_pool, call_exception_handler, current_backend, is_cancelled, spawn_named,
+    start_detached, take_cancel_request, Backend, BufPool, Cancelled, CompletionList, Detached,
+    DetachedOp, Interest, Op, OpKind, PooledBuf, Task,
 };
 use slab::Slab;
 
@@ -343,30 +350,49 @@ impl From<&str> for WriteBuf {
 
 // ---- the ready list: how a connection's waker reaches the dispatcher --------------------------
 
+/// What woke a connection since the dispatcher last drove it: the bits of its pending byte
+/// (see [`Ready`]).
+type Woke = u8;
+/// Something changed that any step of the drive may have to act on (a write from outside a
+/// drive, a close, `resume_reading`): the whole drive.
+const WOKE_ANY: Woke = 1;
+/// Its receiver (a chunk, the end of the stream, a buffer's turn).
+const WOKE_RECV: Woke = 2;
+/// Its send in flight completed.
+const WOKE_SEND: Woke = 4;
+
 /// The dispatcher's ready list, shared with its connections' wakers.
 ///
-/// A connection's waker carries no per-connection memory at all: its data pointer is a *tag*,
-/// an address inside a [`TagBlock`] that `Ready` owns, and the tag's offset in its block is
-/// the connection's slab key. The waker functions find the block's header by masking the
-/// tag's address (blocks are aligned to their size), and every waker counts as one reference
-/// to `Ready` (its `Arc`). So a waker's clone, wake and drop touch only lines every waker
-/// shares (the block header, the `Arc` count, the list), which stay in cache, where a
-/// separate allocation per connection was a cache miss per completion at 1 000 connections.
-/// A key is reused by the slab's next connection; a stale waker of the old one then only
-/// wakes the new one for nothing (a drive that finds nothing to do).
+/// A connection's wakers carry no allocation of their own: a waker's data pointer is a *tag*,
+/// the address of the connection's pending byte in a [`TagBlock`] that `Ready` owns, and the
+/// byte's offset in its block is the connection's slab key. The waker functions find the
+/// block's header by masking the tag's address (blocks are aligned to their size), and every
+/// waker counts as one reference to `Ready` (its `Arc`). So a waker's clone, wake and drop
+/// touch only lines every waker shares (the block header, the `Arc` count, the list) and the
+/// connection's byte, where a separate allocation per connection was a cache miss per
+/// completion at 1 000 connections.
+///
+/// A connection has three wakers on one tag, told apart by their vtables: one for its
+/// receiver, one for its send, one for everything else. A wake ORs its bit into the pending
+/// byte, and lists the key only when the byte was zero: the list holds each connection at
+/// most once, and the dispatcher, which swaps the byte back to zero as it takes the key, knows
+/// which of the connection's parts to look at. A key is reused by the slab's next connection;
+/// a stale wake of the old one then only drives the new one for nothing.
 ///
 /// The list is behind a `Mutex` because a [`Waker`] may be woken from any thread (the runtime
-/// wakes these only on their own thread; the lock is then uncontended). A connection may be
-/// listed more than once; the dispatcher drives it once per batch.
+/// wakes these only on their own thread; the lock is then uncontended). The pending bytes are
+/// atomics for the same reason.
 struct Ready {
     list: Mutex<ReadyInner>,
-    /// The tag blocks, block `i` for keys `i * TAGS_PER_BLOCK ..`. A block is never moved or
-    /// freed while `Ready` lives, so every waker's tag stays inside a live block.
-    blocks: Mutex<Vec<Box<TagBlock>>>,
+    /// The tag blocks, block `i` for keys `i * TAGS_PER_BLOCK ..`, each from
+    /// `Box::into_raw` and freed only when `Ready` goes, so every waker's tag stays inside a
+    /// live block. Only the dispatcher adds to it (and reads it through its own copy of the
+    /// pointers, without the lock).
+    blocks: Mutex<Vec<BlockPtr>>,
 }
 
 struct ReadyInner {
-    /// Keys of the connections to drive.
+    /// Keys of the connections to drive, each at most once (see [`Ready`]).
     keys: Vec<u32>,
     /// The dispatcher task's waker, woken when the list stops being empty.
     waker: Option<Waker>,
@@ -376,29 +402,38 @@ struct ReadyInner {
 
 /// Bytes of a tag block, and its alignment: masking a tag's address with this finds the block.
 const TAG_BLOCK: usize = 4096;
-/// Where the tags start in a block (after its header).
+/// Where the pending bytes (the tags) start in a block, after its header.
 const TAG_OFFSET: usize = 64;
 /// Connections per tag block.
 const TAGS_PER_BLOCK: usize = TAG_BLOCK - TAG_OFFSET;
 
-/// A block of wake tags (see [`Ready`]): its header, then `TAGS_PER_BLOCK` addresses that are
-/// tags, never read or written.
+/// A block of wake tags (see [`Ready`]): its header, then one pending byte per connection,
+/// whose address is the connection's tag.
 #[repr(C, align(4096))]
 struct TagBlock {
     /// The `Ready` that owns the block.
     ready: *const Ready,
     /// The key of the block's first tag.
     base: usize,
+    _header: [usize; 6],
+    /// What woke each connection of the block since the dispatcher last took its key
+    /// ([`Woke`] bits); zero while it is not listed.
+    pending: [AtomicU8; TAGS_PER_BLOCK],
 }
 
 const _: () = assert!(std::mem::size_of::<TagBlock>() == TAG_BLOCK);
+const _: () = assert!(std::mem::offset_of!(TagBlock, pending) == TAG_OFFSET);
 
-// SAFETY: the header is written once, before any waker exists, and only read afterwards;
-// `ready` is dereferenced only by the waker functions, while the waker's reference keeps
-// `Ready` alive, and `Ready` is `Sync` (its state is behind mutexes).
-unsafe impl Send for TagBlock {}
+/// A tag block's address, owned by [`Ready::blocks`].
+#[derive(Clone, Copy)]
+struct BlockPtr(NonNull<TagBlock>);
+
+// SAFETY: a block is written only through its atomics after its header was written, before
+// any waker or copy of the pointer existed; `Ready`, which owns it, is shared by wakers that
+// may travel to other threads.
+unsafe impl Send for BlockPtr {}
 // SAFETY: as above.
-unsafe impl Sync for TagBlock {}
+unsafe impl Sync for BlockPtr {}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing panics while these locks are held; a poisoned list is still a valid list.
@@ -417,36 +452,68 @@ impl Ready {
         })
     }
 
-    /// A waker for the connection with slab key `key`.
-    fn waker(self: &Arc<Ready>, key: usize) -> Waker {
-        let tag = {
+    /// The tag block of key `key`, allocated (with those before it) if it is new; `cache` is
+    /// the dispatcher's copy of the block pointers, brought up to date.
+    fn block_for(self: &Arc<Ready>, key: usize, cache: &mut Vec<BlockPtr>) -> BlockPtr {
+        if cache.len() * TAGS_PER_BLOCK <= key {
             let mut blocks = lock(&self.blocks);
             while blocks.len() * TAGS_PER_BLOCK <= key {
                 let base = blocks.len() * TAGS_PER_BLOCK;
-                blocks.push(Box::new(TagBlock {
+                let block = Box::new(TagBlock {
                     ready: Arc::as_ptr(self),
                     base,
-                }));
+                    _header: [0; 6],
+                    pending: [const { AtomicU8::new(0) }; TAGS_PER_BLOCK],
+                });
+                blocks.push(BlockPtr(NonNull::from(Box::leak(block))));
             }
-            let block: *const TagBlock = &*blocks[key / TAGS_PER_BLOCK];
-            // In bounds of the block's allocation (`TAG_OFFSET + TAGS_PER_BLOCK` bytes), and
-            // with its provenance, so masking it back gives a pointer to the header.
-            block
-                .cast::<u8>()
-                .wrapping_add(TAG_OFFSET + key % TAGS_PER_BLOCK)
-                .cast::<()>()
-        };
+            cache.clone_from(&blocks);
+        }
+        cache[key / TAGS_PER_BLOCK]
+    }
+
+    /// The waker of kind `vtable` for the connection with slab key `key`.
+    fn waker(
+        self: &Arc<Ready>,
+        key: usize,
+        cache: &mut Vec<BlockPtr>,
+        vtable: &'static RawWakerVTable,
+    ) -> Waker {
+        let block = self.block_for(key, cache).0.as_ptr();
+        // The pending byte's address, with the block's provenance, so masking it back gives a
+        // pointer to the header.
+        let tag = block
+            .cast::<u8>()
+            .wrapping_add(TAG_OFFSET + key % TAGS_PER_BLOCK)
+            .cast::<()>();
         // SAFETY: `tag` lies in a block of `self`, which stays put while `self` lives; the
-        // waker made here owns the reference to `self` taken just before (see `TAG_WAKER`).
+        // waker made here owns the reference to `self` taken just before (see `tag_vtable`).
         unsafe {
             Arc::increment_strong_count(Arc::as_ptr(self));
-            Waker::from_raw(RawWaker::new(tag, &TAG_WAKER))
+            Waker::from_raw(RawWaker::new(tag, vtable))
         }
+    }
+
+    /// Marks connection `key` woken by `kind` as a wake would, without listing it: whether
+    /// it was not listed (then the caller drives it). `block` is the key's block.
+    fn mark_woke(block: BlockPtr, key: usize, kind: Woke) -> bool {
+        // SAFETY: as in `take_woke`.
+        let block = unsafe { block.0.as_ref() };
+        block.pending[key % TAGS_PER_BLOCK].fetch_or(kind, Ordering::AcqRel) == 0
+    }
+
+    /// Takes what woke connection `key` (zero if nothing did), so its next wake lists it
+    /// again. `block` is the key's block.
+    fn take_woke(block: BlockPtr, key: usize) -> Woke {
+        // SAFETY: `block` comes from `block_for` of the `Ready` the caller holds, so it is
+        // alive; only its atomics are touched.
+        let block = unsafe { block.0.as_ref() };
+        block.pending[key % TAGS_PER_BLOCK].swap(0, Ordering::AcqRel)
     }
 
     /// Lists connection `key` for the dispatcher, waking the dispatcher when the list stops
     /// being empty.
-    fn wake(&self, key: u32) {
+    fn list(&self, key: u32) {
         let mut list = lock(&self.list);
         if list.closed {
             return;
@@ -462,6 +529,22 @@ impl Ready {
     }
 }
 
+impl Drop for Ready {
+    fn drop(&mut self) {
+        let blocks = std::mem::take(
+            self.blocks
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for BlockPtr(block) in blocks {
+            // SAFETY: from `Box::leak` in `block_for`, freed once, here: no waker is left
+            // (each held a reference to `self`), and the dispatcher's copy of the pointers
+            // went with the dispatcher, which held one too.
+            drop(unsafe { Box::from_raw(block.as_ptr()) });
+        }
+    }
+}
+
 /// The block header of a tag.
 ///
 /// # Safety
@@ -473,32 +556,62 @@ unsafe fn tag_block<'a>(tag: *const ()) -> &'a TagBlock {
     unsafe { &*header.cast::<TagBlock>() }
 }
 
-/// The waker functions of a connection: the data pointer is its tag (see [`Ready`]), and each
-/// waker owns one strong reference to the `Ready` its block names (`Arc::into_raw`'s pointer).
-const TAG_WAKER: RawWakerVTable =
-    RawWakerVTable::new(tag_clone, tag_wake, tag_wake_by_ref, tag_drop);
+/// The waker functions of a connection, one vtable per [`Woke`] kind: the data pointer is the
+/// tag (see [`Ready`]), and each waker owns one strong reference to the `Ready` its block
+/// names (`Arc::into_raw`'s pointer).
+static WAKE_ANY_VTABLE: RawWakerVTable = RawWakerVTable::new(
+    tag_clone::<WOKE_ANY>,
+    tag_wake::<WOKE_ANY>,
+    tag_wake_by_ref::<WOKE_ANY>,
+    tag_drop,
+);
+static WAKE_RECV_VTABLE: RawWakerVTable = RawWakerVTable::new(
+    tag_clone::<WOKE_RECV>,
+    tag_wake::<WOKE_RECV>,
+    tag_wake_by_ref::<WOKE_RECV>,
+    tag_drop,
+);
+static WAKE_SEND_VTABLE: RawWakerVTable = RawWakerVTable::new(
+    tag_clone::<WOKE_SEND>,
+    tag_wake::<WOKE_SEND>,
+    tag_wake_by_ref::<WOKE_SEND>,
+    tag_drop,
+);
 
-unsafe fn tag_clone(p: *const ()) -> RawWaker {
+fn tag_vtable<const KIND: Woke>() -> &'static RawWakerVTable {
+    match KIND {
+        WOKE_RECV => &WAKE_RECV_VTABLE,
+        WOKE_SEND => &WAKE_SEND_VTABLE,
+        _ => &WAKE_ANY_VTABLE,
+    }
+}
+
+unsafe fn tag_clone<const KIND: Woke>(p: *const ()) -> RawWaker {
     // SAFETY: the waker being cloned keeps the block alive; the clone takes a reference of its
     // own to `Ready`.
     unsafe { Arc::increment_strong_count(tag_block(p).ready) };
-    RawWaker::new(p, &TAG_WAKER)
+    RawWaker::new(p, tag_vtable::<KIND>())
 }
 
-unsafe fn tag_wake(p: *const ()) {
+unsafe fn tag_wake<const KIND: Woke>(p: *const ()) {
     // SAFETY: a by-value wake is a wake by reference, then the drop of the waker.
     unsafe {
-        tag_wake_by_ref(p);
+        tag_wake_by_ref::<KIND>(p);
         tag_drop(p);
     }
 }
 
-unsafe fn tag_wake_by_ref(p: *const ()) {
-    // SAFETY: the waker keeps `Ready` (and so the block) alive during the call.
+unsafe fn tag_wake_by_ref<const KIND: Woke>(p: *const ()) {
+    // SAFETY: the waker keeps `Ready` (and so the block) alive during the call; the tag is
+    // the address of the connection's pending byte, an atomic inside the block.
     unsafe {
+        let pending = &*p.cast::<AtomicU8>();
+        if pending.fetch_or(KIND, Ordering::AcqRel) != 0 {
+            return; // listed already; the dispatcher sees this bit when it takes the key
+        }
         let block = tag_block(p);
-        let key = block.base + (p as usize - block as *const TagBlock as usize - TAG_OFFSET);
-        (*block.ready).wake(key as u32);
+        let key = block.base + (p.addr() - (block as *const TagBlock).addr() - TAG_OFFSET);
+        (*block.ready).list(key as u32);
     }
 }
 
@@ -528,8 +641,16 @@ struct Dispatcher {
     alive: Cell<bool>,
     /// The batch being driven (kept to reuse its allocation).
     batch: RefCell<Vec<u32>>,
-    /// Batches driven so far: a connection listed twice in one batch is driven once.
-    epoch: Cell<u64>,
+    /// The dispatcher's copy of `ready`'s tag block pointers (read without its lock).
+    blocks: RefCell<Vec<BlockPtr>>,
+    /// The runtime runs io_uring: sends are started detached (see [`Conn::flush`]), and
+    /// receives post to `received`.
+    uring: bool,
+    /// Where the connections' receives post their keys when they have something (io_uring):
+    /// read with the ready list, without a wake per connection.
+    received: CompletionList,
+    /// The keys taken from `received` (kept to reuse its allocation).
+    received_keys: RefCell<Vec<u32>>,
     /// A vectored send's buffer vector, kept to reuse its allocation (one for all the
     /// connections: a connection's send gives it back when it completes).
     spare: Cell<Vec<WriteBuf>>,
@@ -571,7 +692,10 @@ impl Dispatcher {
             pool: Rc::downgrade(&pool),
             alive: Cell::new(true),
             batch: RefCell::new(Vec::new()),
-            epoch: Cell::new(0),
+            blocks: RefCell::new(Vec::new()),
+            uring: current_backend() == Backend::IoUring,
+            received: CompletionList::new(),
+            received_keys: RefCell::new(Vec::new()),
             spare: Cell::new(Vec::new()),
             cancelled: RefCell::new(None),
         });
@@ -596,13 +720,19 @@ impl Dispatcher {
         // asyncio sets TCP_NODELAY on every TCP transport.
         let _ = stream.set_nodelay(true);
         let rx = stream.pooled_receiver();
+        let zero_copy = ops::zero_copy_for(stream.as_shared_fd());
         let conn = {
             let mut conns = self.conns.borrow_mut();
             let entry = conns.vacant_entry();
             let conn = Rc::new(Conn {
-                waker: self.ready.waker(entry.key()),
+                waker: self.ready.waker(
+                    entry.key(),
+                    &mut self.blocks.borrow_mut(),
+                    &WAKE_ANY_VTABLE,
+                ),
                 key: entry.key(),
-                driven: Cell::new(0),
+                starved: Cell::new(false),
+                zero_copy,
                 protocol: Cell::new(Some(protocol)),
                 driving: Cell::new(false),
                 dirty: Cell::new(false),
@@ -671,6 +801,7 @@ impl Dispatcher {
             list.waker.take()
         };
         drop(old);
+        self.received.clear();
         let conns: Vec<Rc<Conn>> = self.conns.borrow_mut().drain().collect();
         conns
     }
@@ -720,19 +851,35 @@ impl Future for DispatchTask {
             }
         };
         drop(old);
-        let epoch = d.epoch.get().wrapping_add(1);
-        d.epoch.set(epoch);
-        for &key in &batch {
-            let conn = d.conns.borrow().get(key as usize).cloned();
-            if let Some(conn) = conn {
-                if conn.driven.replace(epoch) == epoch {
-                    continue; // listed twice: once per batch is enough
+        // The receives that have something, posted by the driver: listed as a wake of the
+        // receiver would list them (a connection already listed is not listed twice).
+        let mut received = std::mem::take(&mut *d.received_keys.borrow_mut());
+        d.received.take(cx, &mut received);
+        {
+            let blocks = d.blocks.borrow();
+            for key in received.drain(..) {
+                let key = key as usize;
+                if let Some(&block) = blocks.get(key / TAGS_PER_BLOCK) {
+                    if Ready::mark_woke(block, key, WOKE_RECV) {
+                        batch.push(key as u32);
+                    }
                 }
+            }
+        }
+        *d.received_keys.borrow_mut() = received;
+        for &key in &batch {
+            let key = key as usize;
+            let Some(&block) = d.blocks.borrow().get(key / TAGS_PER_BLOCK) else {
+                continue; // not a key of ours (cannot happen: every waker comes from `register`)
+            };
+            let woke = Ready::take_woke(block, key);
+            let conn = d.conns.borrow().get(key).cloned();
+            if let Some(conn) = conn {
                 // Every callback's panic is caught where it is called; this catches what
                 // other foreign code could do inside a drive (a written buffer's destructor,
                 // a waker of another executor woken by a buffer returned to the pool): that
                 // connection fails, the others go on.
-                let drive = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(&d)));
+                let drive = panic::catch_unwind(AssertUnwindSafe(|| conn.drive(&d, woke)));
                 if let Err(payload) = drive {
                     conn.driving.set(false);
                     let what = "foreign code run by the protocol transport (a buffer's \
@@ -786,6 +933,79 @@ enum Flight {
     Idle,
     One(Op<ops::Send<Slice<WriteBuf>>>),
     Many(Op<ops::SendVectored<WriteBuf>>),
+    /// io_uring: a [`ConnSend`], whose completion settles the connection.
+    Detached(DetachedOp),
+}
+
+/// A send of a connection's queue: one buffer, or a vectored send of several.
+enum SendKind {
+    One(ops::Send<Slice<WriteBuf>>),
+    Many(ops::SendVectored<WriteBuf>),
+}
+
+/// The two sends of [`SendKind`], for code that handles either.
+trait QueueSend: OpKind + Sized {
+    fn sent(output: Self::Output) -> Sent;
+    fn flight(op: Op<Self>) -> Flight;
+}
+
+impl QueueSend for ops::Send<Slice<WriteBuf>> {
+    fn sent(output: Self::Output) -> Sent {
+        Sent::One(output)
+    }
+    fn flight(op: Op<Self>) -> Flight {
+        Flight::One(op)
+    }
+}
+
+impl QueueSend for ops::SendVectored<WriteBuf> {
+    fn sent(output: Self::Output) -> Sent {
+        Sent::Many(output)
+    }
+    fn flight(op: Op<Self>) -> Flight {
+        Flight::Many(op)
+    }
+}
+
+/// A connection's send started detached (io_uring, see [`start_detached`]): its completion
+/// settles the connection ([`Conn::detached_sent`]) without a wake and a drive, unless
+/// something is left to do. Generic rather than over [`SendKind`], so a plain send does not
+/// carry (and move) the room of a vectored one.
+struct ConnSend<K> {
+    conn: Rc<Conn>,
+    d: Rc<Dispatcher>,
+    send: K,
+}
+
+// SAFETY: the entry is the inner send's, built by its own `sqe` with `self` (and so the send,
+// a field of it) at its final address: every pointer in it points into memory the send owns
+// and every descriptor in it is one the send keeps open, as the inner op kind's own contract
+// says.
+unsafe impl<K: QueueSend> OpKind for ConnSend<K> {
+    type Output = ();
+
+    fn sqe(&mut self) -> squeue::Entry {
+        self.send.sqe()
+    }
+
+    fn readiness(&self) -> (RawFd, Interest) {
+        self.send.readiness()
+    }
+
+    fn attempt(&mut self) -> io::Result<u32> {
+        self.send.attempt()
+    }
+
+    fn try_first(&self) -> bool {
+        // With more than two connections the ring is never "nearly idle" (each has its
+        // receive armed), so the runtime's look at it is skipped.
+        self.send.try_first() && self.d.conns.borrow().len() <= 2
+    }
+
+    fn complete(self, result: io::Result<u32>, flags: u32) {
+        let done = K::sent(self.send.complete(result, flags));
+        self.conn.detached_sent(&self.d, done);
+    }
 }
 
 /// The buffers waiting to be sent, in order. The first is kept inline: a connection that has
@@ -864,9 +1084,31 @@ impl State {
         matches!(self.lost, Lost::No)
     }
 
+    /// Whether [`Conn::finish_writes`] has something to do: everything queued has gone out
+    /// and a `write_eof` or a close waits for that.
+    fn wants_finish(&self) -> bool {
+        (self.closing || (self.eof_requested && !self.eof_done))
+            && self.is_open()
+            && matches!(self.flight, Flight::Idle)
+            && self.queue.is_empty()
+    }
+
+    /// Whether the write buffer crossed a water mark the protocol has not been told about.
+    fn crossed_a_mark(&self) -> bool {
+        let crossed = if self.writing_paused {
+            self.buffered <= self.low
+        } else {
+            self.buffered > self.high
+        };
+        crossed && self.is_open() && !self.closing
+    }
+
     /// Everything the connection holds for I/O, taken out to be dropped after the borrow ends
     /// (a buffer may run foreign code when dropped).
     fn take_io(&mut self) -> TakenIo {
+        if let Flight::Detached(op) = &self.flight {
+            op.cancel(); // its completion finds the connection lost and drops the buffers
+        }
         self.buffered = 0;
         self.pooled = 0;
         TakenIo {
@@ -885,11 +1127,16 @@ struct TakenIo {
 }
 
 struct Conn {
+    /// Its waker for anything the whole drive may have to act on ([`WOKE_ANY`]); its other
+    /// wakers share its tag ([`Conn::waker_of`]).
     waker: Waker,
-    /// Its slab key (and its waker's tag).
+    /// Its slab key (and its wakers' tag).
     key: usize,
-    /// The dispatcher batch that last drove it (see `Dispatcher::epoch`).
-    driven: Cell<u64>,
+    /// The last read stopped because the write queue held the connection's share of the
+    /// pool: the drive after a send completes reads again, without a wake of the receiver.
+    starved: Cell<bool>,
+    /// Sends use `SEND_ZC` (the runtime's option, for an inet socket), decided once.
+    zero_copy: bool,
     /// Taken out while one of its callbacks runs (so a nested call finds it busy).
     protocol: Cell<Option<Box<dyn Protocol>>>,
     /// A drive is running: what a callback changes is seen by it, no wake needed.
@@ -908,6 +1155,17 @@ struct Conn {
 const CHUNKS_PER_DRIVE: usize = 64;
 
 impl Conn {
+    /// The connection's waker of kind `vtable` (its receiver's or its send's), lent for one
+    /// poll: it shares the tag of `self.waker` and is never dropped.
+    fn waker_of(&self, vtable: &'static RawWakerVTable) -> ManuallyDrop<Waker> {
+        // SAFETY: the data pointer is `self.waker`'s tag, kept alive by the reference to
+        // `Ready` that `self.waker` owns for as long as `self` lives, which outlives the lent
+        // waker (it is only lent by reference to polls that run while `self` is borrowed). The
+        // waker owns no reference of its own and is never dropped (`ManuallyDrop`), so it
+        // releases none; a clone takes its own (`tag_clone`).
+        ManuallyDrop::new(unsafe { Waker::from_raw(RawWaker::new(self.waker.data(), vtable)) })
+    }
+
     /// Something for the loop to do on this connection: a drive in progress goes round again;
     /// otherwise the connection is listed for the dispatcher.
     fn touch(&self) {
@@ -956,7 +1214,16 @@ impl Conn {
 
     /// Tells the protocol `pause_writing` / `resume_writing` when the buffer crossed a water
     /// mark, unless one of its callbacks is running (its caller calls this when it returns).
+    #[inline]
     fn sync_writing(&self) {
+        if self.st.borrow().crossed_a_mark() {
+            self.tell_writing();
+        }
+    }
+
+    /// [`sync_writing`](Self::sync_writing) once a mark was crossed.
+    #[cold]
+    fn tell_writing(&self) {
         loop {
             let Some(mut p) = self.protocol.take() else {
                 return;
@@ -1015,9 +1282,11 @@ impl Conn {
         self.touch();
     }
 
-    /// Runs everything that is ready on this connection: the send that completed, the chunks
-    /// received (each to `data_received`), the writes those queued (one send), closing.
-    fn drive(self: &Rc<Self>, d: &Dispatcher) {
+    /// Runs what is ready on this connection: the send that completed, the chunks received
+    /// (each to `data_received`), the writes those queued (one send), closing. `woke` says
+    /// what woke it: the receiver is polled only when it did, or when reading had stopped for
+    /// want of pool share, and the send only when it completed.
+    fn drive(self: &Rc<Self>, d: &Rc<Dispatcher>, mut woke: Woke) {
         struct Driving<'a>(&'a Cell<bool>);
         impl Drop for Driving<'_> {
             fn drop(&mut self) {
@@ -1026,24 +1295,32 @@ impl Conn {
         }
         self.driving.set(true);
         let _driving = Driving(&self.driving);
-        let mut cx = Context::from_waker(&self.waker);
         let mut delivered = 0;
         let limit = CHUNKS_PER_DRIVE;
         loop {
             // 1. The send that completed: what went out is dropped, what did not goes back.
-            self.poll_flight(&mut cx, d);
+            if woke & (WOKE_ANY | WOKE_SEND) != 0 {
+                self.poll_flight(d);
+            }
             if matches!(self.st.borrow().lost, Lost::Pending(_)) {
                 self.deliver_lost(Some(d));
                 return;
             }
             // 2. What was received, to `data_received`.
-            if delivered < limit {
-                delivered += self.read(&mut cx, d, limit - delivered);
+            if delivered < limit && (woke & (WOKE_ANY | WOKE_RECV) != 0 || self.starved.get()) {
+                delivered += self.read(d, limit - delivered);
             }
             // 3. One send for everything those callbacks (and anyone before) wrote: their
             // writes need no other pass, so what marks the drive dirty from here on is new.
             self.dirty.set(false);
-            let mut again = self.flush(&mut cx, d);
+            let mut again = self.flush(d);
+            let quiet = {
+                let st = self.st.borrow();
+                !st.crossed_a_mark() && !st.wants_finish() && matches!(st.lost, Lost::No)
+            };
+            if quiet && !again && !self.dirty.get() {
+                break; // the usual end: nothing below has anything to do
+            }
             // What went out may have drained the buffer to the low-water mark.
             self.sync_writing();
             again |= self.finish_writes();
@@ -1053,19 +1330,25 @@ impl Conn {
             if !again && !self.dirty.get() && !matches!(self.st.borrow().lost, Lost::Pending(_)) {
                 break;
             }
+            // Round again: everything if a callback changed something; else (a send that
+            // completed at once, a close) the steps above run without new polls.
+            woke = if self.dirty.get() { WOKE_ANY } else { 0 };
         }
         if delivered >= limit {
             // More may be queued: after the other connections of this batch.
-            self.waker.wake_by_ref();
+            self.waker_of(&WAKE_RECV_VTABLE).wake_by_ref();
         }
     }
 
     /// Polls the send in flight, and handles its completion.
-    fn poll_flight(&self, cx: &mut Context<'_>, d: &Dispatcher) {
+    fn poll_flight(&self, d: &Dispatcher) {
+        let waker = self.waker_of(&WAKE_SEND_VTABLE);
+        let cx = &mut Context::from_waker(&waker);
         let done = {
             let mut st = self.st.borrow_mut();
             match &mut st.flight {
-                Flight::Idle => return,
+                // A detached send settles the connection from its completion.
+                Flight::Idle | Flight::Detached(_) => return,
                 // Our own op kinds: polling them runs no foreign code but a wake of our waker.
                 Flight::One(op) => match Pin::new(op).poll(cx) {
                     Poll::Pending => return,
@@ -1088,8 +1371,13 @@ impl Conn {
 
     /// Starts a send of everything queued, if none is in flight; whether it completed at once
     /// (then what is queued since, or a close, needs another pass).
-    fn flush(&self, cx: &mut Context<'_>, d: &Dispatcher) -> bool {
-        let done = {
+    ///
+    /// On io_uring the send is started detached: its completion settles the connection
+    /// itself ([`detached_sent`](Self::detached_sent)), with no wake of the connection and no
+    /// drive unless something is left to do. On epoll it is an [`Op`] the drive polls (a send
+    /// there usually completes at once).
+    fn flush(self: &Rc<Self>, d: &Rc<Dispatcher>) -> bool {
+        let send = {
             let mut st = self.st.borrow_mut();
             let st = &mut *st;
             if !matches!(st.flight, Flight::Idle) || st.queue.is_empty() || !st.is_open() {
@@ -1102,14 +1390,11 @@ impl Conn {
             if st.queue.len() == 1 {
                 let buf = st.queue.pop_front().expect("one buffer queued");
                 let skip = std::mem::take(&mut st.skip);
-                let mut op = Op::new(ops::Send::new(fd, buf.slice(skip..)));
-                match Pin::new(&mut op).poll(cx) {
-                    Poll::Pending => {
-                        st.flight = Flight::One(op);
-                        return false;
-                    }
-                    Poll::Ready(r) => Sent::One(r),
-                }
+                SendKind::One(ops::Send::with_zero_copy(
+                    fd,
+                    buf.slice(skip..),
+                    self.zero_copy,
+                ))
             } else {
                 let mut bufs = d.spare.take();
                 while bufs.len() < MAX_IOVECS {
@@ -1120,21 +1405,101 @@ impl Conn {
                 }
                 let skip = std::mem::take(&mut st.skip);
                 st.flight_skip = skip;
-                let mut op = Op::new(ops::SendVectored::new(fd, bufs, skip));
-                match Pin::new(&mut op).poll(cx) {
-                    Poll::Pending => {
-                        st.flight = Flight::Many(op);
-                        return false;
-                    }
-                    Poll::Ready(r) => Sent::Many(r),
-                }
+                SendKind::Many(ops::SendVectored::new(fd, bufs, skip))
             }
         };
-        self.sent(done, d);
-        true
+        match send {
+            SendKind::One(send) => self.start_send(d, send),
+            SendKind::Many(send) => self.start_send(d, send),
+        }
+    }
+
+    /// Starts `send`, taken out of the queue by [`flush`](Self::flush), detached on io_uring
+    /// or as an [`Op`]; whether it completed at once.
+    fn start_send<K: QueueSend>(self: &Rc<Self>, d: &Rc<Dispatcher>, send: K) -> bool {
+        // Between the borrow in `flush` and the one below the flight looks idle: only our own
+        // op kinds' code runs there, which never reaches this connection.
+        let send = if d.uring {
+            let kind = ConnSend {
+                conn: self.clone(),
+                d: d.clone(),
+                send,
+            };
+            match start_detached(kind) {
+                Ok(Detached::Running(op)) => {
+                    self.st.borrow_mut().flight = Flight::Detached(op);
+                    return false;
+                }
+                // Done at once, and its completion has settled it (and marked this drive
+                // dirty if anything is left to do).
+                Ok(Detached::Done(())) => return true,
+                Err(kind) => kind.send,
+            }
+        } else {
+            send
+        };
+        let waker = self.waker_of(&WAKE_SEND_VTABLE);
+        let cx = &mut Context::from_waker(&waker);
+        // Our own op kinds: polling them runs no foreign code but a wake of our waker.
+        let mut op = Op::new(send);
+        match Pin::new(&mut op).poll(cx) {
+            Poll::Pending => {
+                self.st.borrow_mut().flight = K::flight(op);
+                false
+            }
+            Poll::Ready(r) => {
+                self.sent(K::sent(r), d);
+                true
+            }
+        }
+    }
+
+    /// The completion of a send started detached (io_uring), run by the loop outside any
+    /// drive (or inside this connection's, when the send did not have to wait): settles the
+    /// write buffer as the drive would, and lists the connection only if something is left
+    /// to do (more to send, a water mark crossed, a close to finish, reading held back by the
+    /// pool share).
+    #[inline]
+    fn detached_sent(&self, d: &Dispatcher, done: Sent) {
+        let open = {
+            let mut st = self.st.borrow_mut();
+            if matches!(st.flight, Flight::Detached(_)) {
+                st.flight = Flight::Idle;
+            }
+            st.is_open()
+        };
+        if !open {
+            // Aborted or lost meanwhile: its buffers were already counted out.
+            drop_reporting("a dropped write buffer's destructor panicked", done);
+            return;
+        }
+        // As in a drive: foreign code run here (a buffer's destructor, a waker woken by a
+        // buffer returned to the pool) that panics fails this connection only.
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| self.sent(done, d))) {
+            let what = "foreign code run by the protocol transport (a buffer's destructor, \
+                        another executor's waker)";
+            self.callback_panicked(what, payload);
+            return;
+        }
+        let more = {
+            let st = self.st.borrow();
+            !matches!(st.lost, Lost::No)
+                || !st.queue.is_empty()
+                || st.crossed_a_mark()
+                || st.closing
+                || (st.eof_requested && !st.eof_done)
+        };
+        if more || self.starved.get() {
+            if self.driving.get() {
+                self.dirty.set(true);
+            } else {
+                self.waker_of(&WAKE_SEND_VTABLE).wake_by_ref();
+            }
+        }
     }
 
     /// A send completed: drops what went out, puts back what did not, reports an error.
+    #[inline]
     fn sent(&self, done: Sent, d: &Dispatcher) {
         match done {
             Sent::One((r, slice)) => {
@@ -1209,24 +1574,37 @@ impl Conn {
 
     /// Hands the chunks received to `data_received` (at most `limit`), and the end of stream
     /// to `eof_received`; returns how many chunks.
-    fn read(&self, cx: &mut Context<'_>, d: &Dispatcher, limit: usize) -> usize {
+    fn read(&self, d: &Dispatcher, limit: usize) -> usize {
+        let waker = self.waker_of(&WAKE_RECV_VTABLE);
+        let cx = &mut Context::from_waker(&waker);
+        self.starved.set(false);
         let mut n = 0;
         while n < limit {
-            let polled = {
+            let (polled, more) = {
                 let mut st = self.st.borrow_mut();
-                if !st.reading || st.closing || !st.is_open() || st.pooled >= d.pool_share {
+                if !st.reading || st.closing || !st.is_open() {
+                    break;
+                }
+                if st.pooled >= d.pool_share {
+                    self.starved.set(true);
                     break;
                 }
                 let Some(rx) = st.rx.as_mut() else {
                     break;
                 };
-                rx.poll_recv_quiet(cx)
+                // io_uring: the receive posts the key when it has something (see `received`).
+                let post = d.uring.then_some((&d.received, self.key as u32));
+                let polled = rx.poll_recv_quiet(cx, post);
+                (polled, rx.may_have_more())
             };
             match polled {
                 Poll::Pending => break,
                 Poll::Ready(Ok(Some(chunk))) => {
                     n += 1;
                     self.invoke(|p| p.data_received(chunk), "the protocol's data_received");
+                    if !more {
+                        break; // nothing else queued, and the receiver's waker is set
+                    }
                 }
                 Poll::Ready(Ok(None)) => {
                     let rx = self.st.borrow_mut().rx.take();
@@ -1372,17 +1750,18 @@ impl Transport {
     /// After [`write_eof`](Self::write_eof) (asyncio raises `RuntimeError`).
     pub fn write(&self, data: impl Into<WriteBuf>) {
         let data = data.into();
+        let len = data.len();
         let c = &self.conn;
         let ignored = {
             let mut st = c.st.borrow_mut();
-            if st.closing || !st.is_open() || data.is_empty() {
+            if st.closing || !st.is_open() || len == 0 {
                 Some(data)
             } else if st.eof_requested {
                 drop(st);
                 drop(data);
                 panic!("Transport::write after write_eof");
             } else {
-                st.buffered += data.len();
+                st.buffered += len;
                 st.pooled += usize::from(data.is_pooled());
                 st.queue.push_back(data);
                 None

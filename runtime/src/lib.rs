@@ -67,8 +67,8 @@ pub use combinators::{
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
 pub use driver::{
-    is_cancelled, Backend, BufPool, BufWait, FdTarget, Interest, Multishot, MultishotKind, Op,
-    OpKind, PooledBuf, SharedFd,
+    is_cancelled, start_detached, Backend, BufPool, BufWait, CompletionList, Detached, DetachedOp,
+    FdTarget, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf, SharedFd,
 };
 pub use loop_thread::LoopThread;
 pub use promise::{Promise, PromiseError, SetError};

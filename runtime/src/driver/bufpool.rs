@@ -366,7 +366,18 @@ impl BufPool {
     }
 
     /// Publishes deferred buffers, oldest first, while the ring's tail entry is free.
+    #[inline]
     fn publish_deferred(&self) {
+        // Checked inline: after every completion that names a buffer, and almost always
+        // nothing waits.
+        if !self.deferred.borrow().is_empty() {
+            self.publish_deferred_now();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn publish_deferred_now(&self) {
         let mut published = false;
         loop {
             let Some(&bid) = self.deferred.borrow().front() else {
@@ -392,7 +403,17 @@ impl BufPool {
     }
 
     /// Wakes waiters, oldest first, while there are more free buffers than turns handed out.
+    #[inline]
     fn grant_turns(&self) {
+        // Checked inline: every buffer given back comes here, and nobody waits in most cases.
+        if self.turns_out.get() < self.available() && !self.waiters.borrow().is_empty() {
+            self.grant_turns_now();
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grant_turns_now(&self) {
         while self.turns_out.get() < self.available() {
             let Some(entry) = self.waiters.borrow_mut().pop_front() else {
                 return;
@@ -534,6 +555,7 @@ impl BufPool {
     }
 
     /// A buffer counted against `owner` came back (or moved to another owner).
+    #[inline]
     fn disown(&self, owner: u32) {
         if owner == NO_OWNER {
             return;
@@ -544,8 +566,16 @@ impl BufPool {
         };
         slot.held = slot.held.saturating_sub(1);
         if slot.held == 0 && !slot.live {
-            self.free_owners.borrow_mut().push(owner);
+            drop(owners);
+            self.free_owner(owner);
         }
+    }
+
+    /// `owner`'s receiver is gone and its last buffer came back: its id may be reused.
+    #[cold]
+    #[inline(never)]
+    fn free_owner(&self, owner: u32) {
+        self.free_owners.borrow_mut().push(owner);
     }
 
     /// Receivers queued for a buffer (not counting those woken and taking their turn).
@@ -634,6 +664,7 @@ impl BufWait {
     }
 
     /// Whether the receiver may try to take a buffer now.
+    #[inline]
     pub fn may_take(&self) -> bool {
         if self.holds_turn() {
             return true;
@@ -673,6 +704,7 @@ impl BufWait {
     }
 
     /// The receiver got a buffer: its turn (if it held one) is used up.
+    #[inline]
     pub fn took_buffer(&mut self) {
         self.lost_race = false;
         self.turn_used = false;
@@ -720,6 +752,28 @@ impl BufWait {
             .borrow()
             .get(self.owner as usize)
             .map_or(0, |s| s.held as usize)
+    }
+
+    /// [`BufPool::take_filled`], with the buffer counted against this receiver at once (as
+    /// [`adopt`](Self::adopt) would).
+    ///
+    /// Not part of the public API (for `ringloop-net`'s pooled receiver).
+    ///
+    /// # Safety
+    /// As [`BufPool::take_filled`].
+    ///
+    /// # Panics
+    /// As [`BufPool::take_filled`].
+    #[doc(hidden)]
+    #[inline]
+    pub unsafe fn take_filled(&self, bid: u16, len: usize) -> PooledBuf {
+        // SAFETY: forwarded from the caller.
+        let mut buf = unsafe { self.pool.take_filled(bid, len) };
+        if let Some(slot) = self.pool.owners.borrow_mut().get_mut(self.owner as usize) {
+            slot.held += 1;
+        }
+        buf.owner = self.owner;
+        buf
     }
 
     /// Counts `buf` against this receiver (see [`held`](Self::held)) until it is dropped or

@@ -61,6 +61,7 @@ impl SharedFd {
 
     /// How an io_uring op submitted on the running runtime should name this descriptor: by its
     /// registered slot when it has one in that runtime's ring, else by number.
+    #[inline]
     pub fn target(&self) -> FdTarget {
         if self.inner.slot != NO_SLOT {
             if let Some(own) = &self.inner.driver {

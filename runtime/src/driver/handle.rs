@@ -32,6 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::op::Orphan;
 use super::opmem::OpMemory;
+use super::slots::FinishedOrphans;
 use super::{Backend, Driver, OpKey};
 
 /// Work a drop path could not do because the driver was borrowed; applied at the next borrow.
@@ -62,6 +63,8 @@ struct Inner {
     /// The boxes of finished io_uring ops, reused by the next ones (apart from the driver's
     /// cell: an op takes and returns its box whether or not the driver is borrowed).
     memory: RefCell<OpMemory>,
+    /// The vector `finish_orphans` takes a batch of finished orphans into, kept.
+    orphans: RefCell<FinishedOrphans>,
 }
 
 /// A handle to one runtime's driver; cheap to clone (`Rc`), `!Send`.
@@ -90,6 +93,7 @@ impl DriverHandle {
                 closed: Cell::new(false),
                 panics: RefCell::new(Vec::new()),
                 memory: RefCell::new(OpMemory::default()),
+                orphans: RefCell::new(Vec::new()),
             }),
         }
     }
@@ -119,6 +123,12 @@ impl DriverHandle {
     #[inline]
     pub(crate) fn unboxed<T>(&self, b: Box<T>) -> T {
         self.inner.memory.borrow_mut().unboxed(b)
+    }
+
+    /// Boxes an op's data with this driver's free lists (see [`boxed_here`](Self::boxed_here)).
+    #[inline]
+    pub(crate) fn boxed<T>(&self, value: T) -> Box<T> {
+        self.inner.memory.borrow_mut().boxed(value)
     }
 
     /// This driver's identity (process-wide, never reused).
@@ -207,25 +217,31 @@ impl DriverHandle {
     /// loop to report ([`take_panics`](Self::take_panics)); after the runtime is gone it is
     /// printed.
     pub(crate) fn finish_orphans(&self) {
+        // The batch's vector is kept for the next call (a call from inside an orphan's
+        // `complete` finds it taken and uses a new one).
+        let mut orphans = std::mem::take(&mut *self.inner.orphans.borrow_mut());
         loop {
-            let Some(orphans) = self.try_with(|d| d.take_finished_orphans()) else {
-                return;
-            };
-            if orphans.is_empty() {
-                return;
+            if self
+                .try_with(|d| d.take_finished_orphans(&mut orphans))
+                .is_none()
+                || orphans.is_empty()
+            {
+                break;
             }
-            for (orphan, result, flags) in orphans {
+            for (orphan, result, flags) in orphans.drain(..) {
+                let memory = &self.inner.memory;
                 if let Err(payload) =
-                    panic::catch_unwind(AssertUnwindSafe(|| orphan.finish(result, flags)))
+                    panic::catch_unwind(AssertUnwindSafe(|| orphan.finish(result, flags, memory)))
                 {
                     if self.is_closed() {
-                        eprintln!("ringloop: an orphaned op's completion panicked");
+                        eprintln!("ringloop: a detached or orphaned op's completion panicked");
                     } else {
                         self.inner.panics.borrow_mut().push(payload);
                     }
                 }
             }
         }
+        *self.inner.orphans.borrow_mut() = orphans;
     }
 
     /// Panics caught while finishing orphans, for the loop's exception handler.

@@ -40,12 +40,14 @@ use std::time::Duration;
 pub use bufpool::{BufPool, BufWait, PooledBuf};
 pub use fd::{FdTarget, SharedFd};
 pub(crate) use handle::DriverHandle;
-pub use multishot::{Multishot, MultishotKind};
+use multishot::ListShared;
+pub use multishot::{CompletionList, Multishot, MultishotKind};
 pub(crate) use op::Orphan;
-pub use op::{is_cancelled, Interest, Op, OpKind};
+pub use op::{is_cancelled, start_detached, Detached, DetachedOp, Interest, Op, OpKind};
 pub(crate) use wake::{WakeFd, WakeTarget};
 
 use epoll::Epoll;
+use slots::{FinishedOrphans, MultishotNext};
 use uring::Uring;
 
 /// Which I/O backend a runtime uses.
@@ -359,14 +361,22 @@ impl Driver {
         }
     }
 
+    #[inline]
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
         waker: &Waker,
-    ) -> Result<Option<(i32, u32)>, ()> {
+        draining: bool,
+    ) -> MultishotNext {
         match self {
-            Driver::Uring(u) => u.multishot_next(key, waker),
+            Driver::Uring(u) => u.multishot_next(key, waker, draining),
             Driver::Epoll(_) => Ok(None),
+        }
+    }
+
+    pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u32)>) {
+        if let Driver::Uring(u) = self {
+            u.table.multishot_post_to(key, post)
         }
     }
 
@@ -383,15 +393,12 @@ impl Driver {
         }
     }
 
-    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
-        match self {
-            Driver::Uring(u) => u.take_finished_orphans(),
-            Driver::Epoll(_) => Vec::new(),
+    pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
+        if let Driver::Uring(u) = self {
+            u.take_finished_orphans(out)
         }
     }
 
-    /// # Safety
-    /// The SQE's memory must outlive the op's completion (see [`OpKind`]).
     pub(crate) unsafe fn uring_submit(
         &mut self,
         sqe: io_uring::squeue::Entry,
@@ -401,6 +408,23 @@ impl Driver {
             // SAFETY: forwarded from the caller.
             Driver::Uring(u) => unsafe { u.submit(sqe, waker) },
             Driver::Epoll(_) => Err(wrong_backend()),
+        }
+    }
+
+    /// An op nobody awaits, its data in the op table from the start (`Uring::submit_detached`);
+    /// on an error the data comes back.
+    ///
+    /// # Safety
+    /// As [`uring_submit`](Self::uring_submit); `data` owns what the entry points to.
+    pub(crate) unsafe fn uring_submit_detached(
+        &mut self,
+        sqe: io_uring::squeue::Entry,
+        data: Box<dyn Orphan>,
+    ) -> Result<OpKey, (io::Error, Box<dyn Orphan>)> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Uring(u) => unsafe { u.submit_detached(sqe, data) },
+            Driver::Epoll(_) => Err((wrong_backend(), data)),
         }
     }
 

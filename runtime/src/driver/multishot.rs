@@ -8,8 +8,11 @@
 //!
 //! io_uring only; on epoll the owners emulate the same API with ordinary ops.
 
+use std::cell::RefCell;
+use std::fmt;
 use std::io;
-use std::task::{Context, Poll};
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 
 use io_uring::squeue;
 
@@ -25,6 +28,82 @@ pub enum MultishotKind {
     Recv,
     /// An accept: each successful completion is a new descriptor.
     Accept,
+}
+
+/// Where multishot ops post a token when they have something to read, instead of waking a
+/// waker each: for one task that owns many of them and reads them in batches (the protocol
+/// transports' dispatcher). See [`Multishot::arm_posting`].
+///
+/// An op posts its token once, and again only after its owner has found its queue empty
+/// (read it with [`Multishot::poll_next_draining`] until it says nothing more is queued, or
+/// until it is pending): so each token is in the list at most once at a time. The list lives
+/// on the thread of its runtime (`!Send`); its reader is woken, through the waker it last left
+/// in [`take`](Self::take), when the list stops being empty.
+#[derive(Clone, Default)]
+pub struct CompletionList {
+    shared: Rc<ListShared>,
+}
+
+/// A [`CompletionList`]'s state, shared with the slots of the ops that post to it.
+#[derive(Default)]
+pub(crate) struct ListShared {
+    tokens: RefCell<Vec<u32>>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl ListShared {
+    /// Posts `token`; the reader's waker is collected in `woken` if the list was empty.
+    #[inline]
+    pub(crate) fn post(&self, token: u32, woken: &mut Vec<Waker>) {
+        let mut tokens = self.tokens.borrow_mut();
+        if tokens.is_empty() {
+            woken.extend(self.waker.borrow_mut().take());
+        }
+        tokens.push(token);
+    }
+}
+
+impl CompletionList {
+    /// An empty list.
+    pub fn new() -> CompletionList {
+        CompletionList::default()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn shared(&self) -> Rc<ListShared> {
+        self.shared.clone()
+    }
+
+    /// Moves the tokens posted since the last call into `out` (which should be empty), oldest
+    /// first; `cx`'s waker is woken at the next post (the first one after the list was
+    /// emptied).
+    pub fn take(&self, cx: &mut Context<'_>, out: &mut Vec<u32>) {
+        {
+            let mut waker = self.shared.waker.borrow_mut();
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        std::mem::swap(&mut *self.shared.tokens.borrow_mut(), out);
+    }
+
+    /// Drops the reader's waker (a reader that is going away: its waker may be all that keeps
+    /// its task alive) and the tokens posted; later posts wake nobody until the next
+    /// [`take`](Self::take).
+    pub fn clear(&self) {
+        let waker = self.shared.waker.borrow_mut().take();
+        self.shared.tokens.borrow_mut().clear();
+        drop(waker); // outside the borrow: a waker's drop is foreign code
+    }
+}
+
+impl fmt::Debug for CompletionList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionList")
+            .field("posted", &self.shared.tokens.borrow().len())
+            .finish()
+    }
 }
 
 /// A connection's multishot op (io_uring).
@@ -60,6 +139,7 @@ impl Multishot {
     }
 
     /// Whether the op is in the kernel (or its completions are still being read).
+    #[inline]
     pub fn is_armed(&self) -> bool {
         self.armed.is_some()
     }
@@ -94,14 +174,69 @@ impl Multishot {
         Ok(())
     }
 
+    /// As [`arm`](Self::arm), but the op tells its owner that it has something to read by
+    /// posting `token` on `list` instead of waking the waker of the read that found nothing
+    /// (see [`CompletionList`]). The owner reads it with
+    /// [`poll_next_draining`](Self::poll_next_draining) (the waker it passes is not kept) until
+    /// nothing more is queued, or until the read is pending; the op posts again after that.
+    ///
+    /// # Safety
+    /// As [`arm`](Self::arm).
+    ///
+    /// # Errors
+    /// As [`arm`](Self::arm).
+    ///
+    /// # Panics
+    /// Outside a running ringloop runtime.
+    pub unsafe fn arm_posting(
+        &mut self,
+        sqe: squeue::Entry,
+        fd: &SharedFd,
+        list: &CompletionList,
+        token: u32,
+    ) -> io::Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.arm(sqe, fd)? };
+        self.set_post(Some((list.shared.clone(), token)));
+        Ok(())
+    }
+
+    /// From now on, the op wakes the waker of its owner's read that found nothing, as if armed
+    /// with [`arm`](Self::arm) (for an op handed to another owner).
+    pub fn stop_posting(&self) {
+        self.set_post(None);
+    }
+
+    fn set_post(&self, post: Option<(Rc<ListShared>, u32)>) {
+        if let Some((key, driver)) = &self.armed {
+            let key = *key;
+            // Never busy here (an owner's call, not a drop path): were it so, the op would
+            // keep telling its owner the way it did.
+            driver.try_with(|d| d.multishot_post_to(key, post));
+        }
+    }
+
     /// The next completion `(result, flags)`, or `None` once the op has ended (its last
     /// completion was read; arm it again to go on).
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(i32, u32)>> {
+        self.poll(cx, false).map(|next| next.map(|(c, _)| c))
+    }
+
+    /// As [`poll_next`](Self::poll_next), for an owner that reads until nothing is left: with
+    /// each completion, whether more may follow now. `false` means it was the last one queued
+    /// and the op goes on, and `cx`'s waker is then already registered, as the poll that
+    /// would find nothing would have done: the owner can stop reading without that poll.
+    #[inline]
+    pub fn poll_next_draining(&mut self, cx: &mut Context<'_>) -> Poll<Option<((i32, u32), bool)>> {
+        self.poll(cx, true)
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>, draining: bool) -> Poll<Option<((i32, u32), bool)>> {
         let Some((key, driver)) = &self.armed else {
             return Poll::Ready(None);
         };
         let key = *key;
-        match driver.try_with(|d| d.multishot_next(key, cx.waker())) {
+        match driver.try_with(|d| d.multishot_next(key, cx.waker(), draining)) {
             Some(Ok(Some(c))) => Poll::Ready(Some(c)),
             Some(Ok(None)) => {
                 self.armed = None;

@@ -20,6 +20,8 @@
 //! state an op allocates nothing. The box keeps every op future one pointer wide, which a
 //! server pays per connection.
 
+use std::any::Any;
+use std::cell::RefCell;
 use std::fmt;
 use std::future::Future;
 use std::io;
@@ -31,6 +33,7 @@ use io_uring::squeue;
 
 use super::errno::is_would_block;
 use super::handle::{shut_down, Deferred, DriverHandle};
+use super::opmem::OpMemory;
 use super::{Backend, OpKey};
 use crate::context;
 use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
@@ -97,17 +100,28 @@ pub fn is_cancelled(e: &io::Error) -> bool {
     e.get_ref().is_some_and(|inner| inner.is::<Cancelled>())
 }
 
-/// A type-erased orphan: the op's data, kept alive until its completion arrives.
+/// A type-erased orphan: the op's data, kept alive until its completion arrives (an op whose
+/// future was dropped, or one started detached).
 pub(crate) trait Orphan {
-    fn finish(self: Box<Self>, result: i32, flags: u32);
+    /// Runs the op's `complete` and drops its output; the box goes back to `memory`.
+    fn finish(self: Box<Self>, result: i32, flags: u32, memory: &RefCell<OpMemory>);
+
+    /// The data as itself again (a detached op the kernel refused).
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
 
 impl<T: OpKind> Orphan for T {
-    fn finish(self: Box<Self>, result: i32, flags: u32) {
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+
+    fn finish(self: Box<Self>, result: i32, flags: u32, memory: &RefCell<OpMemory>) {
         // Running `complete` and dropping its output releases whatever the op produced (an
-        // accepted socket is closed, a buffer freed). Orphans are rare: their box goes back to
-        // the allocator, not to the driver's free lists.
-        drop((*self).complete(cqe_result(result), flags));
+        // accepted socket is closed, a buffer freed), or is the op's whole effect (a detached
+        // op). The box goes back to the free lists first (the borrow ends before `complete`,
+        // which is the op kind's code).
+        let data = memory.borrow_mut().unboxed(self);
+        drop(data.complete(cqe_result(result), flags));
     }
 }
 
@@ -439,4 +453,108 @@ impl<T: OpKind> Drop for Op<T> {
             _ => {}
         }
     }
+}
+
+/// What [`start_detached`] did with an op.
+#[derive(Debug)]
+pub enum Detached<O> {
+    /// It is done already, and [`OpKind::complete`] has run: this is what it returned. The op
+    /// was tried as a plain system call first and did not have to wait (see
+    /// [`OpKind::try_first`]), or the kernel refused it, or its runtime was dropped.
+    Done(O),
+    /// It is in the kernel; when its completion comes, the loop calls [`OpKind::complete`].
+    Running(DetachedOp),
+}
+
+/// An op started with [`start_detached`] and still in the kernel when that returned: a handle
+/// to cancel it by. Dropping the handle leaves the op running.
+pub struct DetachedOp {
+    key: OpKey,
+    driver: DriverHandle,
+}
+
+impl DetachedOp {
+    /// Asks the kernel to stop the op (`ASYNC_CANCEL`). Its completion still comes, with
+    /// `ECANCELED` or with what the op did before the cancel reached it, and is finished as
+    /// usual. Does nothing once the op has completed.
+    pub fn cancel(&self) {
+        let key = self.key;
+        self.driver
+            .now_or_later(|d| d.uring_cancel(key), || Deferred::Cancel(key));
+    }
+}
+
+impl fmt::Debug for DetachedOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DetachedOp").finish_non_exhaustive()
+    }
+}
+
+/// Starts `kind` on the running runtime with nobody to await it: when its completion comes,
+/// the loop calls [`OpKind::complete`] (outside the driver, with a panic caught and handed to
+/// the exception handler, as for an op whose future was dropped) and drops what it returns.
+/// For op kinds whose completion is their whole effect, which it then costs no task wake and
+/// no poll to reach: a protocol transport's send settles its connection's write buffer from
+/// `complete`.
+///
+/// The op's data lives in the driver's op table from its submission to its completion, as an
+/// orphaned op's does, so nothing the caller does can free memory the kernel uses. As for an
+/// [`Op`], the op is first tried as a plain system call when the ring is nearly idle (see
+/// [`OpKind::try_first`]). If it did not have to wait, or the kernel refused it, or the runtime
+/// was dropped, `complete` runs before this returns and its output comes back in
+/// [`Detached::Done`]. A detached op is not a cancellation point: it never sees its task's
+/// cancellation (cancel it through its [`DetachedOp`]).
+///
+/// # Errors
+/// `kind` itself, not started, on the epoll backend (which retries an op when its descriptor
+/// is ready, and that takes a future), and when the driver is busy (this was called from
+/// inside it, by a waker that polls inline): run it as an [`Op`] instead.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+pub fn start_detached<T: OpKind>(kind: T) -> Result<Detached<T::Output>, T> {
+    let driver = DriverHandle::current().unwrap_or_else(|| panic!("{}", context::NO_RUNTIME));
+    if driver.backend() != Backend::IoUring || driver.is_busy() {
+        return Err(kind);
+    }
+    if driver.is_closed() {
+        return Ok(Detached::Done(kind.complete(Err(shut_down()), 0)));
+    }
+    let mut data = driver.boxed(kind);
+    if data.try_first() && driver.try_with(|d| d.may_try_first()) == Some(true) {
+        // Outside the borrow: `attempt` is the op kind's code.
+        let done = data.attempt();
+        driver.try_with(|d| d.count_attempt());
+        match done {
+            Err(e) if is_would_block(&e) => {}
+            done => return Ok(Detached::Done(driver.unboxed(data).complete(done, 0))),
+        }
+    }
+    // Built outside the borrow: `sqe` is the op kind's code (which cannot leave the driver
+    // borrowed: the submission below finds it free).
+    let sqe = data.sqe();
+    let mut data: Option<Box<dyn Orphan>> = Some(data);
+    let submitted = driver.try_with(|d| {
+        let data = data.take().expect("the op's data, once");
+        // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned by
+        // `data`, which is boxed (never moves) and goes into this driver's op table with the
+        // entry, which keeps it until the op's completion (or leaks it, if the kernel may
+        // still hold the op when the ring goes).
+        unsafe { d.uring_submit_detached(sqe, data) }
+    });
+    let (e, data) = match submitted {
+        Some(Ok(key)) => return Ok(Detached::Running(DetachedOp { key, driver })),
+        Some(Err(failed)) => failed,
+        // Cannot happen (checked above): the closure did not run.
+        None => (
+            io::Error::from(io::ErrorKind::ResourceBusy),
+            data.take().expect("not submitted"),
+        ),
+    };
+    // Not in the ring: the data is ours again.
+    let data = data
+        .into_any()
+        .downcast::<T>()
+        .unwrap_or_else(|_| unreachable!("the op's own data comes back"));
+    Ok(Detached::Done(driver.unboxed(data).complete(Err(e), 0)))
 }

@@ -3,23 +3,33 @@
 //! tests below feed it fake completions (`complete`) and check, with reference counts, when an
 //! op's memory is released.
 //!
+//! Single-shot ops and multishot ops have a table each: a single-shot slot (a send per
+//! message) is small, as it is moved into its table and out again per op, and a multishot's
+//! (one per connection, with its queue of completions) is not carried by every send.
 //! `user_data` is the slot index in the low 32 bits and the slot's generation in the high 32,
 //! so a completion for a slot that was freed and reused can never wake the wrong op. Slot
-//! indices stay below 2^30, which leaves two bits of the low half free: a cancel's `user_data`
-//! is its target's with `CANCEL_BIT` (bit 31) set, and the ring's own wake traffic uses bit 30
-//! (`MSG_SENT_BIT`, a `MSG_RING` this ring sent) or one of two fixed tags (`WAKE_TAG`, the
-//! eventfd poll; `MSG_TAG`, a `MSG_RING` another ring sent here). None of these reaches the
-//! table.
+//! indices stay below 2^29, which leaves three bits of the low half free: `MULTI_BIT` (bit 29)
+//! says the slot is a multishot's, a cancel's `user_data` is its target's with `CANCEL_BIT`
+//! (bit 31) set, and the ring's own wake traffic uses bit 30 (`MSG_SENT_BIT`, a `MSG_RING`
+//! this ring sent) or one of two fixed tags (`WAKE_TAG`, the eventfd poll; `MSG_TAG`, a
+//! `MSG_RING` another ring sent here). None of these reaches the table.
 //!
 //! ```text
 //!  insert ──▶ Armed{waker} ──CQE──▶ Done{res,flags} ──future takes it──▶ (freed)
 //!               │    └─CQE with F_MORE (zero-copy)─▶ AwaitingNotif ──notif──▶ Done
 //!               └─future dropped──▶ Orphaned{op data} + ASYNC_CANCEL ──CQE──▶ (freed, data finished)
 //!
-//!  insert ──▶ Multishot{queue} ──CQE with F_MORE──▶ queued, owner woken (cap reached: cancel)
+//!  insert (detached) ──▶ Orphaned{op data} ──CQE──▶ (freed, data finished: its `complete` runs)
+//!
+//!  insert ──▶ Multishot{queue} ──CQE with F_MORE──▶ queued, owner told (cap reached: cancel)
 //!               │                 └─CQE without F_MORE──▶ ended; freed when the owner reads it
 //!               └─owner dropped──▶ OrphanedMultishot (queue disposed) ──last CQE──▶ (freed)
 //! ```
+//!
+//! A multishot's owner is told by its waker (taken when woken, stored again by the read that
+//! finds the queue empty) or, for an op armed to post, by its token on a completion list (once,
+//! until the owner finds the queue empty again): see `Notify`. A detached op is an orphan from
+//! its submission: nobody awaits it, and no cancel is sent unless someone asks for one.
 //!
 //! A zero-copy send completes twice: its result (with `F_MORE`), then a notification once the
 //! kernel no longer reads the buffer. The slot holds the result back (`AwaitingNotif`) until
@@ -35,6 +45,7 @@ use io_uring::cqueue;
 use slab::Slab;
 
 use super::bufpool::BufPool;
+use super::multishot::ListShared;
 use super::op::Orphan;
 use super::{DriverStats, MultishotKind, OpKey, SharedFd};
 
@@ -53,9 +64,14 @@ pub(crate) const MSG_SENT_BIT: u64 = 1 << 30;
 /// kernel's retries (`APOLL_MAX_RETRY`, io_uring/poll.c), and each resend's kernel entry runs
 /// at least one: 255 outlast it. Each resend costs one entry that returns at once.
 const MAX_CANCEL_RESENDS: u8 = u8::MAX;
-/// Slot indices stay below this, so no op's `user_data` has `CANCEL_BIT` or `MSG_SENT_BIT`,
-/// and none is `WAKE_TAG` or `MSG_TAG` (whose low halves have both bits set).
-const MAX_SLOTS: usize = MSG_SENT_BIT as usize;
+/// Set in the `user_data` of a multishot op: its slot is in the table of multishots (a
+/// connection's, long-lived and larger), not in that of single-shot ops (one per message,
+/// short-lived: kept small, as every one is moved into its table and out again).
+const MULTI_BIT: u64 = 1 << 29;
+/// Slot indices stay below this in each table, so no op's `user_data` has `MULTI_BIT` but a
+/// multishot's, nor `CANCEL_BIT` or `MSG_SENT_BIT`, and none is `WAKE_TAG` or `MSG_TAG` (whose
+/// low halves have all three bits set).
+const MAX_SLOTS: usize = MULTI_BIT as usize;
 
 /// What a slot holds; see the module docs for the transitions.
 pub(crate) enum SlotState {
@@ -79,21 +95,90 @@ pub(crate) enum SlotState {
     },
     /// The future was dropped; the op's data stays here until the completion arrives.
     Orphaned(Box<dyn Orphan>),
-    /// A multishot op owned by a connection: completions queue here until read. `ended`:
-    /// the last completion (without `F_MORE`) is in the queue.
-    Multishot {
-        kind: MultishotKind,
-        /// At this many unread completions the op is cancelled: the peer is back-pressured
-        /// (the data waits in the socket) instead of filling the pool.
-        cap: u32,
-        queue: CompletionQueue,
-        waker: Option<Waker>,
-        ended: bool,
-    },
-    /// A multishot op whose owner is gone: completions are disposed of (buffers recycled,
-    /// accepted sockets closed) until the last one frees the slot.
-    OrphanedMultishot(MultishotKind),
 }
+
+/// What a multishot op's slot holds.
+pub(crate) enum MultiState {
+    /// Owned by a connection: completions queue here until read.
+    Live(MultishotSlot),
+    /// Its owner is gone: completions are disposed of (buffers recycled, accepted sockets
+    /// closed) until the last one frees the slot.
+    Orphaned(MultishotKind),
+}
+
+/// A multishot op's slot: its state and its descriptor, kept open until the op's last
+/// completion (the owner may go first, and a number or registered slot must not be reused
+/// under the kernel).
+struct MultiEntry {
+    state: MultiState,
+    keep: SharedFd,
+}
+
+/// A live multishot op's state in its slot (see [`MultiState::Live`]).
+pub(crate) struct MultishotSlot {
+    kind: MultishotKind,
+    /// At this many unread completions the op is cancelled: the peer is back-pressured
+    /// (the data waits in the socket) instead of filling the pool.
+    cap: u32,
+    queue: CompletionQueue,
+    notify: Notify,
+    /// The last completion (without `F_MORE`) is in the queue.
+    ended: bool,
+}
+
+/// How a multishot op tells its owner that it has something to read.
+pub(crate) enum Notify {
+    /// By waking the waker of the owner's last read that found nothing (taken when woken).
+    Waker(Option<Waker>),
+    /// By posting `token` on a [`CompletionList`](super::CompletionList): once, until the
+    /// owner finds the queue empty again (`posted` is cleared then).
+    Post {
+        list: Rc<ListShared>,
+        token: u32,
+        posted: bool,
+    },
+}
+
+impl Notify {
+    /// Something came: tell the owner (wakers are collected in `woken`, not woken).
+    #[inline]
+    fn fire(&mut self, woken: &mut Vec<Waker>) {
+        match self {
+            Notify::Waker(w) => woken.extend(w.take()),
+            Notify::Post {
+                list,
+                token,
+                posted,
+            } => {
+                if !*posted {
+                    *posted = true;
+                    list.post(*token, woken);
+                }
+            }
+        }
+    }
+
+    /// The owner found nothing more to read: the next completion tells it (with `waker`, if
+    /// it is told by waker).
+    #[inline]
+    fn wait(&mut self, waker: &Waker) {
+        match self {
+            Notify::Waker(w) => match w {
+                Some(w) if w.will_wake(waker) => {}
+                _ => *w = Some(waker.clone()),
+            },
+            Notify::Post { posted, .. } => *posted = false,
+        }
+    }
+}
+
+/// What [`OpTable::multishot_next_draining`] finds: the next completion `(result, flags)` and
+/// whether more may follow now; `Ok(None)` once the op has ended and its last completion was
+/// read; `Err(())` when none is queued yet (the waker is stored).
+pub(crate) type MultishotNext = Result<Option<((i32, u32), bool)>, ()>;
+
+/// Orphans whose completion arrived, with its result and flags, waiting to be finished.
+pub(crate) type FinishedOrphans = Vec<(Box<dyn Orphan>, i32, u32)>;
 
 /// A multishot op's unread completions, oldest first. A ping-pong connection has at most one
 /// waiting at a time, so the first lives inline and only a backlog allocates: at 10 000
@@ -122,6 +207,10 @@ impl CompletionQueue {
     fn len(&self) -> usize {
         usize::from(self.first.is_some()) + self.rest.len()
     }
+
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
 }
 
 impl IntoIterator for CompletionQueue {
@@ -136,38 +225,43 @@ impl IntoIterator for CompletionQueue {
     }
 }
 
-struct Slot {
+struct Slot<S> {
     generation: u32,
     /// An `ASYNC_CANCEL` was queued for this op and has not come back empty-handed.
     cancel_queued: bool,
     /// Cancels sent again after one found nothing (at most `MAX_CANCEL_RESENDS`).
     cancel_resends: u8,
-    state: SlotState,
-    /// A multishot's descriptor, kept open until the op's last completion (the owner may go
-    /// first, and a number or registered slot must not be reused under the kernel).
-    keep: Option<SharedFd>,
+    state: S,
 }
 
 fn user_data(index: usize, generation: u32) -> u64 {
     ((generation as u64) << 32) | index as u64
 }
 
-fn split_user_data(user_data: u64) -> (usize, u32) {
-    ((user_data & 0xffff_ffff) as usize, (user_data >> 32) as u32)
+/// `(index, generation, multi)`: the slot's index in its table, its generation, and whether
+/// the table is the multishots'.
+fn split_user_data(user_data: u64) -> (usize, u32, bool) {
+    (
+        (user_data & (MULTI_BIT - 1)) as usize,
+        (user_data >> 32) as u32,
+        user_data & MULTI_BIT != 0,
+    )
 }
 
 /// The op table: slots, the cancels to send, and what completions produced for the loop.
 pub(crate) struct OpTable {
-    ops: Slab<Slot>,
+    /// Single-shot ops: one per message, so small (a slot is moved in and out per op).
+    ops: Slab<Slot<SlotState>>,
+    /// Multishot ops: one per connection (armed, or orphaned and draining); keys with
+    /// `MULTI_BIT`.
+    multis: Slab<Slot<MultiEntry>>,
     next_generation: u32,
-    /// Multishot slots in `ops` (armed, or orphaned and draining).
-    multishots: usize,
     /// Ops to cancel, flushed into the SQ before any new SQE: a cancel must never be lost,
     /// even when the SQ is full.
     pub(crate) cancels: VecDeque<u64>,
     /// Orphans whose completion arrived; finished outside the driver's borrow because
     /// finishing one runs its `complete` (which may close sockets, and so call back in).
-    finished_orphans: Vec<(Box<dyn Orphan>, i32, u32)>,
+    finished_orphans: FinishedOrphans,
     /// Wakers collected while reaping, woken by the loop after the driver's borrow ends (a
     /// waker is foreign code, which may drop ops).
     woken: Vec<Waker>,
@@ -180,8 +274,8 @@ impl OpTable {
     pub(crate) fn new(pool: Rc<BufPool>) -> OpTable {
         OpTable {
             ops: Slab::with_capacity(256),
+            multis: Slab::new(),
             next_generation: 0,
-            multishots: 0,
             cancels: VecDeque::new(),
             finished_orphans: Vec::new(),
             woken: Vec::new(),
@@ -190,42 +284,71 @@ impl OpTable {
         }
     }
 
-    /// Takes a slot for an op about to be pushed. `Err` when the table is full (the op is
-    /// not submitted).
-    pub(crate) fn insert(
-        &mut self,
-        state: SlotState,
-        keep: Option<SharedFd>,
-    ) -> std::io::Result<OpKey> {
-        if self.ops.vacant_key() >= MAX_SLOTS {
-            return Err(std::io::Error::other("too many io_uring ops in flight"));
-        }
+    fn next_generation(&mut self) -> u32 {
         let generation = self.next_generation;
         self.next_generation = self.next_generation.wrapping_add(1);
-        if matches!(state, SlotState::Multishot { .. }) {
-            self.multishots += 1;
+        generation
+    }
+
+    /// Takes a slot for a single-shot op about to be pushed. `Err` when the table is full
+    /// (the op is not submitted).
+    pub(crate) fn insert(&mut self, state: SlotState) -> std::io::Result<OpKey> {
+        self.try_insert(state).map_err(|_| too_many())
+    }
+
+    /// As [`insert`](Self::insert); a full table gives `state` back.
+    pub(crate) fn try_insert(&mut self, state: SlotState) -> Result<OpKey, SlotState> {
+        if self.ops.vacant_key() >= MAX_SLOTS {
+            return Err(state);
         }
+        let generation = self.next_generation();
         let index = self.ops.insert(Slot {
             generation,
             cancel_queued: false,
             cancel_resends: 0,
             state,
-            keep,
         });
         self.stats.ops_submitted += 1;
         Ok(OpKey(user_data(index, generation)))
     }
 
-    /// Frees a slot whose SQE never reached the ring (the push failed).
-    pub(crate) fn remove_unsubmitted(&mut self, key: OpKey) {
-        let (index, _) = split_user_data(key.0);
-        if self.slot_mut(key).is_some() {
-            if matches!(self.ops[index].state, SlotState::Multishot { .. }) {
-                self.multishots -= 1;
-            }
-            self.ops.remove(index);
-            self.stats.ops_submitted -= 1;
+    /// Takes a slot for a multishot op about to be pushed, which keeps `keep` open until the
+    /// op's last completion. `Err` when the table is full.
+    pub(crate) fn insert_multishot(
+        &mut self,
+        op: MultishotSlot,
+        keep: SharedFd,
+    ) -> std::io::Result<OpKey> {
+        if self.multis.vacant_key() >= MAX_SLOTS {
+            return Err(too_many());
         }
+        let generation = self.next_generation();
+        let index = self.multis.insert(Slot {
+            generation,
+            cancel_queued: false,
+            cancel_resends: 0,
+            state: MultiEntry {
+                state: MultiState::Live(op),
+                keep,
+            },
+        });
+        self.stats.ops_submitted += 1;
+        Ok(OpKey(user_data(index, generation) | MULTI_BIT))
+    }
+
+    /// Frees a slot whose SQE never reached the ring (the push failed). A single-shot op's
+    /// state is returned (an op's data in it was never the kernel's).
+    pub(crate) fn remove_unsubmitted(&mut self, key: OpKey) -> Option<SlotState> {
+        let (index, _, multi) = split_user_data(key.0);
+        if multi {
+            self.multi_mut(key)?;
+            self.stats.ops_submitted -= 1;
+            drop(self.multis.remove(index));
+            return None;
+        }
+        self.single_mut(key)?;
+        self.stats.ops_submitted -= 1;
+        Some(self.ops.remove(index).state)
     }
 
     /// A single-shot op's slot state, armed with `waker`.
@@ -233,14 +356,40 @@ impl OpTable {
         SlotState::Armed(Some(waker.clone()))
     }
 
-    /// A multishot op's slot state.
-    pub(crate) fn multishot(kind: MultishotKind, cap: usize) -> SlotState {
-        SlotState::Multishot {
+    /// A multishot op's state, for [`insert_multishot`](Self::insert_multishot).
+    pub(crate) fn multishot(kind: MultishotKind, cap: usize) -> MultishotSlot {
+        MultishotSlot {
             kind,
             cap: u32::try_from(cap).unwrap_or(u32::MAX).max(1),
             queue: CompletionQueue::default(),
-            waker: None,
+            notify: Notify::Waker(None),
             ended: false,
+        }
+    }
+
+    /// From now on the multishot op `key` tells its owner by posting `token` on `list`
+    /// (`Some`), or by waking a waker again (`None`; an op that wakes already keeps its waker).
+    pub(crate) fn multishot_post_to(&mut self, key: OpKey, post: Option<(Rc<ListShared>, u32)>) {
+        let Some(slot) = self.multi_mut(key) else {
+            return;
+        };
+        let MultiState::Live(m) = &mut slot.state.state else {
+            return;
+        };
+        match post {
+            // The next completion posts (one already queued is the owner's to read).
+            Some((list, token)) => {
+                m.notify = Notify::Post {
+                    list,
+                    token,
+                    posted: false,
+                }
+            }
+            None => {
+                if matches!(m.notify, Notify::Post { .. }) {
+                    m.notify = Notify::Waker(None);
+                }
+            }
         }
     }
 
@@ -256,56 +405,61 @@ impl OpTable {
 
     /// Ops the kernel still holds (armed or orphaned) or whose result waits to be taken.
     pub(crate) fn len(&self) -> usize {
-        self.ops.len()
+        self.ops.len() + self.multis.len()
     }
 
     /// Multishot slots (armed, or orphaned and draining).
     pub(crate) fn multishots(&self) -> usize {
-        debug_assert_eq!(
-            self.multishots,
-            self.ops
-                .iter()
-                .filter(|(_, s)| matches!(
-                    s.state,
-                    SlotState::Multishot { .. } | SlotState::OrphanedMultishot(_)
-                ))
-                .count(),
-            "the multishot count drifted from the op table"
-        );
-        self.multishots
+        self.multis.len()
     }
 
     /// How many ops the kernel still holds (a scan: for the stats, not the hot path).
     pub(crate) fn held(&self) -> usize {
-        self.ops
-            .iter()
-            .filter(|(_, s)| kernel_holds(&s.state))
-            .count()
+        self.live_keys().len()
     }
 
     /// Keys of the ops the kernel still holds.
     pub(crate) fn live_keys(&self) -> Vec<OpKey> {
-        self.ops
+        let singles = self
+            .ops
             .iter()
             .filter(|(_, s)| kernel_holds(&s.state))
-            .map(|(i, s)| OpKey(user_data(i, s.generation)))
-            .collect()
+            .map(|(i, s)| OpKey(user_data(i, s.generation)));
+        let multis = self
+            .multis
+            .iter()
+            .filter(|(_, s)| multi_kernel_holds(&s.state.state))
+            .map(|(i, s)| OpKey(user_data(i, s.generation) | MULTI_BIT));
+        singles.chain(multis).collect()
     }
 
-    fn slot_mut(&mut self, key: OpKey) -> Option<&mut Slot> {
-        let (index, generation) = split_user_data(key.0);
+    fn single_mut(&mut self, key: OpKey) -> Option<&mut Slot<SlotState>> {
+        let (index, generation, multi) = split_user_data(key.0);
+        if multi {
+            return None;
+        }
         self.ops
+            .get_mut(index)
+            .filter(|s| s.generation == generation)
+    }
+
+    fn multi_mut(&mut self, key: OpKey) -> Option<&mut Slot<MultiEntry>> {
+        let (index, generation, multi) = split_user_data(key.0);
+        if !multi {
+            return None;
+        }
+        self.multis
             .get_mut(index)
             .filter(|s| s.generation == generation)
     }
 
     /// The op's result if its completion arrived (the slot is freed), else updates its waker.
     pub(crate) fn take(&mut self, key: OpKey, waker: &Waker) -> Option<(i32, u32)> {
-        let slot = self.slot_mut(key)?;
+        let slot = self.single_mut(key)?;
         match &mut slot.state {
             SlotState::Done { result, flags } => {
                 let r = (*result, *flags);
-                let (index, _) = split_user_data(key.0);
+                let (index, _, _) = split_user_data(key.0);
                 self.ops.remove(index);
                 Some(r)
             }
@@ -323,108 +477,115 @@ impl OpTable {
                 }
                 None
             }
-            SlotState::Orphaned(_)
-            | SlotState::OrphanAwaitingNotif { .. }
-            | SlotState::Multishot { .. }
-            | SlotState::OrphanedMultishot(_) => None,
+            SlotState::Orphaned(_) | SlotState::OrphanAwaitingNotif { .. } => None,
         }
     }
 
     /// The next completion of a multishot op; `Ok(None)` once the last one was read (the slot
     /// is freed); `Err(())` (pending) after storing the waker.
+    #[cfg(test)]
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
         waker: &Waker,
     ) -> Result<Option<(i32, u32)>, ()> {
-        let Some(slot) = self.slot_mut(key) else {
+        self.multishot_next_draining(key, waker, false)
+            .map(|next| next.map(|(c, _)| c))
+    }
+
+    /// As [`multishot_next`](Self::multishot_next), with whether more completions may follow
+    /// now. With `draining`, a completion that was the last one queued (the op going on) also
+    /// stores `waker`, as the poll that would find the queue empty next would, and is reported
+    /// with `false`; otherwise (and without `draining`) the flag is `true`.
+    pub(crate) fn multishot_next_draining(
+        &mut self,
+        key: OpKey,
+        waker: &Waker,
+        draining: bool,
+    ) -> MultishotNext {
+        let Some(slot) = self.multi_mut(key) else {
             return Ok(None);
         };
-        let SlotState::Multishot {
+        let MultiState::Live(m) = &mut slot.state.state else {
+            return Ok(None);
+        };
+        let MultishotSlot {
             queue,
-            waker: w,
+            notify,
             ended,
             ..
-        } = &mut slot.state
-        else {
-            return Ok(None);
-        };
+        } = m;
         if let Some(c) = queue.pop_front() {
-            return Ok(Some(c));
+            if draining && !*ended && queue.is_empty() {
+                notify.wait(waker);
+                return Ok(Some((c, false)));
+            }
+            return Ok(Some((c, true)));
         }
         if *ended {
-            let (index, _) = split_user_data(key.0);
-            self.ops.remove(index);
-            self.multishots -= 1;
+            let (index, _, _) = split_user_data(key.0);
+            self.multis.remove(index);
             return Ok(None);
         }
-        match w {
-            Some(w) if w.will_wake(waker) => {}
-            _ => *w = Some(waker.clone()),
-        }
+        notify.wait(waker);
         Err(())
     }
 
     /// Completions queued for a multishot op and not yet read.
     pub(crate) fn multishot_queued(&mut self, key: OpKey) -> usize {
-        match self.slot_mut(key).map(|s| &s.state) {
-            Some(SlotState::Multishot { queue, .. }) => queue.len(),
+        match self.multi_mut(key).map(|s| &s.state.state) {
+            Some(MultiState::Live(m)) => m.queue.len(),
             _ => 0,
         }
     }
 
     /// The owner of a multishot op is gone: dispose of what is queued and of what still comes.
     pub(crate) fn multishot_orphan(&mut self, key: OpKey) {
-        let Some(slot) = self.slot_mut(key) else {
+        let Some(slot) = self.multi_mut(key) else {
             return;
         };
-        let state = std::mem::replace(
-            &mut slot.state,
-            SlotState::Done {
-                result: 0,
-                flags: 0,
-            },
-        );
-        let SlotState::Multishot {
-            kind, queue, ended, ..
-        } = state
-        else {
-            slot.state = state;
+        let MultiState::Live(m) = &mut slot.state.state else {
             return;
         };
+        let kind = m.kind;
+        let ended = m.ended;
+        let queue = std::mem::take(&mut m.queue);
+        slot.state.state = MultiState::Orphaned(kind);
         for (result, flags) in queue {
             dispose(&self.pool, kind, result, flags);
         }
-        let (index, _) = split_user_data(key.0);
         if ended {
-            self.ops.remove(index);
-            self.multishots -= 1;
+            let (index, _, _) = split_user_data(key.0);
+            self.multis.remove(index);
         } else {
-            self.ops[index].state = SlotState::OrphanedMultishot(kind);
             self.cancel(key);
         }
     }
 
     /// Queues an `ASYNC_CANCEL` for the op (once); its completion still arrives and decides.
     pub(crate) fn cancel(&mut self, key: OpKey) {
-        if let Some(slot) = self.slot_mut(key) {
+        let queue = if let Some(slot) = self.single_mut(key) {
             let finished = matches!(
                 slot.state,
                 SlotState::Done { .. }
                     | SlotState::AwaitingNotif { .. }
                     | SlotState::OrphanAwaitingNotif { .. }
             );
-            if !slot.cancel_queued && !finished {
-                slot.cancel_queued = true;
-                self.cancels.push_back(key.0);
-                self.stats.ops_cancelled += 1;
-            }
+            !finished && !std::mem::replace(&mut slot.cancel_queued, true)
+        } else if let Some(slot) = self.multi_mut(key) {
+            !std::mem::replace(&mut slot.cancel_queued, true)
+        } else {
+            false
+        };
+        if queue {
+            self.cancels.push_back(key.0);
+            self.stats.ops_cancelled += 1;
         }
     }
 
     /// The op's future is gone: keep its data until the completion, and cancel it.
     pub(crate) fn orphan(&mut self, key: OpKey, data: Box<dyn Orphan>) {
-        let Some(slot) = self.slot_mut(key) else {
+        let Some(slot) = self.single_mut(key) else {
             // No slot: cannot happen for an op in flight. Leak rather than free memory the
             // kernel might write.
             std::mem::forget(data);
@@ -445,7 +606,7 @@ impl OpTable {
             }
             SlotState::Done { result, flags } => {
                 // Completed but not yet taken: finish it now (outside our borrow).
-                let (index, _) = split_user_data(key.0);
+                let (index, _, _) = split_user_data(key.0);
                 if let SlotState::Orphaned(data) = self.ops.remove(index).state {
                     self.finished_orphans.push((data, result, flags));
                 }
@@ -454,74 +615,86 @@ impl OpTable {
         }
     }
 
-    /// Orphans whose completion arrived, to be finished by the caller outside the borrow.
-    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
-        std::mem::take(&mut self.finished_orphans)
+    /// Orphans whose completion arrived, moved into `out` (which should be empty), to be
+    /// finished by the caller outside the borrow.
+    pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
+        std::mem::swap(&mut self.finished_orphans, out);
     }
 
     /// Records one completion (not the wake poll's): the op's result, a multishot's queued
     /// item, a zero-copy notification, or a cancel's verdict. Wakers are collected in
     /// `woken`; orphans whose last completion came move to `finished_orphans`.
     pub(crate) fn complete(&mut self, ud: u64, result: i32, flags: u32) {
+        if ud & CANCEL_BIT != 0 {
+            self.cancel_completed(ud & !CANCEL_BIT, result);
+        } else if ud & MULTI_BIT != 0 {
+            self.multishot_completed(ud, result, flags);
+        } else {
+            self.single_completed(ud, result, flags);
+        }
+    }
+
+    /// An `ASYNC_CANCEL` for the op `target` completed with `result`.
+    fn cancel_completed(&mut self, target: u64, result: i32) {
+        // 0: the op was cancelled; EALREADY: it is running in io-wq, and the worker is
+        // interrupted (the op ends with EINTR, or with what it did so far); ENOENT: the
+        // kernel did not find it where cancels look (io-wq, the poll table, timeouts).
+        // Either its completion is on the way (then the slot is gone or done by now, or
+        // will be by the time a second cancel is answered), or it is in the kernel's
+        // async-poll retry loop: a send on a full socket whose peer shut its write side
+        // down finds `EPOLLRDHUP` (which the kernel's internal poll always waits for) at
+        // every arm, so it is retried from task work, fails with EAGAIN, re-arms, and
+        // sits in the task-work list between tries, where no cancel looks. After 128
+        // tries the kernel hands it to io-wq, where a cancel reaches it. With
+        // `DEFER_TASKRUN` the tries run only inside our kernel entries, one or two per
+        // entry that does not wait. So a miss on an op the kernel still holds is sent
+        // again at the next entry, up to `MAX_CANCEL_RESENDS` times; past that only the
+        // runtime's shutdown retries.
+        if result >= 0 || result == -libc::EALREADY {
+            return;
+        }
+        self.stats.cancels_missed += 1;
+        let key = OpKey(target);
+        let resend = if let Some(slot) = self.single_mut(key) {
+            slot.cancel_queued = false;
+            kernel_holds(&slot.state) && resend(slot)
+        } else if let Some(slot) = self.multi_mut(key) {
+            slot.cancel_queued = false;
+            multi_kernel_holds(&slot.state.state) && resend(slot)
+        } else {
+            false
+        };
+        if resend {
+            self.cancels.push_back(target);
+        }
+    }
+
+    /// A completion of the multishot op `ud`.
+    fn multishot_completed(&mut self, ud: u64, result: i32, flags: u32) {
         let OpTable {
-            ops,
-            finished_orphans,
+            multis,
             stats,
             pool,
             cancels,
-            multishots,
             woken,
             ..
         } = self;
-        if ud & CANCEL_BIT != 0 {
-            // 0: the op was cancelled; EALREADY: it is running in io-wq, and the worker is
-            // interrupted (the op ends with EINTR, or with what it did so far); ENOENT: the
-            // kernel did not find it where cancels look (io-wq, the poll table, timeouts).
-            // Either its completion is on the way (then the slot is gone or done by now, or
-            // will be by the time a second cancel is answered), or it is in the kernel's
-            // async-poll retry loop: a send on a full socket whose peer shut its write side
-            // down finds `EPOLLRDHUP` (which the kernel's internal poll always waits for) at
-            // every arm, so it is retried from task work, fails with EAGAIN, re-arms, and
-            // sits in the task-work list between tries, where no cancel looks. After 128
-            // tries the kernel hands it to io-wq, where a cancel reaches it. With
-            // `DEFER_TASKRUN` the tries run only inside our kernel entries, one or two per
-            // entry that does not wait. So a miss on an op the kernel still holds is sent
-            // again at the next entry, up to `MAX_CANCEL_RESENDS` times; past that only the
-            // runtime's shutdown retries.
-            if result < 0 && result != -libc::EALREADY {
-                stats.cancels_missed += 1;
-                let target = ud & !CANCEL_BIT;
-                let (index, generation) = split_user_data(target);
-                if let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation) {
-                    slot.cancel_queued = false;
-                    if kernel_holds(&slot.state) && slot.cancel_resends < MAX_CANCEL_RESENDS {
-                        slot.cancel_resends += 1;
-                        slot.cancel_queued = true;
-                        cancels.push_back(target);
-                    }
-                }
-            }
-            return;
-        }
-        let (index, generation) = split_user_data(ud);
-        let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation) else {
-            // Stale: its slot was freed (cannot happen for a live op). Buffers it
-            // names go back to the pool all the same.
-            if let Some(bid) = cqueue::buffer_select(flags) {
-                pool.reaped(bid, result, |b, _| pool.recycle(b));
-            }
+        let (index, generation, _) = split_user_data(ud);
+        let Some(slot) = multis.get_mut(index).filter(|s| s.generation == generation) else {
+            stale(pool, result, flags);
             return;
         };
         stats.ops_completed += 1;
         let more = cqueue::more(flags);
-        match &mut slot.state {
-            SlotState::Multishot {
-                queue,
-                waker,
-                ended,
-                cap,
-                ..
-            } => {
+        match &mut slot.state.state {
+            MultiState::Live(m) => {
+                let MultishotSlot {
+                    queue,
+                    notify,
+                    ended,
+                    cap,
+                    ..
+                } = m;
                 match cqueue::buffer_select(flags) {
                     // A bundle becomes one completion per buffer, so the owner
                     // and the queue cap see buffers, as without bundles.
@@ -547,26 +720,40 @@ impl OpTable {
                 if result == -libc::ENOBUFS {
                     pool.exhaustions.set(pool.exhaustions.get() + 1);
                 }
-                woken.extend(waker.take());
-                return;
+                notify.fire(woken);
             }
-            SlotState::OrphanedMultishot(kind) => {
+            MultiState::Orphaned(kind) => {
                 match cqueue::buffer_select(flags) {
                     Some(bid) => pool.reaped(bid, result, |b, _| pool.recycle(b)),
                     None => dispose(pool, *kind, result, flags),
                 }
                 if !more {
-                    ops.remove(index);
-                    *multishots -= 1;
-                }
-                return;
-            }
-            _ => {
-                // A single-shot op that selected a buffer took exactly one.
-                if let Some(bid) = cqueue::buffer_select(flags) {
-                    pool.reaped(bid, result.min(0), |_, _| {});
+                    multis.remove(index);
                 }
             }
+        }
+    }
+
+    /// A completion of the single-shot op `ud`.
+    fn single_completed(&mut self, ud: u64, result: i32, flags: u32) {
+        let OpTable {
+            ops,
+            finished_orphans,
+            stats,
+            pool,
+            woken,
+            ..
+        } = self;
+        let (index, generation, _) = split_user_data(ud);
+        let Some(slot) = ops.get_mut(index).filter(|s| s.generation == generation) else {
+            stale(pool, result, flags);
+            return;
+        };
+        stats.ops_completed += 1;
+        let more = cqueue::more(flags);
+        // A single-shot op that selected a buffer took exactly one.
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            pool.reaped(bid, result.min(0), |_, _| {});
         }
         if cqueue::notif(flags) {
             // A zero-copy send's buffer is free: release the held result.
@@ -599,36 +786,45 @@ impl OpTable {
         } else {
             result
         };
-        let next = if more {
-            SlotState::AwaitingNotif {
-                waker: None,
-                result,
-                flags,
+        if !more {
+            // The common case, a single-shot op's one completion, without moving the slot's
+            // state around more than it needs.
+            match &mut slot.state {
+                SlotState::Armed(w) => {
+                    woken.extend(w.take());
+                    // `Armed(None)` holds nothing: nothing to drop.
+                    std::mem::forget(std::mem::replace(
+                        &mut slot.state,
+                        SlotState::Done { result, flags },
+                    ));
+                }
+                SlotState::Orphaned(_) => {
+                    if let SlotState::Orphaned(data) = ops.remove(index).state {
+                        finished_orphans.push((data, result, flags));
+                    }
+                }
+                _ => {}
             }
-        } else {
-            SlotState::Done { result, flags }
+            return;
+        }
+        // A zero-copy send's result: held back until its notification.
+        let next = SlotState::AwaitingNotif {
+            waker: None,
+            result,
+            flags,
         };
         match std::mem::replace(&mut slot.state, next) {
             SlotState::Armed(w) => {
-                if more {
-                    if let SlotState::AwaitingNotif { waker, .. } = &mut slot.state {
-                        *waker = w;
-                    }
-                } else {
-                    woken.extend(w);
+                if let SlotState::AwaitingNotif { waker, .. } = &mut slot.state {
+                    *waker = w;
                 }
             }
             SlotState::Orphaned(data) => {
-                if more {
-                    slot.state = SlotState::OrphanAwaitingNotif {
-                        data,
-                        result,
-                        flags,
-                    };
-                } else {
-                    ops.remove(index);
-                    finished_orphans.push((data, result, flags));
-                }
+                slot.state = SlotState::OrphanAwaitingNotif {
+                    data,
+                    result,
+                    flags,
+                };
             }
             other => slot.state = other,
         }
@@ -637,22 +833,21 @@ impl OpTable {
     /// Forgets (never frees) the data of every op the kernel may still hold, and the pool if
     /// any did: called when the ring is about to go with ops in it.
     pub(crate) fn leak_in_flight(&mut self) {
-        let leftover: Vec<usize> = self
+        let singles: Vec<usize> = self
             .ops
             .iter()
             .filter(|(_, s)| kernel_holds(&s.state))
             .map(|(i, _)| i)
             .collect();
-        let leaked = !leftover.is_empty();
-        for i in leftover {
-            let slot = self.ops.remove(i);
-            if matches!(
-                slot.state,
-                SlotState::Multishot { .. } | SlotState::OrphanedMultishot(_)
-            ) {
-                self.multishots -= 1;
-            }
-            match slot.state {
+        let multis: Vec<usize> = self
+            .multis
+            .iter()
+            .filter(|(_, s)| multi_kernel_holds(&s.state.state))
+            .map(|(i, _)| i)
+            .collect();
+        let leaked = !singles.is_empty() || !multis.is_empty();
+        for i in singles {
+            match self.ops.remove(i).state {
                 SlotState::Orphaned(data) | SlotState::OrphanAwaitingNotif { data, .. } => {
                     std::mem::forget(data)
                 }
@@ -660,7 +855,9 @@ impl OpTable {
                 // live future keeps it, and finding no slot it never gives it back.
                 _ => {}
             }
-            std::mem::forget(slot.keep);
+        }
+        for i in multis {
+            std::mem::forget(self.multis.remove(i).state.keep);
         }
         if leaked {
             // The kernel may still write into pool buffers: never free that memory.
@@ -669,12 +866,40 @@ impl OpTable {
     }
 }
 
-/// Whether a slot is still the kernel's (its final completion has not been reaped).
+fn too_many() -> std::io::Error {
+    std::io::Error::other("too many io_uring ops in flight")
+}
+
+/// Counts a resend of a cancel that found nothing; false past `MAX_CANCEL_RESENDS`.
+fn resend<S>(slot: &mut Slot<S>) -> bool {
+    if slot.cancel_resends < MAX_CANCEL_RESENDS {
+        slot.cancel_resends += 1;
+        slot.cancel_queued = true;
+        true
+    } else {
+        false
+    }
+}
+
+/// A completion whose slot was freed (cannot happen for a live op): a buffer it names goes
+/// back to the pool all the same.
+fn stale(pool: &BufPool, result: i32, flags: u32) {
+    if let Some(bid) = cqueue::buffer_select(flags) {
+        pool.reaped(bid, result, |b, _| pool.recycle(b));
+    }
+}
+
+/// Whether a single-shot op's slot is still the kernel's (its final completion has not been
+/// reaped).
 fn kernel_holds(state: &SlotState) -> bool {
+    !matches!(state, SlotState::Done { .. })
+}
+
+/// Whether a multishot op's slot is still the kernel's.
+fn multi_kernel_holds(state: &MultiState) -> bool {
     match state {
-        SlotState::Done { .. } => false,
-        SlotState::Multishot { ended, .. } => !ended,
-        _ => true,
+        MultiState::Live(m) => !m.ended,
+        MultiState::Orphaned(_) => true,
     }
 }
 
@@ -709,7 +934,7 @@ mod tests {
 
     use io_uring::squeue;
 
-    use super::{CompletionQueue, OpTable, CANCEL_BIT};
+    use super::{CompletionQueue, OpTable, SlotState, CANCEL_BIT};
     use crate::driver::bufpool::BufPool;
     use crate::driver::{Interest, MultishotKind, OpKey, OpKind, SharedFd};
     use crate::test_wakers::counting_waker;
@@ -762,10 +987,12 @@ mod tests {
 
     /// Finishes what the table handed over, as the loop does outside the driver's borrow.
     fn finish_orphans(t: &mut OpTable) -> usize {
-        let orphans = t.take_finished_orphans();
+        let mut orphans = Vec::new();
+        t.take_finished_orphans(&mut orphans);
         let n = orphans.len();
+        let memory = std::cell::RefCell::new(crate::driver::opmem::OpMemory::default());
         for (o, res, flags) in orphans {
-            o.finish(res, flags);
+            o.finish(res, flags, &memory);
         }
         n
     }
@@ -774,7 +1001,7 @@ mod tests {
     fn a_completion_wakes_its_op_once_and_the_result_is_taken_once() {
         let mut t = table();
         let (count, waker) = counting_waker();
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         assert_eq!(t.take(key, &waker), None, "nothing yet");
         t.complete(key.0, 42, 0);
         let mut woken = Vec::new();
@@ -792,7 +1019,7 @@ mod tests {
     fn a_dropped_ops_data_lives_until_its_own_completion_and_is_freed_right_after() {
         let mut t = table();
         let (_count, waker) = counting_waker();
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         let (data, alive, finished) = held();
         t.orphan(key, data);
         assert_eq!(
@@ -817,10 +1044,27 @@ mod tests {
     }
 
     #[test]
+    fn a_detached_ops_data_lives_until_its_completion_and_no_cancel_is_sent() {
+        let mut t = table();
+        let (data, alive, finished) = held();
+        let key = t.insert(SlotState::Orphaned(data)).unwrap();
+        assert!(t.cancels.is_empty(), "nobody asked to stop it");
+        assert_eq!(Rc::strong_count(&alive), 2, "the table keeps its data");
+        assert_eq!(finish_orphans(&mut t), 0);
+        t.complete(key.0, 9, 0);
+        assert_eq!(t.len(), 0, "the slot is freed by the completion");
+        let mut woken = Vec::new();
+        t.take_woken(&mut woken);
+        assert!(woken.is_empty(), "nobody to wake");
+        assert_eq!(finish_orphans(&mut t), 1);
+        assert_eq!((Rc::strong_count(&alive), finished.get()), (1, Some(9)));
+    }
+
+    #[test]
     fn an_op_dropped_after_its_completion_is_finished_without_a_cancel() {
         let mut t = table();
         let (_count, waker) = counting_waker();
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.complete(key.0, 7, 0);
         let (data, alive, finished) = held();
         t.orphan(key, data);
@@ -833,12 +1077,12 @@ mod tests {
     fn a_stale_completion_for_a_reused_slot_wakes_nobody() {
         let mut t = table();
         let (_c1, w1) = counting_waker();
-        let first = t.insert(OpTable::armed(&w1), None).unwrap();
+        let first = t.insert(OpTable::armed(&w1)).unwrap();
         t.complete(first.0, 1, 0);
         assert_eq!(t.take(first, &w1), Some((1, 0)));
         t.take_woken(&mut Vec::new());
         let (_c2, w2) = counting_waker();
-        let second = t.insert(OpTable::armed(&w2), None).unwrap();
+        let second = t.insert(OpTable::armed(&w2)).unwrap();
         assert_ne!(first, second, "the reused slot has a new generation");
         t.complete(first.0, 99, 0);
         assert_eq!(t.take(second, &w2), None, "the stale result went nowhere");
@@ -851,7 +1095,7 @@ mod tests {
     fn a_zero_copy_result_is_held_until_its_notification() {
         let mut t = table();
         let (_count, waker) = counting_waker();
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.complete(key.0, 100, F_MORE);
         assert_eq!(
             t.take(key, &waker),
@@ -862,7 +1106,7 @@ mod tests {
         assert_eq!(t.take(key, &waker).map(|(r, _)| r), Some(100));
 
         // Orphaned between the result and the notification: the data waits for the latter.
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.complete(key.0, 5, F_MORE);
         let (data, alive, finished) = held();
         t.orphan(key, data);
@@ -887,10 +1131,7 @@ mod tests {
         let mut t = table();
         let fd = some_fd();
         let key = t
-            .insert(
-                OpTable::multishot(MultishotKind::Accept, 2),
-                Some(fd.clone()),
-            )
+            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 2), fd.clone())
             .unwrap();
         assert!(!fd.is_unique(), "the slot keeps the descriptor");
         let (count, waker) = counting_waker();
@@ -925,14 +1166,120 @@ mod tests {
     }
 
     #[test]
+    fn a_draining_read_of_the_last_queued_completion_stores_the_waker() {
+        let mut t = table();
+        let fd = some_fd();
+        let key = t
+            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 8), fd)
+            .unwrap();
+        let (count, waker) = counting_waker();
+        t.complete(key.0, 1, F_MORE);
+        t.complete(key.0, 2, F_MORE);
+        t.take_woken(&mut Vec::new()); // no waker was stored yet
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((1, F_MORE), true))),
+            "another one is queued"
+        );
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((2, F_MORE), false))),
+            "the last one queued"
+        );
+        // No poll in between: the next completion wakes the owner all the same.
+        t.complete(key.0, 3, F_MORE);
+        let mut woken = Vec::new();
+        t.take_woken(&mut woken);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        assert_eq!(count.wakes(), 1);
+        // Without `draining` nothing is stored with a completion.
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, false),
+            Ok(Some(((3, F_MORE), true)))
+        );
+        t.complete(key.0, 4, F_MORE);
+        t.take_woken(&mut woken);
+        assert!(woken.is_empty());
+        // An ended op is never reported drained: the owner reads once more and sees the end.
+        t.complete(key.0, -libc::ECANCELED, 0);
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((4, F_MORE), true)))
+        );
+        assert_eq!(
+            t.multishot_next_draining(key, &waker, true),
+            Ok(Some(((-libc::ECANCELED, 0), true)))
+        );
+        assert_eq!(t.multishot_next_draining(key, &waker, true), Ok(None));
+    }
+
+    #[test]
+    fn a_posting_multishot_posts_its_token_once_until_its_owner_drains_it() {
+        let mut t = table();
+        let key = t
+            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 8), some_fd())
+            .unwrap();
+        let list = crate::driver::CompletionList::new();
+        t.multishot_post_to(key, Some((list.shared(), 7)));
+        let (count, reader) = counting_waker();
+        let mut tokens = Vec::new();
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert!(tokens.is_empty());
+        // 1. Two completions: one post, and the reader's waker is collected once.
+        t.complete(key.0, 1, F_MORE);
+        t.complete(key.0, 2, F_MORE);
+        let mut woken = Vec::new();
+        t.take_woken(&mut woken);
+        assert_eq!(woken.len(), 1);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        assert_eq!(count.wakes(), 1);
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert_eq!(tokens, [7]);
+        tokens.clear();
+        // 2. The owner reads one, not all: a new completion posts nothing.
+        let (owner_count, owner) = counting_waker();
+        assert_eq!(
+            t.multishot_next_draining(key, &owner, true),
+            Ok(Some(((1, F_MORE), true)))
+        );
+        t.complete(key.0, 3, F_MORE);
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert!(
+            tokens.is_empty(),
+            "the owner has not found its queue empty yet"
+        );
+        // 3. It reads the rest: the next completion posts again; the owner's waker is never
+        //    kept.
+        assert!(matches!(
+            t.multishot_next_draining(key, &owner, true),
+            Ok(Some((_, true)))
+        ));
+        assert_eq!(
+            t.multishot_next_draining(key, &owner, true),
+            Ok(Some(((3, F_MORE), false)))
+        );
+        t.complete(key.0, 4, F_MORE);
+        t.take_woken(&mut woken);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        list.take(&mut std::task::Context::from_waker(&reader), &mut tokens);
+        assert_eq!(tokens, [7]);
+        assert_eq!((owner_count.wakes(), count.wakes()), (0, 2));
+        // 4. Back to a waker: the owner's next empty read leaves it, and a completion wakes it.
+        t.multishot_post_to(key, None);
+        assert!(t.multishot_next_draining(key, &owner, true).is_ok());
+        assert_eq!(t.multishot_next_draining(key, &owner, true), Err(()));
+        t.complete(key.0, 5, F_MORE);
+        t.take_woken(&mut woken);
+        woken.drain(..).for_each(std::task::Waker::wake);
+        assert_eq!(owner_count.wakes(), 1);
+    }
+
+    #[test]
     fn an_orphaned_multishot_keeps_its_descriptor_until_its_last_completion() {
         let mut t = table();
         let fd = some_fd();
         let key = t
-            .insert(
-                OpTable::multishot(MultishotKind::Accept, 8),
-                Some(fd.clone()),
-            )
+            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 8), fd.clone())
             .unwrap();
         t.multishot_orphan(key);
         assert_eq!(t.cancels.iter().copied().collect::<Vec<_>>(), [key.0]);
@@ -951,7 +1298,7 @@ mod tests {
     fn a_cancel_that_finds_nothing_is_sent_again_while_the_kernel_holds_the_op() {
         let mut t = table();
         let (_count, waker) = counting_waker();
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.cancel(key);
         t.cancel(key);
         assert_eq!(t.cancels.len(), 1, "one cancel in flight at a time");
@@ -993,7 +1340,7 @@ mod tests {
         let mut t = table();
         let (_count, waker) = counting_waker();
         // Found running in io-wq (EALREADY); the interrupted worker ends the op with EINTR.
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.cancel(key);
         t.cancels.clear();
         t.complete(key.0 | CANCEL_BIT, -libc::EALREADY, 0);
@@ -1001,12 +1348,12 @@ mod tests {
         t.complete(key.0, -libc::EINTR, 0);
         assert_eq!(t.take(key, &waker), Some((-libc::ECANCELED, 0)));
         // What it did before the cancel is its result.
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.cancel(key);
         t.complete(key.0, 100, 0);
         assert_eq!(t.take(key, &waker), Some((100, 0)));
         // Without a cancel, EINTR stays EINTR.
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.complete(key.0, -libc::EINTR, 0);
         assert_eq!(t.take(key, &waker), Some((-libc::EINTR, 0)));
     }
@@ -1016,13 +1363,60 @@ mod tests {
         let mut t = table();
         let fd = some_fd();
         let key = t
-            .insert(OpTable::multishot(MultishotKind::Recv, 4), Some(fd.clone()))
+            .insert_multishot(OpTable::multishot(MultishotKind::Recv, 4), fd.clone())
             .unwrap();
-        t.remove_unsubmitted(key);
+        assert!(
+            t.remove_unsubmitted(key).is_none(),
+            "a multishot holds no op data"
+        );
         assert_eq!((t.len(), t.multishots()), (0, 0));
         assert!(fd.is_unique());
         assert_eq!(t.stats.ops_submitted, 0);
+        // A single-shot op's data comes back to the caller, whose it still is.
+        let (data, alive, finished) = held();
+        let key = t.insert(SlotState::Orphaned(data)).unwrap();
+        assert!(matches!(
+            t.remove_unsubmitted(key),
+            Some(SlotState::Orphaned(_))
+        ));
+        assert_eq!((t.len(), t.stats.ops_submitted), (0, 0));
+        assert_eq!((Rc::strong_count(&alive), finished.get()), (1, None));
         let _ = OpKey(0);
+    }
+
+    #[test]
+    fn single_shot_and_multishot_keys_never_meet() {
+        let mut t = table();
+        let (_count, waker) = counting_waker();
+        // Both tables start at index 0 with consecutive generations: only the table bit
+        // tells their keys apart.
+        let single = t.insert(OpTable::armed(&waker)).unwrap();
+        let multi = t
+            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 4), some_fd())
+            .unwrap();
+        assert_eq!(single.0 & 0x1fff_ffff, multi.0 & 0x1fff_ffff);
+        assert_eq!(
+            t.take(multi, &waker),
+            None,
+            "a multishot key is no single-shot op"
+        );
+        assert_eq!(
+            t.multishot_next(single, &waker),
+            Ok(None),
+            "nor the other way round"
+        );
+        t.complete(multi.0, 3, F_MORE);
+        assert_eq!(
+            t.take(single, &waker),
+            None,
+            "its completion went to the multishot"
+        );
+        assert_eq!(t.multishot_next(multi, &waker), Ok(Some((3, F_MORE))));
+        t.complete(single.0, 5, 0);
+        assert_eq!(t.take(single, &waker), Some((5, 0)));
+        t.cancel(multi);
+        assert_eq!(t.cancels.iter().copied().collect::<Vec<_>>(), [multi.0]);
+        assert_eq!((t.len(), t.multishots()), (1, 1));
     }
 
     /// An orphan that is zero-sized (so leaking its box leaks no heap memory, which would
@@ -1067,7 +1461,7 @@ mod tests {
         );
         let mut t = OpTable::new(pool.clone());
         let (_count, waker) = counting_waker();
-        let key = t.insert(OpTable::armed(&waker), None).unwrap();
+        let key = t.insert(OpTable::armed(&waker)).unwrap();
         t.orphan(key, Box::new(Sentinel));
         t.leak_in_flight();
         assert_eq!(t.len(), 0);

@@ -22,7 +22,9 @@ use std::rc::Rc;
 use super::bufpool::{BufPool, POOL_GROUP};
 use super::errno::is_transient;
 use super::op::Orphan;
-use super::slots::{OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG};
+use super::slots::{
+    FinishedOrphans, MultishotNext, OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG,
+};
 use super::wake::{RingPin, WakeTarget};
 use super::{MultishotKind, OpKey, SharedFd, WakeFd};
 
@@ -390,7 +392,7 @@ impl Uring {
     /// As [`push`](Self::push).
     pub(crate) unsafe fn submit(&mut self, sqe: squeue::Entry, waker: &Waker) -> io::Result<OpKey> {
         // SAFETY: forwarded from the caller.
-        unsafe { self.insert(sqe, OpTable::armed(waker), None) }
+        unsafe { self.insert(sqe, OpTable::armed(waker)) }
     }
 
     /// Arms a multishot op owned by a connection.
@@ -404,29 +406,68 @@ impl Uring {
         cap: usize,
         keep: SharedFd,
     ) -> io::Result<OpKey> {
-        // SAFETY: forwarded from the caller; `keep` holds the descriptor open until the slot
-        // is freed by the last completion.
-        unsafe { self.insert(sqe, OpTable::multishot(kind, cap), Some(keep)) }
+        self.flush_cancels();
+        // `keep` holds the descriptor open until the slot is freed by the last completion.
+        let key = self
+            .table
+            .insert_multishot(OpTable::multishot(kind, cap), keep)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_or_free(sqe, key) }
     }
 
-    /// Takes a slot for `state` and pushes `sqe` tagged with its key. On error nothing is in
-    /// the ring and the slot is freed again.
+    /// Takes a slot for the single-shot `state` and pushes `sqe` tagged with its key. On
+    /// error nothing is in the ring and the slot is freed again.
     ///
     /// # Safety
     /// As [`push`](Self::push).
-    unsafe fn insert(
-        &mut self,
-        sqe: squeue::Entry,
-        state: SlotState,
-        keep: Option<SharedFd>,
-    ) -> io::Result<OpKey> {
+    unsafe fn insert(&mut self, sqe: squeue::Entry, state: SlotState) -> io::Result<OpKey> {
         self.flush_cancels();
-        let key = self.table.insert(state, keep)?;
+        let key = self.table.insert(state)?;
+        // SAFETY: forwarded from the caller.
+        unsafe { self.push_or_free(sqe, key) }
+    }
+
+    /// Pushes `sqe` tagged with `key`, a slot just taken; if that fails, nothing is in the
+    /// ring and the slot is freed again.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push).
+    unsafe fn push_or_free(&mut self, sqe: squeue::Entry, key: OpKey) -> io::Result<OpKey> {
         // SAFETY: forwarded from the caller.
         if let Err(e) = unsafe { self.push(&sqe.user_data(key.0)) } {
             // Never reached the ring: nobody else knows the slot.
-            self.table.remove_unsubmitted(key);
+            drop(self.table.remove_unsubmitted(key));
             return Err(e);
+        }
+        Ok(key)
+    }
+
+    /// Arms an op nobody awaits: its data goes into the slot at once, as an orphan's, and
+    /// its completion finishes it (no cancel is sent). On an error the entry is not in the
+    /// ring and the data comes back.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push); `data` owns what the entry points to.
+    pub(crate) unsafe fn submit_detached(
+        &mut self,
+        sqe: squeue::Entry,
+        data: Box<dyn Orphan>,
+    ) -> Result<OpKey, (io::Error, Box<dyn Orphan>)> {
+        self.flush_cancels();
+        let key = match self.table.try_insert(SlotState::Orphaned(data)) {
+            Ok(key) => key,
+            Err(SlotState::Orphaned(data)) => {
+                return Err((io::Error::other("too many io_uring ops in flight"), data))
+            }
+            Err(_) => unreachable!("the state given back is the one given"),
+        };
+        // SAFETY: forwarded from the caller.
+        if let Err(e) = unsafe { self.push(&sqe.user_data(key.0)) } {
+            // Never reached the ring: the data is the caller's again.
+            return match self.table.remove_unsubmitted(key) {
+                Some(SlotState::Orphaned(data)) => Err((e, data)),
+                _ => unreachable!("the slot was just made with the data"),
+            };
         }
         Ok(key)
     }
@@ -436,13 +477,15 @@ impl Uring {
         self.table.take(key, waker)
     }
 
-    /// See [`OpTable::multishot_next`].
+    /// See [`OpTable::multishot_next_draining`].
+    #[inline]
     pub(crate) fn multishot_next(
         &mut self,
         key: OpKey,
         waker: &Waker,
-    ) -> Result<Option<(i32, u32)>, ()> {
-        self.table.multishot_next(key, waker)
+        draining: bool,
+    ) -> MultishotNext {
+        self.table.multishot_next_draining(key, waker, draining)
     }
 
     /// Completions queued for a multishot op and not yet read.
@@ -465,9 +508,10 @@ impl Uring {
         self.table.orphan(key, data)
     }
 
-    /// Orphans whose completion arrived, to be finished by the caller outside the borrow.
-    pub(crate) fn take_finished_orphans(&mut self) -> Vec<(Box<dyn Orphan>, i32, u32)> {
-        self.table.take_finished_orphans()
+    /// Orphans whose completion arrived, moved into `out`, to be finished by the caller
+    /// outside the borrow.
+    pub(crate) fn take_finished_orphans(&mut self, out: &mut FinishedOrphans) {
+        self.table.take_finished_orphans(out)
     }
 
     /// Registers a sparse file table of `slots` entries, so sockets can be named by slot

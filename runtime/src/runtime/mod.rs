@@ -524,7 +524,11 @@ impl Core {
     fn finish_orphans(&self) {
         self.driver.finish_orphans();
         for payload in self.driver.take_panics() {
-            self.report_panic(None, "an orphaned op's completion panicked", &*payload);
+            self.report_panic(
+                None,
+                "a detached or orphaned op's completion panicked",
+                &*payload,
+            );
         }
     }
 
