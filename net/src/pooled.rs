@@ -451,7 +451,7 @@ impl PooledReceiver {
             return Poll::Ready(ready);
         }
         match self.backend {
-            Backend::IoUring => self.poll_uring(cx, Mode::Task),
+            Backend::IoUring => self.poll_uring(cx, Mode::Task, None),
             _ => self.poll_epoll(cx, Mode::Task),
         }
     }
