@@ -858,7 +858,10 @@ fn callback_handle_of_another_runtime_never_cancels_this_runtimes_timer() {
 #[test]
 fn a_sleep_dropped_under_another_threads_runtime_never_cancels_that_runtimes_timer() {
     let a = Runtime::new().unwrap();
-    let deadline = Instant::now() + Duration::from_millis(5);
+    // Far enough off that A's first iteration cannot find it due, however slow the machine
+    // (under qemu's emulation a few milliseconds pass before `block_on` returns, and A would
+    // then fire the timer itself).
+    let deadline = Instant::now() + Duration::from_millis(500);
     #[allow(clippy::async_yields_async)] // the sleep is carried out, to another thread
     let armed_on_a = a.block_on(async move {
         let mut s = Box::pin(ringloop_runtime::sleep_until(deadline));
