@@ -335,11 +335,16 @@ fn timeout_drops_a_foreign_future_it_cannot_cancel() {
 #[test]
 fn external_cancel_during_timeout_unwinding_is_not_swallowed() {
     rt().block_on(async {
-        let t = spawn(async {
-            let r = timeout(Duration::from_millis(1), async {
+        // The outside cancel is sent once the cleanup has begun, whatever the machine's speed
+        // (not after a fixed delay, which a slow machine can overrun).
+        let cleaning = Rc::new(Cell::new(false));
+        let c = cleaning.clone();
+        let t = spawn(async move {
+            let r = timeout(Duration::from_millis(1), async move {
                 if let Err(cancelled) = sleep(Duration::from_secs(3600)).await {
+                    c.set(true);
                     // Cleanup; the outside cancel lands here and is ignored.
-                    let _ = sleep(Duration::from_millis(20)).await;
+                    let _ = sleep(Duration::from_secs(3600)).await;
                     return Err(cancelled);
                 }
                 Ok(())
@@ -348,7 +353,9 @@ fn external_cancel_during_timeout_unwinding_is_not_swallowed() {
             assert_eq!(r.map(|_| ()), Err(TimedOut));
             sleep(Duration::from_millis(1)).await
         });
-        sleep(Duration::from_millis(5)).await.unwrap();
+        while !cleaning.get() {
+            sleep(Duration::from_millis(1)).await.unwrap();
+        }
         t.cancel_with("outside");
         assert_eq!(t.await.unwrap_err().cancel_message(), Some("outside"));
     });
