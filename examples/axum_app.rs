@@ -13,13 +13,8 @@
 //! SIGTERM or SIGINT shuts it down gracefully, as `axum::serve(..).with_graceful_shutdown(..)`
 //! does: no new connections, requests in progress finish (within `--grace` seconds).
 
-use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::pin;
-use std::rc::Rc;
-use std::task::Poll;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,12 +23,8 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use hyper::service::Service;
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
-use ringloop::net::compat::Io;
-use ringloop::net::{Server, ShutdownSignal, TcpListener, TcpStream};
+use ringloop::net::compat::http::{Http, TowerToHyperService};
+use ringloop::net::TcpListener;
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
@@ -104,10 +95,11 @@ fn main() -> std::io::Result<()> {
     ringloop::Runtime::new()?.block_on(async move {
         let listener = TcpListener::bind(args.addr)?;
         let addr = listener.local_addr()?;
-        let app = app();
-        let server = Server::tcp(listener, move |stream, shutdown| {
-            serve(stream, shutdown, app.clone())
-        });
+        // Each connection a task of a `net::Server`, hyper's HTTP/1 + HTTP/2 on ringloop's
+        // executor and timer, the router as a hyper service.
+        let server = Http::new()
+            .header_timeout(Some(HEADER_TIMEOUT))
+            .serve(listener, TowerToHyperService::new(app()));
         let stopped = server.shutdown_on_signals(grace)?;
         println!("listening on {addr}");
         let report = stopped.await?;
@@ -117,48 +109,4 @@ fn main() -> std::io::Result<()> {
         );
         Ok(())
     })
-}
-
-/// One connection: hyper (HTTP/1.1 or HTTP/2) serving the router, shut down gracefully when the
-/// server is.
-async fn serve(stream: TcpStream, shutdown: ShutdownSignal, app: Router) {
-    let _ = stream.set_nodelay(true);
-    let mut builder = auto::Builder::new(HyperExecutor);
-    builder
-        .http1()
-        .timer(HyperTimer)
-        .header_read_timeout(HEADER_TIMEOUT);
-    builder.http2().timer(HyperTimer);
-    let asked = Rc::new(Cell::new(false));
-    let service = TowerToHyperService::new(app);
-    let service = hyper::service::service_fn(|req| {
-        asked.set(true);
-        service.call(req)
-    });
-    let mut conn = pin!(builder.serve_connection(Io::new(stream), service));
-    let mut stop = pin!(shutdown.wait());
-    let mut stopping = false;
-    // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
-    // reads them without a timer to tell HTTP/1 from HTTP/2): a client that connects and
-    // sends nothing, or too little, gets the same time for its first request head.
-    let mut first = Some(Box::pin(ringloop::sleep(HEADER_TIMEOUT)));
-    let _ = poll_fn(|cx| {
-        if asked.get() {
-            first = None;
-        } else if let Some(Poll::Ready(_)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
-            return Poll::Ready(Ok(()));
-        }
-        if !stopping {
-            if let Poll::Ready(r) = stop.as_mut().poll(cx) {
-                if r.is_err() {
-                    // Cancelled: the grace is over; dropping the connection closes it.
-                    return Poll::Ready(Ok(()));
-                }
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
 }

@@ -33,22 +33,17 @@
 //!
 //! It prints `listening on ADDR (...)` on stdout once it accepts.
 
-use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
-use std::pin::pin;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto;
-use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
+use ringloop::net::compat::http::Http;
 use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{
     Server, ShardListeners, ShutdownReport, ShutdownSignal, TcpListener, TcpStream,
@@ -126,9 +121,9 @@ struct Args {
 
 /// What every connection of a runtime shares.
 struct Config {
-    /// hyper's connection settings, built once per runtime (a connection borrows them, so
-    /// they take no room in every connection's future).
-    http: auto::Builder<HyperExecutor>,
+    /// hyper's connection settings on ringloop's executor and timer, built once per runtime
+    /// (a connection borrows them, so they take no room in every connection's future).
+    http: Http,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
     mechanism: Mechanism,
@@ -141,11 +136,7 @@ impl Config {
         header_timeout: Duration,
         mechanism: Mechanism,
     ) -> Config {
-        let mut http = auto::Builder::new(HyperExecutor);
-        http.http1()
-            .timer(HyperTimer)
-            .header_read_timeout(header_timeout);
-        http.http2().timer(HyperTimer);
+        let mut http = Http::new().header_timeout(Some(header_timeout));
         if protocol == Protocol::Http1 {
             http = http.http1_only();
         }
@@ -281,15 +272,27 @@ fn serve(listener: TcpListener, config: Rc<Config>) -> Server {
 }
 
 /// Serves one connection: TLS first if configured, then HTTP until the client is done or the
-/// server shuts down.
+/// server shuts down (`Http::serve` does the same without the TLS).
 async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Config>) {
     let _ = stream.set_nodelay(true);
     let io = Io::with_mechanism(stream, config.mechanism);
     match &config.tls {
-        None => http(io, shutdown, &config).await,
+        None => {
+            let _ = config
+                .http
+                .serve_connection(io, service_fn(route), Some(&shutdown))
+                .await;
+        }
         // Boxed: a TLS session is large, and the plain connections' futures should not be.
         Some(acceptor) => Box::pin(https(acceptor, io, shutdown, &config)).await,
     }
+}
+
+/// The routes as a hyper service's function (`service_fn(route)`).
+async fn route(
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<http_routes::Body>, Infallible> {
+    Ok(http_routes::respond(req))
 }
 
 /// The TLS handshake (within the header timeout), then HTTP over the TLS stream.
@@ -301,48 +304,11 @@ async fn https(
 ) {
     let handshake = ringloop::timeout(config.header_timeout, acceptor.accept(io)).await;
     if let Ok(Ok(tls)) = handshake {
-        http(TokioIo::new(tls), shutdown, config).await;
+        let _ = config
+            .http
+            .serve_connection(TokioIo::new(tls), service_fn(route), Some(&shutdown))
+            .await;
     }
-}
-
-/// hyper's HTTP/1 + HTTP/2 connection on `io`, shut down gracefully when `shutdown` is set.
-async fn http<I>(io: I, shutdown: ShutdownSignal, config: &Config)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-{
-    let asked = Rc::new(Cell::new(false));
-    let service = service_fn(|req| {
-        asked.set(true);
-        async move { Ok::<_, Infallible>(http_routes::respond(req)) }
-    });
-    let mut conn = pin!(config.http.serve_connection(io, service));
-    let mut stop = pin!(shutdown.wait());
-    let mut stopping = false;
-    // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
-    // reads them without a timer to tell HTTP/1 from HTTP/2): a client that connects and
-    // sends nothing, or too little, gets the same time for its first request head.
-    let mut first = Some(Box::pin(ringloop::sleep(config.header_timeout)));
-    let _ = poll_fn(|cx| {
-        if asked.get() {
-            first = None;
-        } else if let Some(Poll::Ready(_)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
-            return Poll::Ready(Ok(()));
-        }
-        // Once the server shuts down: finish the request in progress, then close (an idle
-        // keep-alive connection closes at once). A cancel (the grace is over) ends the wait
-        // with an error; the connection is then dropped, which closes it.
-        if !stopping {
-            if let Poll::Ready(r) = stop.as_mut().poll(cx) {
-                if r.is_err() {
-                    return Poll::Ready(Ok(()));
-                }
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
 }
 
 /// A TLS acceptor with a self-signed certificate for `localhost`, offering `h2` and

@@ -1001,3 +1001,84 @@ http_test! {
         stop(&server).await;
     }
 }
+
+http_test! {
+    /// `Http::serve`, the one call: an axum router over TCP (HTTP/1.1 and HTTP/2 by the
+    /// client's first bytes), and a client that connects and sends nothing is disconnected by
+    /// the header timeout.
+    async fn http_serve_in_one_call() {
+        use ringloop::net::compat::http::{Http, TowerToHyperService};
+        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Http::new()
+            .header_timeout(Some(Duration::from_millis(200)))
+            .serve(listener, TowerToHyperService::new(axum_app()));
+        for http2 in [false, true] {
+            let res = if http2 {
+                let (mut sender, _conn) = h2_client(addr).await;
+                sender.send_request(get("/users/3")).await.unwrap()
+            } else {
+                let (mut sender, _conn) = h1_client(addr).await;
+                sender.send_request(get("/users/3")).await.unwrap()
+            };
+            let (status, body) = read(res).await;
+            assert_eq!(status, StatusCode::OK, "http2={http2}");
+            assert_eq!(&body[..], br#"{"id":3,"name":"user 3"}"#, "http2={http2}");
+        }
+        spawn_blocking(move || stall_in_head(addr, 0, b"")).await.unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+http_test! {
+    /// `Http::serve` with a hyper service: a `POST /echo` in flight when the server shuts down
+    /// is answered in full, then its connection closes, and the shutdown is graceful.
+    async fn http_serve_finishes_a_request_in_flight() {
+        use ringloop::net::compat::http::Http;
+        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = hyper::service::service_fn(|req| async move {
+            Ok::<_, Infallible>(http_routes::respond(req))
+        });
+        let server = Http::new().serve(listener, service);
+        let (mut busy, busy_conn) = h1_client(addr).await;
+        let in_flight = EchoInFlight::start(|req| busy.send_request(req), piece(0)).await;
+        let shutdown = begin_shutdown(&server, GRACE).await;
+        in_flight.finish(piece(0), (1..5).map(piece).collect()).await;
+        busy_conn.await.unwrap().unwrap();
+        let report = shutdown.await.unwrap().unwrap();
+        assert!(report.is_graceful(), "{report:?}");
+        assert_eq!(report.finished, 1, "{report:?}");
+    }
+}
+
+http_test! {
+    /// `Http::serve_unix`: hyper over a Unix-domain socket, HTTP/1.1, the socket file left for
+    /// the caller to remove.
+    async fn http_serve_on_a_unix_socket() {
+        use ringloop::net::compat::http::Http;
+        use ringloop::net::{UnixListener, UnixStream};
+        let dir = std::env::temp_dir().join(format!("ringloop-http-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:?}.sock", ringloop::current_backend()));
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).unwrap();
+        let service = hyper::service::service_fn(|req| async move {
+            Ok::<_, Infallible>(http_routes::respond(req))
+        });
+        let server = Http::new().http1_only().serve_unix(listener, service);
+        let stream = UnixStream::connect(&path).await.unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(Io::new(stream))
+            .await
+            .unwrap();
+        let conn = spawn(conn);
+        let (status, body) = read(sender.send_request(get(HELLO_PATH)).await.unwrap()).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, HELLO));
+        drop(sender);
+        conn.await.unwrap().unwrap();
+        stop(&server).await;
+        std::fs::remove_file(&path).unwrap();
+        let _ = std::fs::remove_dir(&dir);
+    }
+}

@@ -1,27 +1,25 @@
-//! The server under test: the connection code of `examples/http_server.rs` (hyper-util's auto
-//! builder, HTTP/1.1 and HTTP/2, over `compat::Io`, on `HyperExecutor` and `HyperTimer`, each
-//! connection a task of a `net::Server`, TLS through tokio-rustls, hyper's graceful shutdown on
-//! the server's signal), serving the example's routes or an axum `Router`.
+//! The server under test: the connection code of `examples/http_server.rs` (the library's
+//! `compat::http::Http`: hyper-util's auto builder, HTTP/1.1 and HTTP/2, over `compat::Io`, on
+//! `HyperExecutor` and `HyperTimer`, hyper's graceful shutdown on the server's signal; each
+//! connection a task of a `net::Server`, TLS through tokio-rustls), serving the example's
+//! routes or an axum `Router`.
 
-use std::cell::Cell;
 use std::convert::Infallible;
 use std::error::Error as StdError;
-use std::future::{poll_fn, Future};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
 use hyper::service::{service_fn, Service};
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::conn::auto::{self, HttpServerConnExec};
+use hyper_util::server::conn::auto::HttpServerConnExec;
 use hyper_util::service::TowerToHyperService;
-use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
+use ringloop::compat::hyper::HyperExecutor;
+use ringloop::net::compat::http::Http;
 use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{Server, ShutdownSignal, TcpListener, TcpStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -123,8 +121,8 @@ where
     }
 }
 
-/// hyper's HTTP/1 + HTTP/2 connection on `io`, shut down gracefully when `shutdown` is set
-/// (the example's `http`, generic in the service).
+/// The library's HTTP/1 + HTTP/2 connection (`compat::http::Http`) on `io`, shut down
+/// gracefully when `shutdown` is set.
 async fn http<I, S, B>(io: I, service: S, shutdown: ShutdownSignal, config: &Config)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
@@ -135,48 +133,8 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
     HyperExecutor: HttpServerConnExec<S::Future, B>,
 {
-    let mut builder = auto::Builder::new(HyperExecutor);
-    builder
-        .http1()
-        .timer(HyperTimer)
-        .header_read_timeout(config.header_timeout);
-    builder.http2().timer(HyperTimer);
-    let asked = Rc::new(Cell::new(false));
-    let service = {
-        let asked = asked.clone();
-        hyper::service::service_fn(move |req| {
-            asked.set(true);
-            service.call(req)
-        })
-    };
-    let mut conn = pin!(builder.serve_connection(io, service));
-    let mut stop = pin!(shutdown.wait());
-    let mut stopping = false;
-    // hyper's header timeout starts once the first bytes are in (hyper-util's auto builder
-    // reads them without a timer to tell HTTP/1 from HTTP/2): a client that connects and
-    // sends nothing, or too little, gets the same time for its first request head.
-    let mut first = Some(Box::pin(ringloop::sleep(config.header_timeout)));
-    let _ = poll_fn(|cx| {
-        if asked.get() {
-            first = None;
-        } else if let Some(Poll::Ready(_)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
-            return Poll::Ready(Ok(()));
-        }
-        // Once the server shuts down: finish the request in progress, then close (an idle
-        // keep-alive connection closes at once). A cancel (the grace is over) ends the wait
-        // with an error; the connection is then dropped, which closes it.
-        if !stopping {
-            if let Poll::Ready(r) = stop.as_mut().poll(cx) {
-                if r.is_err() {
-                    return Poll::Ready(Ok(()));
-                }
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await;
+    let http = Http::new().header_timeout(Some(config.header_timeout));
+    let _ = http.serve_connection(io, service, Some(&shutdown)).await;
 }
 
 /// A TLS acceptor with a self-signed certificate for `localhost` and `127.0.0.1`, offering

@@ -92,6 +92,8 @@ use crate::ops::PollReady;
 use crate::pooled::{self, RecvSlot};
 use crate::{tcp, unix, AsSharedFd, PooledReceiver, TcpStream, UnixStream};
 
+#[cfg(feature = "http-server")]
+pub mod http;
 #[cfg(feature = "hyper")]
 mod hyper_impls;
 #[cfg(feature = "tokio-io")]
