@@ -524,6 +524,9 @@ both_backends! {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .unwrap();
         socket.set_recv_buffer_size(4096).unwrap();
+        // A fixed send buffer too: autotuned, it may grow to `tcp_wmem`'s maximum (4 MiB on
+        // many kernels), enough to take everything the writer has without TCP stopping it.
+        socket.set_send_buffer_size(16 * 1024).unwrap();
         socket.connect(&server.local_addr().into()).unwrap();
         let client = Rc::new(TcpStream::from_std(socket.into()).unwrap());
         let writer = {
