@@ -8,6 +8,13 @@
 //! Equal deadlines fire in scheduling order because the sequence number breaks ties. All timer
 //! users (`sleep`, `call_later`, `call_at`, `timeout`, `wait_for`) sit on this one interface, so a
 //! wheel can replace it if profiles ask.
+//!
+//! Moving a timer to a *later* deadline (a server's idle or header timeout, pushed back at every
+//! request) touches no heap node: the entry records the new deadline, and when its old node
+//! surfaces it goes back in at the new one. A timer pushed back at every request then costs a
+//! heap push and pop once per timeout period instead of once per request (hyper's header-read
+//! timer at 1 000 keep-alive connections spent about 3 % of the server's instructions in this
+//! heap's pops before).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -47,7 +54,15 @@ pub(crate) enum TimerAction {
 }
 
 struct Entry {
+    /// The sequence number of the timer's current arming (its key's); orders it among equal
+    /// deadlines.
     seq: u64,
+    /// When it fires.
+    deadline: Instant,
+    /// The sequence number and deadline of its one live heap node; the node's deadline may be
+    /// earlier than `deadline` (moved later without touching the heap), never later.
+    node_seq: u64,
+    node_deadline: Instant,
     action: TimerAction,
 }
 
@@ -80,7 +95,13 @@ impl TimerHeap {
     pub(crate) fn insert(&mut self, deadline: Instant, action: TimerAction) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let slot = self.entries.insert(Entry { seq, action });
+        let slot = self.entries.insert(Entry {
+            seq,
+            deadline,
+            node_seq: seq,
+            node_deadline: deadline,
+            action,
+        });
         self.heap.push(Reverse((deadline, seq, slot)));
         TimerKey {
             slot,
@@ -105,12 +126,13 @@ impl TimerHeap {
         }
     }
 
-    /// Moves an armed timer to `deadline`, keeping its slot and its action (no allocation but
-    /// the heap node). Returns the timer's new key, or `None` if `key` is not armed here.
+    /// Moves an armed timer to `deadline`, keeping its slot and its action (no allocation).
+    /// Returns the timer's new key, or `None` if `key` is not armed here.
     ///
     /// The timer takes a new sequence number, so among equal deadlines it fires after the
-    /// timers armed before the move, as if it had been armed anew; its old heap node goes
-    /// stale.
+    /// timers armed before the move, as if it had been armed anew. A later deadline than its
+    /// heap node's is only recorded (the node moves when it surfaces); an earlier one pushes a
+    /// new node and the old one goes stale.
     #[cfg_attr(not(any(test, feature = "hyper")), allow(dead_code))] // used by `compat::hyper`
     pub(crate) fn reschedule(&mut self, key: TimerKey, deadline: Instant) -> Option<TimerKey> {
         if !self.owns(key) {
@@ -118,11 +140,17 @@ impl TimerHeap {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.entries[key.slot].seq = seq;
-        self.heap.push(Reverse((deadline, seq, key.slot)));
-        self.stale += 1;
-        if self.stale > 64 && self.stale > self.entries.len() {
-            self.compact();
+        let entry = &mut self.entries[key.slot];
+        entry.seq = seq;
+        entry.deadline = deadline;
+        if deadline < entry.node_deadline {
+            entry.node_seq = seq;
+            entry.node_deadline = deadline;
+            self.heap.push(Reverse((deadline, seq, key.slot)));
+            self.stale += 1;
+            if self.stale > 64 && self.stale > self.entries.len() {
+                self.compact();
+            }
         }
         Some(TimerKey { seq, ..key })
     }
@@ -142,39 +170,63 @@ impl TimerHeap {
 
     fn compact(&mut self) {
         let entries = &self.entries;
-        self.heap
-            .retain(|Reverse((_, seq, slot))| entries.get(*slot).is_some_and(|e| e.seq == *seq));
+        self.heap.retain(|Reverse((_, seq, slot))| {
+            entries.get(*slot).is_some_and(|e| e.node_seq == *seq)
+        });
         self.stale = 0;
     }
 
+    /// Whether `key`'s arming is the timer's current one.
     fn is_live(&self, seq: u64, slot: usize) -> bool {
         self.entries.get(slot).is_some_and(|e| e.seq == seq)
     }
 
+    /// What the heap's top node is: `None` when the heap is empty, else whether it is the
+    /// live node of a timer whose deadline is the node's (`Some(Ok(deadline))`); a stale node
+    /// is popped, and the node of a timer moved later goes back in at its deadline
+    /// (`Some(Err(()))`: look again).
+    fn settle_top(&mut self) -> Option<Result<Instant, ()>> {
+        let Reverse((deadline, seq, slot)) = *self.heap.peek()?;
+        match self.entries.get_mut(slot) {
+            Some(e) if e.node_seq == seq => {
+                if e.deadline == deadline {
+                    return Some(Ok(deadline));
+                }
+                // Moved later: the node follows now, with the timer's current sequence number
+                // (its place among equal deadlines is that of its last arming).
+                e.node_seq = e.seq;
+                e.node_deadline = e.deadline;
+                let node = Reverse((e.deadline, e.seq, slot));
+                // `PeekMut` replaces the top and sifts it down once.
+                *self.heap.peek_mut().expect("peeked") = node;
+            }
+            _ => {
+                self.heap.pop();
+                self.stale = self.stale.saturating_sub(1);
+            }
+        }
+        Some(Err(()))
+    }
+
     /// The earliest live deadline, dropping stale heap nodes on the way.
     pub(crate) fn next_deadline(&mut self) -> Option<Instant> {
-        while let Some(Reverse((deadline, seq, slot))) = self.heap.peek().copied() {
-            if self.is_live(seq, slot) {
+        loop {
+            if let Ok(deadline) = self.settle_top()? {
                 return Some(deadline);
             }
-            self.heap.pop();
-            self.stale = self.stale.saturating_sub(1);
         }
-        None
     }
 
     /// Moves every timer whose deadline is at or before `now` into `out`, in deadline order
     /// (ties in arming order).
     pub(crate) fn expire(&mut self, now: Instant, out: &mut Vec<TimerAction>) {
-        while let Some(Reverse((deadline, seq, slot))) = self.heap.peek().copied() {
+        while let Some(Reverse((deadline, _, slot))) = self.heap.peek().copied() {
             if deadline > now {
                 break;
             }
-            self.heap.pop();
-            if self.is_live(seq, slot) {
+            if self.settle_top() == Some(Ok(deadline)) {
+                self.heap.pop();
                 out.push(self.entries.remove(slot).action);
-            } else {
-                self.stale = self.stale.saturating_sub(1);
             }
         }
     }
@@ -300,5 +352,56 @@ mod tests {
         assert!(a.reschedule(kb, d).is_none());
         assert_eq!(a.len(), 1);
         assert!(b.cancel(kb).is_some());
+    }
+
+    #[test]
+    fn moving_a_timer_later_touches_no_heap_node_and_keeps_arming_order() {
+        let mut heap = TimerHeap::new();
+        let t0 = Instant::now();
+        let mut a = heap.insert(t0 + Duration::from_millis(1), TimerAction::Wake(marker(1)));
+        for i in 2..1000u64 {
+            a = heap.reschedule(a, t0 + Duration::from_millis(i)).unwrap();
+        }
+        assert_eq!(heap.heap.len(), 1, "one node for the moved timer");
+        let end = t0 + Duration::from_millis(999);
+        // Armed after the last move, at the same deadline: fires after it.
+        heap.insert(end, TimerAction::Wake(marker(2)));
+        // Moved earlier again: a new node.
+        let c = heap.insert(end + Duration::from_millis(5), TimerAction::Wake(marker(3)));
+        heap.reschedule(c, end).unwrap();
+        assert_eq!(
+            heap.next_deadline(),
+            Some(end),
+            "the old node moved when it surfaced"
+        );
+        let mut out = Vec::new();
+        heap.expire(end - Duration::from_millis(1), &mut out);
+        assert!(
+            out.is_empty(),
+            "nothing fires before the deadline it was moved to"
+        );
+        heap.expire(end, &mut out);
+        let order: Vec<_> = out
+            .iter()
+            .map(|a| match a {
+                TimerAction::Wake(w) => w.data() as usize,
+                TimerAction::Callback(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, [1, 2, 3], "equal deadlines in arming order");
+        assert_eq!(heap.len(), 0);
+        assert_eq!(heap.next_deadline(), None);
+    }
+
+    /// A waker whose data pointer is `id`, to tell the fired actions apart.
+    fn marker(id: usize) -> Waker {
+        use std::task::{RawWaker, RawWakerVTable};
+        fn clone(p: *const ()) -> RawWaker {
+            RawWaker::new(p, &VTABLE)
+        }
+        fn noop(_: *const ()) {}
+        static VTABLE: RawWakerVTable = RawWakerVTable::new(clone, noop, noop, noop);
+        // SAFETY: the vtable's functions ignore the data pointer, which is never dereferenced.
+        unsafe { Waker::from_raw(RawWaker::new(id as *const (), &VTABLE)) }
     }
 }
