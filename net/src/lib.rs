@@ -177,7 +177,10 @@ pub use server::{
     start_server, start_unix_server, ListenAddr, Server, ShutdownReport, ShutdownSignal,
     SignalShutdown, DEFAULT_CANCEL_GRACE, GRACE_OVER,
 };
-pub use shard::{Distribution, ShardAcceptor, ShardListeners, ShardListenersBuilder, Steering};
+pub use shard::{
+    Distribution, ShardAcceptor, ShardAcceptorBuilder, ShardListeners, ShardListenersBuilder,
+    Steering, UnixShardAcceptor, DEFAULT_INBOX_BOUND,
+};
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
     sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAll, SendAllError,

@@ -242,8 +242,31 @@ impl Server {
         H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
         Fut: Future + 'static,
     {
-        let serve = serve_tcp(handler);
-        let Some((listener, route)) = listener else {
+        let listener = listener.map(|(l, route)| (Family::Tcp, l.as_shared_fd().clone(), route));
+        Server::sharded(serve_tcp(handler), listener, inbox)
+    }
+
+    /// [`tcp_sharded`](Self::tcp_sharded) for a Unix-domain acceptor
+    /// ([`UnixShardAcceptor`](crate::UnixShardAcceptor)).
+    pub(crate) fn unix_sharded<H, Fut>(
+        handler: H,
+        listener: Option<(UnixListener, Box<Route>)>,
+        inbox: Option<Arc<Inbox>>,
+    ) -> Server
+    where
+        H: Fn(UnixStream, ShutdownSignal) -> Fut + 'static,
+        Fut: Future + 'static,
+    {
+        let listener = listener.map(|(l, route)| (Family::Unix, l.as_shared_fd().clone(), route));
+        Server::sharded(serve_unix(handler), listener, inbox)
+    }
+
+    fn sharded(
+        serve: impl Fn(&Rc<Inner>, OwnedFd, Option<Assigned>) + 'static,
+        listener: Option<(Family, SharedFd, Box<Route>)>,
+        inbox: Option<Arc<Inbox>>,
+    ) -> Server {
+        let Some((family, fd, route)) = listener else {
             let server = Server::new(Box::new(serve));
             if let Some(inbox) = inbox {
                 server.feed(inbox);
@@ -263,7 +286,7 @@ impl Server {
                 }
             },
         ));
-        server.listen(Family::Tcp, listener.as_shared_fd().clone(), None);
+        server.listen(family, fd, None);
         if let Some(inbox) = inbox {
             server.feed(inbox);
         }

@@ -5,10 +5,12 @@
 //!   `SO_REUSEPORT`; the kernel spreads the connections over them. The default for a sharded
 //!   server: nothing is shared between shards, not even the accept queue. Optionally a
 //!   [`Steering`] program hands each connection to the shard on the CPU that received it.
-//! * [`ShardAcceptor`]: one listener; shard 0 accepts and hands each connection to a shard
-//!   ([`Distribution::RoundRobin`] or [`Distribution::LeastConnections`]). For servers whose
-//!   connections are few, long and uneven, where the kernel's hash can leave one shard with
-//!   most of the work.
+//! * [`ShardAcceptor`]: one listener; one shard (shard 0 unless
+//!   [chosen](ShardAcceptorBuilder::acceptor_shard)) accepts and hands each connection to a
+//!   shard ([`Distribution::RoundRobin`] or [`Distribution::LeastConnections`]). For servers
+//!   whose connections are few, long and uneven, where the kernel's hash can leave one shard
+//!   with most of the work. [`UnixShardAcceptor`] does the same for a Unix-domain socket
+//!   (which `SO_REUSEPORT` does not spread).
 //!
 //! ```
 //! use ringloop_net::{ShardListeners, ShutdownSignal, TcpStream};
@@ -80,13 +82,20 @@
 //! # One acceptor
 //!
 //! [`ShardAcceptor`] has one listening socket. Every shard calls
-//! [`serve`](ShardAcceptor::serve): on shard 0 that accepts, and hands each connection to a
-//! shard (itself included) by the [`Distribution`]; on the others it serves what is handed
-//! over. A handed-over connection is a descriptor in the receiving shard's *inbox*, a
+//! [`serve`](ShardAcceptor::serve): on the accepting shard (shard 0 unless
+//! [`ShardAcceptorBuilder::acceptor_shard`] says otherwise) that accepts, and hands each
+//! connection to a shard (itself included) by the [`Distribution`]; on the others it serves
+//! what is handed over. A handed-over connection is a descriptor in the receiving shard's *inbox*, a
 //! queue behind a mutex with the waker of that shard's feed task, which turns each descriptor
 //! into a [`TcpStream`] on its own runtime and serves it like an accepted one (the shard's
 //! [`Server`] tracks it, so the shard's shutdown waits for it). A burst of hand-overs costs the
 //! receiving shard one wake-up.
+//!
+//! An inbox holds at most [`inbox_bound`](ShardAcceptorBuilder::inbox_bound) connections
+//! ([`DEFAULT_INBOX_BOUND`]). A shard whose loop is stalled (a long computation, a blocking
+//! call) does not drain its inbox; once it is full the acceptor passes that shard over, as it
+//! does a shard that stopped, so round robin cannot pile connections on a shard that answers
+//! none of them. (Least connections avoids it anyway: what waits in an inbox counts.)
 //!
 //! # No descriptor is lost
 //!
@@ -109,6 +118,8 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
@@ -116,8 +127,9 @@ use std::task::{Poll, Waker};
 use ringloop_runtime::Shard;
 use socket2::Socket;
 
-use crate::server::{Server, ShutdownSignal};
+use crate::server::{Route, Server, ShutdownSignal};
 use crate::tcp::{TcpListener, TcpStream};
+use crate::unix::{UnixListener, UnixStream};
 
 /// Locks `m`, ignoring poisoning: every critical section here only moves values in and out
 /// and cannot panic half-way.
@@ -434,12 +446,159 @@ pub enum Distribution {
     LeastConnections,
 }
 
-/// The shard that accepts.
-const ACCEPTOR: usize = 0;
+/// How many connections an inbox holds for its shard by default before the acceptor gives
+/// new ones to other shards (see [`ShardAcceptorBuilder::inbox_bound`]).
+pub const DEFAULT_INBOX_BOUND: usize = 1024;
 
-/// One listening socket whose connections shard 0 accepts and hands to the shards: see
+/// Options of a [`ShardAcceptor`] or [`UnixShardAcceptor`], then the socket to accept on.
+///
+/// ```
+/// use ringloop_net::{Distribution, ShardAcceptor};
+///
+/// let acceptor = ShardAcceptor::builder(4)
+///     .distribution(Distribution::LeastConnections)
+///     .acceptor_shard(3)
+///     .inbox_bound(64)
+///     .bind("127.0.0.1:0".parse().unwrap())?;
+/// assert_eq!(acceptor.acceptor_shard(), 3);
+/// # Ok::<_, std::io::Error>(())
+/// ```
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until it binds"]
+pub struct ShardAcceptorBuilder {
+    count: usize,
+    distribution: Distribution,
+    acceptor: usize,
+    inbox_bound: usize,
+}
+
+impl ShardAcceptorBuilder {
+    /// How it picks a shard for each connection (default: [`Distribution::RoundRobin`]).
+    pub fn distribution(mut self, distribution: Distribution) -> Self {
+        self.distribution = distribution;
+        self
+    }
+
+    /// The shard that accepts (default: 0). Its loop does the accepting and the hand-overs,
+    /// besides serving its own share: pick the shard that has the least else to do.
+    pub fn acceptor_shard(mut self, index: usize) -> Self {
+        self.acceptor = index;
+        self
+    }
+
+    /// How many handed-over connections may wait in one shard's inbox (default
+    /// [`DEFAULT_INBOX_BOUND`], at least 1). A shard whose loop is stalled (a long
+    /// computation, a blocking call) does not drain its inbox; once it holds this many, the
+    /// acceptor passes that shard over and gives new connections to the others (to itself
+    /// when every other inbox is full or closed), so a stalled shard cannot collect
+    /// connections without bound and leave them unanswered.
+    pub fn inbox_bound(mut self, bound: usize) -> Self {
+        self.inbox_bound = bound.max(1);
+        self
+    }
+
+    fn check(&self) -> io::Result<()> {
+        if self.count == 0 {
+            return Err(invalid("an acceptor needs at least one shard"));
+        }
+        if self.acceptor >= self.count {
+            return Err(invalid(format!(
+                "acceptor shard {} of {} shards",
+                self.acceptor, self.count
+            )));
+        }
+        Ok(())
+    }
+
+    fn shared(&self, listener: StdListener) -> Arc<AcceptorShared> {
+        let slots = (0..self.count)
+            .map(|_| Slot {
+                inbox: Arc::new(Inbox::default()),
+                live: Arc::new(AtomicUsize::new(0)),
+                total: AtomicU64::new(0),
+            })
+            .collect();
+        Arc::new(AcceptorShared {
+            distribution: self.distribution,
+            acceptor: self.acceptor,
+            inbox_bound: self.inbox_bound,
+            listener: Mutex::new(Some(listener)),
+            slots,
+            cursor: AtomicUsize::new(self.acceptor),
+            socket_file: None,
+        })
+    }
+
+    /// Binds `addr` (backlog 1024, `SO_REUSEADDR`).
+    ///
+    /// # Errors
+    /// `InvalidInput` for no shard or an acceptor shard out of range; the real errno of the
+    /// bind (`EADDRINUSE`, `EACCES`, ...).
+    pub fn bind(self, addr: SocketAddr) -> io::Result<ShardAcceptor> {
+        self.check()?;
+        let socket = TcpListener::builder(addr).bind_socket()?;
+        self.from_std(socket.into())
+    }
+
+    /// Accepts on `listener` (a listening socket made elsewhere; made non-blocking here).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind); if the socket cannot be made non-blocking or has no IP
+    /// address, the real errno.
+    pub fn from_std(self, listener: std::net::TcpListener) -> io::Result<ShardAcceptor> {
+        self.check()?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        Ok(ShardAcceptor {
+            shared: self.shared(StdListener::Tcp(listener)),
+            addr,
+        })
+    }
+
+    /// Binds a Unix-domain socket at `path` (the file must not exist). The file is removed
+    /// when the last handle on the acceptor goes, if it is still the one this call made.
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind) (`EADDRINUSE` if the file exists).
+    pub fn bind_unix(self, path: impl AsRef<Path>) -> io::Result<UnixShardAcceptor> {
+        self.check()?;
+        let path = path.as_ref();
+        let listener = std::os::unix::net::UnixListener::bind(path)?;
+        let file = std::fs::metadata(path).ok().map(|m| SocketFile {
+            path: path.to_path_buf(),
+            dev: m.dev(),
+            ino: m.ino(),
+        });
+        let mut acceptor = self.from_std_unix(listener)?;
+        Arc::get_mut(&mut acceptor.shared)
+            .expect("a new acceptor has one handle")
+            .socket_file = file;
+        Ok(acceptor)
+    }
+
+    /// Accepts on a Unix-domain `listener` made elsewhere (made non-blocking here; its
+    /// socket file, if any, is left in place).
+    ///
+    /// # Errors
+    /// As [`bind`](Self::bind); if the socket cannot be made non-blocking, the real errno.
+    pub fn from_std_unix(
+        self,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<UnixShardAcceptor> {
+        self.check()?;
+        listener.set_nonblocking(true)?;
+        let path = listener.local_addr()?.as_pathname().map(Path::to_path_buf);
+        Ok(UnixShardAcceptor {
+            shared: self.shared(StdListener::Unix(listener)),
+            path,
+        })
+    }
+}
+
+/// One listening socket whose connections one shard (shard 0 unless
+/// [chosen](ShardAcceptorBuilder::acceptor_shard)) accepts and hands to the shards: see
 /// [one acceptor](self#one-acceptor). `Send + Sync`, and cheap to clone (every clone is a
-/// handle on the same group).
+/// handle on the same group). [`UnixShardAcceptor`] is the same for a Unix-domain socket.
 ///
 /// ```
 /// use ringloop_net::{Distribution, ShardAcceptor, ShutdownSignal, TcpStream};
@@ -479,18 +638,58 @@ const ACCEPTOR: usize = 0;
 #[derive(Clone)]
 pub struct ShardAcceptor {
     shared: Arc<AcceptorShared>,
+    addr: SocketAddr,
+}
+
+/// A [`ShardAcceptor`] on a Unix-domain socket: one shard accepts, and hands each connection
+/// to a shard, whose handler gets a [`UnixStream`]. Made by
+/// [`ShardAcceptorBuilder::bind_unix`] or [`from_std_unix`](ShardAcceptorBuilder::from_std_unix).
+#[derive(Clone)]
+pub struct UnixShardAcceptor {
+    shared: Arc<AcceptorShared>,
+    path: Option<PathBuf>,
+}
+
+/// The listening socket, until the accepting shard serves.
+enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// The socket file [`ShardAcceptorBuilder::bind_unix`] made, removed with the acceptor if it
+/// is still that file.
+struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
 }
 
 struct AcceptorShared {
-    addr: SocketAddr,
     distribution: Distribution,
-    /// Until shard 0 serves.
-    listener: Mutex<Option<std::net::TcpListener>>,
+    /// The shard that accepts.
+    acceptor: usize,
+    /// How many connections an inbox may hold.
+    inbox_bound: usize,
+    /// Until the accepting shard serves.
+    listener: Mutex<Option<StdListener>>,
     /// By shard index.
     slots: Box<[Slot]>,
     /// Where the next pick starts looking (round robin's turn, least connections' tie-break).
     /// Only the accepting shard moves it.
     cursor: AtomicUsize,
+    socket_file: Option<SocketFile>,
+}
+
+impl Drop for AcceptorShared {
+    fn drop(&mut self) {
+        if let Some(f) = &self.socket_file {
+            if std::fs::symlink_metadata(&f.path)
+                .is_ok_and(|m| m.dev() == f.dev && m.ino() == f.ino)
+            {
+                let _ = std::fs::remove_file(&f.path);
+            }
+        }
+    }
 }
 
 /// What the acceptor knows of one shard.
@@ -506,8 +705,21 @@ struct Slot {
 impl fmt::Debug for ShardAcceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShardAcceptor")
-            .field("addr", &self.shared.addr)
+            .field("addr", &self.addr)
             .field("distribution", &self.shared.distribution)
+            .field("acceptor_shard", &self.shared.acceptor)
+            .field("connections", &self.connections())
+            .field("assigned_total", &self.assigned_total())
+            .finish()
+    }
+}
+
+impl fmt::Debug for UnixShardAcceptor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UnixShardAcceptor")
+            .field("path", &self.path)
+            .field("distribution", &self.shared.distribution)
+            .field("acceptor_shard", &self.shared.acceptor)
             .field("connections", &self.connections())
             .field("assigned_total", &self.assigned_total())
             .finish()
@@ -515,7 +727,18 @@ impl fmt::Debug for ShardAcceptor {
 }
 
 impl ShardAcceptor {
-    /// Binds `addr` (backlog 1024, `SO_REUSEADDR`) for `count` shards.
+    /// Options first: the accepting shard, the inbox bound; then `bind`, `from_std` or, for
+    /// a Unix-domain socket, `bind_unix`.
+    pub fn builder(count: usize) -> ShardAcceptorBuilder {
+        ShardAcceptorBuilder {
+            count,
+            distribution: Distribution::default(),
+            acceptor: 0,
+            inbox_bound: DEFAULT_INBOX_BOUND,
+        }
+    }
+
+    /// Binds `addr` (backlog 1024, `SO_REUSEADDR`) for `count` shards, shard 0 accepting.
     ///
     /// # Errors
     /// `InvalidInput` for no shard; the real errno of the bind (`EADDRINUSE`, `EACCES`, ...).
@@ -524,15 +747,11 @@ impl ShardAcceptor {
         count: usize,
         distribution: Distribution,
     ) -> io::Result<ShardAcceptor> {
-        if count == 0 {
-            return Err(invalid("an acceptor needs at least one shard"));
-        }
-        let socket = TcpListener::builder(addr).bind_socket()?;
-        Self::from_std(socket.into(), count, distribution)
+        Self::builder(count).distribution(distribution).bind(addr)
     }
 
     /// Accepts on `listener` (a listening socket made elsewhere; made non-blocking here) for
-    /// `count` shards.
+    /// `count` shards, shard 0 accepting.
     ///
     /// # Errors
     /// `InvalidInput` for no shard; if the socket cannot be made non-blocking or has no IP
@@ -542,32 +761,14 @@ impl ShardAcceptor {
         count: usize,
         distribution: Distribution,
     ) -> io::Result<ShardAcceptor> {
-        if count == 0 {
-            return Err(invalid("an acceptor needs at least one shard"));
-        }
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let slots = (0..count)
-            .map(|_| Slot {
-                inbox: Arc::new(Inbox::default()),
-                live: Arc::new(AtomicUsize::new(0)),
-                total: AtomicU64::new(0),
-            })
-            .collect();
-        Ok(ShardAcceptor {
-            shared: Arc::new(AcceptorShared {
-                addr,
-                distribution,
-                listener: Mutex::new(Some(listener)),
-                slots,
-                cursor: AtomicUsize::new(0),
-            }),
-        })
+        Self::builder(count)
+            .distribution(distribution)
+            .from_std(listener)
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.addr
+        self.addr
     }
 
     /// How many shards it hands connections to.
@@ -580,15 +781,20 @@ impl ShardAcceptor {
         self.shared.distribution
     }
 
-    /// Serves this shard's share with `handler`, a task per connection, and on shard 0 accepts
-    /// for every shard. Call it on every shard: a shard takes connections from when it
-    /// serves until its server closes. The returned [`Server`] is this shard's: its shutdown
-    /// waits for the connections handed to it, and its `accepted_total` counts them (on shard
-    /// 0, those it serves itself).
+    /// The shard that accepts.
+    pub fn acceptor_shard(&self) -> usize {
+        self.shared.acceptor
+    }
+
+    /// Serves this shard's share with `handler`, a task per connection, and on the accepting
+    /// shard accepts for every shard. Call it on every shard: a shard takes connections from
+    /// when it serves until its server closes. The returned [`Server`] is this shard's: its
+    /// shutdown waits for the connections handed to it, and its `accepted_total` counts them
+    /// (on the accepting shard, those it serves itself).
     ///
-    /// Closing shard 0's server stops accepting for all; the others serve on until their own
-    /// servers close. A connection shard 0 accepts while no other shard takes connections is
-    /// served on shard 0.
+    /// Closing the accepting shard's server stops accepting for all; the others serve on until
+    /// their own servers close. A connection accepted while no other shard takes connections
+    /// (or every other inbox is full) is served on the accepting shard.
     ///
     /// # Errors
     /// `InvalidInput` if the set has another number of shards than the acceptor, or this
@@ -601,7 +807,112 @@ impl ShardAcceptor {
         H: Fn(TcpStream, ShutdownSignal) -> Fut + 'static,
         Fut: Future + 'static,
     {
-        let count = self.count();
+        match self.shared.join(shard)? {
+            Joined::Acceptor(StdListener::Tcp(l), route) => Ok(Server::tcp_sharded(
+                handler,
+                Some((TcpListener::from_std(l)?, route)),
+                None,
+            )),
+            Joined::Acceptor(StdListener::Unix(_), _) => unreachable!("a TCP acceptor"),
+            Joined::Inbox(inbox) => Ok(Server::tcp_sharded(handler, None, Some(inbox))),
+        }
+    }
+
+    /// Open connections per shard, by index: assigned to it and not yet ended (those waiting
+    /// in a shard's inbox count).
+    pub fn connections(&self) -> Vec<usize> {
+        self.shared.connections()
+    }
+
+    /// Connections ever assigned to each shard, by index.
+    pub fn assigned_total(&self) -> Vec<u64> {
+        self.shared.assigned_total()
+    }
+}
+
+impl UnixShardAcceptor {
+    /// Binds a Unix-domain socket at `path` for `count` shards, shard 0 accepting (see
+    /// [`ShardAcceptorBuilder::bind_unix`] for the options).
+    ///
+    /// # Errors
+    /// `InvalidInput` for no shard; the real errno of the bind (`EADDRINUSE` if the file
+    /// exists).
+    pub fn bind(
+        path: impl AsRef<Path>,
+        count: usize,
+        distribution: Distribution,
+    ) -> io::Result<UnixShardAcceptor> {
+        ShardAcceptor::builder(count)
+            .distribution(distribution)
+            .bind_unix(path)
+    }
+
+    /// The path it listens on (`None` for an unnamed or abstract socket).
+    pub fn local_path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// How many shards it hands connections to.
+    pub fn count(&self) -> usize {
+        self.shared.slots.len()
+    }
+
+    /// How it picks a shard.
+    pub fn distribution(&self) -> Distribution {
+        self.shared.distribution
+    }
+
+    /// The shard that accepts.
+    pub fn acceptor_shard(&self) -> usize {
+        self.shared.acceptor
+    }
+
+    /// As [`ShardAcceptor::serve`], with [`UnixStream`]s.
+    ///
+    /// # Errors
+    /// As [`ShardAcceptor::serve`].
+    ///
+    /// # Panics
+    /// Outside a running ringloop runtime.
+    pub fn serve<H, Fut>(&self, shard: &Shard, handler: H) -> io::Result<Server>
+    where
+        H: Fn(UnixStream, ShutdownSignal) -> Fut + 'static,
+        Fut: Future + 'static,
+    {
+        match self.shared.join(shard)? {
+            Joined::Acceptor(StdListener::Unix(l), route) => Ok(Server::unix_sharded(
+                handler,
+                Some((UnixListener::from_std(l)?, route)),
+                None,
+            )),
+            Joined::Acceptor(StdListener::Tcp(_), _) => unreachable!("a Unix acceptor"),
+            Joined::Inbox(inbox) => Ok(Server::unix_sharded(handler, None, Some(inbox))),
+        }
+    }
+
+    /// As [`ShardAcceptor::connections`].
+    pub fn connections(&self) -> Vec<usize> {
+        self.shared.connections()
+    }
+
+    /// As [`ShardAcceptor::assigned_total`].
+    pub fn assigned_total(&self) -> Vec<u64> {
+        self.shared.assigned_total()
+    }
+}
+
+/// What a shard gets when it starts serving an acceptor.
+enum Joined {
+    /// The accepting shard: the listener, and where to send what it accepts.
+    Acceptor(StdListener, Box<Route>),
+    /// Another shard: its inbox, opened.
+    Inbox(Arc<Inbox>),
+}
+
+impl AcceptorShared {
+    /// Starts `shard`'s part.
+    fn join(self: &Arc<Self>, shard: &Shard) -> io::Result<Joined> {
+        let count = self.slots.len();
         if shard.count() != count {
             return Err(invalid(format!(
                 "{} shards for an acceptor of {count}",
@@ -609,51 +920,46 @@ impl ShardAcceptor {
             )));
         }
         let index = shard.index();
-        if index == ACCEPTOR {
-            let listener = lock(&self.shared.listener)
+        if index == self.acceptor {
+            let listener = lock(&self.listener)
                 .take()
-                .ok_or_else(|| invalid("shard 0 already serves this acceptor"))?;
-            let listener = TcpListener::from_std(listener)?;
-            let shared = self.shared.clone();
-            let route = Box::new(move |fd| shared.route(fd));
-            Ok(Server::tcp_sharded(handler, Some((listener, route)), None))
+                .ok_or_else(|| invalid(format!("shard {index} already serves this acceptor")))?;
+            let shared = self.clone();
+            Ok(Joined::Acceptor(
+                listener,
+                Box::new(move |fd| shared.route(fd)),
+            ))
         } else {
-            let inbox = &self.shared.slots[index].inbox;
+            let inbox = &self.slots[index].inbox;
             if !inbox.open() {
                 return Err(invalid(format!(
                     "shard {index} already serves this acceptor"
                 )));
             }
-            Ok(Server::tcp_sharded(handler, None, Some(inbox.clone())))
+            Ok(Joined::Inbox(inbox.clone()))
         }
     }
 
-    /// Open connections per shard, by index: assigned to it and not yet ended (those waiting
-    /// in a shard's inbox count).
-    pub fn connections(&self) -> Vec<usize> {
-        self.shared
-            .slots
+    fn connections(&self) -> Vec<usize> {
+        self.slots
             .iter()
             .map(|s| s.live.load(Ordering::Acquire))
             .collect()
     }
 
-    /// Connections ever assigned to each shard, by index.
-    pub fn assigned_total(&self) -> Vec<u64> {
-        self.shared
-            .slots
+    fn assigned_total(&self) -> Vec<u64> {
+        self.slots
             .iter()
             .map(|s| s.total.load(Ordering::Acquire))
             .collect()
     }
-}
 
-impl AcceptorShared {
     /// Gives an accepted connection to a shard: into another shard's inbox (`None`), or back
     /// to the accepting shard to serve (with its place in that shard's count).
     fn route(&self, mut fd: OwnedFd) -> Option<(OwnedFd, Assigned)> {
-        // Each refusal means an inbox closed, and a closed inbox is not picked again, so this
-        // ends within one round; the bound is for an inbox that reopens meanwhile.
+        // Each refusal means an inbox closed or filled, and such an inbox is not picked again
+        // while it stays so, so this ends within one round; the bound is for an inbox that
+        // reopens or drains meanwhile.
         for _ in 0..self.slots.len() {
             let index = self.pick();
             let slot = &self.slots[index];
@@ -662,19 +968,20 @@ impl AcceptorShared {
             let assigned = Assigned::new(&slot.live);
             slot.total.fetch_add(1, Ordering::AcqRel);
             self.cursor.store(index + 1, Ordering::Relaxed);
-            if index == ACCEPTOR {
+            if index == self.acceptor {
                 return Some((fd, assigned));
             }
-            match slot.inbox.push(fd, assigned) {
+            match slot.inbox.push(fd, assigned, self.inbox_bound) {
                 Ok(()) => return None,
-                // That shard stopped taking connections just now: another one.
+                // That shard stopped taking connections just now, or its inbox is full:
+                // another one.
                 Err((back, _unassigned)) => {
                     slot.total.fetch_sub(1, Ordering::AcqRel);
                     fd = back;
                 }
             }
         }
-        let slot = &self.slots[ACCEPTOR];
+        let slot = &self.slots[self.acceptor];
         slot.total.fetch_add(1, Ordering::AcqRel);
         Some((fd, Assigned::new(&slot.live)))
     }
@@ -685,7 +992,7 @@ impl AcceptorShared {
         let start = self.cursor.load(Ordering::Relaxed) % n;
         let mut candidates = (0..n)
             .map(|k| (start + k) % n)
-            .filter(|&i| i == ACCEPTOR || self.slots[i].inbox.is_open());
+            .filter(|&i| i == self.acceptor || self.slots[i].inbox.takes(self.inbox_bound));
         match self.distribution {
             Distribution::RoundRobin => candidates.next(),
             // The first of the least loaded, counting from the turn.
@@ -693,7 +1000,7 @@ impl AcceptorShared {
                 candidates.min_by_key(|&i| self.slots[i].live.load(Ordering::Acquire))
             }
         }
-        .unwrap_or(ACCEPTOR)
+        .unwrap_or(self.acceptor)
     }
 }
 
@@ -725,6 +1032,8 @@ pub(crate) struct Inbox {
     /// Mirrors `state.open`, for the acceptor's picks without the lock (a pick that reads it
     /// stale is corrected by `push`, which reads the real one).
     open: AtomicBool,
+    /// Mirrors `state.queue.len()`, likewise.
+    queued: AtomicUsize,
     state: Mutex<InboxState>,
 }
 
@@ -749,19 +1058,26 @@ impl Inbox {
         true
     }
 
-    fn is_open(&self) -> bool {
-        self.open.load(Ordering::Acquire)
+    /// Whether it takes connections, by the mirrors: open, and fewer than `bound` waiting.
+    fn takes(&self, bound: usize) -> bool {
+        self.open.load(Ordering::Acquire) && self.queued.load(Ordering::Acquire) < bound
     }
 
     /// Leaves a connection for the shard and wakes its feed task; gives it back if the inbox
-    /// is closed.
-    fn push(&self, fd: OwnedFd, assigned: Assigned) -> Result<(), (OwnedFd, Assigned)> {
+    /// is closed or holds `bound` connections already.
+    fn push(
+        &self,
+        fd: OwnedFd,
+        assigned: Assigned,
+        bound: usize,
+    ) -> Result<(), (OwnedFd, Assigned)> {
         let waker = {
             let mut st = lock(&self.state);
-            if !st.open {
+            if !st.open || st.queue.len() >= bound {
                 return Err((fd, assigned));
             }
             st.queue.push_back((fd, assigned));
+            self.queued.store(st.queue.len(), Ordering::Release);
             st.waker.take()
         };
         // Outside the lock: a ringloop waker on another thread goes through that runtime's
@@ -777,6 +1093,7 @@ impl Inbox {
         poll_fn(|cx| {
             let mut st = lock(&self.state);
             if !st.queue.is_empty() {
+                self.queued.store(0, Ordering::Release);
                 return Poll::Ready(std::mem::take(&mut st.queue));
             }
             match &st.waker {
@@ -794,6 +1111,7 @@ impl Inbox {
             let mut st = lock(&self.state);
             st.open = false;
             self.open.store(false, Ordering::Release);
+            self.queued.store(0, Ordering::Release);
             (std::mem::take(&mut st.queue), st.waker.take())
         };
         drop(waker);
@@ -858,20 +1176,50 @@ mod tests {
         let live = Arc::new(AtomicUsize::new(0));
         let inbox = Inbox::default();
         // Not open yet: refused, and the count goes back down with the refused one.
-        let (_fd, a) = inbox.push(fd(), Assigned::new(&live)).unwrap_err();
+        let (_fd, a) = inbox.push(fd(), Assigned::new(&live), 8).unwrap_err();
         drop(a);
         assert_eq!(live.load(Ordering::SeqCst), 0);
         assert!(inbox.open());
         assert!(!inbox.open(), "opened twice");
-        inbox.push(fd(), Assigned::new(&live)).unwrap();
-        inbox.push(fd(), Assigned::new(&live)).unwrap();
+        inbox.push(fd(), Assigned::new(&live), 8).unwrap();
+        inbox.push(fd(), Assigned::new(&live), 8).unwrap();
         assert_eq!(live.load(Ordering::SeqCst), 2);
         let held = inbox.close();
         assert_eq!(held.len(), 2);
-        assert!(inbox.push(fd(), Assigned::new(&live)).is_err());
+        assert!(inbox.push(fd(), Assigned::new(&live), 8).is_err());
         drop(held);
         assert_eq!(live.load(Ordering::SeqCst), 0);
-        assert!(!inbox.is_open());
+        assert!(!inbox.takes(8));
+    }
+
+    #[test]
+    fn a_full_inbox_refuses_pushes_until_its_shard_takes_them() {
+        let live = Arc::new(AtomicUsize::new(0));
+        let inbox = Inbox::default();
+        assert!(inbox.open());
+        for _ in 0..3 {
+            inbox.push(fd(), Assigned::new(&live), 3).unwrap();
+        }
+        assert!(!inbox.takes(3), "full");
+        assert!(inbox.takes(4), "a larger bound takes one more");
+        let (_fd, a) = inbox.push(fd(), Assigned::new(&live), 3).unwrap_err();
+        drop(a);
+        assert_eq!(
+            live.load(Ordering::SeqCst),
+            3,
+            "the refused one is not counted"
+        );
+        let waker = std::task::Waker::noop();
+        let mut recv = std::pin::pin!(inbox.recv());
+        let Poll::Ready(taken) = recv
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        else {
+            panic!("three were waiting");
+        };
+        assert_eq!(taken.len(), 3);
+        assert!(inbox.takes(3), "drained");
+        inbox.push(fd(), Assigned::new(&live), 3).unwrap();
     }
 
     #[test]
@@ -889,20 +1237,20 @@ mod tests {
             let live = Arc::new(AtomicUsize::new(0));
             let inbox = Arc::new(Inbox::default());
             assert!(inbox.open());
-            inbox.push(fd(), Assigned::new(&live)).unwrap();
+            inbox.push(fd(), Assigned::new(&live), 8).unwrap();
             // The feed task is spawned, and the runtime goes before it ever runs.
             rt.run_until_complete(async {
                 let noop = |_: TcpStream, _: ShutdownSignal| async {};
                 let _server = Server::tcp_sharded(noop, None, Some(inbox.clone()));
             });
             drop(rt);
-            assert!(!inbox.is_open(), "{backend}");
+            assert!(!inbox.takes(8), "{backend}");
             assert_eq!(
                 live.load(Ordering::SeqCst),
                 0,
                 "{backend}: the descriptor is closed"
             );
-            assert!(inbox.push(fd(), Assigned::new(&live)).is_err());
+            assert!(inbox.push(fd(), Assigned::new(&live), 8).is_err());
         }
     }
 }

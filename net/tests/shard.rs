@@ -582,6 +582,165 @@ fn a_shard_that_stops_in_the_middle_of_a_hand_over_leaks_no_descriptor() {
     }
 }
 
+#[test]
+fn a_stalled_shard_holds_at_most_its_inbox_bound_and_the_others_serve_the_rest() {
+    let _serial = common::serial();
+    for backend in common::backends() {
+        let before = open_fds();
+        let acceptor = ShardAcceptor::builder(2)
+            .inbox_bound(2)
+            .bind(localhost())
+            .unwrap();
+        let addr = acceptor.local_addr();
+        let tally = Tally::new(2);
+        let gate = Arc::new(Barrier::new(2));
+        let set = start_acceptor_set(backend, &acceptor, &tally, Some((1, gate.clone())));
+        tally.wait_up(2);
+
+        // Round robin would give shard 1, whose loop is blocked, five of ten; its inbox takes
+        // two, and the acceptor serves the rest itself.
+        let clients: Vec<_> = (0..10)
+            .map(|_| {
+                let stream = std::net::TcpStream::connect(addr).unwrap();
+                stream.set_read_timeout(Some(PATIENCE)).unwrap();
+                stream
+            })
+            .collect();
+        assert!(
+            wait_until(|| acceptor.assigned_total().iter().sum::<u64>() == 10),
+            "{backend}: {:?}",
+            acceptor.assigned_total()
+        );
+        assert_eq!(acceptor.assigned_total(), vec![8, 2], "{backend}");
+        assert!(
+            wait_until(|| tally.served()[0] == 8),
+            "{backend}: {:?}",
+            tally.served()
+        );
+
+        // Shard 1 ends without serving (its runtime closes what waited in its inbox).
+        gate.wait();
+        assert!(wait_until(|| set.handle(1).is_closed()), "{backend}");
+        let (mut answered, mut unserved) = (0, 0);
+        for (k, mut stream) in clients.into_iter().enumerate() {
+            let mut got = Vec::new();
+            match stream.read_to_end(&mut got) {
+                Ok(_) if got.is_empty() => unserved += 1,
+                Ok(_) => {
+                    assert_eq!(server_of(&got), 0, "{backend}: connection {k}");
+                    answered += 1;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => unserved += 1,
+                Err(e) => panic!("{backend}: connection {k}: {e}"),
+            }
+        }
+        assert_eq!((answered, unserved), (8, 2), "{backend}");
+        set.stop();
+        join_clean(set);
+        assert_eq!(acceptor.connections(), vec![0, 0], "{backend}");
+        drop(acceptor);
+        assert_eq!(leaked_fds(&before), Vec::<String>::new(), "{backend}");
+    }
+}
+
+#[test]
+fn another_shard_can_be_the_acceptor() {
+    let _serial = common::serial();
+    let e = ShardAcceptor::builder(2)
+        .acceptor_shard(2)
+        .bind(localhost())
+        .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    for backend in common::backends() {
+        let before = open_fds();
+        let acceptor = ShardAcceptor::builder(3)
+            .acceptor_shard(2)
+            .bind(localhost())
+            .unwrap();
+        assert_eq!(acceptor.acceptor_shard(), 2);
+        let addr = acceptor.local_addr();
+        let tally = Tally::new(3);
+        let set = start_acceptor_set(backend, &acceptor, &tally, None);
+        tally.wait_up(3);
+        // In turn from the accepting shard: 2, 0, 1, 2, ...
+        for k in 0..9 {
+            let (stream, got) = client(addr).unwrap();
+            assert_eq!(server_of(&got), (2 + k) % 3, "{backend}: connection {k}");
+            drop(stream);
+        }
+        assert_eq!(acceptor.assigned_total(), vec![3, 3, 3], "{backend}");
+        assert!(
+            wait_until(|| acceptor.connections() == vec![0, 0, 0]),
+            "{backend}: {:?}",
+            acceptor.connections()
+        );
+        set.stop();
+        join_clean(set);
+        assert_eq!(tally.served(), vec![3, 3, 3], "{backend}");
+        drop(acceptor);
+        assert_eq!(leaked_fds(&before), Vec::<String>::new(), "{backend}");
+    }
+}
+
+#[test]
+fn a_unix_acceptor_hands_every_connection_over_once_and_removes_its_file() {
+    use ringloop_net::{UnixShardAcceptor, UnixStream};
+    let _serial = common::serial();
+    for backend in common::backends() {
+        let before = open_fds();
+        let dir = std::env::temp_dir().join(format!("ringloop-shard-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{backend}.sock"));
+        let _ = std::fs::remove_file(&path);
+        let acceptor = UnixShardAcceptor::bind(&path, 2, Distribution::RoundRobin).unwrap();
+        assert_eq!(acceptor.local_path(), Some(path.as_path()));
+        let e = UnixShardAcceptor::bind(&path, 2, Distribution::RoundRobin).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EADDRINUSE), "{backend}: {e}");
+        let tally = Tally::new(2);
+        let set = shards(backend, 2)
+            .start({
+                let (acceptor, tally) = (acceptor.clone(), tally.clone());
+                move |shard: Shard| {
+                    let (acceptor, tally) = (acceptor.clone(), tally.clone());
+                    async move {
+                        let index = shard.index();
+                        let served = tally.clone();
+                        let server =
+                            acceptor.serve(&shard, move |s: UnixStream, _: ShutdownSignal| {
+                                let served = served.clone();
+                                async move {
+                                    served.served[index].fetch_add(1, Ordering::SeqCst);
+                                    let _ = s.write_all(vec![index as u8]).await;
+                                }
+                            })?;
+                        serve_until_stopped(server, tally).await
+                    }
+                }
+            })
+            .unwrap();
+        tally.wait_up(2);
+        for k in 0..10 {
+            let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+            stream.set_read_timeout(Some(PATIENCE)).unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).unwrap();
+            assert_eq!(server_of(&got), k % 2, "{backend}: connection {k}");
+        }
+        assert_eq!(acceptor.assigned_total(), vec![5, 5], "{backend}");
+        set.stop();
+        join_clean(set);
+        assert_eq!(tally.served(), vec![5, 5], "{backend}");
+        assert!(
+            path.exists(),
+            "{backend}: the file stays while the acceptor does"
+        );
+        drop(acceptor);
+        assert!(!path.exists(), "{backend}: the file goes with the acceptor");
+        let _ = std::fs::remove_dir(&dir);
+        assert_eq!(leaked_fds(&before), Vec::<String>::new(), "{backend}");
+    }
+}
+
 /// How a set of shards listens, for the tests that run on both kinds.
 #[derive(Clone, Copy, Debug)]
 enum Mode {
