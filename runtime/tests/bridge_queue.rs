@@ -334,6 +334,28 @@ fn a_dropped_get_hands_its_item_back_to_the_front() {
     }
 }
 
+/// The same after a close: the item handed to a getter that is dropped goes back to the front
+/// of the closed queue and is still delivered, before gets fail with `Closed`.
+#[test]
+fn an_item_handed_to_a_getter_dropped_after_the_close_is_still_delivered() {
+    for backend in backends() {
+        let queue = BridgeQueue::new(4);
+        runtime(backend).block_on(async {
+            let getter = spawn({
+                let queue = queue.clone();
+                async move { queue.get().await }
+            });
+            yield_now().await; // the getter waits
+            queue.try_put(1).unwrap(); // handed to the getter
+            assert!(queue.close());
+            getter.abort(); // dropped without running
+            yield_now().await;
+            assert_eq!(queue.try_get(), Ok(1));
+            assert_eq!(queue.try_get(), Err(GetError::Closed));
+        });
+    }
+}
+
 /// Cancelled while waiting for room, a put gives its item back; once room was made for it,
 /// the item is in the queue and the put succeeds despite the request.
 #[test]

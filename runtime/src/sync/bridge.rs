@@ -255,8 +255,10 @@ impl<T> BridgeQueue<T> {
 
     /// Closes the queue and wakes every waiter: later puts, and putters still waiting for room,
     /// fail with [`PutError::Closed`] (with their item); items already in the queue can still
-    /// be taken, and gets fail with [`GetError::Closed`] once none is left. Returns false if the
-    /// queue was already closed.
+    /// be taken, and gets fail with [`GetError::Closed`] once none is left. An item already
+    /// handed to a waiting getter whose future is then dropped goes back to the front of the
+    /// queue, closed or not, and is delivered to the next get. Returns false if the queue was
+    /// already closed.
     pub fn close(&self) -> bool {
         let mut wakers = Wakers::new();
         {
