@@ -141,6 +141,26 @@ macro_rules! split_halves {
             ) -> (Result<(), $crate::SendAllError>, Vec<B>) {
                 $crate::socket::sock_sendall_vectored(&self.fd, bufs).await
             }
+
+            #[doc = concat!("See [`", stringify!($stream), "::send_file`].")]
+            pub async fn send_file(
+                &self,
+                file: &impl $crate::AsSharedFd,
+                offset: u64,
+                len: usize,
+            ) -> Result<usize, $crate::SendAllError> {
+                $crate::socket::sock_sendfile(&self.fd, file, offset, len).await
+            }
+
+            #[doc = concat!("See [`", stringify!($stream), "::send_file_spliced`].")]
+            pub async fn send_file_spliced(
+                &self,
+                file: &impl $crate::AsSharedFd,
+                offset: u64,
+                len: usize,
+            ) -> Result<usize, $crate::SendAllError> {
+                $crate::sendfile::send_file_spliced(&self.fd, file, offset, len).await
+            }
         }
 
         socket_fd_impls!(OwnedWriteHalf);
@@ -159,6 +179,7 @@ pub mod compat;
 mod ops;
 pub mod pooled;
 pub mod protocol;
+mod sendfile;
 pub mod server;
 pub mod shard;
 pub mod socket;
@@ -183,7 +204,7 @@ pub use shard::{
 };
 pub use socket::{
     sock_accept, sock_connect, sock_recv, sock_recv_into, sock_send, sock_sendall,
-    sock_sendall_vectored, AsSharedFd, DatagramMeta, SendAll, SendAllError,
+    sock_sendall_vectored, sock_sendfile, AsSharedFd, DatagramMeta, SendAll, SendAllError,
 };
 pub use tcp::{
     Incoming, OwnedReadHalf, OwnedWriteHalf, TcpListener, TcpListenerBuilder, TcpStream,

@@ -650,7 +650,6 @@ impl PollReady {
 
     /// The caller has just seen `EAGAIN`: skip the epoll backend's first readiness check (a
     /// `poll(2)` system call that would only repeat it).
-    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
     pub(crate) fn after_eagain(mut self) -> Self {
         self.after_eagain = true;
         self

@@ -87,6 +87,38 @@ pub async fn sock_send<B: IoBuf>(sock: &impl AsSharedFd, buf: B) -> (io::Result<
     Op::new(ops::Send::new(sock.as_shared_fd().clone(), buf)).await
 }
 
+/// Sends `count` bytes of `file`, from `offset`, to the stream socket `sock` without copying
+/// them through user space (asyncio's `loop.sock_sendfile(sock, file, offset, count)`):
+/// a non-blocking `sendfile(2)` on the loop's thread, and when the socket is full a readiness
+/// wait (a poll op on io_uring) before the next. Partial transfers are carried on until all
+/// `count` bytes went out; returns how many did, fewer only if the file ended first. Other
+/// tasks get to run between chunks of a long transfer to a fast peer.
+///
+/// The file's pages are read by the kernel on the loop's thread: a file that is not in the
+/// page cache makes the loop wait for the disk (as `std::fs` would). For large or cold files,
+/// [`TcpStream::send_file_spliced`](crate::TcpStream::send_file_spliced) splices through a pipe
+/// on the ring instead, at a higher CPU cost per transfer. `file` is anything that holds a descriptor the op can keep open while it runs (a
+/// [`ringloop::fs::File`](https://docs.rs/ringloop), a [`SharedFd`]).
+///
+/// Unlike asyncio's, `count` is required (0 sends nothing), there is no fallback to reads and
+/// writes (both backends transfer in the kernel), and the file's own position is not moved.
+/// Like it, a peer that goes away makes the error `EPIPE` or `ECONNRESET`: the process must
+/// ignore `SIGPIPE` (Rust programs do, from `main` on).
+///
+/// # Errors
+/// [`SendAllError`]: the bytes that went out before the error, and the error with its real
+/// errno (`EPIPE` or `ECONNRESET` from a peer that went away, `EINVAL` for a descriptor that
+/// cannot be spliced or an offset past `i64::MAX`, `EBADF`, ...). A cancelled task gets an
+/// error carrying [`Cancelled`](ringloop_runtime::Cancelled).
+pub async fn sock_sendfile(
+    sock: &impl AsSharedFd,
+    file: &impl AsSharedFd,
+    offset: u64,
+    count: usize,
+) -> Result<usize, SendAllError> {
+    crate::sendfile::send_file(sock, file, offset, count).await
+}
+
 /// The error of [`sock_sendall`]: how much went out before the error.
 #[derive(Debug)]
 pub struct SendAllError {

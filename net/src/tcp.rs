@@ -383,6 +383,40 @@ impl TcpStream {
         socket::sock_sendall_vectored(self, bufs).await
     }
 
+    /// Sends `len` bytes of `file`, from `offset`, without copying them through user space
+    /// (a non-blocking `sendfile(2)`, and a readiness wait when the socket is full); see
+    /// [`sock_sendfile`](crate::sock_sendfile). Returns how many bytes went out: `len`, or
+    /// fewer if the file ended first.
+    ///
+    /// # Errors
+    /// [`SendAllError`]: what went out before the error, and the error with its real errno.
+    pub async fn send_file(
+        &self,
+        file: &impl crate::AsSharedFd,
+        offset: u64,
+        len: usize,
+    ) -> Result<usize, SendAllError> {
+        socket::sock_sendfile(self, file, offset, len).await
+    }
+
+    /// As [`send_file`](Self::send_file), through `splice` on io_uring (file → pipe → socket,
+    /// `IORING_OP_SPLICE`): a read that misses the page cache never blocks the loop, as it can
+    /// in `send_file`'s `sendfile(2)`. The kernel runs each splice on an io-wq worker thread,
+    /// which costs several times `send_file`'s CPU per response for files in the page cache
+    /// (measured in `benches/sendfile.rs`): for large or cold files. On epoll it is
+    /// `send_file`.
+    ///
+    /// # Errors
+    /// As [`send_file`](Self::send_file).
+    pub async fn send_file_spliced(
+        &self,
+        file: &impl crate::AsSharedFd,
+        offset: u64,
+        len: usize,
+    ) -> Result<usize, SendAllError> {
+        crate::sendfile::send_file_spliced(self, file, offset, len).await
+    }
+
     /// Shuts down one or both directions.
     ///
     /// # Errors

@@ -75,8 +75,8 @@ pub use promise::{Promise, PromiseError, SetError};
 pub use remote::{RemoteError, RemoteTask};
 pub use runtime::{
     buffer_pool, call_at, call_exception_handler, call_later, call_soon, current_backend,
-    current_stats, multishot_recv, recv_bundles, registered_fds, set_exception_handler, stop, time,
-    zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
+    current_stats, multishot_recv, recv_bundles, registered_fds, runtime_local,
+    set_exception_handler, stop, time, zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
 };
 pub use shards::{Placement, Shard, ShardError, ShardStats, Shards, ShardsBuilder, Stopper};
 pub use signal::{ctrl_c, signal, Signal, SignalKind};

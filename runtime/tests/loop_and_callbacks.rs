@@ -1010,3 +1010,34 @@ fn a_task_spawned_on_the_runtime_before_it_runs_has_no_parent_and_runs_first() {
     assert_eq!(log.take(), ["early", "main"]);
     assert!(early.is_done());
 }
+
+/// `runtime_local` (the companion crates' per-runtime state): one instance per runtime, the
+/// same at every call on it, dropped when the runtime is.
+#[test]
+fn a_runtime_local_is_per_runtime_and_dropped_with_it() {
+    #[derive(Default)]
+    struct Cache(Cell<u32>, RefCell<Option<common::Guard>>);
+    for backend in common::backends() {
+        let drops = DropCount::default();
+        let make = || {
+            let rt = Runtime::builder().backend(backend).build().unwrap();
+            rt.block_on(async {
+                let c = ringloop_runtime::runtime_local::<Cache>();
+                assert_eq!(c.0.replace(c.0.get() + 1), 0, "new on this runtime");
+                assert_eq!(
+                    ringloop_runtime::runtime_local::<Cache>().0.get(),
+                    1,
+                    "the same one"
+                );
+                *c.1.borrow_mut() = Some(drops.guard());
+            });
+            rt
+        };
+        let (a, b) = (make(), make());
+        assert_eq!(drops.get(), 0);
+        drop(a);
+        assert_eq!(drops.get(), 1, "{backend}: dropped with its runtime");
+        drop(b);
+        assert_eq!(drops.get(), 2, "{backend}");
+    }
+}

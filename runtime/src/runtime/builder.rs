@@ -306,6 +306,7 @@ impl Builder {
             counters: Counters::default(),
             expired: RefCell::new(Vec::new()),
             wakes_queued: Cell::new(false),
+            locals: RefCell::new(Vec::new()),
         };
         Ok(Runtime {
             core: Box::new(core),

@@ -137,6 +137,8 @@ pub(crate) struct Core {
     expired: RefCell<Vec<TimerAction>>,
     /// A wake to another loop was queued on this loop's ring since the last flush.
     wakes_queued: Cell<bool>,
+    /// Values the companion crates keep per runtime ([`runtime_local`]), dropped with it.
+    locals: RefCell<Vec<Rc<dyn Any>>>,
 }
 
 /// Runs `f` with this thread's running core, or returns `None` outside one.
@@ -1106,6 +1108,32 @@ pub fn task_tree() -> TaskTree {
 #[track_caller]
 pub fn buffer_pool() -> Rc<crate::driver::BufPool> {
     with_core(|core| core.buf_pool())
+}
+
+/// The running runtime's instance of `T`: made with `T::default()` at the first call on this
+/// runtime, the same one at every later call, dropped when the runtime is. For the companion
+/// crates' per-runtime state (the net crate's cache of pipes for `send_file`), so it goes
+/// with its runtime rather than with its thread.
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[doc(hidden)]
+pub fn runtime_local<T: Default + 'static>() -> Rc<T> {
+    with_core(|core| {
+        let found = core
+            .locals
+            .borrow()
+            .iter()
+            .find(|l| (***l).type_id() == std::any::TypeId::of::<T>())
+            .cloned();
+        if let Some(l) = found {
+            return l.downcast::<T>().expect("the type was checked");
+        }
+        // Made outside the borrow: `default` is the caller's code.
+        let made = Rc::new(T::default());
+        core.locals.borrow_mut().push(made.clone());
+        made
+    })
 }
 
 /// Replaces the running runtime's exception handler; see [`Builder::exception_handler`].
