@@ -11,12 +11,16 @@
 //! # instructions per op: (Ir at 200000 - Ir at 100000) / 100000 (the setup cancels out)
 //! ```
 //!
-//! The backend comes from `RINGLOOP_BACKEND` (`uring` or `epoll`).
+//! The backend comes from `RINGLOOP_BACKEND` (`uring` or `epoll`). A second argument measures
+//! ops with a deadline that never passes: `deadline` (`Op::timeout`, one op) or `scope` (the op
+//! inside an `async` block bounded with `DeadlineExt::timeout`).
 
 use std::io;
 use std::os::fd::RawFd;
 
-use ringloop_runtime::{Interest, Op, OpKind, Runtime};
+use std::time::Duration;
+
+use ringloop_runtime::{DeadlineExt, Interest, Op, OpKind, Runtime};
 
 /// `IORING_OP_NOP`; on epoll an attempt that succeeds at once.
 struct Nop;
@@ -43,15 +47,23 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
+    let mode = std::env::args().nth(2).unwrap_or_default();
+    let far = Duration::from_secs(3600);
     let rt = Runtime::new().expect("runtime");
     rt.block_on(async {
         for _ in 0..n {
-            Op::new(Nop).await.expect("nop");
+            match mode.as_str() {
+                "deadline" => Op::new(Nop).timeout(far).await,
+                "scope" => async { Op::new(Nop).await }.timeout(far).await,
+                _ => Op::new(Nop).await,
+            }
+            .expect("nop");
         }
     });
     println!(
-        "{} ops on {}; size_of::<Op<Nop>>() = {}",
+        "{} ops ({}) on {}; size_of::<Op<Nop>>() = {}",
         n,
+        if mode.is_empty() { "plain" } else { &mode },
         rt.backend(),
         std::mem::size_of::<Op<Nop>>()
     );

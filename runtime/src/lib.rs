@@ -86,6 +86,9 @@ pub use task::{
     all_tasks, current_task, spawn, spawn_named, take_cancel_request_waiting, task_tree, Cancelled,
     Task, TaskError, TaskId, TaskRef, TaskState, TaskTree,
 };
+pub use time::deadline::{
+    current_deadline, timed_out_error, DeadlineExt, DeadlineOutput, WithDeadline,
+};
 pub use time::{
     sleep, sleep_until, timeout, timeout_at, wait_for, Flatten, Sleep, TimedOut, Timeout, WaitError,
 };
