@@ -141,11 +141,16 @@ enum State {
     /// Not submitted (io_uring), not waiting yet (epoll). `scoped`: the op takes the deadline of
     /// the [deadline scope](crate::time::deadline) it is polled in before it first waits (off
     /// for [`Op::unscoped`], and once read).
-    Unsubmitted { scoped: bool },
+    Unsubmitted {
+        scoped: bool,
+    },
     /// io_uring: the SQE is queued or in the kernel.
     InFlight(OpKey),
     /// epoll: waiting for readiness; our registration.
-    Waiting { fd: RawFd, token: u64 },
+    Waiting {
+        fd: RawFd,
+        token: u64,
+    },
     Done,
 }
 

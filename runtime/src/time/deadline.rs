@@ -139,9 +139,9 @@ impl Drop for Installed {
 ///   future still waits on something that cannot time out by itself (not ringloop I/O: a
 ///   channel, a foreign future), the `WithDeadline` gives up and resolves to
 ///   `Err(timed_out_error().into())`, dropping the future.
-/// * `(Result<T, E>, B)`, an owned-buffer result: the buffer is inside the future, so the
-///   `WithDeadline` never gives up by itself; the ops and waits inside report the timeout and
-///   hand the buffer back.
+/// * a pair, such as `(io::Result<usize>, B)`, an owned-buffer result: the buffer is inside
+///   the future, so the `WithDeadline` never gives up by itself; the ops and waits inside
+///   report the timeout and hand the buffer back.
 ///
 /// Outputs that cannot carry an I/O error (a task's, a sleep's) do not implement it: use
 /// [`timeout`](crate::timeout) for those.
@@ -156,7 +156,7 @@ impl<T, E: From<io::Error>> DeadlineOutput for Result<T, E> {
     }
 }
 
-impl<T, E, B> DeadlineOutput for (Result<T, E>, B) {
+impl<A, B> DeadlineOutput for (A, B) {
     fn timed_out() -> Option<Self> {
         None
     }
