@@ -156,6 +156,7 @@ macro_rules! split_halves {
 pub mod buf;
 #[cfg(any(feature = "tokio-io", feature = "hyper"))]
 pub mod compat;
+mod deadline;
 mod ops;
 pub mod pooled;
 pub mod protocol;
@@ -172,7 +173,7 @@ pub use protocol::{
     create_connection, create_server, create_server_on, ExtraInfo, Protocol, ProtocolServer,
     Transport, WriteBuf,
 };
-pub use ringloop_runtime::PooledBuf;
+pub use ringloop_runtime::{DeadlineExt, PooledBuf};
 pub use server::{
     start_server, start_unix_server, ListenAddr, Server, ShutdownReport, ShutdownSignal,
     SignalShutdown, DEFAULT_CANCEL_GRACE, GRACE_OVER,

@@ -10,8 +10,7 @@ use std::task::Poll;
 
 use io_uring::opcode;
 use ringloop_runtime::{
-    current_backend, sleep, take_cancel_request_waiting, Backend, Multishot, MultishotKind,
-    SharedFd,
+    current_backend, take_cancel_request_waiting, Backend, Multishot, MultishotKind, SharedFd,
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -223,7 +222,7 @@ impl Incoming<'_> {
                     if e.raw_os_error() != Some(libc::ECONNABORTED) {
                         // Out of descriptors (or memory): keep serving what we have and try
                         // again a little later.
-                        sleep(self.backoff).await?;
+                        crate::deadline::backoff(self.backoff).await?;
                         self.backoff = (self.backoff * 2).min(Duration::from_millis(100));
                     }
                 }
@@ -243,10 +242,14 @@ impl Incoming<'_> {
                 unsafe { self.multishot.arm(sqe, &self.listener.fd)? };
             }
             let next = poll_fn(|cx| match self.multishot.poll_next(cx) {
-                // The multishot is armed: this await was already waiting.
+                // The multishot is armed: this await was already waiting. What it queued came
+                // first; dropping the wait loses nothing (the queue is the listener's).
                 Poll::Pending => match take_cancel_request_waiting() {
-                    Some(c) => Poll::Ready(Err(c)),
-                    None => Poll::Pending,
+                    Some(c) => Poll::Ready(Err(c.into())),
+                    None => match crate::deadline::expired() {
+                        Some(e) => Poll::Ready(Err(e)),
+                        None => Poll::Pending,
+                    },
                 },
                 Poll::Ready(r) => Poll::Ready(Ok(r)),
             })

@@ -33,7 +33,7 @@ use std::os::unix::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ringloop_runtime::{sleep, Op, SharedFd};
+use ringloop_runtime::{Op, SharedFd};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
@@ -204,7 +204,7 @@ impl UnixStream {
                 Ok(()) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    sleep(backoff).await?;
+                    crate::deadline::backoff(backoff).await?;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
@@ -535,8 +535,8 @@ async fn send_datagram<B: IoBuf>(
                     return (Err(e), buf);
                 }
                 if !backoff.is_zero() {
-                    if let Err(c) = sleep(backoff).await {
-                        return (Err(c.into()), buf);
+                    if let Err(e) = crate::deadline::backoff(backoff).await {
+                        return (Err(e), buf);
                     }
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(16));
