@@ -401,6 +401,10 @@ impl PooledReceiver {
     /// Dropping the future before it is ready gives up the receiver's place in the pool's
     /// queue, if it had one (the next `recv` queues again).
     ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): an error of kind `TimedOut` if
+    /// nothing came by then. Chunks already queued always come first, and the receive stays
+    /// armed: what arrives after the deadline waits for the next `recv`.
+    ///
     /// # Errors
     /// The real errno (`ECONNRESET`, ...); `ResourceBusy` if this receiver was made while
     /// another receiver of the same stream was live.
