@@ -135,6 +135,10 @@ impl MsgWakes {
 /// empty after a kernel entry (the kernel has consumed everything pushed so far), the same
 /// point `MsgWakes::released` uses; each sits in a box of its own, so it never moves.
 #[derive(Default)]
+#[allow(
+    clippy::vec_box,
+    reason = "the kernel holds each timespec's address: a Vec's own storage moves when it grows"
+)]
 struct LinkTimespecs {
     /// Pushed in an SQE the kernel may not have consumed yet.
     held: Vec<Box<Timespec>>,
