@@ -21,6 +21,10 @@
 //! assert_eq!(answer, 42);
 //! ```
 //!
+//! I/O is done by ops ([`Op`]); any op, and every op a future makes, can be bounded by a
+//! deadline ([`Op::deadline`], [`DeadlineExt`]; see [`time::deadline`]), with the op's own
+//! result winning over the deadline when both come at once.
+//!
 //! Blocking work (a file read, a DNS lookup) goes to a thread pool with [`spawn_blocking`]
 //! (asyncio's `run_in_executor`); Unix signals arrive in tasks through [`signal()`] and
 //! [`ctrl_c`] (asyncio's `add_signal_handler`).
