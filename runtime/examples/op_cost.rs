@@ -51,13 +51,26 @@ fn main() {
     let far = Duration::from_secs(3600);
     let rt = Runtime::new().expect("runtime");
     rt.block_on(async {
-        for _ in 0..n {
-            match mode.as_str() {
-                "deadline" => Op::new(Nop).timeout(far).await,
-                "scope" => async { Op::new(Nop).await }.timeout(far).await,
-                _ => Op::new(Nop).await,
+        // One loop per mode, so the plain one is the same code as before deadlines existed.
+        match mode.as_str() {
+            "deadline" => {
+                for _ in 0..n {
+                    Op::new(Nop).timeout(far).await.expect("nop");
+                }
             }
-            .expect("nop");
+            "scope" => {
+                for _ in 0..n {
+                    async { Op::new(Nop).await }
+                        .timeout(far)
+                        .await
+                        .expect("nop");
+                }
+            }
+            _ => {
+                for _ in 0..n {
+                    Op::new(Nop).await.expect("nop");
+                }
+            }
         }
     });
     println!(
