@@ -25,6 +25,38 @@
 //!     Ok::<_, std::io::Error>(())
 //! }).unwrap();
 //! ```
+//!
+//! # Deadlines
+//!
+//! Any operation can be bounded in time with [`DeadlineExt`]: `.timeout(duration)` or
+//! `.deadline(instant)` on the future of a read, a write, an accept, a connect, a datagram or
+//! a pooled receive. What comes back is the operation's own result: an error of kind
+//! [`TimedOut`](std::io::ErrorKind::TimedOut) (errno `ETIMEDOUT`) if the deadline passed
+//! first, and otherwise what the operation did, even when it completed as the deadline passed
+//! (no byte received is dropped, no byte is reported sent that was not). Owned buffers come
+//! back with the error, and the socket stays usable: a read that timed out loses nothing a
+//! later read could get.
+//!
+//! ```
+//! use std::time::Duration;
+//! use ringloop_net::{DeadlineExt, UnixStream};
+//!
+//! ringloop_runtime::Runtime::new().unwrap().block_on(async {
+//!     let (a, b) = UnixStream::pair()?;
+//!     let (r, buf) = a.read(vec![0u8; 64]).timeout(Duration::from_millis(5)).await;
+//!     assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+//!     // Still usable, nothing lost.
+//!     b.write_all(b"late".as_slice()).await.0?;
+//!     let (n, buf) = a.read(buf).timeout(Duration::from_secs(5)).await;
+//!     assert_eq!(&buf[..n?], b"late");
+//!     Ok::<_, std::io::Error>(())
+//! }).unwrap();
+//! ```
+//!
+//! Unlike tokio's `timeout` and asyncio's `wait_for`, a deadline neither drops the operation
+//! nor cancels the task: an operation in flight is stopped by the kernel (io_uring's linked
+//! timeout) or gives up at its next poll (epoll), and reports how it ended. See
+//! [`ringloop_runtime::time::deadline`].
 
 #![warn(missing_docs)]
 
@@ -93,7 +125,7 @@ macro_rules! split_halves {
         }
 
         impl OwnedReadHalf {
-            #[doc = concat!("See [`", stringify!($stream), "::read`].")]
+            #[doc = concat!("See [`", stringify!($stream), "::read`] (and its deadlines).")]
             pub async fn read<B: $crate::IoBufMut>(&self, buf: B) -> (std::io::Result<usize>, B) {
                 $crate::socket::sock_recv_into(&self.fd, buf).await
             }
@@ -176,6 +208,7 @@ macro_rules! split_halves {
 pub mod buf;
 #[cfg(any(feature = "tokio-io", feature = "hyper"))]
 pub mod compat;
+mod deadline;
 mod ops;
 pub mod pooled;
 pub mod protocol;
@@ -193,7 +226,7 @@ pub use protocol::{
     create_connection, create_server, create_server_on, ExtraInfo, Protocol, ProtocolServer,
     Transport, WriteBuf,
 };
-pub use ringloop_runtime::PooledBuf;
+pub use ringloop_runtime::{DeadlineExt, PooledBuf};
 pub use server::{
     start_server, start_unix_server, ListenAddr, Server, ShutdownReport, ShutdownSignal,
     SignalShutdown, DEFAULT_CANCEL_GRACE, GRACE_OVER,

@@ -401,6 +401,10 @@ impl PooledReceiver {
     /// Dropping the future before it is ready gives up the receiver's place in the pool's
     /// queue, if it had one (the next `recv` queues again).
     ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): an error of kind `TimedOut` if
+    /// nothing came by then. Chunks already queued always come first, and the receive stays
+    /// armed: what arrives after the deadline waits for the next `recv`.
+    ///
     /// # Errors
     /// The real errno (`ECONNRESET`, ...); `ResourceBusy` if this receiver was made while
     /// another receiver of the same stream was live.
@@ -729,16 +733,24 @@ impl PooledReceiver {
             self.wait.wait(cx.waker());
             return pending_or_cancelled(mode);
         }
+        // Unscoped: the receive is kept across `recv` calls, and a deadline of this one must
+        // not end a later one. This call's deadline is checked below instead.
         let op = self.pending.get_or_insert_with(|| {
             Op::new(RecvPooled {
                 fd: self.fd.clone(),
                 pool: self.wait.pool().clone(),
                 buf: None,
             })
+            .unscoped()
         });
         let Poll::Ready((result, buf)) = Pin::new(op).poll(cx) else {
             // Waiting for the socket, holding no buffer: a turn goes to the next waiter.
             self.wait.release();
+            if mode == Mode::Task {
+                if let Some(e) = crate::deadline::expired() {
+                    return Poll::Ready(Err(e));
+                }
+            }
             return Poll::Pending;
         };
         self.pending = None;
@@ -834,13 +846,19 @@ enum Mode {
     Quiet,
 }
 
-/// `Pending`, or the task's cancellation if one is pending and `mode` delivers it.
+/// `Pending`, or, if `mode` is a task's, the task's cancellation if one is pending, else the
+/// deadline's error if the deadline of the scope being polled has passed (see
+/// [`DeadlineExt`](ringloop_runtime::DeadlineExt)). Called once nothing is ready: what the
+/// receiver has queued always comes first, and giving up the wait loses nothing.
 fn pending_or_cancelled<T>(mode: Mode) -> Poll<io::Result<T>> {
     if mode != Mode::Task {
         return Poll::Pending;
     }
-    match ringloop_runtime::take_cancel_request() {
-        Some(c) => Poll::Ready(Err(c.into())),
+    if let Some(c) = ringloop_runtime::take_cancel_request() {
+        return Poll::Ready(Err(c.into()));
+    }
+    match crate::deadline::expired() {
+        Some(e) => Poll::Ready(Err(e)),
         None => Poll::Pending,
     }
 }

@@ -10,8 +10,7 @@ use std::task::Poll;
 
 use io_uring::opcode;
 use ringloop_runtime::{
-    current_backend, sleep, take_cancel_request_waiting, Backend, Multishot, MultishotKind,
-    SharedFd,
+    current_backend, take_cancel_request_waiting, Backend, Multishot, MultishotKind, SharedFd,
 };
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -144,6 +143,23 @@ impl TcpListener {
     /// Accepts one connection. Errors come back as they are (`EMFILE`, `ECONNABORTED`, ...);
     /// [`incoming`](Self::incoming) is the loop that survives them.
     ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` if no connection
+    /// came by then; a connection accepted as the deadline passed is returned, never dropped.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use ringloop_net::{DeadlineExt, TcpListener};
+    ///
+    /// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+    /// let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap())?;
+    /// match listener.accept().timeout(Duration::from_secs(1)).await {
+    ///     Ok((stream, peer)) => println!("{peer} connected"),
+    ///     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("nobody came"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<_, std::io::Error>(()) });
+    /// ```
+    ///
     /// # Errors
     /// The real errno; a cancellation (see [`ringloop_runtime::is_cancelled`]).
     pub async fn accept(&self) -> io::Result<(TcpStream, SocketAddr)> {
@@ -203,7 +219,8 @@ const ACCEPT_QUEUE_CAP: usize = 64;
 
 impl Incoming<'_> {
     /// The next connection. Only errors a server cannot ride out come back (and a
-    /// cancellation).
+    /// cancellation). With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` if no
+    /// connection came by then; those already accepted come first, and none is dropped.
     ///
     /// # Errors
     /// Errors other than `ECONNABORTED`, `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`.
@@ -223,7 +240,7 @@ impl Incoming<'_> {
                     if e.raw_os_error() != Some(libc::ECONNABORTED) {
                         // Out of descriptors (or memory): keep serving what we have and try
                         // again a little later.
-                        sleep(self.backoff).await?;
+                        crate::deadline::backoff(self.backoff).await?;
                         self.backoff = (self.backoff * 2).min(Duration::from_millis(100));
                     }
                 }
@@ -243,10 +260,14 @@ impl Incoming<'_> {
                 unsafe { self.multishot.arm(sqe, &self.listener.fd)? };
             }
             let next = poll_fn(|cx| match self.multishot.poll_next(cx) {
-                // The multishot is armed: this await was already waiting.
+                // The multishot is armed: this await was already waiting. What it queued came
+                // first; dropping the wait loses nothing (the queue is the listener's).
                 Poll::Pending => match take_cancel_request_waiting() {
-                    Some(c) => Poll::Ready(Err(c)),
-                    None => Poll::Pending,
+                    Some(c) => Poll::Ready(Err(c.into())),
+                    None => match crate::deadline::expired() {
+                        Some(e) => Poll::Ready(Err(e)),
+                        None => Poll::Pending,
+                    },
                 },
                 Poll::Ready(r) => Poll::Ready(Ok(r)),
             })
@@ -319,6 +340,21 @@ impl TcpStream {
 
     /// Connects to `addr`.
     ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` (errno `ETIMEDOUT`,
+    /// as when the kernel gives up on the handshake itself) if the connection is not
+    /// established by then; the half-made socket is closed.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use ringloop_net::{DeadlineExt, TcpStream};
+    ///
+    /// # ringloop_runtime::Runtime::new().unwrap().block_on(async {
+    /// let stream = TcpStream::connect("192.0.2.1:80".parse().unwrap())
+    ///     .timeout(Duration::from_secs(3))
+    ///     .await?;
+    /// # Ok::<_, std::io::Error>(()) });
+    /// ```
+    ///
     /// # Errors
     /// The real errno (`ECONNREFUSED`, `ENETUNREACH`, `ETIMEDOUT`, ...).
     pub async fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
@@ -332,6 +368,9 @@ impl TcpStream {
     }
 
     /// Reads into `buf` (from its start up to its capacity); 0 bytes means end of stream.
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): an error of kind `TimedOut` if no
+    /// byte came by then; bytes that came first are returned, and nothing is lost either way.
     pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
         socket::sock_recv_into(self, buf).await
     }
@@ -340,16 +379,27 @@ impl TcpStream {
     ///
     /// # Errors
     /// `UnexpectedEof` if the stream ends first; the real errno otherwise.
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` if the buffer is not
+    /// full by then. The buffer comes back holding the bytes read so far at its start (its
+    /// initialised length grows as they arrive: start from an empty `Vec::with_capacity(n)`
+    /// and its length says how many); the rest are for the next read.
     pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
         read_exact(self, buf).await
     }
 
     /// Writes once; returns how many bytes went out (maybe fewer than all).
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` only when nothing was
+    /// sent; a write that sent bytes reports how many.
     pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
         socket::sock_send(self, buf).await
     }
 
     /// Writes all of `buf`'s bytes; on error says how many went out.
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): a [`SendAllError`]
+    /// whose error is `TimedOut` and whose `sent` counts exactly the bytes the kernel took.
     pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
         socket::sock_sendall(self, buf)
     }

@@ -40,6 +40,9 @@ use crate::tcp::{local_addr, with_socket};
 /// with `ECONNREFUSED`.
 ///
 /// The socket can be used from several tasks at once through `&UdpSocket`.
+///
+/// Every send and receive takes a deadline ([`DeadlineExt`](crate::DeadlineExt)): a receive
+/// that times out (`TimedOut`) took no datagram, a send that times out sent none.
 #[derive(Debug)]
 pub struct UdpSocket {
     fd: SharedFd,

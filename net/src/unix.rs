@@ -33,7 +33,7 @@ use std::os::unix::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use ringloop_runtime::{sleep, Op, SharedFd};
+use ringloop_runtime::{Op, SharedFd};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::buf::{IoBuf, IoBufMut};
@@ -128,6 +128,9 @@ impl UnixListener {
     /// Accepts one connection: the stream and the peer's address (usually unnamed: clients
     /// rarely bind).
     ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` if no connection
+    /// came by then; a connection accepted as the deadline passed is returned, never dropped.
+    ///
     /// # Errors
     /// The real errno (`EMFILE`, ...); a cancellation (see
     /// [`ringloop_runtime::is_cancelled`]).
@@ -190,7 +193,8 @@ impl UnixStream {
     /// retried after 1 ms, 2, 4, ... up to 100 ms between tries, until the listener accepts
     /// enough to make room or the task is cancelled — what a blocking `connect` would do,
     /// without blocking the loop. No readiness event announces room in a peer's backlog,
-    /// hence the timer.
+    /// hence the timer. With a deadline ([`DeadlineExt`](crate::DeadlineExt)), the retries
+    /// stop there with `TimedOut`.
     ///
     /// # Errors
     /// The real errno: `ENOENT` (no such file), `ECONNREFUSED` (the file exists but nobody
@@ -204,7 +208,7 @@ impl UnixStream {
                 Ok(()) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                    sleep(backoff).await?;
+                    crate::deadline::backoff(backoff).await?;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
                 Err(e) => return Err(e),
@@ -235,6 +239,9 @@ impl UnixStream {
     }
 
     /// Reads into `buf` (from its start up to its capacity); 0 bytes means end of stream.
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): an error of kind `TimedOut` if no
+    /// byte came by then; bytes that came first are returned, and nothing is lost either way.
     pub async fn read<B: IoBufMut>(&self, buf: B) -> (io::Result<usize>, B) {
         socket::sock_recv_into(self, buf).await
     }
@@ -243,17 +250,28 @@ impl UnixStream {
     ///
     /// # Errors
     /// `UnexpectedEof` if the stream ends first; the real errno otherwise.
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` if the buffer is not
+    /// full by then. The buffer comes back holding the bytes read so far at its start (its
+    /// initialised length grows as they arrive: start from an empty `Vec::with_capacity(n)`
+    /// and its length says how many); the rest are for the next read.
     pub async fn read_exact<B: IoBufMut>(&self, buf: B) -> (io::Result<()>, B) {
         read_exact(self, buf).await
     }
 
     /// Writes once; returns how many bytes went out (maybe fewer than all).
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): `TimedOut` only when nothing was
+    /// sent; a write that sent bytes reports how many.
     pub async fn write<B: IoBuf>(&self, buf: B) -> (io::Result<usize>, B) {
         socket::sock_send(self, buf).await
     }
 
     /// Writes all of `buf`'s bytes; on error says how many went out (`EPIPE` once the peer
     /// has closed: never a `SIGPIPE`).
+    ///
+    /// With a deadline ([`DeadlineExt`](crate::DeadlineExt)): a [`SendAllError`]
+    /// whose error is `TimedOut` and whose `sent` counts exactly the bytes the kernel took.
     pub fn write_all<B: IoBuf>(&self, buf: B) -> SendAll<B> {
         socket::sock_sendall(self, buf)
     }
@@ -384,6 +402,10 @@ split_halves!(UnixStream);
 /// Datagrams keep their boundaries and, unlike UDP, are reliable and ordered: when the
 /// receiver's queue is full the sender waits. A socket that never bound sends from the unnamed
 /// address, to which nobody can reply; [`bind`](Self::bind) one to receive replies.
+///
+/// Every send and receive takes a deadline ([`DeadlineExt`](crate::DeadlineExt)): a receive
+/// that times out (`TimedOut`) took no datagram, a send that times out (its receiver's queue
+/// stayed full) sent none.
 ///
 /// ```
 /// use ringloop_net::UnixDatagram;
@@ -569,8 +591,8 @@ async fn send_datagram<B: IoBuf>(
                     return (Err(e), buf);
                 }
                 if !backoff.is_zero() {
-                    if let Err(c) = sleep(backoff).await {
-                        return (Err(c.into()), buf);
+                    if let Err(e) = crate::deadline::backoff(backoff).await {
+                        return (Err(e), buf);
                     }
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(16));

@@ -430,6 +430,46 @@ both_backends! {
 }
 
 both_backends! {
+    /// tokio's reads and writes through an `Io`, bounded with `DeadlineExt`: a read with no
+    /// data and a write with no room time out (`ETIMEDOUT`) having taken or written nothing,
+    /// the `Io` stays usable, and a later read, with or without a deadline, gets every byte
+    /// once. Both mechanisms (the pooled one waits on its receiver, the readiness one on a
+    /// poll op kept between reads, which a deadline must not follow into the next read).
+    async fn reads_and_writes_with_a_deadline_lose_nothing() {
+        use ringloop_net::DeadlineExt;
+        for (i, mechanism) in MECHANISMS.into_iter().enumerate() {
+            let (mut a, mut b) = tcp_pair(mechanism).await;
+            let mut buf = [0u8; 64];
+            let e = b.read(&mut buf).timeout(Duration::from_millis(3)).await.unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT), "{mechanism:?}");
+            // The next read has no deadline: the first one's does not reach it.
+            a.write_all(b"late").await.unwrap();
+            let n = b.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"late", "{mechanism:?}");
+            // Writes to a peer that does not read: the buffers fill, then a write times out.
+            let data = random_bytes(700 + i as u64, 16 * 1024 * 1024);
+            let mut sent = 0;
+            loop {
+                let end = (sent + 100_000).min(data.len());
+                match a.write(&data[sent..end]).timeout(Duration::from_millis(5)).await {
+                    Ok(n) => sent += n,
+                    Err(e) => {
+                        assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT), "{mechanism:?}");
+                        break;
+                    }
+                }
+                assert!(sent < data.len(), "{mechanism:?}: the buffers never filled");
+            }
+            a.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).timeout(Duration::from_secs(60)).await.unwrap();
+            assert!(got == data[..sent], "{mechanism:?}: {} read, {sent} sent", got.len());
+        }
+        assert_pool_settled("deadlines").await;
+    }
+}
+
+both_backends! {
     /// A task cancelled while its write waits for room (the peer does not read): the write
     /// returns the cancellation as an error and wrote nothing, so nothing is lost or sent
     /// twice: the task writes on, and the peer gets every byte once.

@@ -21,6 +21,10 @@
 //! assert_eq!(answer, 42);
 //! ```
 //!
+//! I/O is done by ops ([`Op`]); any op, and every op a future makes, can be bounded by a
+//! deadline ([`Op::deadline`], [`DeadlineExt`]; see [`time::deadline`]), with the op's own
+//! result winning over the deadline when both come at once.
+//!
 //! Blocking work (a file read, a DNS lookup) goes to a thread pool with [`spawn_blocking`]
 //! (asyncio's `run_in_executor`); Unix signals arrive in tasks through [`signal()`] and
 //! [`ctrl_c`] (asyncio's `add_signal_handler`).
@@ -85,6 +89,9 @@ pub use task::cancel::take_cancel_request;
 pub use task::{
     all_tasks, current_task, spawn, spawn_named, take_cancel_request_waiting, task_tree, Cancelled,
     Task, TaskError, TaskId, TaskRef, TaskState, TaskTree,
+};
+pub use time::deadline::{
+    current_deadline, timed_out_error, DeadlineExt, DeadlineOutput, WithDeadline,
 };
 pub use time::{
     sleep, sleep_until, timeout, timeout_at, wait_for, Flatten, Sleep, TimedOut, Timeout, WaitError,

@@ -63,6 +63,9 @@ pub struct RuntimeStats {
     /// Completions the kernel dropped because it could not allocate memory to keep them
     /// (io_uring's overflow counter; the ops they belonged to never finish). Should stay 0.
     pub cq_dropped: u64,
+    /// Ops that ended because their deadline passed first (`ETIMEDOUT`, see
+    /// [`Op::deadline`](crate::Op::deadline) and [`DeadlineExt`](crate::DeadlineExt)).
+    pub ops_timed_out: u64,
     /// `ASYNC_CANCEL`s that found nothing to cancel (the op had completed, or was not
     /// submitted yet); shutdown sends another while the op is still live.
     pub cancels_missed: u64,
@@ -102,6 +105,7 @@ impl RuntimeStats {
         self.recv_bundles += other.recv_bundles;
         self.cq_overflows += other.cq_overflows;
         self.cq_dropped += other.cq_dropped;
+        self.ops_timed_out += other.ops_timed_out;
         self.cancels_missed += other.cancels_missed;
         self.buffer_exhaustions += other.buffer_exhaustions;
         self.pooled_buffers_out += other.pooled_buffers_out;

@@ -512,11 +512,9 @@ impl ReadState {
             return done;
         }
         loop {
-            if let Some(op) = &mut self.poll {
-                let ready = ready!(Pin::new(op).poll(cx));
-                self.poll = None;
-                // A cancellation (or the poll's own error): nothing was read.
-                ready?;
+            if self.poll.is_some() {
+                // A cancellation, a deadline (or the poll's own error): nothing was read.
+                ready!(poll_wait(&mut self.poll, cx))?;
                 self.drained = false;
             }
             if !self.drained {
@@ -546,7 +544,7 @@ impl ReadState {
                     _ => return Poll::Ready(Err(e)),
                 }
             }
-            self.poll = Some(Op::new(PollReady::readable(fd.clone()).after_eagain()));
+            self.poll = Some(Op::new(PollReady::readable(fd.clone()).after_eagain()).unscoped());
         }
     }
 
@@ -581,22 +579,39 @@ impl WriteState {
             return Poll::Ready(Ok(0));
         }
         loop {
-            if let Some(op) = &mut self.poll {
-                let ready = ready!(Pin::new(op).poll(cx));
-                self.poll = None;
-                // A cancellation (or the poll's own error): nothing was written.
-                ready?;
+            if self.poll.is_some() {
+                // A cancellation, a deadline (or the poll's own error): nothing was written.
+                ready!(poll_wait(&mut self.poll, cx))?;
             }
             match send_now(fd, bufs) {
                 Ok(n) => return Poll::Ready(Ok(n)),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 // Wait for room; the `EAGAIN` just seen guarantees the wake (see `PollReady`).
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.poll = Some(Op::new(PollReady::writable(fd.clone()).after_eagain()));
+                    self.poll =
+                        Some(Op::new(PollReady::writable(fd.clone()).after_eagain()).unscoped());
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+}
+
+/// Polls the readiness wait in `poll` (which must be there); it is gone once it resolves. Its
+/// op is kept between reads (or writes), so it ignores deadline scopes (a deadline of one read
+/// must not end a later one); the deadline of the scope being polled is checked here instead,
+/// once the wait is pending: the wait stays for the next read, and nothing was read.
+fn poll_wait(poll: &mut Option<Op<PollReady>>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    let op = poll.as_mut().expect("a readiness wait in flight");
+    match Pin::new(op).poll(cx) {
+        Poll::Ready(r) => {
+            *poll = None;
+            Poll::Ready(r)
+        }
+        Poll::Pending => match crate::deadline::expired() {
+            Some(e) => Poll::Ready(Err(e)),
+            None => Poll::Pending,
+        },
     }
 }
 

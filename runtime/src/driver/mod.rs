@@ -117,6 +117,8 @@ pub(crate) struct DriverStats {
     pub(crate) cq_dropped: u64,
     /// `ASYNC_CANCEL`s that found nothing to cancel.
     pub(crate) cancels_missed: u64,
+    /// Ops that ended with their deadline's `ETIMEDOUT`.
+    pub(crate) ops_timed_out: u64,
     /// Zero-copy send notifications reaped.
     pub(crate) zero_copy_notifs: u64,
     /// Receive completions that filled more than one pool buffer (io_uring bundles).
@@ -411,6 +413,24 @@ impl Driver {
         }
     }
 
+    /// As [`uring_submit`](Self::uring_submit), with a deadline: the op's SQE is linked to an
+    /// `IORING_OP_LINK_TIMEOUT` at `deadline` (`Uring::submit_linked`).
+    ///
+    /// # Safety
+    /// As [`uring_submit`](Self::uring_submit).
+    pub(crate) unsafe fn uring_submit_linked(
+        &mut self,
+        sqe: io_uring::squeue::Entry,
+        deadline: std::time::Instant,
+        waker: &Waker,
+    ) -> io::Result<OpKey> {
+        match self {
+            // SAFETY: forwarded from the caller.
+            Driver::Uring(u) => unsafe { u.submit_linked(sqe, deadline, waker) },
+            Driver::Epoll(_) => Err(wrong_backend()),
+        }
+    }
+
     /// An op nobody awaits, its data in the op table from the start (`Uring::submit_detached`);
     /// on an error the data comes back.
     ///
@@ -471,6 +491,14 @@ impl Driver {
     pub(crate) fn epoll_unwait(&mut self, fd: RawFd, token: u64) {
         if let Driver::Epoll(e) = self {
             e.unwait(fd, token)
+        }
+    }
+
+    /// Counts an op that ended because its deadline passed.
+    pub(crate) fn count_timed_out(&mut self) {
+        match self {
+            Driver::Epoll(e) => e.stats.ops_timed_out += 1,
+            Driver::Uring(u) => u.table.stats.ops_timed_out += 1,
         }
     }
 

@@ -27,7 +27,9 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use io_uring::squeue;
 
@@ -38,6 +40,8 @@ use super::{Backend, OpKey};
 use crate::context;
 use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
 use crate::task::Cancelled;
+use crate::time::deadline::{self, timed_out_error, Frame};
+use crate::time::TimerEntry;
 
 /// Which readiness an op waits for on the epoll backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,20 +138,39 @@ pub(crate) fn cqe_result(res: i32) -> io::Result<u32> {
 }
 
 enum State {
-    Unsubmitted,
-    /// io_uring: the SQE is queued or in the kernel. `cancel` holds the delivered cancellation
-    /// once an `ASYNC_CANCEL` has been sent for it.
-    InFlight {
-        key: OpKey,
-        /// Boxed: cancels are rare, and this keeps every op future (one per connection in a
-        /// typical server) 16 bytes smaller.
-        cancel: Option<Box<Cancelled>>,
+    /// Not submitted (io_uring), not waiting yet (epoll). `scoped`: the op takes the deadline of
+    /// the [deadline scope](crate::time::deadline) it is polled in before it first waits (off
+    /// for [`Op::unscoped`], and once read).
+    Unsubmitted {
+        scoped: bool,
     },
-    /// epoll: waiting for readiness; `waiter` is our registration.
+    /// io_uring: the SQE is queued or in the kernel.
+    InFlight(OpKey),
+    /// epoll: waiting for readiness; our registration.
     Waiting {
-        waiter: Option<(RawFd, u64)>,
+        fd: RawFd,
+        token: u64,
     },
     Done,
+}
+
+/// What an op rarely needs, boxed so that an op without it stays small (one per connection in
+/// a typical server; the box is taken only by an op that gets a deadline or a cancellation).
+#[derive(Default)]
+struct Rare {
+    /// io_uring: the delivered cancellation, once an `ASYNC_CANCEL` has been sent for it.
+    cancel: Option<Cancelled>,
+    deadline: Option<OpDeadline>,
+}
+
+/// An op's deadline.
+struct OpDeadline {
+    at: Instant,
+    /// The scope the op was first polled in, held until the op resolves: the scope waits for
+    /// ops bound to it rather than drop one that may still complete.
+    _scope: Option<Rc<Frame>>,
+    /// epoll: wakes the task at `at` (io_uring: the kernel's linked timeout completes the op).
+    timer: TimerEntry,
 }
 
 /// The future of one operation; created with [`Op::new`] and awaited.
@@ -157,6 +180,24 @@ enum State {
 /// error carrying [`Cancelled`]; if the op completed first, its real result is delivered (no data
 /// is lost) and the cancellation waits for the task's next await. On epoll a cancelled waiter
 /// completes at once.
+///
+/// # Deadlines
+///
+/// [`deadline`](Self::deadline) (or [`timeout`](Self::timeout)) bounds the op, and so does a
+/// [`WithDeadline`](crate::WithDeadline) it is first polled inside. If the deadline passes
+/// before the op completes, the op is stopped and resolves with an error of kind
+/// [`TimedOut`](io::ErrorKind::TimedOut) (errno `ETIMEDOUT`, see
+/// [`timed_out_error`](crate::timed_out_error)). If it completed as the deadline passed, **its
+/// result wins**: data received, bytes sent, a connection accepted, an end of stream or an
+/// error are delivered as they are, never replaced by the timeout. A deadline already past
+/// still lets the op be tried once without waiting (asyncio's `timeout(0)` lets a ready result
+/// through too). On io_uring the op's SQE is linked to an `IORING_OP_LINK_TIMEOUT`; on epoll a
+/// timer wakes the task and the op gives up at that poll, after one last attempt.
+///
+/// If the task is cancelled too, the cancellation wins over the deadline: an op the kernel
+/// stopped after the runtime sent its `ASYNC_CANCEL` resolves with the `Cancelled` error even
+/// if the deadline had also passed; an op that timed out before the cancel was seen resolves
+/// with `ETIMEDOUT`, and the cancel request waits for the task's next await.
 ///
 /// An op belongs to the runtime it is first polled on: every later poll, and its drop, go to
 /// that runtime's driver, whichever runtime is running on the thread then. Polled after that
@@ -186,6 +227,8 @@ pub struct Op<T: OpKind> {
     state: State,
     /// The driver this op was first polled on; `None` until then.
     driver: Option<DriverHandle>,
+    /// A deadline, a delivered cancellation: `None` for most ops.
+    rare: Option<Box<Rare>>,
 }
 
 impl<T: OpKind> Unpin for Op<T> {}
@@ -193,12 +236,15 @@ impl<T: OpKind> Unpin for Op<T> {}
 impl<T: OpKind> fmt::Debug for Op<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.state {
-            State::Unsubmitted => "unsubmitted",
-            State::InFlight { .. } => "in flight",
+            State::Unsubmitted { .. } => "unsubmitted",
+            State::InFlight(_) => "in flight",
             State::Waiting { .. } => "waiting",
             State::Done => "done",
         };
-        f.debug_struct("Op").field("state", &state).finish()
+        f.debug_struct("Op")
+            .field("state", &state)
+            .field("deadline", &self.deadline_at())
+            .finish()
     }
 }
 
@@ -214,20 +260,118 @@ impl<T: OpKind> Op<T> {
     pub fn new(kind: T) -> Self {
         Op {
             data: Some(DriverHandle::boxed_here(kind)),
-            state: State::Unsubmitted,
+            state: State::Unsubmitted { scoped: true },
             driver: None,
+            rare: None,
+        }
+    }
+
+    /// Bounds the op by `at`: if it has not completed by then, it is stopped and resolves with
+    /// an error of kind [`TimedOut`](io::ErrorKind::TimedOut) (errno `ETIMEDOUT`). A result
+    /// the op produced first always wins. See [Deadlines](Self#deadlines).
+    ///
+    /// Setting several deadlines (this, [`timeout`](Self::timeout), an enclosing
+    /// [`WithDeadline`](crate::WithDeadline)) bounds the op by the earliest.
+    ///
+    /// # Panics
+    /// If the op was already polled (its SQE may be in the kernel, with no link to add).
+    pub fn deadline(mut self, at: Instant) -> Self {
+        assert!(
+            self.driver.is_none() && matches!(self.state, State::Unsubmitted { .. }),
+            "Op::deadline must be set before the op is first polled"
+        );
+        self.bind_deadline(at, None);
+        self
+    }
+
+    /// Bounds the op by `now + duration`; see [`deadline`](Self::deadline).
+    ///
+    /// # Panics
+    /// If the op was already polled.
+    pub fn timeout(self, duration: Duration) -> Self {
+        self.deadline(deadline::after(duration))
+    }
+
+    /// The op ignores the [deadline scope](crate::time::deadline) it is first polled in: for
+    /// an op that outlives the call that made it (a receive kept between calls, resumed by
+    /// whichever call comes next), which a deadline of the first call must not end later. Its
+    /// own [`deadline`](Self::deadline) still applies.
+    pub fn unscoped(mut self) -> Self {
+        if let State::Unsubmitted { scoped } = &mut self.state {
+            *scoped = false;
+        }
+        self
+    }
+
+    /// The op's deadline, if it has one.
+    fn deadline_at(&self) -> Option<Instant> {
+        self.rare.as_ref()?.deadline.as_ref().map(|d| d.at)
+    }
+
+    /// Sets the deadline to `at`, or keeps an earlier one; `scope` is kept until the op
+    /// resolves.
+    fn bind_deadline(&mut self, at: Instant, scope: Option<Rc<Frame>>) {
+        let rare = self
+            .rare
+            .get_or_insert_with(|| DriverHandle::boxed_here(Rare::default()));
+        match &mut rare.deadline {
+            Some(d) => {
+                d.at = d.at.min(at);
+                if scope.is_some() {
+                    d._scope = scope;
+                }
+            }
+            None => {
+                rare.deadline = Some(OpDeadline {
+                    at,
+                    _scope: scope,
+                    timer: TimerEntry::default(),
+                })
+            }
+        }
+    }
+
+    /// Before the op first waits: takes the deadline of the scope it is polled in, if any (once).
+    #[inline]
+    fn read_scope(&mut self) {
+        if let State::Unsubmitted { scoped: true } = self.state {
+            self.state = State::Unsubmitted { scoped: false };
+            if let Some(frame) = deadline::current_frame() {
+                self.bind_deadline(frame.deadline(), Some(frame));
+            }
         }
     }
 
     /// Completes the op; its box goes back to `driver` for the next op.
+    #[inline]
     fn finish(&mut self, driver: &DriverHandle, result: io::Result<u32>, flags: u32) -> T::Output {
         self.state = State::Done;
+        if self.rare.is_some() {
+            self.release_rare(driver);
+        }
         let data = self.data.take().expect("Op polled after completion");
         driver.unboxed(data).complete(result, flags)
     }
 
+    /// Drops what the rare box holds (the scope is released, the timer disarmed) and gives the
+    /// box back to `driver`.
+    #[cold]
+    #[inline(never)]
+    fn release_rare(&mut self, driver: &DriverHandle) {
+        if let Some(rare) = self.rare.take() {
+            drop(driver.unboxed(rare));
+        }
+    }
+
+    /// Completes the op with its deadline's error.
+    #[cold]
+    fn timed_out(&mut self, driver: &DriverHandle) -> T::Output {
+        driver.try_with(|d| d.count_timed_out());
+        self.finish(driver, Err(timed_out_error()), 0)
+    }
+
     fn poll_uring(&mut self, driver: &DriverHandle, cx: &mut Context<'_>) -> Poll<T::Output> {
-        if let State::Unsubmitted = self.state {
+        if let State::Unsubmitted { .. } = self.state {
             // A cancellation already pending (one re-posted after an op won its race, or
             // one that arrived while the task was queued) is delivered here: nothing has
             // been submitted, so nothing can be lost, and an op that went to the kernel
@@ -238,6 +382,8 @@ impl<T: OpKind> Op<T> {
             if driver.is_closed() {
                 return Poll::Ready(self.finish(driver, Err(shut_down()), 0));
             }
+            self.read_scope();
+            let deadline = self.deadline_at();
             let data = self.data.as_mut().expect("op data present");
             if data.try_first() {
                 let Some(try_now) = driver.try_with(|d| d.may_try_first()) else {
@@ -248,7 +394,13 @@ impl<T: OpKind> Op<T> {
                     let done = data.attempt();
                     driver.try_with(|d| d.count_attempt());
                     match done {
-                        Err(e) if is_would_block(&e) => {}
+                        // Tried once without waiting: with its deadline past, that was its
+                        // one try.
+                        Err(e) if is_would_block(&e) => {
+                            if deadline.is_some_and(|at| Instant::now() >= at) {
+                                return Poll::Ready(self.timed_out(driver));
+                            }
+                        }
                         done => return Poll::Ready(self.finish(driver, done, 0)),
                     }
                 }
@@ -264,8 +416,14 @@ impl<T: OpKind> Op<T> {
             // SAFETY: `OpKind`'s contract: the entry's pointers and descriptors are owned
             // by `data`, which is boxed (never moves) and stays alive until this op's
             // completion: here until `finish`, or in this driver's op table as an orphan
-            // (the drop below hands it to the same driver).
-            let submitted = driver.try_with(|d| unsafe { d.uring_submit(sqe, cx.waker()) });
+            // (the drop below hands it to the same driver). A linked timeout's timespec is the
+            // driver's (see `Uring::submit_linked`).
+            let submitted = driver.try_with(|d| unsafe {
+                match deadline {
+                    None => d.uring_submit(sqe, cx.waker()),
+                    Some(at) => d.uring_submit_linked(sqe, at, cx.waker()),
+                }
+            });
             return match submitted {
                 // Cannot happen (checked above); the entry is not in the ring, so failing the
                 // op is safe, where asking for another poll would call `sqe` twice.
@@ -275,49 +433,52 @@ impl<T: OpKind> Op<T> {
                     0,
                 )),
                 Some(Ok(key)) => {
-                    self.state = State::InFlight { key, cancel: None };
+                    self.state = State::InFlight(key);
                     Poll::Pending
                 }
                 Some(Err(e)) => Poll::Ready(self.finish(driver, Err(e), 0)),
             };
         }
-        let State::InFlight { key, cancel } = &mut self.state else {
+        let State::InFlight(key) = self.state else {
             panic!("Op polled after completion");
         };
-        let key = *key;
+        let cancel_sent = self.rare.as_ref().is_some_and(|r| r.cancel.is_some());
         // One borrow: the result if it came, else the waker is updated and a pending cancel
         // request is passed on to the kernel.
         let polled = driver.try_with(|d| match d.uring_take(key, cx.waker()) {
-            Some(done) => Some(done),
+            Some(done) => Ok(done),
             None => {
                 // An op in flight was already waiting: it also sees a request delivered to
                 // another branch of the task in this poll. Once it holds a delivery, it takes
                 // only new requests: a second one while the first one's ASYNC_CANCEL is in
                 // flight is taken too (it would otherwise look unseen, as if the task awaited
                 // a foreign future); one request stands for both, as in asyncio.
-                let taken = if cancel.is_none() {
-                    take_cancel_waiting()
-                } else {
+                let taken = if cancel_sent {
                     take_cancel()
+                } else {
+                    take_cancel_waiting()
                 };
-                if let Some(c) = taken {
-                    if cancel.is_none() {
-                        d.uring_cancel(key);
-                    }
-                    *cancel = Some(Box::new(c));
+                if taken.is_some() && !cancel_sent {
+                    d.uring_cancel(key);
                 }
-                None
+                Err(taken)
             }
         });
-        let Some(polled) = polled else {
-            return busy(cx);
-        };
-        let Some((res, flags)) = polled else {
-            return Poll::Pending;
+        let (res, flags) = match polled {
+            None => return busy(cx),
+            Some(Ok(done)) => done,
+            Some(Err(taken)) => {
+                if let Some(c) = taken {
+                    self.rare
+                        .get_or_insert_with(|| driver.boxed(Rare::default()))
+                        .cancel = Some(c);
+                }
+                return Poll::Pending;
+            }
         };
         let result = cqe_result(res);
-        let result = match cancel.take() {
-            Some(c) if res == -libc::ECANCELED => Err(io::Error::from(*c)),
+        let result = match self.rare.as_mut().and_then(|r| r.cancel.take()) {
+            Some(c) if res == -libc::ECANCELED => Err(io::Error::from(c)),
             Some(c) => {
                 // The op won the race: its real result is delivered and the
                 // cancellation waits for the task's next await.
@@ -329,15 +490,26 @@ impl<T: OpKind> Op<T> {
                 });
                 result
             }
-            None => result,
+            // Without a cancel of ours, only the linked timeout stops an op: `ECANCELED`, or
+            // `EINTR` from a worker it interrupted (the op then did nothing, or it would say
+            // what it did). Any other result, data above all, is delivered as it is.
+            None => match self.deadline_at() {
+                Some(at)
+                    if !driver.is_closed()
+                        && (res == -libc::ECANCELED
+                            || (res == -libc::EINTR && Instant::now() >= at)) =>
+                {
+                    return Poll::Ready(self.timed_out(driver));
+                }
+                _ => result,
+            },
         };
         Poll::Ready(self.finish(driver, result, flags))
     }
 
     fn poll_epoll(&mut self, driver: &DriverHandle, cx: &mut Context<'_>) -> Poll<T::Output> {
-        let data = self.data.as_mut().expect("Op polled after completion");
-        let waiter = match &mut self.state {
-            State::Waiting { waiter } => *waiter,
+        let waiter = match self.state {
+            State::Waiting { fd, token } => Some((fd, token)),
             _ => None,
         };
         if driver.is_closed() {
@@ -347,11 +519,24 @@ impl<T: OpKind> Op<T> {
             return Poll::Ready(self.finish(driver, Err(shut_down()), 0));
         }
         // Outside the borrow: `attempt` is the op kind's code.
-        let result = data.attempt();
+        let result = self
+            .data
+            .as_mut()
+            .expect("Op polled after completion")
+            .attempt();
         match result {
             Err(e) if is_would_block(&e) => {
                 // A registered waiter was already waiting (see `take_cancel_waiting`).
                 let cancel = take_cancel_if(waiter.is_some());
+                if cancel.is_none() {
+                    self.read_scope();
+                    // The attempt just made was its last: the deadline has passed.
+                    if self.deadline_at().is_some_and(|at| Instant::now() >= at) {
+                        release_waiter(driver, waiter);
+                        return Poll::Ready(self.timed_out(driver));
+                    }
+                }
+                let data = self.data.as_ref().expect("op data present");
                 let (fd, interest) = data.readiness();
                 let registered = driver.try_with(|d| {
                     d.count_attempt();
@@ -382,29 +567,41 @@ impl<T: OpKind> Op<T> {
                         Poll::Ready(self.finish(driver, Err(io::Error::from(c)), 0))
                     }
                     Some(Some(Ok(token))) => {
-                        self.state = State::Waiting {
-                            waiter: Some((fd, token)),
-                        };
+                        self.state = State::Waiting { fd, token };
+                        if let Some(d) = self.rare.as_mut().and_then(|r| r.deadline.as_mut()) {
+                            // Woken at the deadline to give up (if the descriptor is not
+                            // ready first). Not outside a loop: nothing parks this driver then.
+                            if context::is_entered() {
+                                d.timer.arm(d.at, cx);
+                            }
+                        }
                         Poll::Pending
                     }
                     Some(Some(Err(e))) => Poll::Ready(self.finish(driver, Err(e), 0)),
                 }
             }
             done => {
-                match waiter {
-                    Some((fd, token)) => driver.now_or_later(
-                        |d| {
-                            d.count_attempt();
-                            d.epoll_unwait(fd, token)
-                        },
-                        || Deferred::Unwait(fd, token),
-                    ),
-                    None => {
-                        driver.try_with(|d| d.count_attempt());
-                    }
-                }
+                release_waiter(driver, waiter);
                 Poll::Ready(self.finish(driver, done, 0))
             }
+        }
+    }
+}
+
+/// epoll: counts the attempt an op just made and removes its waiter, if it has one (now, or
+/// at the driver's next borrow).
+#[inline]
+fn release_waiter(driver: &DriverHandle, waiter: Option<(RawFd, u64)>) {
+    match waiter {
+        Some((fd, token)) => driver.now_or_later(
+            |d| {
+                d.count_attempt();
+                d.epoll_unwait(fd, token)
+            },
+            || Deferred::Unwait(fd, token),
+        ),
+        None => {
+            driver.try_with(|d| d.count_attempt());
         }
     }
 }
@@ -435,7 +632,7 @@ impl<T: OpKind> Drop for Op<T> {
             return; // never polled: nothing reached a driver
         };
         match std::mem::replace(&mut self.state, State::Done) {
-            State::InFlight { key, .. } => {
+            State::InFlight(key) => {
                 if let Some(data) = self.data.take() {
                     // To the driver that holds the SQE, now or (if it is borrowed: this drop
                     // runs inside it) at its next borrow; never freed here. Finishing an
@@ -447,9 +644,7 @@ impl<T: OpKind> Drop for Op<T> {
                     driver.finish_orphans();
                 }
             }
-            State::Waiting {
-                waiter: Some((fd, token)),
-            } => driver.defer(Deferred::Unwait(fd, token)),
+            State::Waiting { fd, token } => driver.defer(Deferred::Unwait(fd, token)),
             _ => {}
         }
     }

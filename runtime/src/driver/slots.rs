@@ -12,7 +12,9 @@
 //! says the slot is a multishot's, a cancel's `user_data` is its target's with `CANCEL_BIT`
 //! (bit 31) set, and the ring's own wake traffic uses bit 30 (`MSG_SENT_BIT`, a `MSG_RING`
 //! this ring sent) or one of two fixed tags (`WAKE_TAG`, the eventfd poll; `MSG_TAG`, a
-//! `MSG_RING` another ring sent here). None of these reaches the table.
+//! `MSG_RING` another ring sent here). An op's deadline is a linked timeout whose completion
+//! carries a third fixed tag (`LINK_TIMEOUT_TAG`): the op's own completion says what happened,
+//! so that one is only counted. None of these reaches the table.
 //!
 //! ```text
 //!  insert ──▶ Armed{waker} ──CQE──▶ Done{res,flags} ──future takes it──▶ (freed)
@@ -53,6 +55,8 @@ use super::{DriverStats, MultishotKind, OpKey, SharedFd};
 pub(crate) const WAKE_TAG: u64 = u64::MAX;
 /// `user_data` of the completion another ring's `MSG_RING` posts on this ring: a wake.
 pub(crate) const MSG_TAG: u64 = u64::MAX - 1;
+/// `user_data` of an `IORING_OP_LINK_TIMEOUT` (an op's deadline, see `Uring::submit_linked`).
+pub(crate) const LINK_TIMEOUT_TAG: u64 = u64::MAX - 2;
 /// Set in the `user_data` of an `ASYNC_CANCEL` SQE, whose other bits are its target's key: its
 /// completion says whether the cancel found the op.
 pub(crate) const CANCEL_BIT: u64 = 1 << 31;
@@ -69,8 +73,8 @@ const MAX_CANCEL_RESENDS: u8 = u8::MAX;
 /// short-lived: kept small, as every one is moved into its table and out again).
 const MULTI_BIT: u64 = 1 << 29;
 /// Slot indices stay below this in each table, so no op's `user_data` has `MULTI_BIT` but a
-/// multishot's, nor `CANCEL_BIT` or `MSG_SENT_BIT`, and none is `WAKE_TAG` or `MSG_TAG` (whose
-/// low halves have all three bits set).
+/// multishot's, nor `CANCEL_BIT` or `MSG_SENT_BIT`, and none is `WAKE_TAG`, `MSG_TAG` or
+/// `LINK_TIMEOUT_TAG` (whose low halves have all three bits set).
 const MAX_SLOTS: usize = MULTI_BIT as usize;
 
 /// What a slot holds; see the module docs for the transitions.

@@ -23,7 +23,8 @@ use super::bufpool::{BufPool, POOL_GROUP};
 use super::errno::is_transient;
 use super::op::Orphan;
 use super::slots::{
-    FinishedOrphans, MultishotNext, OpTable, SlotState, CANCEL_BIT, MSG_SENT_BIT, MSG_TAG, WAKE_TAG,
+    FinishedOrphans, MultishotNext, OpTable, SlotState, CANCEL_BIT, LINK_TIMEOUT_TAG, MSG_SENT_BIT,
+    MSG_TAG, WAKE_TAG,
 };
 use super::wake::{RingPin, WakeTarget};
 use super::{MultishotKind, OpKey, SharedFd, WakeFd};
@@ -42,6 +43,9 @@ const MAX_MSGS: usize = 4096;
 
 pub(crate) struct Uring {
     ring: IoUring,
+    /// The deadlines of linked timeouts the kernel may not have read yet (declared after
+    /// `ring`, so they go after it).
+    timespecs: LinkTimespecs,
     /// Every op the kernel may still hold (the slots' state machine), with the pool and the
     /// counters.
     pub(crate) table: OpTable,
@@ -120,6 +124,84 @@ impl MsgWakes {
     }
 }
 
+/// The timespecs of `IORING_OP_LINK_TIMEOUT`s (ops' deadlines), kept until the kernel has
+/// read them.
+///
+/// The kernel copies a timeout's timespec when it consumes the SQE (`IORING_FEAT_SUBMIT_STABLE`,
+/// Linux 5.5, below the 5.11 this backend requires): from then on the timespec is not used
+/// again, whatever becomes of the op. So the driver, not the op, owns it: an op future may be
+/// dropped while its SQE still waits in the submission queue, and the memory an SQE points to
+/// must outlive that. Every timespec held is released once the submission queue has been seen
+/// empty after a kernel entry (the kernel has consumed everything pushed so far), the same
+/// point `MsgWakes::released` uses; each sits in a box of its own, so it never moves.
+#[derive(Default)]
+#[allow(
+    clippy::vec_box,
+    reason = "the kernel holds each timespec's address: a Vec's own storage moves when it grows"
+)]
+struct LinkTimespecs {
+    /// Pushed in an SQE the kernel may not have consumed yet.
+    held: Vec<Box<Timespec>>,
+    /// Released, for the next ones (at most `KEEP_TIMESPECS`).
+    free: Vec<Box<Timespec>>,
+}
+
+/// Free timespec boxes kept for reuse.
+const KEEP_TIMESPECS: usize = 1024;
+
+impl LinkTimespecs {
+    /// Holds `ts` at an address that stays valid until [`released`](Self::released).
+    fn hold(&mut self, ts: Timespec) -> *const Timespec {
+        let b = match self.free.pop() {
+            Some(mut b) => {
+                *b = ts;
+                b
+            }
+            None => Box::new(ts),
+        };
+        let p: *const Timespec = &*b;
+        self.held.push(b);
+        p
+    }
+
+    /// The kernel has consumed every SQE pushed so far: nothing held is needed any more.
+    #[inline]
+    fn released(&mut self) {
+        if self.held.is_empty() {
+            return;
+        }
+        let room = KEEP_TIMESPECS.saturating_sub(self.free.len());
+        let keep = self.held.len().min(room);
+        self.free.extend(self.held.drain(..keep));
+        self.held.clear();
+    }
+}
+
+/// `at` as an absolute `CLOCK_MONOTONIC` timespec for `IORING_TIMEOUT_ABS`.
+///
+/// `Instant` is `CLOCK_MONOTONIC` on Linux (std reads it with `clock_gettime`), and the
+/// kernel's timeouts use that clock unless told otherwise, but `Instant` does not show its
+/// reading: `at` is placed against a fresh reading of the clock, taken *after* `Instant::now()`,
+/// so the kernel's deadline is never earlier than `at` (a link timeout that fired means
+/// `Instant::now() >= at`; the two readings are nanoseconds apart).
+pub(crate) fn monotonic_timespec(at: Instant) -> Timespec {
+    let now = Instant::now();
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a live local the call writes; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let clock = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let abs = match at.checked_duration_since(now) {
+        Some(ahead) => clock.saturating_add(ahead),
+        None => clock.saturating_sub(now - at),
+    };
+    // The kernel's limit for seconds is an i64 (larger is saturated to "never" there anyway).
+    let abs = abs.min(Duration::from_secs(i64::MAX as u64));
+    Timespec::from(abs)
+}
+
 /// Opcodes the runtime needs; a kernel missing one gets the epoll backend instead.
 const REQUIRED_OPCODES: &[u8] = &[
     opcode::AsyncCancel::CODE,
@@ -130,6 +212,7 @@ const REQUIRED_OPCODES: &[u8] = &[
     opcode::Send::CODE,
     opcode::RecvMsg::CODE,
     opcode::SendMsg::CODE,
+    opcode::LinkTimeout::CODE,
 ];
 
 impl Uring {
@@ -214,6 +297,7 @@ impl Uring {
             && ring.params().is_feature_skip_cqe_on_success();
         let mut uring = Uring {
             ring,
+            timespecs: LinkTimespecs::default(),
             dropped_seen: 0,
             wake_armed: false,
             wake_fd: wake.raw(),
@@ -258,31 +342,57 @@ impl Uring {
             if unsafe { self.ring.submission().push(sqe) }.is_ok() {
                 return Ok(());
             }
-            // The SQ is full: hand what is queued to the kernel and retry. If the kernel
-            // cannot take them now (EBUSY: the CQ is backed up), reap and retry.
-            self.table.stats.kernel_enters += 1;
-            self.table.stats.syscalls += 1;
-            match self.ring.submit() {
-                Ok(_) => transient = 0,
-                Err(e) if is_transient(&e) && transient < 1000 => {
-                    transient += 1;
-                    // Why reap here: EBUSY means the CQ is full (kernels before 6.0 refuse
-                    // submissions while overflowed completions cannot be flushed). Entering
-                    // again frees no CQ slot; only advancing the CQ head does, so without
-                    // this the loop would spin forever. Reaping only records results and
-                    // collects wakers (woken later, by the loop); no slot is freed whose SQE
-                    // is pending.
-                    let _ = self.enter(0, Some(Duration::ZERO));
-                    self.reap();
-                }
-                Err(e) => {
-                    // Any other error (EBADF, EFAULT, ENXIO: the ring is unusable) would fail
-                    // the same way forever: report it instead of spinning.
-                    self.table.stats.enter_errors += 1;
-                    return Err(e);
-                }
+            self.make_room(&mut transient)?;
+        }
+    }
+
+    /// Pushes `sqes` together, as [`push`](Self::push) does one: all of them go into the SQ,
+    /// adjacent, or none does. A linked chain must never be split across a submission (the
+    /// kernel would see a link flag with nothing after it), so when the SQ lacks room for all
+    /// of them, what is queued is submitted first.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push), for every entry.
+    unsafe fn push_all(&mut self, sqes: &[squeue::Entry]) -> io::Result<()> {
+        let mut transient = 0;
+        loop {
+            // SAFETY: forwarded from the caller.
+            if unsafe { self.ring.submission().push_multiple(sqes) }.is_ok() {
+                return Ok(());
+            }
+            self.make_room(&mut transient)?;
+        }
+    }
+
+    /// The SQ has no room for what [`push`](Self::push) or [`push_all`](Self::push_all) wants
+    /// to add: submits what is queued (reaping when the kernel cannot take it yet). `transient`
+    /// counts the refusals in a row; an error means the kernel will not take entries.
+    #[cold]
+    fn make_room(&mut self, transient: &mut u32) -> io::Result<()> {
+        // The SQ is full: hand what is queued to the kernel and retry. If the kernel cannot
+        // take them now (EBUSY: the CQ is backed up), reap and retry.
+        self.table.stats.kernel_enters += 1;
+        self.table.stats.syscalls += 1;
+        match self.ring.submit() {
+            Ok(_) => *transient = 0,
+            Err(e) if is_transient(&e) && *transient < 1000 => {
+                *transient += 1;
+                // Why reap here: EBUSY means the CQ is full (kernels before 6.0 refuse
+                // submissions while overflowed completions cannot be flushed). Entering again
+                // frees no CQ slot; only advancing the CQ head does, so without this the loop
+                // would spin forever. Reaping only records results and collects wakers (woken
+                // later, by the loop); no slot is freed whose SQE is pending.
+                let _ = self.enter(0, Some(Duration::ZERO));
+                self.reap();
+            }
+            Err(e) => {
+                // Any other error (EBADF, EFAULT, ENXIO: the ring is unusable) would fail the
+                // same way forever: report it instead of spinning.
+                self.table.stats.enter_errors += 1;
+                return Err(e);
             }
         }
+        Ok(())
     }
 
     /// A duplicate of this ring's descriptor, for other rings to send `MSG_RING` wakes to (see
@@ -363,6 +473,7 @@ impl Uring {
         self.reap();
         if submitted.is_ok() && self.ring.submission().is_empty() {
             self.msgs.released(&mut self.table.stats);
+            self.timespecs.released();
         } else {
             // Not submitted now: wake the targets the slow way (a later submission only adds a
             // spurious wake).
@@ -413,6 +524,46 @@ impl Uring {
             .insert_multishot(OpTable::multishot(kind, cap), keep)?;
         // SAFETY: forwarded from the caller.
         unsafe { self.push_or_free(sqe, key) }
+    }
+
+    /// Arms an op that must complete by `deadline`: its SQE gets `IOSQE_IO_LINK` and is
+    /// followed in the SQ by an `IORING_OP_LINK_TIMEOUT` at `deadline` (absolute,
+    /// `CLOCK_MONOTONIC`), both pushed together. If the timeout fires first, the kernel cancels
+    /// the op, which completes with `ECANCELED` (or `EINTR` if a worker was running it); if the
+    /// op completes first, whatever it did is its result and the timeout is disarmed. Either
+    /// way the op's own completion decides; the timeout's (tagged `LINK_TIMEOUT_TAG`, `ETIME`
+    /// when it fired, `ECANCELED` when disarmed, `ENOENT`/`EALREADY` when it fired as the op
+    /// was completing) is only counted, and may come before or after it. A deadline already
+    /// past still lets the kernel try the op once: an op that completes when issued is not
+    /// cancelled.
+    ///
+    /// # Safety
+    /// As [`push`](Self::push), for the op's entry.
+    pub(crate) unsafe fn submit_linked(
+        &mut self,
+        sqe: squeue::Entry,
+        deadline: Instant,
+        waker: &Waker,
+    ) -> io::Result<OpKey> {
+        self.flush_cancels();
+        let key = self.table.insert(OpTable::armed(waker))?;
+        let ts = self.timespecs.hold(monotonic_timespec(deadline));
+        let pair = [
+            sqe.flags(squeue::Flags::IO_LINK).user_data(key.0),
+            opcode::LinkTimeout::new(ts)
+                .flags(types::TimeoutFlags::ABS)
+                .build()
+                .user_data(LINK_TIMEOUT_TAG),
+        ];
+        // SAFETY: the op's entry: forwarded from the caller. The timeout's points only at `ts`,
+        // which `self.timespecs` keeps until the kernel has consumed the entry (or the ring is
+        // gone).
+        if let Err(e) = unsafe { self.push_all(&pair) } {
+            // Neither entry reached the ring (the timespec goes at the next release).
+            drop(self.table.remove_unsubmitted(key));
+            return Err(e);
+        }
+        Ok(key)
     }
 
     /// Takes a slot for the single-shot `state` and pushes `sqe` tagged with its key. On
@@ -636,8 +787,9 @@ impl Uring {
         self.check_dropped();
         if self.ring.submission().is_empty() {
             // Every `MSG_RING` queued went with this entry, and those that failed at once were
-            // just reaped.
+            // just reaped; every link timeout's timespec was read.
             self.msgs.released(&mut self.table.stats);
+            self.timespecs.released();
         }
         entered
     }
@@ -721,6 +873,8 @@ impl Uring {
                 }
             } else if ud == MSG_TAG {
                 // Another ring's wake: it has ended the wait, nothing more to do.
+            } else if ud == LINK_TIMEOUT_TAG {
+                // An op's deadline: the op's own completion says what happened.
             } else if ud & (MSG_SENT_BIT | CANCEL_BIT) == MSG_SENT_BIT {
                 self.msgs.failed(ud, result);
             } else {

@@ -392,6 +392,7 @@ impl Core {
             cq_overflows: d.cq_overflows,
             cq_dropped: d.cq_dropped,
             cancels_missed: d.cancels_missed,
+            ops_timed_out: d.ops_timed_out,
             zero_copy_notifications: d.zero_copy_notifs,
             recv_bundles: d.recv_bundles,
             buffer_exhaustions: self.pool.exhaustions.get(),

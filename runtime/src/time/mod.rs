@@ -3,6 +3,7 @@
 //! No kernel timer is armed per sleep: deadlines live in one userspace heap, and the loop
 //! passes the earliest one to the driver as its wait timeout.
 
+pub mod deadline;
 pub(crate) mod heap;
 
 use std::cell::RefCell;
