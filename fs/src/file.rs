@@ -5,6 +5,8 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use ringloop_net::{IoBuf, IoBufMut};
 use ringloop_runtime::{is_cancelled, SharedFd};
@@ -59,6 +61,9 @@ pub struct File {
     fd: Option<SharedFd>,
     /// Opened with `O_DIRECT`: the alignment the kernel reported, if it did.
     direct: Option<Option<DirectIoAlignment>>,
+    /// Whether reads are tried without blocking first (`RWF_NOWAIT`); cleared by the first
+    /// read that finds the file does not take it. Shared with the reads in flight.
+    nowait: Arc<AtomicBool>,
 }
 
 impl File {
@@ -116,6 +121,7 @@ impl File {
         let mut file = File {
             fd: Some(SharedFd::new(fd)),
             direct: None,
+            nowait: Arc::new(AtomicBool::new(true)),
         };
         if direct {
             let alignment = match file.statx(DIO_MASK).await {
@@ -151,6 +157,7 @@ impl File {
         File {
             fd: Some(SharedFd::new(fd)),
             direct,
+            nowait: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -180,6 +187,7 @@ impl File {
         Ok(File {
             fd: Some(SharedFd::new(fd)),
             direct: self.direct,
+            nowait: Arc::new(AtomicBool::new(self.nowait.load(Ordering::Relaxed))),
         })
     }
 
@@ -282,7 +290,9 @@ impl File {
         if let Err(e) = self.check_direct("read", true, pos, std::iter::once(span)) {
             return (Err(e), buf);
         }
-        FileOp::on(self.shared_fd(), ops::Read { buf, pos }).await
+        let nowait =
+            (!self.is_direct() && crate::op::nowait_enabled()).then(|| self.nowait.clone());
+        FileOp::on(self.shared_fd(), ops::Read::new(buf, pos, nowait)).await
     }
 
     /// Fills `buf`'s whole capacity from file offset `pos`, reading again after short reads.

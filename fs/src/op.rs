@@ -103,6 +103,19 @@ pub(crate) unsafe trait Syscall: Send + Sized + 'static {
     /// Turns a result into the output: the CQE's, the call's, or an error that stopped the
     /// operation before it ran (a cancellation, a descriptor that could not be duplicated).
     fn complete(self, result: io::Result<u32>) -> Self::Output;
+
+    /// Whether [`try_nowait`](Self::try_nowait) is worth a system call for this operation.
+    fn nowait(&self) -> bool {
+        false
+    }
+
+    /// Tries the operation on the loop thread without blocking (`RWF_NOWAIT`): a result as
+    /// [`call`](Self::call)'s, or an error of kind `WouldBlock` when it could not finish
+    /// without waiting (it may have made progress it remembers: the SQE or the call then does
+    /// the rest).
+    fn try_nowait(&mut self, _fd: RawFd) -> io::Result<u32> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
 }
 
 /// Retries a blocking call that a signal interrupted, and turns `-1` into the thread's errno.
@@ -115,6 +128,16 @@ pub(crate) fn cvt_retry(mut f: impl FnMut() -> isize) -> io::Result<u32> {
         let e = io::Error::last_os_error();
         if e.kind() != io::ErrorKind::Interrupted {
             return Err(e);
+        }
+    }
+}
+
+/// Hands a cancellation that `e` carries back to the current task (an operation that made
+/// progress before it was cancelled returns that progress instead of the error).
+pub(crate) fn repost_if_cancelled(e: io::Error) {
+    if let Some(inner) = e.into_inner() {
+        if let Ok(c) = inner.downcast::<Cancelled>() {
+            repost_cancel_request(*c);
         }
     }
 }
@@ -181,6 +204,15 @@ const FILE_OPCODES: &[u8] = &[
     opcode::LinkAt::CODE,    // 5.15
     opcode::Ftruncate::CODE, // 6.9
 ];
+
+/// Whether reads may be tried without blocking first (`RWF_NOWAIT`; see `ops::Read`): yes,
+/// unless `RINGLOOP_FS_NOWAIT=0` (read once per process) turns it off, so that every read
+/// goes to the ring or the pool (the drop-in-flight tests need reads in flight; it also shows
+/// what the tries save).
+pub(crate) fn nowait_enabled() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("RINGLOOP_FS_NOWAIT").map_or(true, |v| v.trim() != "0"))
+}
 
 /// The name `RINGLOOP_FS_POOL` knows an opcode by.
 pub(crate) fn opcode_name(op: u8) -> &'static str {
@@ -251,11 +283,16 @@ unsafe impl<S: Syscall> OpKind for OnRing<S> {
         (self.target().raw, Interest::Read)
     }
 
-    /// Never used either (`try_first` is off, and the epoll backend runs file ops on the pool);
-    /// if it were, it would run the blocking call.
+    /// The non-blocking try ([`Syscall::try_nowait`]) that `Op` makes first when the ring is
+    /// nearly idle (one read in flight: a page-cache hit then costs one system call and no
+    /// loop iteration).
     fn attempt(&mut self) -> io::Result<u32> {
         let raw = self.target().raw;
-        self.op.call(raw)
+        self.op.try_nowait(raw)
+    }
+
+    fn try_first(&self) -> bool {
+        self.op.nowait()
     }
 
     fn complete(self, result: io::Result<u32>, _flags: u32) -> S::Output {
@@ -521,6 +558,15 @@ impl<S: Syscall> FileOp<S> {
         // Like a ring op that was never submitted: a pending request is delivered here.
         if let Some(c) = take_cancel_request() {
             return Poll::Ready(op.complete(Err(io::Error::from(c))));
+        }
+        let mut op = op;
+        if op.nowait() {
+            // A read of cached pages needs no thread: try it here, without blocking.
+            let raw = fd.as_ref().map_or(libc::AT_FDCWD, SharedFd::raw);
+            match op.try_nowait(raw) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                done => return Poll::Ready(op.complete(done)),
+            }
         }
         let dup = match fd.as_ref().map(|fd| dup(fd.raw())).transpose() {
             Ok(dup) => dup,

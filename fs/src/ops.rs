@@ -5,6 +5,8 @@
 use std::io;
 use std::mem;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types};
 use ringloop_net::{IoBuf, IoBufMut};
@@ -67,9 +69,38 @@ unsafe impl Syscall for Open {
 }
 
 /// `pread` into an owned buffer, from its start up to its capacity.
+///
+/// Where the file allows it (`nowait`), the read is first tried without blocking
+/// (`preadv2(RWF_NOWAIT)`: what the page cache holds, `EAGAIN` past it): on the epoll backend
+/// before going to the pool, on io_uring when the ring is nearly idle. Bytes such a try got are
+/// counted in `done`, and the SQE or the pool call reads the rest.
 pub(crate) struct Read<B> {
-    pub(crate) buf: B,
-    pub(crate) pos: u64,
+    buf: B,
+    pos: u64,
+    done: usize,
+    /// Whether this file takes `RWF_NOWAIT` (cleared on `EOPNOTSUPP`, for the file's later
+    /// reads); `None`: never try (direct I/O, where it would always say `EAGAIN`).
+    nowait: Option<Arc<AtomicBool>>,
+}
+
+impl<B: IoBufMut> Read<B> {
+    pub(crate) fn new(buf: B, pos: u64, nowait: Option<Arc<AtomicBool>>) -> Self {
+        Read {
+            buf,
+            pos,
+            done: 0,
+            nowait,
+        }
+    }
+
+    /// Where the rest of the read goes: the pointer, the length and the file offset.
+    fn rest(&mut self) -> (*mut u8, usize, u64) {
+        let len = rw_len(self.buf.bytes_total()) - self.done;
+        // SAFETY: `done` never exceeds the (capped) capacity: it only grows by what the kernel
+        // read into the rest.
+        let ptr = unsafe { self.buf.stable_mut_ptr().add(self.done) };
+        (ptr, len, self.pos + self.done as u64)
+    }
 }
 
 // SAFETY: the SQE points into `self.buf`, whose memory is stable (`IoBufMut`) and owned by the
@@ -79,25 +110,78 @@ unsafe impl<B: IoBufMut + Send> Syscall for Read<B> {
     const OPCODE: u8 = opcode::Read::CODE;
 
     fn sqe(&mut self, target: Target) -> squeue::Entry {
-        let len = rw_len(self.buf.bytes_total()) as u32;
-        let ptr = self.buf.stable_mut_ptr();
-        with_target!(target, t => opcode::Read::new(t, ptr, len).offset(self.pos).build())
+        let (ptr, len, pos) = self.rest();
+        with_target!(target, t => opcode::Read::new(t, ptr, len as u32).offset(pos).build())
     }
 
     fn call(&mut self, fd: RawFd) -> io::Result<u32> {
-        let len = rw_len(self.buf.bytes_total());
-        let ptr = self.buf.stable_mut_ptr();
-        // SAFETY: the buffer is valid for writes of `bytes_total` bytes (`IoBufMut`).
-        cvt_retry(|| unsafe { libc::pread64(fd, ptr.cast(), len, self.pos as i64) })
+        let (ptr, len, pos) = self.rest();
+        // SAFETY: the rest of the buffer is valid for writes of `len` bytes (`IoBufMut`).
+        cvt_retry(|| unsafe { libc::pread64(fd, ptr.cast(), len, pos as i64) })
+    }
+
+    fn nowait(&self) -> bool {
+        self.nowait
+            .as_ref()
+            .is_some_and(|ok| ok.load(Ordering::Relaxed))
+    }
+
+    fn try_nowait(&mut self, fd: RawFd) -> io::Result<u32> {
+        loop {
+            let (ptr, len, pos) = self.rest();
+            if len == 0 {
+                return Ok(0); // all of it: `complete` counts `done`
+            }
+            let iov = libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len,
+            };
+            // SAFETY: one iovec over the rest of the buffer, writable for `len` bytes.
+            let n = unsafe { libc::preadv2(fd, &iov, 1, pos as i64, libc::RWF_NOWAIT) };
+            if n > 0 {
+                // Some came; more may be cached (or the file ends: the next try says 0).
+                self.done += n as usize;
+                continue;
+            }
+            if n == 0 {
+                return Ok(0);
+            }
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => Err(io::ErrorKind::WouldBlock.into()),
+                // The file does not take RWF_NOWAIT (tmpfs before 6.x, special files): stop
+                // trying for it, and read the usual way.
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) => {
+                    if let Some(ok) = &self.nowait {
+                        ok.store(false, Ordering::Relaxed);
+                    }
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                // A real error: what `pread` would have said, after the bytes already read.
+                _ if self.done > 0 => Ok(0),
+                _ => Err(e),
+            };
+        }
     }
 
     fn complete(self, result: io::Result<u32>) -> Self::Output {
         let mut buf = self.buf;
-        let result = result.map(|n| {
-            // SAFETY: the kernel wrote `n` bytes at the buffer's start.
-            unsafe { buf.set_init(n as usize) };
-            n as usize
-        });
+        let result = match result {
+            Ok(n) => Ok(self.done + n as usize),
+            Err(e) if self.done > 0 => {
+                // Bytes were read before the error (or cancellation): they are the result, as
+                // `pread` returns a short count; a cancellation goes on to the next await.
+                crate::op::repost_if_cancelled(e);
+                Ok(self.done)
+            }
+            Err(e) => Err(e),
+        };
+        if let Ok(n) = result {
+            // SAFETY: the kernel wrote `n` bytes at the buffer's start (`done` by the tries,
+            // the rest by the last call).
+            unsafe { buf.set_init(n) };
+        }
         (result, buf)
     }
 }

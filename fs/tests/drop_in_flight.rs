@@ -12,7 +12,8 @@
 //!   dropped write puts either all of its block or none of it in the file;
 //! * afterwards no op is in flight, no task alive and no descriptor open (`common::run`).
 //!
-//! Under AddressSanitizer (`.ci/run`) a use after free in our own code shows too.
+//! Under AddressSanitizer (`.ci/run`) a use after free in our own code shows too. Reads are
+//! not tried without blocking first here (see [`reads_in_flight`]), so that they are in flight.
 
 mod common;
 
@@ -47,17 +48,28 @@ async fn until(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// Turns off the non-blocking first try of reads (`RINGLOOP_FS_NOWAIT=0`, read once per
+/// process): a read of cached pages would otherwise complete within its first poll, and never
+/// be in flight to drop. Every test calls it first, so no test thread reads the environment
+/// while it is written.
+fn reads_in_flight() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var("RINGLOOP_FS_NOWAIT", "0"));
+}
+
 macro_rules! on_both_backends {
     ($name:ident, $body:ident) => {
         mod $name {
             #[test]
             fn uring() {
+                super::reads_in_flight();
                 if super::common::runs_on(ringloop_runtime::Backend::IoUring) {
                     super::common::run(ringloop_runtime::Backend::IoUring, super::$body)
                 }
             }
             #[test]
             fn epoll() {
+                super::reads_in_flight();
                 super::common::run(ringloop_runtime::Backend::Epoll, super::$body)
             }
         }
@@ -79,7 +91,8 @@ async fn file_with(dir: &TempDir, data: &[u8]) -> File {
 /// done, and memory allocated after the drop is never written by the late read.
 async fn dropped_reads() {
     let dir = TempDir::new("drop-reads");
-    let file = file_with(&dir, &pattern(1, 4 << 20)).await;
+    let data = pattern(1, 4 << 20);
+    let file = file_with(&dir, &data).await;
     let drops = Arc::new(AtomicUsize::new(0));
     let mut canaries = Vec::new();
     let mut completed = 0;
@@ -88,7 +101,7 @@ async fn dropped_reads() {
         let mut fut = Box::pin(file.read_at(CountedBuf::empty(READ, &drops), pos));
         if let Poll::Ready((r, buf)) = poll_once(&mut fut).await {
             r.unwrap();
-            assert_eq!(buf.bytes(), &pattern(1, 4 << 20)[pos as usize..][..READ]);
+            assert_eq!(buf.bytes(), &data[pos as usize..][..READ]);
             completed += 1;
         }
         let before = drops.load(Ordering::SeqCst);

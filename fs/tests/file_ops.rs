@@ -26,8 +26,9 @@ fn file_ops_go_to_the_ring_on_io_uring_only() {
             current_stats().ops_submitted - before
         });
         match backend {
-            // write: open, write, close; then open, read, statx, close.
-            Backend::IoUring => assert!(submitted >= 7, "{submitted} ring ops"),
+            // write: open, write, close; then open, statx, close (and the read, unless it
+            // was served by the non-blocking try first: the ring is idle here).
+            Backend::IoUring => assert!(submitted >= 6, "{submitted} ring ops"),
             _ => assert_eq!(submitted, 0),
         }
     }

@@ -19,6 +19,7 @@ use crate::common::{euid, pattern, TempDir};
 macro_rules! for_each_scenario {
     ($m:ident) => {
         $m!(write_then_read_back);
+        $m!(a_read_partly_in_the_page_cache_reads_it_all);
         $m!(short_read_at_end_of_file);
         $m!(read_past_the_end_is_zero);
         $m!(read_exact_at_reports_unexpected_eof);
@@ -87,6 +88,38 @@ pub async fn write_then_read_back() {
     assert_eq!(&buf[..], &[data[0], b'X', b'Y', b'Z', data[4]]);
     assert_eq!(file.metadata().await.unwrap().len(), 100_000);
     file.close().await.unwrap();
+}
+
+/// A read whose first half is in the page cache and whose second half is not: the
+/// non-blocking first try gets the first half, the ring or the pool the rest, and the caller
+/// sees one whole read. (On tmpfs the pages cannot be dropped, and the try gets all of it.)
+pub async fn a_read_partly_in_the_page_cache_reads_it_all() {
+    use std::os::fd::AsRawFd;
+
+    let dir = TempDir::new("partial");
+    let path = dir.join("f");
+    let data = pattern(6, 1 << 20);
+    // Written a page at a time, so that the page cache holds it in small folios, half of which
+    // can be dropped (one large folio would stay whole).
+    let mut std_file = std::fs::File::create(&path).unwrap();
+    for page in data.chunks(4096) {
+        std::io::Write::write_all(&mut std_file, page).unwrap();
+    }
+    std_file.sync_all().unwrap();
+    // SAFETY: a plain advice call on a descriptor we own.
+    let r = unsafe {
+        libc::posix_fadvise(
+            std_file.as_raw_fd(),
+            512 << 10,
+            512 << 10,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    assert_eq!(r, 0);
+    let file = File::open(&path).await.unwrap();
+    let (n, buf) = ok(file.read_at(Vec::with_capacity(1 << 20), 0).await);
+    assert_eq!(n, 1 << 20);
+    assert!(buf == data, "the bytes differ");
 }
 
 /// A read that reaches the end returns what there is, and its buffer's length says so.
