@@ -34,6 +34,15 @@ use crate::ops;
 /// [`close`](Self::close) reports it. An operation still in flight keeps the descriptor open
 /// until its completion.
 ///
+/// An operation that runs on the blocking pool works on a duplicate of the descriptor (so that
+/// a late pool job can never touch a number the loop has closed and reused), which it closes
+/// when done; like any close of the file, that releases the process's POSIX record locks
+/// (`fcntl(F_SETLK)`) on it. Use `flock` locks, which belong to the open file, with this type.
+///
+/// Reads of pages the page cache holds are first tried without blocking (`RWF_NOWAIT`): on
+/// epoll that saves the hand-off to the pool, on an idle ring the loop iteration; what the
+/// cache cannot answer goes to the ring or the pool as usual.
+///
 /// ```
 /// use ringloop_fs::File;
 ///
