@@ -13,7 +13,7 @@ use ringloop_runtime::{is_cancelled, SharedFd};
 
 use crate::close;
 use crate::metadata::{DirectIoAlignment, Metadata, DIO_MASK, METADATA_MASK};
-use crate::op::FileOp;
+use crate::op::{FileOp, Syscall};
 use crate::open_options::OpenOptions;
 use crate::ops;
 
@@ -152,16 +152,12 @@ impl File {
         // SAFETY: a plain query on a descriptor we own.
         let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
         let direct = (flags >= 0 && flags & libc::O_DIRECT != 0).then(|| {
+            // The blocking call, here: a `statx` of an open descriptor looks up no path.
             let mut op = ops::Statx::new(Cow::Borrowed(c""), libc::AT_EMPTY_PATH, DIO_MASK);
-            let raw = fd.as_raw_fd();
-            use crate::op::Syscall;
-            match op.call(raw) {
-                Ok(_) => op
-                    .complete(Ok(0))
-                    .ok()
-                    .and_then(|st| Metadata::from_statx(st).dio_alignment()),
-                Err(_) => None,
-            }
+            let result = op.call(fd.as_raw_fd());
+            op.complete(result)
+                .ok()
+                .and_then(|st| Metadata::from_statx(st).dio_alignment())
         });
         File {
             fd: Some(SharedFd::new(fd)),

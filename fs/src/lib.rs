@@ -92,7 +92,13 @@ use path::cpath;
 /// Outside a running ringloop runtime.
 pub async fn read(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
     let file = File::open(path).await?;
-    let size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    // Only a hint: a file whose size statx cannot tell (`/proc`) is read to its end all the
+    // same; but a cancellation is not a size.
+    let size = match file.metadata().await {
+        Ok(m) => m.len(),
+        Err(e) if ringloop_runtime::is_cancelled(&e) => return Err(e),
+        Err(_) => 0,
+    };
     // One byte more than the size, so that a file read whole shows its end with a short read
     // rather than needing a second, zero-byte one in the common case (the final check below
     // still confirms it).
@@ -226,7 +232,7 @@ pub async fn create_dir_all(path: impl AsRef<Path>) -> io::Result<()> {
                 }
             }
             Err(e) => {
-                if is_dir(here).await {
+                if is_dir(here).await? {
                     break;
                 }
                 return Err(e);
@@ -235,17 +241,24 @@ pub async fn create_dir_all(path: impl AsRef<Path>) -> io::Result<()> {
     }
     // `here` exists now; `missing` holds the directories below it, deepest first.
     for dir in missing.iter().rev() {
-        match create_dir(dir).await {
-            Ok(()) => {}
-            Err(e) if is_dir(dir).await => drop(e),
-            Err(e) => return Err(e),
+        if let Err(e) = create_dir(dir).await {
+            // Made meanwhile by someone else: fine.
+            if !is_dir(dir).await? {
+                return Err(e);
+            }
         }
     }
     Ok(())
 }
 
-async fn is_dir(path: &Path) -> bool {
-    metadata(path).await.is_ok_and(|m| m.is_dir())
+/// Whether `path` is a directory; an error only for a cancellation (which must not be taken
+/// for "no").
+async fn is_dir(path: &Path) -> io::Result<bool> {
+    match metadata(path).await {
+        Ok(m) => Ok(m.is_dir()),
+        Err(e) if ringloop_runtime::is_cancelled(&e) => Err(e),
+        Err(_) => Ok(false),
+    }
 }
 
 /// Makes `link` a new name for the file `original` (`linkat`, `IORING_OP_LINKAT`: Linux 5.15).
