@@ -71,7 +71,9 @@ fn file_size() -> u64 {
         Some('G') => (&v[..v.len() - 1], 1 << 30),
         _ => (&v[..], 1),
     };
-    let n: u64 = num.parse().expect("RINGLOOP_FS_BENCH_SIZE: a number of bytes");
+    let n: u64 = num
+        .parse()
+        .expect("RINGLOOP_FS_BENCH_SIZE: a number of bytes");
     (n * mul).max(2 * MIB as u64)
 }
 
