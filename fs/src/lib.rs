@@ -1,5 +1,5 @@
 //! Files for ringloop: [`File`] with positional reads and writes on owned buffers, and the
-//! usual free functions ([`read`], [`write`], [`rename`], [`create_dir_all`], ...), as easy as
+//! usual free functions ([`read`], [`write()`], [`rename`], [`create_dir_all`], ...), as easy as
 //! `tokio::fs` but without a thread hand-off per call. Re-exported as `ringloop::fs`.
 //!
 //! On io_uring every call is an op on the runtime's ring: `OPENAT`, `READ`, `WRITE`, `READV`,
@@ -35,7 +35,7 @@
 //!
 //! | tokio / std / aiofiles | ringloop |
 //! |---|---|
-//! | `tokio::fs::read`, `write`, `read_to_string` | [`read`], [`write`], [`read_to_string`] |
+//! | `tokio::fs::read`, `write`, `read_to_string` | [`read`], [`write()`], [`read_to_string`] |
 //! | `tokio::fs::File::open` / `create`, `OpenOptions` | [`File::open`] / [`File::create`], [`OpenOptions`] (+ [`direct`](OpenOptions::direct)) |
 //! | `file.seek(..)` + `file.read(&mut buf)` | [`file.read_at(buf, pos)`](File::read_at) → `(io::Result<usize>, buf)` |
 //! | `read_exact` / `write_all` after a seek | [`read_exact_at`](File::read_exact_at) / [`write_all_at`](File::write_all_at) |
