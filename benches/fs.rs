@@ -37,6 +37,14 @@
 //!
 //! Each iteration is one read (one file, one record), so criterion's throughput is reads (files,
 //! records) per second; for `seq_read_1m` it is bytes per second.
+//!
+//! # Ratios on a noisy machine
+//!
+//! criterion measures one function after the other, so a machine whose load changes during the
+//! run skews the ratios between them. `RINGLOOP_FS_BENCH_AB=<rounds>` adds an interleaved check
+//! for the one-in-flight figure, printed at the end: each round times 20 000 random 4 KiB reads
+//! with `std` and then with ringloop (io_uring, then epoll) back to back, and the median of the
+//! per-round ratios is reported (`cargo bench --bench fs -- --test` with it runs only that).
 
 use std::cell::Cell;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -546,10 +554,63 @@ fn files(c: &mut Criterion) {
     append_fsync(c, &fx);
 }
 
+/// The interleaved one-in-flight check (see the module docs): the median over `rounds` of
+/// (std's time / ringloop's time) for the same 20 000 reads, per backend.
+fn interleaved_qd1(fx: &Fixture, rounds: usize) {
+    const READS: usize = 20_000;
+    let std_file = std::fs::File::open(&fx.data).unwrap();
+    let mut buf = vec![0u8; BLOCK];
+    for backend in [Backend::IoUring, Backend::Epoll] {
+        let rt = ringloop_rt(backend);
+        let file = rt.block_on(RlFile::open(&fx.data)).unwrap();
+        let mut ratios = Vec::new();
+        for round in 0..rounds {
+            let first = (round * READS) as u64;
+            let start = Instant::now();
+            for i in 0..READS as u64 {
+                std_file
+                    .read_exact_at(&mut buf, fx.offset(first + i))
+                    .unwrap();
+            }
+            let std_time = start.elapsed();
+            let ours = rt.block_on(async {
+                let mut b = Vec::with_capacity(BLOCK);
+                let start = Instant::now();
+                for i in 0..READS as u64 {
+                    let (n, back) = file.read_at(b, fx.offset(first + i)).await;
+                    assert_eq!(n.unwrap(), BLOCK);
+                    b = back;
+                }
+                start.elapsed()
+            });
+            ratios.push(std_time.as_secs_f64() / ours.as_secs_f64());
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "interleaved qd1, {rounds} rounds of {READS} reads: ringloop_{backend} runs at {:.3}x \
+             std's rate (median; quartiles {:.3} .. {:.3})",
+            ratios[rounds / 2],
+            ratios[rounds / 4],
+            ratios[rounds * 3 / 4]
+        );
+    }
+}
+
 criterion_group!(benches, files);
 
 fn main() {
+    let ab = std::env::var("RINGLOOP_FS_BENCH_AB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0);
+    if let (Some(rounds), true) = (ab, smoke()) {
+        interleaved_qd1(&Fixture::new(), rounds);
+        return;
+    }
     benches();
+    if let Some(rounds) = ab {
+        interleaved_qd1(&Fixture::new(), rounds);
+    }
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();
