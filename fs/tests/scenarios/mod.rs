@@ -67,6 +67,9 @@ pub async fn write_then_read_back() {
     let data = pattern(1, 100_000);
     let ((), back) = ok(file.write_all_at(data.clone(), 0).await);
     assert_eq!(back, data, "the buffer comes back unchanged");
+    // Unbuffered, unlike tokio's `File`: once the future resolved, the bytes are in the file
+    // for anyone to read (no flush owed).
+    assert_eq!(std::fs::read(dir.join("f")).unwrap(), data);
 
     let (n, buf) = ok(file.read_at(Vec::with_capacity(7000), 12_345).await);
     assert_eq!(n, 7000);
