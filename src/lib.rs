@@ -15,7 +15,8 @@
 //! server runs one runtime per core, with nothing shared on the hot path.
 //!
 //! This crate is the facade: it re-exports the runtime core
-//! ([`ringloop-runtime`](ringloop_runtime)) at its root and the sockets crate as [`net`].
+//! ([`ringloop-runtime`](ringloop_runtime)) at its root, the sockets crate as [`net`] and the
+//! files crate as [`fs`].
 //!
 //! ```
 //! use ringloop::{sleep, spawn, Runtime};
@@ -60,6 +61,10 @@ pub use ringloop_runtime::{combinators, sync, task, time};
 /// Sockets: asyncio's `sock_*` primitives and TCP, UDP and Unix sockets with owned buffers
 /// (the crate `ringloop-net`).
 pub use ringloop_net as net;
+
+/// Files: `File` with positional reads and writes on owned buffers, and `read`, `write`,
+/// `rename`, `create_dir_all`, ... as ops on the ring (the crate `ringloop-fs`).
+pub use ringloop_fs as fs;
 
 // The README's Rust examples run as doctests of this crate, so they cannot drift from the API.
 #[doc = include_str!("../README.md")]

@@ -80,12 +80,13 @@ pub use remote::{RemoteError, RemoteTask};
 pub use runtime::{
     buffer_pool, call_at, call_exception_handler, call_later, call_soon, current_backend,
     current_stats, multishot_recv, recv_bundles, registered_fds, runtime_local,
-    set_exception_handler, stop, time, zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
+    set_exception_handler, stop, time, try_current_backend, zero_copy_send, Builder,
+    ExceptionContext, Handle, Runtime,
 };
 pub use shards::{Placement, Shard, ShardError, ShardStats, Shards, ShardsBuilder, Stopper};
 pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
-pub use task::cancel::take_cancel_request;
+pub use task::cancel::{repost_cancel_request, take_cancel_request};
 pub use task::{
     all_tasks, current_task, spawn, spawn_named, take_cancel_request_waiting, task_tree, Cancelled,
     Task, TaskError, TaskId, TaskRef, TaskState, TaskTree,

@@ -174,3 +174,41 @@ fn a_panic_of_the_main_future_is_resumed_but_not_reported_to_the_exception_handl
     });
     assert_eq!(reports.get(), 1);
 }
+
+/// A custom future that takes the task's cancel request, then finds its own result ready (the
+/// work it stood for finished elsewhere), returns that result and hands the request back with
+/// `repost_cancel_request`: the task's next await is cancelled, and `cancelling()` still counts
+/// one request.
+#[test]
+fn a_reposted_request_reaches_the_next_await() {
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    use ringloop_runtime::{current_task, repost_cancel_request, take_cancel_request};
+
+    Runtime::new().unwrap().block_on(async {
+        let taken = Rc::new(Cell::new(false));
+        let seen = taken.clone();
+        let task = spawn(async move {
+            // 1. Wait (by hand) until the request comes, take it, then "finish" anyway.
+            let value = poll_fn(|_| match take_cancel_request() {
+                Some(c) => {
+                    seen.set(true);
+                    repost_cancel_request(c);
+                    Poll::Ready(42)
+                }
+                None => Poll::Pending,
+            })
+            .await;
+            assert_eq!(current_task().unwrap().cancelling(), 1);
+            // 2. The next await sees the request.
+            sleep(HOUR).await?;
+            Ok::<_, Cancelled>(value)
+        });
+        yield_now().await.unwrap();
+        task.cancel();
+        let r = task.await;
+        assert!(taken.get());
+        assert!(matches!(r, Err(TaskError::Cancelled(_))), "{r:?}");
+    });
+}

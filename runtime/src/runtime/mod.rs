@@ -992,6 +992,12 @@ pub fn current_backend() -> Backend {
     with_core(|core| core.backend())
 }
 
+/// The I/O backend of the running runtime, or `None` outside one: for code that may run
+/// anywhere, such as a `Drop` that picks how to release a resource.
+pub fn try_current_backend() -> Option<Backend> {
+    try_with_core(|core| core.backend())
+}
+
 /// A snapshot of the running runtime's counters, from inside one of its tasks (what
 /// [`Runtime::stats`] gives its owner).
 ///

@@ -150,6 +150,24 @@ pub fn take_cancel_request() -> Option<Cancelled> {
     take_cancel()
 }
 
+/// Puts back a cancel request that a custom future took (with [`take_cancel_request`] or
+/// [`take_cancel_request_waiting`](crate::take_cancel_request_waiting)) but could not act on:
+/// its own result arrived before it could stop (the work ran on elsewhere), so it returns that
+/// result, and the request must reach the task's next await instead of being lost. This is what
+/// an io_uring op does when its completion wins the race with its `ASYNC_CANCEL`.
+///
+/// The request is marked pending again without counting a new one
+/// ([`cancelling`](crate::TaskRef::cancelling) is unchanged). Dropping `taken` is part of the
+/// hand-back. Does nothing outside a task, or once the task is done.
+pub fn repost_cancel_request(taken: Cancelled) {
+    drop(taken);
+    context::with_current(|t| {
+        if let Some(t) = t {
+            t.header().repost_cancel()
+        }
+    });
+}
+
 /// Takes the current task's pending cancel request, if there is one: for a runtime future that
 /// starts waiting now (it has not registered anywhere yet).
 pub(crate) fn take_cancel() -> Option<Cancelled> {
