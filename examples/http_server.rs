@@ -31,10 +31,17 @@
 //!   `--header-timeout` seconds is disconnected (hyper's `header_read_timeout` on ringloop's
 //!   timer).
 //!
+//! * `--static DIR` serves DIR's files under `/static/` (`GET`, `HEAD`; a path that leaves DIR
+//!   or names no file is `404`). On plain HTTP/1.1 connections they are sent with `send_file`
+//!   (the kernel copies the file into the socket): the server reads the request heads itself
+//!   while they ask for static files, then hands the connection to hyper at the first other
+//!   request (`common/static_files.rs`); hyper's route reads the file whole (TLS, HTTP/2).
+//!
 //! It prints `listening on ADDR (...)` on stdout once it accepts.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -52,6 +59,8 @@ use ringloop::{Backend, Placement, Runtime, Shards};
 
 #[path = "common/http_routes.rs"]
 mod http_routes;
+#[path = "common/static_files.rs"]
+mod static_files;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum BackendArg {
@@ -117,6 +126,10 @@ struct Args {
     /// Seconds a connection gets to send a complete request head.
     #[arg(long, default_value_t = 30.0)]
     header_timeout: f64,
+    /// Serve the files of this directory under `/static/`, with `send_file` (the kernel copies
+    /// the file straight into the socket) on plain HTTP/1.1 connections.
+    #[arg(long = "static", value_name = "DIR")]
+    static_dir: Option<PathBuf>,
 }
 
 /// What every connection of a runtime shares.
@@ -127,6 +140,7 @@ struct Config {
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
     mechanism: Mechanism,
+    static_dir: Option<PathBuf>,
 }
 
 impl Config {
@@ -135,6 +149,7 @@ impl Config {
         tls: Option<tokio_rustls::TlsAcceptor>,
         header_timeout: Duration,
         mechanism: Mechanism,
+        static_dir: Option<PathBuf>,
     ) -> Config {
         let mut http = Http::new().header_timeout(Some(header_timeout));
         if protocol == Protocol::Http1 {
@@ -145,6 +160,7 @@ impl Config {
             tls,
             header_timeout,
             mechanism,
+            static_dir,
         }
     }
 }
@@ -179,7 +195,24 @@ fn run(args: Args) -> std::io::Result<bool> {
         Reads::Readiness => Mechanism::Readiness,
         Reads::Pooled => Mechanism::Pooled,
     };
-    let config = move || Config::new(protocol, tls.clone(), header_timeout, mechanism);
+    let static_dir = args.static_dir;
+    if let Some(dir) = &static_dir {
+        if !dir.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("--static {}: not a directory", dir.display()),
+            ));
+        }
+    }
+    let config = move || {
+        Config::new(
+            protocol,
+            tls.clone(),
+            header_timeout,
+            mechanism,
+            static_dir.clone(),
+        )
+    };
     let scheme = if args.tls { "https" } else { "http" };
 
     if args.threads == 1 {
@@ -272,15 +305,26 @@ fn serve(listener: TcpListener, config: Rc<Config>) -> Server {
 }
 
 /// Serves one connection: TLS first if configured, then HTTP until the client is done or the
-/// server shuts down (`Http::serve` does the same without the TLS).
+/// server shuts down (`Http::serve` does the same without the TLS). With `--static`, a plain
+/// connection's requests for static files are answered with `send_file` until one is not;
+/// hyper serves the rest.
 async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Config>) {
     let _ = stream.set_nodelay(true);
+    let mut prefix = Vec::new();
+    if let (Some(dir), None) = (&config.static_dir, &config.tls) {
+        match static_files::serve(&stream, dir, config.header_timeout, &shutdown).await {
+            static_files::Outcome::Closed => return,
+            static_files::Outcome::Other(read) => prefix = read,
+        }
+    }
     let io = Io::with_mechanism(stream, config.mechanism);
+    let service = service_fn(|req| route(req, config.clone()));
     match &config.tls {
         None => {
+            let io = static_files::Prefixed::new(prefix, io);
             let _ = config
                 .http
-                .serve_connection(io, service_fn(route), Some(&shutdown))
+                .serve_connection(io, service, Some(&shutdown))
                 .await;
         }
         // Boxed: a TLS session is large, and the plain connections' futures should not be.
@@ -288,10 +332,17 @@ async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Conf
     }
 }
 
-/// The routes as a hyper service's function (`service_fn(route)`).
+/// The routes as a hyper service's function; with `--static`, `GET /static/...` read whole
+/// (on connections hyper serves: TLS, HTTP/2, or after another request).
 async fn route(
     req: hyper::Request<hyper::body::Incoming>,
+    config: Rc<Config>,
 ) -> Result<hyper::Response<http_routes::Body>, Infallible> {
+    if let Some(dir) = &config.static_dir {
+        if let Some(rel) = req.uri().path().strip_prefix(static_files::PREFIX) {
+            return Ok(static_files::read_whole(dir, rel, req.method()).await);
+        }
+    }
     Ok(http_routes::respond(req))
 }
 
@@ -300,13 +351,17 @@ async fn https(
     acceptor: &tokio_rustls::TlsAcceptor,
     io: Io<TcpStream>,
     shutdown: ShutdownSignal,
-    config: &Config,
+    config: &Rc<Config>,
 ) {
     let handshake = ringloop::timeout(config.header_timeout, acceptor.accept(io)).await;
     if let Ok(Ok(tls)) = handshake {
         let _ = config
             .http
-            .serve_connection(TokioIo::new(tls), service_fn(route), Some(&shutdown))
+            .serve_connection(
+                TokioIo::new(tls),
+                service_fn(|req| route(req, config.clone())),
+                Some(&shutdown),
+            )
             .await;
     }
 }

@@ -13,6 +13,8 @@ mod common;
 
 #[path = "../examples/common/http_routes.rs"]
 mod http_routes;
+#[path = "../examples/common/static_files.rs"]
+mod static_files;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
@@ -1080,5 +1082,127 @@ http_test! {
         stop(&server).await;
         std::fs::remove_file(&path).unwrap();
         let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// A directory of static files for a test: `a.txt`, `sub/big.bin` (300 000 bytes of
+/// [`payload`]), and `.hidden`; removed when dropped.
+struct StaticDir(std::path::PathBuf);
+
+impl StaticDir {
+    fn new() -> StaticDir {
+        let dir = std::env::temp_dir().join(format!(
+            "ringloop-static-{}-{:?}",
+            std::process::id(),
+            ringloop::current_backend()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("a.txt"), b"hello static\n").unwrap();
+        std::fs::write(dir.join("sub/big.bin"), payload(5, 300_000)).unwrap();
+        std::fs::write(dir.join(".hidden"), b"secret").unwrap();
+        StaticDir(dir)
+    }
+}
+
+impl Drop for StaticDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Reads one response head (for `HEAD`, which has no body): its status and `content-length`.
+fn read_head_only(stream: &mut std::net::TcpStream, buf: &mut Vec<u8>) -> (u16, usize) {
+    use std::io::Read;
+    let mut scratch = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut res = httparse::Response::new(&mut headers);
+            res.parse(&buf[..end + 4]).unwrap();
+            let len = res
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| std::str::from_utf8(h.value).unwrap().parse().unwrap())
+                .unwrap();
+            let status = res.code.unwrap();
+            buf.drain(..end + 4);
+            return (status, len);
+        }
+        let n = stream.read(&mut scratch).unwrap();
+        assert!(n > 0, "the stream ended inside a head");
+        buf.extend_from_slice(&scratch[..n]);
+    }
+}
+
+http_test! {
+    /// `--static`: on one keep-alive connection, pipelined, static requests answered with
+    /// `send_file` (a small file, a 300 KB one, `HEAD`, a missing file, paths that leave the
+    /// directory or name a hidden file, another method), then a request for a route (hyper
+    /// takes the connection over, with the bytes already read), then static files again
+    /// (hyper's route now); every body byte checked. A static request with a body gets `400`
+    /// and the connection closes.
+    async fn static_files_are_sent_then_hyper_takes_over() {
+        let dir = StaticDir::new();
+        let config = Config { static_dir: Some(dir.0.clone()), ..Config::routes() };
+        let (server, addr) = server::start(config);
+        spawn_blocking(move || {
+            let mut stream = raw::connect(addr);
+            let mut requests = String::new();
+            for (method, path) in [
+                ("GET", "/static/a.txt"),
+                ("GET", "/static/sub/big.bin"),
+                ("HEAD", "/static/sub/big.bin"),
+                ("GET", "/static/missing.txt"),
+                ("GET", "/static/../a.txt"),
+                ("GET", "/static/sub/../../a.txt"),
+                ("GET", "/static/.hidden"),
+                ("GET", "/static/sub"),
+                ("DELETE", "/static/a.txt"),
+                ("GET", "/static/a.txt"),
+                ("GET", HELLO_PATH),
+                ("GET", "/static/sub/big.bin"),
+                ("GET", "/static/missing.txt"),
+            ] {
+                requests += &raw::request_head(method, path, 0);
+            }
+            raw::send(&mut stream, requests.as_bytes());
+            let mut buf = Vec::new();
+            let mut next = || raw::read_response(&mut stream, &mut buf, 64 * 1024);
+            let small = next();
+            assert_eq!(small.status, 200);
+            assert_eq!(small.body, b"hello static\n");
+            assert_eq!(small.header("content-type"), Some("text/plain; charset=utf-8"));
+            let big = next();
+            assert_eq!(big.status, 200);
+            assert!(big.body == payload(5, 300_000), "{} bytes", big.body.len());
+            assert_eq!(read_head_only(&mut stream, &mut buf), (200, 300_000));
+            let mut next = || raw::read_response(&mut stream, &mut buf, 64 * 1024);
+            for what in ["missing", "..", "sub/../..", ".hidden", "a directory"] {
+                assert_eq!(next().status, 404, "{what}");
+            }
+            assert_eq!(next().status, 405);
+            assert_eq!(next().body, b"hello static\n");
+            // hyper from here on.
+            let hello = next();
+            assert_eq!((hello.status, &hello.body[..]), (200, HELLO));
+            let big = next();
+            assert_eq!(big.status, 200);
+            assert!(big.body == payload(5, 300_000), "through hyper: {} bytes", big.body.len());
+            assert_eq!(next().status, 404);
+
+            let mut stream = raw::connect(addr);
+            raw::send(&mut stream, raw::request_head("GET", "/static/a.txt", 5).as_bytes());
+            raw::send(&mut stream, b"12345");
+            let mut buf = Vec::new();
+            assert_eq!(raw::read_response(&mut stream, &mut buf, 4096).status, 400);
+            assert!(raw::read_until_closed(&mut stream).unwrap_or_default().is_empty());
+        })
+        .await
+        .unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+        drop(dir);
     }
 }

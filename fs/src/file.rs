@@ -599,3 +599,12 @@ impl fmt::Debug for File {
             .finish()
     }
 }
+
+/// A `File` is a descriptor the sockets' `send_file` can hold while its op runs:
+/// `stream.send_file(&file, offset, len)` sends the file's bytes without copying them through
+/// user space (see [`ringloop_net::sock_sendfile`]).
+impl ringloop_net::AsSharedFd for File {
+    fn as_shared_fd(&self) -> &SharedFd {
+        self.shared_fd()
+    }
+}

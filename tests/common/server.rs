@@ -24,7 +24,7 @@ use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{Server, ShutdownSignal, TcpListener, TcpStream};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::http_routes;
+use crate::{http_routes, static_files};
 
 /// What the server answers with.
 #[derive(Clone)]
@@ -48,6 +48,9 @@ pub struct Config {
     pub send_buffer: Option<usize>,
     /// How `compat::Io` reads (the example uses the default, `Readiness`).
     pub mechanism: Mechanism,
+    /// The example's `--static DIR`: `/static/` requests answered with `send_file` while they
+    /// come (`examples/common/static_files.rs`), then hyper.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             header_timeout: Duration::from_secs(30),
             send_buffer: None,
             mechanism: Mechanism::default(),
+            static_dir: None,
         }
     }
 }
@@ -86,9 +90,16 @@ async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Conf
             .set_send_buffer_size(size)
             .unwrap();
     }
+    let mut prefix = Vec::new();
+    if let (Some(dir), None) = (&config.static_dir, &config.tls) {
+        match static_files::serve(&stream, dir, config.header_timeout, &shutdown).await {
+            static_files::Outcome::Closed => return,
+            static_files::Outcome::Other(read) => prefix = read,
+        }
+    }
     let io = Io::with_mechanism(stream, config.mechanism);
     match &config.tls {
-        None => app(io, shutdown, &config).await,
+        None => app(static_files::Prefixed::new(prefix, io), shutdown, &config).await,
         Some(acceptor) => {
             let handshake = ringloop::timeout(config.header_timeout, acceptor.accept(io)).await;
             if let Ok(Ok(tls)) = handshake {
@@ -105,8 +116,20 @@ where
 {
     match &config.app {
         App::Routes => {
-            let service =
-                service_fn(|req| async move { Ok::<_, Infallible>(http_routes::respond(req)) });
+            let static_dir = config.static_dir.clone().map(Rc::new);
+            let service = service_fn(move |req: Request<Incoming>| {
+                let static_dir = static_dir.clone();
+                async move {
+                    if let Some(dir) = &static_dir {
+                        if let Some(rel) = req.uri().path().strip_prefix(static_files::PREFIX) {
+                            return Ok::<_, Infallible>(
+                                static_files::read_whole(dir, rel, req.method()).await,
+                            );
+                        }
+                    }
+                    Ok::<_, Infallible>(http_routes::respond(req))
+                }
+            });
             http(io, service, shutdown, config).await
         }
         App::Axum(router) => {
