@@ -6,9 +6,9 @@
 //!   not in the page cache makes the call wait for the disk, on the loop's thread.
 //! * [`send_file_spliced`] (io_uring): `IORING_OP_SPLICE` file → pipe → socket. Reads that miss
 //!   the page cache never block the loop, but the kernel runs every splice on an io-wq worker
-//!   thread (it cannot splice inline), and that hand-off costs far more CPU than the copy it
-//!   saves: measured 3 to 4 times the CPU per 64 KiB response of `sendfile` (`benches/sendfile.rs`,
-//!   net/DESIGN.md). On epoll it is [`send_file`].
+//!   thread (it cannot splice inline), and that hand-off costs more CPU than the copy it
+//!   saves: measured 1.7 to 4 times the CPU per 64 KiB response of `sendfile`
+//!   (`benches/sendfile.rs`, net/DESIGN.md). On epoll it is [`send_file`].
 //!
 //! The pipes of the spliced path come from a small cache of the runtime's (closed with it): a
 //! pipe goes back only when it is empty (every byte spliced into it went out to the socket), so
@@ -29,10 +29,11 @@ use ringloop_runtime::{
 use crate::ops::PollReady;
 use crate::socket::{AsSharedFd, SendAllError};
 
-/// A pipe of the per-thread cache: its read and write ends.
+/// A pipe of the runtime's cache: its read and write ends, and its capacity.
 struct Pipe {
     read: SharedFd,
     write: SharedFd,
+    size: usize,
 }
 
 /// Pipes kept for the next transfer on a runtime (more are closed).
@@ -47,10 +48,9 @@ const PIPE_SIZE: libc::c_int = 1 << 20;
 struct Pipes(RefCell<Vec<Pipe>>);
 
 impl Pipe {
-    fn take() -> io::Result<(Pipe, usize)> {
+    fn take() -> io::Result<Pipe> {
         if let Some(p) = runtime_local::<Pipes>().0.borrow_mut().pop() {
-            let size = pipe_size(&p);
-            return Ok((p, size));
+            return Ok(p);
         }
         let mut fds = [0 as RawFd; 2];
         // SAFETY: `fds` has room for the two descriptors `pipe2` writes.
@@ -61,12 +61,13 @@ impl Pipe {
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         // SAFETY: a plain fcntl on a descriptor we own; failure leaves the default size.
         unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE) };
-        let pipe = Pipe {
+        // SAFETY: a plain fcntl on a descriptor we own.
+        let size = unsafe { libc::fcntl(fds[1], libc::F_GETPIPE_SZ) };
+        Ok(Pipe {
             read: SharedFd::new(read),
             write: SharedFd::new(write),
-        };
-        let size = pipe_size(&pipe);
-        Ok((pipe, size))
+            size: if size > 0 { size as usize } else { 64 * 1024 },
+        })
     }
 
     /// Back to the cache (only an empty pipe may come back).
@@ -76,16 +77,6 @@ impl Pipe {
         if pipes.len() < CACHED_PIPES {
             pipes.push(self);
         }
-    }
-}
-
-fn pipe_size(p: &Pipe) -> usize {
-    // SAFETY: a plain fcntl on a descriptor the pipe keeps open.
-    let size = unsafe { libc::fcntl(p.write.raw(), libc::F_GETPIPE_SZ) };
-    if size > 0 {
-        size as usize
-    } else {
-        64 * 1024
     }
 }
 
@@ -275,7 +266,8 @@ async fn spliced(
     offset: i64,
     len: usize,
 ) -> Result<usize, SendAllError> {
-    let (pipe, capacity) = Pipe::take().map_err(|e| failed(0, e))?;
+    let pipe = Pipe::take().map_err(|e| failed(0, e))?;
+    let capacity = pipe.size;
     let mut sent = 0;
     let mut in_pipe = 0;
     let result = async {
