@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
 use crate::driver::DriverHandle;
+use crate::task::cell::Header;
 use crate::task::{Schedule, TaskPtr};
 use crate::time::Timers;
 
@@ -65,8 +66,8 @@ impl<'a> Lent<'a> {
 thread_local! {
     /// What the loop entered on this thread (by `block_on`/`run_forever`) lends, or `None`.
     static LOOP: Cell<Option<Ptrs>> = const { Cell::new(None) };
-    /// The task being polled on this thread, or null between polls.
-    static CURRENT: Cell<*const TaskPtr> = const { Cell::new(ptr::null()) };
+    /// The task being polled on this thread, and its header, or nulls between polls.
+    static CURRENT: Cell<Current> = const { Cell::new(Current::NONE) };
 }
 
 /// The message every free function gives when it is called outside a running runtime.
@@ -103,10 +104,26 @@ impl Drop for Entered<'_> {
     }
 }
 
+/// The task being polled: its pointer (what [`with_current`] lends), and its header, reached
+/// without the `TaskDyn` vtable by the runtime futures that record their leaf on every
+/// `Pending` ([`with_current_header`]).
+#[derive(Clone, Copy)]
+struct Current {
+    task: *const TaskPtr,
+    header: *const Header,
+}
+
+impl Current {
+    const NONE: Current = Current {
+        task: ptr::null(),
+        header: ptr::null(),
+    };
+}
+
 /// Guard returned by [`enter_teardown`]: restores the previous loop and task on drop.
 pub(crate) struct Teardown<'a> {
     previous: Option<Ptrs>,
-    task: *const TaskPtr,
+    task: Current,
     _borrows: PhantomData<&'a ()>,
 }
 
@@ -116,7 +133,7 @@ pub(crate) struct Teardown<'a> {
 pub(crate) fn enter_teardown(lent: Lent<'_>) -> Teardown<'_> {
     Teardown {
         previous: LOOP.with(|c| c.replace(Some(lent.ptrs))),
-        task: CURRENT.with(|c| c.replace(ptr::null())),
+        task: CURRENT.with(|c| c.replace(Current::NONE)),
         _borrows: PhantomData,
     }
 }
@@ -217,13 +234,17 @@ pub(crate) fn current_driver() -> Option<DriverHandle> {
 
 /// Guard for the task being polled; restores the previous one on drop (also on unwind).
 pub(crate) struct Polling {
-    previous: *const TaskPtr,
+    previous: Current,
 }
 
 /// Marks `task` as the task being polled on this thread until the guard drops.
 #[inline]
 pub(crate) fn set_current(task: &TaskPtr) -> Polling {
-    let previous = CURRENT.with(|c| c.replace(task as *const TaskPtr));
+    let current = Current {
+        task: task as *const TaskPtr,
+        header: task.header() as *const Header,
+    };
+    let previous = CURRENT.with(|c| c.replace(current));
     Polling { previous }
 }
 
@@ -237,12 +258,25 @@ impl Drop for Polling {
 /// Runs `f` with the task being polled on this thread, if any.
 #[inline]
 pub(crate) fn with_current<R>(f: impl FnOnce(Option<&TaskPtr>) -> R) -> R {
-    let p = CURRENT.with(|c| c.get());
+    let p = CURRENT.with(|c| c.get()).task;
     if p.is_null() {
         f(None)
     } else {
         // SAFETY: CURRENT points at the `TaskPtr` that the loop's run of the task holds on its
         // stack for the whole poll, and the `Polling` guard clears it before that frame ends.
+        f(Some(unsafe { &*p }))
+    }
+}
+
+/// Runs `f` with the header of the task being polled on this thread, if any.
+#[inline]
+pub(crate) fn with_current_header<R>(f: impl FnOnce(Option<&Header>) -> R) -> R {
+    let p = CURRENT.with(|c| c.get()).header;
+    if p.is_null() {
+        f(None)
+    } else {
+        // SAFETY: the header lives in the task cell that the `TaskPtr` of `with_current` keeps
+        // alive for the whole poll (see there); the `Polling` guard clears it with the task.
         f(Some(unsafe { &*p }))
     }
 }

@@ -83,8 +83,9 @@ pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
 pub use task::cancel::take_cancel_request;
 pub use task::{
-    all_tasks, current_task, spawn, spawn_named, take_cancel_request_waiting, task_tree, Cancelled,
-    Task, TaskError, TaskId, TaskRef, TaskState, TaskTree,
+    all_tasks, current_task, note_awaiting, spawn, spawn_named, take_cancel_request_waiting,
+    task_tree, AwaitName, Awaiting, Cancelled, Task, TaskError, TaskId, TaskNode, TaskRef,
+    TaskState, TaskTree,
 };
 pub use time::{
     sleep, sleep_until, timeout, timeout_at, wait_for, Flatten, Sleep, TimedOut, Timeout, WaitError,

@@ -36,8 +36,9 @@ use super::handle::{shut_down, Deferred, DriverHandle};
 use super::opmem::OpMemory;
 use super::{Backend, OpKey};
 use crate::context;
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
-use crate::task::Cancelled;
+use crate::task::{AwaitName, Cancelled};
 
 /// Which readiness an op waits for on the epoll backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -60,6 +61,11 @@ pub enum Interest {
 pub unsafe trait OpKind: 'static {
     /// What the op produces.
     type Output;
+
+    /// The op's name in task dumps: a task suspended on it shows as `NAME on fd N` (see
+    /// [`Awaiting::Io`](crate::Awaiting::Io); the descriptor is [`readiness`](Self::readiness)'s).
+    /// Default: `op`.
+    const NAME: &'static str = "op";
 
     /// The submission entry (io_uring). Called at most once, with `self` at its final address.
     /// The runtime sets the entry's `user_data`.
@@ -92,6 +98,29 @@ pub unsafe trait OpKind: 'static {
     fn try_first(&self) -> bool {
         false
     }
+
+    /// The bytes the op moves, shown in task dumps: a send's length, a receive's room. Asked
+    /// only when a task is suspended on the op. Default: none.
+    fn byte_count(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// The name of op kind `T` as a `static` of its own, so that a leaf records a pointer.
+struct OpName<T>(std::marker::PhantomData<T>);
+
+impl<T: OpKind> OpName<T> {
+    const NAME: &'static AwaitName = &AwaitName::new(T::NAME);
+}
+
+/// Records, for task dumps, that the current task is suspended on `data` (`new`: its first
+/// `Pending`).
+#[inline]
+fn note_waiting<T: OpKind>(data: &T, new: bool) {
+    awaiting::note(
+        Leaf::io(OpName::<T>::NAME, data.readiness().0, data.byte_count()),
+        new,
+    );
 }
 
 /// Whether an I/O error is a ringloop cancellation (the task was cancelled while the op was in
@@ -276,6 +305,7 @@ impl<T: OpKind> Op<T> {
                 )),
                 Some(Ok(key)) => {
                     self.state = State::InFlight { key, cancel: None };
+                    note_waiting(&**data, true);
                     Poll::Pending
                 }
                 Some(Err(e)) => Poll::Ready(self.finish(driver, Err(e), 0)),
@@ -313,6 +343,9 @@ impl<T: OpKind> Op<T> {
             return busy(cx);
         };
         let Some((res, flags)) = polled else {
+            if let Some(data) = &self.data {
+                note_waiting(&**data, false);
+            }
             return Poll::Pending;
         };
         let result = cqe_result(res);
@@ -385,6 +418,7 @@ impl<T: OpKind> Op<T> {
                         self.state = State::Waiting {
                             waiter: Some((fd, token)),
                         };
+                        note_waiting(&**data, waiter.is_none());
                         Poll::Pending
                     }
                     Some(Some(Err(e))) => Poll::Ready(self.finish(driver, Err(e), 0)),

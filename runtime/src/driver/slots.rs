@@ -539,6 +539,11 @@ impl OpTable {
         }
     }
 
+    /// The descriptor a multishot op was armed on (for task dumps).
+    pub(crate) fn multishot_fd(&mut self, key: OpKey) -> Option<std::os::fd::RawFd> {
+        self.multi_mut(key).map(|s| s.state.keep.raw())
+    }
+
     /// The owner of a multishot op is gone: dispose of what is queued and of what still comes.
     pub(crate) fn multishot_orphan(&mut self, key: OpKey) {
         let Some(slot) = self.multi_mut(key) else {

@@ -306,6 +306,7 @@ impl Builder {
             counters: Counters::default(),
             expired: RefCell::new(Vec::new()),
             wakes_queued: Cell::new(false),
+            wait_tick: Cell::new(None),
         };
         Ok(Runtime {
             core: Box::new(core),

@@ -137,6 +137,9 @@ pub(crate) struct Core {
     expired: RefCell<Vec<TimerAction>>,
     /// A wake to another loop was queued on this loop's ring since the last flush.
     wakes_queued: Cell<bool>,
+    /// This iteration's clock as a wait tick (`Schedule::wait_tick`): read on first use,
+    /// forgotten when the next iteration starts.
+    wait_tick: Cell<Option<u32>>,
 }
 
 /// Runs `f` with this thread's running core, or returns `None` outside one.
@@ -183,6 +186,18 @@ impl Schedule for Core {
     #[inline]
     fn count_poll(&self) {
         bump(&self.counters.polls);
+    }
+
+    #[inline]
+    fn wait_tick(&self) -> u32 {
+        match self.wait_tick.get() {
+            Some(t) => t,
+            None => {
+                let t = crate::task::awaiting::tick_of(Instant::now());
+                self.wait_tick.set(Some(t));
+                t
+            }
+        }
     }
 }
 
@@ -291,6 +306,9 @@ impl Core {
                 parent: h.parent,
                 name: h.name(),
                 state: h.state(),
+                awaiting: None,
+                waited: None,
+                polls: u64::from(h.polls()),
             });
         }
         // The registry's reference goes last, after the future is already dropped.
@@ -336,19 +354,12 @@ impl Core {
     }
 
     pub(crate) fn task_tree(&self) -> TaskTree {
+        let now = Instant::now();
         let mut flat: Vec<FlatTask> = self
             .tasks
             .borrow()
             .iter()
-            .map(|(_, t)| {
-                let h = t.header();
-                FlatTask {
-                    id: h.id,
-                    parent: h.parent,
-                    name: h.name(),
-                    state: h.state(),
-                }
-            })
+            .map(|(_, t)| FlatTask::of(&TaskRef::new(t.clone()), now))
             .collect();
         if let Some(finished) = self.finished.borrow().as_ref() {
             flat.extend(finished.iter().map(|f| FlatTask {
@@ -356,6 +367,9 @@ impl Core {
                 parent: f.parent,
                 name: f.name.clone(),
                 state: f.state,
+                awaiting: None,
+                waited: None,
+                polls: f.polls,
             }));
         }
         TaskTree::build(flat)
@@ -474,7 +488,9 @@ impl Core {
             }
         }
 
-        // 5. Run what is ready now, and only that.
+        // 5. Run what is ready now, and only that. Waits that start in this pass share one
+        // reading of the clock (`wait_tick`), taken when the first one asks.
+        self.wait_tick.set(None);
         let n = self.ready.borrow().len();
         for _ in 0..n {
             let Some(item) = self.ready.borrow_mut().pop_front() else {

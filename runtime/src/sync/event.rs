@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel_if;
 use crate::task::Cancelled;
 
@@ -119,6 +120,7 @@ impl Future for EventWait<'_> {
             }
             return Poll::Ready(Err(c));
         }
+        awaiting::note(Leaf::sync(&names::EVENT), this.key.is_none());
         let old = match &this.key {
             Some(key) => st.waiters.set_waker(key, cx.waker()),
             None => {

@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel_if;
 use crate::task::Cancelled;
 
@@ -208,6 +209,8 @@ impl Waiter {
                 return Poll::Ready(Err(c));
             }
         }
+        // A lock (which waits through this) names itself over this.
+        awaiting::note(Leaf::sync(&names::SEMAPHORE), self.key.is_none());
         let old = match &self.key {
             Some(key) => st.waiters.set_waker(key, cx.waker()),
             None => {

@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::context;
+use crate::task::awaiting::{Leaf, LeafData, LeafKind};
 use crate::task::sched::{Remote, Schedule};
 use crate::task::{Cancelled, TaskError, TaskId, TaskRef, TaskState};
 
@@ -74,6 +75,9 @@ const MAIN: u8 = 1 << 5;
 /// concurrent branch of a hand-written join, say) resolves to `Cancelled` too; cleared when the
 /// poll ends. See "Concurrent branches" in the `task` module docs.
 const DELIVERED: u8 = 1 << 6;
+/// A runtime future has just started the wait it recorded as the task's leaf (its first
+/// `Pending`): the end of this poll stamps the wait's start. Cleared when the poll starts.
+const WAIT_NEW: u8 = 1 << 7;
 
 /// How a task ended (owner thread only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +122,17 @@ pub(crate) struct Header {
     pub(crate) home: Arc<dyn Remote>,
     join_waker: Cell<Option<Waker>>,
     extras: Cell<Option<Box<Extras>>>,
+    // What the task is suspended on (`task/awaiting.rs`): a `Leaf` kept field by field, so
+    // that its kind packs with the bytes above. Written by the runtime future that returns
+    // `Pending`, through the thread's current-task pointer; read by the task tree.
+    leaf_kind: Cell<LeafKind>,
+    leaf_arg: Cell<u32>,
+    leaf_len: Cell<u32>,
+    leaf_data: Cell<LeafData>,
+    /// The loop's millisecond tick when the current wait began (`awaiting::tick_of`).
+    wait_since: Cell<u32>,
+    /// Polls of the future (saturating).
+    polls: Cell<u32>,
 }
 
 impl Header {
@@ -133,6 +148,68 @@ impl Header {
             home,
             join_waker: Cell::new(None),
             extras: Cell::new(None),
+            leaf_kind: Cell::new(Leaf::NONE.kind),
+            leaf_arg: Cell::new(Leaf::NONE.arg),
+            leaf_len: Cell::new(Leaf::NONE.len),
+            leaf_data: Cell::new(Leaf::NONE.data),
+            wait_since: Cell::new(0),
+            polls: Cell::new(0),
+        }
+    }
+
+    /// The leaf the task is (or was last) suspended on.
+    #[inline]
+    pub(crate) fn leaf(&self) -> Leaf {
+        Leaf {
+            kind: self.leaf_kind.get(),
+            arg: self.leaf_arg.get(),
+            len: self.leaf_len.get(),
+            data: self.leaf_data.get(),
+        }
+    }
+
+    /// Records the leaf a runtime future is suspending the task on (see `awaiting::note`);
+    /// `new`: the future has just started this wait.
+    #[inline]
+    pub(crate) fn set_leaf(&self, leaf: Leaf, new: bool) {
+        self.leaf_kind.set(leaf.kind);
+        self.leaf_arg.set(leaf.arg);
+        self.leaf_len.set(leaf.len);
+        self.leaf_data.set(leaf.data);
+        if new {
+            self.set(WAIT_NEW);
+        }
+    }
+
+    /// The tick at which the current wait began.
+    pub(crate) fn wait_since(&self) -> u32 {
+        self.wait_since.get()
+    }
+
+    /// Polls of the task's future so far (saturating at `u32::MAX`).
+    pub(crate) fn polls(&self) -> u32 {
+        self.polls.get()
+    }
+
+    /// Before a poll: counts it, and marks the leaf unset, returning the one the last poll
+    /// left (to tell a new wait from the same one after the poll).
+    #[inline]
+    fn begin_poll_leaf(&self) -> Leaf {
+        self.polls.set(self.polls.get().saturating_add(1));
+        let before = self.leaf();
+        self.leaf_kind.set(LeafKind::Unset);
+        before
+    }
+
+    /// After a poll that returned `Pending`: a leaf nobody recorded is a foreign future, and a
+    /// new wait (so marked by its future, or unlike the one before) starts its clock now.
+    #[inline]
+    fn end_poll_leaf(&self, before: &Leaf, sched: &dyn Schedule) {
+        if self.leaf_kind.get() == LeafKind::Unset {
+            self.leaf_kind.set(LeafKind::Foreign);
+        }
+        if self.has(WAIT_NEW) || !self.leaf().same_as(before) {
+            self.wait_since.set(sched.wait_tick());
         }
     }
 
@@ -552,7 +629,8 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
             return;
         }
         h.set(STARTED | RUNNING);
-        h.clear(DELIVERED);
+        h.clear(DELIVERED | WAIT_NEW);
+        let leaf_before = h.begin_poll_leaf();
         let _current = context::set_current(me);
         // The waker borrows this poll's reference instead of taking a count of its own: it is
         // never dropped (ManuallyDrop), and `clone` takes a real count.
@@ -586,6 +664,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
                 }
             }
             Ok(Poll::Pending) => {
+                h.end_poll_leaf(&leaf_before, sched);
                 if cancel_at_start && h.has(CANCEL_PENDING) && !h.has(MAIN) {
                     // Nothing in the await chain could observe the request (a foreign future):
                     // fall back to Rust's cancel, dropping the future.
@@ -664,12 +743,13 @@ pub(crate) fn error_of(h: &Header) -> TaskError {
 mod tests {
     use super::*;
 
-    /// The per-task overhead the docs promise (at most 128 bytes besides the future and its
+    /// The per-task overhead the docs promise (at most 144 bytes besides the future and its
     /// output), measured for a future whose state is a single byte: the `Arc`'s two counts, the
-    /// header, the stage's tag and padding, and the registry's slab entry (a fat `TaskPtr` plus
-    /// the slab's entry tag).
+    /// header (96 bytes, 24 of them what the task awaits, since when, and its poll count), the
+    /// stage's tag and padding, and the registry's slab entry (a fat `TaskPtr` plus the slab's
+    /// entry tag).
     #[test]
-    fn per_task_overhead_is_at_most_128_bytes() {
+    fn per_task_overhead_is_at_most_144_bytes() {
         let future = async {};
         let future_size = std::mem::size_of_val(&future);
         let cell_size = std::mem::size_of_val(&*new_task(future, None, Arc::new(NoLoop)));
@@ -680,9 +760,9 @@ mod tests {
             "per-task overhead: {overhead} bytes (header {} bytes)",
             std::mem::size_of::<Header>()
         );
-        assert!(overhead <= 128, "per-task overhead is {overhead} bytes");
+        assert!(overhead <= 144, "per-task overhead is {overhead} bytes");
         assert!(
-            std::mem::size_of::<Header>() <= 72,
+            std::mem::size_of::<Header>() <= 96,
             "the header grew to {} bytes",
             std::mem::size_of::<Header>()
         );
@@ -743,6 +823,10 @@ mod tests {
 
         fn count_poll(&self) {
             self.polls.set(self.polls.get() + 1);
+        }
+
+        fn wait_tick(&self) -> u32 {
+            7
         }
     }
 

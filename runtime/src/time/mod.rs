@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::context;
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::{self, take_cancel_if, CancelScope};
 use crate::task::Cancelled;
 use heap::{TimerAction, TimerHeap, TimerKey};
@@ -215,6 +216,7 @@ impl Future for Sleep {
             context::expect_entered();
             self.wait.armed = true;
             cx.waker().wake_by_ref();
+            awaiting::note(Leaf::other(&names::YIELD, None), true);
             return Poll::Pending;
         }
         self.wait.arm(cx);
@@ -268,6 +270,7 @@ impl DeadlineWait {
             return Check::Unarmed;
         }
         if self.timer.refresh(cx) {
+            awaiting::note(Leaf::sleep(self.deadline), false);
             return Check::Waiting;
         }
         // Not armed on this loop's heap: it fired there, or it waits on another loop's (the
@@ -290,6 +293,7 @@ impl DeadlineWait {
     pub(crate) fn arm(&mut self, cx: &Context<'_>) {
         self.armed = true;
         self.timer.arm(self.deadline, cx);
+        awaiting::note(Leaf::sleep(self.deadline), true);
     }
 
     /// [`check`](Self::check), arming the timer if it is not armed: `Ready` once it fired.
