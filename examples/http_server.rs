@@ -31,6 +31,10 @@
 //!   `--header-timeout` seconds is disconnected (hyper's `header_read_timeout` on ringloop's
 //!   timer).
 //!
+//! * The live view is on (`--no-inspect` turns it off): `ringloop-ps <pid>` shows every task
+//!   from outside (hyper's connection tasks, what each awaits and for how long), the stats and
+//!   the op table.
+//!
 //! It prints `listening on ADDR (...)` on stdout once it accepts.
 
 use std::convert::Infallible;
@@ -117,6 +121,10 @@ struct Args {
     /// Seconds a connection gets to send a complete request head.
     #[arg(long, default_value_t = 30.0)]
     header_timeout: f64,
+    /// Serve no live view. On by default here: `ringloop-ps <pid>` shows every task, what it
+    /// awaits and for how long, the stats and the op table (see `Builder::inspect`).
+    #[arg(long)]
+    no_inspect: bool,
 }
 
 /// What every connection of a runtime shares.
@@ -182,12 +190,16 @@ fn run(args: Args) -> std::io::Result<bool> {
     let config = move || Config::new(protocol, tls.clone(), header_timeout, mechanism);
     let scheme = if args.tls { "https" } else { "http" };
 
+    let inspect = !args.no_inspect;
     if args.threads == 1 {
         let listener = TcpListener::builder(args.addr)
             .backlog(args.backlog)
             .bind()?;
         let addr = listener.local_addr()?;
-        let rt = Runtime::builder().backend(backend).build()?;
+        let rt = Runtime::builder()
+            .backend(backend)
+            .inspect(inspect)
+            .build()?;
         let report = rt.block_on(async move {
             let server = serve(listener, Rc::new(config()));
             let stopped = server.shutdown_on_signals(grace)?;
@@ -216,7 +228,7 @@ fn run(args: Args) -> std::io::Result<bool> {
         .count(threads)
         .placement(placement)
         .thread_name("http-shard")
-        .runtime(move |_| Runtime::builder().backend(backend))
+        .runtime(move |_| Runtime::builder().backend(backend).inspect(inspect))
         .start(move |shard| {
             let listeners = listeners.clone();
             let ready = ready_tx.clone();

@@ -47,6 +47,7 @@ pub mod compat;
 mod context;
 pub mod driver;
 mod handshake;
+pub mod inspect;
 mod loop_thread;
 mod promise;
 mod remote;

@@ -545,14 +545,25 @@ fn a_future_unknown_to_ringloop_is_foreign_unless_it_names_itself() {
             note_awaiting(&BARRIER, Some(2));
             Poll::<()>::Pending
         }));
-        // A runtime future polled after the note records over it.
+        // A note stands against the runtime futures polled after it, and replaces those
+        // polled before it.
         let event = Rc::new(Event::new());
         let e = event.clone();
-        let overwritten = spawn(async move {
+        let noted_first = spawn(async move {
             let mut wait = pin!(e.wait());
             poll_fn(|cx| {
                 note_awaiting(&BARRIER, None);
                 wait.as_mut().poll(cx).map(drop)
+            })
+            .await
+        });
+        let e = event.clone();
+        let noted_last = spawn(async move {
+            let mut wait = pin!(e.wait());
+            poll_fn(|cx| {
+                let polled = wait.as_mut().poll(cx).map(drop);
+                note_awaiting(&BARRIER, Some(1));
+                polled
             })
             .await
         });
@@ -567,11 +578,25 @@ fn a_future_unknown_to_ringloop_is_foreign_unless_it_names_itself() {
             }
         );
         assert_eq!(awaiting(&named).to_string(), "barrier (2)");
-        assert_eq!(awaiting(&overwritten), sync("event"));
+        assert_eq!(
+            awaiting(&noted_first),
+            Awaiting::Other {
+                what: "barrier",
+                count: None
+            }
+        );
+        assert_eq!(
+            awaiting(&noted_last),
+            Awaiting::Other {
+                what: "barrier",
+                count: Some(1)
+            }
+        );
         gate.open();
         event.set();
         foreign.await.unwrap();
-        overwritten.await.unwrap();
+        noted_first.await.unwrap();
+        noted_last.await.unwrap();
         named.abort();
     });
 }
@@ -726,3 +751,29 @@ fn the_tree_and_its_text_forms_show_waits() {
 /// Unused backends still compile the helpers (the epoll-only kernel run).
 #[allow(dead_code)]
 fn _uses(_: Backend) {}
+
+/// Of several runtime futures a poll leaves pending (a select polled in order), the first one
+/// is shown: the main branch, not the shutdown signal beside it.
+#[test]
+fn of_several_pending_futures_the_first_one_polled_is_shown() {
+    Runtime::new().unwrap().block_on(async {
+        let work: Rc<Queue<u8>> = Rc::new(Queue::unbounded());
+        let shutdown = Rc::new(Event::new());
+        let (q, s) = (work.clone(), shutdown.clone());
+        let t = spawn(async move {
+            let mut get = pin!(q.get());
+            let mut stop = pin!(s.wait());
+            poll_fn(|cx| {
+                if let Poll::Ready(item) = get.as_mut().poll(cx) {
+                    return Poll::Ready(item.ok());
+                }
+                stop.as_mut().poll(cx).map(|_| None)
+            })
+            .await
+        });
+        settle().await;
+        assert_eq!(awaiting(&t), sync("queue.get"));
+        shutdown.set();
+        assert_eq!(t.await.unwrap(), None);
+    });
+}

@@ -6,6 +6,7 @@
 
 mod builder;
 mod handle;
+mod inspect;
 #[cfg(all(test, not(ringloop_loom)))]
 mod wake_tests;
 
@@ -140,6 +141,8 @@ pub(crate) struct Core {
     /// This iteration's clock as a wait tick (`Schedule::wait_tick`): read on first use,
     /// forgotten when the next iteration starts.
     wait_tick: Cell<Option<u32>>,
+    /// The live view's server (`Builder::inspect`), served between iterations.
+    inspector: Option<inspect::Inspector>,
 }
 
 /// Runs `f` with this thread's running core, or returns `None` outside one.
@@ -428,7 +431,11 @@ impl Core {
         // only if nothing is ready.
         let busy = !self.ready.borrow().is_empty()
             || self.stop_requested.get()
-            || self.shared.stop_requested.load(Ordering::Relaxed);
+            || self.shared.stop_requested.load(Ordering::Relaxed)
+            || self
+                .inspector
+                .as_ref()
+                .is_some_and(inspect::Inspector::pending);
         if busy {
             let mut driver = self.driver.borrow_mut();
             if driver.wants_poll() {
@@ -485,6 +492,14 @@ impl Core {
                         self.ready.borrow_mut().push_back(Runnable::Callback(cb))
                     }
                 }
+            }
+        }
+
+        // 4½. The live view, if it has something to do: new connections, requests, answers
+        // (between iterations, never blocking; see `inspect.rs`).
+        if let Some(inspector) = &self.inspector {
+            if inspector.pending() {
+                inspector.turn(self);
             }
         }
 
@@ -550,6 +565,13 @@ impl Core {
 
     pub(crate) fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The backend and its setup (see `Runtime::backend_description`).
+    fn describe_backend(&self) -> String {
+        self.driver
+            .try_with(|d| d.describe())
+            .unwrap_or_else(|| self.backend.to_string())
     }
 
     /// The runtime's receive-buffer pool.
@@ -826,10 +848,12 @@ impl Runtime {
     /// The backend and its setup, for logs and benchmark reports, e.g.
     /// `io_uring (single_issuer+defer_taskrun)` or `epoll`.
     pub fn backend_description(&self) -> String {
-        self.core
-            .driver
-            .try_with(|d| d.describe())
-            .unwrap_or_else(|| self.core.backend.to_string())
+        self.core.describe_backend()
+    }
+
+    /// Where this runtime serves its live view (see [`Builder::inspect`]), if it does.
+    pub fn inspect_socket(&self) -> Option<&std::path::Path> {
+        self.core.inspector.as_ref().map(inspect::Inspector::path)
     }
 
     /// A snapshot of the runtime's counters.
@@ -865,11 +889,15 @@ impl Core {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // The live view goes first: its socket is removed, and its poll ops become orphans
+        // that the ring's drain below reaps.
+        let inspector = self.core.inspector.take();
         let core = &*self.core;
         // This runtime is the current one while its tasks are dropped, even if another is
         // running on the thread (a runtime dropped inside a task of another): their
         // destructors must not reach the other runtime's timers or tasks.
         let _teardown = context::enter_teardown(core.lent());
+        drop(inspector);
         // The ring is drained last, whatever happens before it: a panicking destructor below
         // still unwinds through this guard, so no memory the kernel writes is freed first.
         let _shutdown = ShutdownGuard {

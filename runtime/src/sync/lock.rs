@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::semaphore::{Semaphore, Waiter};
-use crate::task::awaiting::{self, names, Leaf};
+use crate::task::awaiting::names;
 use crate::task::Cancelled;
 
 /// An async mutex (asyncio's `Lock`; `Lock::new(())` is exactly asyncio's `Lock`), holding the
@@ -110,12 +110,9 @@ impl<T: ?Sized> Lock<T> {
         cx: &Context<'_>,
         cancellable: bool,
     ) -> Poll<Result<LockGuard<'_, T>, Cancelled>> {
-        let polled = waiter.poll_acquire(&self.sem, cx, cancellable);
-        if polled.is_pending() {
-            // Over the semaphore's leaf, whose `new` mark stands.
-            awaiting::note(Leaf::sync(&names::LOCK), false);
-        }
-        polled.map_ok(|()| LockGuard::new(self))
+        waiter
+            .poll_acquire(&self.sem, cx, cancellable, &names::LOCK)
+            .map_ok(|()| LockGuard::new(self))
     }
 
     pub(super) fn withdraw(&self, waiter: &mut Waiter) {

@@ -409,12 +409,7 @@ impl Future for QueueJoin<'_> {
     type Output = Result<(), Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let polled = Pin::new(&mut self.0).poll(cx);
-        if polled.is_pending() {
-            // Over the event's leaf, whose `new` mark stands.
-            awaiting::note(Leaf::sync(&names::QUEUE_JOIN), false);
-        }
-        polled
+        self.0.poll_named(cx, &names::QUEUE_JOIN)
     }
 }
 

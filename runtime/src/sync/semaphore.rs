@@ -13,6 +13,7 @@ use std::task::{Context, Poll};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
 use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel_if;
+use crate::task::AwaitName;
 use crate::task::Cancelled;
 
 /// A counter of permits that tasks acquire and release (asyncio's `Semaphore`): the usual way
@@ -180,12 +181,14 @@ impl Waiter {
     /// Polls for one permit of `sem`. `cancellable: false` ignores cancel requests (they stay
     /// pending), for a reacquisition that must finish, as `Condition::wait`'s does.
     ///
-    /// On `Ready(Ok(()))` the caller owns one permit and must release it.
+    /// On `Ready(Ok(()))` the caller owns one permit and must release it. A pending
+    /// acquisition shows in task dumps as `name` (`semaphore`, or the lock built on it).
     pub(crate) fn poll_acquire(
         &mut self,
         sem: &Semaphore,
         cx: &Context<'_>,
         cancellable: bool,
+        name: &'static AwaitName,
     ) -> Poll<Result<(), Cancelled>> {
         let mut st = sem.state.borrow_mut();
         match &self.key {
@@ -209,8 +212,7 @@ impl Waiter {
                 return Poll::Ready(Err(c));
             }
         }
-        // A lock (which waits through this) names itself over this.
-        awaiting::note(Leaf::sync(&names::SEMAPHORE), self.key.is_none());
+        awaiting::note(Leaf::sync(name), self.key.is_none());
         let old = match &self.key {
             Some(key) => st.waiters.set_waker(key, cx.waker()),
             None => {
@@ -250,7 +252,7 @@ impl<'a> Future for SemaphoreAcquire<'a> {
         let this = &mut *self;
         let sem = this.sem;
         this.waiter
-            .poll_acquire(sem, cx, true)
+            .poll_acquire(sem, cx, true, &names::SEMAPHORE)
             .map_ok(|()| SemaphorePermit { sem: Some(sem) })
     }
 }
@@ -276,7 +278,7 @@ impl Future for SemaphoreAcquireOwned {
         let this = &mut *self;
         let sem = &this.sem;
         this.waiter
-            .poll_acquire(sem, cx, true)
+            .poll_acquire(sem, cx, true, &names::SEMAPHORE)
             .map_ok(|()| OwnedSemaphorePermit {
                 sem: Some(sem.clone()),
             })

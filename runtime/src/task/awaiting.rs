@@ -18,8 +18,10 @@
 //! once per loop iteration, never per await. A wait is new when the future says so (its first
 //! `Pending`) or when the leaf differs from the one the previous poll left.
 //!
-//! A task that polls several runtime futures in one poll (a join) shows the last one that
-//! returned `Pending`. A wait longer than 49 days (the tick's range) shows modulo that.
+//! A task that polls several runtime futures in one poll (a join, a select) shows the first one
+//! that returned `Pending`: a select's main branch rather than its shutdown signal.
+//! [`note_awaiting`] overrides it. A wait longer than 49 days (the tick's range) shows modulo
+//! that.
 
 use std::fmt;
 use std::os::fd::RawFd;
@@ -187,8 +189,10 @@ impl fmt::Display for Millis {
 /// Records, for task dumps, that the current task is about to return `Pending` from a future
 /// of its own that ringloop does not know: shown as [`Awaiting::Other`] with `what` (and
 /// `count`, if given) instead of [`Awaiting::Foreign`]. Call it from `poll` when returning
-/// `Pending`; a runtime future polled after it in the same task poll records its own leaf
-/// over it. Costs a few stores into the task's header; does nothing outside a task.
+/// `Pending`. It replaces what the runtime futures polled before it in this task poll
+/// recorded (it says what the code waits on as a whole), and stands against those polled
+/// after it (of several runtime futures left pending in one poll, the first one is shown).
+/// Costs a few stores into the task's header; does nothing outside a task.
 ///
 /// ```
 /// use ringloop_runtime::{note_awaiting, spawn, yield_now, AwaitName, Awaiting, Runtime};
@@ -218,11 +222,17 @@ impl fmt::Display for Millis {
 /// });
 /// ```
 pub fn note_awaiting(what: &'static AwaitName, count: Option<u32>) {
-    note(Leaf::other(what, count), false);
+    context::with_current_header(|h| {
+        if let Some(h) = h {
+            h.replace_leaf(Leaf::other(what, count));
+        }
+    });
 }
 
-/// Records `leaf` in the current task's header (nothing outside a task); `new` says the future
-/// has just started this wait (its first `Pending`), so its waiting time starts now.
+/// Records `leaf` in the current task's header (nothing outside a task), unless a runtime
+/// future polled earlier in this task poll recorded one: the first pending future stands.
+/// `new` says the future has just started this wait (its first `Pending`), so its waiting time
+/// starts now.
 #[inline]
 pub(crate) fn note(leaf: Leaf, new: bool) {
     context::with_current_header(|h| {

@@ -168,17 +168,29 @@ impl Header {
         }
     }
 
-    /// Records the leaf a runtime future is suspending the task on (see `awaiting::note`);
-    /// `new`: the future has just started this wait.
+    /// Records the leaf a runtime future is suspending the task on (see `awaiting::note`),
+    /// unless one was recorded earlier in this poll: the first future a poll leaves pending
+    /// stands (a select's main branch before its shutdown branch). `new`: the future has just
+    /// started this wait.
     #[inline]
     pub(crate) fn set_leaf(&self, leaf: Leaf, new: bool) {
+        if self.leaf_kind.get() != LeafKind::Unset {
+            return;
+        }
+        self.replace_leaf(leaf);
+        if new {
+            self.set(WAIT_NEW);
+        }
+    }
+
+    /// Records `leaf` over whatever this poll recorded (code that says what it waits on as a
+    /// whole, around the futures it polls: `note_awaiting`).
+    #[inline]
+    pub(crate) fn replace_leaf(&self, leaf: Leaf) {
         self.leaf_kind.set(leaf.kind);
         self.leaf_arg.set(leaf.arg);
         self.leaf_len.set(leaf.len);
         self.leaf_data.set(leaf.data);
-        if new {
-            self.set(WAIT_NEW);
-        }
     }
 
     /// The tick at which the current wait began.

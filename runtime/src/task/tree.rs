@@ -124,6 +124,9 @@ impl TaskTree {
         }
         let chain = |start: &FlatTask| {
             let mut chain = Vec::new();
+            if !matches!(start.awaiting, Some(Awaiting::Task { .. })) {
+                return chain;
+            }
             let mut seen = HashSet::from([start.id]);
             let mut next = start.awaiting;
             while let Some(Awaiting::Task { id }) = next {
