@@ -215,6 +215,7 @@ unsafe impl<B: IoBufMut> OpKind for Recv<B> {
     type Output = (io::Result<usize>, B);
     const NAME: &'static str = "recv";
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         Some(self.buf.bytes_total())
     }
@@ -291,6 +292,7 @@ unsafe impl<B: IoBuf> OpKind for Send<B> {
     type Output = (io::Result<usize>, B);
     const NAME: &'static str = "send";
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         Some(self.buf.bytes_init())
     }
@@ -410,6 +412,7 @@ unsafe impl<B: IoBuf> OpKind for SendVectored<B> {
     type Output = (io::Result<usize>, Vec<B>);
     const NAME: &'static str = "send";
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         let total: usize = self.bufs.iter().map(IoBuf::bytes_init).sum();
         Some(total.saturating_sub(self.skip))
@@ -476,6 +479,7 @@ unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
     type Output = (io::Result<RecvFromMeta>, B);
     const NAME: &'static str = "recv_from";
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         Some(self.buf.bytes_total())
     }
@@ -571,6 +575,7 @@ unsafe impl<B: IoBuf> OpKind for SendTo<B> {
     type Output = (io::Result<usize>, B);
     const NAME: &'static str = "send_to";
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         Some(self.buf.bytes_init())
     }
@@ -623,6 +628,7 @@ unsafe impl<B: IoBuf> OpKind for SendDatagram<B> {
     type Output = (io::Result<usize>, B);
     const NAME: &'static str = "send_to";
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         self.inner.byte_count()
     }

@@ -991,6 +991,7 @@ unsafe impl<K: QueueSend> OpKind for ConnSend<K> {
     type Output = ();
     const NAME: &'static str = K::NAME;
 
+    #[inline]
     fn byte_count(&self) -> Option<usize> {
         self.send.byte_count()
     }

@@ -242,7 +242,7 @@ pub(crate) struct Polling {
 pub(crate) fn set_current(task: &TaskPtr) -> Polling {
     let current = Current {
         task: task as *const TaskPtr,
-        header: task.header() as *const Header,
+        header: crate::task::cell::header_of(task),
     };
     let previous = CURRENT.with(|c| c.replace(current));
     Polling { previous }

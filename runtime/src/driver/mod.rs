@@ -380,14 +380,6 @@ impl Driver {
         }
     }
 
-    /// The descriptor a multishot op was armed on.
-    pub(crate) fn multishot_fd(&mut self, key: OpKey) -> Option<RawFd> {
-        match self {
-            Driver::Uring(u) => u.table.multishot_fd(key),
-            Driver::Epoll(_) => None,
-        }
-    }
-
     pub(crate) fn multishot_queued(&mut self, key: OpKey) -> usize {
         match self {
             Driver::Uring(u) => u.multishot_queued(key),

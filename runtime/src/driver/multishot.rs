@@ -254,13 +254,12 @@ impl Multishot {
                 self.armed = None;
                 Poll::Ready(None)
             }
-            Some(Err(())) => {
-                let fd = driver.try_with(|d| d.multishot_fd(key)).flatten();
+            Some(Err(fd)) => {
                 let name = match self.kind {
                     MultishotKind::Recv => &names::RECV,
                     MultishotKind::Accept => &names::ACCEPT,
                 };
-                awaiting::note(Leaf::io(name, fd.unwrap_or(-1), None), !self.waiting);
+                awaiting::note(Leaf::io(name, fd, None), !self.waiting);
                 self.waiting = true;
                 Poll::Pending
             }

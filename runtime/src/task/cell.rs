@@ -126,6 +126,9 @@ pub(crate) struct Header {
     // that its kind packs with the bytes above. Written by the runtime future that returns
     // `Pending`, through the thread's current-task pointer; read by the task tree.
     leaf_kind: Cell<LeafKind>,
+    /// The leaf's kind when the current poll began (`leaf_kind` is `Unset` meanwhile); the
+    /// payload fields still hold that leaf's until a future records its own.
+    leaf_kind_before: Cell<LeafKind>,
     leaf_arg: Cell<u32>,
     leaf_len: Cell<u32>,
     leaf_data: Cell<LeafData>,
@@ -149,6 +152,7 @@ impl Header {
             join_waker: Cell::new(None),
             extras: Cell::new(None),
             leaf_kind: Cell::new(Leaf::NONE.kind),
+            leaf_kind_before: Cell::new(Leaf::NONE.kind),
             leaf_arg: Cell::new(Leaf::NONE.arg),
             leaf_len: Cell::new(Leaf::NONE.len),
             leaf_data: Cell::new(Leaf::NONE.data),
@@ -171,15 +175,24 @@ impl Header {
     /// Records the leaf a runtime future is suspending the task on (see `awaiting::note`),
     /// unless one was recorded earlier in this poll: the first future a poll leaves pending
     /// stands (a select's main branch before its shutdown branch). `new`: the future has just
-    /// started this wait.
+    /// started this wait; otherwise the wait is new only if it is not the one the last poll
+    /// left (whose payload the fields still hold).
     #[inline]
     pub(crate) fn set_leaf(&self, leaf: Leaf, new: bool) {
         if self.leaf_kind.get() != LeafKind::Unset {
             return;
         }
-        self.replace_leaf(leaf);
-        if new {
+        if new || !leaf.same_as(&self.leaf_before()) {
             self.set(WAIT_NEW);
+        }
+        self.replace_leaf(leaf);
+    }
+
+    /// The leaf the last poll left, while a poll runs.
+    fn leaf_before(&self) -> Leaf {
+        Leaf {
+            kind: self.leaf_kind_before.get(),
+            ..self.leaf()
         }
     }
 
@@ -203,24 +216,32 @@ impl Header {
         self.polls.get()
     }
 
-    /// Before a poll: counts it, and marks the leaf unset, returning the one the last poll
-    /// left (to tell a new wait from the same one after the poll).
+    /// Before a poll: counts it, and marks the leaf unset (keeping its kind aside, to tell a
+    /// new wait from the same one when a future records its leaf).
     #[inline]
-    fn begin_poll_leaf(&self) -> Leaf {
+    fn begin_poll_leaf(&self) {
         self.polls.set(self.polls.get().saturating_add(1));
-        let before = self.leaf();
+        if cfg!(ringloop_no_leaves) {
+            return;
+        }
+        self.leaf_kind_before.set(self.leaf_kind.get());
         self.leaf_kind.set(LeafKind::Unset);
-        before
     }
 
     /// After a poll that returned `Pending`: a leaf nobody recorded is a foreign future, and a
-    /// new wait (so marked by its future, or unlike the one before) starts its clock now.
+    /// new wait (so marked by its future or by `set_leaf`) starts its clock now.
     #[inline]
-    fn end_poll_leaf(&self, before: &Leaf, sched: &dyn Schedule) {
-        if self.leaf_kind.get() == LeafKind::Unset {
-            self.leaf_kind.set(LeafKind::Foreign);
+    fn end_poll_leaf(&self, sched: &dyn Schedule) {
+        if cfg!(ringloop_no_leaves) {
+            return;
         }
-        if self.has(WAIT_NEW) || !self.leaf().same_as(before) {
+        if self.leaf_kind.get() == LeafKind::Unset {
+            self.replace_leaf(Leaf::FOREIGN);
+            if self.leaf_kind_before.get() != LeafKind::Foreign {
+                self.set(WAIT_NEW);
+            }
+        }
+        if self.has(WAIT_NEW) {
             self.wait_since.set(sched.wait_tick());
         }
     }
@@ -471,9 +492,19 @@ enum Stage<F: Future> {
     Consumed,
 }
 
+/// `repr(C)`: the header is at the start of every cell, so a type-erased task's header is its
+/// data pointer (`header_of`), found without a call through the `TaskDyn` vtable.
+#[repr(C)]
 pub(crate) struct TaskCell<F: Future> {
     header: Header,
     stage: UnsafeCell<Stage<F>>,
+}
+
+/// The header of a type-erased task, read off its data pointer (every task is a `TaskCell`,
+/// whose header comes first).
+#[inline]
+pub(crate) fn header_of(task: &TaskPtr) -> *const Header {
+    Arc::as_ptr(task).cast::<Header>()
 }
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
@@ -642,7 +673,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
         }
         h.set(STARTED | RUNNING);
         h.clear(DELIVERED | WAIT_NEW);
-        let leaf_before = h.begin_poll_leaf();
+        h.begin_poll_leaf();
         let _current = context::set_current(me);
         // The waker borrows this poll's reference instead of taking a count of its own: it is
         // never dropped (ManuallyDrop), and `clone` takes a real count.
@@ -676,7 +707,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
                 }
             }
             Ok(Poll::Pending) => {
-                h.end_poll_leaf(&leaf_before, sched);
+                h.end_poll_leaf(sched);
                 if cancel_at_start && h.has(CANCEL_PENDING) && !h.has(MAIN) {
                     // Nothing in the await chain could observe the request (a foreign future):
                     // fall back to Rust's cancel, dropping the future.
@@ -846,6 +877,22 @@ mod tests {
         let cell = new_task(future, None, Arc::new(NoLoop));
         let ptr: TaskPtr = cell.clone();
         (cell, ptr)
+    }
+
+    /// Every task is a `TaskCell`, so its header sits at its data pointer, whatever the
+    /// future's alignment.
+    #[test]
+    fn a_task_header_is_at_its_data_pointer() {
+        #[repr(align(64))]
+        struct Aligned(u8);
+        let big = async {
+            let a = Aligned(1);
+            std::future::ready(()).await;
+            a.0
+        };
+        for ptr in [spawn_here(async {}).1, spawn_here(big).1] {
+            assert!(std::ptr::eq(header_of(&ptr), ptr.header()));
+        }
     }
 
     #[test]
