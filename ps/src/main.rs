@@ -55,8 +55,11 @@ enum What {
     Ps,
     /// The runtime's counters.
     Stats,
-    /// The op table: tasks waiting per op kind, ops in flight.
+    /// The op table: per op kind, the tasks waiting on it, its ops' counts and latencies.
     Ops,
+    /// The stats and the op kinds as Prometheus text (labelled `runtime="<pid>-<n>"`; always
+    /// text).
+    Metrics,
     /// Which runtime answers: pid, thread, backend, task count.
     Info,
 }
@@ -68,6 +71,7 @@ impl What {
             What::Ps => "ps",
             What::Stats => "stats",
             What::Ops => "ops",
+            What::Metrics => "metrics",
             What::Info => "info",
         }
     }
@@ -109,7 +113,10 @@ fn run(args: &Args) -> Result<(), String> {
         }
     }
     let mut out = io::stdout().lock();
-    if args.json {
+    if args.what == What::Metrics {
+        // One exposition: each metric's HELP and TYPE once, however many runtimes answer.
+        let _ = out.write_all(merge_metrics(&answers).as_bytes());
+    } else if args.json {
         let values: Vec<serde_json::Value> = answers
             .iter()
             .map(|a| serde_json::from_str(a).map_err(|e| format!("a bad JSON answer: {e}")))
@@ -147,7 +154,7 @@ fn ask(socket: &Path, command: &str, json: bool, timeout: Duration) -> Result<St
     })?;
     let _ = stream.set_read_timeout(Some(timeout));
     let _ = stream.set_write_timeout(Some(timeout));
-    let line = if json {
+    let line = if json && command != "metrics" {
         format!("{command} json\n")
     } else {
         format!("{command}\n")
@@ -176,6 +183,50 @@ fn ask(socket: &Path, command: &str, json: bool, timeout: Duration) -> Result<St
         return Err("the runtime closed the connection without an answer".to_owned());
     }
     String::from_utf8(answer).map_err(|_| "an answer that is not UTF-8".to_owned())
+}
+
+/// Prometheus texts of several runtimes as one: the samples of each metric together, under
+/// its `# HELP` and `# TYPE` lines, given once.
+fn merge_metrics(answers: &[String]) -> String {
+    let mut order: Vec<String> = Vec::new();
+    let mut metrics: BTreeMap<String, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    for answer in answers {
+        let mut current = String::new();
+        for line in answer.lines() {
+            if let Some(rest) = line
+                .strip_prefix("# HELP ")
+                .or_else(|| line.strip_prefix("# TYPE "))
+            {
+                current = rest.split(' ').next().unwrap_or("").to_owned();
+                let entry = metrics.entry(current.clone()).or_insert_with(|| {
+                    order.push(current.clone());
+                    (Vec::new(), Vec::new())
+                });
+                if !entry.0.iter().any(|l| l == line) {
+                    entry.0.push(line.to_owned());
+                }
+            } else if !line.is_empty() {
+                metrics
+                    .entry(current.clone())
+                    .or_insert_with(|| {
+                        order.push(current.clone());
+                        (Vec::new(), Vec::new())
+                    })
+                    .1
+                    .push(line.to_owned());
+            }
+        }
+    }
+    let mut out = String::new();
+    for name in order {
+        if let Some((head, samples)) = metrics.get(&name) {
+            for l in head.iter().chain(samples) {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+    }
+    out
 }
 
 /// The directories a live view's sockets may be in, in the order the runtime chooses them

@@ -247,6 +247,31 @@ fn by_pid_every_runtime_of_the_process_answers() {
         serde_json::from_str(&stdout(&cli(&[&pid_arg, "info", "--json"], &env))).unwrap();
     assert_eq!(json.as_array().map(Vec::len), Some(2), "{json}");
 
+    // Metrics of both runtimes as one exposition: each metric's TYPE once, a sample each.
+    let metrics = stdout(&cli(&[&pid_arg, "metrics"], &env));
+    assert_eq!(
+        metrics
+            .matches("# TYPE ringloop_tasks_alive gauge\n")
+            .count(),
+        1,
+        "{metrics}"
+    );
+    let alive: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("ringloop_tasks_alive{"))
+        .collect();
+    assert_eq!(alive.len(), 2, "{metrics}");
+    assert!(
+        alive[0].contains(&format!("runtime=\"{pid}-0\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ringloop_op_completed_total{") && l.contains("op=\"accept\"")),
+        "{metrics}"
+    );
+
     // The listing shows this process with its two runtimes.
     let list = stdout(&cli(&[], &env));
     let row = list

@@ -41,8 +41,8 @@
 //! | `tree`    | [`TaskTree::to_text`](crate::TaskTree::to_text) | `tree` ([`TaskTree::to_json`](crate::TaskTree::to_json)) |
 //! | `ps`      | [`TaskTree::ps_table`](crate::TaskTree::ps_table) | `tree`          |
 //! | `stats`   | `name value` lines of [`RuntimeStats`](crate::RuntimeStats) | `stats` |
-//! | `ops`     | the op table: tasks waiting per op kind, ops in flight | `ops`    |
-//! | `metrics` | Prometheus text (always text)                 | -                 |
+//! | `ops`     | the op table: per op kind, the tasks waiting on it now and its ops' counts and latencies ([`OpKindStats`](crate::OpKindStats)) | `ops` |
+//! | `metrics` | Prometheus text, labelled `runtime="<pid>-<n>"`, no header (see [`metrics`](crate::metrics)) | - (always text) |
 //! | `info`    | the header line alone                         | `runtime`         |
 //!
 //! A text answer starts with a header line, `# ringloop <pid>-<n> thread '<name>' <backend>:

@@ -49,6 +49,7 @@ pub mod driver;
 mod handshake;
 pub mod inspect;
 mod loop_thread;
+pub mod metrics;
 mod promise;
 mod remote;
 mod runtime;
@@ -67,6 +68,7 @@ pub use combinators::{
     as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted, AsTask,
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
+pub use driver::opstats::OpKindStats;
 pub use driver::{
     is_cancelled, start_detached, Backend, BufPool, BufWait, CompletionList, Detached, DetachedOp,
     FdTarget, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf, SharedFd,
@@ -76,8 +78,8 @@ pub use promise::{Promise, PromiseError, SetError};
 pub use remote::{RemoteError, RemoteTask};
 pub use runtime::{
     buffer_pool, call_at, call_exception_handler, call_later, call_soon, current_backend,
-    current_stats, multishot_recv, recv_bundles, registered_fds, set_exception_handler, stop, time,
-    zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
+    current_op_stats, current_stats, metrics_text, multishot_recv, recv_bundles, registered_fds,
+    set_exception_handler, stop, time, zero_copy_send, Builder, ExceptionContext, Handle, Runtime,
 };
 pub use shards::{Placement, Shard, ShardError, ShardStats, Shards, ShardsBuilder, Stopper};
 pub use signal::{ctrl_c, signal, Signal, SignalKind};

@@ -215,6 +215,9 @@ pub struct Op<T: OpKind> {
     state: State,
     /// The driver this op was first polled on; `None` until then.
     driver: Option<DriverHandle>,
+    /// When it started waiting, on the loop's clock (`DriverHandle::op_submitted`), for its
+    /// kind's latency; 0 while it has not waited.
+    started: u64,
 }
 
 impl<T: OpKind> Unpin for Op<T> {}
@@ -245,11 +248,13 @@ impl<T: OpKind> Op<T> {
             data: Some(DriverHandle::boxed_here(kind)),
             state: State::Unsubmitted,
             driver: None,
+            started: 0,
         }
     }
 
     /// Completes the op; its box goes back to `driver` for the next op.
     fn finish(&mut self, driver: &DriverHandle, result: io::Result<u32>, flags: u32) -> T::Output {
+        driver.op_finished(OpName::<T>::NAME, self.started, &result);
         self.state = State::Done;
         let data = self.data.take().expect("Op polled after completion");
         driver.unboxed(data).complete(result, flags)
@@ -305,6 +310,7 @@ impl<T: OpKind> Op<T> {
                 )),
                 Some(Ok(key)) => {
                     self.state = State::InFlight { key, cancel: None };
+                    self.started = driver.op_submitted(OpName::<T>::NAME);
                     note_waiting(&**data, true);
                     Poll::Pending
                 }
@@ -418,6 +424,9 @@ impl<T: OpKind> Op<T> {
                         self.state = State::Waiting {
                             waiter: Some((fd, token)),
                         };
+                        if waiter.is_none() {
+                            self.started = driver.op_submitted(OpName::<T>::NAME);
+                        }
                         note_waiting(&**data, waiter.is_none());
                         Poll::Pending
                     }
@@ -468,7 +477,14 @@ impl<T: OpKind> Drop for Op<T> {
         let Some(driver) = self.driver.take() else {
             return; // never polled: nothing reached a driver
         };
-        match std::mem::replace(&mut self.state, State::Done) {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        if matches!(
+            state,
+            State::InFlight { .. } | State::Waiting { waiter: Some(_) }
+        ) {
+            driver.op_dropped(OpName::<T>::NAME);
+        }
+        match state {
             State::InFlight { key, .. } => {
                 if let Some(data) = self.data.take() {
                     // To the driver that holds the SQE, now or (if it is borrowed: this drop

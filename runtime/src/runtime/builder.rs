@@ -349,7 +349,6 @@ impl Builder {
             counters: Counters::default(),
             expired: RefCell::new(Vec::new()),
             wakes_queued: Cell::new(false),
-            wait_tick: Cell::new(None),
             inspector,
         };
         Ok(Runtime {

@@ -34,9 +34,11 @@ const MAX_REQUEST: usize = 256;
 const CONN_DEADLINE: Duration = Duration::from_secs(10);
 /// Bytes written to one connection per turn; the rest in a later iteration.
 const WRITE_BUDGET: usize = 1 << 20;
+/// How long the listener rests after an accept that failed for want of descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The commands, for error messages.
-const COMMANDS: &str = "tree, ps, stats, ops or info";
+const COMMANDS: &str = "tree, ps, stats, ops, metrics or info";
 
 /// Counts the inspected runtimes of this process: the `<n>` of `<pid>-<n>.sock`.
 static NEXT_SERIAL: AtomicU32 = AtomicU32::new(0);
@@ -72,6 +74,8 @@ struct Server {
     listener: Option<SharedFd>,
     /// The poll op the listener waits in.
     accept: Option<Op<Ready>>,
+    /// Accepting failed for want of descriptors or memory: not before this.
+    retry_at: Option<Instant>,
     conns: Vec<Conn>,
     waker: Waker,
 }
@@ -123,6 +127,7 @@ impl Inspector {
                 bound: Some(listener),
                 listener: None,
                 accept: None,
+                retry_at: None,
                 conns: Vec::new(),
                 waker,
             }),
@@ -214,7 +219,7 @@ impl Inspector {
             "tree" | "ps" => {
                 let tree = core.task_tree();
                 if json {
-                    Ok((String::new(), tree_value(&tree)))
+                    Ok((tree.to_json(), serde_json::Value::Null))
                 } else if command == "tree" {
                     Ok((tree.to_text(), serde_json::Value::Null))
                 } else {
@@ -228,7 +233,14 @@ impl Inspector {
             }
             "ops" => {
                 let ops = ops_table(core);
-                Ok((ops_text(&ops), ops))
+                Ok((ops_text(core, &ops), ops))
+            }
+            "metrics" => {
+                let runtime = format!("{}-{}", std::process::id(), self.serial);
+                Ok((
+                    core.metrics_text(&[("runtime", &runtime)]),
+                    serde_json::Value::Null,
+                ))
             }
             "info" => Ok((String::new(), serde_json::Value::Null)),
             "" => Err(format!("error: empty request (expected {COMMANDS})")),
@@ -239,19 +251,22 @@ impl Inspector {
         let took = start.elapsed();
         match body {
             Err(e) => format!("{e}\n").into_bytes(),
-            Ok((_, value)) if json => {
-                let key = match command {
-                    "ps" => "tree",
-                    "info" => "runtime",
-                    c => c,
+            // Prometheus text, as a collector reads it: no header, never JSON.
+            Ok((text, _)) if command == "metrics" => text.into_bytes(),
+            Ok((text, value)) if json => {
+                // `{"runtime": ..., "<key>": ...}`, the tree written straight from its own
+                // serialiser (no intermediate value: it is the large one).
+                let info = serde_json::to_string(&self.info(core, took)).expect("info serialises");
+                let body = match command {
+                    "info" => None,
+                    "tree" | "ps" => Some(("tree", text)),
+                    c => Some((c, serde_json::to_string(&value).expect("answers serialise"))),
                 };
-                let mut out = serde_json::Map::new();
-                out.insert("runtime".into(), self.info(core, took));
-                if key != "runtime" {
-                    out.insert(key.into(), value);
+                let mut s = format!("{{\"runtime\":{info}");
+                if let Some((key, json)) = body {
+                    let _ = write!(s, ",\"{key}\":{json}");
                 }
-                let mut s = serde_json::to_string(&out).expect("answers serialise");
-                s.push('\n');
+                s.push_str("}\n");
                 s.into_bytes()
             }
             Ok((text, _)) => {
@@ -274,11 +289,6 @@ fn thread_name() -> String {
         .name()
         .unwrap_or("unnamed")
         .to_owned()
-}
-
-/// The tree as the JSON value `TaskTree::to_json` writes.
-fn tree_value(tree: &crate::TaskTree) -> serde_json::Value {
-    serde_json::to_value(tree).expect("a task tree always serialises")
 }
 
 fn stats_text(value: &serde_json::Value) -> String {
@@ -306,19 +316,77 @@ fn ops_table(core: &Core) -> serde_json::Value {
     serde_json::json!({
         "in_flight": stats.ops_in_flight,
         "waiting_tasks": waiting,
+        "kinds": core.op_stats(),
     })
 }
 
-fn ops_text(ops: &serde_json::Value) -> String {
+/// The op table: per op kind, the tasks waiting on it now, then what its ops did since the
+/// runtime started (the latencies as the upper bounds of their buckets).
+fn ops_text(core: &Core, ops: &serde_json::Value) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "{:<16} {:>14}", "OP", "WAITING TASKS");
+    let _ = writeln!(
+        out,
+        "{:<16} {:>8} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}",
+        "OP",
+        "WAITING",
+        "SUBMITTED",
+        "COMPLETED",
+        "IMMEDIATE",
+        "ERRORS",
+        "CANCELS",
+        "INFLIGHT",
+        "P50",
+        "P99"
+    );
+    let kinds = core.op_stats();
+    let mut names: Vec<&str> = kinds.iter().map(|k| k.op).collect();
     if let Some(map) = ops["waiting_tasks"].as_object() {
-        for (op, n) in map {
-            let _ = writeln!(out, "{op:<16} {n:>14}");
+        for op in map.keys() {
+            if !names.contains(&op.as_str()) {
+                names.push(op);
+            }
         }
+    }
+    let quantile = |k: Option<&crate::OpKindStats>, q| match k.map(|k| k.latency_quantile_us(q)) {
+        Some(Some(us)) => format!("≤{}", Millis(Duration::from_micros(us))),
+        Some(None) if k.is_some_and(|k| k.completed > k.immediate) => ">33 s".to_owned(),
+        _ => "-".to_owned(),
+    };
+    for name in names {
+        let waiting = ops["waiting_tasks"][name].as_u64().unwrap_or(0);
+        let k = kinds.iter().find(|k| k.op == name);
+        let n = |f: fn(&crate::OpKindStats) -> u64| k.map_or(0, f);
+        let _ = writeln!(
+            out,
+            "{name:<16} {waiting:>8} {:>10} {:>10} {:>10} {:>8} {:>8} {:>8} {:>10} {:>10}",
+            n(|k| k.submitted),
+            n(|k| k.completed),
+            n(|k| k.immediate),
+            n(|k| k.errors),
+            n(|k| k.cancelled),
+            n(|k| k.in_flight),
+            quantile(k, 0.5),
+            quantile(k, 0.99),
+        );
     }
     let _ = writeln!(out, "ops in flight: {}", ops["in_flight"]);
     out
+}
+
+/// A latency as `512 µs`, `1.024 ms` or `2.097 s`.
+struct Millis(Duration);
+
+impl std::fmt::Display for Millis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let us = self.0.as_micros();
+        if us < 1000 {
+            write!(f, "{us} µs")
+        } else if us < 1_000_000 {
+            write!(f, "{}.{:03} ms", us / 1000, us % 1000)
+        } else {
+            write!(f, "{}.{:03} s", us / 1_000_000, (us / 1000) % 1000)
+        }
+    }
 }
 
 impl Server {
@@ -336,6 +404,12 @@ impl Server {
             }
             self.accept = None;
         }
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                return; // backing off (below); the timer wakes us
+            }
+            self.retry_at = None;
+        }
         loop {
             // SAFETY: accepting on a descriptor the listener keeps open; the new descriptor
             // is owned at once.
@@ -352,10 +426,16 @@ impl Server {
                 if is_interrupted(&e) {
                     continue;
                 }
-                // `WouldBlock`: drained. Anything else (`EMFILE`, say) leaves the connection
-                // in the backlog for a later try; the poll op fires again at once if so,
-                // which is why the loop of the next turn is not entered here.
-                break;
+                if is_would_block(&e) {
+                    break; // drained
+                }
+                // Out of descriptors (`EMFILE`) or memory: the connection stays in the
+                // backlog, and the poll op would fire again at once, turning the loop without
+                // rest. Try again in a while instead, woken by a timer.
+                let at = Instant::now() + ACCEPT_BACKOFF;
+                self.retry_at = Some(at);
+                core.timers.add(at, TimerAction::Wake(self.waker.clone()));
+                return;
             }
             // SAFETY: `fd` is fresh and ours.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };

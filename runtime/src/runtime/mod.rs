@@ -138,9 +138,6 @@ pub(crate) struct Core {
     expired: RefCell<Vec<TimerAction>>,
     /// A wake to another loop was queued on this loop's ring since the last flush.
     wakes_queued: Cell<bool>,
-    /// This iteration's clock as a wait tick (`Schedule::wait_tick`): read on first use,
-    /// forgotten when the next iteration starts.
-    wait_tick: Cell<Option<u32>>,
     /// The live view's server (`Builder::inspect`), served between iterations.
     inspector: Option<inspect::Inspector>,
 }
@@ -191,16 +188,11 @@ impl Schedule for Core {
         bump(&self.counters.polls);
     }
 
+    /// The loop's clock of this iteration (`DriverHandle::now_ns`, read on first use and
+    /// shared with the ops' latencies), in milliseconds.
     #[inline]
     fn wait_tick(&self) -> u32 {
-        match self.wait_tick.get() {
-            Some(t) => t,
-            None => {
-                let t = crate::task::awaiting::tick_of(Instant::now());
-                self.wait_tick.set(Some(t));
-                t
-            }
-        }
+        (self.driver.now_ns() / 1_000_000) as u32
     }
 }
 
@@ -378,6 +370,16 @@ impl Core {
         TaskTree::build(flat)
     }
 
+    /// Counts and latencies per op kind.
+    pub(crate) fn op_stats(&self) -> Vec<crate::OpKindStats> {
+        self.driver.op_stats()
+    }
+
+    /// The stats and the op kinds as Prometheus text, labelled with `labels`.
+    pub(crate) fn metrics_text(&self, labels: &[(&str, &str)]) -> String {
+        crate::metrics::prometheus(&self.stats(), &self.op_stats(), labels)
+    }
+
     fn stats(&self) -> RuntimeStats {
         let c = &self.counters;
         let (d, in_flight) = self
@@ -463,6 +465,9 @@ impl Core {
             self.shared.park.end_park();
             r?;
         }
+        // A new reading of the clock for what this iteration starts and sees complete (read
+        // when first asked for: `DriverHandle::now_ns`).
+        self.driver.reset_clock();
         // Wakers run only now, with the driver no longer borrowed: a waker is foreign code and
         // may drop or poll ops.
         self.wake_collected();
@@ -503,9 +508,8 @@ impl Core {
             }
         }
 
-        // 5. Run what is ready now, and only that. Waits that start in this pass share one
-        // reading of the clock (`wait_tick`), taken when the first one asks.
-        self.wait_tick.set(None);
+        // 5. Run what is ready now, and only that. Waits and ops that start in this pass share
+        // one reading of the clock (`wait_tick`, `DriverHandle::now_ns`).
         let n = self.ready.borrow().len();
         for _ in 0..n {
             let Some(item) = self.ready.borrow_mut().pop_front() else {
@@ -851,6 +855,17 @@ impl Runtime {
         self.core.describe_backend()
     }
 
+    /// Counts and latencies per op kind (every [`OpKind`](crate::OpKind) this runtime ran, by
+    /// its name), in the order the kinds were first seen.
+    pub fn op_stats(&self) -> Vec<crate::OpKindStats> {
+        self.core.op_stats()
+    }
+
+    /// The stats and the op kinds as Prometheus text (see [`metrics`](crate::metrics)).
+    pub fn metrics_text(&self) -> String {
+        self.core.metrics_text(&[])
+    }
+
     /// Where this runtime serves its live view (see [`Builder::inspect`]), if it does.
     pub fn inspect_socket(&self) -> Option<&std::path::Path> {
         self.core.inspector.as_ref().map(inspect::Inspector::path)
@@ -1051,6 +1066,26 @@ pub fn current_backend() -> Backend {
 #[track_caller]
 pub fn current_stats() -> RuntimeStats {
     with_core(|core| core.stats())
+}
+
+/// Counts and latencies per op kind of the running runtime (what [`Runtime::op_stats`] gives
+/// its owner).
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn current_op_stats() -> Vec<crate::OpKindStats> {
+    with_core(|core| core.op_stats())
+}
+
+/// The running runtime's stats and op kinds as Prometheus text (what
+/// [`Runtime::metrics_text`] gives its owner; see [`metrics`](crate::metrics)).
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn metrics_text() -> String {
+    with_core(|core| core.metrics_text(&[]))
 }
 
 /// Whether sends use io_uring's zero-copy `SEND_ZC` on the running runtime (see
