@@ -14,8 +14,8 @@
 //! assert!(text.contains("# TYPE ringloop_tasks_spawned_total counter\nringloop_tasks_spawned_total 1\n"));
 //! ```
 //!
-//! Counters end in `_total`; `tasks_alive`, `timers_pending`, `ops_in_flight`,
-//! `pooled_buffers_out` and `ringloop_op_in_flight` are gauges. `ringloop_op_latency_seconds` is a
+//! Counters end in `_total`; `tasks_alive`, `timers_pending`, `ops_in_flight` and
+//! `pooled_buffers_out` are gauges. `ringloop_op_latency_seconds` is a
 //! histogram per op kind (label `op`) with buckets at powers of two of microseconds, from 1 µs
 //! to 2^25 µs (about 33.5 s): the time from an op's submission (io_uring) or readiness wait
 //! (epoll) to its completion, on the loop's clock, which is read once per loop iteration.
@@ -131,12 +131,7 @@ pub fn prometheus(stats: &RuntimeStats, ops: &[OpKindStats], labels: &[(&str, &s
         );
         let _ = writeln!(out, "{name}{base} {value}");
     }
-    let per_kind: [PerKind; 7] = [
-        (
-            "ringloop_op_submitted_total",
-            "Ops that had to wait (submitted to the ring, or registered with epoll), per op kind.",
-            |k| k.submitted,
-        ),
+    let per_kind: [PerKind; 5] = [
         (
             "ringloop_op_completed_total",
             "Ops that finished, per op kind.",
@@ -162,20 +157,10 @@ pub fn prometheus(stats: &RuntimeStats, ops: &[OpKindStats], labels: &[(&str, &s
             "Ops whose future was dropped while they waited, per op kind.",
             |k| k.dropped,
         ),
-        (
-            "ringloop_op_in_flight",
-            "Ops waiting now, per op kind.",
-            |k| k.in_flight,
-        ),
     ];
     if !ops.is_empty() {
         for (name, help, get) in per_kind {
-            let kind = if name.ends_with("_total") {
-                "counter"
-            } else {
-                "gauge"
-            };
-            header(&mut out, name, kind, help);
+            header(&mut out, name, "counter", help);
             for k in ops {
                 let l = label_set(labels, &[("op", k.op)]);
                 let _ = writeln!(out, "{name}{l} {}", get(k));
@@ -272,13 +257,11 @@ mod tests {
         };
         let mut send = OpKindStats {
             op: "send",
-            submitted: 2,
             completed: 3,
             immediate: 1,
             errors: 0,
             cancelled: 0,
             dropped: 0,
-            in_flight: 0,
             latency_buckets: [0; crate::driver::opstats::LATENCY_BUCKETS],
             latency_sum_us: 1_500_003,
         };
@@ -289,7 +272,7 @@ mod tests {
             "# TYPE ringloop_tasks_alive gauge\nringloop_tasks_alive{runtime=\"7-0\"} 3\n"
         ));
         assert!(text.contains("ringloop_polls_total{runtime=\"7-0\"} 40\n"));
-        assert!(text.contains("ringloop_op_submitted_total{runtime=\"7-0\",op=\"send\"} 2\n"));
+        assert!(text.contains("ringloop_op_completed_total{runtime=\"7-0\",op=\"send\"} 3\n"));
         assert!(text.contains(
             "ringloop_op_latency_seconds_bucket{runtime=\"7-0\",op=\"send\",le=\"0.000001\"} 1\n"
         ));

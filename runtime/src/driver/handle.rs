@@ -129,13 +129,10 @@ impl DriverHandle {
         self.inner.now_ns.set(0);
     }
 
-    /// An op of kind `name` starts waiting; returns when (`now_ns`), to give back to
+    /// An op starts waiting: when (`now_ns`), to give back to
     /// [`op_finished`](Self::op_finished).
     #[inline]
-    pub(crate) fn op_submitted(&self, name: &'static AwaitName) -> u64 {
-        if let Ok(mut ops) = self.inner.ops.try_borrow_mut() {
-            ops.submitted(name);
-        }
+    pub(crate) fn op_submitted(&self) -> u64 {
         self.now_ns()
     }
 

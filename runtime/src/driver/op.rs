@@ -310,7 +310,7 @@ impl<T: OpKind> Op<T> {
                 )),
                 Some(Ok(key)) => {
                     self.state = State::InFlight { key, cancel: None };
-                    self.started = driver.op_submitted(OpName::<T>::NAME);
+                    self.started = driver.op_submitted();
                     note_waiting(&**data, true);
                     Poll::Pending
                 }
@@ -425,7 +425,7 @@ impl<T: OpKind> Op<T> {
                             waiter: Some((fd, token)),
                         };
                         if waiter.is_none() {
-                            self.started = driver.op_submitted(OpName::<T>::NAME);
+                            self.started = driver.op_submitted();
                         }
                         note_waiting(&**data, waiter.is_none());
                         Poll::Pending

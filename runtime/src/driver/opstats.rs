@@ -1,10 +1,12 @@
 //! Counts and latencies per op kind, kept by each driver for [`OpKindStats`] and the metrics.
 //!
-//! An op counts itself when it starts waiting (submitted to the ring, or registered with
-//! epoll) and when it finishes, through the driver handle it already holds: no thread-local,
-//! no allocation after a kind's first op. Kinds are told apart by their name's address (the
-//! `static` every `OpKind::NAME` becomes), then by the name's text, in a short list: a server
-//! uses a handful of kinds.
+//! An op counts itself once, when it finishes or when its future is dropped while it waits,
+//! through the driver handle it already holds: no thread-local, no allocation after a kind's
+//! first op. (When it starts waiting it only notes the time.) Kinds are told apart by their
+//! name's address (the `static` every `OpKind::NAME` becomes; the kind found last is tried
+//! first), then by the name's text, in a short list: a server uses a handful of kinds. Ops
+//! waiting now are not counted here: the tasks suspended on them are (the live view's op
+//! table), and the driver's `ops_in_flight` counts them all.
 //!
 //! Latency is the time from the start of the wait to the completion, both read from the loop's
 //! clock, which is read at most once per loop iteration: so it is the time between the loop
@@ -29,9 +31,6 @@ pub fn latency_bucket_bound_us(i: usize) -> Option<u64> {
 pub struct OpKindStats {
     /// The kind's [`OpKind::NAME`](crate::OpKind::NAME).
     pub op: &'static str,
-    /// Ops that had to wait: submitted to the ring (io_uring), or registered for readiness
-    /// (epoll).
-    pub submitted: u64,
     /// Ops that finished, whether or not they waited.
     pub completed: u64,
     /// Ops that finished without waiting (tried as a system call first, or refused at once).
@@ -42,8 +41,6 @@ pub struct OpKindStats {
     pub cancelled: u64,
     /// Ops whose future was dropped while they waited (the op was cancelled in the kernel).
     pub dropped: u64,
-    /// Ops waiting now: `submitted - (completed - immediate) - dropped`.
-    pub in_flight: u64,
     /// How long the ops that waited took, from the wait's start to the completion, in
     /// microseconds: counts per bucket (see [`latency_bucket_bound_us`]).
     pub latency_buckets: [u64; LATENCY_BUCKETS],
@@ -75,7 +72,6 @@ impl OpKindStats {
 /// One kind's counters, as the driver keeps them.
 struct Kind {
     name: &'static AwaitName,
-    submitted: u64,
     completed: u64,
     immediate: u64,
     errors: u64,
@@ -97,11 +93,25 @@ pub(crate) enum Finish {
 #[derive(Default)]
 pub(crate) struct OpStatsTable {
     kinds: Vec<Kind>,
+    /// The kind found last: most ops are of the kind before them (a server's sends).
+    last: usize,
 }
 
 impl OpStatsTable {
     #[inline]
     fn kind(&mut self, name: &'static AwaitName) -> &mut Kind {
+        if self
+            .kinds
+            .get(self.last)
+            .is_some_and(|k| std::ptr::eq(k.name, name))
+        {
+            return &mut self.kinds[self.last];
+        }
+        self.find(name)
+    }
+
+    #[cold]
+    fn find(&mut self, name: &'static AwaitName) -> &mut Kind {
         let i = match self
             .kinds
             .iter()
@@ -111,7 +121,6 @@ impl OpStatsTable {
             None => {
                 self.kinds.push(Kind {
                     name,
-                    submitted: 0,
                     completed: 0,
                     immediate: 0,
                     errors: 0,
@@ -123,13 +132,8 @@ impl OpStatsTable {
                 self.kinds.len() - 1
             }
         };
+        self.last = i;
         &mut self.kinds[i]
-    }
-
-    /// An op of kind `name` starts waiting.
-    #[inline]
-    pub(crate) fn submitted(&mut self, name: &'static AwaitName) {
-        self.kind(name).submitted += 1;
     }
 
     /// An op of kind `name` finished; `waited_ns` is how long it waited, if it did.
@@ -169,16 +173,11 @@ impl OpStatsTable {
             .iter()
             .map(|k| OpKindStats {
                 op: k.name.as_str(),
-                submitted: k.submitted,
                 completed: k.completed,
                 immediate: k.immediate,
                 errors: k.errors,
                 cancelled: k.cancelled,
                 dropped: k.dropped,
-                in_flight: k
-                    .submitted
-                    .saturating_sub(k.completed - k.immediate)
-                    .saturating_sub(k.dropped),
                 latency_buckets: k.buckets,
                 latency_sum_us: k.sum_us,
             })
@@ -225,11 +224,8 @@ mod tests {
     #[test]
     fn kinds_are_counted_apart_and_by_name() {
         let mut t = OpStatsTable::default();
-        t.submitted(&SEND);
-        t.submitted(&SEND_AGAIN); // the same name at another address
-        t.submitted(&RECV);
         t.finished(&SEND, Some(1_500), Finish::Ok); // 1 µs
-        t.finished(&SEND, None, Finish::Error);
+        t.finished(&SEND_AGAIN, None, Finish::Error); // the same name at another address
         t.finished(&RECV, Some(3_000_000), Finish::Cancelled); // 3 ms
         t.dropped(&SEND);
         let s = t.snapshot();
@@ -237,21 +233,14 @@ mod tests {
         let send = &s[0];
         assert_eq!(send.op, "send");
         assert_eq!(
-            (
-                send.submitted,
-                send.completed,
-                send.immediate,
-                send.errors,
-                send.dropped
-            ),
-            (2, 2, 1, 1, 1)
+            (send.completed, send.immediate, send.errors, send.dropped),
+            (2, 1, 1, 1)
         );
-        assert_eq!(send.in_flight, 0);
         assert_eq!(send.latency_buckets[1], 1);
         assert_eq!(send.latency_sum_us, 1);
         assert_eq!(send.latency_quantile_us(0.5), Some(2));
         let recv = &s[1];
-        assert_eq!((recv.cancelled, recv.in_flight), (1, 0));
+        assert_eq!((recv.cancelled, recv.completed), (1, 1));
         assert_eq!(recv.latency_quantile_us(0.99), Some(4096));
         assert_eq!(recv.latency_sum_us, 3000);
     }
