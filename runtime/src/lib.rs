@@ -35,6 +35,29 @@
 //! drops it and returns something else ends with that value. Futures that know nothing of ringloop
 //! cannot receive the request: a task suspended on one is dropped instead (Rust's native cancel).
 //! See [`task`] for the details and [`Cancelled`] for the type.
+//!
+//! # Looking inside
+//!
+//! Every suspended task records what it awaits ([`TaskRef::awaiting`], [`task_tree`]); the live
+//! view ([`inspect`], `ringloop-ps PID`) shows it from outside the process; [`metrics`] gives
+//! the counters and per-op-kind latencies as Prometheus text.
+//!
+//! # Tracing
+//!
+//! With the cargo feature `tracing`, the runtime reports to [`tracing`](https://docs.rs/tracing)
+//! (nothing of it is compiled in without the feature):
+//!
+//! * a span per task, `task` (target `ringloop::task`, level INFO), with the fields
+//!   `task.name`, `task.id` and `task.parent` (the spawning task's id, when there is one),
+//!   entered for each poll of the task and for the drop of its future; a rename is recorded on
+//!   it. Events a task's code emits are inside its span, so a `tracing-subscriber` formatter
+//!   prints `task{task.name=... task.id=...}:` before them;
+//! * events: `cancel requested` (target `ringloop::task`, DEBUG: `task.id`, `task.name`,
+//!   `cancel.message`), `cancel delivered` (DEBUG, inside the cancelled task's span, when a
+//!   runtime future resolves to `Cancelled`), a task's panic (ERROR: the exception handler's
+//!   message, `task.id`, `task.name`, `panic` with the panic's message), `timeout expired:
+//!   cancelling the future inside it` (target `ringloop::time`, DEBUG), and `op failed` (target
+//!   `ringloop::op`, DEBUG: `op`, the op kind's name, and `error`).
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]

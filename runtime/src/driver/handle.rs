@@ -150,7 +150,17 @@ impl DriverHandle {
             Err(e) if super::is_cancelled(e) || e.raw_os_error() == Some(libc::ECANCELED) => {
                 Finish::Cancelled
             }
-            Err(_) => Finish::Error,
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::event!(
+                    target: "ringloop::op",
+                    tracing::Level::DEBUG,
+                    op = name.as_str(),
+                    error = %_e,
+                    "op failed"
+                );
+                Finish::Error
+            }
         };
         let waited = (started != 0).then(|| self.now_ns().saturating_sub(started));
         if let Ok(mut ops) = self.inner.ops.try_borrow_mut() {

@@ -269,6 +269,21 @@ impl Core {
         if let Some(name) = name {
             cell.header().set_name(name);
         }
+        #[cfg(feature = "tracing")]
+        {
+            let h = cell.header();
+            let span = tracing::info_span!(
+                target: "ringloop::task",
+                "task",
+                "task.name" = %h.name(),
+                "task.id" = h.id.as_u64(),
+                "task.parent" = tracing::field::Empty,
+            );
+            if let Some(p) = parent {
+                span.record("task.parent", p.as_u64());
+            }
+            h.set_span(span);
+        }
         let ptr: TaskPtr = cell.clone();
         let key = self.tasks.borrow_mut().insert(ptr.clone());
         cell.set_registry_key(key);
@@ -311,6 +326,15 @@ impl Core {
     }
 
     fn report_panic(&self, task: Option<&TaskPtr>, message: &str, payload: &(dyn Any + Send)) {
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::task",
+            tracing::Level::ERROR,
+            task.id = task.map(|t| t.header().id.as_u64()),
+            task.name = task.map(|t| t.header().name()).as_deref(),
+            panic = panic_message(payload),
+            "{message}"
+        );
         let handler = self.exception_handler.borrow().clone();
         let ctx = ExceptionContext {
             message,

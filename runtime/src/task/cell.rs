@@ -136,6 +136,9 @@ pub(crate) struct Header {
     wait_since: Cell<u32>,
     /// Polls of the future (saturating).
     polls: Cell<u32>,
+    /// The task's `tracing` span, set once at spawn and entered for every poll.
+    #[cfg(feature = "tracing")]
+    span: std::cell::OnceCell<tracing::Span>,
 }
 
 impl Header {
@@ -158,7 +161,21 @@ impl Header {
             leaf_data: Cell::new(Leaf::NONE.data),
             wait_since: Cell::new(0),
             polls: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            span: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Gives the task its `tracing` span (once, at spawn).
+    #[cfg(feature = "tracing")]
+    pub(crate) fn set_span(&self, span: tracing::Span) {
+        let _ = self.span.set(span);
+    }
+
+    /// The task's `tracing` span, if it has one.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.span.get()
     }
 
     /// The leaf the task is (or was last) suspended on.
@@ -293,6 +310,10 @@ impl Header {
     }
 
     pub(crate) fn set_name(&self, name: Cow<'static, str>) {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span() {
+            span.record("task.name", &*name);
+        }
         self.with_extras(|e| e.name = Some(name));
     }
 
@@ -325,6 +346,15 @@ impl Header {
         self.cancel_requests
             .set(self.cancel_requests.get().saturating_add(1));
         self.set(CANCEL_PENDING);
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::task",
+            tracing::Level::DEBUG,
+            task.id = self.id.as_u64(),
+            task.name = %self.name(),
+            cancel.message = message.as_deref(),
+            "cancel requested"
+        );
         if message.is_some() {
             self.with_extras(|e| e.cancel_message = message);
         }
@@ -416,6 +446,14 @@ impl Header {
     /// cancellation the task merely *observed* later, e.g. from a child it cancelled and awaited
     /// during its cleanup, must not overwrite the reason the task itself was cancelled.
     pub(crate) fn deliver(&self, message: Option<Arc<str>>) -> Cancelled {
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::task",
+            tracing::Level::DEBUG,
+            task.id = self.id.as_u64(),
+            cancel.message = message.as_deref(),
+            "cancel delivered"
+        );
         let counter = self.with_extras(|e| {
             if e.cancel_message.is_none() {
                 e.cancel_message.clone_from(&message);
@@ -613,6 +651,8 @@ impl<F: Future + 'static> TaskCell<F> {
     }
 
     fn end_cancelled(&self, me: &TaskPtr, sched: &dyn Schedule) {
+        #[cfg(feature = "tracing")]
+        let _span = self.header.span().map(tracing::Span::enter);
         self.set_stage(sched, me, Stage::Consumed);
         self.finish(me, sched, Outcome::Cancelled);
     }
@@ -675,6 +715,8 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
         h.clear(DELIVERED | WAIT_NEW);
         h.begin_poll_leaf();
         let _current = context::set_current(me);
+        #[cfg(feature = "tracing")]
+        let _span = h.span().map(tracing::Span::enter);
         // The waker borrows this poll's reference instead of taking a count of its own: it is
         // never dropped (ManuallyDrop), and `clone` takes a real count.
         // SAFETY: `self` lives in an `Arc` (`me`), and `me` outlives the waker.
@@ -803,6 +845,9 @@ mod tests {
             "per-task overhead: {overhead} bytes (header {} bytes)",
             std::mem::size_of::<Header>()
         );
+        if cfg!(feature = "tracing") {
+            return; // the task's span adds its own size
+        }
         assert!(overhead <= 144, "per-task overhead is {overhead} bytes");
         assert!(
             std::mem::size_of::<Header>() <= 96,

@@ -598,6 +598,12 @@ impl<F: Future> Future for Timeout<F> {
             return Poll::Pending;
         }
         timer.disarm();
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::time",
+            tracing::Level::DEBUG,
+            "timeout expired: cancelling the future inside it"
+        );
         // Deliver a cancel scoped to this call and let the inner future react to it now.
         let Some(scope) = CancelScope::request() else {
             *phase = Phase::Done;
