@@ -27,6 +27,9 @@
 //! summed over the shards.
 //! `--threads 1` (the default) is the single-runtime server.
 //!
+//! The live view is on (`--no-inspect` turns it off): `ringloop-ps <pid>` shows every task of
+//! the server from outside, what it awaits and for how long, with its stats and op table.
+//!
 //! `--io tokio` serves each connection through tokio's `AsyncRead`/`AsyncWrite` instead
 //! (`net::compat::Io`, a read into a 4 KiB buffer then a write back, as code written for tokio
 //! does it), to measure what the adapter costs against the owned-buffer path; `--io
@@ -109,6 +112,10 @@ struct Args {
     /// adapter's readiness reads (`tokio`) or its pooled reads (`tokio-pooled`).
     #[arg(long, value_enum, default_value = "native")]
     io: IoArg,
+    /// Serve no live view. On by default here: `ringloop-ps <pid>` shows every task, what it
+    /// awaits and for how long, the stats and the op table (see `Builder::inspect`).
+    #[arg(long)]
+    no_inspect: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -189,6 +196,7 @@ fn runtime_builder(args: &Args, backend: Backend) -> ringloop::Builder {
         .registered_fds(args.registered_fds)
         .recv_bundles(!args.no_recv_bundles)
         .multishot_recv(!args.no_multishot_recv)
+        .inspect(!args.no_inspect)
 }
 
 /// What one shard ends with.

@@ -37,6 +37,10 @@
 //!   while they ask for static files, then hands the connection to hyper at the first other
 //!   request (`common/static_files.rs`); hyper's route reads the file whole (TLS, HTTP/2).
 //!
+//! * The live view is on (`--no-inspect` turns it off): `ringloop-ps <pid>` shows every task
+//!   from outside (hyper's connection tasks, what each awaits and for how long), the stats and
+//!   the op table.
+//!
 //! It prints `listening on ADDR (...)` on stdout once it accepts.
 
 use std::convert::Infallible;
@@ -130,6 +134,10 @@ struct Args {
     /// the file straight into the socket) on plain HTTP/1.1 connections.
     #[arg(long = "static", value_name = "DIR")]
     static_dir: Option<PathBuf>,
+    /// Serve no live view. On by default here: `ringloop-ps <pid>` shows every task, what it
+    /// awaits and for how long, the stats and the op table (see `Builder::inspect`).
+    #[arg(long)]
+    no_inspect: bool,
 }
 
 /// What every connection of a runtime shares.
@@ -215,12 +223,16 @@ fn run(args: Args) -> std::io::Result<bool> {
     };
     let scheme = if args.tls { "https" } else { "http" };
 
+    let inspect = !args.no_inspect;
     if args.threads == 1 {
         let listener = TcpListener::builder(args.addr)
             .backlog(args.backlog)
             .bind()?;
         let addr = listener.local_addr()?;
-        let rt = Runtime::builder().backend(backend).build()?;
+        let rt = Runtime::builder()
+            .backend(backend)
+            .inspect(inspect)
+            .build()?;
         let report = rt.block_on(async move {
             let server = serve(listener, Rc::new(config()));
             let stopped = server.shutdown_on_signals(grace)?;
@@ -249,7 +261,7 @@ fn run(args: Args) -> std::io::Result<bool> {
         .count(threads)
         .placement(placement)
         .thread_name("http-shard")
-        .runtime(move |_| Runtime::builder().backend(backend))
+        .runtime(move |_| Runtime::builder().backend(backend).inspect(inspect))
         .start(move |shard| {
             let listeners = listeners.clone();
             let ready = ready_tx.clone();

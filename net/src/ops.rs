@@ -42,6 +42,7 @@ const ACCEPT_FLAGS: libc::c_int = libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
 // `self.fd`, which the op keeps open.
 unsafe impl OpKind for Accept {
     type Output = io::Result<(OwnedFd, SockAddr)>;
+    const NAME: &'static str = "accept";
 
     fn sqe(&mut self) -> squeue::Entry {
         self.len = self.storage.size_of();
@@ -102,6 +103,7 @@ impl Connect {
 // SAFETY: the SQE points at `self.addr`, a field of the boxed op, and names `self.fd`.
 unsafe impl OpKind for Connect {
     type Output = io::Result<()>;
+    const NAME: &'static str = "connect";
 
     fn sqe(&mut self) -> squeue::Entry {
         with_target!(self.fd, t => opcode::Connect::new(t,
@@ -211,6 +213,12 @@ impl<B: IoBufMut> Recv<B> {
 // op, and names `self.fd`.
 unsafe impl<B: IoBufMut> OpKind for Recv<B> {
     type Output = (io::Result<usize>, B);
+    const NAME: &'static str = "recv";
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        Some(self.buf.bytes_total())
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         let len = self.buf.bytes_total().min(u32::MAX as usize) as u32;
@@ -282,6 +290,12 @@ fn is_inet(fd: &SharedFd) -> bool {
 // SAFETY: the SQE points into `self.buf` (stable, owned by the op) and names `self.fd`.
 unsafe impl<B: IoBuf> OpKind for Send<B> {
     type Output = (io::Result<usize>, B);
+    const NAME: &'static str = "send";
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        Some(self.buf.bytes_init())
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         let len = self.buf.bytes_init().min(u32::MAX as usize) as u32;
@@ -396,6 +410,13 @@ impl<B: IoBuf> SendVectored<B> {
 // buffers in `self.bufs` (stable, owned by the op); it names `self.fd`.
 unsafe impl<B: IoBuf> OpKind for SendVectored<B> {
     type Output = (io::Result<usize>, Vec<B>);
+    const NAME: &'static str = "send";
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        let total: usize = self.bufs.iter().map(IoBuf::bytes_init).sum();
+        Some(total.saturating_sub(self.skip))
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
@@ -456,6 +477,12 @@ impl<B: IoBufMut> RecvFrom<B> {
 // the boxed op) and into `self.buf` (stable, owned by the op); it names `self.fd`.
 unsafe impl<B: IoBufMut> OpKind for RecvFrom<B> {
     type Output = (io::Result<RecvFromMeta>, B);
+    const NAME: &'static str = "recv_from";
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        Some(self.buf.bytes_total())
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
@@ -546,6 +573,12 @@ impl<B: IoBuf> SendTo<B> {
 // SAFETY: as `RecvFrom`; the kernel only reads through these pointers.
 unsafe impl<B: IoBuf> OpKind for SendTo<B> {
     type Output = (io::Result<usize>, B);
+    const NAME: &'static str = "send_to";
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        Some(self.buf.bytes_init())
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         self.prepare();
@@ -593,6 +626,12 @@ impl<B: IoBuf> SendDatagram<B> {
 // and buffer it points at stay put; it names `inner.fd`, which the op keeps open.
 unsafe impl<B: IoBuf> OpKind for SendDatagram<B> {
     type Output = (io::Result<usize>, B);
+    const NAME: &'static str = "send_to";
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        self.inner.byte_count()
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         self.inner.prepare();
@@ -666,6 +705,7 @@ impl PollReady {
 // SAFETY: the SQE carries no pointer; it names `self.fd`, which the op keeps open.
 unsafe impl OpKind for PollReady {
     type Output = io::Result<()>;
+    const NAME: &'static str = "poll";
 
     fn sqe(&mut self) -> squeue::Entry {
         let events = self.events() as u32;

@@ -907,6 +907,8 @@ pub(crate) struct RecvPooled {
 // correct there too.)
 unsafe impl OpKind for RecvPooled {
     type Output = (io::Result<u32>, Option<PooledBuf>);
+    /// The name of the multishot receive it stands for on io_uring.
+    const NAME: &'static str = "recv";
 
     fn sqe(&mut self) -> squeue::Entry {
         // Only the epoll backend runs this op (`PooledReceiver` arms a multishot receive on

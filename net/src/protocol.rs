@@ -118,9 +118,9 @@ use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use io_uring::squeue;
 use ringloop_runtime::{
-    buffer_pool, call_exception_handler, current_backend, is_cancelled, spawn_named,
-    start_detached, take_cancel_request, Backend, BufPool, Cancelled, CompletionList, Detached,
-    DetachedOp, Interest, Op, OpKind, PooledBuf, Task,
+    buffer_pool, call_exception_handler, current_backend, is_cancelled, note_awaiting, spawn_named,
+    start_detached, take_cancel_request, AwaitName, Backend, BufPool, Cancelled, CompletionList,
+    Detached, DetachedOp, Interest, Op, OpKind, PooledBuf, Task,
 };
 use slab::Slab;
 
@@ -901,9 +901,15 @@ impl Future for DispatchTask {
             self.d = None;
             return Poll::Ready(());
         }
+        // Over the leaves of the connections' ops it polled: the task waits on all of them.
+        let conns = d.conns.borrow().len();
+        note_awaiting(&DISPATCHER, Some(u32::try_from(conns).unwrap_or(u32::MAX)));
         Poll::Pending
     }
 }
+
+/// What the dispatcher's task waits on, in task dumps (with its connection count).
+static DISPATCHER: AwaitName = AwaitName::new("protocol dispatcher");
 
 impl Drop for DispatchTask {
     /// Dropped without having ended (the runtime was dropped, the task was aborted, or it was
@@ -983,6 +989,12 @@ struct ConnSend<K> {
 // says.
 unsafe impl<K: QueueSend> OpKind for ConnSend<K> {
     type Output = ();
+    const NAME: &'static str = K::NAME;
+
+    #[inline]
+    fn byte_count(&self) -> Option<usize> {
+        self.send.byte_count()
+    }
 
     fn sqe(&mut self) -> squeue::Entry {
         self.send.sqe()

@@ -124,12 +124,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Poll, Waker};
 
-use ringloop_runtime::Shard;
+use ringloop_runtime::{note_awaiting, AwaitName, Shard};
 use socket2::Socket;
 
 use crate::server::{Route, Server, ShutdownSignal};
 use crate::tcp::{TcpListener, TcpStream};
 use crate::unix::{UnixListener, UnixStream};
+
+/// What a shard's feed task waits on in task dumps: connections handed over by the acceptor.
+static HANDOFF: AwaitName = AwaitName::new("shard handoff");
 
 /// Locks `m`, ignoring poisoning: every critical section here only moves values in and out
 /// and cannot panic half-way.
@@ -1100,6 +1103,7 @@ impl Inbox {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => st.waker = Some(cx.waker().clone()),
             }
+            note_awaiting(&HANDOFF, None);
             Poll::Pending
         })
     }

@@ -287,15 +287,15 @@ both_backends! {
 }
 
 /// A server keeps one `write_all` future per connection, so its size is a per-connection
-/// cost: it holds the descriptor, the boxed op and two counters, not the buffer itself (the
-/// op's box owns that). This bound is what the `async fn` version (176 bytes with a pooled
-/// buffer) broke.
+/// cost: it holds the descriptor, the boxed op (with the time it started waiting, for its
+/// kind's latency) and two counters, not the buffer itself (the op's box owns that). This
+/// bound is what the `async fn` version (176 bytes with a pooled buffer) broke.
 #[test]
 fn write_all_future_stays_small() {
     use ringloop_net::{PooledBuf, SendAll};
     let size = std::mem::size_of::<SendAll<PooledBuf>>();
-    assert!(size <= 64, "SendAll<PooledBuf> is {size} bytes");
-    assert!(std::mem::size_of::<SendAll<Vec<u8>>>() <= 64);
+    assert!(size <= 72, "SendAll<PooledBuf> is {size} bytes");
+    assert!(std::mem::size_of::<SendAll<Vec<u8>>>() <= 72);
 }
 
 both_backends! {

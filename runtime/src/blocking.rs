@@ -59,6 +59,7 @@ use std::task::{Context, Poll, Waker};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::take_cancel_if;
 use crate::task::TaskError;
 
@@ -543,12 +544,14 @@ impl<T> Future for BlockingTask<T> {
             self.slot = None;
             return Poll::Ready(Err(TaskError::Cancelled(c)));
         }
+        let new = s.waker.is_none();
         let old = match &mut s.waker {
             Some(w) if w.will_wake(cx.waker()) => None,
             w => w.replace(cx.waker().clone()),
         };
         drop(s);
         drop(old); // outside the lock: dropping a waker runs its executor's code
+        awaiting::note(Leaf::BLOCKING, new);
         Poll::Pending
     }
 }

@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 use std::ptr::{self, NonNull};
 
 use crate::driver::DriverHandle;
+use crate::task::cell::Header;
 use crate::task::{Schedule, TaskPtr};
 use crate::time::Timers;
 
@@ -67,6 +68,10 @@ thread_local! {
     static LOOP: Cell<Option<Ptrs>> = const { Cell::new(None) };
     /// The task being polled on this thread, or null between polls.
     static CURRENT: Cell<*const TaskPtr> = const { Cell::new(ptr::null()) };
+    /// Its header, or null between polls: reached by the runtime futures that record their
+    /// leaf on every `Pending` without the `TaskDyn` vtable. A thread-local of its own, one word
+    /// wide like `CURRENT`, so that each read stays a single load.
+    static CURRENT_HEADER: Cell<*const Header> = const { Cell::new(ptr::null()) };
 }
 
 /// The message every free function gives when it is called outside a running runtime.
@@ -103,10 +108,33 @@ impl Drop for Entered<'_> {
     }
 }
 
+/// The task being polled: its pointer (what [`with_current`] lends), and its header
+/// ([`with_current_header`]).
+#[derive(Clone, Copy)]
+struct Current {
+    task: *const TaskPtr,
+    header: *const Header,
+}
+
+impl Current {
+    const NONE: Current = Current {
+        task: ptr::null(),
+        header: ptr::null(),
+    };
+
+    #[inline]
+    fn replace(new: Current) -> Current {
+        Current {
+            task: CURRENT.with(|c| c.replace(new.task)),
+            header: CURRENT_HEADER.with(|c| c.replace(new.header)),
+        }
+    }
+}
+
 /// Guard returned by [`enter_teardown`]: restores the previous loop and task on drop.
 pub(crate) struct Teardown<'a> {
     previous: Option<Ptrs>,
-    task: *const TaskPtr,
+    task: Current,
     _borrows: PhantomData<&'a ()>,
 }
 
@@ -116,7 +144,7 @@ pub(crate) struct Teardown<'a> {
 pub(crate) fn enter_teardown(lent: Lent<'_>) -> Teardown<'_> {
     Teardown {
         previous: LOOP.with(|c| c.replace(Some(lent.ptrs))),
-        task: CURRENT.with(|c| c.replace(ptr::null())),
+        task: Current::replace(Current::NONE),
         _borrows: PhantomData,
     }
 }
@@ -124,7 +152,7 @@ pub(crate) fn enter_teardown(lent: Lent<'_>) -> Teardown<'_> {
 impl Drop for Teardown<'_> {
     fn drop(&mut self) {
         LOOP.with(|c| c.set(self.previous));
-        CURRENT.with(|c| c.set(self.task));
+        Current::replace(self.task);
     }
 }
 
@@ -217,32 +245,49 @@ pub(crate) fn current_driver() -> Option<DriverHandle> {
 
 /// Guard for the task being polled; restores the previous one on drop (also on unwind).
 pub(crate) struct Polling {
-    previous: *const TaskPtr,
+    previous: Current,
 }
 
 /// Marks `task` as the task being polled on this thread until the guard drops.
 #[inline]
 pub(crate) fn set_current(task: &TaskPtr) -> Polling {
-    let previous = CURRENT.with(|c| c.replace(task as *const TaskPtr));
+    let current = Current {
+        task: task as *const TaskPtr,
+        header: crate::task::cell::header_of(task),
+    };
+    let previous = Current::replace(current);
     Polling { previous }
 }
 
 impl Drop for Polling {
     #[inline]
     fn drop(&mut self) {
-        CURRENT.with(|c| c.set(self.previous));
+        Current::replace(self.previous);
     }
 }
 
 /// Runs `f` with the task being polled on this thread, if any.
 #[inline]
 pub(crate) fn with_current<R>(f: impl FnOnce(Option<&TaskPtr>) -> R) -> R {
-    let p = CURRENT.with(|c| c.get());
+    let p = CURRENT.with(Cell::get);
     if p.is_null() {
         f(None)
     } else {
         // SAFETY: CURRENT points at the `TaskPtr` that the loop's run of the task holds on its
         // stack for the whole poll, and the `Polling` guard clears it before that frame ends.
+        f(Some(unsafe { &*p }))
+    }
+}
+
+/// Runs `f` with the header of the task being polled on this thread, if any.
+#[inline]
+pub(crate) fn with_current_header<R>(f: impl FnOnce(Option<&Header>) -> R) -> R {
+    let p = CURRENT_HEADER.with(Cell::get);
+    if p.is_null() {
+        f(None)
+    } else {
+        // SAFETY: the header lives in the task cell that the `TaskPtr` of `with_current` keeps
+        // alive for the whole poll (see there); the `Polling` guard clears it with the task.
         f(Some(unsafe { &*p }))
     }
 }

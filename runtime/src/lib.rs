@@ -39,6 +39,29 @@
 //! drops it and returns something else ends with that value. Futures that know nothing of ringloop
 //! cannot receive the request: a task suspended on one is dropped instead (Rust's native cancel).
 //! See [`task`] for the details and [`Cancelled`] for the type.
+//!
+//! # Looking inside
+//!
+//! Every suspended task records what it awaits ([`TaskRef::awaiting`], [`task_tree`]); the live
+//! view ([`inspect`], `ringloop-ps PID`) shows it from outside the process; [`metrics`] gives
+//! the counters and per-op-kind latencies as Prometheus text.
+//!
+//! # Tracing
+//!
+//! With the cargo feature `tracing`, the runtime reports to [`tracing`](https://docs.rs/tracing)
+//! (nothing of it is compiled in without the feature):
+//!
+//! * a span per task, `task` (target `ringloop::task`, level INFO), with the fields
+//!   `task.name`, `task.id` and `task.parent` (the spawning task's id, when there is one),
+//!   entered for each poll of the task and for the drop of its future; a rename is recorded on
+//!   it. Events a task's code emits are inside its span, so a `tracing-subscriber` formatter
+//!   prints `task{task.name=... task.id=...}:` before them;
+//! * events: `cancel requested` (target `ringloop::task`, DEBUG: `task.id`, `task.name`,
+//!   `cancel.message`), `cancel delivered` (DEBUG, inside the cancelled task's span, when a
+//!   runtime future resolves to `Cancelled`), a task's panic (ERROR: the exception handler's
+//!   message, `task.id`, `task.name`, `panic` with the panic's message), `timeout expired:
+//!   cancelling the future inside it` (target `ringloop::time`, DEBUG), and `op failed` (target
+//!   `ringloop::op`, DEBUG: `op`, the op kind's name, and `error`).
 
 #![warn(missing_docs)]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -51,7 +74,9 @@ pub mod compat;
 mod context;
 pub mod driver;
 mod handshake;
+pub mod inspect;
 mod loop_thread;
+pub mod metrics;
 mod promise;
 mod remote;
 mod runtime;
@@ -70,6 +95,7 @@ pub use combinators::{
     as_completed, gather, gather_settled, shield, try_gather, wait, yield_now, AsCompleted, AsTask,
     GatherError, GroupError, GroupFailure, ReturnWhen, Shielded, TaskGroup,
 };
+pub use driver::opstats::OpKindStats;
 pub use driver::{
     is_cancelled, start_detached, Backend, BufPool, BufWait, CompletionList, Detached, DetachedOp,
     FdTarget, Interest, Multishot, MultishotKind, Op, OpKind, PooledBuf, SharedFd,
@@ -79,8 +105,8 @@ pub use promise::{Promise, PromiseError, SetError};
 pub use remote::{RemoteError, RemoteTask};
 pub use runtime::{
     buffer_pool, call_at, call_exception_handler, call_later, call_soon, current_backend,
-    current_stats, multishot_recv, recv_bundles, registered_fds, runtime_local,
-    set_exception_handler, stop, time, try_current_backend, zero_copy_send, Builder,
+    current_op_stats, current_stats, metrics_text, multishot_recv, recv_bundles, registered_fds,
+    runtime_local, set_exception_handler, stop, time, try_current_backend, zero_copy_send, Builder,
     ExceptionContext, Handle, Runtime,
 };
 pub use shards::{Placement, Shard, ShardError, ShardStats, Shards, ShardsBuilder, Stopper};
@@ -88,8 +114,9 @@ pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
 pub use task::cancel::{repost_cancel_request, take_cancel_request};
 pub use task::{
-    all_tasks, current_task, spawn, spawn_named, take_cancel_request_waiting, task_tree, Cancelled,
-    Task, TaskError, TaskId, TaskRef, TaskState, TaskTree,
+    all_tasks, current_task, note_awaiting, spawn, spawn_named, take_cancel_request_waiting,
+    task_tree, AwaitName, Awaiting, Cancelled, Task, TaskError, TaskId, TaskNode, TaskRef,
+    TaskState, TaskTree,
 };
 pub use time::deadline::{
     current_deadline, timed_out_error, DeadlineExt, DeadlineOutput, WithDeadline,

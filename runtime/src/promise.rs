@@ -27,6 +27,7 @@ use std::task::{Context, Poll, Waker};
 use slab::Slab;
 
 use crate::context;
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::take_cancel_if;
 use crate::task::Cancelled;
 
@@ -375,8 +376,11 @@ impl<T: Clone> Future for PromiseWait<'_, T> {
                 let key = inner.waiters.insert(cx.waker().clone());
                 drop(inner);
                 self.key = Some(key);
+                awaiting::note(Leaf::PROMISE, true);
+                return Poll::Pending;
             }
         }
+        awaiting::note(Leaf::PROMISE, false);
         Poll::Pending
     }
 }

@@ -64,6 +64,7 @@ use std::time::{Duration, Instant};
 
 use crate::context;
 use crate::runtime::{Handle, Shared};
+use crate::task::awaiting::{self, Leaf};
 use crate::task::{panic_message, Cancelled, Task, TaskError, TaskRef};
 
 impl Handle {
@@ -574,6 +575,7 @@ impl<T> Future for RemoteTask<T> {
         } else if this.waiting == Waiting::No {
             this.waiting = Waiting::Yes;
         }
+        awaiting::note(Leaf::REMOTE, waiting == Waiting::No);
         Poll::Pending
     }
 }

@@ -265,6 +265,7 @@ struct Readable {
 // which `self` keeps open until the op completes.
 unsafe impl OpKind for Readable {
     type Output = io::Result<()>;
+    const NAME: &'static str = "signal";
 
     /// `IORING_OP_POLL_ADD` for `POLLIN`, one-shot (Linux 5.1).
     fn sqe(&mut self) -> squeue::Entry {

@@ -645,10 +645,11 @@ mod tests {
     use super::*;
 
     /// An `Io` is per connection: the stream and two op slots (the read's and the write's
-    /// poll), with the pooled receiver boxed (it was 336 bytes inline).
+    /// poll, each keeping when it started waiting, for its kind's latency), with the pooled
+    /// receiver boxed (it was 336 bytes inline).
     #[test]
     fn io_stays_small() {
         let size = std::mem::size_of::<Io<TcpStream>>();
-        assert!(size <= 128, "Io<TcpStream> is {size} bytes");
+        assert!(size <= 144, "Io<TcpStream> is {size} bytes");
     }
 }

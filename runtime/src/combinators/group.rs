@@ -9,6 +9,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::{self, take_cancel, take_cancel_if};
 use crate::task::{panic_message, Cancelled, TaskRef};
 
@@ -250,6 +251,7 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
             } else {
                 take_cancel()
             };
+            let new = !waiting;
             waiting = true;
             if let Some(c) = taken {
                 cancelled.get_or_insert(c);
@@ -263,6 +265,7 @@ impl<T: 'static, E: 'static> TaskGroup<T, E> {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => s.waker = Some(cx.waker().clone()),
             }
+            awaiting::note(Leaf::tasks(s.alive), new);
             Poll::Pending
         })
         .await;

@@ -5,6 +5,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
+use crate::task::awaiting::{self, Leaf};
 use crate::task::Task;
 
 #[derive(Default)]
@@ -89,12 +90,16 @@ pub(crate) struct Members<H> {
     pub(crate) tasks: Vec<Option<H>>,
     notify: Arc<Mutex<Notify>>,
     armed: bool,
+    /// Tasks not yet taken out through [`take`](Self::take), for task dumps.
+    left: usize,
 }
 
 impl<H: AsTask> Members<H> {
     pub(crate) fn new(tasks: impl IntoIterator<Item = H>) -> Self {
+        let tasks: Vec<Option<H>> = tasks.into_iter().map(Some).collect();
         Members {
-            tasks: tasks.into_iter().map(Some).collect(),
+            left: tasks.len(),
+            tasks,
             notify: Arc::default(),
             armed: false,
         }
@@ -105,6 +110,11 @@ impl<H: AsTask> Members<H> {
         self.armed
     }
 
+    /// Tasks not yet taken out through [`take`](Self::take).
+    pub(crate) fn left(&self) -> usize {
+        self.left
+    }
+
     /// Tasks not yet taken out.
     pub(crate) fn remaining(&self) -> usize {
         self.tasks.iter().filter(|t| t.is_some()).count()
@@ -112,6 +122,7 @@ impl<H: AsTask> Members<H> {
 
     /// The index of a task that is done and not yet taken, in completion order.
     pub(crate) fn poll_done(&mut self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+        let first = !self.armed;
         if !self.armed {
             self.armed = true;
             let mut already = Vec::new();
@@ -147,12 +158,16 @@ impl<H: AsTask> Members<H> {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => n.waker = Some(cx.waker().clone()),
         }
+        drop(n);
+        awaiting::note(Leaf::tasks(self.left), first);
         Poll::Pending
     }
 
     /// Takes a task out.
     pub(crate) fn take(&mut self, i: usize) -> Option<H> {
-        self.tasks[i].take()
+        let t = self.tasks[i].take();
+        self.left -= usize::from(t.is_some());
+        t
     }
 
     /// Cancels every task not yet done (with the given message), returning how many.

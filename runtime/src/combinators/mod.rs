@@ -33,6 +33,7 @@ pub(crate) use shield::shield_task;
 pub use shield::{shield, Shielded};
 pub use wait::{as_completed, wait, AsCompleted, Next, ReturnWhen, Wait};
 
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel;
 use crate::task::Cancelled;
 
@@ -71,6 +72,7 @@ impl Future for YieldNow {
         }
         self.yielded = true;
         cx.waker().wake_by_ref();
+        awaiting::note(Leaf::other(&names::YIELD, None), true);
         Poll::Pending
     }
 }

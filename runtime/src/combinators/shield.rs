@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::take_cancel_if;
 use crate::task::{Task, TaskError};
 
@@ -117,7 +118,9 @@ impl<T> Future for Shielded<T> {
             self.waiting = false;
             return Poll::Ready(Err(TaskError::Cancelled(c)));
         }
-        self.task.as_ref().ptr().header().set_join_waker(cx.waker());
+        let h = self.task.as_ref().ptr().header();
+        h.set_join_waker(cx.waker());
+        awaiting::note(Leaf::task(h.id), !self.waiting);
         self.waiting = true;
         Poll::Pending
     }

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use super::members::Members;
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::take_cancel_if;
 use crate::task::{Cancelled, Task};
 use crate::time::TimerEntry;
@@ -211,6 +212,8 @@ impl<T> Future for Next<'_, T> {
                     Poll::Ready(Err(c))
                 }
                 None => {
+                    // Each `next()` is a wait of its own.
+                    awaiting::note(Leaf::tasks(members.left()), !this.waiting);
                     this.waiting = true;
                     Poll::Pending
                 }

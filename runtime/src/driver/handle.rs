@@ -32,8 +32,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::op::Orphan;
 use super::opmem::OpMemory;
+use super::opstats::{Finish, OpKindStats, OpStatsTable};
 use super::slots::FinishedOrphans;
 use super::{Backend, Driver, OpKey};
+use crate::task::AwaitName;
 
 /// Work a drop path could not do because the driver was borrowed; applied at the next borrow.
 pub(crate) enum Deferred {
@@ -65,6 +67,11 @@ struct Inner {
     memory: RefCell<OpMemory>,
     /// The vector `finish_orphans` takes a batch of finished orphans into, kept.
     orphans: RefCell<FinishedOrphans>,
+    /// Counts and latencies per op kind (apart from the driver's cell, like `memory`).
+    ops: RefCell<OpStatsTable>,
+    /// The loop's clock in nanoseconds since `awaiting::epoch`, read at most once per loop
+    /// iteration (0: not read yet in this one).
+    now_ns: Cell<u64>,
 }
 
 /// A handle to one runtime's driver; cheap to clone (`Rc`), `!Send`.
@@ -94,8 +101,83 @@ impl DriverHandle {
                 panics: RefCell::new(Vec::new()),
                 memory: RefCell::new(OpMemory::default()),
                 orphans: RefCell::new(Vec::new()),
+                ops: RefCell::new(OpStatsTable::default()),
+                now_ns: Cell::new(0),
             }),
         }
+    }
+
+    /// The loop's clock (nanoseconds since `awaiting::epoch`), read at most once per loop
+    /// iteration: every op that starts or finishes in one iteration, and every wait that
+    /// starts in it, gets the same reading.
+    #[inline]
+    pub(crate) fn now_ns(&self) -> u64 {
+        match self.inner.now_ns.get() {
+            0 => {
+                let now =
+                    crate::task::awaiting::nanos_since_epoch(std::time::Instant::now()).max(1);
+                self.inner.now_ns.set(now);
+                now
+            }
+            now => now,
+        }
+    }
+
+    /// A new loop iteration: the next [`now_ns`](Self::now_ns) reads the clock again.
+    #[inline]
+    pub(crate) fn reset_clock(&self) {
+        self.inner.now_ns.set(0);
+    }
+
+    /// An op starts waiting: when (`now_ns`), to give back to
+    /// [`op_finished`](Self::op_finished).
+    #[inline]
+    pub(crate) fn op_submitted(&self) -> u64 {
+        self.now_ns()
+    }
+
+    /// An op of kind `name` finished with `result`; `started` is what `op_submitted` returned,
+    /// or 0 if it never waited.
+    #[inline]
+    pub(crate) fn op_finished(
+        &self,
+        name: &'static AwaitName,
+        started: u64,
+        result: &io::Result<u32>,
+    ) {
+        let how = match result {
+            Ok(_) => Finish::Ok,
+            Err(e) if super::is_cancelled(e) || e.raw_os_error() == Some(libc::ECANCELED) => {
+                Finish::Cancelled
+            }
+            Err(_e) => {
+                #[cfg(feature = "tracing")]
+                tracing::event!(
+                    target: "ringloop::op",
+                    tracing::Level::DEBUG,
+                    op = name.as_str(),
+                    error = %_e,
+                    "op failed"
+                );
+                Finish::Error
+            }
+        };
+        let waited = (started != 0).then(|| self.now_ns().saturating_sub(started));
+        if let Ok(mut ops) = self.inner.ops.try_borrow_mut() {
+            ops.finished(name, waited, how);
+        }
+    }
+
+    /// An op of kind `name` was dropped while it waited.
+    pub(crate) fn op_dropped(&self, name: &'static AwaitName) {
+        if let Ok(mut ops) = self.inner.ops.try_borrow_mut() {
+            ops.dropped(name);
+        }
+    }
+
+    /// The counts and latencies per op kind so far.
+    pub(crate) fn op_stats(&self) -> Vec<OpKindStats> {
+        self.inner.ops.borrow().snapshot()
     }
 
     /// The driver of the runtime running on this thread, if any.

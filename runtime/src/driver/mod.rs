@@ -23,6 +23,7 @@ mod handle;
 mod multishot;
 mod op;
 mod opmem;
+pub mod opstats;
 mod slots;
 mod uring;
 mod wake;

@@ -19,6 +19,7 @@ use io_uring::squeue;
 use super::handle::{Deferred, DriverHandle};
 use super::{OpKey, SharedFd};
 use crate::context;
+use crate::task::awaiting::{self, names, Leaf};
 
 /// What a multishot op's completions carry, so the driver can release them when nobody reads
 /// them.
@@ -115,11 +116,17 @@ impl fmt::Debug for CompletionList {
 #[derive(Debug)]
 pub struct Multishot {
     kind: MultishotKind,
+    /// The last read found nothing (the owner's task waits on this op): the next one that
+    /// finds nothing continues that wait, for task dumps. Fits in padding.
+    waiting: bool,
     /// `u32`: one of these lives in every connection, so its size counts at 10 000 of them.
     cap: u32,
     /// The op's key and its driver, while armed.
     armed: Option<(OpKey, DriverHandle)>,
 }
+
+// One lives in every connection: the `waiting` flag must stay in padding.
+const _: () = assert!(std::mem::size_of::<Multishot>() <= 24);
 
 impl Multishot {
     /// Not armed yet. `cap` bounds the completions queued unread: at that many the driver
@@ -128,6 +135,7 @@ impl Multishot {
     pub fn new(kind: MultishotKind, cap: usize) -> Self {
         Multishot {
             kind,
+            waiting: false,
             cap: u32::try_from(cap).unwrap_or(u32::MAX),
             armed: None,
         }
@@ -237,12 +245,24 @@ impl Multishot {
         };
         let key = *key;
         match driver.try_with(|d| d.multishot_next(key, cx.waker(), draining)) {
-            Some(Ok(Some(c))) => Poll::Ready(Some(c)),
+            Some(Ok(Some(c))) => {
+                self.waiting = false;
+                Poll::Ready(Some(c))
+            }
             Some(Ok(None)) => {
+                self.waiting = false;
                 self.armed = None;
                 Poll::Ready(None)
             }
-            Some(Err(())) => Poll::Pending,
+            Some(Err(fd)) => {
+                let name = match self.kind {
+                    MultishotKind::Recv => &names::RECV,
+                    MultishotKind::Accept => &names::ACCEPT,
+                };
+                awaiting::note(Leaf::io(name, fd, None), !self.waiting);
+                self.waiting = true;
+                Poll::Pending
+            }
             None => {
                 // Polled from inside the driver (a waker that polls inline): come back.
                 cx.waker().wake_by_ref();

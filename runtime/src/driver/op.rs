@@ -38,8 +38,9 @@ use super::handle::{shut_down, Deferred, DriverHandle};
 use super::opmem::OpMemory;
 use super::{Backend, OpKey};
 use crate::context;
+use crate::task::awaiting::{self, Leaf};
 use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
-use crate::task::Cancelled;
+use crate::task::{AwaitName, Cancelled};
 use crate::time::deadline::{self, timed_out_error, Frame};
 use crate::time::TimerEntry;
 
@@ -64,6 +65,11 @@ pub enum Interest {
 pub unsafe trait OpKind: 'static {
     /// What the op produces.
     type Output;
+
+    /// The op's name in task dumps: a task suspended on it shows as `NAME on fd N` (see
+    /// [`Awaiting::Io`](crate::Awaiting::Io); the descriptor is [`readiness`](Self::readiness)'s).
+    /// Default: `op`.
+    const NAME: &'static str = "op";
 
     /// The submission entry (io_uring). Called at most once, with `self` at its final address.
     /// The runtime sets the entry's `user_data`.
@@ -96,6 +102,29 @@ pub unsafe trait OpKind: 'static {
     fn try_first(&self) -> bool {
         false
     }
+
+    /// The bytes the op moves, shown in task dumps: a send's length, a receive's room. Asked
+    /// only when a task is suspended on the op. Default: none.
+    fn byte_count(&self) -> Option<usize> {
+        None
+    }
+}
+
+/// The name of op kind `T` as a `static` of its own, so that a leaf records a pointer.
+struct OpName<T>(std::marker::PhantomData<T>);
+
+impl<T: OpKind> OpName<T> {
+    const NAME: &'static AwaitName = &AwaitName::new(T::NAME);
+}
+
+/// Records, for task dumps, that the current task is suspended on `data` (`new`: its first
+/// `Pending`).
+#[inline]
+fn note_waiting<T: OpKind>(data: &T, new: bool) {
+    awaiting::note(
+        Leaf::io(OpName::<T>::NAME, data.readiness().0, data.byte_count()),
+        new,
+    );
 }
 
 /// Whether an I/O error is a ringloop cancellation (the task was cancelled while the op was in
@@ -229,6 +258,9 @@ pub struct Op<T: OpKind> {
     driver: Option<DriverHandle>,
     /// A deadline, a delivered cancellation: `None` for most ops.
     rare: Option<Box<Rare>>,
+    /// When it started waiting, on the loop's clock (`DriverHandle::op_submitted`), for its
+    /// kind's latency; 0 while it has not waited.
+    started: u64,
 }
 
 impl<T: OpKind> Unpin for Op<T> {}
@@ -263,6 +295,7 @@ impl<T: OpKind> Op<T> {
             state: State::Unsubmitted { scoped: true },
             driver: None,
             rare: None,
+            started: 0,
         }
     }
 
@@ -345,6 +378,7 @@ impl<T: OpKind> Op<T> {
     /// Completes the op; its box goes back to `driver` for the next op.
     #[inline]
     fn finish(&mut self, driver: &DriverHandle, result: io::Result<u32>, flags: u32) -> T::Output {
+        driver.op_finished(OpName::<T>::NAME, self.started, &result);
         self.state = State::Done;
         if self.rare.is_some() {
             self.release_rare(driver);
@@ -434,6 +468,8 @@ impl<T: OpKind> Op<T> {
                 )),
                 Some(Ok(key)) => {
                     self.state = State::InFlight(key);
+                    self.started = driver.op_submitted();
+                    note_waiting(&**data, true);
                     Poll::Pending
                 }
                 Some(Err(e)) => Poll::Ready(self.finish(driver, Err(e), 0)),
@@ -472,6 +508,9 @@ impl<T: OpKind> Op<T> {
                     self.rare
                         .get_or_insert_with(|| driver.boxed(Rare::default()))
                         .cancel = Some(c);
+                }
+                if let Some(data) = &self.data {
+                    note_waiting(&**data, false);
                 }
                 return Poll::Pending;
             }
@@ -575,6 +614,10 @@ impl<T: OpKind> Op<T> {
                                 d.timer.arm(d.at, cx);
                             }
                         }
+                        if waiter.is_none() {
+                            self.started = driver.op_submitted();
+                        }
+                        note_waiting(&**data, waiter.is_none());
                         Poll::Pending
                     }
                     Some(Some(Err(e))) => Poll::Ready(self.finish(driver, Err(e), 0)),
@@ -631,7 +674,11 @@ impl<T: OpKind> Drop for Op<T> {
         let Some(driver) = self.driver.take() else {
             return; // never polled: nothing reached a driver
         };
-        match std::mem::replace(&mut self.state, State::Done) {
+        let state = std::mem::replace(&mut self.state, State::Done);
+        if matches!(state, State::InFlight(_) | State::Waiting { .. }) {
+            driver.op_dropped(OpName::<T>::NAME);
+        }
+        match state {
             State::InFlight(key) => {
                 if let Some(data) = self.data.take() {
                     // To the driver that holds the SQE, now or (if it is borrowed: this drop

@@ -178,8 +178,9 @@ impl Notify {
 
 /// What [`OpTable::multishot_next_draining`] finds: the next completion `(result, flags)` and
 /// whether more may follow now; `Ok(None)` once the op has ended and its last completion was
-/// read; `Err(())` when none is queued yet (the waker is stored).
-pub(crate) type MultishotNext = Result<Option<((i32, u32), bool)>, ()>;
+/// read; `Err(fd)` when none is queued yet (the waker is stored), with the descriptor the op
+/// waits on (for task dumps).
+pub(crate) type MultishotNext = Result<Option<((i32, u32), bool)>, std::os::fd::RawFd>;
 
 /// Orphans whose completion arrived, with its result and flags, waiting to be finished.
 pub(crate) type FinishedOrphans = Vec<(Box<dyn Orphan>, i32, u32)>;
@@ -495,12 +496,14 @@ impl OpTable {
     ) -> Result<Option<(i32, u32)>, ()> {
         self.multishot_next_draining(key, waker, false)
             .map(|next| next.map(|(c, _)| c))
+            .map_err(drop)
     }
 
     /// As [`multishot_next`](Self::multishot_next), with whether more completions may follow
     /// now. With `draining`, a completion that was the last one queued (the op going on) also
     /// stores `waker`, as the poll that would find the queue empty next would, and is reported
     /// with `false`; otherwise (and without `draining`) the flag is `true`.
+    #[inline]
     pub(crate) fn multishot_next_draining(
         &mut self,
         key: OpKey,
@@ -532,7 +535,8 @@ impl OpTable {
             return Ok(None);
         }
         notify.wait(waker);
-        Err(())
+        // Nothing yet: the descriptor it waits on, for task dumps.
+        Err(slot.state.keep.raw())
     }
 
     /// Completions queued for a multishot op and not yet read.
@@ -1219,9 +1223,10 @@ mod tests {
 
     #[test]
     fn a_posting_multishot_posts_its_token_once_until_its_owner_drains_it() {
+        let fd = some_fd();
         let mut t = table();
         let key = t
-            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 8), some_fd())
+            .insert_multishot(OpTable::multishot(MultishotKind::Accept, 8), fd.clone())
             .unwrap();
         let list = crate::driver::CompletionList::new();
         t.multishot_post_to(key, Some((list.shared(), 7)));
@@ -1271,7 +1276,11 @@ mod tests {
         // 4. Back to a waker: the owner's next empty read leaves it, and a completion wakes it.
         t.multishot_post_to(key, None);
         assert!(t.multishot_next_draining(key, &owner, true).is_ok());
-        assert_eq!(t.multishot_next_draining(key, &owner, true), Err(()));
+        assert_eq!(
+            t.multishot_next_draining(key, &owner, true),
+            Err(fd.raw()),
+            "pending, with the descriptor it waits on"
+        );
         t.complete(key.0, 5, F_MORE);
         t.take_woken(&mut woken);
         woken.drain(..).for_each(std::task::Waker::wake);

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::io;
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use std::time::Duration;
 use slab::Slab;
 
 use super::handle::Injected;
+use super::inspect::Inspector;
 use super::{
     default_exception_handler, Core, Counters, ExceptionContext, ExceptionHandler, Runtime, Shared,
 };
@@ -59,6 +61,8 @@ pub struct Builder {
     keep_finished_tasks: bool,
     shutdown_timeout: Duration,
     exception_handler: Option<ExceptionHandler>,
+    inspect: Option<bool>,
+    inspect_socket: Option<PathBuf>,
 }
 
 impl Default for Builder {
@@ -76,6 +80,8 @@ impl Default for Builder {
             keep_finished_tasks: false,
             shutdown_timeout: Duration::from_secs(5),
             exception_handler: None,
+            inspect: None,
+            inspect_socket: None,
         }
     }
 }
@@ -236,6 +242,31 @@ impl Builder {
         self
     }
 
+    /// Serves the live view, the runtime's task tree, stats and op table, on a Unix socket
+    /// for `ringloop-ps` (default: off, unless the environment variable `RINGLOOP_INSPECT=1`
+    /// turns it on for every runtime; an explicit choice here wins). The socket is
+    /// `<dir>/<pid>-<n>.sock` in [`inspect::socket_dir`](crate::inspect::socket_dir), mode
+    /// 0600, served to processes of the same user only, and removed when the runtime is
+    /// dropped; see [`inspect`](crate::inspect) for the protocol and what it costs (nothing
+    /// while nobody connects).
+    ///
+    /// When the environment variable turned it on and the socket cannot be made, the runtime
+    /// is built without it, with one line on stderr; when asked for here, that is an error.
+    pub fn inspect(mut self, on: bool) -> Self {
+        self.inspect = Some(on);
+        self
+    }
+
+    /// Serves the live view (see [`inspect`](Self::inspect)) on a socket at `path` instead
+    /// of the default place; `ringloop-ps <path>` reads it. The socket still has mode 0600
+    /// and serves the same user only, but the directory is yours to choose and is not
+    /// checked.
+    pub fn inspect_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.inspect = Some(true);
+        self.inspect_socket = Some(path.into());
+        self
+    }
+
     /// Replaces the default exception handler (one line on stderr per unhandled panic).
     pub fn exception_handler(mut self, f: impl Fn(&ExceptionContext<'_>) + 'static) -> Self {
         self.exception_handler = Some(Rc::new(f));
@@ -249,6 +280,18 @@ impl Builder {
     /// limit; if io_uring was asked for explicitly and is unavailable; if `RINGLOOP_BACKEND`
     /// holds an unknown name.
     pub fn build(self) -> io::Result<Runtime> {
+        let inspector = match self.inspect {
+            Some(false) => None,
+            Some(true) => Some(Inspector::bind(self.inspect_socket.clone())?),
+            None if crate::inspect::env_asks() => match Inspector::bind(None) {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    eprintln!("ringloop: RINGLOOP_INSPECT: no live view for this runtime: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
         let wake = WakeFd::new()?;
         let driver = Driver::new(
             self.backend.unwrap_or_default(),
@@ -307,6 +350,7 @@ impl Builder {
             expired: RefCell::new(Vec::new()),
             wakes_queued: Cell::new(false),
             locals: RefCell::new(Vec::new()),
+            inspector,
         };
         Ok(Runtime {
             core: Box::new(core),

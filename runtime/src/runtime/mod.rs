@@ -6,6 +6,7 @@
 
 mod builder;
 mod handle;
+mod inspect;
 #[cfg(all(test, not(ringloop_loom)))]
 mod wake_tests;
 
@@ -139,6 +140,8 @@ pub(crate) struct Core {
     wakes_queued: Cell<bool>,
     /// Values the companion crates keep per runtime ([`runtime_local`]), dropped with it.
     locals: RefCell<Vec<Rc<dyn Any>>>,
+    /// The live view's server (`Builder::inspect`), served between iterations.
+    inspector: Option<inspect::Inspector>,
 }
 
 /// Runs `f` with this thread's running core, or returns `None` outside one.
@@ -185,6 +188,13 @@ impl Schedule for Core {
     #[inline]
     fn count_poll(&self) {
         bump(&self.counters.polls);
+    }
+
+    /// The loop's clock of this iteration (`DriverHandle::now_ns`, read on first use and
+    /// shared with the ops' latencies), in milliseconds.
+    #[inline]
+    fn wait_tick(&self) -> u32 {
+        (self.driver.now_ns() / 1_000_000) as u32
     }
 }
 
@@ -261,6 +271,21 @@ impl Core {
         if let Some(name) = name {
             cell.header().set_name(name);
         }
+        #[cfg(feature = "tracing")]
+        {
+            let h = cell.header();
+            let span = tracing::info_span!(
+                target: "ringloop::task",
+                "task",
+                "task.name" = %h.name(),
+                "task.id" = h.id.as_u64(),
+                "task.parent" = tracing::field::Empty,
+            );
+            if let Some(p) = parent {
+                span.record("task.parent", p.as_u64());
+            }
+            h.set_span(span);
+        }
         let ptr: TaskPtr = cell.clone();
         let key = self.tasks.borrow_mut().insert(ptr.clone());
         cell.set_registry_key(key);
@@ -293,6 +318,9 @@ impl Core {
                 parent: h.parent,
                 name: h.name(),
                 state: h.state(),
+                awaiting: None,
+                waited: None,
+                polls: u64::from(h.polls()),
             });
         }
         // The registry's reference goes last, after the future is already dropped.
@@ -300,6 +328,15 @@ impl Core {
     }
 
     fn report_panic(&self, task: Option<&TaskPtr>, message: &str, payload: &(dyn Any + Send)) {
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::task",
+            tracing::Level::ERROR,
+            task.id = task.map(|t| t.header().id.as_u64()),
+            task.name = task.map(|t| t.header().name()).as_deref(),
+            panic = panic_message(payload),
+            "{message}"
+        );
         let handler = self.exception_handler.borrow().clone();
         let ctx = ExceptionContext {
             message,
@@ -338,19 +375,12 @@ impl Core {
     }
 
     pub(crate) fn task_tree(&self) -> TaskTree {
+        let now = Instant::now();
         let mut flat: Vec<FlatTask> = self
             .tasks
             .borrow()
             .iter()
-            .map(|(_, t)| {
-                let h = t.header();
-                FlatTask {
-                    id: h.id,
-                    parent: h.parent,
-                    name: h.name(),
-                    state: h.state(),
-                }
-            })
+            .map(|(_, t)| FlatTask::of(&TaskRef::new(t.clone()), now))
             .collect();
         if let Some(finished) = self.finished.borrow().as_ref() {
             flat.extend(finished.iter().map(|f| FlatTask {
@@ -358,9 +388,22 @@ impl Core {
                 parent: f.parent,
                 name: f.name.clone(),
                 state: f.state,
+                awaiting: None,
+                waited: None,
+                polls: f.polls,
             }));
         }
         TaskTree::build(flat)
+    }
+
+    /// Counts and latencies per op kind.
+    pub(crate) fn op_stats(&self) -> Vec<crate::OpKindStats> {
+        self.driver.op_stats()
+    }
+
+    /// The stats and the op kinds as Prometheus text, labelled with `labels`.
+    pub(crate) fn metrics_text(&self, labels: &[(&str, &str)]) -> String {
+        crate::metrics::prometheus(&self.stats(), &self.op_stats(), labels)
     }
 
     fn stats(&self) -> RuntimeStats {
@@ -417,7 +460,11 @@ impl Core {
         // only if nothing is ready.
         let busy = !self.ready.borrow().is_empty()
             || self.stop_requested.get()
-            || self.shared.stop_requested.load(Ordering::Relaxed);
+            || self.shared.stop_requested.load(Ordering::Relaxed)
+            || self
+                .inspector
+                .as_ref()
+                .is_some_and(inspect::Inspector::pending);
         if busy {
             let mut driver = self.driver.borrow_mut();
             if driver.wants_poll() {
@@ -445,6 +492,9 @@ impl Core {
             self.shared.park.end_park();
             r?;
         }
+        // A new reading of the clock for what this iteration starts and sees complete (read
+        // when first asked for: `DriverHandle::now_ns`).
+        self.driver.reset_clock();
         // Wakers run only now, with the driver no longer borrowed: a waker is foreign code and
         // may drop or poll ops.
         self.wake_collected();
@@ -477,7 +527,16 @@ impl Core {
             }
         }
 
-        // 5. Run what is ready now, and only that.
+        // 4½. The live view, if it has something to do: new connections, requests, answers
+        // (between iterations, never blocking; see `inspect.rs`).
+        if let Some(inspector) = &self.inspector {
+            if inspector.pending() {
+                inspector.turn(self);
+            }
+        }
+
+        // 5. Run what is ready now, and only that. Waits and ops that start in this pass share
+        // one reading of the clock (`wait_tick`, `DriverHandle::now_ns`).
         let n = self.ready.borrow().len();
         for _ in 0..n {
             let Some(item) = self.ready.borrow_mut().pop_front() else {
@@ -537,6 +596,13 @@ impl Core {
 
     pub(crate) fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The backend and its setup (see `Runtime::backend_description`).
+    fn describe_backend(&self) -> String {
+        self.driver
+            .try_with(|d| d.describe())
+            .unwrap_or_else(|| self.backend.to_string())
     }
 
     /// The runtime's receive-buffer pool.
@@ -813,10 +879,23 @@ impl Runtime {
     /// The backend and its setup, for logs and benchmark reports, e.g.
     /// `io_uring (single_issuer+defer_taskrun)` or `epoll`.
     pub fn backend_description(&self) -> String {
-        self.core
-            .driver
-            .try_with(|d| d.describe())
-            .unwrap_or_else(|| self.core.backend.to_string())
+        self.core.describe_backend()
+    }
+
+    /// Counts and latencies per op kind (every [`OpKind`](crate::OpKind) this runtime ran, by
+    /// its name), in the order the kinds were first seen.
+    pub fn op_stats(&self) -> Vec<crate::OpKindStats> {
+        self.core.op_stats()
+    }
+
+    /// The stats and the op kinds as Prometheus text (see [`metrics`](crate::metrics)).
+    pub fn metrics_text(&self) -> String {
+        self.core.metrics_text(&[])
+    }
+
+    /// Where this runtime serves its live view (see [`Builder::inspect`]), if it does.
+    pub fn inspect_socket(&self) -> Option<&std::path::Path> {
+        self.core.inspector.as_ref().map(inspect::Inspector::path)
     }
 
     /// A snapshot of the runtime's counters.
@@ -852,11 +931,15 @@ impl Core {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
+        // The live view goes first: its socket is removed, and its poll ops become orphans
+        // that the ring's drain below reaps.
+        let inspector = self.core.inspector.take();
         let core = &*self.core;
         // This runtime is the current one while its tasks are dropped, even if another is
         // running on the thread (a runtime dropped inside a task of another): their
         // destructors must not reach the other runtime's timers or tasks.
         let _teardown = context::enter_teardown(core.lent());
+        drop(inspector);
         // The ring is drained last, whatever happens before it: a panicking destructor below
         // still unwinds through this guard, so no memory the kernel writes is freed first.
         let _shutdown = ShutdownGuard {
@@ -1016,6 +1099,26 @@ pub fn try_current_backend() -> Option<Backend> {
 #[track_caller]
 pub fn current_stats() -> RuntimeStats {
     with_core(|core| core.stats())
+}
+
+/// Counts and latencies per op kind of the running runtime (what [`Runtime::op_stats`] gives
+/// its owner).
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn current_op_stats() -> Vec<crate::OpKindStats> {
+    with_core(|core| core.op_stats())
+}
+
+/// The running runtime's stats and op kinds as Prometheus text (what
+/// [`Runtime::metrics_text`] gives its owner; see [`metrics`](crate::metrics)).
+///
+/// # Panics
+/// Outside a running ringloop runtime.
+#[track_caller]
+pub fn metrics_text() -> String {
+    with_core(|core| core.metrics_text(&[]))
 }
 
 /// Whether sends use io_uring's zero-copy `SEND_ZC` on the running runtime (see

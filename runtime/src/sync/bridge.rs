@@ -95,6 +95,7 @@ use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::{take_cancel, take_cancel_waiting};
 use crate::task::Cancelled;
 
@@ -543,6 +544,7 @@ impl<T> Future for PutFuture<'_, T> {
                 let old = st.putters.set_waker(key, cx.waker());
                 drop(st);
                 drop(old);
+                awaiting::note(Leaf::sync(&names::BRIDGE_PUT), false);
                 return Poll::Pending;
             }
         } else {
@@ -556,6 +558,8 @@ impl<T> Future for PutFuture<'_, T> {
                 Err(PutError::Cancelled { item, cancelled })
             } else {
                 this.key = Some(st.putters.push_back(Some(item), cx.waker()));
+                drop(st);
+                awaiting::note(Leaf::sync(&names::BRIDGE_PUT), true);
                 return Poll::Pending;
             }
         };
@@ -614,6 +618,7 @@ impl<T> Future for GetFuture<'_, T> {
                     let old = st.getters.set_waker(key, cx.waker());
                     drop(st);
                     drop(old);
+                    awaiting::note(Leaf::sync(&names::BRIDGE_GET), false);
                     return Poll::Pending;
                 }
             },
@@ -624,6 +629,8 @@ impl<T> Future for GetFuture<'_, T> {
                     Some(c) => Err(GetError::Cancelled(c)),
                     None => {
                         this.key = Some(st.getters.push_back(None, cx.waker()));
+                        drop(st);
+                        awaiting::note(Leaf::sync(&names::BRIDGE_GET), true);
                         return Poll::Pending;
                     }
                 },

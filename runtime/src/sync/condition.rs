@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use super::lock::{Lock, LockAcquire, LockGuard};
 use super::semaphore::Waiter;
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::{take_cancel, take_cancel_waiting};
 use crate::task::Cancelled;
 
@@ -265,6 +266,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                     // Release only once queued: a notify issued by whoever takes the lock next
                     // must find us. (Nothing runs in between on this thread anyway.)
                     drop(guard);
+                    awaiting::note(Leaf::sync(&names::CONDITION), true);
                     return Poll::Pending;
                 }
                 Phase::Waiting { lock, key } => {
@@ -278,6 +280,7 @@ impl<'a, T: ?Sized> Future for ConditionWait<'a, T> {
                         this.phase = Phase::Waiting { lock, key };
                         drop(w);
                         drop(old);
+                        awaiting::note(Leaf::sync(&names::CONDITION), false);
                         return Poll::Pending;
                     };
                     w.remove(key);

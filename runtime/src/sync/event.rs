@@ -7,7 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel_if;
+use crate::task::AwaitName;
 use crate::task::Cancelled;
 
 /// A flag tasks can wait on (asyncio's `Event`).
@@ -102,7 +104,19 @@ impl Future for EventWait<'_> {
     type Output = Result<(), Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = &mut *self;
+        self.poll_named(cx, &names::EVENT)
+    }
+}
+
+impl EventWait<'_> {
+    /// Polls the wait; pending, it shows in task dumps as `name` (`event`, or what waits
+    /// through an event: a queue's `join`).
+    pub(crate) fn poll_named(
+        &mut self,
+        cx: &mut Context<'_>,
+        name: &'static AwaitName,
+    ) -> Poll<Result<(), Cancelled>> {
+        let this = self;
         let mut st = this.event.state.borrow_mut();
         match &this.key {
             // Woken by `set`: done, even if the flag was cleared since.
@@ -119,6 +133,7 @@ impl Future for EventWait<'_> {
             }
             return Poll::Ready(Err(c));
         }
+        awaiting::note(Leaf::sync(name), this.key.is_none());
         let old = match &this.key {
             Some(key) => st.waiters.set_waker(key, cx.waker()),
             None => {

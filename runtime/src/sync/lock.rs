@@ -8,6 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use super::semaphore::{Semaphore, Waiter};
+use crate::task::awaiting::names;
 use crate::task::Cancelled;
 
 /// An async mutex (asyncio's `Lock`; `Lock::new(())` is exactly asyncio's `Lock`), holding the
@@ -110,7 +111,7 @@ impl<T: ?Sized> Lock<T> {
         cancellable: bool,
     ) -> Poll<Result<LockGuard<'_, T>, Cancelled>> {
         waiter
-            .poll_acquire(&self.sem, cx, cancellable)
+            .poll_acquire(&self.sem, cx, cancellable, &names::LOCK)
             .map_ok(|()| LockGuard::new(self))
     }
 

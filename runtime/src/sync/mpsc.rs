@@ -43,6 +43,7 @@ use std::task::{Context, Poll, Waker};
 
 pub use super::chan_error::{RecvError, TryRecvError};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::{take_cancel, take_cancel_if, take_cancel_waiting};
 use crate::task::Cancelled;
 
@@ -292,6 +293,7 @@ impl<T> Future for SendFuture<'_, T> {
                 let old = st.send_waiters.set_waker(key, cx.waker());
                 drop(st);
                 drop(old);
+                awaiting::note(Leaf::sync(&names::CHANNEL_SEND), false);
                 return Poll::Pending;
             }
         } else {
@@ -319,6 +321,7 @@ impl<T> Future for SendFuture<'_, T> {
                 if let Some(w) = wake {
                     w.wake();
                 }
+                awaiting::note(Leaf::sync(&names::CHANNEL_SEND), true);
                 return Poll::Pending;
             }
         };
@@ -460,22 +463,25 @@ impl<T> Future for RecvFuture<'_, T> {
             None if st.senders == 0 || st.closed => Err(RecvError::Closed),
             // Waiting: this task's waker is the one registered (a receive is `&mut`, so only
             // one receive of this channel waits at a time).
-            None => match take_cancel_if(
-                st.rx_waker
+            None => {
+                let waiting = st
+                    .rx_waker
                     .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker())),
-            ) {
-                Some(c) => Err(RecvError::Cancelled(c)),
-                None => {
-                    let old = match &st.rx_waker {
-                        Some(w) if w.will_wake(cx.waker()) => None,
-                        _ => st.rx_waker.replace(cx.waker().clone()),
-                    };
-                    drop(st);
-                    drop(old);
-                    return Poll::Pending;
+                    .is_some_and(|w| w.will_wake(cx.waker()));
+                match take_cancel_if(waiting) {
+                    Some(c) => Err(RecvError::Cancelled(c)),
+                    None => {
+                        let old = match &st.rx_waker {
+                            Some(w) if w.will_wake(cx.waker()) => None,
+                            _ => st.rx_waker.replace(cx.waker().clone()),
+                        };
+                        drop(st);
+                        drop(old);
+                        awaiting::note(Leaf::sync(&names::CHANNEL_RECV), !waiting);
+                        return Poll::Pending;
+                    }
                 }
-            },
+            }
         };
         // Resolved, so no longer waiting: a later receive starts afresh (see above).
         let stale = st.rx_waker.take();

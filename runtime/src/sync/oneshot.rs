@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 pub use super::chan_error::{RecvError, TryRecvError};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel_if;
 
 /// Creates a one-shot channel.
@@ -215,6 +216,7 @@ impl<T> Future for Receiver<T> {
         };
         drop(st);
         drop(old);
+        awaiting::note(Leaf::sync(&names::ONESHOT), !waiting);
         Poll::Pending
     }
 }

@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use super::event::{Event, EventWait};
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::{take_cancel, take_cancel_waiting};
 use crate::task::Cancelled;
 
@@ -277,6 +278,7 @@ impl<T> Future for QueuePut<'_, T> {
                 let old = st.putters.set_waker(key, cx.waker());
                 drop(st);
                 drop(old);
+                awaiting::note(Leaf::sync(&names::QUEUE_PUT), false);
                 return Poll::Pending;
             }
         } else {
@@ -290,6 +292,7 @@ impl<T> Future for QueuePut<'_, T> {
                 Err(PutCancelled { item, cancelled })
             } else {
                 this.key = Some(st.putters.push_back(Some(item), cx.waker()));
+                awaiting::note(Leaf::sync(&names::QUEUE_PUT), true);
                 return Poll::Pending;
             }
         };
@@ -345,6 +348,7 @@ impl<T> Future for QueueGet<'_, T> {
                     let old = st.getters.set_waker(key, cx.waker());
                     drop(st);
                     drop(old);
+                    awaiting::note(Leaf::sync(&names::QUEUE_GET), false);
                     return Poll::Pending;
                 }
             },
@@ -354,6 +358,7 @@ impl<T> Future for QueueGet<'_, T> {
                     Some(c) => Err(c),
                     None => {
                         this.key = Some(st.getters.push_back(None, cx.waker()));
+                        awaiting::note(Leaf::sync(&names::QUEUE_GET), true);
                         return Poll::Pending;
                     }
                 },
@@ -404,7 +409,7 @@ impl Future for QueueJoin<'_> {
     type Output = Result<(), Cancelled>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
+        self.0.poll_named(cx, &names::QUEUE_JOIN)
     }
 }
 

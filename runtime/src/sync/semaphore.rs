@@ -11,7 +11,9 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 
 use super::waiters::{wake_all, WaitList, WaiterKey, Wakers};
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::take_cancel_if;
+use crate::task::AwaitName;
 use crate::task::Cancelled;
 
 /// A counter of permits that tasks acquire and release (asyncio's `Semaphore`): the usual way
@@ -179,12 +181,14 @@ impl Waiter {
     /// Polls for one permit of `sem`. `cancellable: false` ignores cancel requests (they stay
     /// pending), for a reacquisition that must finish, as `Condition::wait`'s does.
     ///
-    /// On `Ready(Ok(()))` the caller owns one permit and must release it.
+    /// On `Ready(Ok(()))` the caller owns one permit and must release it. A pending
+    /// acquisition shows in task dumps as `name` (`semaphore`, or the lock built on it).
     pub(crate) fn poll_acquire(
         &mut self,
         sem: &Semaphore,
         cx: &Context<'_>,
         cancellable: bool,
+        name: &'static AwaitName,
     ) -> Poll<Result<(), Cancelled>> {
         let mut st = sem.state.borrow_mut();
         match &self.key {
@@ -208,6 +212,7 @@ impl Waiter {
                 return Poll::Ready(Err(c));
             }
         }
+        awaiting::note(Leaf::sync(name), self.key.is_none());
         let old = match &self.key {
             Some(key) => st.waiters.set_waker(key, cx.waker()),
             None => {
@@ -247,7 +252,7 @@ impl<'a> Future for SemaphoreAcquire<'a> {
         let this = &mut *self;
         let sem = this.sem;
         this.waiter
-            .poll_acquire(sem, cx, true)
+            .poll_acquire(sem, cx, true, &names::SEMAPHORE)
             .map_ok(|()| SemaphorePermit { sem: Some(sem) })
     }
 }
@@ -273,7 +278,7 @@ impl Future for SemaphoreAcquireOwned {
         let this = &mut *self;
         let sem = &this.sem;
         this.waiter
-            .poll_acquire(sem, cx, true)
+            .poll_acquire(sem, cx, true, &names::SEMAPHORE)
             .map_ok(|()| OwnedSemaphorePermit {
                 sem: Some(sem.clone()),
             })

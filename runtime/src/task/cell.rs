@@ -37,6 +37,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
 use crate::context;
+use crate::task::awaiting::{Leaf, LeafData, LeafKind};
 use crate::task::sched::{Remote, Schedule};
 use crate::task::{Cancelled, TaskError, TaskId, TaskRef, TaskState};
 
@@ -74,6 +75,9 @@ const MAIN: u8 = 1 << 5;
 /// concurrent branch of a hand-written join, say) resolves to `Cancelled` too; cleared when the
 /// poll ends. See "Concurrent branches" in the `task` module docs.
 const DELIVERED: u8 = 1 << 6;
+/// A runtime future has just started the wait it recorded as the task's leaf (its first
+/// `Pending`): the end of this poll stamps the wait's start. Cleared when the poll starts.
+const WAIT_NEW: u8 = 1 << 7;
 
 /// How a task ended (owner thread only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,6 +122,23 @@ pub(crate) struct Header {
     pub(crate) home: Arc<dyn Remote>,
     join_waker: Cell<Option<Waker>>,
     extras: Cell<Option<Box<Extras>>>,
+    // What the task is suspended on (`task/awaiting.rs`): a `Leaf` kept field by field, so
+    // that its kind packs with the bytes above. Written by the runtime future that returns
+    // `Pending`, through the thread's current-task pointer; read by the task tree.
+    leaf_kind: Cell<LeafKind>,
+    /// The leaf's kind when the current poll began (`leaf_kind` is `Unset` meanwhile); the
+    /// payload fields still hold that leaf's until a future records its own.
+    leaf_kind_before: Cell<LeafKind>,
+    leaf_arg: Cell<u32>,
+    leaf_len: Cell<u32>,
+    leaf_data: Cell<LeafData>,
+    /// The loop's millisecond tick when the current wait began (`awaiting::tick_of`).
+    wait_since: Cell<u32>,
+    /// Polls of the future (saturating).
+    polls: Cell<u32>,
+    /// The task's `tracing` span, set once at spawn and entered for every poll.
+    #[cfg(feature = "tracing")]
+    span: std::cell::OnceCell<tracing::Span>,
 }
 
 impl Header {
@@ -133,6 +154,112 @@ impl Header {
             home,
             join_waker: Cell::new(None),
             extras: Cell::new(None),
+            leaf_kind: Cell::new(Leaf::NONE.kind),
+            leaf_kind_before: Cell::new(Leaf::NONE.kind),
+            leaf_arg: Cell::new(Leaf::NONE.arg),
+            leaf_len: Cell::new(Leaf::NONE.len),
+            leaf_data: Cell::new(Leaf::NONE.data),
+            wait_since: Cell::new(0),
+            polls: Cell::new(0),
+            #[cfg(feature = "tracing")]
+            span: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Gives the task its `tracing` span (once, at spawn).
+    #[cfg(feature = "tracing")]
+    pub(crate) fn set_span(&self, span: tracing::Span) {
+        let _ = self.span.set(span);
+    }
+
+    /// The task's `tracing` span, if it has one.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.span.get()
+    }
+
+    /// The leaf the task is (or was last) suspended on.
+    #[inline]
+    pub(crate) fn leaf(&self) -> Leaf {
+        Leaf {
+            kind: self.leaf_kind.get(),
+            arg: self.leaf_arg.get(),
+            len: self.leaf_len.get(),
+            data: self.leaf_data.get(),
+        }
+    }
+
+    /// Records the leaf a runtime future is suspending the task on (see `awaiting::note`),
+    /// unless one was recorded earlier in this poll: the first future a poll leaves pending
+    /// stands (a select's main branch before its shutdown branch). `new`: the future has just
+    /// started this wait; otherwise the wait is new only if it is not the one the last poll
+    /// left (whose payload the fields still hold).
+    #[inline]
+    pub(crate) fn set_leaf(&self, leaf: Leaf, new: bool) {
+        if self.leaf_kind.get() != LeafKind::Unset {
+            return;
+        }
+        if new || !leaf.same_as(&self.leaf_before()) {
+            self.set(WAIT_NEW);
+        }
+        self.replace_leaf(leaf);
+    }
+
+    /// The leaf the last poll left, while a poll runs.
+    fn leaf_before(&self) -> Leaf {
+        Leaf {
+            kind: self.leaf_kind_before.get(),
+            ..self.leaf()
+        }
+    }
+
+    /// Records `leaf` over whatever this poll recorded (code that says what it waits on as a
+    /// whole, around the futures it polls: `note_awaiting`).
+    #[inline]
+    pub(crate) fn replace_leaf(&self, leaf: Leaf) {
+        self.leaf_kind.set(leaf.kind);
+        self.leaf_arg.set(leaf.arg);
+        self.leaf_len.set(leaf.len);
+        self.leaf_data.set(leaf.data);
+    }
+
+    /// The tick at which the current wait began.
+    pub(crate) fn wait_since(&self) -> u32 {
+        self.wait_since.get()
+    }
+
+    /// Polls of the task's future so far (saturating at `u32::MAX`).
+    pub(crate) fn polls(&self) -> u32 {
+        self.polls.get()
+    }
+
+    /// Before a poll: counts it, and marks the leaf unset (keeping its kind aside, to tell a
+    /// new wait from the same one when a future records its leaf).
+    #[inline]
+    fn begin_poll_leaf(&self) {
+        self.polls.set(self.polls.get().saturating_add(1));
+        if cfg!(ringloop_no_leaves) {
+            return;
+        }
+        self.leaf_kind_before.set(self.leaf_kind.get());
+        self.leaf_kind.set(LeafKind::Unset);
+    }
+
+    /// After a poll that returned `Pending`: a leaf nobody recorded is a foreign future, and a
+    /// new wait (so marked by its future or by `set_leaf`) starts its clock now.
+    #[inline]
+    fn end_poll_leaf(&self, sched: &dyn Schedule) {
+        if cfg!(ringloop_no_leaves) {
+            return;
+        }
+        if self.leaf_kind.get() == LeafKind::Unset {
+            self.replace_leaf(Leaf::FOREIGN);
+            if self.leaf_kind_before.get() != LeafKind::Foreign {
+                self.set(WAIT_NEW);
+            }
+        }
+        if self.has(WAIT_NEW) {
+            self.wait_since.set(sched.wait_tick());
         }
     }
 
@@ -183,6 +310,10 @@ impl Header {
     }
 
     pub(crate) fn set_name(&self, name: Cow<'static, str>) {
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span() {
+            span.record("task.name", &*name);
+        }
         self.with_extras(|e| e.name = Some(name));
     }
 
@@ -215,6 +346,15 @@ impl Header {
         self.cancel_requests
             .set(self.cancel_requests.get().saturating_add(1));
         self.set(CANCEL_PENDING);
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::task",
+            tracing::Level::DEBUG,
+            task.id = self.id.as_u64(),
+            task.name = %self.name(),
+            cancel.message = message.as_deref(),
+            "cancel requested"
+        );
         if message.is_some() {
             self.with_extras(|e| e.cancel_message = message);
         }
@@ -306,6 +446,14 @@ impl Header {
     /// cancellation the task merely *observed* later, e.g. from a child it cancelled and awaited
     /// during its cleanup, must not overwrite the reason the task itself was cancelled.
     pub(crate) fn deliver(&self, message: Option<Arc<str>>) -> Cancelled {
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::task",
+            tracing::Level::DEBUG,
+            task.id = self.id.as_u64(),
+            cancel.message = message.as_deref(),
+            "cancel delivered"
+        );
         let counter = self.with_extras(|e| {
             if e.cancel_message.is_none() {
                 e.cancel_message.clone_from(&message);
@@ -382,9 +530,19 @@ enum Stage<F: Future> {
     Consumed,
 }
 
+/// `repr(C)`: the header is at the start of every cell, so a type-erased task's header is its
+/// data pointer (`header_of`), found without a call through the `TaskDyn` vtable.
+#[repr(C)]
 pub(crate) struct TaskCell<F: Future> {
     header: Header,
     stage: UnsafeCell<Stage<F>>,
+}
+
+/// The header of a type-erased task, read off its data pointer (every task is a `TaskCell`,
+/// whose header comes first).
+#[inline]
+pub(crate) fn header_of(task: &TaskPtr) -> *const Header {
+    Arc::as_ptr(task).cast::<Header>()
 }
 
 static NEXT_TASK_ID: AtomicU64 = AtomicU64::new(1);
@@ -493,6 +651,8 @@ impl<F: Future + 'static> TaskCell<F> {
     }
 
     fn end_cancelled(&self, me: &TaskPtr, sched: &dyn Schedule) {
+        #[cfg(feature = "tracing")]
+        let _span = self.header.span().map(tracing::Span::enter);
         self.set_stage(sched, me, Stage::Consumed);
         self.finish(me, sched, Outcome::Cancelled);
     }
@@ -552,8 +712,11 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
             return;
         }
         h.set(STARTED | RUNNING);
-        h.clear(DELIVERED);
+        h.clear(DELIVERED | WAIT_NEW);
+        h.begin_poll_leaf();
         let _current = context::set_current(me);
+        #[cfg(feature = "tracing")]
+        let _span = h.span().map(tracing::Span::enter);
         // The waker borrows this poll's reference instead of taking a count of its own: it is
         // never dropped (ManuallyDrop), and `clone` takes a real count.
         // SAFETY: `self` lives in an `Arc` (`me`), and `me` outlives the waker.
@@ -586,6 +749,7 @@ impl<F: Future + 'static> TaskDyn for TaskCell<F> {
                 }
             }
             Ok(Poll::Pending) => {
+                h.end_poll_leaf(sched);
                 if cancel_at_start && h.has(CANCEL_PENDING) && !h.has(MAIN) {
                     // Nothing in the await chain could observe the request (a foreign future):
                     // fall back to Rust's cancel, dropping the future.
@@ -664,12 +828,13 @@ pub(crate) fn error_of(h: &Header) -> TaskError {
 mod tests {
     use super::*;
 
-    /// The per-task overhead the docs promise (at most 128 bytes besides the future and its
+    /// The per-task overhead the docs promise (at most 144 bytes besides the future and its
     /// output), measured for a future whose state is a single byte: the `Arc`'s two counts, the
-    /// header, the stage's tag and padding, and the registry's slab entry (a fat `TaskPtr` plus
-    /// the slab's entry tag).
+    /// header (96 bytes, 24 of them what the task awaits, since when, and its poll count), the
+    /// stage's tag and padding, and the registry's slab entry (a fat `TaskPtr` plus the slab's
+    /// entry tag).
     #[test]
-    fn per_task_overhead_is_at_most_128_bytes() {
+    fn per_task_overhead_is_at_most_144_bytes() {
         let future = async {};
         let future_size = std::mem::size_of_val(&future);
         let cell_size = std::mem::size_of_val(&*new_task(future, None, Arc::new(NoLoop)));
@@ -680,9 +845,12 @@ mod tests {
             "per-task overhead: {overhead} bytes (header {} bytes)",
             std::mem::size_of::<Header>()
         );
-        assert!(overhead <= 128, "per-task overhead is {overhead} bytes");
+        if cfg!(feature = "tracing") {
+            return; // the task's span adds its own size
+        }
+        assert!(overhead <= 144, "per-task overhead is {overhead} bytes");
         assert!(
-            std::mem::size_of::<Header>() <= 72,
+            std::mem::size_of::<Header>() <= 96,
             "the header grew to {} bytes",
             std::mem::size_of::<Header>()
         );
@@ -744,12 +912,32 @@ mod tests {
         fn count_poll(&self) {
             self.polls.set(self.polls.get() + 1);
         }
+
+        fn wait_tick(&self) -> u32 {
+            7
+        }
     }
 
     fn spawn_here<F: Future + 'static>(future: F) -> (Arc<TaskCell<F>>, TaskPtr) {
         let cell = new_task(future, None, Arc::new(NoLoop));
         let ptr: TaskPtr = cell.clone();
         (cell, ptr)
+    }
+
+    /// Every task is a `TaskCell`, so its header sits at its data pointer, whatever the
+    /// future's alignment.
+    #[test]
+    fn a_task_header_is_at_its_data_pointer() {
+        #[repr(align(64))]
+        struct Aligned(u8);
+        let big = async {
+            let a = Aligned(1);
+            std::future::ready(()).await;
+            a.0
+        };
+        for ptr in [spawn_here(async {}).1, spawn_here(big).1] {
+            assert!(std::ptr::eq(header_of(&ptr), ptr.header()));
+        }
     }
 
     #[test]

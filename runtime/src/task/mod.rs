@@ -47,6 +47,7 @@
 //! [`take_cancel_request`](crate::take_cancel_request) sees the request only when it is the
 //! first to check; use [`take_cancel_request_waiting`] in a future that is already waiting.
 
+pub(crate) mod awaiting;
 pub(crate) mod cancel;
 pub(crate) mod cell;
 pub(crate) mod sched;
@@ -60,7 +61,9 @@ use std::num::NonZeroU64;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
+pub use awaiting::{note_awaiting, AwaitName, Awaiting};
 pub use cancel::Cancelled;
 // Spawning and listing tasks are the running loop's business (its registry); their public
 // paths stay here, beside `Task`.
@@ -293,6 +296,34 @@ impl TaskRef {
         self.ptr.header().is_done()
     }
 
+    /// What the task is suspended on: the runtime leaf its last poll ended at (an op, a sleep,
+    /// a lock, another task, ..., or [`Awaiting::Foreign`]). `None` while it has not been
+    /// polled yet, while it is being polled, and once it is done. A task woken and not yet
+    /// polled again ([`TaskState::Scheduled`]) still shows what it waited on.
+    pub fn awaiting(&self) -> Option<Awaiting> {
+        let h = self.ptr.header();
+        if h.is_done() || h.state() == TaskState::Running {
+            return None;
+        }
+        h.leaf().awaiting()
+    }
+
+    /// How long the task has been waiting on [`awaiting`](Self::awaiting), to the millisecond
+    /// (the wait's start is read from the loop's clock once per loop iteration); `None` when
+    /// `awaiting` is.
+    pub fn waited(&self) -> Option<Duration> {
+        self.awaiting()?;
+        Some(awaiting::waited_since(
+            self.ptr.header().wait_since(),
+            Instant::now(),
+        ))
+    }
+
+    /// How many times the task's future has been polled (saturating at `u32::MAX`).
+    pub fn polls(&self) -> u64 {
+        u64::from(self.ptr.header().polls())
+    }
+
     /// Whether the task ended by cancellation.
     pub fn is_cancelled(&self) -> bool {
         self.ptr.header().outcome() == Outcome::Cancelled
@@ -518,7 +549,9 @@ impl<T> Future for Task<T> {
         } else if self.waiting == Waiting::No {
             self.waiting = Waiting::Yes;
         }
-        self.task.ptr.header().set_join_waker(cx.waker());
+        let h = self.task.ptr.header();
+        h.set_join_waker(cx.waker());
+        awaiting::note(awaiting::Leaf::task(h.id), waiting == Waiting::No);
         Poll::Pending
     }
 }

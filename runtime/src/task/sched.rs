@@ -12,7 +12,8 @@
 //! indirect call to a few-instruction method per poll. Each path pays at most one such call:
 //! a poll counts itself once (`count_poll`), a local wake queues itself once (`schedule`,
 //! which also tells a task of another loop on this thread), and the rest (`task_finished`,
-//! `report_panic`, `call_soon`) happen once per task, not per poll.
+//! `report_panic`, `call_soon`) happen once per task, not per poll, and `wait_tick` once per
+//! poll that starts a new wait.
 
 use std::any::Any;
 
@@ -41,6 +42,11 @@ pub(crate) trait Schedule {
 
     /// Counts one poll of a task's future (the loop's statistics).
     fn count_poll(&self);
+
+    /// The loop's clock as a millisecond tick (`awaiting::tick_of`), for a wait that starts
+    /// now. Read at most once per loop iteration: every wait that starts in one iteration gets
+    /// the same tick.
+    fn wait_tick(&self) -> u32;
 }
 
 /// The cross-thread side of a task's home loop: where a waker on another thread sends the

@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use crate::context;
+use crate::task::awaiting::{self, names, Leaf};
 use crate::task::cancel::{self, take_cancel_if, CancelScope};
 use crate::task::Cancelled;
 use heap::{TimerAction, TimerHeap, TimerKey};
@@ -216,6 +217,7 @@ impl Future for Sleep {
             context::expect_entered();
             self.wait.armed = true;
             cx.waker().wake_by_ref();
+            awaiting::note(Leaf::other(&names::YIELD, None), true);
             return Poll::Pending;
         }
         self.wait.arm(cx);
@@ -269,6 +271,7 @@ impl DeadlineWait {
             return Check::Unarmed;
         }
         if self.timer.refresh(cx) {
+            awaiting::note(Leaf::sleep(self.deadline), false);
             return Check::Waiting;
         }
         // Not armed on this loop's heap: it fired there, or it waits on another loop's (the
@@ -291,6 +294,7 @@ impl DeadlineWait {
     pub(crate) fn arm(&mut self, cx: &Context<'_>) {
         self.armed = true;
         self.timer.arm(self.deadline, cx);
+        awaiting::note(Leaf::sleep(self.deadline), true);
     }
 
     /// [`check`](Self::check), arming the timer if it is not armed: `Ready` once it fired.
@@ -595,6 +599,12 @@ impl<F: Future> Future for Timeout<F> {
             return Poll::Pending;
         }
         timer.disarm();
+        #[cfg(feature = "tracing")]
+        tracing::event!(
+            target: "ringloop::time",
+            tracing::Level::DEBUG,
+            "timeout expired: cancelling the future inside it"
+        );
         // Deliver a cancel scoped to this call and let the inner future react to it now.
         let Some(scope) = CancelScope::request() else {
             *phase = Phase::Done;
