@@ -40,6 +40,8 @@ struct Close {
 unsafe impl OpKind for Close {
     type Output = ();
 
+    const NAME: &'static str = "close";
+
     fn sqe(&mut self) -> squeue::Entry {
         opcode::Close::new(types::Fd(self.fd)).build()
     }

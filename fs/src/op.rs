@@ -38,8 +38,9 @@ use std::task::{Context, Poll, Waker};
 
 use io_uring::squeue;
 use ringloop_runtime::{
-    current_backend, repost_cancel_request, spawn_blocking, take_cancel_request,
-    take_cancel_request_waiting, Backend, Cancelled, FdTarget, Interest, Op, OpKind, SharedFd,
+    current_backend, note_awaiting_io, repost_cancel_request, spawn_blocking, take_cancel_request,
+    take_cancel_request_waiting, AwaitName, Backend, Cancelled, FdTarget, Interest, Op, OpKind,
+    SharedFd,
 };
 
 /// The descriptor an operation names: how the SQE should name it (by number, or by slot in
@@ -115,6 +116,11 @@ pub(crate) unsafe trait Syscall: Send + Sized + 'static {
     /// the rest).
     fn try_nowait(&mut self, _fd: RawFd) -> io::Result<u32> {
         Err(io::ErrorKind::WouldBlock.into())
+    }
+
+    /// The bytes the operation moves, for task dumps (a read's room, a write's length).
+    fn byte_count(&self) -> Option<usize> {
+        None
     }
 }
 
@@ -215,7 +221,7 @@ pub(crate) fn nowait_enabled() -> bool {
 }
 
 /// The name `RINGLOOP_FS_POOL` knows an opcode by.
-pub(crate) fn opcode_name(op: u8) -> &'static str {
+pub(crate) const fn opcode_name(op: u8) -> &'static str {
     match op {
         opcode::OpenAt::CODE => "openat",
         opcode::Close::CODE => "close",
@@ -272,13 +278,15 @@ impl<S> OnRing<S> {
 unsafe impl<S: Syscall> OpKind for OnRing<S> {
     type Output = S::Output;
 
+    const NAME: &'static str = opcode_name(S::OPCODE);
+
     fn sqe(&mut self) -> squeue::Entry {
         let target = self.target();
         self.op.sqe(target)
     }
 
-    /// Never used: file ops run on the ring only on io_uring, where the runtime does not ask
-    /// for readiness.
+    /// The descriptor a task dump shows. File ops run on the ring only on io_uring, where the
+    /// runtime never waits for readiness.
     fn readiness(&self) -> (RawFd, Interest) {
         (self.target().raw, Interest::Read)
     }
@@ -293,6 +301,10 @@ unsafe impl<S: Syscall> OpKind for OnRing<S> {
 
     fn try_first(&self) -> bool {
         self.op.nowait()
+    }
+
+    fn byte_count(&self) -> Option<usize> {
+        self.op.byte_count()
     }
 
     fn complete(self, result: io::Result<u32>, _flags: u32) -> S::Output {
@@ -401,10 +413,19 @@ struct PoolWait<S: Syscall> {
     /// A cancel request taken while the call ran: the call's result wins and the request goes
     /// back to the task when it arrives.
     held: Option<Cancelled>,
+    /// What a task dump shows while it waits, as for the same op on the ring: the caller's
+    /// descriptor (not the job's duplicate) and the bytes the op moves.
+    shown: (Option<RawFd>, Option<usize>),
 }
 
 impl<S: Syscall> PoolWait<S> {
-    fn start(fd: Option<OwnedFd>, op: S) -> Self {
+    /// The op's name, as a `static` of its own (a leaf records a pointer).
+    const NAME: &'static AwaitName = &AwaitName::new(opcode_name(S::OPCODE));
+}
+
+impl<S: Syscall> PoolWait<S> {
+    fn start(fd: Option<OwnedFd>, op: S, shown_fd: Option<RawFd>) -> Self {
+        let shown = (shown_fd, op.byte_count());
         let slot = Arc::new(Mutex::new(PoolSlot {
             input: Some((fd, op)),
             output: None,
@@ -423,6 +444,7 @@ impl<S: Syscall> PoolWait<S> {
             slot,
             waiting: false,
             held: None,
+            shown,
         }
     }
 
@@ -481,6 +503,7 @@ impl<S: Syscall> PoolWait<S> {
         };
         drop(s);
         drop(old); // outside the lock: dropping a waker runs its executor's code
+        note_awaiting_io(Self::NAME, self.shown.0, self.shown.1, !self.waiting);
         self.waiting = true;
         Poll::Pending
     }
@@ -572,7 +595,8 @@ impl<S: Syscall> FileOp<S> {
             Ok(dup) => dup,
             Err(e) => return Poll::Ready(op.complete(Err(e))),
         };
-        self.state = State::Pool(PoolWait::start(dup, op));
+        let shown = fd.as_ref().map(SharedFd::raw);
+        self.state = State::Pool(PoolWait::start(dup, op, shown));
         Poll::Pending
     }
 }

@@ -109,6 +109,10 @@ unsafe impl<B: IoBufMut + Send> Syscall for Read<B> {
     type Output = (io::Result<usize>, B);
     const OPCODE: u8 = opcode::Read::CODE;
 
+    fn byte_count(&self) -> Option<usize> {
+        Some(rw_len(self.buf.bytes_total()) - self.done)
+    }
+
     fn sqe(&mut self, target: Target) -> squeue::Entry {
         let (ptr, len, pos) = self.rest();
         with_target!(target, t => opcode::Read::new(t, ptr, len as u32).offset(pos).build())
@@ -197,6 +201,10 @@ unsafe impl<B: IoBuf + Send> Syscall for Write<B> {
     type Output = (io::Result<usize>, B);
     const OPCODE: u8 = opcode::Write::CODE;
 
+    fn byte_count(&self) -> Option<usize> {
+        Some(rw_len(self.buf.bytes_init()))
+    }
+
     fn sqe(&mut self, target: Target) -> squeue::Entry {
         let len = rw_len(self.buf.bytes_init()) as u32;
         let ptr = self.buf.stable_ptr();
@@ -260,6 +268,11 @@ impl<B: IoBufMut> ReadVectored<B> {
 unsafe impl<B: IoBufMut + Send> Syscall for ReadVectored<B> {
     type Output = (io::Result<usize>, Vec<B>);
     const OPCODE: u8 = opcode::Readv::CODE;
+
+    fn byte_count(&self) -> Option<usize> {
+        let total = self.bufs.iter().take(MAX_IOVECS).map(|b| b.bytes_total());
+        Some(total.sum::<usize>().min(MAX_RW))
+    }
 
     fn sqe(&mut self, target: Target) -> squeue::Entry {
         self.prepare();
@@ -328,6 +341,11 @@ impl<B: IoBuf> WriteVectored<B> {
 unsafe impl<B: IoBuf + Send> Syscall for WriteVectored<B> {
     type Output = (io::Result<usize>, Vec<B>);
     const OPCODE: u8 = opcode::Writev::CODE;
+
+    fn byte_count(&self) -> Option<usize> {
+        let total = self.bufs.iter().take(MAX_IOVECS).map(IoBuf::bytes_init);
+        Some(total.sum::<usize>().min(MAX_RW))
+    }
 
     fn sqe(&mut self, target: Target) -> squeue::Entry {
         self.prepare();

@@ -92,6 +92,7 @@ struct Splice {
 // SAFETY: the SQE names no memory, only `self.from` and `self.to`, which the op keeps open.
 unsafe impl OpKind for Splice {
     type Output = io::Result<usize>;
+    const NAME: &'static str = "splice";
 
     fn sqe(&mut self) -> squeue::Entry {
         let from = types::Fd(self.from.raw());
@@ -102,6 +103,10 @@ unsafe impl OpKind for Splice {
 
     fn readiness(&self) -> (RawFd, Interest) {
         (self.to.raw(), Interest::Write)
+    }
+
+    fn byte_count(&self) -> Option<usize> {
+        Some(self.len as usize)
     }
 
     fn attempt(&mut self) -> io::Result<u32> {

@@ -117,6 +117,45 @@ both_backends! {
     }
 }
 
+both_backends! {
+    async fn a_file_sent_to_a_peer_that_does_not_read_waits_on_a_poll_of_the_socket() {
+        let (ours, theirs) = pair().await;
+        let fd = ours.as_raw_fd();
+        let path = std::env::temp_dir().join(format!(
+            "ringloop-awaiting-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let len = 16 << 20; // far more than the socket buffers hold
+        std::fs::write(&path, vec![5u8; len]).unwrap();
+        let file = ringloop_runtime::SharedFd::new(std::os::fd::OwnedFd::from(
+            std::fs::File::open(&path).unwrap(),
+        ));
+        std::fs::remove_file(&path).unwrap();
+        let sender = spawn(async move { ours.send_file(&file, 0, len).await.is_ok() });
+        let poll = Awaiting::Io { op: "poll", fd: Some(fd), bytes: None };
+        assert!(until(|| sender.as_ref().awaiting() == Some(poll)).await);
+        drop(theirs);
+        assert!(!sender.await.unwrap(), "the peer went");
+    }
+}
+
+both_backends! {
+    async fn a_read_with_a_deadline_shows_the_read_not_the_deadline() {
+        let (ours, _theirs) = pair().await;
+        let fd = ours.as_raw_fd();
+        let reader = spawn(async move {
+            use ringloop_runtime::DeadlineExt;
+            let (r, _) = ours.read(Vec::with_capacity(10)).timeout(std::time::Duration::from_secs(3600)).await;
+            r.map(drop)
+        });
+        settle().await;
+        assert_eq!(awaiting(&reader), Awaiting::Io { op: "recv", fd: Some(fd), bytes: Some(10) });
+        reader.cancel();
+        assert!(reader.await.is_err());
+    }
+}
+
 /// An echo protocol: one dispatcher task drives every connection.
 #[derive(Default)]
 struct Echo(Option<Transport>);

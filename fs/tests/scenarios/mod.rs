@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::io::{self, ErrorKind};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -41,6 +41,7 @@ macro_rules! for_each_scenario {
         $m!(many_tasks_share_one_file);
         $m!(a_cancel_before_the_op_starts_runs_nothing);
         $m!(a_cancel_in_flight_returns_the_buffer_and_reaches_the_task);
+        $m!(a_task_waiting_on_a_file_op_shows_the_op);
     };
 }
 
@@ -724,4 +725,41 @@ pub async fn a_cancel_in_flight_returns_the_buffer_and_reaches_the_task() {
 
 fn data_prefix(n: usize) -> Vec<u8> {
     pattern(9, n)
+}
+
+/// A task suspended on a file operation shows it in the task tree as the op's name, as a ring
+/// op and a pool job alike: opening a FIFO for writing waits in the kernel's `openat` (on a pool
+/// thread, or on io_uring's worker: `O_CREAT` keeps the ring from trying it inline) until a
+/// reader opens it.
+pub async fn a_task_waiting_on_a_file_op_shows_the_op() {
+    let dir = TempDir::new("awaiting");
+    let path = dir.join("fifo");
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let p = path.clone();
+    let writer = spawn(async move {
+        let mut options = OpenOptions::new();
+        options.write(true).create(true);
+        options.open(&p).await.map(|_| ())
+    });
+    for _ in 0..4 {
+        yield_now().await.unwrap();
+    }
+    assert_eq!(
+        writer.as_ref().awaiting(),
+        Some(ringloop_runtime::Awaiting::Io {
+            op: "openat",
+            fd: None,
+            bytes: None
+        })
+    );
+    // A reader lets the open finish (`O_NONBLOCK`: it does not wait for a writer itself).
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    writer.await.unwrap().unwrap();
+    drop(reader);
 }

@@ -231,6 +231,52 @@ pub fn note_awaiting(what: &'static AwaitName, count: Option<u32>) {
     });
 }
 
+/// Records, for task dumps, that the current task is about to return `Pending` from a future
+/// that waits on an I/O operation ringloop does not run itself (a system call on the blocking
+/// pool, say): shown as [`Awaiting::Io`] with the op's name, descriptor and byte count, as a
+/// ring op would be, so that one operation shows the same on both backends. Like the runtime's
+/// own futures, the first pending future of a task poll stands: this records nothing if one
+/// polled before it recorded its leaf, and a later one does not replace it. `first` says this
+/// is the future's first `Pending` for this operation: the time it has waited starts now (later
+/// calls for the same operation pass `false` and keep it). Does nothing outside a task.
+///
+/// ```
+/// use ringloop_runtime::{note_awaiting_io, spawn, yield_now, AwaitName, Awaiting, Runtime};
+/// use std::future::Future;
+/// use std::pin::Pin;
+/// use std::task::{Context, Poll};
+///
+/// static PREAD: AwaitName = AwaitName::new("pread");
+///
+/// struct OnAThread;
+/// impl Future for OnAThread {
+///     type Output = ();
+///     fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+///         note_awaiting_io(&PREAD, Some(7), Some(4096), true);
+///         Poll::Pending
+///     }
+/// }
+///
+/// Runtime::new().unwrap().block_on(async {
+///     let task = spawn(OnAThread);
+///     yield_now().await.unwrap();
+///     assert_eq!(
+///         task.as_ref().awaiting(),
+///         Some(Awaiting::Io { op: "pread", fd: Some(7), bytes: Some(4096) })
+///     );
+///     task.abort();
+/// });
+/// ```
+#[inline]
+pub fn note_awaiting_io(
+    op: &'static AwaitName,
+    fd: Option<RawFd>,
+    bytes: Option<usize>,
+    first: bool,
+) {
+    note(Leaf::io(op, fd.unwrap_or(-1), bytes), first);
+}
+
 /// Records `leaf` in the current task's header (nothing outside a task), unless a runtime
 /// future polled earlier in this task poll recorded one: the first pending future stands.
 /// `new` says the future has just started this wait (its first `Pending`), so its waiting time

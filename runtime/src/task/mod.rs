@@ -63,7 +63,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-pub use awaiting::{note_awaiting, AwaitName, Awaiting};
+pub use awaiting::{note_awaiting, note_awaiting_io, AwaitName, Awaiting};
 pub use cancel::Cancelled;
 // Spawning and listing tasks are the running loop's business (its registry); their public
 // paths stay here, beside `Task`.
