@@ -311,7 +311,15 @@ fn main() {
     }
     paths.push((
         "ring_sqpoll",
-        Box::new(|| ring(&mut sqpoll_ring, &file, &offs, &bufs, squeue::Flags::empty())),
+        Box::new(|| {
+            ring(
+                &mut sqpoll_ring,
+                &file,
+                &offs,
+                &bufs,
+                squeue::Flags::empty(),
+            )
+        }),
     ));
     paths.push((
         "ring_async",

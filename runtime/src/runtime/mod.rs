@@ -471,10 +471,14 @@ impl Core {
                 driver.park(Some(Duration::ZERO), self.shared.wake.eventfd())?;
             }
         } else {
-            let timeout = self
-                .timers
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(Instant::now()));
+            // The clock is read only when a timer is armed.
+            let timeout = if self.timers.len() > 0 {
+                let now = Instant::now();
+                let deadline = self.timers.park_deadline(now);
+                deadline.map(|d| d.saturating_duration_since(now))
+            } else {
+                None
+            };
             // Announce the park before the last look at the injector, so a remote wake either
             // sees `parked` and writes the eventfd, or is seen here.
             let timeout = if self.shared.park.prepare_park() {

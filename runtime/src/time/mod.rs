@@ -64,9 +64,10 @@ impl Timers {
         self.heap.borrow().len()
     }
 
-    /// The earliest deadline, if any timer is armed.
-    pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.heap.borrow_mut().next_deadline()
+    /// How long the loop may park at most, if a timer is armed: see
+    /// [`TimerHeap::park_deadline`].
+    pub(crate) fn park_deadline(&self, now: Instant) -> Option<Instant> {
+        self.heap.borrow_mut().park_deadline(now)
     }
 
     /// Moves every timer due at `now` into `out`, in deadline order (ties in arming order).
