@@ -140,6 +140,16 @@ impl Error for SendAllError {
     }
 }
 
+impl From<io::Error> for SendAllError {
+    /// An error before any byte went out (`sent: 0`). This is what lets a deadline bound a
+    /// transfer: `stream.send_file(&file, 0, len).timeout(d)`. The transfer's own ops take the
+    /// deadline and report how far they got, so a transfer that times out partway still says
+    /// exactly what it sent; this conversion only answers for a transfer that never started.
+    fn from(error: io::Error) -> SendAllError {
+        SendAllError { sent: 0, error }
+    }
+}
+
 impl From<SendAllError> for io::Error {
     /// The underlying error, errno and all (the byte count is dropped).
     fn from(e: SendAllError) -> io::Error {

@@ -552,6 +552,28 @@ async fn write_then_count<S: Stream>(s: S, mut peer: impl Read + Send + 'static)
     let e = r.unwrap_err();
     assert!(is_timed_out(&e.error), "{e:?}");
     sent += e.sent;
+    // 3½. A file sent with a deadline (`send_file` through `sock_sendfile`): the same.
+    let path = std::env::temp_dir().join(format!(
+        "ringloop-deadline-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&path, &payload[sent..]).unwrap();
+    let file = ringloop_runtime::SharedFd::new(std::os::fd::OwnedFd::from(
+        std::fs::File::open(&path).unwrap(),
+    ));
+    std::fs::remove_file(&path).unwrap();
+    let r = ringloop_net::sock_sendfile(&s, &file, 0, payload.len() - sent)
+        .timeout(Duration::from_millis(5))
+        .await;
+    match r {
+        Err(e) => {
+            assert!(is_timed_out(&e.error), "{e:?}");
+            sent += e.sent;
+        }
+        Ok(n) => panic!("{n} bytes sent to a peer that does not read"),
+    }
+    drop(file);
     // 4. The peer reads everything there is: exactly what was reported sent.
     drop(s);
     let reader = std::thread::spawn(move || {
