@@ -42,6 +42,7 @@ macro_rules! for_each_scenario {
         $m!(a_cancel_before_the_op_starts_runs_nothing);
         $m!(a_cancel_in_flight_returns_the_buffer_and_reaches_the_task);
         $m!(a_task_waiting_on_a_file_op_shows_the_op);
+        $m!(a_deadline_on_an_open_that_waits);
     };
 }
 
@@ -762,4 +763,61 @@ pub async fn a_task_waiting_on_a_file_op_shows_the_op() {
         .unwrap();
     writer.await.unwrap().unwrap();
     drop(reader);
+}
+
+/// A deadline on a file operation that waits in the kernel: an open of a FIFO for writing,
+/// which waits until a reader comes (one comes after 300 ms, from a thread).
+///
+/// * On the blocking pool the wait gives up at the deadline (`ETIMEDOUT`); the blocked call
+///   finishes when the reader comes, and its file is closed on the pool thread.
+/// * On io_uring the open runs on the kernel's io-wq worker, and the linked timeout can only
+///   ask the kernel to interrupt it. 5.10 does (the worker's `-EINTR` is reported as the
+///   deadline's `ETIMEDOUT`); newer kernels leave a running open alone, and the op's own result
+///   wins, as it always does: the open succeeds when the reader comes, after the deadline.
+pub async fn a_deadline_on_an_open_that_waits() {
+    use ringloop_runtime::DeadlineExt;
+    let dir = TempDir::new("deadline-open");
+    let path = dir.join("fifo");
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let p = path.clone();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let r = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .unwrap();
+        drop(r);
+    });
+    let mut options = OpenOptions::new();
+    options.write(true).create(true);
+    let started = std::time::Instant::now();
+    let r = options
+        .open(&path)
+        .timeout(Duration::from_millis(20))
+        .await
+        .map(drop);
+    let on_ring = ringloop_runtime::current_backend() == ringloop_runtime::Backend::IoUring
+        && std::env::var_os("RINGLOOP_FS_POOL").is_none();
+    match r {
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
+            assert_eq!(e.raw_os_error(), Some(libc::ETIMEDOUT));
+        }
+        Ok(()) => {
+            assert!(on_ring, "the pool gives up at the deadline");
+            assert!(
+                started.elapsed() >= Duration::from_millis(300),
+                "opened before a reader came"
+            );
+        }
+    }
+    while !reader.is_finished() {
+        ringloop_runtime::sleep(Duration::from_millis(5))
+            .await
+            .unwrap();
+    }
+    reader.join().unwrap();
 }
