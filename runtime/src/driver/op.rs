@@ -223,6 +223,12 @@ struct OpDeadline {
 /// through too). On io_uring the op's SQE is linked to an `IORING_OP_LINK_TIMEOUT`; on epoll a
 /// timer wakes the task and the op gives up at that poll, after one last attempt.
 ///
+/// The kernel decides whether an op it has started can be stopped: one it runs on an io-wq
+/// worker thread and that is blocked in a system call there (an `OPENAT` of a FIFO waiting
+/// for its other end, say) is interrupted on 5.10 but left to run by newer kernels, and then
+/// resolves with its own result when the call returns, after the deadline. Ops on sockets
+/// wait by polling, not on a worker, and always stop.
+///
 /// If the task is cancelled too, the cancellation wins over the deadline: an op the kernel
 /// stopped after the runtime sent its `ASYNC_CANCEL` resolves with the `Cancelled` error even
 /// if the deadline had also passed; an op that timed out before the cancel was seen resolves
