@@ -22,9 +22,7 @@ use std::io;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use io_uring::{opcode, squeue, types};
-use ringloop_runtime::{
-    current_backend, runtime_local, yield_now, Backend, Interest, Op, OpKind, SharedFd,
-};
+use ringloop_runtime::{current_backend, runtime_local, Backend, Interest, Op, OpKind, SharedFd};
 
 use crate::ops::PollReady;
 use crate::socket::{AsSharedFd, SendAllError};
@@ -246,8 +244,13 @@ async fn sendfile(
                 since_yield += n as usize;
                 if since_yield >= YIELD_EVERY && sent < len {
                     since_yield = 0;
-                    if let Err(c) = yield_now().await {
-                        return Err(failed(sent, c.into()));
+                    // The yield is an op (a poll for room, which the socket has: it completes
+                    // at the loop's next turn): it takes a deadline scope like the transfer's
+                    // other ops, so a deadline never finds the transfer waiting on something
+                    // that cannot say how much it sent.
+                    let room = Op::new(PollReady::writable(to.clone()).after_eagain()).await;
+                    if let Err(e) = room {
+                        return Err(failed(sent, e));
                     }
                 }
             }

@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -674,4 +675,72 @@ both_backends! {
         // The task was not cancelled either.
         assert_eq!(ringloop_runtime::current_task().unwrap().cancelling(), 0);
     }
+}
+
+both_backends! {
+    /// A file sent with a deadline to a peer that reads as fast as it can: the deadline passes
+    /// at any point of the transfer (right away, during a `sendfile` call, at the yield it
+    /// makes every 4 MiB, while it waits for room), and whatever the point, the count it
+    /// reports is exactly what the peer receives.
+    async fn a_send_file_to_a_fast_reader_reports_what_it_sent_wherever_its_deadline_falls() {
+        const LEN: usize = 32 << 20;
+        let path = std::env::temp_dir().join(format!(
+            "ringloop-deadline-sendfile-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        std::fs::write(&path, vec![3u8; LEN]).unwrap();
+        let file = ringloop_runtime::SharedFd::new(std::os::fd::OwnedFd::from(
+            std::fs::File::open(&path).unwrap(),
+        ));
+        std::fs::remove_file(&path).unwrap();
+        for round in 0..24u64 {
+            let (s, mut peer) = tcp_pair();
+            // Buffers that take more than a yield's 4 MiB in one `sendfile` call, so that the
+            // deadline can fall at a yield too (root only: `SO_*BUFFORCE`; else the kernel's
+            // limits, and the deadline falls elsewhere).
+            force_buffer(s.as_raw_fd(), libc::SO_SNDBUFFORCE, 4 << 20);
+            force_buffer(peer.as_raw_fd(), libc::SO_RCVBUFFORCE, 4 << 20);
+            let reader = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut total = 0usize;
+                loop {
+                    match peer.read(&mut buf) {
+                        Ok(0) | Err(_) => return total,
+                        Ok(n) => total += n,
+                    }
+                }
+            });
+            let budget = Duration::from_micros(round * round * 50);
+            let sent = match s.send_file(&file, 0, LEN).timeout(budget).await {
+                Ok(n) => {
+                    assert_eq!(n, LEN, "round {round}");
+                    n
+                }
+                Err(e) => {
+                    assert!(is_timed_out(&e.error), "round {round}: {e:?}");
+                    e.sent
+                }
+            };
+            drop(s);
+            while !reader.is_finished() {
+                sleep(Duration::from_millis(1)).await.unwrap();
+            }
+            assert_eq!(reader.join().unwrap(), sent, "round {round}: received vs reported");
+        }
+    }
+}
+
+/// `setsockopt(fd, SOL_SOCKET, opt, bytes)`, ignoring a refusal (not root).
+fn force_buffer(fd: std::os::fd::RawFd, opt: libc::c_int, bytes: libc::c_int) {
+    // SAFETY: a plain setsockopt with a valid pointer to an int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&bytes as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
 }
