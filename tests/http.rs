@@ -1206,3 +1206,40 @@ http_test! {
         drop(dir);
     }
 }
+
+http_test! {
+    /// A connection served by `Http` shows, in the task tree, what it really waits on between
+    /// requests: its socket's receive, not the server's shutdown signal or the first request's
+    /// timer, which it also watches.
+    async fn an_idle_http_connection_shows_its_socket_read() {
+        use ringloop::net::compat::http::Http;
+        use ringloop::Awaiting;
+        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = hyper::service::service_fn(|req| async move {
+            Ok::<_, Infallible>(http_routes::respond(req))
+        });
+        let server = Http::new().serve(listener, service);
+        let (mut sender, client_conn) = h1_client(addr).await;
+        let res = sender.send_request(get(HELLO_PATH)).await.unwrap();
+        assert_eq!(read(res).await.0, StatusCode::OK);
+        let client = client_conn.as_ref().id();
+        let me = ringloop::current_task().map(|t| t.id());
+        let served = || {
+            ringloop::all_tasks()
+                .into_iter()
+                .filter(|t| t.id() != client && Some(t.id()) != me)
+                .filter_map(|t| t.awaiting())
+                .filter(|a| !matches!(a, Awaiting::Io { op: "accept", .. }))
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            until(|| matches!(&served()[..], [Awaiting::Io { op: "recv", fd: Some(_), .. }])).await,
+            "{:?}",
+            served()
+        );
+        drop(sender);
+        client_conn.await.unwrap().unwrap();
+        stop(&server).await;
+    }
+}

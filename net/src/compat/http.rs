@@ -238,11 +238,20 @@ impl Http {
                 None => std::future::pending().await,
             }
         });
+        // Whether `stop` has been polled (its waker is registered with the signal's event):
+        // after that it is polled again only once the signal is set, not at every wake-up of
+        // the connection.
+        let mut stop_armed = false;
         let mut stopping = false;
         let mut first = self
             .header_timeout
             .map(|t| Box::pin(ringloop_runtime::sleep(t)));
         poll_fn(|cx| {
+            // The connection first: a task dump shows what it waits on (its socket), not the
+            // shutdown signal or the first request's timer.
+            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
             if asked.get() {
                 first = None;
             } else if let Some(Poll::Ready(r)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
@@ -256,18 +265,22 @@ impl Http {
                 }));
             }
             // Once the server shuts down: finish the request in progress, then close (an idle
-            // keep-alive connection closes at once). A cancel (the grace is over) ends the
-            // wait with an error; the connection is then dropped, which closes it.
-            if !stopping {
+            // keep-alive connection closes at once). A cancel (the grace is over) reaches the
+            // connection's I/O, which ends it with an error; the connection is then dropped,
+            // which closes it.
+            let signalled = shutdown.is_some_and(ShutdownSignal::is_set);
+            if !stopping && (!stop_armed || signalled) {
+                stop_armed = true;
                 if let Poll::Ready(r) = stop.as_mut().poll(cx) {
                     if let Err(cancelled) = r {
                         return Poll::Ready(Err(cancelled.into()));
                     }
                     stopping = true;
                     conn.as_mut().graceful_shutdown();
+                    return conn.as_mut().poll(cx);
                 }
             }
-            conn.as_mut().poll(cx)
+            Poll::Pending
         })
         .await
     }
