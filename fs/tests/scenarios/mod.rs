@@ -771,9 +771,10 @@ pub async fn a_task_waiting_on_a_file_op_shows_the_op() {
 /// * On the blocking pool the wait gives up at the deadline (`ETIMEDOUT`); the blocked call
 ///   finishes when the reader comes, and its file is closed on the pool thread.
 /// * On io_uring the open runs on the kernel's io-wq worker, and the linked timeout can only
-///   ask the kernel to interrupt it. 5.10 does (the worker's `-EINTR` is reported as the
-///   deadline's `ETIMEDOUT`); newer kernels leave a running open alone, and the op's own result
-///   wins, as it always does: the open succeeds when the reader comes, after the deadline.
+///   ask the kernel to interrupt it. 5.10 and 6.1 do (the worker's `-EINTR` is reported as the
+///   deadline's `ETIMEDOUT`; 6.1 posts `-ERESTARTSYS`, which means the same); 6.12 and later
+///   leave a running open alone, and the op's own result wins, as it always does: the open
+///   succeeds when the reader comes, after the deadline.
 pub async fn a_deadline_on_an_open_that_waits() {
     use ringloop_runtime::DeadlineExt;
     let dir = TempDir::new("deadline-open");

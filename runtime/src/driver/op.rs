@@ -159,10 +159,24 @@ impl<T: OpKind> Orphan for T {
 }
 
 pub(crate) fn cqe_result(res: i32) -> io::Result<u32> {
+    let res = restart_as_eintr(res);
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
         Ok(res as u32)
+    }
+}
+
+/// A CQE's result with the kernel's internal restart codes (`ERESTARTSYS` 512 to
+/// `ERESTART_RESTARTBLOCK` 516) as `-EINTR`. A system call never returns them to user space,
+/// but io_uring posts them for a call its io-wq worker was interrupted in (6.1 does, for an
+/// `OPENAT` of a FIFO stopped by its linked timeout): what they mean is `EINTR`.
+#[inline]
+pub(crate) fn restart_as_eintr(res: i32) -> i32 {
+    if (-516..=-512).contains(&res) {
+        -libc::EINTR
+    } else {
+        res
     }
 }
 
@@ -225,8 +239,8 @@ struct OpDeadline {
 ///
 /// The kernel decides whether an op it has started can be stopped: one it runs on an io-wq
 /// worker thread and that is blocked in a system call there (an `OPENAT` of a FIFO waiting
-/// for its other end, say) is interrupted on 5.10 but left to run by newer kernels, and then
-/// resolves with its own result when the call returns, after the deadline. Ops on sockets
+/// for its other end, say) is interrupted by 5.10 and 6.1 but left to run by 6.12 and later,
+/// and then resolves with its own result when the call returns, after the deadline. Ops on sockets
 /// wait by polling, not on a worker, and always stop.
 ///
 /// If the task is cancelled too, the cancellation wins over the deadline: an op the kernel
@@ -521,9 +535,12 @@ impl<T: OpKind> Op<T> {
                 return Poll::Pending;
             }
         };
+        let res = restart_as_eintr(res);
         let result = cqe_result(res);
         let result = match self.rare.as_mut().and_then(|r| r.cancel.take()) {
-            Some(c) if res == -libc::ECANCELED => Err(io::Error::from(c)),
+            // `EINTR`: the cancel interrupted the worker running the op, before it did anything
+            // (a call that had done something would say what).
+            Some(c) if res == -libc::ECANCELED || res == -libc::EINTR => Err(io::Error::from(c)),
             Some(c) => {
                 // The op won the race: its real result is delivered and the
                 // cancellation waits for the task's next await.
@@ -536,8 +553,9 @@ impl<T: OpKind> Op<T> {
                 result
             }
             // Without a cancel of ours, only the linked timeout stops an op: `ECANCELED`, or
-            // `EINTR` from a worker it interrupted (the op then did nothing, or it would say
-            // what it did). Any other result, data above all, is delivered as it is.
+            // `EINTR` (or a restart code, see `restart_as_eintr`) from a worker it interrupted
+            // (the op then did nothing, or it would say what it did). Any other result, data
+            // above all, is delivered as it is.
             None => match self.deadline_at() {
                 Some(at)
                     if !driver.is_closed()
