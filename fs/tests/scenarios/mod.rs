@@ -43,6 +43,7 @@ macro_rules! for_each_scenario {
         $m!(a_cancel_in_flight_returns_the_buffer_and_reaches_the_task);
         $m!(a_task_waiting_on_a_file_op_shows_the_op);
         $m!(a_deadline_on_an_open_that_waits);
+        $m!(a_cancel_of_an_open_that_waits_reaches_the_task);
     };
 }
 
@@ -819,6 +820,65 @@ pub async fn a_deadline_on_an_open_that_waits() {
                 "opened before a reader came"
             );
         }
+    }
+    while !reader.is_finished() {
+        ringloop_runtime::sleep(Duration::from_millis(5))
+            .await
+            .unwrap();
+    }
+    reader.join().unwrap();
+}
+
+/// A task cancelled while an open waits in the kernel (a FIFO with no reader yet; one comes
+/// after 300 ms): the cancellation always reaches the task. Where the open can be stopped (the
+/// pool before its job starts; io_uring on 5.10 and 6.1, whose interrupted worker says `EINTR`
+/// or `ERESTARTSYS`) the open resolves cancelled; where it runs on (a started pool job, io_uring
+/// on 6.12 and later), it resolves with its file, and the cancellation comes at the next await.
+pub async fn a_cancel_of_an_open_that_waits_reaches_the_task() {
+    let dir = TempDir::new("cancel-open");
+    let path = dir.join("fifo");
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let p = path.clone();
+    let reader = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        let r = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&p)
+            .unwrap();
+        let _ = done_rx.recv_timeout(Duration::from_secs(60));
+        drop(r);
+    });
+    let p = path.clone();
+    let task = spawn(async move {
+        let mut options = OpenOptions::new();
+        options.write(true).create(true);
+        match options.open(&p).await {
+            Ok(file) => {
+                drop(file);
+                // The request waits for this await.
+                ringloop_runtime::sleep(Duration::from_secs(3600))
+                    .await
+                    .is_err()
+            }
+            Err(e) => {
+                assert!(is_cancelled(&e), "{e}");
+                true
+            }
+        }
+    });
+    for _ in 0..4 {
+        yield_now().await.unwrap();
+    }
+    task.cancel();
+    let outcome = task.await;
+    let _ = done_tx.send(());
+    match outcome {
+        Ok(reached) => assert!(reached, "the cancellation was lost"),
+        Err(e) => assert!(e.is_cancelled(), "{e:?}"),
     }
     while !reader.is_finished() {
         ringloop_runtime::sleep(Duration::from_millis(5))
