@@ -421,9 +421,7 @@ struct PoolWait<S: Syscall> {
 impl<S: Syscall> PoolWait<S> {
     /// The op's name, as a `static` of its own (a leaf records a pointer).
     const NAME: &'static AwaitName = &AwaitName::new(opcode_name(S::OPCODE));
-}
 
-impl<S: Syscall> PoolWait<S> {
     fn start(fd: Option<OwnedFd>, op: S, shown_fd: Option<RawFd>) -> Self {
         let shown = (shown_fd, op.byte_count());
         let slot = Arc::new(Mutex::new(PoolSlot {

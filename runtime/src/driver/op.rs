@@ -240,8 +240,8 @@ struct OpDeadline {
 /// The kernel decides whether an op it has started can be stopped: one it runs on an io-wq
 /// worker thread and that is blocked in a system call there (an `OPENAT` of a FIFO waiting
 /// for its other end, say) is interrupted by 5.10 and 6.1 but left to run by 6.12 and later,
-/// and then resolves with its own result when the call returns, after the deadline. Ops on sockets
-/// wait by polling, not on a worker, and always stop.
+/// and then resolves with its own result when the call returns, after the deadline. Ops on
+/// sockets wait by polling, not on a worker, and always stop.
 ///
 /// If the task is cancelled too, the cancellation wins over the deadline: an op the kernel
 /// stopped after the runtime sent its `ASYNC_CANCEL` resolves with the `Cancelled` error even
