@@ -7,6 +7,9 @@
 //! flight per connection (a short send continues from where it stopped), the buffer returned to
 //! the ring when its send completes. No tasks, no wakers, no futures, no timers: whatever
 //! ringloop's echo servers spend beyond this per message is the runtime's overhead.
+//! `--threads N` runs N such loops, each on its own thread with its own `SO_REUSEPORT`
+//! listener: the floor of a sharded server (`c10k --threads 1,2 --server "floor=... --threads
+//! {threads} --addr {addr}"`).
 //!
 //! ```text
 //! cargo run --release --example floor_echo -- --addr 127.0.0.1:7000
@@ -51,6 +54,13 @@ struct Args {
     /// Accepted for compatibility; the "listening on" line is always printed.
     #[arg(long)]
     announce: bool,
+    /// Threads, each with its own ring, pool and `SO_REUSEPORT` listener on `--addr` (the
+    /// kernel spreads the connections over them): the floor of a sharded server.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Accepted for compatibility with `echo_server --threads N --no-pin`; nothing is pinned.
+    #[arg(long)]
+    no_pin: bool,
 }
 
 const ACCEPT: u64 = 0;
@@ -293,31 +303,62 @@ impl Server {
     }
 }
 
-fn main() -> io::Result<()> {
-    let args = Args::parse();
+/// A listening socket on `addr`, with `SO_REUSEPORT` when `shared` (several threads listen on
+/// the same address).
+fn listen(addr: SocketAddr, backlog: i32, shared: bool) -> io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
-        socket2::Domain::for_address(args.addr),
+        socket2::Domain::for_address(addr),
         socket2::Type::STREAM,
         None,
     )?;
     socket.set_reuse_address(true)?;
-    socket.bind(&args.addr.into())?;
-    socket.listen(args.backlog)?;
-    let listener: std::net::TcpListener = socket.into();
-    let lfd = listener.as_raw_fd();
+    if shared {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
 
+fn main() -> io::Result<()> {
+    let args = Args::parse();
+    let threads = args.threads.max(1);
+    let first = listen(args.addr, args.backlog, threads > 1)?;
+    let addr = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..threads {
+        listeners.push(listen(addr, args.backlog, true)?);
+    }
+    println!("listening on {addr} (floor: io_uring, no runtime, {threads} thread(s))");
+    let (buffers, buf_size) = (args.buffers, args.buf_size);
+    let mut handles = Vec::new();
+    for listener in listeners.split_off(1) {
+        handles.push(std::thread::spawn(move || {
+            serve(listener, buffers, buf_size)
+        }));
+    }
+    serve(listeners.pop().unwrap(), buffers, buf_size)?;
+    for h in handles {
+        h.join().expect("a floor thread panicked")?;
+    }
+    Ok(())
+}
+
+/// One thread's loop: its own ring and provided buffers, serving `listener` until killed.
+fn serve(listener: std::net::TcpListener, buffers: u16, buf_size: u32) -> io::Result<()> {
+    let lfd = listener.as_raw_fd();
     let ring = IoUring::builder()
         .setup_single_issuer()
         .setup_defer_taskrun()
         .setup_cqsize(32768)
         .setup_clamp()
         .build(1024)?;
-    let bufs = Buffers::new(args.buffers, args.buf_size)?;
+    let bufs = Buffers::new(buffers, buf_size)?;
     // SAFETY: the ring region lives in `bufs`, which outlives the io_uring (dropped after it,
     // as `server` drops its fields in order: `ring` first).
     unsafe {
         ring.submitter()
-            .register_buf_ring_with_flags(bufs.ring as u64, args.buffers, GROUP, 0)?
+            .register_buf_ring_with_flags(bufs.ring as u64, buffers, GROUP, 0)?
     };
     let mut server = Server {
         ring,
@@ -326,10 +367,6 @@ fn main() -> io::Result<()> {
         starved: Vec::new(),
     };
     server.push(opcode::AcceptMulti::new(Fd(lfd)).build().user_data(ACCEPT));
-    println!(
-        "listening on {} (floor: io_uring, no runtime)",
-        listener.local_addr()?
-    );
 
     let mut done = Vec::with_capacity(4096);
     loop {
