@@ -368,10 +368,44 @@ pub struct PooledReceiver {
     /// Another receiver of the same stream was live when this one was made: every receive
     /// fails.
     busy: bool,
-    /// io_uring, [`Mode::Quiet`]: false when the chunk just returned was the last one queued
-    /// and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
+    /// io_uring, a draining poll (`Mode::Quiet`, the adapters' `poll_recv`): false when the
+    /// chunk just returned was the last one queued and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
     more: bool,
+    /// io_uring, the adapters' `poll_recv`: the task poll and the waker with which the last
+    /// read found nothing, or took the last chunk queued (either way with the waker
+    /// registered with the receive, or with the pool's queue).
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    idle: Option<IdleKey>,
 }
+
+/// A task poll ([`ringloop_runtime::poll_id`]) and a waker (the addresses of its data and
+/// vtable, compared only, as `Waker::will_wake` does): a read that found nothing with these
+/// need not ask again until either changes.
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct IdleKey {
+    poll: u64,
+    data: usize,
+    vtable: usize,
+}
+
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+impl IdleKey {
+    #[inline]
+    fn of(cx: &Context<'_>) -> Option<IdleKey> {
+        let poll = ringloop_runtime::poll_id()?;
+        let waker = cx.waker();
+        Some(IdleKey {
+            poll,
+            data: waker.data() as usize,
+            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+        })
+    }
+}
+
+/// What a receive that waits shows in task dumps (the name the runtime's multishot uses).
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+static RECV: ringloop_runtime::AwaitName = ringloop_runtime::AwaitName::new("recv");
 
 impl PooledReceiver {
     fn new(fd: SharedFd, cap: usize, shared: Rc<Shared>) -> PooledReceiver {
@@ -391,6 +425,8 @@ impl PooledReceiver {
             drained: false,
             busy: false,
             more: true,
+            #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+            idle: None,
         }
     }
 
@@ -436,7 +472,7 @@ impl PooledReceiver {
             return None; // the common case, without touching the waker the receive holds
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_uring(&mut cx, Mode::Try, None) {
+        match self.poll_uring(&mut cx, Mode::Try, None, false) {
             Poll::Ready(r) => Some(r),
             Poll::Pending => None,
         }
@@ -451,11 +487,34 @@ impl PooledReceiver {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
+        self.more = true;
         if let Some(ready) = self.ready_now() {
             return Poll::Ready(ready);
         }
         match self.backend {
-            Backend::IoUring => self.poll_uring(cx, Mode::Task, None),
+            Backend::IoUring => {
+                let key = IdleKey::of(cx);
+                if key.is_some() && self.idle == key {
+                    // This task poll already found nothing more here, with this waker:
+                    // whatever came since has woken the task, which is polled again (hyper
+                    // reads twice after each request, both finding nothing). A wait that
+                    // starts now (after the last chunk) is a new one; after a read that found
+                    // nothing, this poll's leaf is already recorded and this records nothing.
+                    ringloop_runtime::note_awaiting_io(&RECV, Some(self.fd.raw()), None, true);
+                    return pending_or_cancelled(Mode::Task);
+                }
+                // Draining: a chunk that was the last one queued leaves `cx`'s waker with
+                // the receive and says so through `may_have_more`, so the adapter does not
+                // ask again for more.
+                let r = self.poll_uring(cx, Mode::Task, None, true);
+                self.idle = match &r {
+                    // Nothing, or the last chunk queued: `cx`'s waker is with the receive.
+                    Poll::Pending => key,
+                    Poll::Ready(Ok(Some(_))) if !self.more => key,
+                    _ => None,
+                };
+                r
+            }
             _ => self.poll_epoll(cx, Mode::Task),
         }
     }
@@ -487,13 +546,13 @@ impl PooledReceiver {
             return Poll::Ready(ready);
         }
         match self.backend {
-            Backend::IoUring => self.poll_uring(cx, Mode::Quiet, post),
+            Backend::IoUring => self.poll_uring(cx, Mode::Quiet, post, true),
             _ => self.poll_epoll(cx, Mode::Quiet),
         }
     }
 
-    /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet): whether another may be
-    /// ready at once. False only when nothing else was queued (io_uring) and the receive
+    /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet) or `poll_recv`: whether
+    /// another may be ready at once. False only when nothing else was queued (io_uring) and the receive
     /// already holds the waker of that poll, so a caller that reads until nothing is left can
     /// stop without the poll that would only find that out.
     pub(crate) fn may_have_more(&self) -> bool {
@@ -631,12 +690,15 @@ impl PooledReceiver {
 
     /// `mode` says whether a dry pool makes it queue for a buffer and whether a pending
     /// cancellation is delivered (see [`Mode`]).
-    /// `post`: see [`poll_recv_quiet`](Self::poll_recv_quiet).
+    /// `post`: see [`poll_recv_quiet`](Self::poll_recv_quiet). `drain`: a chunk that was the
+    /// last one queued registers `cx`'s waker and clears `more` (see
+    /// [`may_have_more`](Self::may_have_more)).
     fn poll_uring(
         &mut self,
         cx: &mut Context<'_>,
         mode: Mode,
         post: Option<(&CompletionList, u32)>,
+        drain: bool,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
         loop {
             if self.eof {
@@ -658,7 +720,7 @@ impl PooledReceiver {
                 // now, so this connection holds none while it is idle.
                 self.wait.armed();
             }
-            let next = if mode == Mode::Quiet {
+            let next = if drain {
                 self.multishot.poll_next_draining(cx)
             } else {
                 self.multishot.poll_next(cx).map(|c| c.map(|c| (c, true)))
@@ -878,7 +940,7 @@ impl Future for PooledRecv<'_> {
             return Poll::Ready(ready);
         }
         match rx.backend {
-            Backend::IoUring => rx.poll_uring(cx, Mode::Task, None),
+            Backend::IoUring => rx.poll_uring(cx, Mode::Task, None, false),
             _ => rx.poll_epoll(cx, Mode::Task),
         }
     }

@@ -692,6 +692,95 @@ both_backends! {
     }
 }
 
+both_backends! {
+    /// Reads that find nothing several times in one task poll, as hyper's do after each request
+    /// (the pooled mechanism answers the repeats without asking the ring again), and a read
+    /// that takes the last chunk queued, then finds nothing in the same poll: each poll writes
+    /// the next byte from the peer after its reads, and the task still wakes for it. 100
+    /// rounds, every byte once and in order.
+    async fn reads_that_find_nothing_twice_in_one_poll_still_wake_for_data() {
+        for mechanism in MECHANISMS {
+            let (mut a, mut b) = tcp_pair(mechanism).await;
+            let mut got = Vec::new();
+            let mut sent = 0u8;
+            let mut polls = 0;
+            let done = timeout(
+                Duration::from_secs(10),
+                poll_fn(|cx| {
+                    polls += 1;
+                    let mut storage = [0u8; 64];
+                    for _ in 0..3 {
+                        let mut buf = tokio::io::ReadBuf::new(&mut storage);
+                        match Pin::new(&mut b).poll_read(cx, &mut buf) {
+                            Poll::Ready(r) => {
+                                r.unwrap();
+                                assert!(!buf.filled().is_empty(), "{mechanism:?}: end of stream");
+                                got.extend_from_slice(buf.filled());
+                            }
+                            Poll::Pending => {}
+                        }
+                    }
+                    if sent == 100 {
+                        return if got.len() == 100 { Poll::Ready(()) } else { Poll::Pending };
+                    }
+                    // The next byte only once the last one arrived: it comes after this poll's
+                    // reads, which have all found nothing.
+                    if got.len() == usize::from(sent) {
+                        let w = Pin::new(&mut a).poll_write(cx, &[sent]);
+                        assert!(matches!(w, Poll::Ready(Ok(1))), "{mechanism:?}: {w:?}");
+                        sent += 1;
+                    }
+                    Poll::Pending
+                }),
+            )
+            .await;
+            assert!(done.is_ok(), "{mechanism:?}: stuck after {} of 100 bytes", got.len());
+            assert_eq!(got, (0..100).collect::<Vec<u8>>(), "{mechanism:?}");
+            assert!(polls <= 400, "{mechanism:?}: {polls} polls for 100 bytes");
+        }
+        assert_pool_settled("repeated reads").await;
+    }
+}
+
+both_backends! {
+    /// A cancel requested between two reads of one task poll, the first of which found
+    /// nothing, is not lost: the second read answers with it, or (readiness) returns `Pending`
+    /// and the next poll's read does.
+    async fn a_cancel_between_two_reads_of_one_poll_is_not_lost() {
+        for mechanism in MECHANISMS {
+            let (_a, b) = tcp_pair(mechanism).await;
+            let task = spawn(async move {
+                let mut b = b;
+                let mut storage = [0u8; 16];
+                let mut first = true;
+                poll_fn(|cx| {
+                    let mut buf = tokio::io::ReadBuf::new(&mut storage);
+                    if first {
+                        first = false;
+                        assert!(Pin::new(&mut b).poll_read(cx, &mut buf).is_pending());
+                        ringloop_runtime::current_task().unwrap().cancel();
+                    }
+                    match Pin::new(&mut b).poll_read(cx, &mut buf) {
+                        Poll::Ready(Err(e)) => Poll::Ready(e),
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Ok(())) => panic!("{mechanism:?}: a read with no data"),
+                    }
+                })
+                .await
+            });
+            // The task took the cancellation from a read: it ends cancelled.
+            match timeout(Duration::from_secs(10), task).await.unwrap() {
+                Ok(e) => assert!(is_cancelled(&e), "{mechanism:?}: {e:?}"),
+                Err(e) => assert!(
+                    matches!(e, ringloop_runtime::TaskError::Cancelled(_)),
+                    "{mechanism:?}: {e:?}"
+                ),
+            }
+        }
+        assert_pool_settled("cancel between reads").await;
+    }
+}
+
 /// Splits over `tokio::io::split` as well (two tasks share one `Io` behind tokio's lock).
 #[test]
 fn tokio_split_halves_in_two_tasks() {

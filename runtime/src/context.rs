@@ -72,6 +72,8 @@ thread_local! {
     /// leaf on every `Pending` without the `TaskDyn` vtable. A thread-local of its own, one word
     /// wide like `CURRENT`, so that each read stays a single load.
     static CURRENT_HEADER: Cell<*const Header> = const { Cell::new(ptr::null()) };
+    /// Task polls begun on this thread: [`poll_id`] of the one running.
+    static POLLS: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The message every free function gives when it is called outside a running runtime.
@@ -255,8 +257,21 @@ pub(crate) fn set_current(task: &TaskPtr) -> Polling {
         task: task as *const TaskPtr,
         header: crate::task::cell::header_of(task),
     };
+    POLLS.with(|n| n.set(n.get() + 1));
     let previous = Current::replace(current);
     Polling { previous }
+}
+
+/// See [`crate::task::poll_id`]: `None` between task polls, else a number no other task
+/// poll on this thread had (a nested poll of another task takes a new one, and the outer
+/// poll keeps that one after it: only ever a number not seen before).
+#[inline]
+pub(crate) fn poll_id() -> Option<u64> {
+    if CURRENT.with(Cell::get).is_null() {
+        None
+    } else {
+        Some(POLLS.with(Cell::get))
+    }
 }
 
 impl Drop for Polling {

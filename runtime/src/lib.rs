@@ -114,7 +114,7 @@ pub use signal::{ctrl_c, signal, Signal, SignalKind};
 pub use stats::RuntimeStats;
 pub use task::cancel::{repost_cancel_request, take_cancel_request};
 pub use task::{
-    all_tasks, current_task, note_awaiting, note_awaiting_io, spawn, spawn_named,
+    all_tasks, current_task, note_awaiting, note_awaiting_io, poll_id, spawn, spawn_named,
     take_cancel_request_waiting, task_tree, AwaitName, Awaiting, Cancelled, Task, TaskError,
     TaskId, TaskNode, TaskRef, TaskState, TaskTree,
 };

@@ -455,6 +455,9 @@ impl Pooled {
         } else if let Some(e) = self.error.take() {
             return Poll::Ready(Err(e));
         }
+        // Whether more may have arrived than `filled` took (false: the receive said this was
+        // the last chunk queued).
+        let mut more = true;
         if filled == 0 {
             // Nothing kept from before: wait for the next chunk. Only this poll waits, so only
             // it is a cancellation point; whatever arrives meanwhile stays in the receiver.
@@ -464,10 +467,11 @@ impl Pooled {
                 Ok(None) => return Poll::Ready(Ok(0)),
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            more = self.rx.may_have_more();
         }
         // Fill the rest of `dst` with what has already arrived, without waiting (io_uring:
         // the receiver's queue, no system call).
-        while filled < dst.len() && self.chunk.is_none() {
+        while more && filled < dst.len() && self.chunk.is_none() {
             match self.rx.try_recv() {
                 Some(Ok(Some(chunk))) => filled += self.take_from(chunk, &mut dst[filled..]),
                 // Nothing more yet, or the end of the stream (the receiver remembers it).

@@ -586,6 +586,32 @@ pub fn take_cancel_request_waiting() -> Option<Cancelled> {
     crate::task::cancel::take_cancel_waiting()
 }
 
+/// Identifies the task poll running on this thread: `None` outside a task poll (in a
+/// callback, or outside the runtime), else a number that no earlier task poll on this thread
+/// had and that stays the same until this poll returns.
+///
+/// For a custom future that wants to skip work it knows to be useless: a future that returned
+/// `Pending` after registering `cx`'s waker, and that is polled again *in the same task poll*
+/// (`poll_id` unchanged) *with the same waker*, knows that whatever it registered for has
+/// either not happened yet or has woken the task again, so the task will be polled anew
+/// either way; it may return `Pending` again without asking its source. It must still deliver
+/// a pending cancellation ([`take_cancel_request`](crate::take_cancel_request)) and record
+/// what it awaits ([`note_awaiting_io`](crate::note_awaiting_io)), as any `Pending` does.
+///
+/// ```
+/// ringloop_runtime::Runtime::new().unwrap().block_on(async {
+///     let here = ringloop_runtime::poll_id();
+///     assert!(here.is_some());
+///     assert_eq!(ringloop_runtime::poll_id(), here); // the same poll
+///     ringloop_runtime::yield_now().await.unwrap();
+///     assert_ne!(ringloop_runtime::poll_id(), here); // a later one
+/// });
+/// ```
+#[inline]
+pub fn poll_id() -> Option<u64> {
+    context::poll_id()
+}
+
 /// The task being polled right now, or `None` in a callback.
 ///
 /// # Panics
