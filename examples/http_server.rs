@@ -330,9 +330,18 @@ async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Conf
         }
     }
     let io = Io::with_mechanism(stream, config.mechanism);
-    let service = service_fn(|req| route(req, config.clone()));
     match &config.tls {
+        // No static files: hyper straight on the stream, answering as `tokio_http_server` does.
+        None if config.static_dir.is_none() => {
+            let service =
+                service_fn(|req| async move { Ok::<_, Infallible>(http_routes::respond(req)) });
+            let _ = config
+                .http
+                .serve_connection(io, service, Some(&shutdown))
+                .await;
+        }
         None => {
+            let service = service_fn(|req| route(req, config.clone()));
             let io = static_files::Prefixed::new(prefix, io);
             let _ = config
                 .http
