@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::context;
+use crate::task::cell::Header;
 use crate::task::TaskId;
 
 /// The error a runtime await resolves to when the task awaiting it is cancelled: ringloop's
@@ -146,6 +147,7 @@ impl From<Cancelled> for io::Error {
 /// cancellation-aware futures of your own. Call it when your future would return `Pending`
 /// (after checking that its result is not ready, so nothing is lost) and resolve to the
 /// returned [`Cancelled`](crate::Cancelled) if there is one. Returns `None` outside a task.
+#[inline]
 pub fn take_cancel_request() -> Option<Cancelled> {
     take_cancel()
 }
@@ -169,9 +171,11 @@ pub fn repost_cancel_request(taken: Cancelled) {
 }
 
 /// Takes the current task's pending cancel request, if there is one: for a runtime future that
-/// starts waiting now (it has not registered anywhere yet).
+/// starts waiting now (it has not registered anywhere yet). Checked at every `Pending` of
+/// every runtime future: the header's flag through its own thread-local, inline.
+#[inline]
 pub(crate) fn take_cancel() -> Option<Cancelled> {
-    context::with_current(|t| t.and_then(|t| t.header().take_cancel()))
+    context::with_current_header(|h| h.and_then(Header::take_cancel))
 }
 
 /// Like [`take_cancel`], for a runtime future that was already waiting (registered with a

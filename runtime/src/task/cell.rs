@@ -263,6 +263,7 @@ impl Header {
         }
     }
 
+    #[inline]
     fn has(&self, flag: u8) -> bool {
         self.flags.get() & flag != 0
     }
@@ -414,10 +415,16 @@ impl Header {
     /// Takes the pending cancel request, if any, as the error the current await resolves to.
     /// For a future that starts waiting now (its first poll, or one after it was resolved): a
     /// request delivered earlier in this poll is not for it.
+    #[inline]
     pub(crate) fn take_cancel(&self) -> Option<Cancelled> {
         if !self.has(CANCEL_PENDING) {
             return None;
         }
+        self.deliver_pending()
+    }
+
+    #[cold]
+    fn deliver_pending(&self) -> Option<Cancelled> {
         self.clear(CANCEL_PENDING);
         self.set(DELIVERED);
         Some(self.deliver(self.cancel_message()))
