@@ -263,8 +263,8 @@ pub(crate) fn set_current(task: &TaskPtr) -> Polling {
 }
 
 /// See [`crate::task::poll_id`]: `None` between task polls, else a number no other task
-/// poll on this thread had (a nested poll of another task takes a new one, and the outer
-/// poll keeps that one after it: only ever a number not seen before).
+/// poll on this thread had or will have (counted at the start and at the end of every poll,
+/// so a poll that resumes after another nested in it has a new one, never seen before).
 #[inline]
 pub(crate) fn poll_id() -> Option<u64> {
     if CURRENT.with(Cell::get).is_null() {
@@ -277,6 +277,9 @@ pub(crate) fn poll_id() -> Option<u64> {
 impl Drop for Polling {
     #[inline]
     fn drop(&mut self) {
+        // A poll that resumes after this one (this one was nested in it) gets a number of its
+        // own again: no two polls ever share one.
+        POLLS.with(|n| n.set(n.get() + 1));
         Current::replace(self.previous);
     }
 }

@@ -563,3 +563,37 @@ fn task_errors_convert_into_io_errors() {
     let io: std::io::Error = p.into();
     assert_eq!(io.to_string(), "task panicked: oops");
 }
+
+/// `poll_id`: the same number throughout one task poll, a new one at every poll, never the same
+/// for two polls (of one task or of several in one loop iteration), and `None` in a callback.
+#[test]
+fn poll_id_names_one_task_poll_and_no_other() {
+    Runtime::new().unwrap().block_on(async {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..4 {
+            let seen = seen.clone();
+            tasks.push(spawn(async move {
+                for _ in 0..3 {
+                    let id = ringloop_runtime::poll_id().expect("in a task poll");
+                    assert_eq!(ringloop_runtime::poll_id(), Some(id), "stable within a poll");
+                    seen.borrow_mut().push(id);
+                    yield_now().await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let seen = seen.borrow().clone();
+        assert_eq!(seen.len(), 12);
+        let distinct: HashSet<u64> = seen.iter().copied().collect();
+        assert_eq!(distinct.len(), 12, "every poll has its own number: {seen:?}");
+        let in_callback = Rc::new(Cell::new(Some(0)));
+        let c = in_callback.clone();
+        call_soon(move || c.set(ringloop_runtime::poll_id()));
+        yield_now().await;
+        yield_now().await;
+        assert_eq!(in_callback.get(), None, "a callback is not a task poll");
+    });
+}

@@ -587,8 +587,9 @@ pub fn take_cancel_request_waiting() -> Option<Cancelled> {
 }
 
 /// Identifies the task poll running on this thread: `None` outside a task poll (in a
-/// callback, or outside the runtime), else a number that no earlier task poll on this thread
-/// had and that stays the same until this poll returns.
+/// callback, or outside the runtime), else a number that no other task poll on this thread
+/// has had or will have. It stays the same until the poll returns, unless another task is
+/// polled inside this one (a waker that polls inline), after which it is a new number.
 ///
 /// For a custom future that wants to skip work it knows to be useless: a future that returned
 /// `Pending` after registering `cx`'s waker, and that is polled again *in the same task poll*
