@@ -372,8 +372,8 @@ pub struct PooledReceiver {
     /// chunk just returned was the last one queued and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
     more: bool,
     /// io_uring, the adapters' `poll_recv`: the task poll and the waker with which the last
-    /// read found nothing, or took the last chunk queued (either way with the waker
-    /// registered with the receive, or with the pool's queue).
+    /// read found nothing, or took the last chunk queued, leaving the waker with the receive
+    /// (which wakes it only from the loop, never within a task poll).
     #[cfg(any(feature = "tokio-io", feature = "hyper"))]
     idle: Option<IdleKey>,
 }
@@ -508,8 +508,12 @@ impl PooledReceiver {
                 // ask again for more.
                 let r = self.poll_uring(cx, Mode::Task, None, true);
                 self.idle = match &r {
-                    // Nothing, or the last chunk queued: `cx`'s waker is with the receive.
-                    Poll::Pending => key,
+                    // Nothing, or the last chunk queued: `cx`'s waker is with the receive,
+                    // which wakes it only from the loop, after this task poll. Not after a
+                    // `Pending` of the pool's queue: a buffer dropped later in this same poll
+                    // wakes that waker at once (and a combinator's per-future waker then
+                    // polls this read again within the poll, which must take the full path).
+                    Poll::Pending if self.multishot.is_waiting() => key,
                     Poll::Ready(Ok(Some(_))) if !self.more => key,
                     _ => None,
                 };

@@ -781,6 +781,106 @@ both_backends! {
     }
 }
 
+/// A combinator's per-future waker (as `FuturesUnordered` makes): a wake marks the sub-future
+/// ready and wakes the task; the combinator polls ready sub-futures again within the same task
+/// poll.
+struct SubWaker {
+    ready: std::sync::atomic::AtomicBool,
+    parent: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl std::task::Wake for SubWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.parent.lock().unwrap().as_ref() {
+            w.wake_by_ref();
+        }
+    }
+}
+
+/// A pooled read that queued for a buffer (the pool dry) and is woken within the same task poll
+/// by a buffer another sub-future of the task gives back, then polled again in that poll by a
+/// combinator with its per-future waker: the read takes the buffer and gets its bytes (it
+/// must not answer from what the first poll found).
+#[test]
+fn a_read_woken_by_a_buffer_in_the_same_poll_goes_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Waker};
+
+    for backend in common::backends() {
+        let _serial = common::serial();
+        let rt = ringloop_runtime::Runtime::builder()
+            .backend(backend)
+            .buffer_pool(2, 512)
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let listener = TcpListener::bind(localhost()).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let c0 = TcpStream::connect(addr).await.unwrap();
+            let s0 = listener.accept().await.unwrap().0;
+            let c1 = TcpStream::connect(addr).await.unwrap();
+            let s1 = listener.accept().await.unwrap().0;
+            // Another receiver takes both pool buffers and holds them.
+            let mut rx0 = s0.pooled_receiver();
+            let mut held = Vec::new();
+            while held.len() < 2 {
+                c0.write_all(vec![1u8; 400]).await.0.unwrap();
+                held.push(rx0.recv().await.unwrap().unwrap());
+            }
+            let mut io1 = Io::with_mechanism(s1, Mechanism::Pooled);
+            c1.write_all(vec![7u8; 100]).await.0.unwrap();
+            for _ in 0..5 {
+                yield_now().await.unwrap();
+            }
+            let sub = Arc::new(SubWaker {
+                ready: AtomicBool::new(true),
+                parent: Mutex::new(None),
+            });
+            let sub_waker = Waker::from(sub.clone());
+            let mut got = Vec::new();
+            let done = timeout(
+                Duration::from_secs(10),
+                poll_fn(|cx| {
+                    *sub.parent.lock().unwrap() = Some(cx.waker().clone());
+                    let mut sub_cx = Context::from_waker(&sub_waker);
+                    let mut storage = [0u8; 512];
+                    while sub.ready.swap(false, Ordering::SeqCst) {
+                        let mut buf = tokio::io::ReadBuf::new(&mut storage);
+                        match Pin::new(&mut io1).poll_read(&mut sub_cx, &mut buf) {
+                            Poll::Ready(r) => {
+                                r.unwrap();
+                                got.extend_from_slice(buf.filled());
+                                if got.len() >= 100 {
+                                    return Poll::Ready(());
+                                }
+                                sub.ready.store(true, Ordering::SeqCst);
+                            }
+                            // Another sub-future gives a buffer back now: the pool hands it to
+                            // the queued read and wakes its waker at once.
+                            Poll::Pending => drop(held.pop()),
+                        }
+                    }
+                    Poll::Pending
+                }),
+            )
+            .await;
+            assert!(
+                done.is_ok(),
+                "{backend}: stuck after {} of 100 bytes",
+                got.len()
+            );
+            assert_eq!(got, vec![7u8; 100], "{backend}");
+            drop(held);
+        });
+    }
+}
+
 /// Splits over `tokio::io::split` as well (two tasks share one `Io` behind tokio's lock).
 #[test]
 fn tokio_split_halves_in_two_tasks() {

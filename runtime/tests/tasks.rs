@@ -576,7 +576,11 @@ fn poll_id_names_one_task_poll_and_no_other() {
             tasks.push(spawn(async move {
                 for _ in 0..3 {
                     let id = ringloop_runtime::poll_id().expect("in a task poll");
-                    assert_eq!(ringloop_runtime::poll_id(), Some(id), "stable within a poll");
+                    assert_eq!(
+                        ringloop_runtime::poll_id(),
+                        Some(id),
+                        "stable within a poll"
+                    );
                     seen.borrow_mut().push(id);
                     yield_now().await;
                 }
@@ -588,7 +592,11 @@ fn poll_id_names_one_task_poll_and_no_other() {
         let seen = seen.borrow().clone();
         assert_eq!(seen.len(), 12);
         let distinct: HashSet<u64> = seen.iter().copied().collect();
-        assert_eq!(distinct.len(), 12, "every poll has its own number: {seen:?}");
+        assert_eq!(
+            distinct.len(),
+            12,
+            "every poll has its own number: {seen:?}"
+        );
         let in_callback = Rc::new(Cell::new(Some(0)));
         let c = in_callback.clone();
         call_soon(move || c.set(ringloop_runtime::poll_id()));

@@ -264,11 +264,22 @@ impl Multishot {
                 Poll::Pending
             }
             None => {
-                // Polled from inside the driver (a waker that polls inline): come back.
+                // Polled from inside the driver (a waker that polls inline): come back. The
+                // op holds no waker of this poll (see `is_waiting`).
+                self.waiting = false;
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
         }
+    }
+
+    /// Whether the last read found nothing queued and left its waker with the op, which wakes
+    /// it from the loop when a completion arrives (never from inside a poll). False after a
+    /// read that returned a completion, and after a `Pending` that could not reach the driver
+    /// (the waker was woken at once instead).
+    #[inline]
+    pub fn is_waiting(&self) -> bool {
+        self.armed.is_some() && self.waiting
     }
 
     /// Completions received and not yet read.
