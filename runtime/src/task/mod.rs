@@ -597,7 +597,7 @@ pub fn take_cancel_request_waiting() -> Option<Cancelled> {
 /// either not happened yet or has woken the task again, so the task will be polled anew
 /// either way; it may return `Pending` again without asking its source. It must still deliver
 /// a pending cancellation ([`take_cancel_request`](crate::take_cancel_request)) and record
-/// what it awaits ([`note_awaiting_io`](crate::note_awaiting_io)), as any `Pending` does.
+/// what it awaits ([`note_awaiting_io`]), as any `Pending` does.
 ///
 /// ```
 /// ringloop_runtime::Runtime::new().unwrap().block_on(async {
