@@ -369,7 +369,8 @@ pub struct PooledReceiver {
     /// fails.
     busy: bool,
     /// io_uring, a draining poll (`Mode::Quiet`, the adapters' `poll_recv`): false when the
-    /// chunk just returned was the last one queued and the receive's waker is set (see [`may_have_more`](Self::may_have_more)).
+    /// chunk just returned was the last one queued and the receive's waker is set (see
+    /// [`may_have_more`](Self::may_have_more)).
     more: bool,
     /// io_uring, the adapters' `poll_recv`: the task poll and the waker with which the last
     /// read found nothing, or took the last chunk queued, leaving the waker with the receive
@@ -556,9 +557,9 @@ impl PooledReceiver {
     }
 
     /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet) or `poll_recv`: whether
-    /// another may be ready at once. False only when nothing else was queued (io_uring) and the receive
-    /// already holds the waker of that poll, so a caller that reads until nothing is left can
-    /// stop without the poll that would only find that out.
+    /// another may be ready at once. False only when nothing else was queued (io_uring) and
+    /// the receive already holds the waker of that poll, so a caller that reads until nothing
+    /// is left can stop without the poll that would only find that out.
     pub(crate) fn may_have_more(&self) -> bool {
         self.more
     }
