@@ -21,14 +21,17 @@
 //! path, no limit on a connection's queued sends but the pool, and a client that sends without
 //! reading holds buffers until TCP stops it.
 
+#[path = "common/floor.rs"]
+mod floor;
+
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, Ordering};
 
 use clap::Parser;
-use io_uring::types::{BufRingEntry, Fd};
+use floor::{listen, set_nodelay, tag, untag, Buffers, GROUP};
+use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 #[derive(Parser, Debug)]
@@ -66,93 +69,6 @@ struct Args {
 const ACCEPT: u64 = 0;
 const RECV: u64 = 1;
 const SEND: u64 = 2;
-const GROUP: u16 = 0;
-
-fn tag(kind: u64, fd: RawFd) -> u64 {
-    kind << 32 | fd as u32 as u64
-}
-
-/// The provided-buffer ring and the memory its buffers point into.
-struct Buffers {
-    ring: *mut BufRingEntry,
-    ring_len: usize,
-    mem: Vec<u8>,
-    size: u32,
-    mask: u16,
-    tail: u16,
-}
-
-impl Buffers {
-    fn new(count: u16, size: u32) -> io::Result<Buffers> {
-        assert!(
-            count.is_power_of_two() && count <= 32768,
-            "--buffers: a power of two"
-        );
-        let ring_len = count as usize * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: an anonymous private mapping; its result is checked below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut b = Buffers {
-            ring: p.cast(),
-            ring_len,
-            mem: vec![0; count as usize * size as usize],
-            size,
-            mask: count - 1,
-            tail: 0,
-        };
-        for bid in 0..count {
-            b.push(bid);
-        }
-        b.publish();
-        Ok(b)
-    }
-
-    fn addr(&self, bid: u16) -> *const u8 {
-        // SAFETY: `bid` < count, so the offset stays inside `mem`.
-        unsafe { self.mem.as_ptr().add(bid as usize * self.size as usize) }
-    }
-
-    /// Puts buffer `bid` back at the ring's tail (seen by the kernel at the next `publish`).
-    fn push(&mut self, bid: u16) {
-        // SAFETY: the index is masked into the ring's `count` entries, and the entry at the
-        // tail belongs to us until the tail moves past it.
-        unsafe {
-            let e = &mut *self.ring.add((self.tail & self.mask) as usize);
-            e.set_addr(self.addr(bid) as u64);
-            e.set_len(self.size);
-            e.set_bid(bid);
-        }
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&self) {
-        // SAFETY: the tail field overlays the first entry's `resv`, which the kernel reads and
-        // only we write; a release store publishes the entries written before it.
-        unsafe {
-            let tail = BufRingEntry::tail(self.ring) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
-    }
-}
-
 #[derive(Default)]
 struct Conn {
     /// Received buffers to send back, in order: (buffer, bytes already sent, length).
@@ -225,22 +141,11 @@ impl Server {
     }
 
     fn complete(&mut self, listener: RawFd, user_data: u64, res: i32, flags: u32) {
-        let kind = user_data >> 32;
-        let fd = user_data as u32 as RawFd;
+        let (kind, fd) = untag(user_data);
         match kind {
             ACCEPT => {
                 if res >= 0 {
-                    let one: libc::c_int = 1;
-                    // SAFETY: `res` is the new connection's descriptor; `one` outlives the call.
-                    unsafe {
-                        libc::setsockopt(
-                            res,
-                            libc::IPPROTO_TCP,
-                            libc::TCP_NODELAY,
-                            (&one as *const libc::c_int).cast(),
-                            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                        )
-                    };
+                    set_nodelay(res);
                     if self.conns.len() <= res as usize {
                         self.conns.resize_with(res as usize + 1, || None);
                     }
@@ -303,23 +208,6 @@ impl Server {
     }
 }
 
-/// A listening socket on `addr`, with `SO_REUSEPORT` when `shared` (several threads listen on
-/// the same address).
-fn listen(addr: SocketAddr, backlog: i32, shared: bool) -> io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    if shared {
-        socket.set_reuse_port(true)?;
-    }
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
-}
-
 fn main() -> io::Result<()> {
     let args = Args::parse();
     let threads = args.threads.max(1);
@@ -347,19 +235,11 @@ fn main() -> io::Result<()> {
 /// One thread's loop: its own ring and provided buffers, serving `listener` until killed.
 fn serve(listener: std::net::TcpListener, buffers: u16, buf_size: u32) -> io::Result<()> {
     let lfd = listener.as_raw_fd();
-    let ring = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(32768)
-        .setup_clamp()
-        .build(1024)?;
+    let ring = floor::ring()?;
     let bufs = Buffers::new(buffers, buf_size)?;
-    // SAFETY: the ring region lives in `bufs`, which outlives the io_uring (dropped after it,
-    // as `server` drops its fields in order: `ring` first).
-    unsafe {
-        ring.submitter()
-            .register_buf_ring_with_flags(bufs.ring as u64, buffers, GROUP, 0)?
-    };
+    // SAFETY: `bufs` outlives the io_uring (dropped after it, as `server` drops its fields in
+    // order: `ring` first).
+    unsafe { bufs.register(&ring)? };
     let mut server = Server {
         ring,
         bufs,

@@ -23,6 +23,8 @@
 //!
 //! It serves until killed. It is a measuring stick, not a server to copy.
 
+#[path = "common/floor.rs"]
+mod floor;
 #[path = "common/http_routes.rs"]
 mod http_routes;
 
@@ -35,12 +37,13 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use clap::Parser;
-use io_uring::types::{BufRingEntry, Fd};
+use floor::{listen, set_nodelay, tag, untag, Buffers, GROUP};
+use io_uring::types::Fd;
 use io_uring::{cqueue, opcode, squeue, IoUring};
 
 #[derive(Parser, Debug)]
@@ -71,89 +74,6 @@ struct Args {
 const ACCEPT: u64 = 0;
 const RECV: u64 = 1;
 const WRITABLE: u64 = 2;
-const GROUP: u16 = 0;
-
-fn tag(kind: u64, fd: RawFd) -> u64 {
-    kind << 32 | fd as u32 as u64
-}
-
-/// The provided-buffer ring and the memory its buffers point into.
-struct Buffers {
-    ring: *mut BufRingEntry,
-    ring_len: usize,
-    mem: Vec<u8>,
-    size: u32,
-    mask: u16,
-    tail: u16,
-}
-
-impl Buffers {
-    fn new(count: u16, size: u32) -> io::Result<Buffers> {
-        assert!(
-            count.is_power_of_two() && count <= 32768,
-            "--buffers: a power of two"
-        );
-        let ring_len = usize::from(count) * std::mem::size_of::<BufRingEntry>();
-        // SAFETY: an anonymous private mapping; checked for failure below.
-        let ring = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                ring_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-                -1,
-                0,
-            )
-        };
-        if ring == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let mut bufs = Buffers {
-            ring: ring.cast(),
-            ring_len,
-            mem: vec![0u8; usize::from(count) * size as usize],
-            size,
-            mask: count - 1,
-            tail: 0,
-        };
-        for bid in 0..count {
-            bufs.push(bid);
-        }
-        bufs.publish();
-        Ok(bufs)
-    }
-
-    fn addr(&self, bid: u16) -> *const u8 {
-        // SAFETY: `bid` < count, so the offset is inside `mem`.
-        unsafe { self.mem.as_ptr().add(usize::from(bid) * self.size as usize) }
-    }
-
-    fn push(&mut self, bid: u16) {
-        // SAFETY: the slot index is masked into the ring's `count` entries.
-        let entry = unsafe { &mut *self.ring.add(usize::from(self.tail & self.mask)) };
-        entry.set_addr(self.addr(bid) as u64);
-        entry.set_len(self.size);
-        entry.set_bid(bid);
-        self.tail = self.tail.wrapping_add(1);
-    }
-
-    fn publish(&self) {
-        // SAFETY: the ring's tail field, which the kernel reads; a release store publishes the
-        // entries written before it.
-        unsafe {
-            let tail = BufRingEntry::tail(self.ring) as *const AtomicU16;
-            (*tail).store(self.tail, Ordering::Release);
-        }
-    }
-}
-
-impl Drop for Buffers {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe { libc::munmap(self.ring.cast(), self.ring_len) };
-    }
-}
-
 /// What the loop and a connection's [`Io`] share about one connection.
 #[derive(Default)]
 struct ConnState {
@@ -364,30 +284,14 @@ struct Task {
 
 fn main() -> io::Result<()> {
     let args = Args::parse();
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(args.addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&args.addr.into())?;
-    socket.listen(args.backlog)?;
-    let listener: std::net::TcpListener = socket.into();
+    let listener = listen(args.addr, args.backlog, false)?;
     let lfd = listener.as_raw_fd();
 
-    let ring = IoUring::builder()
-        .setup_single_issuer()
-        .setup_defer_taskrun()
-        .setup_cqsize(32768)
-        .setup_clamp()
-        .build(1024)?;
+    let ring = floor::ring()?;
     let bufs = Buffers::new(args.buffers, args.buf_size)?;
-    // SAFETY: the ring region lives in `bufs`, which outlives the io_uring: `Shared` drops
-    // `ring` before `bufs` (field order), and the loop never returns while ops are in flight.
-    unsafe {
-        ring.submitter()
-            .register_buf_ring_with_flags(bufs.ring as u64, args.buffers, GROUP, 0)?
-    };
+    // SAFETY: `bufs` outlives the io_uring: `Shared` drops `ring` before `bufs` (field order),
+    // and the loop never returns while ops are in flight.
+    unsafe { bufs.register(&ring)? };
     let shared = Rc::new(Shared {
         ring: RefCell::new(ring),
         bufs: RefCell::new(bufs),
@@ -457,8 +361,7 @@ fn main() -> io::Result<()> {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         for (user_data, res, flags) in done.drain(..) {
-            let kind = user_data >> 32;
-            let fd = user_data as u32 as RawFd;
+            let (kind, fd) = untag(user_data);
             match kind {
                 ACCEPT => {
                     if res >= 0 {
@@ -531,17 +434,7 @@ impl<F: Future + 'static> hyper::rt::Executor<F> for NoExecutor {
 
 /// A new connection: its state, its receive, and hyper's future, polled once to start it.
 fn accept(shared: &Rc<Shared>, tasks: &mut Vec<Option<Task>>, http: &'static Builders, fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: `fd` is the new connection's descriptor; `one` outlives the call.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
+    set_nodelay(fd);
     let i = fd as usize;
     {
         let mut conns = shared.conns.borrow_mut();
