@@ -820,12 +820,8 @@ fn a_read_woken_by_a_buffer_in_the_same_poll_goes_on() {
             .build()
             .unwrap();
         rt.block_on(async {
-            let listener = TcpListener::bind(localhost()).unwrap();
-            let addr = listener.local_addr().unwrap();
-            let c0 = TcpStream::connect(addr).await.unwrap();
-            let s0 = listener.accept().await.unwrap().0;
-            let c1 = TcpStream::connect(addr).await.unwrap();
-            let s1 = listener.accept().await.unwrap().0;
+            let (c0, s0) = tcp_streams().await;
+            let (c1, s1) = tcp_streams().await;
             // Another receiver takes both pool buffers and holds them.
             let mut rx0 = s0.pooled_receiver();
             let mut held = Vec::new();
