@@ -729,16 +729,62 @@ fn data_prefix(n: usize) -> Vec<u8> {
     pattern(9, n)
 }
 
+/// A FIFO named `fifo` in `dir`.
+fn fifo(dir: &TempDir) -> std::path::PathBuf {
+    let path = dir.join("fifo");
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    path
+}
+
+/// A thread that opens a FIFO for reading after 300 ms (letting an open for writing finish)
+/// and keeps its end open until told the open has resolved: a reader that came and went
+/// before the open started waiting would leave it waiting for ever.
+struct LateReader {
+    thread: std::thread::JoinHandle<()>,
+    done: std::sync::mpsc::Sender<()>,
+}
+
+impl LateReader {
+    fn start(path: &std::path::Path) -> LateReader {
+        let (done, done_rx) = std::sync::mpsc::channel::<()>();
+        let path = path.to_owned();
+        let thread = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let r = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .unwrap();
+            let _ = done_rx.recv_timeout(Duration::from_secs(60));
+            drop(r);
+        });
+        LateReader { thread, done }
+    }
+
+    /// The open has resolved: the reader may go. Await the result for the thread's end
+    /// (the loop goes on meanwhile).
+    fn done(self) -> impl std::future::Future<Output = ()> {
+        let _ = self.done.send(());
+        async move {
+            while !self.thread.is_finished() {
+                ringloop_runtime::sleep(Duration::from_millis(5))
+                    .await
+                    .unwrap();
+            }
+            self.thread.join().unwrap();
+        }
+    }
+}
+
 /// A task suspended on a file operation shows it in the task tree as the op's name, as a ring
 /// op and a pool job alike: opening a FIFO for writing waits in the kernel's `openat` (on a pool
 /// thread, or on io_uring's worker: `O_CREAT` keeps the ring from trying it inline) until a
 /// reader opens it.
 pub async fn a_task_waiting_on_a_file_op_shows_the_op() {
     let dir = TempDir::new("awaiting");
-    let path = dir.join("fifo");
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let path = fifo(&dir);
     let p = path.clone();
     let writer = spawn(async move {
         let mut options = OpenOptions::new();
@@ -779,26 +825,10 @@ pub async fn a_task_waiting_on_a_file_op_shows_the_op() {
 pub async fn a_deadline_on_an_open_that_waits() {
     use ringloop_runtime::DeadlineExt;
     let dir = TempDir::new("deadline-open");
-    let path = dir.join("fifo");
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let path = fifo(&dir);
     let started = std::time::Instant::now();
     let submitted = ringloop_runtime::current_stats().ops_submitted;
-    // The reader keeps its end open until the open has resolved: a reader that came and went
-    // before the open started waiting would leave it waiting for ever.
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let p = path.clone();
-    let reader = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let r = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&p)
-            .unwrap();
-        let _ = done_rx.recv_timeout(Duration::from_secs(60));
-        drop(r);
-    });
+    let reader = LateReader::start(&path);
     let mut options = OpenOptions::new();
     options.write(true).create(true);
     let r = options
@@ -806,7 +836,7 @@ pub async fn a_deadline_on_an_open_that_waits() {
         .timeout(Duration::from_millis(20))
         .await
         .map(drop);
-    let _ = done_tx.send(());
+    let reader = reader.done();
     match r {
         Err(e) => {
             assert_eq!(e.kind(), ErrorKind::TimedOut, "{e}");
@@ -821,12 +851,7 @@ pub async fn a_deadline_on_an_open_that_waits() {
             );
         }
     }
-    while !reader.is_finished() {
-        ringloop_runtime::sleep(Duration::from_millis(5))
-            .await
-            .unwrap();
-    }
-    reader.join().unwrap();
+    reader.await;
 }
 
 /// A task cancelled while an open waits in the kernel (a FIFO with no reader yet; one comes
@@ -836,22 +861,8 @@ pub async fn a_deadline_on_an_open_that_waits() {
 /// on 6.12 and later), it resolves with its file, and the cancellation comes at the next await.
 pub async fn a_cancel_of_an_open_that_waits_reaches_the_task() {
     let dir = TempDir::new("cancel-open");
-    let path = dir.join("fifo");
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-    let p = path.clone();
-    let reader = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(300));
-        let r = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(&p)
-            .unwrap();
-        let _ = done_rx.recv_timeout(Duration::from_secs(60));
-        drop(r);
-    });
+    let path = fifo(&dir);
+    let reader = LateReader::start(&path);
     let p = path.clone();
     let task = spawn(async move {
         let mut options = OpenOptions::new();
@@ -875,15 +886,10 @@ pub async fn a_cancel_of_an_open_that_waits_reaches_the_task() {
     }
     task.cancel();
     let outcome = task.await;
-    let _ = done_tx.send(());
+    let reader = reader.done();
     match outcome {
         Ok(reached) => assert!(reached, "the cancellation was lost"),
         Err(e) => assert!(e.is_cancelled(), "{e:?}"),
     }
-    while !reader.is_finished() {
-        ringloop_runtime::sleep(Duration::from_millis(5))
-            .await
-            .unwrap();
-    }
-    reader.join().unwrap();
+    reader.await;
 }
