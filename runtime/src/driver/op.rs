@@ -159,7 +159,12 @@ impl<T: OpKind> Orphan for T {
 }
 
 pub(crate) fn cqe_result(res: i32) -> io::Result<u32> {
-    let res = restart_as_eintr(res);
+    errno_result(restart_as_eintr(res))
+}
+
+/// A result already passed through [`restart_as_eintr`] as an `io::Result`.
+#[inline]
+fn errno_result(res: i32) -> io::Result<u32> {
     if res < 0 {
         Err(io::Error::from_raw_os_error(-res))
     } else {
@@ -536,7 +541,7 @@ impl<T: OpKind> Op<T> {
             }
         };
         let res = restart_as_eintr(res);
-        let result = cqe_result(res);
+        let result = errno_result(res);
         let result = match self.rare.as_mut().and_then(|r| r.cancel.take()) {
             // `EINTR`: the cancel interrupted the worker running the op, before it did anything
             // (a call that had done something would say what).
