@@ -67,6 +67,8 @@ use std::cell::{OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::io;
+#[cfg(any(feature = "tokio-io", feature = "hyper"))]
+use std::mem::MaybeUninit;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -368,11 +370,11 @@ pub struct PooledReceiver {
     /// Another receiver of the same stream was live when this one was made: every receive
     /// fails.
     busy: bool,
-    /// io_uring, a draining poll (`Mode::Quiet`, the adapters' `poll_recv`): false when the
+    /// io_uring, a draining poll (`Mode::Quiet`, the adapters' `poll_copy`): false when the
     /// chunk just returned was the last one queued and the receive's waker is set (see
     /// [`may_have_more`](Self::may_have_more)).
     more: bool,
-    /// io_uring, the adapters' `poll_recv`: the task poll and the waker with which the last
+    /// io_uring, the adapters' `poll_copy`: the task poll and the waker with which the last
     /// read found nothing, or took the last chunk queued, leaving the waker with the receive
     /// (which wakes it only from the loop, never within a task poll).
     #[cfg(any(feature = "tokio-io", feature = "hyper"))]
@@ -479,58 +481,102 @@ impl PooledReceiver {
         }
     }
 
-    /// What [`recv`](Self::recv) does, as a poll, for an owner that keeps the receiver across
-    /// polls instead of a future (the borrowed-buffer adapters): a cancellation point that
-    /// queues for a buffer when the pool is dry and keeps its place across polls. The owner
-    /// leaves the queue by dropping the receiver (or by a later poll that gets a buffer).
+    /// The borrowed-buffer adapters' read: copies the stream's next bytes into `dst`, as many
+    /// of one chunk as fit (the rest of the chunk stays first in line), and says how many;
+    /// `Ok(None)` at the end of the stream.
+    ///
+    /// With `wait`, this is what [`recv`](Self::recv) does, as a poll, for an owner that keeps
+    /// the receiver across polls instead of a future: a cancellation point that queues for a
+    /// buffer when the pool is dry and keeps its place across polls (the owner leaves the
+    /// queue by dropping the receiver, or by a later poll that gets a buffer). Without, it
+    /// takes only what has arrived, as [`try_recv`](Self::try_recv) does (`Pending`: nothing
+    /// has), and delivers nothing: for the reads that fill the rest of `dst` after a first
+    /// chunk. [`may_have_more`](Self::may_have_more) tells whether to try. A waiting read
+    /// first asks [`poll_idle`](Self::poll_idle).
+    ///
+    /// On io_uring a chunk copied whole goes straight back to the pool: no [`PooledBuf`] is
+    /// made for it.
     #[cfg(any(feature = "tokio-io", feature = "hyper"))]
-    pub(crate) fn poll_recv(
+    pub(crate) fn poll_copy(
         &mut self,
         cx: &mut Context<'_>,
-    ) -> Poll<io::Result<Option<PooledBuf>>> {
+        wait: bool,
+        dst: &mut [MaybeUninit<u8>],
+    ) -> Poll<io::Result<Option<usize>>> {
         self.more = true;
         if let Some(ready) = self.ready_now() {
-            return Poll::Ready(ready);
+            return Poll::Ready(ready.map(|chunk| chunk.map(|c| self.copy_chunk(c, dst))));
         }
-        match self.backend {
-            Backend::IoUring => {
-                let key = IdleKey::of(cx);
-                if key.is_some() && self.idle == key {
-                    // This task poll already found nothing more here, with this waker:
-                    // whatever came since has woken the task, which is polled again (hyper
-                    // reads twice after each request, both finding nothing). A wait that
-                    // starts now (after the last chunk) is a new one; after a read that found
-                    // nothing, this poll's leaf is already recorded and this records nothing.
-                    ringloop_runtime::note_awaiting_io(&RECV, Some(self.fd.raw()), None, true);
-                    return pending_or_cancelled(Mode::Task);
+        if self.backend != Backend::IoUring {
+            let next = if wait {
+                self.poll_epoll(cx, Mode::Task)
+            } else {
+                self.try_recv_epoll().map_or(Poll::Pending, Poll::Ready)
+            };
+            return next.map(|r| r.map(|chunk| chunk.map(|c| self.copy_chunk(c, dst))));
+        }
+        let key = IdleKey::of(cx);
+        // Draining: a chunk that was the last one queued leaves `cx`'s waker with the receive
+        // and says so through `may_have_more`, so the adapter does not ask again for more.
+        let mode = if wait { Mode::Task } else { Mode::Try };
+        let next = self.poll_uring_raw(cx, mode, None, true);
+        self.idle = match &next {
+            // Nothing, or the last chunk queued: `cx`'s waker is with the receive, which wakes
+            // it only from the loop, after this task poll. Not after a `Pending` of the pool's
+            // queue: a buffer given back later in this same poll wakes that waker at once (and
+            // a combinator's per-future waker then polls this read again within the poll,
+            // which must take the full path).
+            Poll::Pending if self.multishot.is_waiting() => key,
+            Poll::Ready(Ok(Some(_))) if !self.more => key,
+            _ => None,
+        };
+        match next {
+            Poll::Ready(Ok(Some((bid, len)))) => {
+                // SAFETY: the completion that named the buffer was our own multishot's, read
+                // just now, and nothing else took or recycled the buffer since.
+                let (n, rest) = unsafe { self.wait.copy_filled(bid, len, dst) };
+                if let Some(rest) = rest {
+                    self.stash.push_front(rest);
+                    self.idle = None; // the next read finds the rest
                 }
-                // Draining: a chunk that was the last one queued leaves `cx`'s waker with
-                // the receive and says so through `may_have_more`, so the adapter does not
-                // ask again for more.
-                let r = self.poll_uring(cx, Mode::Task, None, true);
-                self.idle = match &r {
-                    // Nothing, or the last chunk queued: `cx`'s waker is with the receive,
-                    // which wakes it only from the loop, after this task poll. Not after a
-                    // `Pending` of the pool's queue: a buffer dropped later in this same poll
-                    // wakes that waker at once (and a combinator's per-future waker then
-                    // polls this read again within the poll, which must take the full path).
-                    Poll::Pending if self.multishot.is_waiting() => key,
-                    Poll::Ready(Ok(Some(_))) if !self.more => key,
-                    _ => None,
-                };
-                r
+                Poll::Ready(Ok(Some(n)))
             }
-            _ => self.poll_epoll(cx, Mode::Task),
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
-    /// Puts a chunk this receiver handed out back at the front of its queue (the part of it
-    /// that was not read): the next receive returns it first, and a dropped receiver hands it
-    /// back to the stream with the rest.
+    /// The adapters' shortcut, before a waiting [`poll_copy`](Self::poll_copy): `Some` when
+    /// this task poll has already read here with this waker and found nothing more (or took
+    /// the last chunk queued), leaving the waker with the receive. Whatever came since has
+    /// woken the task, which is polled again, so this read would find nothing either: it is
+    /// `Pending` at once (hyper reads twice after each request, both finding nothing), after
+    /// the checks a waiting read makes (the task's cancellation, the scope's deadline) and
+    /// with the wait recorded for task dumps. `None`: read as usual.
     #[cfg(any(feature = "tokio-io", feature = "hyper"))]
-    pub(crate) fn unread(&mut self, mut chunk: PooledBuf) {
-        self.wait.adopt(&mut chunk);
-        self.stash.push_front(chunk);
+    #[inline]
+    pub(crate) fn poll_idle<T>(&self, cx: &Context<'_>) -> Option<Poll<io::Result<T>>> {
+        let idle = self.idle?;
+        if IdleKey::of(cx) != Some(idle) {
+            return None;
+        }
+        // A wait that starts now (after the last chunk) is a new one; after a read that found
+        // nothing, this poll's leaf is already recorded and this records nothing.
+        ringloop_runtime::note_awaiting_io(&RECV, Some(self.fd.raw()), None, true);
+        Some(pending_or_cancelled(Mode::Task))
+    }
+
+    /// Copies what fits of `chunk` (counted against this receiver) into `dst`; the rest goes
+    /// back to the front of the queue.
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    fn copy_chunk(&mut self, mut chunk: PooledBuf, dst: &mut [MaybeUninit<u8>]) -> usize {
+        let n = crate::compat::copy_into(dst, &chunk);
+        chunk.advance(n);
+        if !chunk.is_empty() {
+            self.stash.push_front(chunk);
+        }
+        n
     }
 
     /// What [`recv`](Self::recv) would do, as a poll, for a driver that is not a future (the
@@ -556,7 +602,7 @@ impl PooledReceiver {
         }
     }
 
-    /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet) or `poll_recv`: whether
+    /// After a chunk from [`poll_recv_quiet`](Self::poll_recv_quiet) or `poll_copy`: whether
     /// another may be ready at once. False only when nothing else was queued (io_uring) and
     /// the receive already holds the waker of that poll, so a caller that reads until nothing
     /// is left can stop without the poll that would only find that out.
@@ -705,6 +751,30 @@ impl PooledReceiver {
         post: Option<(&CompletionList, u32)>,
         drain: bool,
     ) -> Poll<io::Result<Option<PooledBuf>>> {
+        match self.poll_uring_raw(cx, mode, post, drain) {
+            Poll::Ready(Ok(Some((bid, len)))) => {
+                // SAFETY: the completion that named the buffer was our own multishot's, read
+                // just now, and nothing else took or recycled the buffer since.
+                Poll::Ready(Ok(Some(unsafe { self.wait.take_filled(bid, len) })))
+            }
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// [`poll_uring`](Self::poll_uring), with the chunk as the pool buffer that holds it,
+    /// `(bid, len)`, not yet taken: the caller takes it (`BufWait::take_filled`) or copies
+    /// it out (`BufWait::copy_filled`), at once and exactly once (a buffer never taken is
+    /// never given back to the pool).
+    #[inline]
+    fn poll_uring_raw(
+        &mut self,
+        cx: &mut Context<'_>,
+        mode: Mode,
+        post: Option<(&CompletionList, u32)>,
+        drain: bool,
+    ) -> Poll<io::Result<Option<(u16, usize)>>> {
         loop {
             if self.eof {
                 return Poll::Ready(Ok(None));
@@ -742,10 +812,7 @@ impl PooledReceiver {
                             )));
                         };
                         self.wait.took_buffer();
-                        // SAFETY: the completion is ours (our own multishot's), and this is
-                        // the only call for the buffer it names.
-                        let buf = unsafe { self.wait.take_filled(bid, res as usize) };
-                        return Poll::Ready(Ok(Some(buf)));
+                        return Poll::Ready(Ok(Some((bid, res as usize))));
                     }
                     if let Some(bid) = bid {
                         // SAFETY: as above.
@@ -917,6 +984,7 @@ enum Mode {
 /// deadline's error if the deadline of the scope being polled has passed (see
 /// [`DeadlineExt`](ringloop_runtime::DeadlineExt)). Called once nothing is ready: what the
 /// receiver has queued always comes first, and giving up the wait loses nothing.
+#[inline]
 fn pending_or_cancelled<T>(mode: Mode) -> Poll<io::Result<T>> {
     if mode != Mode::Task {
         return Poll::Pending;

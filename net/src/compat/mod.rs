@@ -86,7 +86,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use ringloop_runtime::{current_backend, Backend, Op, PooledBuf, SharedFd};
+use ringloop_runtime::{current_backend, Backend, Op, SharedFd};
 
 use crate::ops::PollReady;
 use crate::pooled::{self, RecvSlot};
@@ -266,11 +266,9 @@ impl<S: Stream> Io<S> {
     /// Gives the stream back. Every byte received and not yet read goes back with it (the
     /// stream's next read, or its next pooled receiver, returns them first).
     pub fn into_inner(self) -> S {
-        let Io {
-            mut read, stream, ..
-        } = self;
-        read.give_back();
-        stream
+        // The receiver (dropped with the reading state) hands what it holds back to the
+        // stream, the rest of a partly read chunk first.
+        self.stream
     }
 }
 
@@ -358,7 +356,17 @@ impl<S: Stream> Io<S> {
         };
         match self.mechanism {
             Mechanism::Readiness => self.read.poll_readiness(fd, slot, cx, dst),
-            Mechanism::Pooled => self.read.poll_pooled(fd, slot, cx, dst),
+            Mechanism::Pooled => {
+                // A read that this task poll has made already, with nothing more to find.
+                if let Some(pooled) = self.read.pooled.as_deref() {
+                    if pooled.error.is_none() {
+                        if let Some(pending) = pooled.rx.poll_idle(cx) {
+                            return pending;
+                        }
+                    }
+                }
+                self.read.poll_pooled(fd, slot, cx, dst)
+            }
         }
     }
 
@@ -394,7 +402,7 @@ impl<S: Stream> Io<S> {
 const POOLED_RECV_CAP: usize = 32;
 
 /// Copies as much of `src` as fits into `dst`; returns how much.
-fn copy_into(dst: &mut [MaybeUninit<u8>], src: &[u8]) -> usize {
+pub(crate) fn copy_into(dst: &mut [MaybeUninit<u8>], src: &[u8]) -> usize {
     let n = src.len().min(dst.len());
     // A plain element-wise write (the compiler makes it a `memcpy`): no unsafe needed.
     for (d, s) in dst[..n].iter_mut().zip(&src[..n]) {
@@ -425,58 +433,39 @@ struct ReadState {
 
 /// The pooled mechanism's reading state.
 struct Pooled {
-    /// The connection's receiver.
+    /// The connection's receiver (which also keeps the rest of a chunk that a read took only
+    /// part of, first in line).
     rx: PooledReceiver,
-    /// The rest of a chunk that a read took only part of.
-    chunk: Option<PooledBuf>,
     /// An error met after a read had already copied bytes, for the next read.
     error: Option<io::Error>,
 }
 
 impl Pooled {
-    /// Copies from `chunk` into `dst`; keeps what is left of it for the next read.
-    fn take_from(&mut self, mut chunk: PooledBuf, dst: &mut [MaybeUninit<u8>]) -> usize {
-        let n = copy_into(dst, &chunk);
-        chunk.advance(n);
-        if !chunk.is_empty() {
-            self.chunk = Some(chunk);
-        }
-        n
-    }
-
     fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
         dst: &mut [MaybeUninit<u8>],
     ) -> Poll<io::Result<usize>> {
-        let mut filled = 0;
-        if let Some(chunk) = self.chunk.take() {
-            filled = self.take_from(chunk, dst);
-        } else if let Some(e) = self.error.take() {
+        if let Some(e) = self.error.take() {
             return Poll::Ready(Err(e));
         }
-        // Whether more may have arrived than `filled` took (false: the receive said this was
-        // the last chunk queued).
-        let mut more = true;
-        if filled == 0 {
-            // Nothing kept from before: wait for the next chunk. Only this poll waits, so only
-            // it is a cancellation point; whatever arrives meanwhile stays in the receiver.
-            match ready!(self.rx.poll_recv(cx)) {
-                Ok(Some(chunk)) => filled = self.take_from(chunk, dst),
-                // The end of the stream (the receiver says so again at every later read).
-                Ok(None) => return Poll::Ready(Ok(0)),
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-            more = self.rx.may_have_more();
-        }
+        // Only this first read waits, so only it is a cancellation point; whatever arrives
+        // meanwhile stays in the receiver.
+        let mut filled = match ready!(self.rx.poll_copy(cx, true, dst)) {
+            Ok(Some(n)) => n,
+            // The end of the stream (the receiver says so again at every later read).
+            Ok(None) => return Poll::Ready(Ok(0)),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         // Fill the rest of `dst` with what has already arrived, without waiting (io_uring:
-        // the receiver's queue, no system call).
-        while more && filled < dst.len() && self.chunk.is_none() {
-            match self.rx.try_recv() {
-                Some(Ok(Some(chunk))) => filled += self.take_from(chunk, &mut dst[filled..]),
+        // the receiver's queue, no system call), unless the receive said that was the last
+        // chunk queued.
+        while filled < dst.len() && self.rx.may_have_more() {
+            match self.rx.poll_copy(cx, false, &mut dst[filled..]) {
+                Poll::Ready(Ok(Some(n))) => filled += n,
                 // Nothing more yet, or the end of the stream (the receiver remembers it).
-                Some(Ok(None)) | None => break,
-                Some(Err(e)) => {
+                Poll::Ready(Ok(None)) | Poll::Pending => break,
+                Poll::Ready(Err(e)) => {
                     self.error = Some(e);
                     break;
                 }
@@ -497,7 +486,6 @@ impl ReadState {
         let pooled = self.pooled.get_or_insert_with(|| {
             Box::new(Pooled {
                 rx: slot.receiver(fd, POOLED_RECV_CAP),
-                chunk: None,
                 error: None,
             })
         });
@@ -549,16 +537,6 @@ impl ReadState {
                 }
             }
             self.poll = Some(Op::new(PollReady::readable(fd.clone()).after_eagain()).unscoped());
-        }
-    }
-
-    /// Hands every unread byte back to the stream: the rest of a chunk goes back into the
-    /// receiver, which gives its queue to the stream when it is dropped.
-    fn give_back(&mut self) {
-        if let Some(pooled) = self.pooled.as_mut() {
-            if let Some(chunk) = pooled.chunk.take() {
-                pooled.rx.unread(chunk);
-            }
         }
     }
 }

@@ -26,6 +26,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::rc::Rc;
@@ -774,6 +775,62 @@ impl BufWait {
         }
         buf.owner = self.owner;
         buf
+    }
+
+    /// Copies the `len` bytes the kernel filled buffer `bid` with into `dst`, as many as fit,
+    /// and gives the buffer back to the pool at once if they all fit; else the rest comes back
+    /// as a [`PooledBuf`] counted against this receiver (as [`take_filled`](Self::take_filled)
+    /// would, advanced past what was copied). Returns how many bytes were copied: the first
+    /// that many elements of `dst` are initialised. For readers that copy out of the pool (the
+    /// borrowed-buffer adapters): no `PooledBuf` is made for a chunk read whole.
+    ///
+    /// Not part of the public API (for `ringloop-net`'s pooled receiver).
+    ///
+    /// # Safety
+    /// As [`BufPool::take_filled`].
+    ///
+    /// # Panics
+    /// As [`BufPool::take_filled`].
+    #[doc(hidden)]
+    #[inline]
+    pub unsafe fn copy_filled(
+        &self,
+        bid: u16,
+        len: usize,
+        dst: &mut [MaybeUninit<u8>],
+    ) -> (usize, Option<PooledBuf>) {
+        let pool = &*self.pool;
+        assert!(
+            len <= pool.buf_size,
+            "copy_filled: length {len} exceeds the pool's buffer size {}",
+            pool.buf_size
+        );
+        // Lent for the copy: no other call can move it meanwhile.
+        pool.claim(bid, BufState::Filled, "copy_filled");
+        let n = len.min(dst.len());
+        // SAFETY: the buffer is ours alone (just claimed from `Filled`: the kernel is done with
+        // it and nobody else holds it), `n <= len <= buf_size` bytes lie inside it and are
+        // initialised (the mapping is zero-filled), and `dst` has room for `n`; a pool buffer
+        // cannot overlap the caller's `dst`, which is borrowed mutably.
+        unsafe {
+            std::ptr::copy_nonoverlapping(pool.buf_ptr(bid), dst.as_mut_ptr().cast::<u8>(), n);
+        }
+        if n == len {
+            pool.publish(bid);
+            return (n, None);
+        }
+        pool.out.set(pool.out.get() + 1);
+        if let Some(slot) = pool.owners.borrow_mut().get_mut(self.owner as usize) {
+            slot.held += 1;
+        }
+        let rest = PooledBuf {
+            pool: self.pool.clone(),
+            bid,
+            start: n as u32,
+            end: len as u32,
+            owner: self.owner,
+        };
+        (n, Some(rest))
     }
 
     /// Counts `buf` against this receiver (see [`held`](Self::held)) until it is dropped or
