@@ -296,6 +296,25 @@ pub(crate) fn note(leaf: Leaf, new: bool) {
     });
 }
 
+/// [`note`], with the leaf made only if it is recorded: for a leaf that costs something to
+/// make (a sleep's deadline in nanoseconds), where a future polled earlier in the same task
+/// poll has usually recorded its own already (hyper polls its header timer after its read).
+#[inline]
+pub(crate) fn note_with(leaf: impl FnOnce() -> Leaf, new: bool) {
+    #[cfg(ringloop_no_leaves)]
+    if true {
+        let _ = (leaf, new);
+        return;
+    }
+    context::with_current_header(|h| {
+        if let Some(h) = h {
+            if h.leaf_unset() {
+                h.set_leaf(leaf(), new);
+            }
+        }
+    });
+}
+
 /// The leaf's kind, as the header keeps it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]

@@ -205,6 +205,12 @@ impl Header {
         self.replace_leaf(leaf);
     }
 
+    /// Whether this poll has recorded no leaf yet (so [`set_leaf`](Self::set_leaf) would).
+    #[inline]
+    pub(crate) fn leaf_unset(&self) -> bool {
+        self.leaf_kind.get() == LeafKind::Unset
+    }
+
     /// The leaf the last poll left, while a poll runs.
     fn leaf_before(&self) -> Leaf {
         Leaf {

@@ -45,7 +45,7 @@
 //! });
 //! ```
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -75,6 +75,9 @@ impl Frame {
 thread_local! {
     /// The innermost scope being polled on this thread, if any.
     static SCOPE: RefCell<Option<Rc<Frame>>> = const { RefCell::new(None) };
+    /// Its deadline, kept beside it: read at every wait that would return `Pending` (plain
+    /// data, so one load, with no borrow and no destructor to register).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The innermost deadline scope being polled on this thread.
@@ -90,8 +93,9 @@ pub(crate) fn current_frame() -> Option<Rc<Frame>> {
 /// return `Pending`, check whether its result is ready first (a ready result always wins), then
 /// give up with [`timed_out_error`] if this deadline has passed. The `WithDeadline` wakes the
 /// task at its deadline, so the check comes.
+#[inline]
 pub fn current_deadline() -> Option<Instant> {
-    SCOPE.with(|s| s.borrow().as_ref().map(|f| f.deadline))
+    DEADLINE.with(Cell::get)
 }
 
 /// The error an op (or a wait) gives when its deadline passed first: errno `ETIMEDOUT`, kind
@@ -119,6 +123,7 @@ struct Installed {
 
 impl Installed {
     fn new(frame: Rc<Frame>) -> Installed {
+        DEADLINE.with(|d| d.set(Some(frame.deadline)));
         Installed {
             previous: SCOPE.with(|s| s.borrow_mut().replace(frame)),
         }
@@ -127,6 +132,7 @@ impl Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
+        DEADLINE.with(|d| d.set(self.previous.as_ref().map(|f| f.deadline)));
         let ours = SCOPE.with(|s| std::mem::replace(&mut *s.borrow_mut(), self.previous.take()));
         drop(ours); // outside the borrow
     }

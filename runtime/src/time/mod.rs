@@ -272,7 +272,8 @@ impl DeadlineWait {
             return Check::Unarmed;
         }
         if self.timer.refresh(cx) {
-            awaiting::note(Leaf::sleep(self.deadline), false);
+            let deadline = self.deadline;
+            awaiting::note_with(|| Leaf::sleep(deadline), false);
             return Check::Waiting;
         }
         // Not armed on this loop's heap: it fired there, or it waits on another loop's (the
@@ -295,7 +296,8 @@ impl DeadlineWait {
     pub(crate) fn arm(&mut self, cx: &Context<'_>) {
         self.armed = true;
         self.timer.arm(self.deadline, cx);
-        awaiting::note(Leaf::sleep(self.deadline), true);
+        let deadline = self.deadline;
+        awaiting::note_with(|| Leaf::sleep(deadline), true);
     }
 
     /// [`check`](Self::check), arming the timer if it is not armed: `Ready` once it fired.
