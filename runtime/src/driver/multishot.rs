@@ -239,6 +239,7 @@ impl Multishot {
         self.poll(cx, true)
     }
 
+    #[inline]
     fn poll(&mut self, cx: &mut Context<'_>, draining: bool) -> Poll<Option<((i32, u32), bool)>> {
         let Some((key, driver)) = &self.armed else {
             return Poll::Ready(None);

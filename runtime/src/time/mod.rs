@@ -35,12 +35,14 @@ impl Timers {
     }
 
     /// Arms a timer that runs `action` at `deadline`.
+    #[inline]
     pub(crate) fn add(&self, deadline: Instant, action: TimerAction) -> TimerKey {
         self.heap.borrow_mut().insert(deadline, action)
     }
 
     /// Refreshes an armed timer's waker; false if it is no longer armed (fired, cancelled, or
     /// another runtime's).
+    #[inline]
     pub(crate) fn update_waker(&self, key: TimerKey, waker: &Waker) -> bool {
         let (armed, old) = self.heap.borrow_mut().update_waker(key, waker);
         drop(old); // outside the borrow, as in `cancel`
@@ -54,6 +56,7 @@ impl Timers {
     }
 
     /// Disarms a timer, if it is still armed here.
+    #[inline]
     pub(crate) fn cancel(&self, key: TimerKey) {
         let action = self.heap.borrow_mut().cancel(key);
         drop(action); // outside the borrow: dropping a waker or callback runs foreign code
@@ -95,6 +98,7 @@ pub(crate) struct TimerEntry {
 
 impl TimerEntry {
     /// Arms (or re-aims) the timer so `cx`'s task is woken at `deadline`.
+    #[inline]
     pub(crate) fn arm(&mut self, deadline: Instant, cx: &Context<'_>) {
         if !self.refresh(cx) {
             self.key = Some(context::with_timers(|timers| {
@@ -105,6 +109,7 @@ impl TimerEntry {
 
     /// If the timer still waits on the running loop's heap (neither fired nor cancelled),
     /// points it at `cx`'s task and returns true.
+    #[inline]
     pub(crate) fn refresh(&mut self, cx: &Context<'_>) -> bool {
         self.key.is_some_and(|key| {
             context::try_with_timers(|timers| timers.update_waker(key, cx.waker())).unwrap_or(false)
@@ -126,6 +131,7 @@ impl TimerEntry {
     }
 
     /// Disarms the timer, if armed.
+    #[inline]
     pub(crate) fn disarm(&mut self) {
         if let Some(key) = self.key.take() {
             cancel_timer(key);
@@ -141,6 +147,7 @@ impl Drop for TimerEntry {
 
 /// Disarms `key` on the running loop's heap; nothing outside a runtime, or if the key is
 /// another heap's (see [`TimerKey`]).
+#[inline]
 pub(crate) fn cancel_timer(key: TimerKey) {
     context::try_with_timers(|timers| timers.cancel(key));
 }
@@ -267,6 +274,7 @@ impl DeadlineWait {
     }
 
     /// Whether the wait is over, still waiting (woken with `cx` now), or needs arming.
+    #[inline]
     pub(crate) fn check(&mut self, cx: &Context<'_>) -> Check {
         if !self.armed {
             return Check::Unarmed;
@@ -331,6 +339,7 @@ impl DeadlineWait {
     }
 
     /// Disarms the timer, if it is armed on the running loop's heap.
+    #[inline]
     pub(crate) fn disarm(&mut self) {
         self.timer.disarm();
     }
