@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ringloop_runtime::{current_deadline, sleep, sleep_until, timed_out_error};
 
 /// The deadline error, if the deadline of the scope being polled has passed.
+#[inline]
 pub(crate) fn expired() -> Option<io::Error> {
     current_deadline()
         .filter(|at| Instant::now() >= *at)

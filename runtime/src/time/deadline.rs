@@ -76,8 +76,11 @@ thread_local! {
     /// The innermost scope being polled on this thread, if any.
     static SCOPE: RefCell<Option<Rc<Frame>>> = const { RefCell::new(None) };
     /// Its deadline, kept beside it: read at every wait that would return `Pending` (plain
-    /// data, so one load, with no borrow and no destructor to register).
+    /// data, with no borrow and no destructor to register).
     static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Whether a scope is being polled (`DEADLINE` is `Some`): outside any, which is nearly
+    /// always, one byte is all a wait reads.
+    static IN_SCOPE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The innermost deadline scope being polled on this thread.
@@ -95,6 +98,9 @@ pub(crate) fn current_frame() -> Option<Rc<Frame>> {
 /// task at its deadline, so the check comes.
 #[inline]
 pub fn current_deadline() -> Option<Instant> {
+    if !IN_SCOPE.with(Cell::get) {
+        return None;
+    }
     DEADLINE.with(Cell::get)
 }
 
@@ -124,6 +130,7 @@ struct Installed {
 impl Installed {
     fn new(frame: Rc<Frame>) -> Installed {
         DEADLINE.with(|d| d.set(Some(frame.deadline)));
+        IN_SCOPE.with(|s| s.set(true));
         Installed {
             previous: SCOPE.with(|s| s.borrow_mut().replace(frame)),
         }
@@ -133,6 +140,7 @@ impl Installed {
 impl Drop for Installed {
     fn drop(&mut self) {
         DEADLINE.with(|d| d.set(self.previous.as_ref().map(|f| f.deadline)));
+        IN_SCOPE.with(|s| s.set(self.previous.is_some()));
         let ours = SCOPE.with(|s| std::mem::replace(&mut *s.borrow_mut(), self.previous.take()));
         drop(ours); // outside the borrow
     }
