@@ -492,6 +492,123 @@ fn a_hyper_sleep_dropped_before_it_fires_leaves_no_timer_armed() {
     }
 }
 
+/// Counts the polls of the future it wraps.
+struct Counted<F>(F, Rc<Cell<u32>>);
+
+impl<F: Future + Unpin> Future for Counted<F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.1.set(self.1.get() + 1);
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+/// A future that ends once `flag` is set (by the test, which then wakes it).
+fn until_set(flag: Rc<(Cell<bool>, RefCell<Option<Waker>>)>) -> impl Future<Output = ()> + Unpin {
+    poll_fn(move |cx| {
+        if flag.0.get() {
+            return Poll::Ready(());
+        }
+        *flag.1.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    })
+}
+
+fn set(flag: &(Cell<bool>, RefCell<Option<Waker>>)) {
+    flag.0.set(true);
+    if let Some(w) = flag.1.borrow_mut().take() {
+        w.wake();
+    }
+}
+
+/// The timer of a dropped hyper sleep is kept for the next hyper sleep armed in the same loop
+/// iteration (hyper drops its header timer and arms the next in one task poll), moved
+/// to the new deadline, earlier or later, and pointed at the new sleep's task: that sleep ends
+/// at its own deadline and wakes its own task, and the task that dropped the first one is
+/// never woken by it.
+#[test]
+fn a_dropped_hyper_sleeps_timer_is_reused_and_wakes_only_the_new_sleeps_task() {
+    for backend in backends() {
+        runtime(backend).block_on(async {
+            let base = Instant::now();
+            let at = move |ms: u64| base + Duration::from_millis(ms);
+            // One task: dropped at 1 ms, the next at 30 ms (later: the old heap node moves
+            // when it surfaces), then dropped at an hour, the next at 5 ms (earlier).
+            for (first, second) in [(at(1), at(30)), (base + HOUR, at(5))] {
+                let mut a = HyperTimer.sleep_until(first);
+                assert!(poll_once(&mut a).await.is_pending());
+                drop(a);
+                let polls = Rc::new(Cell::new(0));
+                let b = Counted(HyperTimer.sleep_until(second), polls.clone());
+                timeout(BOUND, b).await.unwrap();
+                assert!(Instant::now() >= second, "{backend:?}: ended early");
+                assert_eq!(polls.get(), 2, "{backend:?}: armed, then woken once");
+                assert_eq!(current_stats().timers_pending, 0);
+            }
+            // Two tasks that run in one loop iteration: A drops its sleep (due at 1 ms) and
+            // waits for the flag; B's sleep (30 ms) takes A's timer.
+            let flag = Rc::new((Cell::new(false), RefCell::new(None)));
+            let a_polls = Rc::new(Cell::new(0));
+            let a = {
+                let (flag, polls) = (flag.clone(), a_polls.clone());
+                spawn(async move {
+                    let mut s = HyperTimer.sleep_until(Instant::now() + Duration::from_millis(1));
+                    assert!(poll_once(&mut s).await.is_pending());
+                    drop(s);
+                    Counted(until_set(flag), polls).await;
+                })
+            };
+            let b_end = Instant::now() + Duration::from_millis(30);
+            let b = spawn(async move {
+                HyperTimer.sleep_until(b_end).await;
+                Instant::now()
+            });
+            let ended = timeout(BOUND, b).await.unwrap().unwrap();
+            assert!(ended >= b_end, "{backend:?}: B ended early");
+            set(&flag);
+            timeout(BOUND, a).await.unwrap().unwrap();
+            assert_eq!(
+                a_polls.get(),
+                2,
+                "{backend:?}: A was polled for its flag only, never woken by its old timer"
+            );
+            assert_eq!(current_stats().timers_pending, 0);
+        });
+    }
+}
+
+/// A dropped hyper sleep's timer that no other sleep takes is gone by the next loop
+/// iteration: it never wakes the task that armed it.
+#[test]
+fn a_dropped_hyper_sleeps_timer_nobody_reuses_never_fires() {
+    for backend in backends() {
+        runtime(backend).block_on(async {
+            let flag = Rc::new((Cell::new(false), RefCell::new(None)));
+            let polls = Rc::new(Cell::new(0));
+            let task = {
+                let (flag, polls) = (flag.clone(), polls.clone());
+                spawn(async move {
+                    let mut s = HyperTimer.sleep(Duration::from_millis(1));
+                    assert!(poll_once(&mut s).await.is_pending());
+                    drop(s);
+                    Counted(until_set(flag), polls).await;
+                })
+            };
+            // Well past the dropped sleep's deadline.
+            sleep(Duration::from_millis(30)).await.unwrap();
+            assert_eq!(
+                polls.get(),
+                1,
+                "{backend:?}: woken by a dropped sleep's timer"
+            );
+            set(&flag);
+            timeout(BOUND, task).await.unwrap().unwrap();
+            assert_eq!(polls.get(), 2);
+            assert_eq!(current_stats().timers_pending, 0);
+        });
+    }
+}
+
 /// A sleep armed on runtime A, moved to another thread and dropped there, under runtime B or
 /// under none: nothing crashes, B's timers are untouched (B's first timer has the same slot
 /// and sequence number as A's), and A's heap stays consistent: the abandoned timer is removed

@@ -420,7 +420,7 @@ impl Core {
             tasks_panicked: c.tasks_panicked.get(),
             polls: c.polls.get(),
             callbacks_run: c.callbacks_run.get(),
-            timers_pending: self.timers.len() as u64,
+            timers_pending: self.timers.pending() as u64,
             loop_iterations: c.loop_iterations.get(),
             parks: c.parks.get(),
             remote_wakes: c.remote_wakes.get(),
@@ -455,6 +455,9 @@ impl Core {
     ///    timers or I/O.
     fn run_once(&self) -> io::Result<()> {
         bump(&self.counters.loop_iterations);
+        // A timer retired in the last iteration and not reused by then goes now, before it
+        // could fire and wake anyone (see `Timers::retire`).
+        self.timers.drop_spare();
 
         // 1–2. Talk to the kernel once: submit what is queued, reap what completed, and block
         // only if nothing is ready.

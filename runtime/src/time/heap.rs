@@ -88,6 +88,12 @@ impl TimerHeap {
 
     /// Whether `key` was armed on this heap and is still armed.
     #[inline]
+    pub(crate) fn is_armed(&self, key: TimerKey) -> bool {
+        self.owns(key)
+    }
+
+    /// Whether `key` was armed on this heap and is still armed.
+    #[inline]
     fn owns(&self, key: TimerKey) -> bool {
         key.heap == self.id && self.is_live(key.seq, key.slot)
     }
@@ -141,6 +147,13 @@ impl TimerHeap {
         if !self.owns(key) {
             return None;
         }
+        Some(self.rearm(key, deadline))
+    }
+
+    /// Moves the live timer `key` to `deadline` with a new sequence number (a heap node only
+    /// if earlier than its node's); its new key.
+    #[inline]
+    fn rearm(&mut self, key: TimerKey, deadline: Instant) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
         let entry = &mut self.entries[key.slot];
@@ -155,7 +168,32 @@ impl TimerHeap {
                 self.compact();
             }
         }
-        Some(TimerKey { seq, ..key })
+        TimerKey { seq, ..key }
+    }
+
+    /// Moves the armed wake timer `key` to `deadline` ([`reschedule`](Self::reschedule)) and
+    /// points it at `waker`: its new key and the waker replaced (for the caller to drop
+    /// outside the borrow). `None` if `key` is not armed here, or is a callback's.
+    #[cfg_attr(not(any(test, feature = "hyper")), allow(dead_code))] // used by `compat::hyper`
+    #[inline]
+    pub(crate) fn adopt(
+        &mut self,
+        key: TimerKey,
+        deadline: Instant,
+        waker: &Waker,
+    ) -> Option<(TimerKey, Option<Waker>)> {
+        if key.heap != self.id {
+            return None;
+        }
+        let entry = self
+            .entries
+            .get_mut(key.slot)
+            .filter(|e| e.seq == key.seq)?;
+        let TimerAction::Wake(w) = &mut entry.action else {
+            return None;
+        };
+        let old = (!w.will_wake(waker)).then(|| std::mem::replace(w, waker.clone()));
+        Some((self.rearm(key, deadline), old))
     }
 
     /// Disarms a timer; returns its action if it was still armed.
@@ -484,6 +522,61 @@ mod tests {
         assert_eq!(order, [1, 2, 3], "equal deadlines in arming order");
         assert_eq!(heap.len(), 0);
         assert_eq!(heap.next_deadline(), None);
+    }
+
+    #[test]
+    fn adopt_moves_a_wake_timer_and_its_waker_and_refuses_the_rest() {
+        let mut heap = TimerHeap::new();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        // Later: no new node; the new waker fires, at the new deadline, after timers armed
+        // before the move at the same deadline.
+        let a = heap.insert(at(1), TimerAction::Wake(marker(1)));
+        let b = heap.insert(at(9), TimerAction::Wake(marker(2)));
+        let (moved, old) = heap.adopt(a, at(9), &marker(3)).expect("armed");
+        assert!(
+            old.is_some_and(|w| w.data() as usize == 1),
+            "the old waker is handed back"
+        );
+        assert_eq!(heap.heap.len(), 2, "moved later without a node");
+        assert!(
+            heap.adopt(a, at(2), &marker(3)).is_none(),
+            "the old key is stale"
+        );
+        let mut out = Vec::new();
+        heap.expire(at(8), &mut out);
+        assert!(out.is_empty(), "nothing fires at the old deadline");
+        heap.expire(at(9), &mut out);
+        let order: Vec<_> = out
+            .iter()
+            .map(|a| match a {
+                TimerAction::Wake(w) => w.data() as usize,
+                TimerAction::Callback(_) => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, [2, 3]);
+        // Earlier: a new node, and it fires there.
+        let c = heap.insert(at(50), TimerAction::Wake(marker(4)));
+        let (moved_c, same) = heap.adopt(c, at(20), &marker(4)).expect("armed");
+        assert!(same.is_none(), "the same waker is kept, not replaced");
+        assert_eq!(heap.next_deadline(), Some(at(20)));
+        // Refused: a fired or cancelled key, another heap's key.
+        assert!(heap.adopt(moved, at(30), &marker(5)).is_none(), "fired");
+        assert!(heap.cancel(b).is_none());
+        let other = TimerHeap::new().insert(at(5), TimerAction::Wake(marker(6)));
+        assert!(
+            heap.adopt(other, at(30), &marker(6)).is_none(),
+            "another heap's"
+        );
+        // Refused: a callback's timer (it has no waker to point elsewhere).
+        let cb = heap.insert(
+            at(40),
+            TimerAction::Callback(crate::callback::new_callback(|| {})),
+        );
+        assert!(heap.adopt(cb, at(45), &marker(7)).is_none(), "a callback's");
+        assert!(heap.cancel(cb).is_some(), "left armed as it was");
+        assert!(heap.cancel(moved_c).is_some());
+        assert_eq!(heap.len(), 0);
     }
 
     /// A waker whose data pointer is `id`, to tell the fired actions apart.

@@ -6,7 +6,7 @@
 pub mod deadline;
 pub(crate) mod heap;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::error::Error;
 use std::fmt;
 use std::future::Future;
@@ -25,12 +25,53 @@ use heap::{TimerAction, TimerHeap, TimerKey};
 /// The loop owns one; [`TimerEntry`] and [`cancel_timer`] reach the running loop's.
 pub(crate) struct Timers {
     heap: RefCell<TimerHeap>,
+    /// A wake timer whose owner went away while it was armed, kept armed for the next
+    /// [`add_reusing`](Self::add_reusing) on this loop (see [`retire`](Self::retire)).
+    spare: Cell<Option<TimerKey>>,
 }
 
 impl Timers {
     pub(crate) fn new() -> Self {
         Timers {
             heap: RefCell::new(TimerHeap::new()),
+            spare: Cell::new(None),
+        }
+    }
+
+    /// Disarms the wake timer `key` as [`cancel`](Self::cancel) would, but keeps its entry for
+    /// the next [`add_reusing`](Self::add_reusing): moved to a later deadline, an entry costs
+    /// no heap node and no allocation, where a cancel and a new timer cost a slab entry, a
+    /// heap node, and the stale node's share of a rebuild. For hyper's header timer, which a
+    /// connection drops when a request head is in and arms anew, in the same task poll, when
+    /// it starts reading the next. The loop cancels an entry nobody reused at the start of
+    /// its next iteration, before its timers can fire: a retired timer never wakes anyone.
+    #[inline]
+    pub(crate) fn retire(&self, key: TimerKey) {
+        if let Some(old) = self.spare.replace(Some(key)) {
+            self.cancel(old);
+        }
+    }
+
+    /// Arms a timer that wakes `waker` at `deadline`, reusing the retired entry if there is
+    /// one (see [`retire`](Self::retire)).
+    #[inline]
+    pub(crate) fn add_reusing(&self, deadline: Instant, waker: &Waker) -> TimerKey {
+        if let Some(spare) = self.spare.take() {
+            let adopted = self.heap.borrow_mut().adopt(spare, deadline, waker);
+            if let Some((key, old)) = adopted {
+                drop(old); // outside the borrow, as in `cancel`
+                return key;
+            }
+        }
+        self.add(deadline, TimerAction::Wake(waker.clone()))
+    }
+
+    /// Cancels the retired entry, if any: at the start of each loop iteration, so that it
+    /// never fires.
+    #[inline]
+    pub(crate) fn drop_spare(&self) {
+        if let Some(key) = self.spare.take() {
+            self.cancel(key);
         }
     }
 
@@ -62,9 +103,20 @@ impl Timers {
         drop(action); // outside the borrow: dropping a waker or callback runs foreign code
     }
 
-    /// How many timers are armed.
+    /// How many timers are armed (a retired entry kept for reuse counts until the next loop
+    /// iteration; see [`retire`](Self::retire)).
     pub(crate) fn len(&self) -> usize {
         self.heap.borrow().len()
+    }
+
+    /// How many timers have an owner waiting on them: [`len`](Self::len) less a retired
+    /// entry kept for reuse (its owner is gone). For the stats.
+    pub(crate) fn pending(&self) -> usize {
+        let spare = self
+            .spare
+            .get()
+            .is_some_and(|k| self.heap.borrow().is_armed(k));
+        self.len() - usize::from(spare)
     }
 
     /// How long the loop may park at most, if a timer is armed: see
@@ -319,9 +371,24 @@ impl DeadlineWait {
             Check::Fired => Poll::Ready(()),
             Check::Waiting => Poll::Pending,
             Check::Unarmed => {
-                self.arm(cx);
+                self.armed = true;
+                let deadline = self.deadline;
+                self.timer.key = Some(context::with_timers(|timers| {
+                    timers.add_reusing(deadline, cx.waker())
+                }));
+                awaiting::note_with(|| Leaf::sleep(deadline), true);
                 Poll::Pending
             }
+        }
+    }
+
+    /// Disarms the timer for good (the wait is being dropped), leaving its entry on the
+    /// running loop's heap for the next wait to reuse ([`Timers::retire`]).
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))] // used by `compat::hyper`
+    #[inline]
+    pub(crate) fn retire(&mut self) {
+        if let Some(key) = self.timer.key.take() {
+            context::try_with_timers(|timers| timers.retire(key));
         }
     }
 
