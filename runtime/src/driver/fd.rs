@@ -75,6 +75,7 @@ impl SharedFd {
     }
 
     /// The raw descriptor (valid while this handle lives).
+    #[inline]
     pub fn raw(&self) -> RawFd {
         self.inner.fd.as_ref().map_or(-1, |fd| fd.as_raw_fd())
     }
