@@ -334,51 +334,60 @@ pub(crate) fn poll_read_leftover(
 }
 
 /// Receives a connection's data into pool buffers; see the [module docs](self).
+//
+// `repr(C)`, in this order: what every receive reads comes first (the first 64 bytes with the
+// adapters' features), so that a server's read of a connection that has not been touched since
+// its last request costs one or two cache misses here, not one per field. Field order is
+// also drop order: the multishot and the pending op go before the descriptor.
 #[derive(Debug)]
+#[repr(C)]
 pub struct PooledReceiver {
-    // Field order is drop order: the multishot and the pending op go before the descriptor.
+    /// io_uring, the adapters' `poll_copy`: the task poll and the waker with which the last
+    /// read found nothing, or took the last chunk queued, leaving the waker with the receive
+    /// (which wakes it only from the loop, never within a task poll); [`IdleKey::NONE`] if
+    /// neither.
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    idle: IdleKey,
     multishot: Multishot,
-    /// epoll: the receive in progress (kept across `recv` calls, so cancelling one loses
-    /// nothing).
-    pending: Option<Op<RecvPooled>>,
-    /// Chunks received before this receiver (left by a dropped one), handed out first.
+    /// `fd`'s number (fixed while `fd` lives), read without touching `fd`'s allocation.
+    raw: RawFd,
+    backend: Backend,
+    /// io_uring, a draining poll (`Mode::Quiet`, the adapters' `poll_copy`): false when the
+    /// chunk just returned was the last one queued and the receive's waker is set (see
+    /// [`may_have_more`](Self::may_have_more)).
+    more: bool,
+    eof: bool,
+    /// Another receiver of the same stream was live when this one was made: every receive
+    /// fails.
+    busy: bool,
+    /// io_uring: receives are single-shot (see
+    /// [`multishot_recv`](ringloop_runtime::multishot_recv), fixed for the runtime): after its
+    /// one completion a receive has ended, though still armed until that is read.
+    single_shot: bool,
+    /// io_uring: the armed receive is a bundle (see [`Builder::recv_bundles`]).
+    ///
+    /// [`Builder::recv_bundles`]: ringloop_runtime::Builder::recv_bundles
+    bundled: bool,
+    /// epoll: the last receive came back shorter than its buffer, so the socket was empty
+    /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
+    /// way), which keeps a `recv` + `try_recv` loop at one syscall per chunk.
+    drained: bool,
+    /// Chunks received before this receiver (left by a dropped one), or the rest of a chunk
+    /// a copying read took only part of: handed out first.
     stash: VecDeque<PooledBuf>,
-    fd: SharedFd,
     /// Its place in the pool's queue when the pool runs dry (and so the pool), and the count
     /// of the buffers lent to it.
     wait: BufWait,
+    /// epoll: the receive in progress (kept across `recv` calls, so cancelling one loses
+    /// nothing).
+    pending: Option<Op<RecvPooled>>,
+    fd: SharedFd,
     /// The stream's receive state, shared with the stream (see [`RecvSlot`]).
     shared: Rc<Shared>,
     /// The cap given at creation (the budget is at most this).
     cap: usize,
     /// An errno taken from the socket by a dropped receiver's receive, still to report.
     error: Option<i32>,
-    backend: Backend,
-    /// io_uring: the armed receive is a bundle (see [`Builder::recv_bundles`]).
-    ///
-    /// [`Builder::recv_bundles`]: ringloop_runtime::Builder::recv_bundles
-    bundled: bool,
-    /// io_uring: receives are single-shot (see
-    /// [`multishot_recv`](ringloop_runtime::multishot_recv), fixed for the runtime): after its
-    /// one completion a receive has ended, though still armed until that is read.
-    single_shot: bool,
-    eof: bool,
-    /// epoll: the last receive came back shorter than its buffer, so the socket was empty
-    /// then; `try_recv` does not ask again until a `recv` has (tokio clears readiness the same
-    /// way), which keeps a `recv` + `try_recv` loop at one syscall per chunk.
-    drained: bool,
-    /// Another receiver of the same stream was live when this one was made: every receive
-    /// fails.
-    busy: bool,
-    /// io_uring, a draining poll (`Mode::Quiet`, the adapters' `poll_copy`): false when the
-    /// chunk just returned was the last one queued and the receive's waker is set (see
-    /// [`may_have_more`](Self::may_have_more)).
-    more: bool,
-    /// io_uring, the adapters' `poll_copy`: the task poll and the waker with which the last
-    /// read found nothing, or took the last chunk queued, leaving the waker with the receive
-    /// (which wakes it only from the loop, never within a task poll).
-    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
-    idle: Option<IdleKey>,
 }
 
 /// A task poll ([`ringloop_runtime::poll_id`]) and a waker (the addresses of its data and
@@ -394,15 +403,25 @@ struct IdleKey {
 
 #[cfg(any(feature = "tokio-io", feature = "hyper"))]
 impl IdleKey {
+    /// No key: task polls are numbered from 1, so it matches no read.
+    const NONE: IdleKey = IdleKey {
+        poll: 0,
+        data: 0,
+        vtable: 0,
+    };
+
+    /// The key of a read with `cx` now; [`NONE`](Self::NONE) outside a task poll.
     #[inline]
-    fn of(cx: &Context<'_>) -> Option<IdleKey> {
-        let poll = ringloop_runtime::poll_id()?;
+    fn of(cx: &Context<'_>) -> IdleKey {
+        let Some(poll) = ringloop_runtime::poll_id() else {
+            return IdleKey::NONE;
+        };
         let waker = cx.waker();
-        Some(IdleKey {
+        IdleKey {
             poll,
             data: waker.data() as usize,
             vtable: std::ptr::from_ref(waker.vtable()) as usize,
-        })
+        }
     }
 }
 
@@ -416,6 +435,7 @@ impl PooledReceiver {
             multishot: Multishot::new(MultishotKind::Recv, cap),
             pending: None,
             stash: VecDeque::new(),
+            raw: fd.raw(),
             fd,
             wait: buffer_pool().waiter(),
             shared,
@@ -429,7 +449,7 @@ impl PooledReceiver {
             busy: false,
             more: true,
             #[cfg(any(feature = "tokio-io", feature = "hyper"))]
-            idle: None,
+            idle: IdleKey::NONE,
         }
     }
 
@@ -528,7 +548,7 @@ impl PooledReceiver {
             // which must take the full path).
             Poll::Pending if self.multishot.is_waiting() => key,
             Poll::Ready(Ok(Some(_))) if !self.more => key,
-            _ => None,
+            _ => IdleKey::NONE,
         };
         match next {
             Poll::Ready(Ok(Some((bid, len)))) => {
@@ -537,7 +557,7 @@ impl PooledReceiver {
                 let (n, rest) = unsafe { self.wait.copy_filled(bid, len, dst) };
                 if let Some(rest) = rest {
                     self.stash.push_front(rest);
-                    self.idle = None; // the next read finds the rest
+                    self.idle = IdleKey::NONE; // the next read finds the rest
                 }
                 Poll::Ready(Ok(Some(n)))
             }
@@ -557,13 +577,12 @@ impl PooledReceiver {
     #[cfg(any(feature = "tokio-io", feature = "hyper"))]
     #[inline]
     pub(crate) fn poll_idle<T>(&self, cx: &Context<'_>) -> Option<Poll<io::Result<T>>> {
-        let idle = self.idle?;
-        if IdleKey::of(cx) != Some(idle) {
+        if self.idle.poll == 0 || IdleKey::of(cx) != self.idle {
             return None;
         }
         // A wait that starts now (after the last chunk) is a new one; after a read that found
         // nothing, this poll's leaf is already recorded and this records nothing.
-        ringloop_runtime::note_awaiting_io(&RECV, Some(self.fd.raw()), None, true);
+        ringloop_runtime::note_awaiting_io(&RECV, Some(self.raw), None, true);
         Some(pending_or_cancelled(Mode::Task))
     }
 
@@ -1093,5 +1112,25 @@ unsafe impl OpKind for RecvPooled {
 
     fn complete(self, result: io::Result<u32>, _flags: u32) -> Self::Output {
         (result, self.buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What every receive reads sits in the receiver's first 64 bytes (see its layout).
+    #[test]
+    fn the_fields_every_receive_reads_come_first() {
+        let hot_end = std::mem::offset_of!(PooledReceiver, drained) + 1;
+        assert!(hot_end <= 64, "the hot fields end at byte {hot_end}");
+        for (name, offset) in [
+            ("multishot", std::mem::offset_of!(PooledReceiver, multishot)),
+            ("raw", std::mem::offset_of!(PooledReceiver, raw)),
+            ("more", std::mem::offset_of!(PooledReceiver, more)),
+            ("eof", std::mem::offset_of!(PooledReceiver, eof)),
+        ] {
+            assert!(offset < 64, "{name} at byte {offset}");
+        }
     }
 }
