@@ -222,10 +222,14 @@ impl Http {
         B::Error: Into<Error>,
         HyperExecutor: HttpServerConnExec<S::Future, B>,
     {
-        // Whether a request came: it ends the first request head's deadline.
-        let asked = Rc::new(Cell::new(false));
+        // Kept here, beside the flags the loop below reads at every wake-up (the caller's
+        // signal is in its own future, another cache line to touch).
+        let shutdown = shutdown.cloned();
+        // Whether a request came: it ends the first request head's deadline. Borrowed by the
+        // service, which lives in this future too: no allocation of its own to touch.
+        let asked = Cell::new(false);
         let service = {
-            let asked = asked.clone();
+            let asked = &asked;
             hyper::service::service_fn(move |req| {
                 asked.set(true);
                 service.call(req)
@@ -233,7 +237,7 @@ impl Http {
         };
         let mut conn = pin!(self.builder.serve_connection(io, service));
         let mut stop = pin!(async {
-            match shutdown {
+            match &shutdown {
                 Some(s) => s.wait().await,
                 None => std::future::pending().await,
             }
@@ -252,7 +256,9 @@ impl Http {
             if let Poll::Ready(r) = conn.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            if asked.get() {
+            if first.is_none() {
+                // The first request came: nothing more to time here.
+            } else if asked.get() {
                 first = None;
             } else if let Some(Poll::Ready(r)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
                 return Poll::Ready(Err(match r {
@@ -268,7 +274,7 @@ impl Http {
             // keep-alive connection closes at once). A cancel (the grace is over) reaches the
             // connection's I/O, which ends it with an error; the connection is then dropped,
             // which closes it.
-            let signalled = shutdown.is_some_and(ShutdownSignal::is_set);
+            let signalled = shutdown.as_ref().is_some_and(ShutdownSignal::is_set);
             if !stopping && (!stop_armed || signalled) {
                 stop_armed = true;
                 if let Poll::Ready(r) = stop.as_mut().poll(cx) {
