@@ -976,6 +976,11 @@ impl Server {
 
     /// utime + stime in clock ticks, from /proc/PID/stat.
     fn cpu_ticks(&self) -> Option<u64> {
+        self.cpu_ticks_split().map(|(user, system)| user + system)
+    }
+
+    /// utime and stime in clock ticks, from /proc/PID/stat.
+    fn cpu_ticks_split(&self) -> Option<(u64, u64)> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
         // The command name (field 2) may hold spaces; the fields after its ')' are fixed.
         let rest = &stat[stat.rfind(')')? + 2..];
@@ -983,7 +988,7 @@ impl Server {
         // rest starts at field 3 (state); utime is field 14, stime field 15.
         let utime: u64 = f.get(11)?.parse().ok()?;
         let stime: u64 = f.get(12)?.parse().ok()?;
-        Some(utime + stime)
+        Some((utime, stime))
     }
 
     /// Peak resident set (VmHWM) in KiB.

@@ -286,6 +286,9 @@ pub struct HttpSample {
     server_cpu_us_per_req: Option<f64>,
     /// Server CPU use over the measured window, in % of one CPU.
     server_cpu_pct: Option<f64>,
+    /// The user-space share of that CPU time (utime over utime + stime, in clock ticks): what
+    /// separates runtimes, where the kernel's TCP work is the same for all.
+    server_user_share: Option<f64>,
     /// The load generator's CPU use over the measured window, in % of one CPU (its thread's
     /// `getrusage`): near 100, the generator, not the server, set the pace.
     client_cpu_pct: Option<f64>,
@@ -497,12 +500,12 @@ fn measure_http(
         &cfg,
         |phase| match phase {
             Phase::Measuring => {
-                cpu_start = server.cpu_ticks();
+                cpu_start = server.cpu_ticks_split();
                 client_start = thread_cpu();
                 net_start = Some(NetCounters::read());
             }
             Phase::Stopped => {
-                cpu_end = server.cpu_ticks();
+                cpu_end = server.cpu_ticks_split();
                 client_end = thread_cpu();
                 net_end = Some(NetCounters::read());
             }
@@ -526,9 +529,16 @@ fn measure_http(
     }
     let stats = ServerStats::parse(&server.stop());
     let h = &out.hist;
-    let cpu_us = match (cpu_start, cpu_end) {
-        (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / clock_ticks_per_s() * 1e6),
-        _ => None,
+    let (cpu_us, user_share) = match (cpu_start, cpu_end) {
+        (Some((ua, sa)), Some((ub, sb))) => {
+            let (user, system) = (ub.saturating_sub(ua), sb.saturating_sub(sa));
+            let total = user + system;
+            (
+                Some(total as f64 / clock_ticks_per_s() * 1e6),
+                (total > 0).then(|| user as f64 / total as f64),
+            )
+        }
+        _ => (None, None),
     };
     let body_len = route.expected_body(0).len();
     Ok(HttpSample {
@@ -555,6 +565,7 @@ fn measure_http(
             .filter(|_| out.messages > 0)
             .map(|us| us / out.messages as f64),
         server_cpu_pct: cpu_us.map(|us| us / (out.seconds * 1e6) * 100.0),
+        server_user_share: user_share,
         client_cpu_pct: client_start
             .zip(client_end)
             .map(|(a, b)| (b - a).as_secs_f64() / out.seconds * 100.0),
