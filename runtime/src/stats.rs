@@ -21,7 +21,8 @@ pub struct RuntimeStats {
     pub polls: u64,
     /// Callbacks run (`call_soon`, `call_later`, `call_at`, done callbacks, thread-safe ones).
     pub callbacks_run: u64,
-    /// Armed timers (gauge): sleeps, timeouts and timed callbacks.
+    /// Armed timers (gauge): sleeps, timeouts and timed callbacks waiting on them (not the
+    /// entry of a dropped hyper sleep kept, armed, for the next one until its task poll ends).
     pub timers_pending: u64,
     /// Loop iterations.
     pub loop_iterations: u64,

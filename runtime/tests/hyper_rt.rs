@@ -473,7 +473,7 @@ fn reset_keeps_the_sleep_and_an_ended_sleep_waits_again() {
     }
 }
 
-/// A hyper sleep dropped before it fires takes its timer off the heap at once.
+/// A hyper sleep dropped before it fires disarms its timer at once: no timer is pending.
 #[test]
 fn a_hyper_sleep_dropped_before_it_fires_leaves_no_timer_armed() {
     for backend in backends() {
@@ -521,11 +521,10 @@ fn set(flag: &(Cell<bool>, RefCell<Option<Waker>>)) {
     }
 }
 
-/// The timer of a dropped hyper sleep is kept for the next hyper sleep armed in the same loop
-/// iteration (hyper drops its header timer and arms the next in one task poll), moved
-/// to the new deadline, earlier or later, and pointed at the new sleep's task: that sleep ends
-/// at its own deadline and wakes its own task, and the task that dropped the first one is
-/// never woken by it.
+/// The timer of a dropped hyper sleep is kept for the next hyper sleep armed in the same task
+/// poll (hyper drops its header timer and arms the next in one poll) and moved to the new
+/// deadline, earlier or later: that sleep ends at its own deadline, woken once. In another
+/// task, a dropped sleep's timer never wakes the task that dropped it.
 #[test]
 fn a_dropped_hyper_sleeps_timer_is_reused_and_wakes_only_the_new_sleeps_task() {
     for backend in backends() {
@@ -546,7 +545,7 @@ fn a_dropped_hyper_sleeps_timer_is_reused_and_wakes_only_the_new_sleeps_task() {
                 assert_eq!(current_stats().timers_pending, 0);
             }
             // Two tasks that run in one loop iteration: A drops its sleep (due at 1 ms) and
-            // waits for the flag; B's sleep (30 ms) takes A's timer.
+            // waits for the flag; B arms its own (30 ms) in its poll after A's.
             let flag = Rc::new((Cell::new(false), RefCell::new(None)));
             let a_polls = Rc::new(Cell::new(0));
             let a = {
@@ -577,8 +576,8 @@ fn a_dropped_hyper_sleeps_timer_is_reused_and_wakes_only_the_new_sleeps_task() {
     }
 }
 
-/// A dropped hyper sleep's timer that no other sleep takes is gone by the next loop
-/// iteration: it never wakes the task that armed it.
+/// A dropped hyper sleep's timer that no other sleep takes is gone when the task poll ends: it
+/// never wakes the task that armed it.
 #[test]
 fn a_dropped_hyper_sleeps_timer_nobody_reuses_never_fires() {
     for backend in backends() {

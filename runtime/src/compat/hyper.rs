@@ -227,10 +227,10 @@ impl hyper::rt::Timer for HyperTimer {
 /// * dropped or reset where its timer's runtime does not run, it touches no timer at all (a
 ///   key is never looked up in another runtime's heap); its timer is removed when it fires.
 ///   Dropped on the thread of its runtime, it disarms its timer at once: the timer never
-///   fires. Its entry on the heap is kept until the loop's next iteration, for the next
-///   `HyperSleep` armed there to take over (hyper drops its header timer when a request head
-///   is in, and arms a new one when it starts reading the next, in one task poll: moved to a
-///   later deadline, an entry costs no heap node).
+///   fires. Its entry on the heap is kept until the task poll that dropped it ends, for the
+///   next `HyperSleep` armed in that poll to take over (hyper drops its header timer when a
+///   request head is in, and arms a new one when it starts reading the next, in one task
+///   poll: moved to a later deadline, an entry costs no heap node).
 ///
 /// # Panics
 /// When a poll has to arm its timer and no ringloop runtime runs on the thread (as

@@ -1317,4 +1317,54 @@ mod tests {
         second.adopt(&mut c); // moves
         assert_eq!((second.held(), third.held()), (1, 0));
     }
+
+    /// `copy_filled` copies what fits; a chunk copied whole goes back to the ring at once
+    /// (nothing lent), a partly copied one comes back as a lent `PooledBuf` of the rest,
+    /// counted against the receiver; a buffer not filled, or copied twice, panics.
+    #[test]
+    fn copy_filled_gives_a_whole_chunk_back_and_lends_the_rest_of_a_partial_one() {
+        let pool = BufPool::new(4, 64, true);
+        let receiver = pool.waiter();
+        // The kernel filled buffers 0 and 1 (as a receive's completions would say).
+        // SAFETY (test): writing into buffers that no one holds while "the kernel" fills them.
+        unsafe {
+            std::ptr::copy_nonoverlapping(b"hello".as_ptr(), pool.buf_ptr(0), 5);
+            std::ptr::copy_nonoverlapping(b"0123456789".as_ptr(), pool.buf_ptr(1), 10);
+        }
+        pool.reaped(0, 5, |_, _| {});
+        pool.reaped(1, 10, |_, _| {});
+        assert_eq!(pool.free(), 2);
+        let mut dst = [MaybeUninit::<u8>::uninit(); 8];
+        // SAFETY: our completions, each buffer copied once.
+        let (n, rest) = unsafe { receiver.copy_filled(0, 5, &mut dst) };
+        assert_eq!(n, 5);
+        assert!(rest.is_none());
+        // SAFETY: `copy_filled` initialised the first `n` elements.
+        let got: Vec<u8> = dst[..n]
+            .iter()
+            .map(|b| unsafe { b.assume_init() })
+            .collect();
+        assert_eq!(got, b"hello");
+        assert_eq!(
+            (pool.out(), receiver.held(), pool.free()),
+            (0, 0, 3),
+            "back at once"
+        );
+        // SAFETY: as above.
+        let (n, rest) = unsafe { receiver.copy_filled(1, 10, &mut dst) };
+        assert_eq!(n, 8);
+        let rest = rest.expect("the rest is lent");
+        assert_eq!(&*rest, b"89");
+        assert_eq!((pool.out(), receiver.held(), pool.free()), (1, 1, 3));
+        drop(rest);
+        assert_eq!((pool.out(), receiver.held(), pool.free()), (0, 0, 4));
+        // Buffer 1 is back in the ring: copying it again is refused.
+        let again = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut dst = [MaybeUninit::<u8>::uninit(); 8];
+            // SAFETY: deliberately wrong (a buffer no completion names now): it must panic
+            // before touching the buffer.
+            unsafe { receiver.copy_filled(1, 10, &mut dst) }
+        }));
+        assert!(again.is_err());
+    }
 }

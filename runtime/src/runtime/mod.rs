@@ -455,8 +455,8 @@ impl Core {
     ///    timers or I/O.
     fn run_once(&self) -> io::Result<()> {
         bump(&self.counters.loop_iterations);
-        // A timer retired in the last iteration and not reused by then goes now, before it
-        // could fire and wake anyone (see `Timers::retire`).
+        // A timer retired since the last iteration (outside a task poll) goes before the
+        // park's deadline is computed (see `Timers::retire`).
         self.timers.drop_spare();
 
         // 1–2. Talk to the kernel once: submit what is queued, reap what completed, and block
@@ -520,7 +520,9 @@ impl Core {
             }
         }
 
-        // 4. Timers (the clock is read only when one is armed).
+        // 4. Timers (the clock is read only when one is armed). A timer retired outside a
+        // task poll (a waker polling inline, above) goes first: a retired timer never fires.
+        self.timers.drop_spare();
         if self.timers.len() > 0 {
             let mut expired = self.expired.borrow_mut();
             self.timers.expire(Instant::now(), &mut expired);
@@ -550,7 +552,13 @@ impl Core {
                 break;
             };
             match item {
-                Runnable::Task(task) => task.run(&task, self),
+                Runnable::Task(task) => {
+                    task.run(&task, self);
+                    // A timer retired in this poll and not taken over in it goes now: hyper
+                    // drops and re-arms its header timer within one poll (see
+                    // `Timers::retire`).
+                    self.timers.drop_spare();
+                }
                 Runnable::Callback(cb) => {
                     if cb.is_cancelled() {
                         continue;

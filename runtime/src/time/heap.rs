@@ -310,6 +310,12 @@ impl TimerHeap {
         }
     }
 
+    /// Heap nodes, live and stale.
+    #[cfg(test)]
+    pub(crate) fn nodes(&self) -> usize {
+        self.heap.len()
+    }
+
     /// Number of armed timers.
     pub(crate) fn len(&self) -> usize {
         self.entries.len()

@@ -43,8 +43,9 @@ impl Timers {
     /// no heap node and no allocation, where a cancel and a new timer cost a slab entry, a
     /// heap node, and the stale node's share of a rebuild. For hyper's header timer, which a
     /// connection drops when a request head is in and arms anew, in the same task poll, when
-    /// it starts reading the next. The loop cancels an entry nobody reused at the start of
-    /// its next iteration, before its timers can fire: a retired timer never wakes anyone.
+    /// it starts reading the next. The loop cancels an entry nobody reused once the task poll
+    /// that retired it ends ([`drop_spare`](Self::drop_spare)), and before it expires timers
+    /// or parks: a retired timer never wakes anyone.
     #[inline]
     pub(crate) fn retire(&self, key: TimerKey) {
         if let Some(old) = self.spare.replace(Some(key)) {
@@ -66,8 +67,8 @@ impl Timers {
         self.add(deadline, TimerAction::Wake(waker.clone()))
     }
 
-    /// Cancels the retired entry, if any: at the start of each loop iteration, so that it
-    /// never fires.
+    /// Cancels the retired entry, if any: after each task poll, and before the loop parks or
+    /// expires timers, so that it never fires.
     #[inline]
     pub(crate) fn drop_spare(&self) {
         if let Some(key) = self.spare.take() {
@@ -103,8 +104,8 @@ impl Timers {
         drop(action); // outside the borrow: dropping a waker or callback runs foreign code
     }
 
-    /// How many timers are armed (a retired entry kept for reuse counts until the next loop
-    /// iteration; see [`retire`](Self::retire)).
+    /// How many timers are armed (a retired entry kept for reuse counts until the task poll
+    /// that retired it ends; see [`retire`](Self::retire)).
     pub(crate) fn len(&self) -> usize {
         self.heap.borrow().len()
     }
@@ -704,5 +705,66 @@ impl<F: Future> Future for Timeout<F> {
         }
         *phase = Phase::Unwinding { scope };
         Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_wakers::counting_waker;
+
+    /// A retired wake timer is taken over by the next `add_reusing` (moved later: no new heap
+    /// node, and it wakes the new waker, not the old), and one nobody takes is cancelled by
+    /// `drop_spare`, never firing.
+    #[test]
+    fn a_retired_timer_is_taken_over_or_cancelled_never_fired() {
+        let timers = Timers::new();
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (old_count, old_waker) = counting_waker();
+        let (new_count, new_waker) = counting_waker();
+        let first = timers.add(at(1), TimerAction::Wake(old_waker));
+        timers.retire(first);
+        assert_eq!(
+            timers.pending(),
+            0,
+            "a retired timer has nobody waiting on it"
+        );
+        let second = timers.add_reusing(at(5), &new_waker);
+        assert_eq!(timers.len(), 1, "taken over, not armed anew");
+        assert_eq!(
+            timers.heap.borrow().nodes(),
+            1,
+            "moved later without a node"
+        );
+        assert_eq!(timers.pending(), 1);
+        timers.drop_spare(); // nothing retired now: no effect
+        let mut out = Vec::new();
+        timers.expire(at(4), &mut out);
+        assert!(out.is_empty(), "nothing at the old deadline");
+        timers.expire(at(5), &mut out);
+        assert_eq!(out.len(), 1);
+        for action in out.drain(..) {
+            if let TimerAction::Wake(w) = action {
+                w.wake();
+            }
+        }
+        assert_eq!((old_count.wakes(), new_count.wakes()), (0, 1));
+        // Retired and not taken over: gone with `drop_spare`, never fired.
+        let third = timers.add_reusing(at(7), &new_waker);
+        assert_ne!(third, second);
+        timers.retire(third);
+        timers.drop_spare();
+        assert_eq!(timers.len(), 0);
+        timers.expire(at(100), &mut out);
+        assert!(out.is_empty());
+        // A second retire replaces the first, which is cancelled.
+        let a = timers.add(at(9), TimerAction::Wake(new_waker.clone()));
+        let b = timers.add(at(9), TimerAction::Wake(new_waker.clone()));
+        timers.retire(a);
+        timers.retire(b);
+        assert_eq!(timers.len(), 1, "the first retired timer was cancelled");
+        timers.drop_spare();
+        assert_eq!(timers.len(), 0);
     }
 }
