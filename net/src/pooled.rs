@@ -375,6 +375,9 @@ pub struct PooledReceiver {
     /// Chunks received before this receiver (left by a dropped one), or the rest of a chunk
     /// a copying read took only part of: handed out first.
     stash: VecDeque<PooledBuf>,
+    /// An errno taken from the socket by a dropped receiver's receive (or kept by an adapter
+    /// for a later read), still to report: read with the stash by every receive.
+    error: Option<i32>,
     /// Its place in the pool's queue when the pool runs dry (and so the pool), and the count
     /// of the buffers lent to it.
     wait: BufWait,
@@ -386,8 +389,6 @@ pub struct PooledReceiver {
     shared: Rc<Shared>,
     /// The cap given at creation (the budget is at most this).
     cap: usize,
-    /// An errno taken from the socket by a dropped receiver's receive, still to report.
-    error: Option<i32>,
 }
 
 /// A task poll ([`ringloop_runtime::poll_id`]) and a waker (the addresses of its data and
@@ -564,6 +565,17 @@ impl PooledReceiver {
             Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Keeps `e`, an error an adapter met after a read had already returned bytes, for the
+    /// next receive, which reports it first (and a dropped receiver hands it to the stream):
+    /// an errno only, as the socket reported it; another error has nothing to hand on.
+    #[cfg(any(feature = "tokio-io", feature = "hyper"))]
+    pub(crate) fn keep_error(&mut self, e: io::Error) {
+        if let Some(errno) = e.raw_os_error() {
+            self.error = Some(errno);
+            self.idle = IdleKey::NONE;
         }
     }
 

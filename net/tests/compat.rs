@@ -616,6 +616,31 @@ both_backends! {
 }
 
 both_backends! {
+    /// An error the connection reported after the last bytes a read returned is not lost when
+    /// the `Io` gives its stream back: the stream's next read reports it.
+    async fn into_inner_keeps_an_error_met_after_the_last_bytes() {
+        for mechanism in MECHANISMS {
+            let (a, b) = tcp_streams().await;
+            let mut a = Io::new(a);
+            a.write_all(b"abc").await.unwrap();
+            a.flush().await.unwrap();
+            reset(a.into_inner());
+            // Let the data and the reset both arrive before the read.
+            sleep(Duration::from_millis(50)).await.unwrap();
+            let mut b = Io::with_mechanism(b, mechanism);
+            let mut buf = [0u8; 16];
+            let n = b.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], b"abc", "{mechanism:?}");
+            let stream = b.into_inner();
+            let (r, _) = stream.read(vec![0u8; 16]).await;
+            let e = r.expect_err("the reset is reported");
+            assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET), "{mechanism:?}: {e}");
+        }
+        assert_pool_settled("into_inner error").await;
+    }
+}
+
+both_backends! {
     /// A real hyper HTTP/1 server (`serve_connection` with a `service_fn`) and a hyper client
     /// (`handshake`) over compat streams, both inside the ringloop runtime: several requests
     /// on one connection (keep-alive), bodies from empty to 1 MiB, echoed byte-exact.
