@@ -283,17 +283,7 @@ pub fn note_awaiting_io(
 /// starts now.
 #[inline]
 pub(crate) fn note(leaf: Leaf, new: bool) {
-    // `--cfg ringloop_no_leaves` compiles the recording out, to measure what it costs.
-    #[cfg(ringloop_no_leaves)]
-    if true {
-        let _ = (leaf, new);
-        return;
-    }
-    context::with_current_header(|h| {
-        if let Some(h) = h {
-            h.set_leaf(leaf, new);
-        }
-    });
+    note_with(move || leaf, new);
 }
 
 /// [`note`], with the leaf made only if it is recorded: for a leaf that costs something to
@@ -301,6 +291,7 @@ pub(crate) fn note(leaf: Leaf, new: bool) {
 /// poll has usually recorded its own already (hyper polls its header timer after its read).
 #[inline]
 pub(crate) fn note_with(leaf: impl FnOnce() -> Leaf, new: bool) {
+    // `--cfg ringloop_no_leaves` compiles the recording out, to measure what it costs.
     #[cfg(ringloop_no_leaves)]
     if true {
         let _ = (leaf, new);
