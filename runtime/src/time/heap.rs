@@ -518,13 +518,7 @@ mod tests {
             "nothing fires before the deadline it was moved to"
         );
         heap.expire(end, &mut out);
-        let order: Vec<_> = out
-            .iter()
-            .map(|a| match a {
-                TimerAction::Wake(w) => w.data() as usize,
-                TimerAction::Callback(_) => unreachable!(),
-            })
-            .collect();
+        let order = marker_ids(&out);
         assert_eq!(order, [1, 2, 3], "equal deadlines in arming order");
         assert_eq!(heap.len(), 0);
         assert_eq!(heap.next_deadline(), None);
@@ -553,13 +547,7 @@ mod tests {
         heap.expire(at(8), &mut out);
         assert!(out.is_empty(), "nothing fires at the old deadline");
         heap.expire(at(9), &mut out);
-        let order: Vec<_> = out
-            .iter()
-            .map(|a| match a {
-                TimerAction::Wake(w) => w.data() as usize,
-                TimerAction::Callback(_) => unreachable!(),
-            })
-            .collect();
+        let order = marker_ids(&out);
         assert_eq!(order, [2, 3]);
         // Earlier: a new node, and it fires there.
         let c = heap.insert(at(50), TimerAction::Wake(marker(4)));
@@ -583,6 +571,17 @@ mod tests {
         assert!(heap.cancel(cb).is_some(), "left armed as it was");
         assert!(heap.cancel(moved_c).is_some());
         assert_eq!(heap.len(), 0);
+    }
+
+    /// The ids of the `marker` wakers of fired actions, in order.
+    fn marker_ids(fired: &[TimerAction]) -> Vec<usize> {
+        fired
+            .iter()
+            .map(|a| match a {
+                TimerAction::Wake(w) => w.data() as usize,
+                TimerAction::Callback(_) => unreachable!(),
+            })
+            .collect()
     }
 
     /// A waker whose data pointer is `id`, to tell the fired actions apart.
