@@ -44,6 +44,7 @@
 //! It prints `listening on ADDR (...)` on stdout once it accepts.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,9 +53,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
+use futures_util::future::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ringloop::net::compat::http::Http;
+use ringloop::net::compat::http::{self, Http};
 use ringloop::net::compat::{Io, Mechanism};
 use ringloop::net::{
     Server, ShardListeners, ShutdownReport, ShutdownSignal, TcpListener, TcpStream,
@@ -320,36 +322,53 @@ fn serve(listener: TcpListener, config: Rc<Config>) -> Server {
 /// server shuts down (`Http::serve` does the same without the TLS). With `--static`, a plain
 /// connection's requests for static files are answered with `send_file` until one is not;
 /// hyper serves the rest.
-async fn connection(stream: TcpStream, shutdown: ShutdownSignal, config: Rc<Config>) {
+///
+/// The plain case is `serve_connection`'s future itself, with nothing around it: every layer
+/// of futures is more state for each wake-up to read, and at thousands of connections each
+/// is a cache miss. The others (TLS sessions, static files) are boxed: their futures are
+/// large, and the plain connections' should not be.
+fn connection(
+    stream: TcpStream,
+    shutdown: ShutdownSignal,
+    config: Rc<Config>,
+) -> impl Future<Output = Result<(), http::Error>> {
     let _ = stream.set_nodelay(true);
+    if config.tls.is_some() || config.static_dir.is_some() {
+        return Either::Right(Box::pin(tls_or_static(stream, shutdown, config)));
+    }
+    // hyper straight on the stream, answering as `tokio_http_server` does.
+    let io = Io::with_mechanism(stream, config.mechanism);
+    let service = service_fn(|req| async move { Ok::<_, Infallible>(http_routes::respond(req)) });
+    Either::Left(config.http.serve_connection(io, service, Some(&shutdown)))
+}
+
+/// [`connection`] with TLS or static files.
+async fn tls_or_static(
+    stream: TcpStream,
+    shutdown: ShutdownSignal,
+    config: Rc<Config>,
+) -> Result<(), http::Error> {
     let mut prefix = Vec::new();
     if let (Some(dir), None) = (&config.static_dir, &config.tls) {
         match static_files::serve(&stream, dir, config.header_timeout, &shutdown).await {
-            static_files::Outcome::Closed => return,
+            static_files::Outcome::Closed => return Ok(()),
             static_files::Outcome::Other(read) => prefix = read,
         }
     }
     let io = Io::with_mechanism(stream, config.mechanism);
     match &config.tls {
-        // No static files: hyper straight on the stream, answering as `tokio_http_server` does.
-        None if config.static_dir.is_none() => {
-            let service =
-                service_fn(|req| async move { Ok::<_, Infallible>(http_routes::respond(req)) });
-            let _ = config
-                .http
-                .serve_connection(io, service, Some(&shutdown))
-                .await;
-        }
         None => {
             let service = service_fn(|req| route(req, config.clone()));
             let io = static_files::Prefixed::new(prefix, io);
-            let _ = config
+            config
                 .http
                 .serve_connection(io, service, Some(&shutdown))
-                .await;
+                .await
         }
-        // Boxed: a TLS session is large, and the plain connections' futures should not be.
-        Some(acceptor) => Box::pin(https(acceptor, io, shutdown, &config)).await,
+        Some(acceptor) => {
+            https(acceptor, io, shutdown, &config).await;
+            Ok(())
+        }
     }
 }
 

@@ -1034,6 +1034,44 @@ http_test! {
 }
 
 http_test! {
+    /// `Http::serve_connection`'s future owns what it needs: the `Http` is dropped before the
+    /// future is first polled, the future is a `Server` handler's future as it is (no `async`
+    /// block around it), and the connection is served; with no request, the header timeout,
+    /// counted from the call, closes it.
+    async fn serve_connections_future_outlives_its_http() {
+        use ringloop::net::compat::http::Http;
+        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let new_http = || Http::new().header_timeout(Some(Duration::from_millis(200)));
+        let http = std::rc::Rc::new(std::cell::RefCell::new(Some(new_http())));
+        let handed = http.clone();
+        let server = Server::tcp(listener, move |stream, shutdown| {
+            let service = hyper::service::service_fn(|req| async move {
+                Ok::<_, Infallible>(http_routes::respond(req))
+            });
+            // One `Http` for the first connection, dropped before its future runs; a fresh
+            // one for each later connection.
+            let http = handed.borrow_mut().take().unwrap_or_else(new_http);
+            http.serve_connection(Io::new(stream), service, Some(&shutdown))
+        });
+        let (mut sender, conn) = h1_client(addr).await;
+        for _ in 0..3 {
+            sender.ready().await.unwrap();
+            let (status, body) = read(sender.send_request(get(HELLO_PATH)).await.unwrap()).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(&body[..], HELLO);
+        }
+        assert!(http.borrow().is_none(), "the first connection took the Http");
+        drop(sender);
+        conn.await.unwrap().unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        spawn_blocking(move || stall_in_head(addr, 0, b"")).await.unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+http_test! {
     /// `Http::serve` with a hyper service: a `POST /echo` in flight when the server shuts down
     /// is answered in full, then its connection closes, and the shutdown is graceful.
     async fn http_serve_finishes_a_request_in_flight() {

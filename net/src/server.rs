@@ -1026,10 +1026,11 @@ impl Inner {
             inner: self.clone(),
             key,
         };
-        let signal = self.signal.clone();
-        let task = spawn(async move {
-            let _guard = guard;
-            handler(signal).await
+        let task = spawn(Handling {
+            state: HandlingState::Start {
+                start: Some((handler, self.signal.clone())),
+            },
+            _guard: guard,
         });
         if let Some(conn) = self.conns.borrow_mut().get_mut(key) {
             conn.task = Some(task.as_ref().clone());
@@ -1104,6 +1105,52 @@ impl Inner {
             t.abort();
         }
         n
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A connection's task: its handler, called at the first poll (inside the task, so that a
+    /// panic there ends this connection only), then the handler's future, with the guard
+    /// that removes the connection when the task ends. A plain struct rather than an `async`
+    /// block: what a wake-up reads (the state's tag, then the handler's future) comes first,
+    /// next to the task's header, and the guard, read only at the end, last.
+    #[repr(C)]
+    struct Handling<H, Fut> {
+        #[pin]
+        state: HandlingState<H, Fut>,
+        _guard: ConnGuard,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = HandlingProj]
+    enum HandlingState<H, Fut> {
+        Start { start: Option<(H, ShutdownSignal)> },
+        Run { #[pin] fut: Fut },
+    }
+}
+
+impl<H, Fut> Future for Handling<H, Fut>
+where
+    H: FnOnce(ShutdownSignal) -> Fut,
+    Fut: Future,
+{
+    type Output = Fut::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+        loop {
+            match self.as_mut().project().state.project() {
+                HandlingProj::Run { fut } => return fut.poll(cx),
+                HandlingProj::Start { start } => {
+                    let (handler, signal) = start.take().expect("a handler is called once");
+                    let fut = handler(signal);
+                    self.as_mut()
+                        .project()
+                        .state
+                        .set(HandlingState::Run { fut });
+                }
+            }
+        }
     }
 }
 

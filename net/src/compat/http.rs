@@ -51,11 +51,11 @@
 use std::cell::Cell;
 use std::error::Error as StdError;
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
-use std::pin::pin;
+use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Incoming};
@@ -63,6 +63,7 @@ use hyper::service::Service;
 use hyper::{Request, Response};
 use hyper_util::server::conn::auto::{self, HttpServerConnExec};
 use ringloop_runtime::compat::hyper::{HyperExecutor, HyperTimer};
+use ringloop_runtime::Cancelled;
 
 use crate::compat::{Io, Mechanism};
 use crate::{Server, ShutdownSignal, TcpListener, UnixListener};
@@ -79,9 +80,10 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's HTTP/1 + HTTP/2 server settings on ringloop's executor and timer; serves listeners
 /// ([`serve`](Self::serve)) and single connections ([`serve_connection`](Self::serve_connection)).
 ///
-/// Built once and shared by every connection of a runtime (a connection borrows it, so the
-/// settings take no room in each connection's future). It is `!Send`, as the connections it
-/// serves are: with shards, build one per shard.
+/// Built once and shared by every connection of a runtime. A connection's future does not
+/// borrow it: each connection takes a copy of hyper's settings, which it keeps only until the
+/// client's first bytes tell HTTP/1 from HTTP/2 (hyper-util's `Connection::into_owned`). It is
+/// `!Send`, as the connections it serves are: with shards, build one per shard.
 pub struct Http {
     builder: auto::Builder<HyperExecutor>,
     header_timeout: Option<Duration>,
@@ -161,17 +163,14 @@ impl Http {
         B::Error: Into<Error>,
         HyperExecutor: HttpServerConnExec<S::Future, B>,
     {
-        let http = Rc::new(self);
+        // The connection's future is `serve_connection`'s own, not wrapped in another (each
+        // layer of futures is state a wake-up reads).
         Server::tcp(listener, move |stream, shutdown| {
-            let http = http.clone();
-            let service = service.clone();
-            async move {
-                if http.nodelay {
-                    let _ = stream.set_nodelay(true);
-                }
-                let io = Io::with_mechanism(stream, http.mechanism);
-                let _ = http.serve_connection(io, service, Some(&shutdown)).await;
+            if self.nodelay {
+                let _ = stream.set_nodelay(true);
             }
+            let io = Io::with_mechanism(stream, self.mechanism);
+            self.serve_connection(io, service.clone(), Some(&shutdown))
         })
     }
 
@@ -185,34 +184,65 @@ impl Http {
         B::Error: Into<Error>,
         HyperExecutor: HttpServerConnExec<S::Future, B>,
     {
-        let http = Rc::new(self);
         Server::unix(listener, move |stream, shutdown| {
-            let http = http.clone();
-            let service = service.clone();
-            async move {
-                let io = Io::with_mechanism(stream, http.mechanism);
-                let _ = http.serve_connection(io, service, Some(&shutdown)).await;
-            }
+            let io = Io::with_mechanism(stream, self.mechanism);
+            self.serve_connection(io, service.clone(), Some(&shutdown))
         })
     }
 
     /// Serves one connection on `io` (an [`Io`], a TLS stream over one, anything with hyper's
     /// I/O traits) until the client is done. With `shutdown` (a [`Server`]'s signal, as its
-    /// handlers get it), a shutdown lets the request in progress finish, then closes.
+    /// handlers get it), a shutdown lets the request in progress finish, then closes. The
+    /// first request head's deadline ([`header_timeout`](Self::header_timeout)) counts from
+    /// this call.
+    ///
+    /// The future borrows neither `self` nor `shutdown`, and it is small: hyper's connection
+    /// state (over a kilobyte) is boxed, so what a wake-up of the connection's task reads
+    /// before hyper's state sits beside the task's header. Return it from a
+    /// [`Server`] handler as it is, rather than awaiting it inside an `async` block: each
+    /// layer of futures is more state for every wake-up to read (at thousands of
+    /// connections, a cache miss each), as [`serve`](Self::serve) does.
+    ///
+    /// ```no_run
+    /// use std::convert::Infallible;
+    ///
+    /// use http_body_util::Full;
+    /// use hyper::body::Bytes;
+    /// use hyper::service::service_fn;
+    /// use hyper::Response;
+    /// use ringloop_net::compat::http::Http;
+    /// use ringloop_net::compat::Io;
+    /// use ringloop_net::{Server, TcpListener};
+    ///
+    /// ringloop_runtime::Runtime::new()?.block_on(async {
+    ///     let listener = TcpListener::bind("127.0.0.1:8080".parse().unwrap())?;
+    ///     let http = Http::new();
+    ///     let server = Server::tcp(listener, move |stream, shutdown| {
+    ///         let hello = service_fn(|_req| async {
+    ///             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("Hello, World!"))))
+    ///         });
+    ///         // The handler's future is the connection's future itself.
+    ///         http.serve_connection(Io::new(stream), hello, Some(&shutdown))
+    ///     });
+    ///     server.wait_closed().await.ok();
+    ///     Ok::<_, std::io::Error>(())
+    /// })?;
+    /// # Ok::<_, std::io::Error>(())
+    /// ```
     ///
     /// # Errors
     /// hyper's error that ended the connection; an [`io::Error`] of kind
     /// [`TimedOut`](io::ErrorKind::TimedOut) if the first request head did not come within
     /// the header timeout. A cancelled task ends with an error carrying
-    /// [`Cancelled`](ringloop_runtime::Cancelled) (from the connection's I/O) or, if it was
+    /// [`Cancelled`] (from the connection's I/O) or, if it was
     /// cancelled while waiting for the shutdown signal, with that
-    /// [`Cancelled`](ringloop_runtime::Cancelled); the connection is closed either way.
-    pub async fn serve_connection<I, S, B>(
+    /// [`Cancelled`]; the connection is closed either way.
+    pub fn serve_connection<I, S, B>(
         &self,
         io: I,
         service: S,
         shutdown: Option<&ShutdownSignal>,
-    ) -> Result<(), Error>
+    ) -> impl Future<Output = Result<(), Error>>
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
         S: Service<Request<Incoming>, Response = Response<B>>,
@@ -222,45 +252,78 @@ impl Http {
         B::Error: Into<Error>,
         HyperExecutor: HttpServerConnExec<S::Future, B>,
     {
-        // Kept here, beside the flags the loop below reads at every wake-up (the caller's
-        // signal is in its own future, another cache line to touch).
-        let shutdown = shutdown.cloned();
-        // Whether a request came: it ends the first request head's deadline. Borrowed by the
-        // service, which lives in this future too: no allocation of its own to touch.
-        let asked = Cell::new(false);
-        let service = {
-            let asked = &asked;
-            hyper::service::service_fn(move |req| {
-                asked.set(true);
-                service.call(req)
-            })
-        };
-        let mut conn = pin!(self.builder.serve_connection(io, service));
-        let mut stop = pin!(async {
-            match &shutdown {
-                Some(s) => s.wait().await,
-                None => std::future::pending().await,
-            }
+        // The first request head's deadline, and the flag that ends it: the service sets it at
+        // the first request and lets go of it (later requests touch nothing of it).
+        let first = self.header_timeout.map(|t| FirstRequest {
+            timer: Box::pin(ringloop_runtime::sleep(t)),
+            asked: Rc::new(Cell::new(false)),
         });
-        // Whether `stop` has been polled (its waker is registered with the signal's event):
-        // after that it is polled again only once the signal is set, not at every wake-up of
-        // the connection.
-        let mut stop_armed = false;
-        let mut stopping = false;
-        let mut first = self
-            .header_timeout
-            .map(|t| Box::pin(ringloop_runtime::sleep(t)));
-        poll_fn(|cx| {
-            // The connection first: a task dump shows what it waits on (its socket), not the
-            // shutdown signal or the first request's timer.
-            if let Poll::Ready(r) = conn.as_mut().poll(cx) {
-                return Poll::Ready(r);
+        let asked = Cell::new(first.as_ref().map(|f| f.asked.clone()));
+        let service = hyper::service::service_fn(move |req| {
+            if let Some(asked) = asked.take() {
+                asked.set(true);
             }
-            if first.is_none() {
+            service.call(req)
+        });
+        ServeConnection {
+            // Boxed, with its own copy of hyper's settings (which it keeps only until it knows
+            // the protocol): hyper's state is large, and what this future reads at every
+            // wake-up should share a cache line with the task's header, not sit past it.
+            conn: Box::pin(self.builder.serve_connection(io, service).into_owned()),
+            first,
+            shutdown: shutdown.cloned(),
+            stop: None,
+            stopping: false,
+        }
+    }
+}
+
+/// The first request head's deadline ([`Http::header_timeout`]) and whether a request came.
+struct FirstRequest {
+    timer: Pin<Box<ringloop_runtime::Sleep>>,
+    asked: Rc<Cell<bool>>,
+}
+
+/// The wait for a server's shutdown signal, boxed (polled once, then only when the signal is set).
+type StopWait = Pin<Box<dyn Future<Output = Result<(), Cancelled>>>>;
+
+/// [`Http::serve_connection`]'s future: small, its fields in the order a wake-up reads them,
+/// the connection itself behind a pointer.
+#[repr(C)]
+struct ServeConnection<C> {
+    conn: Pin<Box<C>>,
+    first: Option<FirstRequest>,
+    shutdown: Option<ShutdownSignal>,
+    /// The wait for `shutdown`, once polled (its waker registered with the signal's event):
+    /// after that it is polled again only once the signal is set, not at every wake-up.
+    stop: Option<StopWait>,
+    stopping: bool,
+}
+
+impl<I, S, B> Future for ServeConnection<auto::Connection<'static, I, S, HyperExecutor>>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Error>,
+    B: Body + 'static,
+    B::Error: Into<Error>,
+    HyperExecutor: HttpServerConnExec<S::Future, B>,
+{
+    type Output = Result<(), Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        // The connection first: a task dump shows what it waits on (its socket), not the
+        // shutdown signal or the first request's timer.
+        if let Poll::Ready(r) = this.conn.as_mut().poll(cx) {
+            return Poll::Ready(r);
+        }
+        if let Some(first) = &mut this.first {
+            if first.asked.get() {
                 // The first request came: nothing more to time here.
-            } else if asked.get() {
-                first = None;
-            } else if let Some(Poll::Ready(r)) = first.as_mut().map(|t| t.as_mut().poll(cx)) {
+                this.first = None;
+            } else if let Poll::Ready(r) = first.timer.as_mut().poll(cx) {
                 return Poll::Ready(Err(match r {
                     Ok(()) => io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -270,25 +333,30 @@ impl Http {
                     Err(cancelled) => cancelled.into(),
                 }));
             }
-            // Once the server shuts down: finish the request in progress, then close (an idle
-            // keep-alive connection closes at once). A cancel (the grace is over) reaches the
-            // connection's I/O, which ends it with an error; the connection is then dropped,
-            // which closes it.
-            let signalled = shutdown.as_ref().is_some_and(ShutdownSignal::is_set);
-            if !stopping && (!stop_armed || signalled) {
-                stop_armed = true;
-                if let Poll::Ready(r) = stop.as_mut().poll(cx) {
-                    if let Err(cancelled) = r {
-                        return Poll::Ready(Err(cancelled.into()));
-                    }
-                    stopping = true;
-                    conn.as_mut().graceful_shutdown();
-                    return conn.as_mut().poll(cx);
-                }
+        }
+        // Once the server shuts down: finish the request in progress, then close (an idle
+        // keep-alive connection closes at once). A cancel (the grace is over) reaches the
+        // connection's I/O, which ends it with an error; the connection is then dropped,
+        // which closes it.
+        let Some(shutdown) = &this.shutdown else {
+            return Poll::Pending;
+        };
+        if this.stopping || (this.stop.is_some() && !shutdown.is_set()) {
+            return Poll::Pending;
+        }
+        let stop = this.stop.get_or_insert_with(|| {
+            let signal = shutdown.clone();
+            Box::pin(async move { signal.wait().await })
+        });
+        match stop.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(cancelled)) => Poll::Ready(Err(cancelled.into())),
+            Poll::Ready(Ok(())) => {
+                this.stopping = true;
+                this.conn.as_mut().graceful_shutdown();
+                this.conn.as_mut().poll(cx)
             }
-            Poll::Pending
-        })
-        .await
+        }
     }
 }
 
