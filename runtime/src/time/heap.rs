@@ -18,6 +18,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::Waker;
 use std::time::Instant;
@@ -34,16 +35,27 @@ use crate::callback::CallbackPtr;
 /// other (or one inside another's task). Slots and sequence numbers start from zero in every
 /// heap, so without the id a key from runtime B, cancelled while runtime A runs, would match and
 /// disarm an unrelated timer of A.
+///
+/// Sixteen bytes, and `Option<TimerKey>` too (the heap id is never zero): a sleep keeps one
+/// with the rest of what its drop reads in one cache line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimerKey {
-    slot: usize,
     seq: u64,
-    heap: u32,
+    slot: u32,
+    heap: NonZeroU32,
 }
 
-/// Source of [`TimerHeap::id`]s. Wrapping after 2^32 heaps only matters if a key outlives
-/// four billion runtimes created after its own, which we accept.
-static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(0);
+impl TimerKey {
+    /// The id of the heap the key is from (see [`TimerHeap::id`]).
+    #[inline]
+    pub(crate) fn heap_id(&self) -> NonZeroU32 {
+        self.heap
+    }
+}
+
+/// Source of [`TimerHeap::id`]s (zero is skipped). Wrapping after 2^32 heaps only matters if
+/// a key outlives four billion runtimes created after its own, which we accept.
+static NEXT_HEAP_ID: AtomicU32 = AtomicU32::new(1);
 
 /// What happens when a timer expires.
 pub(crate) enum TimerAction {
@@ -72,7 +84,7 @@ pub(crate) struct TimerHeap {
     next_seq: u64,
     stale: usize,
     /// Tells this heap's keys from another runtime's (see [`TimerKey`]).
-    id: u32,
+    id: NonZeroU32,
 }
 
 impl TimerHeap {
@@ -82,8 +94,14 @@ impl TimerHeap {
             entries: Slab::new(),
             next_seq: 0,
             stale: 0,
-            id: NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed),
+            id: NonZeroU32::new(NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed))
+                .unwrap_or(NonZeroU32::MIN),
         }
+    }
+
+    /// Tells this heap's keys from another runtime's (see [`TimerKey`]).
+    pub(crate) fn id(&self) -> NonZeroU32 {
+        self.id
     }
 
     /// Whether `key` was armed on this heap and is still armed.
@@ -95,7 +113,7 @@ impl TimerHeap {
     /// Whether `key` was armed on this heap and is still armed.
     #[inline]
     fn owns(&self, key: TimerKey) -> bool {
-        key.heap == self.id && self.is_live(key.seq, key.slot)
+        key.heap == self.id && self.is_live(key.seq, key.slot as usize)
     }
 
     /// Arms a timer.
@@ -112,8 +130,9 @@ impl TimerHeap {
         });
         self.heap.push(Reverse((deadline, seq, slot)));
         TimerKey {
-            slot,
             seq,
+            // Each entry takes 72 bytes: the allocator fails long before 2^32 of them.
+            slot: u32::try_from(slot).expect("fewer than 2^32 timers"),
             heap: self.id,
         }
     }
@@ -127,7 +146,7 @@ impl TimerHeap {
         if !self.owns(key) {
             return (false, None);
         }
-        match &mut self.entries[key.slot].action {
+        match &mut self.entries[key.slot as usize].action {
             TimerAction::Wake(w) if !w.will_wake(waker) => {
                 (true, Some(std::mem::replace(w, waker.clone())))
             }
@@ -156,13 +175,13 @@ impl TimerHeap {
     fn rearm(&mut self, key: TimerKey, deadline: Instant) -> TimerKey {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = &mut self.entries[key.slot];
+        let entry = &mut self.entries[key.slot as usize];
         entry.seq = seq;
         entry.deadline = deadline;
         if deadline < entry.node_deadline {
             entry.node_seq = seq;
             entry.node_deadline = deadline;
-            self.heap.push(Reverse((deadline, seq, key.slot)));
+            self.heap.push(Reverse((deadline, seq, key.slot as usize)));
             self.stale += 1;
             if self.too_stale() {
                 self.compact();
@@ -187,7 +206,7 @@ impl TimerHeap {
         }
         let entry = self
             .entries
-            .get_mut(key.slot)
+            .get_mut(key.slot as usize)
             .filter(|e| e.seq == key.seq)?;
         let TimerAction::Wake(w) = &mut entry.action else {
             return None;
@@ -202,7 +221,7 @@ impl TimerHeap {
         if !self.owns(key) {
             return None;
         }
-        let entry = self.entries.remove(key.slot);
+        let entry = self.entries.remove(key.slot as usize);
         self.stale += 1;
         if self.too_stale() {
             self.compact();
