@@ -145,7 +145,7 @@ struct Args {
 /// What every connection of a runtime shares.
 struct Config {
     /// hyper's connection settings on ringloop's executor and timer, built once per runtime
-    /// (a connection borrows them, so they take no room in every connection's future).
+    /// (each connection copies them until its first bytes tell HTTP/1 from HTTP/2).
     http: Http,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_timeout: Duration,
