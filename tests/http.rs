@@ -818,6 +818,31 @@ http_test! {
     }
 }
 
+http_test! {
+    /// `Http::serve`: a connection whose request outlasts the grace is cancelled at its end,
+    /// and its task ends cancelled (it returns the error that carries the `Cancelled`), as the
+    /// runtime's counters show; the shutdown report counts it cancelled.
+    async fn http_serve_ends_a_connection_cancelled_at_the_grace_as_a_cancelled_task() {
+        use ringloop::net::compat::http::Http;
+        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = hyper::service::service_fn(|req| async move {
+            Ok::<_, Infallible>(http_routes::respond(req))
+        });
+        let server = Http::new().serve(listener, service);
+        let (mut h1, h1_conn) = h1_client(addr).await;
+        let mut in_flight = EchoInFlight::start(|req| h1.send_request(req), piece(1)).await;
+        let before = ringloop::current_stats().tasks_cancelled;
+        let report = server.shutdown(Duration::from_millis(100)).await.unwrap();
+        assert_eq!((report.finished, report.cancelled, report.aborted), (0, 1, 0), "{report:?}");
+        assert_eq!(ringloop::current_stats().tasks_cancelled - before, 1);
+        let end = in_flight.echo.frame().await;
+        assert!(matches!(end, Some(Err(_))), "the echo ended with {end:?}");
+        let _ = h1_conn.await.unwrap();
+        drop(h1);
+    }
+}
+
 /// Sends `before` requests to `addr`, reads a response for each, then sends `partial` (the
 /// start of a request head, or nothing) and waits until the server disconnects; checks how it
 /// did (blocking: run it off the loop).
@@ -1036,8 +1061,8 @@ http_test! {
 http_test! {
     /// `Http::serve_connection`'s future owns what it needs: the `Http` is dropped before the
     /// future is first polled, the future is a `Server` handler's future as it is (no `async`
-    /// block around it), and the connection is served; with no request, the header timeout,
-    /// counted from the call, closes it.
+    /// block around it), and the connection is served; with no request, the header timeout
+    /// closes it.
     async fn serve_connections_future_outlives_its_http() {
         use ringloop::net::compat::http::Http;
         let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();

@@ -152,8 +152,9 @@ impl Http {
     /// Serves every connection `listener` accepts with `service` (cloned for each), each in a
     /// task of the returned [`Server`]. When the server shuts down, each connection finishes
     /// the request it is serving, then closes (hyper's graceful shutdown); a connection still
-    /// open when the grace ends is cancelled and closed. Connection errors end only their
-    /// connection.
+    /// open when the grace ends is cancelled and closed, and its task ends cancelled (it
+    /// returns [`serve_connection`](Self::serve_connection)'s error, which carries the
+    /// [`Cancelled`]). Connection errors end only their connection.
     pub fn serve<S, B>(self, listener: TcpListener, service: S) -> Server
     where
         S: Service<Request<Incoming>, Response = Response<B>> + Clone + 'static,

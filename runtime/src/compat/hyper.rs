@@ -227,14 +227,10 @@ impl hyper::rt::Timer for HyperTimer {
 /// * dropped or reset where its timer's runtime does not run, it touches no timer at all (a
 ///   key is never looked up in another runtime's heap); its timer is removed when it fires.
 ///   Dropped on the thread of its runtime, it disarms its timer at once: the timer never
-///   fires for it. Its entry on the heap is kept until the task poll that dropped it ends,
-///   for the next `HyperSleep` armed in that poll to take over (hyper drops its header timer
-///   when a request head is in, and arms a new one when it starts reading the next, in one
-///   task poll). An entry due no later than the new sleep's deadline, for the same waker, is
-///   taken over as it is, without even reading it (at thousands of connections, a cache miss
-///   per request saved): the new sleep may then be woken once at the old deadline, finds its
-///   own still ahead, and arms again. A sleep never ends before its deadline; hyper's header
-///   timer, re-armed at every request, costs one such early wake per timeout period.
+///   fires. Its entry on the heap is kept until the task poll that dropped it ends, for the
+///   next `HyperSleep` armed in that poll to take over (hyper drops its header timer when a
+///   request head is in, and arms a new one when it starts reading the next, in one task
+///   poll: moved to a later deadline, an entry costs no heap node).
 ///
 /// # Panics
 /// When a poll has to arm its timer and no ringloop runtime runs on the thread (as

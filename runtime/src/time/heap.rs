@@ -36,21 +36,13 @@ use crate::callback::CallbackPtr;
 /// heap, so without the id a key from runtime B, cancelled while runtime A runs, would match and
 /// disarm an unrelated timer of A.
 ///
-/// Sixteen bytes, and `Option<TimerKey>` too (the heap id is never zero): a sleep keeps one
-/// with the rest of what its drop reads in one cache line.
+/// Sixteen bytes, and `Option<TimerKey>` too (the heap id is never zero): a sleep's drop reads
+/// it alone, and sixteen bytes at the start of the sleep's box sit in one cache line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct TimerKey {
     seq: u64,
     slot: u32,
     heap: NonZeroU32,
-}
-
-impl TimerKey {
-    /// The id of the heap the key is from (see [`TimerHeap::id`]).
-    #[inline]
-    pub(crate) fn heap_id(&self) -> NonZeroU32 {
-        self.heap
-    }
 }
 
 /// Source of [`TimerHeap::id`]s (zero is skipped). Wrapping after 2^32 heaps only matters if
@@ -97,11 +89,6 @@ impl TimerHeap {
             id: NonZeroU32::new(NEXT_HEAP_ID.fetch_add(1, Ordering::Relaxed))
                 .unwrap_or(NonZeroU32::MIN),
         }
-    }
-
-    /// Tells this heap's keys from another runtime's (see [`TimerKey`]).
-    pub(crate) fn id(&self) -> NonZeroU32 {
-        self.id
     }
 
     /// Whether `key` was armed on this heap and is still armed.

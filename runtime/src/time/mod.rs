@@ -27,122 +27,52 @@ pub(crate) struct Timers {
     heap: RefCell<TimerHeap>,
     /// A wake timer whose owner went away while it was armed, kept armed for the next
     /// [`add_reusing`](Self::add_reusing) on this loop (see [`retire`](Self::retire)).
-    spare: Cell<Option<Spare>>,
-    /// The latest `now` timers were expired at: an entry due later than this has not fired
-    /// (see [`surely_armed`](Self::surely_armed)).
-    horizon: Cell<Instant>,
-    /// Every timer was disarmed (the runtime shuts down): no entry is armed any more.
-    drained: Cell<bool>,
-    /// The heap's id (see [`TimerKey`]), outside the `RefCell` for `surely_armed`.
-    heap_id: std::num::NonZeroU32,
-}
-
-/// A retired timer (see [`Timers::retire`]): its key, when its entry fires, and the waker the
-/// entry holds, all as its owner knew them, so that taking it over need not read the entry.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Spare {
-    pub(crate) key: TimerKey,
-    pub(crate) fires_at: Instant,
-    pub(crate) waker: WakerId,
-}
-
-/// A waker's identity, as [`Waker::will_wake`] compares it (the addresses of its data and
-/// vtable): two wakers with equal ids wake the same way. Plain data, compared only.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct WakerId {
-    data: usize,
-    vtable: usize,
-}
-
-impl WakerId {
-    /// Matches no waker.
-    pub(crate) const NONE: WakerId = WakerId { data: 0, vtable: 0 };
-
-    #[inline]
-    pub(crate) fn of(waker: &Waker) -> WakerId {
-        WakerId {
-            data: waker.data() as usize,
-            vtable: std::ptr::from_ref(waker.vtable()) as usize,
-        }
-    }
+    spare: Cell<Option<TimerKey>>,
 }
 
 impl Timers {
     pub(crate) fn new() -> Self {
-        let heap = TimerHeap::new();
-        let heap_id = heap.id();
         Timers {
-            heap: RefCell::new(heap),
+            heap: RefCell::new(TimerHeap::new()),
             spare: Cell::new(None),
-            horizon: Cell::new(Instant::now()),
-            drained: Cell::new(false),
-            heap_id,
         }
     }
 
-    /// Whether the timer `key`, due at `fires_at` as its owner knows, is certainly still
-    /// armed on this heap, without reading its entry: it is this heap's, and due after the
-    /// latest expiry. An entry leaves the heap only by firing (at an expiry at or after its
-    /// deadline) or by its owner's cancel, so an owner that did not cancel it can trust this.
-    /// False says nothing (look the entry up).
-    #[inline]
-    pub(crate) fn surely_armed(&self, key: TimerKey, fires_at: Instant) -> bool {
-        key.heap_id() == self.heap_id && fires_at > self.horizon.get() && !self.drained.get()
-    }
-
-    /// Disarms the wake timer `spare.key` as [`cancel`](Self::cancel) would, but keeps its
-    /// entry for the next [`add_reusing`](Self::add_reusing): taken over, an entry costs no
-    /// heap node and no allocation, where a cancel and a new timer cost a slab entry, a heap
-    /// node, and the stale node's share of a rebuild. For hyper's header timer, which a
+    /// Disarms the wake timer `key` as [`cancel`](Self::cancel) would, but keeps its entry for
+    /// the next [`add_reusing`](Self::add_reusing): moved to a later deadline, an entry costs
+    /// no heap node and no allocation, where a cancel and a new timer cost a slab entry, a
+    /// heap node, and the stale node's share of a rebuild. For hyper's header timer, which a
     /// connection drops when a request head is in and arms anew, in the same task poll, when
     /// it starts reading the next. The loop cancels an entry nobody reused once the task poll
     /// that retired it ends ([`drop_spare`](Self::drop_spare)), and before it expires timers
     /// or parks: a retired timer never wakes anyone.
     #[inline]
-    pub(crate) fn retire(&self, spare: Spare) {
-        if let Some(old) = self.spare.replace(Some(spare)) {
-            self.cancel(old.key);
+    pub(crate) fn retire(&self, key: TimerKey) {
+        if let Some(old) = self.spare.replace(Some(key)) {
+            self.cancel(old);
         }
     }
 
     /// Arms a timer that wakes `waker` at `deadline`, reusing the retired entry if there is
-    /// one (see [`retire`](Self::retire)); its key, and when its entry fires.
-    ///
-    /// A retired entry that certainly still waits ([`surely_armed`](Self::surely_armed)), due
-    /// no later than `deadline`, and holding a waker that wakes as `waker` does, is taken over
-    /// as it is, without reading it: it fires at its own, earlier, deadline, and the woken
-    /// wait, finding its deadline still ahead, arms again then. hyper's header timer, armed
-    /// for each request of a keep-alive connection at the same timeout, is so taken over at
-    /// every request, and re-armed once per timeout: at thousands of connections the entry
-    /// would be a cache miss per request. Otherwise the entry is moved to `deadline` and
-    /// pointed at `waker` (no new heap node if later), or a new one is armed.
+    /// one (see [`retire`](Self::retire)).
     #[inline]
-    pub(crate) fn add_reusing(&self, deadline: Instant, waker: &Waker) -> (TimerKey, Instant) {
+    pub(crate) fn add_reusing(&self, deadline: Instant, waker: &Waker) -> TimerKey {
         if let Some(spare) = self.spare.take() {
-            if spare.fires_at <= deadline
-                && spare.waker == WakerId::of(waker)
-                && self.surely_armed(spare.key, spare.fires_at)
-            {
-                return (spare.key, spare.fires_at);
-            }
-            let adopted = self.heap.borrow_mut().adopt(spare.key, deadline, waker);
+            let adopted = self.heap.borrow_mut().adopt(spare, deadline, waker);
             if let Some((key, old)) = adopted {
                 drop(old); // outside the borrow, as in `cancel`
-                return (key, deadline);
+                return key;
             }
         }
-        (
-            self.add(deadline, TimerAction::Wake(waker.clone())),
-            deadline,
-        )
+        self.add(deadline, TimerAction::Wake(waker.clone()))
     }
 
     /// Cancels the retired entry, if any: after each task poll, and before the loop parks or
     /// expires timers, so that it never fires.
     #[inline]
     pub(crate) fn drop_spare(&self) {
-        if let Some(spare) = self.spare.take() {
-            self.cancel(spare.key);
+        if let Some(key) = self.spare.take() {
+            self.cancel(key);
         }
     }
 
@@ -186,7 +116,7 @@ impl Timers {
         let spare = self
             .spare
             .get()
-            .is_some_and(|s| self.heap.borrow().is_armed(s.key));
+            .is_some_and(|k| self.heap.borrow().is_armed(k));
         self.len() - usize::from(spare)
     }
 
@@ -198,13 +128,11 @@ impl Timers {
 
     /// Moves every timer due at `now` into `out`, in deadline order (ties in arming order).
     pub(crate) fn expire(&self, now: Instant, out: &mut Vec<TimerAction>) {
-        self.horizon.set(self.horizon.get().max(now));
         self.heap.borrow_mut().expire(now, out);
     }
 
     /// Disarms everything (runtime shutdown); the caller drops the actions.
     pub(crate) fn drain(&self) -> Vec<TimerAction> {
-        self.drained.set(true);
         self.heap.borrow_mut().drain()
     }
 }
@@ -378,36 +306,24 @@ pub(crate) enum Check {
 /// deadline (see [`sleep`]): one heap lookup per poll tells, and refreshes the waker if not.
 /// Plain data, `Send` and `Sync` (see [`TimerEntry`] for what that means across loops).
 //
-// `repr(C)`: what a drop reads ([`retire`](Self::retire)) comes first, 48 bytes, so that
-// dropping a hyper sleep whose box has not been touched since it was armed is one cache miss
-// more often than two.
+// `repr(C)`, the key first: a hyper sleep's drop reads its key alone ([`retire`](Self::retire)),
+// and sixteen bytes at the start of the sleep's box never straddle two cache lines.
 #[derive(Debug)]
 #[repr(C)]
 pub(crate) struct DeadlineWait {
     timer: TimerEntry,
-    /// When the armed entry fires: `deadline`, or earlier for an entry taken over from a
-    /// retired one ([`Timers::add_reusing`]).
-    fires_at: Instant,
-    /// The waker the armed entry holds.
-    waker: WakerId,
     deadline: Instant,
     /// Armed on some heap since `deadline` was last set.
     armed: bool,
 }
 
-// What a drop reads, the key, when its entry fires and its waker, is the first 48 bytes.
-const _: () = {
-    assert!(std::mem::size_of::<Option<TimerKey>>() == 16);
-    assert!(std::mem::offset_of!(DeadlineWait, deadline) == 48);
-};
+const _: () = assert!(std::mem::size_of::<TimerEntry>() == 16);
 
 impl DeadlineWait {
     pub(crate) fn new(deadline: Instant) -> Self {
         DeadlineWait {
             deadline,
             timer: TimerEntry::default(),
-            fires_at: deadline,
-            waker: WakerId::NONE,
             armed: false,
         }
     }
@@ -422,23 +338,14 @@ impl DeadlineWait {
         if !self.armed {
             return Check::Unarmed;
         }
-        // The entry certainly waits, with this waker: no need to read it (a cache miss when
-        // thousands of connections each have a timer).
-        let waiting = self.waker == WakerId::of(cx.waker())
-            && self.timer.key.is_some_and(|key| {
-                context::try_with_timers(|timers| timers.surely_armed(key, self.fires_at))
-                    .unwrap_or(false)
-            });
-        if waiting || self.timer.refresh(cx) {
-            self.waker = WakerId::of(cx.waker());
+        if self.timer.refresh(cx) {
             let deadline = self.deadline;
             awaiting::note_with(|| Leaf::sleep(deadline), false);
             return Check::Waiting;
         }
         // Not armed on this loop's heap: it fired there, or it waits on another loop's (the
         // future moved). Fired means the deadline passed, since the heap expires timers by
-        // the same clock; a deadline still ahead means another heap, or an entry taken over
-        // that fired before this wait's deadline: arm it here.
+        // the same clock; a deadline still ahead means another heap, so arm it here.
         if Instant::now() >= self.deadline {
             self.timer.disarm();
             Check::Fired
@@ -456,8 +363,6 @@ impl DeadlineWait {
     pub(crate) fn arm(&mut self, cx: &Context<'_>) {
         self.armed = true;
         self.timer.arm(self.deadline, cx);
-        self.fires_at = self.deadline;
-        self.waker = WakerId::of(cx.waker());
         let deadline = self.deadline;
         awaiting::note_with(|| Leaf::sleep(deadline), true);
     }
@@ -475,11 +380,9 @@ impl DeadlineWait {
             Check::Unarmed => {
                 self.armed = true;
                 let deadline = self.deadline;
-                let (key, fires_at) =
-                    context::with_timers(|timers| timers.add_reusing(deadline, cx.waker()));
-                self.timer.key = Some(key);
-                self.fires_at = fires_at;
-                self.waker = WakerId::of(cx.waker());
+                self.timer.key = Some(context::with_timers(|timers| {
+                    timers.add_reusing(deadline, cx.waker())
+                }));
                 awaiting::note_with(|| Leaf::sleep(deadline), true);
                 Poll::Pending
             }
@@ -492,12 +395,7 @@ impl DeadlineWait {
     #[inline]
     pub(crate) fn retire(&mut self) {
         if let Some(key) = self.timer.key.take() {
-            let spare = Spare {
-                key,
-                fires_at: self.fires_at,
-                waker: self.waker,
-            };
-            context::try_with_timers(|timers| timers.retire(spare));
+            context::try_with_timers(|timers| timers.retire(key));
         }
     }
 
@@ -508,7 +406,6 @@ impl DeadlineWait {
     pub(crate) fn reset(&mut self, deadline: Instant) {
         self.deadline = deadline;
         if self.armed && self.timer.reaim(deadline) {
-            self.fires_at = deadline;
             return;
         }
         self.timer.disarm();
@@ -832,15 +729,14 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let (old_count, old_waker) = counting_waker();
         let (new_count, new_waker) = counting_waker();
-        let first = timers.add(at(1), TimerAction::Wake(old_waker.clone()));
-        timers.retire(spare(first, at(1), &old_waker));
+        let first = timers.add(at(1), TimerAction::Wake(old_waker));
+        timers.retire(first);
         assert_eq!(
             timers.pending(),
             0,
             "a retired timer has nobody waiting on it"
         );
-        let (second, fires_at) = timers.add_reusing(at(5), &new_waker);
-        assert_eq!(fires_at, at(5), "another waker: moved, not taken as it is");
+        let second = timers.add_reusing(at(5), &new_waker);
         assert_eq!(timers.len(), 1, "taken over, not armed anew");
         assert_eq!(
             timers.heap.borrow().nodes(),
@@ -861,9 +757,9 @@ mod tests {
         }
         assert_eq!((old_count.wakes(), new_count.wakes()), (0, 1));
         // Retired and not taken over: gone with `drop_spare`, never fired.
-        let (third, _) = timers.add_reusing(at(7), &new_waker);
+        let third = timers.add_reusing(at(7), &new_waker);
         assert_ne!(third, second);
-        timers.retire(spare(third, at(7), &new_waker));
+        timers.retire(third);
         timers.drop_spare();
         assert_eq!(timers.len(), 0);
         timers.expire(at(100), &mut out);
@@ -871,82 +767,10 @@ mod tests {
         // A second retire replaces the first, which is cancelled.
         let a = timers.add(at(9), TimerAction::Wake(new_waker.clone()));
         let b = timers.add(at(9), TimerAction::Wake(new_waker.clone()));
-        timers.retire(spare(a, at(9), &new_waker));
-        timers.retire(spare(b, at(9), &new_waker));
+        timers.retire(a);
+        timers.retire(b);
         assert_eq!(timers.len(), 1, "the first retired timer was cancelled");
         timers.drop_spare();
         assert_eq!(timers.len(), 0);
-    }
-
-    fn spare(key: TimerKey, fires_at: Instant, waker: &Waker) -> Spare {
-        Spare {
-            key,
-            fires_at,
-            waker: WakerId::of(waker),
-        }
-    }
-
-    /// A retired entry due no later than the new deadline, holding the same waker, and due
-    /// after the latest expiry is taken over as it is (same key, still due at its own
-    /// deadline: an early wake); otherwise it is looked up and moved, or a new one armed.
-    /// `surely_armed` never vouches for an entry due at or before an expiry, another heap's,
-    /// or any once the timers are drained.
-    #[test]
-    fn a_retired_timer_is_taken_over_as_it_is_only_when_it_certainly_still_waits() {
-        let t0 = Instant::now() + Duration::from_secs(1);
-        let at = |ms| t0 + Duration::from_millis(ms);
-        let (count, waker) = counting_waker();
-        let (_, other) = counting_waker();
-        let timers = Timers::new();
-        let mut out = Vec::new();
-
-        // Taken over as it is: the same key, still due at 10 ms.
-        let k = timers.add(at(10), TimerAction::Wake(waker.clone()));
-        timers.retire(spare(k, at(10), &waker));
-        assert_eq!(timers.add_reusing(at(50), &waker), (k, at(10)));
-        assert_eq!(timers.len(), 1);
-        timers.expire(at(10), &mut out);
-        assert_eq!(out.len(), 1, "it fires at its own deadline: the early wake");
-        out.clear();
-        assert!(!timers.surely_armed(k, at(10)), "due at the expiry: fired");
-        assert_eq!(count.wakes(), 0);
-
-        // Due later than the new deadline: moved (a new sequence number), due at the new one.
-        let k = timers.add(at(90), TimerAction::Wake(waker.clone()));
-        timers.retire(spare(k, at(90), &waker));
-        let (moved, fires_at) = timers.add_reusing(at(60), &waker);
-        assert_ne!(moved, k);
-        assert_eq!(fires_at, at(60));
-        assert_eq!(timers.len(), 1);
-        timers.cancel(moved);
-
-        // Another waker: moved and pointed at it.
-        let k = timers.add(at(70), TimerAction::Wake(waker.clone()));
-        timers.retire(spare(k, at(70), &waker));
-        let (moved, fires_at) = timers.add_reusing(at(80), &other);
-        assert_ne!(moved, k);
-        assert_eq!(fires_at, at(80));
-        timers.cancel(moved);
-
-        // Due at or before the latest expiry: it may have fired, so it is looked up. Here it
-        // has (the retiring owner did not know): a new entry is armed.
-        let k = timers.add(at(100), TimerAction::Wake(waker.clone()));
-        timers.expire(at(100), &mut out);
-        assert_eq!(out.len(), 1);
-        out.clear();
-        timers.retire(spare(k, at(100), &waker));
-        let (fresh, fires_at) = timers.add_reusing(at(200), &waker);
-        assert_ne!(fresh, k);
-        assert_eq!(fires_at, at(200));
-        assert_eq!(timers.len(), 1);
-        assert!(timers.surely_armed(fresh, at(200)));
-
-        // Another heap's key, and any key once drained.
-        let elsewhere = Timers::new();
-        let foreign = elsewhere.add(at(300), TimerAction::Wake(waker.clone()));
-        assert!(!timers.surely_armed(foreign, at(300)));
-        drop(timers.drain());
-        assert!(!timers.surely_armed(fresh, at(200)));
-        drop(elsewhere.drain());
     }
 }
