@@ -369,6 +369,39 @@ mod tests {
         assert!(heap.cancel(a).is_none() && heap.cancel(c).is_none());
     }
 
+    /// Deadlines keep their precision (the park bound is the instant armed, to the
+    /// nanosecond) and their order however far in the past (years before the heap was made),
+    /// and one a millennium ahead does not fire.
+    #[test]
+    fn deadlines_keep_their_order_and_precision_far_in_the_past_and_ahead() {
+        let mut heap = TimerHeap::new();
+        let now = Instant::now();
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let odd = now + Duration::from_nanos(1_234_567_891);
+        heap.insert(odd, TimerAction::Wake(marker(0)));
+        assert_eq!(heap.park_deadline(now), Some(odd), "to the nanosecond");
+        let mut out = Vec::new();
+        heap.expire(odd - Duration::from_nanos(1), &mut out);
+        assert!(out.is_empty(), "not a nanosecond early");
+        heap.expire(odd, &mut out);
+        assert_eq!(marker_ids(&out), [0]);
+        out.clear();
+        // Long past, armed newest first: they fire oldest first all the same.
+        let (Some(ten), Some(twenty)) = (now.checked_sub(10 * year), now.checked_sub(20 * year))
+        else {
+            return; // a clock that cannot go back that far (not Linux's)
+        };
+        heap.insert(ten, TimerAction::Wake(marker(10)));
+        heap.insert(twenty, TimerAction::Wake(marker(20)));
+        heap.insert(now + 1000 * year, TimerAction::Wake(marker(1000)));
+        heap.expire(now, &mut out);
+        assert_eq!(marker_ids(&out), [20, 10]);
+        out.clear();
+        heap.expire(now + 10 * year, &mut out);
+        assert!(out.is_empty(), "a millennium ahead is not due in a decade");
+        assert_eq!(heap.len(), 1);
+    }
+
     #[test]
     fn the_park_bound_is_the_top_node_stale_or_not_while_it_lies_ahead() {
         let mut heap = TimerHeap::new();
