@@ -818,18 +818,24 @@ http_test! {
     }
 }
 
+/// `Http::serve` on a fresh loopback listener with the test routes as a hyper service.
+fn http_serve_routes() -> (Server, SocketAddr) {
+    use ringloop::net::compat::http::Http;
+    let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service =
+        hyper::service::service_fn(
+            |req| async move { Ok::<_, Infallible>(http_routes::respond(req)) },
+        );
+    (Http::new().serve(listener, service), addr)
+}
+
 http_test! {
     /// `Http::serve`: a connection whose request outlasts the grace is cancelled at its end,
     /// and its task ends cancelled (it returns the error that carries the `Cancelled`), as the
     /// runtime's counters show; the shutdown report counts it cancelled.
     async fn http_serve_ends_a_connection_cancelled_at_the_grace_as_a_cancelled_task() {
-        use ringloop::net::compat::http::Http;
-        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = hyper::service::service_fn(|req| async move {
-            Ok::<_, Infallible>(http_routes::respond(req))
-        });
-        let server = Http::new().serve(listener, service);
+        let (server, addr) = http_serve_routes();
         let (mut h1, h1_conn) = h1_client(addr).await;
         let mut in_flight = EchoInFlight::start(|req| h1.send_request(req), piece(1)).await;
         let before = ringloop::current_stats().tasks_cancelled;
@@ -1100,13 +1106,7 @@ http_test! {
     /// `Http::serve` with a hyper service: a `POST /echo` in flight when the server shuts down
     /// is answered in full, then its connection closes, and the shutdown is graceful.
     async fn http_serve_finishes_a_request_in_flight() {
-        use ringloop::net::compat::http::Http;
-        let listener = ringloop::net::TcpListener::bind(common::localhost()).unwrap();
-        let addr = listener.local_addr().unwrap();
-        let service = hyper::service::service_fn(|req| async move {
-            Ok::<_, Infallible>(http_routes::respond(req))
-        });
-        let server = Http::new().serve(listener, service);
+        let (server, addr) = http_serve_routes();
         let (mut busy, busy_conn) = h1_client(addr).await;
         let in_flight = EchoInFlight::start(|req| busy.send_request(req), piece(0)).await;
         let shutdown = begin_shutdown(&server, GRACE).await;
