@@ -236,6 +236,58 @@ http_test! {
     }
 }
 
+/// `HEAD /` answers `GET /`'s head with no body; a known path asked with another method gets
+/// 405 with the methods it takes in `allow`; an unknown path 404. All on one keep-alive
+/// connection, so a body sent after the `HEAD`'s head would show as a broken next response.
+fn head_and_wrong_methods(addr: SocketAddr) {
+    let mut stream = raw::connect(addr);
+    let mut buf = Vec::new();
+    raw::send(
+        &mut stream,
+        raw::request_head("HEAD", HELLO_PATH, 0).as_bytes(),
+    );
+    assert_eq!(read_head_only(&mut stream, &mut buf), (200, HELLO.len()));
+    raw::send(
+        &mut stream,
+        raw::request_head("HEAD", BIG_PATH, 0).as_bytes(),
+    );
+    assert_eq!(read_head_only(&mut stream, &mut buf), (200, BIG_BODY.len()));
+    for (method, path, allow) in [
+        ("DELETE", HELLO_PATH, "GET, HEAD"),
+        ("POST", HELLO_PATH, "GET, HEAD"),
+        ("PUT", BIG_PATH, "GET, HEAD"),
+        ("GET", ECHO_PATH, "POST"),
+    ] {
+        raw::send(&mut stream, raw::request_head(method, path, 0).as_bytes());
+        let res = raw::read_response(&mut stream, &mut buf, 4096);
+        assert_eq!(res.status, 405, "{method} {path}: {res:?}");
+        assert_eq!(res.header("allow"), Some(allow), "{method} {path}");
+    }
+    raw::send(
+        &mut stream,
+        raw::request_head("GET", "/nowhere", 0).as_bytes(),
+    );
+    assert_eq!(raw::read_response(&mut stream, &mut buf, 4096).status, 404);
+    raw::send(
+        &mut stream,
+        raw::request_head("GET", HELLO_PATH, 0).as_bytes(),
+    );
+    let hello = raw::read_response(&mut stream, &mut buf, 4096);
+    assert_eq!((hello.status, &hello.body[..]), (200, HELLO));
+    assert!(buf.is_empty(), "bytes after the last response: {buf:?}");
+}
+
+http_test! {
+    /// `HEAD` on the `GET` routes answers the head only, other methods on a known path get 405
+    /// and `allow`, other paths 404, on one connection (the routes of the examples' servers).
+    async fn head_is_answered_and_a_wrong_method_gets_405() {
+        let (server, addr) = server::start(Config::routes());
+        spawn_blocking(move || head_and_wrong_methods(addr)).await.unwrap();
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
 /// The period of the upload's pattern: a prime, so a piece of the echo that is lost, repeated
 /// or shifted by any whole number of the sender's chunks does not compare equal.
 const PERIOD: usize = 65_521;

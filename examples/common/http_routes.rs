@@ -6,7 +6,9 @@
 //! | `GET /` | 200, `content-type: text/plain`, body [`HELLO`] (`Hello, World!`) |
 //! | `GET /64k` | 200, `content-type: application/octet-stream`, body [`BIG_BODY`]: 65 536 bytes, byte `i` is [`big_body_byte`]`(i)` |
 //! | `POST /echo` | 200, the request's body streamed back as it arrives (its length, or chunked when the request was chunked) |
-//! | anything else | 404, `Not Found` |
+//! | `HEAD /`, `HEAD /64k` | the `GET`'s head (status, type, length), no body (hyper leaves it out) |
+//! | another method on one of these paths | 405, `Method Not Allowed`, with `allow:` listing the path's methods |
+//! | any other path | 404, `Not Found` |
 //!
 //! Include it with `#[path]` (examples cannot share a module otherwise):
 //!
@@ -29,7 +31,7 @@
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 /// The path of the plaintext route.
@@ -70,17 +72,23 @@ pub enum Route {
     Big,
     /// `POST /echo`
     Echo,
-    /// Anything else: 404.
+    /// A known path, another method: 405, with these methods in `allow`.
+    MethodNotAllowed(&'static str),
+    /// Any other path: 404.
     NotFound,
 }
 
 impl Route {
     /// The route of a request with this method and path (the path without its query).
     pub fn of(method: &Method, path: &str) -> Route {
-        match (method, path) {
-            (&Method::GET, HELLO_PATH) => Route::Hello,
-            (&Method::GET, BIG_PATH) => Route::Big,
-            (&Method::POST, ECHO_PATH) => Route::Echo,
+        // HEAD answers as GET does: hyper sends the head only.
+        let get = *method == Method::GET || *method == Method::HEAD;
+        match path {
+            HELLO_PATH if get => Route::Hello,
+            BIG_PATH if get => Route::Big,
+            ECHO_PATH if *method == Method::POST => Route::Echo,
+            HELLO_PATH | BIG_PATH => Route::MethodNotAllowed("GET, HEAD"),
+            ECHO_PATH => Route::MethodNotAllowed("POST"),
             _ => Route::NotFound,
         }
     }
@@ -110,6 +118,16 @@ pub fn respond(req: Request<Incoming>) -> Response<Body> {
                 CONTENT_TYPE,
                 HeaderValue::from_static("application/octet-stream"),
             );
+            res
+        }
+        Route::MethodNotAllowed(allow) => {
+            let mut res = fixed(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                b"Method Not Allowed",
+            );
+            res.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
             res
         }
         Route::NotFound => fixed(StatusCode::NOT_FOUND, "text/plain", b"Not Found"),
