@@ -3,18 +3,23 @@
 //! timer, exactly as `axum::serve` does on tokio.
 //!
 //! ```text
-//! cargo run --release --example axum_app -- --addr 127.0.0.1:3000
+//! cargo run --release --example axum_app -- --backend uring --addr 127.0.0.1:3000
 //! curl http://127.0.0.1:3000/
 //! curl http://127.0.0.1:3000/users/7
 //! curl -H 'content-type: application/json' -d '{"text":"hi"}' http://127.0.0.1:3000/notes
 //! curl -N http://127.0.0.1:3000/countdown/5
 //! ```
 //!
+//! `/countdown/N` streams N lines, one every 100 ms (N at most 100).
+//!
 //! SIGTERM or SIGINT shuts it down gracefully, as `axum::serve(..).with_graceful_shutdown(..)`
-//! does: no new connections, requests in progress finish (within `--grace` seconds).
+//! does: no new connections, requests in progress finish (within `--grace` seconds); a second
+//! signal stops it at once. It then prints `shutdown finished=N cancelled=N aborted=N
+//! immediate=BOOL` to stderr and exits 0, or 1 after a second signal.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,20 +27,31 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use ringloop::net::compat::http::{Http, TowerToHyperService};
 use ringloop::net::TcpListener;
+use ringloop::{Backend, Runtime};
 use serde::{Deserialize, Serialize};
 
 #[derive(Parser, Debug)]
 #[command(about = "an axum application on ringloop")]
 struct Args {
+    /// I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
     addr: SocketAddr,
     /// Seconds the open connections get to finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Uring,
+    Epoll,
 }
 
 /// The time a client gets to send a request head.
@@ -89,10 +105,28 @@ async fn countdown(Path(n): Path<u32>) -> Body {
     Body::from_stream(lines)
 }
 
-fn main() -> std::io::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
+    match run(args) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("axum_app: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Serves until a shutdown; whether it was graceful (not cut short by a second signal).
+fn run(args: Args) -> std::io::Result<bool> {
     let grace = Duration::from_secs_f64(args.grace);
-    ringloop::Runtime::new()?.block_on(async move {
+    let backend = match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Uring => Backend::IoUring,
+        BackendArg::Epoll => Backend::Epoll,
+    };
+    let rt = Runtime::builder().backend(backend).build()?;
+    let report = rt.block_on(async move {
         let listener = TcpListener::bind(args.addr)?;
         let addr = listener.local_addr()?;
         // Each connection a task of a `net::Server`, hyper's HTTP/1 + HTTP/2 on ringloop's
@@ -101,12 +135,12 @@ fn main() -> std::io::Result<()> {
             .header_timeout(Some(HEADER_TIMEOUT))
             .serve(listener, TowerToHyperService::new(app()));
         let stopped = server.shutdown_on_signals(grace)?;
-        println!("listening on {addr}");
-        let report = stopped.await?;
-        eprintln!(
-            "shutdown finished={} cancelled={}",
-            report.finished, report.cancelled
-        );
-        Ok(())
-    })
+        println!("listening on {addr} ({:?})", ringloop::current_backend());
+        stopped.await
+    })?;
+    eprintln!(
+        "shutdown finished={} cancelled={} aborted={} immediate={}",
+        report.finished, report.cancelled, report.aborted, report.immediate
+    );
+    Ok(!report.immediate)
 }

@@ -6,6 +6,7 @@
 //! cargo run --release --example http_client -- --addr 127.0.0.1:8080 --path /
 //! cargo run --release --example http_client -- --http2 --requests 3
 //! cargo run --release --example http_client -- --path /echo --data 'hello, echo'
+//! cargo run --release --example http_client -- --backend epoll --path /64k
 //! ```
 //!
 //! The connection's own future (hyper's `Connection`, which reads and writes the socket) runs as
@@ -14,16 +15,20 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
 use ringloop::net::compat::Io;
 use ringloop::net::TcpStream;
+use ringloop::{Backend, Runtime};
 
 #[derive(Parser, Debug)]
 #[command(about = "HTTP client: hyper on ringloop")]
 struct Args {
+    /// I/O backend.
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendArg,
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -41,11 +46,26 @@ struct Args {
     http2: bool,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BackendArg {
+    Auto,
+    Uring,
+    Epoll,
+}
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    ringloop::Runtime::new()?.block_on(client(args))
+    let backend = match args.backend {
+        BackendArg::Auto => Backend::Auto,
+        BackendArg::Uring => Backend::IoUring,
+        BackendArg::Epoll => Backend::Epoll,
+    };
+    Runtime::builder()
+        .backend(backend)
+        .build()?
+        .block_on(client(args))
 }
 
 async fn client(args: Args) -> Result<(), BoxError> {
