@@ -4,7 +4,8 @@
 //!
 //! It serves the routes of [`common/http_routes.rs`](http_routes): `GET /` answers
 //! `Hello, World!` (`text/plain`), `GET /64k` a fixed 64 KiB body, and `POST /echo` streams the
-//! request's body back as it arrives.
+//! request's body back as it arrives; `HEAD` answers as `GET` without the body, another method
+//! on these paths gets `405` (with `allow`), any other path `404`.
 //!
 //! ```text
 //! cargo run --release --example http_server -- --backend uring --addr 127.0.0.1:8080
@@ -26,10 +27,13 @@
 //!   finishes the requests it is serving (hyper's graceful shutdown: an idle keep-alive
 //!   connection closes at once, a busy one after its response); connections still open after
 //!   `--grace` seconds are cancelled. A second signal stops it at once. It then prints
-//!   `shutdown finished=N cancelled=N aborted=N` to stderr and exits 0.
+//!   `shutdown finished=N cancelled=N aborted=N immediate=BOOL` to stderr (`aborted`: the
+//!   connections a second signal cut off) and exits 0, or 1 after a second signal.
 //! * A client that opens a connection and sends no complete request head within
-//!   `--header-timeout` seconds is disconnected (hyper's `header_read_timeout` on ringloop's
-//!   timer).
+//!   `--header-timeout` seconds is disconnected, and so is an HTTP/1 keep-alive connection
+//!   that does not complete its next request head within that time of the previous response
+//!   (hyper's `header_read_timeout` on ringloop's timer). An HTTP/2 connection is timed only
+//!   until its first request.
 //!
 //! * `--static DIR` serves DIR's files under `/static/` (`GET`, `HEAD`; a path that leaves DIR
 //!   or names no file is `404`). On plain HTTP/1.1 connections they are sent with `send_file`

@@ -41,12 +41,29 @@
 //!
 //! # The header timeout
 //!
-//! hyper's HTTP/1 header-read timeout starts once a request's first bytes are in, and
 //! hyper-util's auto builder reads a connection's first bytes (to tell HTTP/1 from HTTP/2)
 //! with no timer at all: a client that connects and sends nothing would hold its connection
-//! for ever. [`Http::header_timeout`] covers that too: a connection must complete its first
-//! request head within the timeout (with HTTP/2: send its first request), or it is closed;
-//! later requests get hyper's own header timeout of the same length.
+//! for ever. [`Http::header_timeout`] covers that: a connection must complete its first
+//! request head within the timeout (with HTTP/2: send its first request), or it is closed.
+//! After that, HTTP/1 connections get hyper's own header timeout of the same length, which
+//! runs from the end of the previous response: a keep-alive connection that does not complete
+//! its next request head within the timeout is closed, whether it sent part of one or nothing
+//! (so the header timeout is also the keep-alive idle timeout). An HTTP/2 connection is not
+//! timed after its first request; hyper's `http2().keep_alive_interval(..)` (through
+//! [`Http::builder`]) probes idle ones with PINGs and closes those that do not answer.
+//! A connection closed by a timeout is closed as it is, without a `408` or a `GOAWAY`.
+//!
+//! hyper bounds a request head by its read buffer (`http1().max_buf_size(..)`, about 400 KB by
+//! default, answered with `431`). hyper checks the bound between reads, so a head slightly
+//! larger that arrives in one read can still be taken: where exactly the line falls depends on
+//! how the bytes arrive (with pooled reads, in 2 KiB pieces, it holds closest).
+//!
+//! # Shutdown and HTTP/2
+//!
+//! hyper's graceful shutdown of an HTTP/2 connection sends a `GOAWAY` and a `PING`, and closes
+//! once the client has answered the `PING` and its open streams are done; a client that never
+//! answers keeps its connection until the grace ends (it is then cancelled and counted in
+//! [`ShutdownReport::cancelled`](crate::ShutdownReport::cancelled)).
 
 use std::cell::Cell;
 use std::error::Error as StdError;
@@ -122,7 +139,9 @@ impl Http {
     }
 
     /// How long a client has to send a complete request head: its first one counted from the
-    /// connection's start, later ones (HTTP/1) from their first byte. `None`: no limit.
+    /// connection's start, later ones (HTTP/1) from the end of the previous response, so an
+    /// idle HTTP/1 keep-alive connection is closed after it too (see the
+    /// [module docs](self#the-header-timeout)). `None`: no limit.
     pub fn header_timeout(mut self, timeout: Option<Duration>) -> Http {
         self.builder.http1().header_read_timeout(timeout);
         self.header_timeout = timeout;
