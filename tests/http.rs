@@ -971,6 +971,71 @@ http_test! {
     }
 }
 
+/// Sends `pieces` with a pause between them (so the server reads them one by one), then
+/// returns the first `n` bytes the server answers.
+fn send_in_pieces(addr: SocketAddr, pieces: &[&[u8]], n: usize) -> Vec<u8> {
+    use std::io::Read;
+    let mut stream = raw::connect(addr);
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(30));
+        }
+        raw::send(&mut stream, piece);
+    }
+    let mut got = vec![0u8; n];
+    stream.read_exact(&mut got).unwrap();
+    got
+}
+
+http_test! {
+    /// The server tells HTTP/2 from HTTP/1 by the client's first bytes, which may come in
+    /// pieces: HTTP/2's preface in three pieces, then a `SETTINGS` frame, is answered with the
+    /// server's `SETTINGS` (HTTP/2); a request whose first bytes match the preface for a while
+    /// (`PRI /x HTTP/1.1`, its method alone first) is HTTP/1 (a 404); a request head shorter
+    /// than the preface, complete, is answered. Every connection's task ends.
+    async fn the_protocol_is_told_from_first_bytes_that_come_in_pieces() {
+        let (server, addr) = server::start(Config::routes());
+        let frame = spawn_blocking(move || {
+            let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+            send_in_pieces(addr, &[&preface[..5], &preface[5..17], &preface[17..], settings], 9)
+        })
+        .await
+        .unwrap();
+        assert_eq!(frame[3], 4, "the server's first frame is SETTINGS: {frame:?}");
+        let head = spawn_blocking(move || {
+            send_in_pieces(addr, &[b"PRI", b" /x HTTP/1.1\r\nhost: a\r\n\r\n"], 12)
+        })
+        .await
+        .unwrap();
+        assert_eq!(&head, b"HTTP/1.1 404");
+        let head = spawn_blocking(move || send_in_pieces(addr, &[b"GET / HTTP/1.0\r\n\r\n"], 12))
+            .await
+            .unwrap();
+        assert_eq!(&head, b"HTTP/1.0 200");
+        assert!(until(|| server.connections() == 0).await);
+        stop(&server).await;
+    }
+}
+
+http_test! {
+    /// A connection that has sent nothing yet (its protocol unknown) closes at once when the
+    /// server shuts down, and counts as finished.
+    async fn a_connection_that_sent_nothing_closes_at_a_shutdown() {
+        let (server, addr) = server::start(Config::routes());
+        let client = spawn_blocking(move || {
+            let mut stream = raw::connect(addr);
+            raw::read_until_closed(&mut stream)
+        });
+        assert!(until(|| server.connections() == 1).await);
+        let report = server.shutdown(GRACE).await.unwrap();
+        assert!(report.is_graceful(), "{report:?}");
+        assert_eq!(report.finished, 1, "{report:?}");
+        let got = client.await.unwrap();
+        assert!(matches!(&got, Ok(bytes) if bytes.is_empty()), "{got:?}");
+    }
+}
+
 http_test! {
     /// With TLS, the same timeout bounds the handshake (the example's `ringloop::timeout`
     /// around tokio-rustls's `accept` over `compat::Io`): a client that sends the first bytes
