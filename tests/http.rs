@@ -280,9 +280,30 @@ fn head_and_wrong_methods(addr: SocketAddr) {
 http_test! {
     /// `HEAD` on the `GET` routes answers the head only, other methods on a known path get 405
     /// and `allow`, other paths 404, on one connection (the routes of the examples' servers).
+    /// Over HTTP/2 too, where hyper does not leave a `HEAD`'s body out by itself: the head
+    /// (status, type, length) and no body.
     async fn head_is_answered_and_a_wrong_method_gets_405() {
         let (server, addr) = server::start(Config::routes());
         spawn_blocking(move || head_and_wrong_methods(addr)).await.unwrap();
+        let (mut sender, conn) = h2_client::<Full<Bytes>>(addr).await;
+        for (path, len, content_type) in [
+            (HELLO_PATH, HELLO.len(), "text/plain"),
+            (BIG_PATH, BIG_BODY.len(), "application/octet-stream"),
+        ] {
+            let req = Request::head(path)
+                .header(hyper::header::HOST, "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = sender.send_request(req).await.unwrap();
+            let header = |name| res.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            assert_eq!(header(hyper::header::CONTENT_LENGTH), Some(len.to_string()), "{path}");
+            assert_eq!(header(hyper::header::CONTENT_TYPE).as_deref(), Some(content_type));
+            let (status, body) = read(res).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert!(body.is_empty(), "HEAD {path} over HTTP/2 sent {} bytes", body.len());
+        }
+        drop(sender);
+        conn.await.unwrap().unwrap();
         assert!(until(|| server.connections() == 0).await);
         stop(&server).await;
     }
@@ -991,31 +1012,48 @@ http_test! {
     /// The server tells HTTP/2 from HTTP/1 by the client's first bytes, which may come in
     /// pieces: HTTP/2's preface in three pieces, then a `SETTINGS` frame, is answered with the
     /// server's `SETTINGS` (HTTP/2); a request whose first bytes match the preface for a while
-    /// (`PRI /x HTTP/1.1`, its method alone first) is HTTP/1 (a 404); a request head shorter
-    /// than the preface, complete, is answered. Every connection's task ends.
+    /// (`PRI /x HTTP/1.1`, its method alone first) is HTTP/1 (a 404); a whole HTTP/1.0 request
+    /// in fewer bytes than the preface is answered. With both of `compat::Io`'s mechanisms;
+    /// every connection's task ends.
     async fn the_protocol_is_told_from_first_bytes_that_come_in_pieces() {
-        let (server, addr) = server::start(Config::routes());
-        let frame = spawn_blocking(move || {
-            let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-            let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
-            send_in_pieces(addr, &[&preface[..5], &preface[5..17], &preface[17..], settings], 9)
-        })
-        .await
-        .unwrap();
-        assert_eq!(frame[3], 4, "the server's first frame is SETTINGS: {frame:?}");
-        let head = spawn_blocking(move || {
-            send_in_pieces(addr, &[b"PRI", b" /x HTTP/1.1\r\nhost: a\r\n\r\n"], 12)
-        })
-        .await
-        .unwrap();
-        assert_eq!(&head, b"HTTP/1.1 404");
-        let head = spawn_blocking(move || send_in_pieces(addr, &[b"GET / HTTP/1.0\r\n\r\n"], 12))
-            .await
-            .unwrap();
-        assert_eq!(&head, b"HTTP/1.0 200");
-        assert!(until(|| server.connections() == 0).await);
-        stop(&server).await;
+        for mechanism in MECHANISMS {
+            protocol_from_pieces(mechanism).await;
+        }
     }
+}
+
+async fn protocol_from_pieces(mechanism: Mechanism) {
+    let (server, addr) = server::start(Config {
+        mechanism,
+        ..Config::routes()
+    });
+    let frame = spawn_blocking(move || {
+        let preface: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+        let settings: &[u8] = &[0, 0, 0, 4, 0, 0, 0, 0, 0];
+        send_in_pieces(
+            addr,
+            &[&preface[..5], &preface[5..17], &preface[17..], settings],
+            9,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        frame[3], 4,
+        "{mechanism:?}: the first frame is SETTINGS: {frame:?}"
+    );
+    let head = spawn_blocking(move || {
+        send_in_pieces(addr, &[b"PRI", b" /x HTTP/1.1\r\nhost: a\r\n\r\n"], 12)
+    })
+    .await
+    .unwrap();
+    assert_eq!(&head, b"HTTP/1.1 404", "{mechanism:?}");
+    let head = spawn_blocking(move || send_in_pieces(addr, &[b"GET / HTTP/1.0\r\n\r\n"], 12))
+        .await
+        .unwrap();
+    assert_eq!(&head, b"HTTP/1.0 200", "{mechanism:?}");
+    assert!(until(|| server.connections() == 0).await, "{mechanism:?}");
+    stop(&server).await;
 }
 
 http_test! {

@@ -6,7 +6,7 @@
 //! | `GET /` | 200, `content-type: text/plain`, body [`HELLO`] (`Hello, World!`) |
 //! | `GET /64k` | 200, `content-type: application/octet-stream`, body [`BIG_BODY`]: 65 536 bytes, byte `i` is [`big_body_byte`]`(i)` |
 //! | `POST /echo` | 200, the request's body streamed back as it arrives (its length, or chunked when the request was chunked) |
-//! | `HEAD /`, `HEAD /64k` | the `GET`'s head (status, type, length), no body (hyper leaves it out) |
+//! | `HEAD /`, `HEAD /64k` | the `GET`'s head (status, type, length), no body |
 //! | another method on one of these paths | 405, `Method Not Allowed`, with `allow:` listing the path's methods |
 //! | any other path | 404, `Not Found` |
 //!
@@ -30,8 +30,9 @@
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 
 /// The path of the plaintext route.
@@ -66,9 +67,9 @@ pub static BIG_BODY: [u8; BIG_LEN] = {
 /// Which route a request takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Route {
-    /// `GET /`
+    /// `GET /` (and `HEAD /`)
     Hello,
-    /// `GET /64k`
+    /// `GET /64k` (and `HEAD /64k`)
     Big,
     /// `POST /echo`
     Echo,
@@ -97,9 +98,24 @@ impl Route {
 /// A response body: a fixed one, or the request's own body streamed back (`POST /echo`).
 pub type Body = Either<Full<Bytes>, Incoming>;
 
+/// `res` as the answer to a `HEAD` when `head`: the same head, its `content-length` that of
+/// the body it would have had, and no body. hyper leaves a `HEAD`'s body out on HTTP/1 but
+/// sends it on HTTP/2, so the body is taken out here.
+pub fn head_only(head: bool, mut res: Response<Body>) -> Response<Body> {
+    if head {
+        if let Some(len) = res.body().size_hint().exact() {
+            res.headers_mut()
+                .insert(CONTENT_LENGTH, HeaderValue::from(len));
+        }
+        *res.body_mut() = Either::Left(Full::new(Bytes::new()));
+    }
+    res
+}
+
 /// The answer to `req`, for every route of the table above. Never fails, so a service can wrap
 /// it in `Ok::<_, Infallible>`.
 pub fn respond(req: Request<Incoming>) -> Response<Body> {
+    let head = req.method() == Method::HEAD;
     let fixed = |status: StatusCode, content_type: &'static str, body: &'static [u8]| {
         let mut res = Response::new(Either::Left(Full::new(Bytes::from_static(body))));
         *res.status_mut() = status;
@@ -108,8 +124,11 @@ pub fn respond(req: Request<Incoming>) -> Response<Body> {
         res
     };
     match Route::of(req.method(), req.uri().path()) {
-        Route::Hello => fixed(StatusCode::OK, "text/plain", HELLO),
-        Route::Big => fixed(StatusCode::OK, "application/octet-stream", &BIG_BODY),
+        Route::Hello => head_only(head, fixed(StatusCode::OK, "text/plain", HELLO)),
+        Route::Big => head_only(
+            head,
+            fixed(StatusCode::OK, "application/octet-stream", &BIG_BODY),
+        ),
         Route::Echo => {
             // hyper sends the response head at once and then each chunk of the request's body
             // as it arrives: a body is never held whole in memory.

@@ -166,7 +166,7 @@ pub async fn read_whole(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type(&path)),
     );
-    res
+    crate::http_routes::head_only(method == hyper::Method::HEAD, res)
 }
 
 /// A content type by extension.
