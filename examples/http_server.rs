@@ -27,8 +27,9 @@
 //!   finishes the requests it is serving (hyper's graceful shutdown: an idle keep-alive
 //!   connection closes at once, a busy one after its response); connections still open after
 //!   `--grace` seconds are cancelled. A second signal stops it at once. It then prints
-//!   `shutdown finished=N cancelled=N aborted=N immediate=BOOL` to stderr (`aborted`: the
-//!   connections a second signal cut off) and exits 0, or 1 after a second signal.
+//!   `shutdown finished=N cancelled=N aborted=N immediate=BOOL` to stderr (`net::ShutdownReport`:
+//!   `aborted` counts the connections a second signal cut off and those that ignored their
+//!   cancellation) and exits 0, or 1 after a second signal.
 //! * A client that opens a connection and sends no complete request head within
 //!   `--header-timeout` seconds is disconnected, and so is an HTTP/1 keep-alive connection
 //!   that does not complete its next request head within that time of the previous response

@@ -55,8 +55,9 @@
 //!
 //! hyper bounds a request head by its read buffer (`http1().max_buf_size(..)`, about 400 KB by
 //! default, answered with `431`). hyper checks the bound between reads, so a head slightly
-//! larger that arrives in one read can still be taken: where exactly the line falls depends on
-//! how the bytes arrive (with pooled reads, in 2 KiB pieces, it holds closest).
+//! larger that arrives in one read can still be taken (a read fills whatever room hyper's
+//! buffer has): where exactly the line falls depends on how the bytes arrive. hyper also
+//! answers `431` to more than `http1().max_headers(..)` headers (100 by default).
 //!
 //! # Shutdown and HTTP/2
 //!
