@@ -27,11 +27,15 @@ use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ringloop::net::compat::http::{Http, TowerToHyperService};
 use ringloop::net::TcpListener;
 use ringloop::{Backend, Runtime};
 use serde::{Deserialize, Serialize};
+
+#[path = "common/backend_arg.rs"]
+mod backend_arg;
+use backend_arg::BackendArg;
 
 #[derive(Parser, Debug)]
 #[command(about = "an axum application on ringloop")]
@@ -45,13 +49,6 @@ struct Args {
     /// Seconds the open connections get to finish after SIGTERM or SIGINT.
     #[arg(long, default_value_t = 5.0)]
     grace: f64,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum BackendArg {
-    Auto,
-    Uring,
-    Epoll,
 }
 
 /// The time a client gets to send a request head.
@@ -120,11 +117,7 @@ fn main() -> ExitCode {
 /// Serves until a shutdown; whether it was graceful (not cut short by a second signal).
 fn run(args: Args) -> std::io::Result<bool> {
     let grace = Duration::from_secs_f64(args.grace);
-    let backend = match args.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Uring => Backend::IoUring,
-        BackendArg::Epoll => Backend::Epoll,
-    };
+    let backend = Backend::from(args.backend);
     let rt = Runtime::builder().backend(backend).build()?;
     let report = rt.block_on(async move {
         let listener = TcpListener::bind(args.addr)?;

@@ -16,16 +16,13 @@
 
 use std::net::SocketAddr;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ringloop::net::{create_server_on, PooledBuf, Protocol, TcpListener, Transport};
 use ringloop::{signal, Backend, Runtime, RuntimeStats, SignalKind};
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum BackendArg {
-    Auto,
-    Uring,
-    Epoll,
-}
+#[path = "common/backend_arg.rs"]
+mod backend_arg;
+use backend_arg::BackendArg;
 
 #[derive(Parser, Debug)]
 #[command(about = "ringloop echo server, as a protocol (no task per connection)")]
@@ -111,11 +108,7 @@ impl Protocol for Echo {
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let backend = match args.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Uring => Backend::IoUring,
-        BackendArg::Epoll => Backend::Epoll,
-    };
+    let backend = Backend::from(args.backend);
     raise_nofile_limit();
     let rt = Runtime::builder()
         .backend(backend)

@@ -50,12 +50,9 @@ use ringloop::{
     SignalKind,
 };
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum BackendArg {
-    Auto,
-    Uring,
-    Epoll,
-}
+#[path = "common/backend_arg.rs"]
+mod backend_arg;
+use backend_arg::BackendArg;
 
 #[derive(Parser, Debug)]
 #[command(about = "ringloop echo server")]
@@ -139,11 +136,7 @@ fn main() -> ExitCode {
 /// Serves until a signal stops the server; whether the shutdown ran its course (no second
 /// signal cut it short).
 fn serve(args: Args) -> std::io::Result<bool> {
-    let backend = match args.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Uring => Backend::IoUring,
-        BackendArg::Epoll => Backend::Epoll,
-    };
+    let backend = Backend::from(args.backend);
     let grace = Duration::try_from_secs_f64(args.grace).map_err(|e| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("--grace: {e}"))
     })?;

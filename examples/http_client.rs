@@ -15,13 +15,17 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use ringloop::compat::hyper::{HyperExecutor, HyperTimer};
 use ringloop::net::compat::Io;
 use ringloop::net::TcpStream;
 use ringloop::{Backend, Runtime};
+
+#[path = "common/backend_arg.rs"]
+mod backend_arg;
+use backend_arg::BackendArg;
 
 #[derive(Parser, Debug)]
 #[command(about = "HTTP client: hyper on ringloop")]
@@ -46,22 +50,11 @@ struct Args {
     http2: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum BackendArg {
-    Auto,
-    Uring,
-    Epoll,
-}
-
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), BoxError> {
     let args = Args::parse();
-    let backend = match args.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Uring => Backend::IoUring,
-        BackendArg::Epoll => Backend::Epoll,
-    };
+    let backend = Backend::from(args.backend);
     Runtime::builder()
         .backend(backend)
         .build()?

@@ -73,13 +73,6 @@ mod http_routes;
 #[path = "common/static_files.rs"]
 mod static_files;
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum BackendArg {
-    Auto,
-    Uring,
-    Epoll,
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Protocol {
     /// HTTP/1.1, or HTTP/2 when a connection opens with HTTP/2's preface.
@@ -93,6 +86,10 @@ enum Reads {
     Readiness,
     Pooled,
 }
+
+#[path = "common/backend_arg.rs"]
+mod backend_arg;
+use backend_arg::BackendArg;
 
 #[derive(Parser, Debug)]
 #[command(about = "HTTP/1.1 + HTTP/2 server: hyper on ringloop")]
@@ -193,11 +190,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> std::io::Result<bool> {
-    let backend = match args.backend {
-        BackendArg::Auto => Backend::Auto,
-        BackendArg::Uring => Backend::IoUring,
-        BackendArg::Epoll => Backend::Epoll,
-    };
+    let backend = Backend::from(args.backend);
     let tls = if args.tls {
         Some(tls_acceptor()?)
     } else {
